@@ -1,0 +1,31 @@
+# Two entry points for newcomers: `make demo` and `make test`. Both build .venv from this
+# project's own files. torch is pinned here (CPU wheel on the CI machine); the package itself
+# accepts any torch>=2.3 so GPU users install their own.
+PY ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/tinyscale: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev,llm,serve]"
+	touch $@
+
+install: $(BIN)/tinyscale
+
+demo: install
+	$(BIN)/tinyscale demo
+
+test: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest
+
+bench: install
+	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,1 @@
+"""Corpora: the story world, LLM-written stories, ingested files; tokenization and shards."""

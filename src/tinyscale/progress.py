@@ -1,0 +1,84 @@
+"""One progress helper for the whole library.
+
+Library code never prints: it wraps long loops in `track(...)` or `bar(...)` and reports with
+`info(...)`. The CLI calls `enable()` once, which renders bars with rich on stderr; in tests and
+notebooks nothing is shown unless enabled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger("tinyscale")
+_enabled = False
+
+
+def enable(verbose: bool = True) -> None:
+    """Show bars and log lines on stderr (called by the CLI)."""
+    global _enabled
+    _enabled = verbose
+    if verbose and not log.handlers:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(show_path=False, show_time=False, markup=False)
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def info(msg: str, *args: Any) -> None:
+    log.info(msg, *args)
+
+
+class _Bar:
+    """A progress bar handle: `update(advance, **fields)` shows fields such as loss or tok/s."""
+
+    def __init__(self, progress: Any, task: Any) -> None:
+        self._progress, self._task = progress, task
+
+    def update(self, advance: float = 1, **fields: Any) -> None:
+        if self._progress is None:
+            return
+        status = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+        self._progress.update(self._task, advance=advance, status=status)
+
+
+@contextlib.contextmanager
+def bar(total: float | None, desc: str, completed: float = 0) -> Iterator[_Bar]:
+    if not _enabled:
+        yield _Bar(None, None)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    ]
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(desc, total=total, completed=completed, status="")
+        yield _Bar(progress, task)
+
+
+def track(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with bar(total, desc) as b:
+        for item in items:
+            yield item
+            b.update(1)

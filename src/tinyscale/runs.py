@@ -1,0 +1,95 @@
+"""Run directories: where a training run's config, metrics and checkpoints live (DESIGN.md).
+
+    RUN/run.json                          resolved config; "model" holds the ModelConfig dict
+    RUN/tokenizer.json                    copy of the tokenizer the run was trained with
+    RUN/metrics.jsonl                     one JSON object per logged step
+    RUN/checkpoints/step_00000100.safetensors   model weights (float32)
+    RUN/checkpoints/step_00000100.state.pt      optimizer, RNG, data cursor (written second)
+
+A checkpoint counts as complete only when both files exist, because the trainer writes the
+weights first and the state file last (each atomically).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from tinyscale.errors import UserError
+from tinyscale.fileio import read_json
+
+_STEP = re.compile(r"^step_(\d{8})\.safetensors$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def weights_path(run_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step_{step:08d}.safetensors"
+
+
+def state_path(run_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step_{step:08d}.state.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[int]:
+    """Steps of complete checkpoints, ascending."""
+    d = checkpoint_dir(run_dir)
+    if not d.is_dir():
+        return []
+    steps = [int(m.group(1)) for p in d.iterdir() if (m := _STEP.match(p.name))]
+    return sorted(s for s in steps if state_path(run_dir, s).is_file())
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    info = read_json(run_dir / "run.json")
+    if not isinstance(info, dict) or "model" not in info:
+        raise UserError(f"{run_dir / 'run.json'}: not a tinyscale run (no 'model' entry)")
+    return info
+
+
+def resolve_step(run_dir: str | Path, step: int | None) -> int:
+    steps = list_checkpoints(run_dir)
+    if not steps:
+        raise UserError(f"{run_dir}: no complete checkpoint")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise UserError(f"{run_dir}: no checkpoint at step {step} (have {', '.join(map(str, steps))})")
+    return step
+
+
+def load_tokenizer(run_dir: str | Path):
+    from tokenizers import Tokenizer
+
+    path = Path(run_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"{path}: tokenizer not found")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises plain Exceptions on bad files
+        raise UserError(f"{path}: not a valid tokenizer ({e})") from None
+
+
+def load_model(run_dir: str | Path, step: int | None = None, device: str = "cpu"):
+    """Return (model in eval mode, step) for a checkpoint of a run (the last one by default)."""
+    from safetensors.torch import load_file
+
+    from tinyscale.config import ModelConfig
+    from tinyscale.model import Transformer
+
+    info = read_run(run_dir)
+    step = resolve_step(run_dir, step)
+    model = Transformer(ModelConfig(**info["model"]))
+    path = weights_path(run_dir, step)
+    try:
+        state = load_file(str(path), device=device)
+        model.load_state_dict(state)
+    except Exception as e:
+        raise UserError(f"{path}: cannot load checkpoint ({e})") from None
+    return model.to(device).eval(), step
