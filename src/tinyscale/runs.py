@@ -78,7 +78,7 @@ def load_tokenizer(run_dir: str | Path):
 
 def load_model(run_dir: str | Path, step: int | None = None, device: str = "cpu"):
     """Return (model in eval mode, step) for a checkpoint of a run (the last one by default)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model as load_weights
 
     from tinyscale.config import ModelConfig
     from tinyscale.model import Transformer
@@ -88,8 +88,8 @@ def load_model(run_dir: str | Path, step: int | None = None, device: str = "cpu"
     model = Transformer(ModelConfig(**info["model"]))
     path = weights_path(run_dir, step)
     try:
-        state = load_file(str(path), device=device)
-        model.load_state_dict(state)
+        # save_model/load_model handle tied embeddings (shared tensors), which save_file refuses.
+        load_weights(model, str(path), device=device)
     except Exception as e:
         raise UserError(f"{path}: cannot load checkpoint ({e})") from None
     return model.to(device).eval(), step
