@@ -86,8 +86,28 @@ def _run_data_stats(args: argparse.Namespace) -> None:
         print_stats(stats)
 
 
+# --- sweep ------------------------------------------------------------------------------------
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="run (or resume) a grid of training runs and evaluate them")
+    p.add_argument("sweep", help="sweep.yaml, or the folder that holds it")
+    p.add_argument("--launcher", choices=["local", "ray"], help="override the YAML's launcher")
+    p.add_argument("--status", action="store_true", help="only show which runs are done")
+    p.set_defaults(func=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> None:
+    from tinyscale.sweep import run_sweep, sweep_status
+
+    rows = sweep_status(args.sweep) if args.status else run_sweep(args.sweep, launcher=args.launcher)
+    for row in rows:
+        print(f"{row['status']:>8}  {row['name']}")
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_data,
+    _add_sweep,
 ]
 
 

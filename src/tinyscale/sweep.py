@@ -1,0 +1,254 @@
+"""Sweeps: expand a grid of training runs, run them locally or on Ray, evaluate, and resume.
+
+A sweep folder holds `sweep.yaml` (what the user wrote), `sweep.json` (the resolved list of runs and
+the exact commands), `runs/<name>/` (ordinary run dirs) and `logs/<name>.log`.
+
+Every run is driven through the `tinyscale train` and `tinyscale eval` commands in a subprocess. That
+keeps the sweep independent of the trainer's internals, gives each run its own thread budget, and is
+exactly what a Ray task on another machine has to do anyway. A run is finished when its
+`.sweep-done` marker exists (written after training and evaluation both succeed); a run dir without
+the marker but with a checkpoint is resumed with `--resume`; one without a checkpoint starts over.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tinyscale import progress
+from tinyscale.errors import UserError
+from tinyscale.fileio import atomic_open, read_json, write_json
+from tinyscale.runs import list_checkpoints
+
+DONE_MARKER = ".sweep-done"
+# Short names for the run folder; any other key keeps its full name.
+_SHORT = {"preset": "", "family": "", "d_model": "d", "n_layers": "l", "n_heads": "h", "tokens": "t",
+          "seed": "s", "lr": "lr", "batch": "b", "seq_len": "T"}
+
+
+class RayOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    address: str | None = None  # None: start or join a local instance; "auto" or ray://host:port for a cluster
+    num_cpus: float = 1  # per run
+    num_gpus: float = 0  # per run
+
+
+class SweepConfig(BaseModel):
+    """What a sweep.yaml may say. `train` holds defaults for every run (the `tinyscale train` options
+    in snake_case); `grid` is expanded as a Cartesian product; `runs` is an explicit list; both may be
+    given (each explicit run is crossed with the grid)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    launcher: Literal["local", "ray"] = "local"
+    parallel: int = Field(1, ge=1)  # local launcher: runs at once (threads are split between them)
+    threads: int | None = None  # local launcher: total threads to share (default: all cores)
+    train: dict[str, Any] = {}
+    grid: dict[str, list[Any]] = {}
+    runs: list[dict[str, Any]] = []
+    eval: dict[str, Any] = {"checkpoints": "all"}
+    ray: RayOptions = RayOptions()
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "sweep.yaml"
+    if not path.is_file():
+        raise UserError(f"{path}: sweep file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    try:
+        cfg = SweepConfig(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    # A relative data path is relative to the YAML file, so a sweep folder can be moved as a whole.
+    if not Path(cfg.data).is_absolute():
+        cfg.data = str((path.parent / cfg.data).resolve())
+    return cfg
+
+
+def expand(cfg: SweepConfig) -> list[dict[str, Any]]:
+    """The list of runs: each a dict of train options, with a unique, readable `name`."""
+    keys = list(cfg.grid)
+    for key, values in cfg.grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"sweep grid: '{key}' must be a non-empty list")
+    combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*cfg.grid.values())]
+    bases = cfg.runs or [{}]
+    specs, names = [], set()
+    for base in bases:
+        for combo in combos:
+            spec = {**cfg.train, **base, **combo}
+            spec.pop("name", None)
+            name = base.get("name") or run_name({**base, **combo})
+            if name in names:
+                raise UserError(f"sweep: two runs would be named '{name}'; give explicit names")
+            names.add(name)
+            specs.append({"name": name, **spec})
+    return specs
+
+
+def run_name(varied: dict[str, Any]) -> str:
+    parts = [f"{_SHORT.get(k, k)}{v}" for k, v in varied.items()]
+    return "-".join(str(p).replace("/", "_") for p in parts) or "run"
+
+
+def _flags(options: dict[str, Any]) -> list[str]:
+    """Turn snake_case options into `--kebab-case value` flags (True booleans become bare flags)."""
+    out: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def commands(spec: dict[str, Any], data: str, run_dir: Path, eval_opts: dict[str, Any],
+             threads: int | None, resume: bool) -> list[list[str]]:
+    """The exact `tinyscale` commands for one run (also written to sweep.json for the report)."""
+    opts = {k: v for k, v in spec.items() if k != "name"}
+    if threads:
+        opts["threads"] = threads
+    train = ["tinyscale", "-q", "train"]
+    train += ["--resume", str(run_dir)] if resume else ["--data", data, "--out", str(run_dir)]
+    train += _flags(opts) if not resume else _flags({k: v for k, v in opts.items() if k in ("threads", "device")})
+    evaluate = ["tinyscale", "-q", "eval", str(run_dir), *_flags(eval_opts)]
+    return [train, evaluate]
+
+
+def run_one(spec: dict[str, Any], data: str, sweep_dir: str, eval_opts: dict[str, Any],
+            threads: int | None) -> dict[str, Any]:
+    """Train (or resume) and evaluate one run; safe to call again after a crash."""
+    sweep = Path(sweep_dir)
+    run_dir = sweep / "runs" / spec["name"]
+    if (run_dir / DONE_MARKER).exists():
+        return {"name": spec["name"], "status": "skipped"}
+    resume = run_dir.is_dir() and bool(list_checkpoints(run_dir))
+    if run_dir.is_dir() and not resume:
+        shutil.rmtree(run_dir)  # crashed before its first checkpoint: nothing worth keeping
+    log_path = sweep / "logs" / f"{spec['name']}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        for cmd in commands(spec, data, run_dir, eval_opts, threads, resume):
+            argv = [sys.executable, "-m", "tinyscale.cli", *cmd[1:]]
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+            if code != 0:
+                return {"name": spec["name"], "status": "failed", "exit_code": code, "log": str(log_path)}
+    with atomic_open(run_dir / DONE_MARKER) as f:
+        f.write("ok\n")
+    return {"name": spec["name"], "status": "resumed" if resume else "done"}
+
+
+def _resolve_sweep_dir(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def write_plan(cfg: SweepConfig, sweep_dir: Path, specs: list[dict[str, Any]], threads: int | None) -> None:
+    plan = {
+        "data": cfg.data,
+        "launcher": cfg.launcher,
+        "runs": [
+            {"name": s["name"], "options": {k: v for k, v in s.items() if k != "name"},
+             "commands": [" ".join(c) for c in commands(s, cfg.data, sweep_dir / "runs" / s["name"],
+                                                          cfg.eval, threads, resume=False)]}
+            for s in specs
+        ],
+    }
+    write_json(sweep_dir / "sweep.json", plan)
+
+
+def run_sweep(path: str | Path, launcher: str | None = None) -> list[dict[str, Any]]:
+    """Run every run of a sweep that is not finished yet; return one status dict per run."""
+    cfg = load_sweep(path)
+    sweep_dir = _resolve_sweep_dir(path)
+    if not Path(cfg.data).is_dir():
+        raise UserError(f"{cfg.data}: shards folder of the sweep not found")
+    specs = expand(cfg)
+    launcher = launcher or cfg.launcher
+    total_threads = cfg.threads or os.cpu_count() or 1
+    threads = max(1, total_threads // cfg.parallel) if launcher == "local" else max(1, int(cfg.ray.num_cpus))
+    write_plan(cfg, sweep_dir, specs, threads)
+    if launcher == "ray":
+        results = _run_ray(cfg, sweep_dir, specs, threads)
+    else:
+        results = _run_local(cfg, sweep_dir, specs, threads)
+    failed = [r for r in results if r["status"] == "failed"]
+    if failed:
+        names = ", ".join(f"{r['name']} (see {r['log']})" for r in failed)
+        raise UserError(f"{len(failed)} of {len(results)} runs failed: {names}")
+    return results
+
+
+def _run_local(cfg: SweepConfig, sweep_dir: Path, specs: list[dict], threads: int) -> list[dict]:
+    results = []
+    with progress.bar(len(specs), "sweep") as bar, ThreadPoolExecutor(max_workers=cfg.parallel) as pool:
+        futures = [pool.submit(run_one, s, cfg.data, str(sweep_dir), cfg.eval, threads) for s in specs]
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            bar.update(1, last=f"{results[-1]['name']} {results[-1]['status']}")
+    return sorted(results, key=lambda r: r["name"])
+
+
+def _run_ray(cfg: SweepConfig, sweep_dir: Path, specs: list[dict], threads: int) -> list[dict]:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray launcher needs Ray: pip install 'tinyscale[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)(run_one)
+        pending = [task.remote(s, cfg.data, str(sweep_dir.resolve()), cfg.eval, threads) for s in specs]
+        results = []
+        with progress.bar(len(specs), "sweep (ray)") as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                results.append(ray.get(done[0]))
+                bar.update(1, last=f"{results[-1]['name']} {results[-1]['status']}")
+    finally:
+        if started_here:
+            ray.shutdown()
+    return sorted(results, key=lambda r: r["name"])
+
+
+def sweep_status(path: str | Path) -> list[dict[str, Any]]:
+    """Which runs are done, partial (resumable) or not started."""
+    cfg = load_sweep(path)
+    sweep_dir = _resolve_sweep_dir(path)
+    out = []
+    for spec in expand(cfg):
+        run_dir = sweep_dir / "runs" / spec["name"]
+        state = ("done" if (run_dir / DONE_MARKER).exists()
+                 else "partial" if list_checkpoints(run_dir) else "pending")
+        out.append({"name": spec["name"], "status": state})
+    return out
+
+
+def read_plan(sweep_dir: str | Path) -> dict[str, Any]:
+    return read_json(Path(sweep_dir) / "sweep.json")
