@@ -10,7 +10,6 @@ BIN := $(VENV)/bin
 
 $(BIN)/tinyscale: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev,llm,serve]"
 	touch $@
