@@ -105,9 +105,321 @@ def _run_sweep(args: argparse.Namespace) -> None:
         print(f"{row['status']:>8}  {row['name']}")
 
 
+# --- tokenize ---------------------------------------------------------------------------------
+
+
+def _add_tokenize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenize", help="train (or reuse) a BPE and write token shards for every split")
+    p.add_argument("corpus", help="corpus folder with train.jsonl, val.jsonl [, ood.jsonl]")
+    p.add_argument("--out", required=True, help="output shards folder")
+    p.add_argument("--vocab-size", type=_positive_int, default=4096, help="BPE vocabulary size (default 4096)")
+    p.add_argument("--tokenizer", metavar="PATH", help="reuse this tokenizer.json instead of training one")
+    p.add_argument("--workers", type=_positive_int,
+                   help="encoding processes (default: all cores for corpora over 32 MB, else 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.set_defaults(func=_run_tokenize)
+
+
+def _run_tokenize(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tinyscale.data.tokenize import tokenize_corpus
+
+    meta = tokenize_corpus(args.corpus, args.out, vocab_size=args.vocab_size, tokenizer_path=args.tokenizer,
+                           overwrite=args.overwrite, workers=args.workers)
+    splits = meta["splits"]
+    table = Table(title=f"{args.out}  (vocab {meta['vocab_size']}, {meta['dtype']})")
+    for col in ("split", "stories", "tokens", "bytes/token"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, info in splits.items():
+        table.add_row(split, f"{info['stories']:,}", f"{info['tokens']:,}",
+                      f"{info['bytes'] / max(info['tokens'], 1):.2f}")
+    skills = Table(title="tokens per skill")
+    skills.add_column("skill")
+    for split in splits:
+        skills.add_column(split, justify="right")
+    for k in meta["skills"]:
+        skills.add_row(k, *(f"{info['skill_tokens'][k]:,} ({info['skill_tokens'][k] / info['tokens']:.1%})"
+                            for info in splits.values()))
+    Console().print(table, skills)
+
+
+# --- train ------------------------------------------------------------------------------------
+
+
+def _nonnegative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on token shards (or --resume a run)",
+                       description="Every option defaults to tinyscale.config.TrainConfig; with --resume, "
+                                   "options default to the run's own and only --tokens, --device, --threads, "
+                                   "--compile and --data may change.")
+    p.add_argument("--data", help="shards folder written by `tinyscale tokenize`")
+    p.add_argument("--out", help="new run folder")
+    p.add_argument("--resume", metavar="RUN", help="continue this run from its newest checkpoint")
+    p.add_argument("--config", metavar="YAML", help="TrainConfig options as YAML (flags override it)")
+    m = p.add_argument_group("model")
+    m.add_argument("--preset", help="size preset, e.g. 1M, 3M, 8M, 28M, 33M, 21M-1L (default 3M)")
+    m.add_argument("--family", choices=["llama", "neo"])
+    m.add_argument("--d-model", type=_positive_int)
+    m.add_argument("--n-layers", type=_positive_int)
+    m.add_argument("--n-heads", type=_positive_int)
+    m.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None)
+    m.add_argument("--max-seq-len", type=_positive_int, help="model context (default max(512, seq-len))")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--tokens", type=_count, help="training tokens, e.g. 20M (steps = ceil(tokens / "
+                                                  "(batch * seq-len * grad-accum)))")
+    o.add_argument("--batch", type=_positive_int, help="sequences per micro-step, over all processes")
+    o.add_argument("--seq-len", type=_positive_int)
+    o.add_argument("--grad-accum", type=_positive_int)
+    o.add_argument("--lr", type=float)
+    o.add_argument("--min-lr", type=float, help="end of the cosine decay (default lr/10)")
+    o.add_argument("--warmup", type=_nonnegative_int, help="linear warmup steps")
+    o.add_argument("--weight-decay", type=float)
+    o.add_argument("--beta1", type=float)
+    o.add_argument("--beta2", type=float)
+    o.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
+    o.add_argument("--seed", type=int)
+    b = p.add_argument_group("bookkeeping")
+    b.add_argument("--log-every", type=_positive_int, help="steps between metrics lines")
+    b.add_argument("--eval-every", type=_nonnegative_int, help="steps between evaluations (0: at the end)")
+    b.add_argument("--eval-tokens", type=_count, help="validation tokens per evaluation")
+    b.add_argument("--checkpoint-every", type=_positive_int)
+    b.add_argument("--dense-checkpoints", type=_nonnegative_int, metavar="STEP",
+                   help="also keep checkpoints at steps 1, 2, 4, ... up to STEP")
+    e = p.add_argument_group("execution")
+    e.add_argument("--dtype", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast where supported")
+    e.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
+    e.add_argument("--device", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    e.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from tinyscale.config import TrainConfig
+    from tinyscale.train import resume, train
+
+    opts = {k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k, None) is not None}
+    if args.resume:
+        if args.out or args.config:
+            raise UserError("--resume: give the run folder alone (no --out or --config)")
+        last = resume(args.resume, **opts)
+    else:
+        if not args.out:
+            raise UserError("--out: required for a new run (or use --resume RUN)")
+        if args.config:
+            import yaml
+
+            try:
+                with open(args.config, encoding="utf-8") as f:
+                    base = yaml.safe_load(f) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise UserError(f"{args.config}: cannot read YAML ({str(e).splitlines()[0]})") from None
+            if not isinstance(base, dict):
+                raise UserError(f"{args.config}: expected a mapping of train options")
+            opts = {**base, **opts}
+        if "data" not in opts:
+            raise UserError("--data: required for a new run")
+        try:
+            cfg = TrainConfig(**opts)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = "--" + "-".join(str(x) for x in err["loc"]).replace("_", "-")
+            raise UserError(f"{args.config + ': ' if args.config else ''}{where}: {err['msg']}") from None
+        last = train(cfg, args.out)
+    if last:
+        shown = {k: last[k] for k in ("step", "tokens", "loss", "val_loss") if k in last}
+        print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+
+
+# --- sample / export -------------------------------------------------------------------------
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("sample", help="generate completions of a prompt from a run's checkpoint")
+    s.add_argument("run", help="run folder")
+    s.add_argument("--prompt", default="", help="text to continue (empty: a story from scratch)")
+    s.add_argument("-n", type=_positive_int, default=1, help="number of completions (one batch)")
+    s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    s.add_argument("--top-k", type=_positive_int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--max-new-tokens", type=_positive_int, default=200)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="default: the last one")
+    s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    s.set_defaults(func=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.rule import Rule
+
+    from tinyscale import progress, runs
+    from tinyscale.generate import complete, pick_device
+
+    device = pick_device(args.device)
+    model, step = runs.load_model(args.run, args.checkpoint, device=str(device))
+    tokenizer = runs.load_tokenizer(args.run)
+    room = model.cfg.max_seq_len - max(1, len(tokenizer.encode(args.prompt).ids))
+    if room < 1:
+        raise UserError(f"--prompt: longer than the model's context of {model.cfg.max_seq_len} tokens")
+    if args.max_new_tokens > room:
+        progress.info(f"--max-new-tokens: {args.max_new_tokens} does not fit the context; using {room}")
+    texts = complete(model, tokenizer, args.prompt, n=args.n, max_new_tokens=min(args.max_new_tokens, room),
+                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    console = Console(highlight=False)
+    for i, text in enumerate(texts, 1):
+        console.print(Rule(f"sample {i}/{len(texts)} · step {step}"))
+        console.print(text, markup=False)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face model folder")
+    e.add_argument("run", help="run folder")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="default: the last one")
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    e.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from tinyscale.export import export_hf
+
+    out = export_hf(args.run, args.out, step=args.checkpoint, overwrite=args.overwrite)
+    print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+
+
+# --- analyze / report -------------------------------------------------------------------------
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser("analyze", help="scaling-law fits and the emergence taxonomy of a sweep (or a CSV)")
+    a.add_argument("sweep", nargs="?", help="sweep folder (writes SWEEP/analysis.json)")
+    a.add_argument("--csv", metavar="FILE", help="analyse a CSV of someone else's results instead")
+    a.add_argument("--params-col", metavar="COL", help="CSV column of parameter counts N")
+    a.add_argument("--tokens-col", metavar="COL", help="CSV column of training tokens D")
+    a.add_argument("--loss-col", metavar="COL", help="CSV column of the loss L")
+    a.add_argument("--flops-col", metavar="COL", help="CSV column of training compute C (default 6ND)")
+    a.add_argument("--run-col", metavar="COL", help="CSV column grouping rows into runs for the bootstrap")
+    a.add_argument("--task-col", metavar="COL", help="CSV column naming the task of a per-task curve")
+    a.add_argument("--x-col", metavar="COL", help="CSV column of the scale axis of per-task curves")
+    a.add_argument("--metric-col", metavar="COL", help="CSV column of the per-task metric")
+    a.add_argument("--chance", type=float, help="chance level of the per-task metric")
+    a.add_argument("--lower-is-better", action="store_true", help="the per-task metric is a loss")
+    a.add_argument("--size", choices=["non_embedding_params", "params"], default="non_embedding_params",
+                   help="parameter count used as N for a sweep")
+    a.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples over runs")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", metavar="FILE", help="also write the JSON here")
+    a.set_defaults(func=_run_analyze)
+
+
+def _run_analyze(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from tinyscale.analysis.analyze import analyze_csv, analyze_sweep, summary_tables
+    from tinyscale.fileio import write_json
+
+    if args.n_boot < 0:
+        raise UserError(f"--n-boot: must be >= 0, got {args.n_boot}")
+    if (args.sweep is None) == (args.csv is None):
+        raise UserError("analyze: give a sweep folder or --csv FILE (one of the two)")
+    if args.csv:
+        result = analyze_csv(args.csv, params_col=args.params_col, tokens_col=args.tokens_col,
+                             loss_col=args.loss_col, flops_col=args.flops_col, run_col=args.run_col,
+                             task_col=args.task_col, x_col=args.x_col, metric_col=args.metric_col,
+                             chance=args.chance, lower_is_better=args.lower_is_better,
+                             n_boot=args.n_boot, seed=args.seed)
+    else:
+        result = analyze_sweep(args.sweep, size_key=args.size, n_boot=args.n_boot, seed=args.seed)
+    if args.out:
+        write_json(args.out, result)
+    console = Console()
+    for table in summary_tables(result):
+        console.print(table)
+    where = [p for p in (None if args.csv else f"{args.sweep}/analysis.json", args.out) if p]
+    if where:
+        console.print(f"wrote {', '.join(where)}", markup=False)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("report", help="write SWEEP/report.html (figures embedded) and SWEEP/plots/*.png")
+    r.add_argument("sweep", help="sweep folder")
+    r.add_argument("--metric", default="loss",
+                   help="heatmap metric: loss, loss:<skill>, or mc|exact|prob:<suite> (default loss)")
+    r.add_argument("--size", choices=["non_embedding_params", "params"], default="non_embedding_params")
+    r.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples if the analysis is (re)run")
+    r.add_argument("--stories", type=int, default=3, help="story completions to show side by side")
+    r.add_argument("--reanalyze", action="store_true", help="recompute analysis.json even if it is fresh")
+    r.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from tinyscale.analysis.report import build_report
+
+    kind, _, name = args.metric.partition(":")
+    if kind not in ("loss", "mc", "exact", "prob") or (kind != "loss" and not name):
+        raise UserError(f"--metric {args.metric}: expected loss, loss:<skill> or mc|exact|prob:<suite>")
+    out = build_report(args.sweep, metric=args.metric, size_key=args.size, n_boot=args.n_boot,
+                       max_stories=args.stories, reanalyze=args.reanalyze)
+    print(f"wrote {out}")
+
+
+# --- eval -------------------------------------------------------------------------------------
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("eval", help="loss per skill, probe suites and story completions for a run's checkpoints")
+    e.add_argument("run", help="run folder")
+    e.add_argument("--checkpoints", default="last", metavar="all|last|STEP,...", help="default: last")
+    e.add_argument("--suite", action="append", default=None, metavar="NAME_OR_PATH",
+                   help="facts, reasoning, tracking, grammar or a .jsonl file (repeatable; default: the four)")
+    e.add_argument("--no-suites", action="store_true", help="skip the probe suites")
+    e.add_argument("--completions", type=int, default=8, metavar="M", help="validation stories to complete (0: none)")
+    e.add_argument("--samples", type=_positive_int, default=2, metavar="K", help="completions per story")
+    e.add_argument("--temperature", type=float, default=0.8, help="for the completions (0 = greedy)")
+    e.add_argument("--max-tokens", type=_count, default=None, metavar="N",
+                   help="tokens per split for the loss per skill (default 32768)")
+    e.add_argument("--data", default=None, help="shards folder (default: the one in run.json)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    e.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from tinyscale.evaluate import DEFAULT_MAX_TOKENS, evaluate_run
+    from tinyscale.evaluate.run import eval_tables
+
+    if args.completions < 0:
+        raise UserError(f"--completions: must be 0 or more, got {args.completions}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature: must be 0 or more, got {args.temperature}")
+    results = evaluate_run(args.run, args.checkpoints, [] if args.no_suites else args.suite, args.device,
+                           max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS, completions=args.completions,
+                           samples=args.samples, temperature=args.temperature, seed=args.seed, data_dir=args.data)
+    console = Console()
+    for table in eval_tables(results):
+        console.print(table)
+    console.print(f"wrote {len(results)} result(s) to {args.run}/eval/")
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_data,
     _add_sweep,
+    _add_tokenize,
+    _add_train,
+    _add_sample,
+    _add_export,
+    _add_analyze,
+    _add_report,
+    _add_eval,
 ]
 
 
