@@ -48,11 +48,11 @@ grid: {seed: [0, 1]}
 
 
 def test_commands_translate_options_to_flags(tmp_path):
-    spec = {"name": "x", "d_model": 32, "compile": True, "dtype": "bf16", "grad_accum": None}
+    spec = {"name": "x", "d_model": 32, "compile": True, "tie_embeddings": False, "grad_accum": None}
     train, evaluate = commands(spec, "data", tmp_path / "x", {"checkpoints": "all"}, threads=1, resume=False)
     assert train[:3] == ["tinyscale", "-q", "train"]
     assert "--d-model" in train and train[train.index("--d-model") + 1] == "32"
-    assert "--compile" in train and "--grad-accum" not in train
+    assert "--compile" in train and "--no-tie-embeddings" in train and "--grad-accum" not in train
     assert evaluate[-2:] == ["--checkpoints", "all"]
     resumed, _ = commands(spec, "data", tmp_path / "x", {}, threads=1, resume=True)
     assert resumed[3:5] == ["--resume", str(tmp_path / "x")]

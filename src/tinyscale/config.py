@@ -44,3 +44,56 @@ class ModelConfig(BaseModel):
             return 4 * self.d_model
         # SwiGLU has three matrices; 8/3*d keeps its parameter count equal to a 4*d GELU MLP.
         return 32 * ((8 * self.d_model // 3 + 31) // 32)
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides what a training run computes; stored resolved in run.json "config".
+
+    Field names are the `tinyscale train` flags in snake_case (`--grad-accum` is `grad_accum`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str  # shards folder (made absolute when the run starts)
+    # Model shape: a preset from model.PRESETS, each dimension overridable.
+    preset: str | None = "3M"
+    family: Literal["llama", "neo"] = "llama"
+    d_model: int | None = Field(None, ge=8)
+    n_layers: int | None = Field(None, ge=1)
+    n_heads: int | None = Field(None, ge=1)
+    tie_embeddings: bool = True
+    max_seq_len: int | None = Field(None, ge=1)  # None: max(512, seq_len)
+    # Budget and batch. `batch` is the global number of sequences per micro-step (split over DDP
+    # ranks), so one step sees batch * seq_len * grad_accum tokens whatever the number of processes.
+    tokens: int = Field(20_000_000, ge=1)
+    batch: int = Field(32, ge=1)
+    seq_len: int = Field(256, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    # AdamW with linear warmup then cosine decay to min_lr.
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float | None = Field(None, ge=0)  # None: lr / 10
+    warmup: int = Field(100, ge=0)  # steps
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0)  # 0 turns clipping off
+    seed: int = 0
+    # Bookkeeping, in optimizer steps.
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(250, ge=0)  # 0: evaluate only at the end
+    eval_tokens: int = Field(65_536, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    dense_checkpoints: int = Field(0, ge=0)  # also keep steps 1, 2, 4, ... up to this one
+    # Execution: these may change when a run is resumed.
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the hardware has it
+    compile: bool = False
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)  # None: all cores (split between local DDP ranks)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch * self.seq_len * self.grad_accum
+
+    @property
+    def steps(self) -> int:
+        return -(-self.tokens // self.tokens_per_step)

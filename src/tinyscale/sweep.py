@@ -110,13 +110,15 @@ def run_name(varied: dict[str, Any]) -> str:
 
 
 def _flags(options: dict[str, Any]) -> list[str]:
-    """Turn snake_case options into `--kebab-case value` flags (True booleans become bare flags)."""
+    """Turn snake_case options into `--kebab-case value` flags; booleans become `--x` / `--no-x`."""
     out: list[str] = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if value is True:
             out.append(flag)
-        elif value is False or value is None:
+        elif value is False:
+            out.append("--no-" + flag[2:])
+        elif value is None:
             continue
         elif isinstance(value, list):
             out += [flag, *map(str, value)]
