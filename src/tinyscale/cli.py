@@ -388,6 +388,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--data", default=None, help="shards folder (default: the one in run.json)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    e.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (default: all cores)")
     e.set_defaults(func=_run_eval)
 
 
@@ -401,6 +402,10 @@ def _run_eval(args: argparse.Namespace) -> None:
         raise UserError(f"--completions: must be 0 or more, got {args.completions}")
     if args.temperature < 0:
         raise UserError(f"--temperature: must be 0 or more, got {args.temperature}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     results = evaluate_run(args.run, args.checkpoints, [] if args.no_suites else args.suite, args.device,
                            max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS, completions=args.completions,
                            samples=args.samples, temperature=args.temperature, seed=args.seed, data_dir=args.data)

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from tinyscale.errors import UserError
+from tinyscale.generate import generate, pick_device, sample_next
+from tinyscale.model import Transformer, model_config
+
+
+def build(family: str = "llama") -> Transformer:
+    torch.manual_seed(0)
+    cfg = model_config(vocab_size=61, max_seq_len=48, family=family, d_model=32, n_layers=2, n_heads=2)
+    return Transformer(cfg).eval()
+
+
+def greedy_by_recomputation(model, prompt: list[int], n: int) -> list[int]:
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+PROMPTS = [[5, 9, 2, 40, 7, 7, 1], [3], [11, 12, 13, 14]]
+
+
+@pytest.mark.parametrize("family", ["llama", "neo"])
+def test_greedy_with_cache_equals_recomputation(family):
+    model = build(family)
+    for p in PROMPTS:
+        assert generate(model, [p], 12, temperature=0) == [greedy_by_recomputation(model, p, 12)]
+
+
+@pytest.mark.parametrize("family", ["llama", "neo"])
+def test_ragged_batch_equals_one_by_one(family):
+    model = build(family)
+    batched = generate(model, PROMPTS, 10, temperature=0)
+    assert batched == [generate(model, [p], 10, temperature=0)[0] for p in PROMPTS]
+    assert all(len(row) == 10 for row in batched)
+
+
+def test_top_k_1_is_greedy_and_sampling_is_seeded():
+    model = build()
+    greedy = generate(model, PROMPTS, 8, temperature=0)
+    assert generate(model, PROMPTS, 8, temperature=1.5, top_k=1, seed=3) == greedy
+    a = generate(model, PROMPTS, 16, temperature=1.0, seed=1)
+    assert a == generate(model, PROMPTS, 16, temperature=1.0, seed=1)
+    assert a != generate(model, PROMPTS, 16, temperature=1.0, seed=2)
+
+
+def test_sampler_respects_top_k_top_p_and_temperature():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
+    gen = torch.Generator().manual_seed(0)
+    picks = sample_next(logits, 1.0, top_k=2, generator=gen)
+    assert set(picks.tolist()) == {0, 1}
+    # top_p=0.7: 0.5 alone is short of 0.7, so tokens 0 and 1 stay; 0.8 needs token 2 as well
+    assert set(sample_next(logits, 1.0, top_p=0.7, generator=gen).tolist()) == {0, 1}
+    assert set(sample_next(logits, 1.0, top_p=0.85, generator=gen).tolist()) == {0, 1, 2}
+    freq = torch.bincount(sample_next(logits, 1.0, generator=gen), minlength=4).float() / 4000
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03)
+    cold = torch.bincount(sample_next(logits, 0.25, generator=gen), minlength=4).float() / 4000
+    assert cold[0] > 0.85  # low temperature sharpens towards the mode
+    assert torch.equal(sample_next(logits[:3], 0.0), torch.zeros(3, dtype=torch.long))
+
+
+def test_rows_stop_at_end_of_text():
+    model = build()
+    free = generate(model, PROMPTS, 12, temperature=1.0, seed=5)
+    eot = free[0][3]  # a token the first row emits at its 4th step
+    stopped = generate(model, PROMPTS, 12, temperature=1.0, seed=5, eot_id=eot)
+    for f, s in zip(free, stopped, strict=True):
+        expect = f[: f.index(eot)] if eot in f else f
+        assert s == expect
+    assert len(stopped[0]) <= 3
+
+
+def test_bad_options_raise_user_error():
+    model = build()
+    with pytest.raises(UserError, match="context"):
+        generate(model, [[1] * 40], 10)
+    with pytest.raises(UserError, match="top-p"):
+        generate(model, [[1]], 2, top_p=0)
+    with pytest.raises(UserError, match="empty"):
+        generate(model, [[]], 2)
+    with pytest.raises(UserError, match="--device"):
+        pick_device("nonsense")
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type in {"cpu", "cuda", "mps"}
