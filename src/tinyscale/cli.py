@@ -415,9 +415,29 @@ def _run_eval(args: argparse.Namespace) -> None:
     console.print(f"wrote {len(results)} result(s) to {args.run}/eval/")
 
 
+# --- demo -------------------------------------------------------------------------------------
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="a whole small study on the story world, end to end (~15 min on 2 cores)")
+    p.add_argument("--out", default="demo", help="folder for corpus, shards, sweep and report (default ./demo)")
+    p.add_argument("--minutes", type=float, default=15.0, help="time budget on 2 CPU cores (default 15)")
+    p.add_argument("--stories", type=_count, default=30_000, help="story-world stories to generate")
+    p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from tinyscale.demo import run_demo
+
+    report = run_demo(args.out, minutes=args.minutes, stories=args.stories, overwrite=args.overwrite)
+    print(f"report: {report}")
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_data,
     _add_sweep,
+    _add_demo,
     _add_tokenize,
     _add_train,
     _add_sample,

@@ -1,0 +1,225 @@
+"""Turn a sweep folder (or someone else's CSV) into plain records for the fitters and the taxonomy.
+
+A record is one run at one checkpoint, a flat dict:
+
+    run, family, width, depth, heads          identity and shape (None when unknown)
+    params, non_embedding_params              parameter counts
+    step, tokens, flops                       training progress at this checkpoint (flops: training FLOPs)
+    loss                                      validation loss (nats/token), or None
+    skill_loss   {skill: loss}                validation loss per skill label
+    skill_tokens {skill: tokens}              tokens behind each of those means (for their noise)
+    probes       {suite: {"mc", "mc_lo", "mc_hi", "exact", "exact_lo", "exact_hi",
+                          "prob", "prob_se", "chance", "n"}}
+    final                                     True for the last checkpoint of the run
+
+Sources inside a run dir: `metrics.jsonl` lines with "val_loss" (the trainer's periodic evaluation)
+and `eval/<step>.json` (the `tinyscale eval` results, which win where both exist). Nothing here
+imports torch: the analysis runs anywhere the results were copied to.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from tinyscale.errors import UserError
+from tinyscale.fileio import read_json
+
+_EVAL_FILE = re.compile(r"^(\d+)\.json$")
+_Z95 = 1.959964
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl as a list of dicts; a torn last line (a crash mid-write) is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines):
+                continue
+            raise UserError(f"{path}: line {i} is not valid JSON") from None
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_evals(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """RUN/eval/<step>.json files keyed by step (the format written by `tinyscale eval`)."""
+    d = run_dir / "eval"
+    if not d.is_dir():
+        return {}
+    out = {}
+    for path in d.iterdir():
+        if m := _EVAL_FILE.match(path.name):
+            result = read_json(path)
+            if not isinstance(result, dict):
+                raise UserError(f"{path}: expected a JSON object")
+            out[int(m.group(1))] = result
+    return dict(sorted(out.items()))
+
+
+def _probe_summary(s: dict[str, Any]) -> dict[str, Any]:
+    """One suite of an eval result -> the flat probe fields of a record."""
+    out: dict[str, Any] = {"chance": _num(s.get("chance")), "n": s.get("n")}
+    for metric in ("mc", "exact"):
+        r = s.get(metric) or {}
+        out[metric], out[f"{metric}_lo"], out[f"{metric}_hi"] = _num(r.get("acc")), _num(r.get("lo")), _num(r.get("hi"))
+    out["prob"] = _num(s.get("p_answer"))
+    ps = [it["p"] for it in s.get("items") or [] if _num(it.get("p")) is not None]
+    if len(ps) >= 2:  # standard error of the mean probability, from the per-probe values
+        mean = sum(ps) / len(ps)
+        out["prob_se"] = math.sqrt(sum((p - mean) ** 2 for p in ps) / (len(ps) - 1) / len(ps))
+    else:
+        out["prob_se"] = None
+    return out
+
+
+def _from_eval(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    val = (result.get("loss") or {}).get("val") or {}
+    if _num(val.get("loss")) is not None:
+        out["loss"] = val["loss"]
+    skills = val.get("skills") or {}
+    if skills:
+        out["skill_loss"] = {k: v["loss"] for k, v in skills.items() if _num((v or {}).get("loss")) is not None}
+        out["skill_tokens"] = {k: v.get("tokens") for k, v in skills.items() if (v or {}).get("tokens")}
+    probes = result.get("probes") or {}
+    if probes:
+        out["probes"] = {name: _probe_summary(s) for name, s in probes.items() if isinstance(s, dict)}
+    return out
+
+
+def run_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Records of one run dir, one per evaluated step (ascending); [] when it has no evaluation yet."""
+    run_dir = Path(run_dir)
+    info = read_json(run_dir / "run.json")
+    if not isinstance(info, dict) or "model" not in info:
+        raise UserError(f"{run_dir / 'run.json'}: not a tinyscale run (no 'model' entry)")
+    model, params = info.get("model") or {}, info.get("params") or {}
+    base = {"run": run_dir.name, "family": model.get("family"), "width": model.get("d_model"),
+            "depth": model.get("n_layers"), "heads": model.get("n_heads"),
+            "params": _num(params.get("total")), "non_embedding_params": _num(params.get("non_embedding"))}
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    by_step: dict[int, dict[str, Any]] = {}
+    tokens_per_step = None
+    for row in metrics:  # a later line for the same step (after a resume) replaces the earlier one
+        step = row.get("step")
+        if not isinstance(step, int):
+            continue
+        if "val_loss" in row:
+            by_step[step] = {**by_step.get(step, {}), **row}
+        if step > 0 and _num(row.get("tokens")):
+            tokens_per_step = row["tokens"] / step
+    evals = read_evals(run_dir)
+    fpt = _num(info.get("flops_per_token"))
+    records = []
+    for step in sorted(set(by_step) | set(evals)):
+        row = by_step.get(step, {})
+        tokens = _num(row.get("tokens")) or (step * tokens_per_step if tokens_per_step else None)
+        if tokens is None and step == 0:
+            tokens = 0.0
+        flops = _num(row.get("flops")) or (tokens * fpt if tokens is not None and fpt else None)
+        rec = {**base, "step": step, "tokens": tokens, "flops": flops, "loss": _num(row.get("val_loss")),
+               "skill_loss": {k: v for k, v in (row.get("val_loss_by_skill") or {}).items() if _num(v) is not None},
+               "skill_tokens": dict(row.get("val_tokens_by_skill") or {}), "probes": {}, "final": False}
+        if step in evals:
+            rec.update({k: v for k, v in _from_eval(evals[step]).items() if v})
+        records.append(rec)
+    if records:
+        records[-1]["final"] = True
+    return records
+
+
+def sweep_runs(sweep_dir: str | Path) -> list[Path]:
+    """Run dirs of a sweep: SWEEP/runs/*/ with a run.json (a single run dir is also accepted)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir}: sweep folder not found")
+    if (sweep_dir / "run.json").is_file():
+        return [sweep_dir]
+    runs = sorted(p for p in (sweep_dir / "runs").glob("*") if (p / "run.json").is_file())
+    if not runs:
+        raise UserError(f"{sweep_dir}: no runs found (expected {sweep_dir / 'runs'}/<name>/run.json)")
+    return runs
+
+
+def collect_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Records of every run of a sweep (runs without any evaluation contribute none)."""
+    return [r for run in sweep_runs(sweep_dir) for r in run_records(run)]
+
+
+# --- CSV --------------------------------------------------------------------------------------
+
+
+def read_csv_table(path: str | Path, columns: dict[str, str | None],
+                   numeric: set[str]) -> list[dict[str, Any]]:
+    """Rows of a CSV file as dicts keyed by role (e.g. "params"), with numeric roles as floats.
+
+    `columns` maps a role to the CSV header naming it (None: not used). Errors name the file, the
+    line and the column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    wanted = {role: col for role, col in columns.items() if col is not None}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [col for col in wanted.values() if col not in header]
+        if missing:
+            raise UserError(f"{path}: no column {missing[0]!r} (columns: {', '.join(header) or 'none'})")
+        rows = []
+        for row in reader:
+            line = reader.line_num
+            if all(not (v or "").strip() for v in row.values()):
+                continue  # blank line
+            out: dict[str, Any] = {"line": line}
+            for role, col in wanted.items():
+                cell = (row.get(col) or "").strip()
+                if role in numeric:
+                    try:
+                        value = float(cell)
+                    except ValueError:
+                        raise UserError(f"{path}: line {line}, column {col!r}: {cell!r} is not a number") from None
+                    if not math.isfinite(value):
+                        raise UserError(f"{path}: line {line}, column {col!r}: {cell!r} is not a finite number")
+                    out[role] = value
+                else:
+                    out[role] = cell
+            rows.append(out)
+    if not rows:
+        raise UserError(f"{path}: no data rows")
+    return rows
+
+
+def csv_records(rows: list[dict[str, Any]], path: str | Path) -> list[dict[str, Any]]:
+    """Loss records from CSV rows with roles params, loss and optionally tokens, flops, run.
+
+    flops defaults to 6 N D when tokens are given; every row counts as a final point of its own run
+    unless a run column groups rows (then bootstrap resamples those groups).
+    """
+    records = []
+    for r in rows:
+        for role in ("params", "tokens", "loss", "flops"):
+            if role in r and r[role] <= 0:
+                raise UserError(f"{path}: line {r['line']}: {role} must be positive, got {r[role]:g}")
+        flops = r.get("flops", 6 * r["params"] * r["tokens"] if "tokens" in r else None)
+        records.append({"run": r.get("run") or f"line{r['line']}", "family": None, "width": None, "depth": None,
+                        "heads": None, "params": r["params"], "non_embedding_params": r["params"],
+                        "step": None, "tokens": r.get("tokens"), "flops": flops, "loss": r["loss"],
+                        "skill_loss": {}, "skill_tokens": {}, "probes": {}, "final": True})
+    return records

@@ -1,0 +1,255 @@
+"""The report's figures (matplotlib, Agg backend). Each function saves one PNG and returns its path,
+or returns None when the records hold nothing to draw (the report then says so)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: figures go to files only
+import matplotlib.patheffects as patheffects  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+DPI = 110
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _by_run(records: list[dict]) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        runs[r["run"]].append(r)
+    return runs
+
+
+def _run_colors(records: list[dict], size_key: str) -> dict[str, Any]:
+    """One color per run, ordered by size so the palette reads small (light) to large (dark)."""
+    sizes = {r["run"]: r.get(size_key) or 0 for r in records}
+    order = sorted(sizes, key=lambda k: (sizes[k], k))
+    cmap = plt.get_cmap("viridis_r")
+    return {run: cmap(0.15 + 0.8 * i / max(1, len(order) - 1)) for i, run in enumerate(order)}
+
+
+def _fmt_count(v: float) -> str:
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
+def _log_axis(axis: Any, counts: bool = True) -> None:
+    """Log scale with short labels (12k, 3.5M, 1e+12) and no minor labels, which overlap.
+
+    Call after plotting: a range of less than two decades also gets ticks at 2x and 5x, since a
+    bare 10^k tick or two says little about where the points are.
+    """
+    if axis is axis.axes.xaxis:
+        axis.axes.set_xscale("log")
+    else:
+        axis.axes.set_yscale("log")
+    lo, hi = axis.get_data_interval()
+    if 0 < lo < hi < 100 * lo:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: _fmt_count(v) if counts and v < 1e9 else f"{v:.2g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _value(d: dict, key: str) -> float:
+    v = d.get(key)
+    return np.nan if v is None else float(v)
+
+
+def learning_curves(records: list[dict], fits: dict[str, Any], path: str | Path,
+                    size_key: str = "non_embedding_params") -> Path | None:
+    """Validation loss vs training compute for every run, the compute-efficient frontier and L(C)."""
+    recs = [r for r in records if r.get("flops") and r.get("loss")]
+    if not recs:
+        return None
+    colors = _run_colors(recs, size_key)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for run, rs in sorted(_by_run(recs).items(), key=lambda kv: kv[1][0].get(size_key) or 0):
+        rs = sorted(rs, key=lambda r: r["flops"])
+        label = f"{run} ({_fmt_count(rs[0][size_key])})" if rs[0].get(size_key) else run
+        ax.plot([r["flops"] for r in rs], [r["loss"] for r in rs], "o-", ms=3, lw=1.2, color=colors[run],
+                label=label)
+    front = fits.get("points", {}).get("L(C)") or []
+    if front:
+        ax.plot([p[0] for p in front], [p[1] for p in front], "s", ms=7, mfc="none", mec="black",
+                label="frontier points")
+    fit = fits.get("L(C)") or {}
+    if "params" in fit:
+        c = np.logspace(math.log10(min(r["flops"] for r in recs)), math.log10(max(r["flops"] for r in recs)), 100)
+        p = fit["params"]
+        ax.plot(c, p["E"] + np.exp(p["log_A"] - p["alpha"] * np.log(c)), "k--", lw=1.5,
+                label=f"L(C) = {p['E']:.3g} + A/C^{p['alpha']:.3g}")
+    _log_axis(ax.xaxis, counts=False)
+    ax.set_xlabel("training compute (FLOPs)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("learning curves, frontier and fit")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+def law_fits(fits: dict[str, Any], path: str | Path) -> Path | None:
+    """L(N) and L(D): the points each law was fitted to, the fit and its 95% bootstrap band."""
+    panels = [(k, xl) for k, xl in (("L(N)", "parameters N"), ("L(D)", "training tokens D"))
+              if fits.get("points", {}).get(k)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for ax, (key, xlabel) in zip(axes[0], panels, strict=True):
+        pts = fits["points"][key]
+        x = np.array([p[0] for p in pts], float)
+        ax.plot(x, [p[1] for p in pts], "o", color="C0", label="points")
+        fit = fits.get(key) or {}
+        if "params" in fit:
+            grid = np.logspace(math.log10(x.min()), math.log10(x.max()), 100)
+            p = fit["params"]
+            ax.plot(grid, p["E"] + np.exp(p["log_A"] - p["alpha"] * np.log(grid)), "k--",
+                    label=f"E={p['E']:.3g}, α={p['alpha']:.3g}")
+            ci = fit.get("ci", {})
+            if "alpha" in ci:
+                ax.set_title(f"{key}: α = {p['alpha']:.3g} [{ci['alpha'][0]:.3g}, {ci['alpha'][1]:.3g}]", fontsize=9)
+        else:
+            ax.set_title(f"{key}: {fit.get('error', 'not fitted')}", fontsize=8)
+        _log_axis(ax.xaxis)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("loss")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def skill_losses(records: list[dict], path: str | Path, size_key: str = "non_embedding_params") -> Path | None:
+    """Validation loss per skill label vs training compute, one panel per skill, one line per run."""
+    recs = [r for r in records if r.get("flops") and r["skill_loss"]]
+    skills = sorted({s for r in recs for s in r["skill_loss"]})
+    if not skills:
+        return None
+    colors = _run_colors(recs, size_key)
+    cols = min(3, len(skills))
+    rows = math.ceil(len(skills) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, skill in zip(axes.flat, skills, strict=False):
+        for run, rs in _by_run(recs).items():
+            rs = sorted((r for r in rs if skill in r["skill_loss"]), key=lambda r: r["flops"])
+            ax.plot([r["flops"] for r in rs], [r["skill_loss"][skill] for r in rs], "o-", ms=2.5, lw=1,
+                    color=colors[run], label=run)
+        ax.set_title(skill)
+        _log_axis(ax.xaxis, counts=False)
+        ax.set_xlabel("FLOPs", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(skills):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    return _save(fig, path)
+
+
+def probes_vs_size(records: list[dict], path: str | Path, size_key: str = "non_embedding_params") -> Path | None:
+    """Probe accuracy vs model size per suite: multiple choice and exact match (95% intervals) beside
+    the mean probability of the right answer, with the multiple-choice chance level."""
+    finals = sorted((r for r in records if r["final"] and r["probes"] and r.get(size_key)), key=lambda r: r[size_key])
+    suites = sorted({s for r in finals for s in r["probes"]})
+    if not suites:
+        return None
+    cols = min(4, len(suites))
+    rows = math.ceil(len(suites) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False)
+    for ax, suite in zip(axes.flat, suites, strict=False):
+        rs = [r for r in finals if suite in r["probes"]]
+        x = np.array([r[size_key] for r in rs], float)
+        for metric, style, label in (("mc", "o-", "multiple choice"), ("exact", "s-", "exact match")):
+            y = np.array([_value(r["probes"][suite], metric) for r in rs])
+            lo = np.array([_value(r["probes"][suite], f"{metric}_lo") for r in rs])
+            hi = np.array([_value(r["probes"][suite], f"{metric}_hi") for r in rs])
+            err = np.nan_to_num(np.vstack([y - lo, hi - y]), nan=0.0).clip(min=0)
+            ax.errorbar(x, y, yerr=err, fmt=style, ms=4, capsize=2, label=label)
+        ax.plot(x, [_value(r["probes"][suite], "prob") for r in rs], "^--", ms=4, color="C2", label="p(answer)")
+        chance = rs[0]["probes"][suite].get("chance")
+        if chance is not None:
+            ax.axhline(chance, color="gray", ls=":", lw=1, label="chance (MC)")
+        _log_axis(ax.xaxis)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(suite)
+        ax.set_xlabel(size_key.replace("_", "-").replace("params", "parameters"), fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(suites):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    return _save(fig, path)
+
+
+def metric_value(rec: dict, metric: str) -> float | None:
+    """A record's value of a metric spec: "loss", "loss:<skill>" or "<mc|exact|prob>:<suite>"."""
+    kind, _, name = metric.partition(":")
+    if kind == "loss":
+        return rec.get("loss") if not name else rec["skill_loss"].get(name)
+    return (rec["probes"].get(name) or {}).get(kind)
+
+
+def heatmap(records: list[dict], metric: str, path: str | Path) -> Path | None:
+    """Final value of a metric on the width x depth grid (seeds averaged), annotated in each cell."""
+    cells: dict[tuple[int, int], list[float]] = defaultdict(list)
+    for r in records:
+        if r["final"] and r.get("width") and r.get("depth"):
+            v = metric_value(r, metric)
+            if v is not None:
+                cells[(r["width"], r["depth"])].append(v)
+    if not cells:
+        return None
+    widths = sorted({w for w, _ in cells})
+    depths = sorted({d for _, d in cells})
+    grid = np.full((len(depths), len(widths)), np.nan)
+    for (w, d), vs in cells.items():
+        grid[depths.index(d), widths.index(w)] = float(np.mean(vs))
+    lower_better = metric.startswith("loss")
+    fig, ax = plt.subplots(figsize=(1.3 * len(widths) + 2.5, 0.8 * len(depths) + 1.8))
+    im = ax.imshow(grid, cmap="viridis_r" if lower_better else "viridis", aspect="auto", origin="lower")
+    for i in range(len(depths)):
+        for j in range(len(widths)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=9, color="white",
+                        path_effects=[patheffects.withStroke(linewidth=2, foreground="black")])
+    ax.set_xticks(range(len(widths)), [str(w) for w in widths])
+    ax.set_yticks(range(len(depths)), [str(d) for d in depths])
+    ax.set_xlabel("width (d_model)")
+    ax.set_ylabel("depth (layers)")
+    ax.set_title(f"{metric} ({'lower' if lower_better else 'higher'} is better)")
+    fig.colorbar(im, ax=ax)
+    return _save(fig, path)
+
+
+def frontier_plot(fits: dict[str, Any], path: str | Path) -> Path | None:
+    """Compute-optimal model size per compute level (IsoFLOP vertices) and the fitted N_opt ∝ C^a."""
+    fr = fits.get("frontier") or {}
+    levels = fr.get("levels") or []
+    if fr.get("method") in (None, "none") or not levels:
+        return None
+    c = np.array([lv["C"] for lv in levels])
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(c, [lv["N_opt"] for lv in levels], "o", label="IsoFLOP optimum")
+    grid = np.logspace(math.log10(c.min()), math.log10(c.max()), 50)
+    ax.plot(grid, fr["k_N"] * grid ** fr["a"], "k--", label=f"N_opt ∝ C^{fr['a']:.3g}")
+    _log_axis(ax.xaxis, counts=False)
+    _log_axis(ax.yaxis)
+    ax.set_xlabel("compute (FLOPs)")
+    ax.set_ylabel("compute-optimal N")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+

@@ -1,0 +1,270 @@
+"""`tinyscale report SWEEP`: one self-contained HTML page with the study's figures and tables.
+
+The PNGs are written under SWEEP/plots/ and embedded in SWEEP/report.html as base64, so the page can
+be mailed or archived alone. Every section renders from whatever exists; a section without data says
+so instead of failing. Text from runs (story completions, names) is escaped with html.escape.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import math
+import shlex
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from tinyscale import progress
+from tinyscale.analysis import plots
+from tinyscale.analysis.analyze import analyze_sweep
+from tinyscale.analysis.collect import collect_sweep, read_evals, sweep_runs
+from tinyscale.fileio import atomic_open, read_json
+
+SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Loss per skill"),
+            ("probes", "Probes vs size"), ("heatmap", "Width × depth"), ("completions", "Completions"),
+            ("taxonomy", "Emergence taxonomy"), ("reproduce", "Reproduce")]
+METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "loss": "loss"}
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e15):
+        return f"{int(v):,}"
+    return f"{v:.{digits}g}"
+
+
+def _nodata(text: str) -> str:
+    return f'<p class="nodata">{_e(text)}</p>'
+
+
+def _img(path: Path | None, alt: str, missing: str) -> str:
+    if path is None:
+        return _nodata(missing)
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<p><img alt="{_e(alt)}" src="data:image/png;base64,{data}"></p>'
+
+
+def _table(header: list[str], rows: list[list[str]], raw: bool = False) -> str:
+    """rows hold HTML when raw=True (already escaped), plain text otherwise."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(c if raw else f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+def _params_section(analysis: dict) -> str:
+    runs = sorted(analysis.get("runs", []), key=lambda r: r.get("params") or 0)
+    if not runs:
+        return _nodata("No runs with an evaluated checkpoint.")
+    rows = [[f"<td>{_e(r['run'])}</td>", f"<td>{_e(r.get('family') or '—')}</td>"]
+            + [f'<td class="num">{_num(r.get(k))}</td>' for k in
+               ("width", "depth", "heads", "params", "non_embedding_params", "tokens", "flops", "loss")]
+            for r in runs]
+    header = ["run", "family", "width", "depth", "heads", "parameters", "non-embedding", "tokens", "FLOPs", "final loss"]
+    return _table(header, rows, raw=True)
+
+
+def _interval(fit: dict, key: str) -> str:
+    v = fit["params"].get(key)
+    ci = fit.get("ci", {}).get(key)
+    return f"{_num(v)} [{_num(ci[0])}, {_num(ci[1])}]" if ci else _num(v)
+
+
+def fit_rows(fits: dict) -> list[list[str]]:
+    """Plain-text rows (law, E, A, alpha, B, beta, points, bootstrap) for the fit table."""
+    rows = []
+    for law in ("L(N)", "L(D)", "L(C)", "L(N,D)"):
+        fit = fits.get(law) or {}
+        if "params" not in fit:
+            rows.append([law, f"not fitted: {fit.get('error', 'no data')}", "", "", "", "", "", ""])
+            continue
+        rows.append([law, _interval(fit, "E"), _interval(fit, "A"), _interval(fit, "alpha"),
+                     _interval(fit, "B") if "B" in fit["params"] else "", _interval(fit, "beta") if "beta" in fit["params"] else "",
+                     str(fit["n_points"]), str(fit["n_boot"])])
+    return rows
+
+
+def frontier_text(fr: dict) -> str:
+    if not fr or fr.get("method") in (None, "none"):
+        return f"Compute-optimal frontier: not determined ({fr.get('reason', 'no data') if fr else 'no data'})."
+    ci = lambda k: f" [{fr[k + '_ci'][0]:.3g}, {fr[k + '_ci'][1]:.3g}]" if fr.get(k + "_ci") else ""  # noqa: E731
+    how = (f"IsoFLOP profiles (a parabola in log N at each of {len(fr.get('levels', []))} compute levels)"
+           if fr["method"] == "isoflop" else "the fitted L(N, D): a = β/(α+β), b = α/(α+β)")
+    return (f"Compute-optimal frontier from {how}: N_opt = {fr['k_N']:.3g}·C^{fr['a']:.3g}{ci('a')}, "
+            f"D_opt = {fr['k_D']:.3g}·C^{fr['b']:.3g}{ci('b')} (95% bootstrap intervals over runs).")
+
+
+def _curves_section(records: list[dict], analysis: dict, plot_dir: Path) -> str:
+    fits = analysis.get("fits", {})
+    size_key = fits.get("size_key", "non_embedding_params")
+    parts = [_img(plots.learning_curves(records, fits, plot_dir / "learning_curves.png", size_key),
+                  "learning curves", "No checkpoint with both a validation loss and training compute.")]
+    parts.append(f"<p>Laws fitted with the Huber loss (δ = 10⁻³) on log-loss, L-BFGS from a grid of starts; "
+                 f"intervals are 95% bootstrap intervals over runs. N = {_e(size_key)}.</p>")
+    parts.append(_table(["law", "E", "A", "α", "B", "β", "points", "bootstrap fits"], fit_rows(fits)))
+    if (fits.get("L(D)") or {}).get("source"):
+        parts.append(f"<p>L(D) points: {_e(fits['L(D)']['source'])}.</p>")
+    parts.append(f"<p>{_e(frontier_text(fits.get('frontier') or {}))}</p>")
+    law_png = plots.law_fits(fits, plot_dir / "law_fits.png")
+    if law_png:
+        parts.append(_img(law_png, "L(N) and L(D)", ""))
+    front_png = plots.frontier_plot(fits, plot_dir / "frontier.png")
+    if front_png:
+        parts.append(_img(front_png, "compute-optimal frontier", ""))
+    return "\n".join(parts)
+
+
+def _completions_section(sweep_dir: Path, records: list[dict], max_stories: int) -> str:
+    size = {r["run"]: r.get("params") or 0 for r in records}
+    by_run: list[tuple[str, list[dict]]] = []
+    for run_dir in sweep_runs(sweep_dir):
+        evals = read_evals(run_dir)
+        if evals:
+            comps = evals[max(evals)].get("completions") or []
+            if comps:
+                by_run.append((run_dir.name, comps))
+    if not by_run:
+        return _nodata("No story completions in the evaluation results (tinyscale eval writes them).")
+    by_run.sort(key=lambda rc: (size.get(rc[0], 0), rc[0]))
+    stories: dict[str, dict] = {}
+    for _, comps in by_run:
+        for c in comps:
+            stories.setdefault(str(c.get("id")), c)
+    parts = ["<p>The same story beginnings completed by every model (final checkpoint), smallest first.</p>"]
+    for sid, story in list(stories.items())[:max_stories]:
+        rows = [[f"<td><i>original</i></td><td></td><td class=\"text\">{_e(story.get('ending', ''))}</td>"]]
+        for run, comps in by_run:
+            match = next((c for c in comps if str(c.get("id")) == sid), None)
+            texts = (match or {}).get("completions") or []
+            cell = "<hr>".join(_e(t) for t in texts) if texts else "<i>—</i>"
+            rows.append([f"<td>{_e(run)}</td><td class=\"num\">{_num(size.get(run))}</td><td class=\"text\">{cell}</td>"])
+        parts.append(f"<h3>story {_e(sid)}</h3><div class=\"story\">{_e(story.get('prompt', ''))}</div>")
+        parts.append(_table(["model", "parameters", "completion"], rows, raw=True))
+    return "\n".join(parts)
+
+
+def _cls_cell(c: dict | None) -> str:
+    if not c:
+        return "<td>—</td>"
+    label = c.get("label")
+    if label is None:
+        return f"<td title=\"{_e(c.get('reason', ''))}\">—</td>"
+    return f"<td class=\"{_e(label)}\" title=\"{_e(c.get('reason', ''))}\">{_e(label)}</td>"
+
+
+def _taxonomy_section(analysis: dict) -> str:
+    rows = analysis.get("taxonomy") or []
+    if not any(c.get("label") for r in rows for c in r["metrics"].values()):
+        return _nodata("No curve with enough points (3 sizes or compute levels) to classify.")
+    metrics = ("exact", "mc", "prob", "loss")
+    out = []
+    for r in rows:
+        cells = "".join(_cls_cell(r["metrics"].get(m)) for m in metrics)
+        out.append([f"<td>{_e(r['curve'])}</td><td>{_e(r['axis'])}</td>{cells}"])
+    header = ["skill / suite", "over", *(METRIC_NAMES[m] for m in metrics)]
+    return ("<p>Discontinuous metrics (exact match, multiple choice) beside continuous ones (probability of "
+            "the right answer, loss): a metric can create or hide emergence. Hover a cell for the reason; "
+            "definitions in docs/analysis.md.</p>" + _table(header, out, raw=True))
+
+
+def reproduce_commands(sweep_dir: Path, report_flags: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(study commands, per-run commands) read from SWEEP/sweep.json when present."""
+    d = shlex.quote(str(sweep_dir))
+    report = " ".join(["tinyscale", "report", d, *map(shlex.quote, report_flags or [])])
+    study = [f"tinyscale sweep {shlex.quote(str(sweep_dir / 'sweep.yaml'))}", f"tinyscale analyze {d}", report]
+    per_run: list[str] = []
+    plan_path = sweep_dir / "sweep.json"
+    if plan_path.is_file():
+        plan = read_json(plan_path)
+        for run in plan.get("runs", []) if isinstance(plan, dict) else []:
+            per_run += [str(c) for c in run.get("commands", [])]
+    return study, per_run
+
+
+def _reproduce_section(sweep_dir: Path, report_flags: list[str]) -> str:
+    study, per_run = reproduce_commands(sweep_dir, report_flags)
+    parts = ["<p>The whole study (the sweep trains and evaluates every run and resumes if interrupted):</p>",
+             f"<pre>{_e(chr(10).join(study))}</pre>"]
+    if per_run:
+        parts.append("<p>The exact commands of every run, from sweep.json:</p>")
+        parts.append(f"<pre>{_e(chr(10).join(per_run))}</pre>")
+    else:
+        parts.append(_nodata("No sweep.json in this folder: per-run commands unknown (each run.json holds "
+                             "its resolved configuration)."))
+    return "\n".join(parts)
+
+
+# --- the page ---------------------------------------------------------------------------------
+
+
+def _flags(metric: str, size_key: str) -> list[str]:
+    """The report's non-default options, for the reproduce section."""
+    return ([] if metric == "loss" else ["--metric", metric]) + (
+        [] if size_key == "non_embedding_params" else ["--size", size_key])
+
+
+def _stale(sweep_dir: Path, analysis_path: Path) -> bool:
+    """analysis.json is stale when any run file is newer than it."""
+    if not analysis_path.is_file():
+        return True
+    t = analysis_path.stat().st_mtime
+    for run in sweep_runs(sweep_dir):
+        for p in [run / "run.json", run / "metrics.jsonl", *(run / "eval").glob("*.json")]:
+            if p.is_file() and p.stat().st_mtime > t:
+                return True
+    return False
+
+
+def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str = "non_embedding_params",
+                 n_boot: int = 200, seed: int = 0, max_stories: int = 3, reanalyze: bool = False) -> Path:
+    """Write SWEEP/plots/*.png and SWEEP/report.html; return the HTML's path.
+
+    Reuses SWEEP/analysis.json when it is newer than every run file (and was made with the same
+    size measure), otherwise runs the analysis and writes it first.
+    """
+    sweep_dir = Path(sweep_dir)
+    records = collect_sweep(sweep_dir)
+    apath = sweep_dir / "analysis.json"
+    analysis = None if reanalyze or _stale(sweep_dir, apath) else read_json(apath)
+    if not records:  # nothing evaluated yet: the page still renders, every section saying so
+        analysis = {"runs": [], "fits": {}, "taxonomy": [], "n_runs": 0, "n_records": 0}
+    elif not isinstance(analysis, dict) or (analysis.get("fits") or {}).get("size_key") != size_key:
+        analysis = analyze_sweep(sweep_dir, size_key=size_key, n_boot=n_boot, seed=seed)
+    plot_dir = sweep_dir / "plots"
+    progress.info("drawing figures into %s", plot_dir)
+    body = {
+        "params": _params_section(analysis),
+        "curves": _curves_section(records, analysis, plot_dir),
+        "skills": _img(plots.skill_losses(records, plot_dir / "skill_losses.png", size_key), "loss per skill",
+                       "No validation loss per skill in the runs' metrics."),
+        "probes": _img(plots.probes_vs_size(records, plot_dir / "probes.png", size_key), "probe accuracy",
+                       "No probe results (run tinyscale eval on the runs)."),
+        "heatmap": _img(plots.heatmap(records, metric, plot_dir / "heatmap.png"), f"{metric} heatmap",
+                        f"No final values of {metric} with a known width and depth."),
+        "completions": _completions_section(sweep_dir, records, max_stories),
+        "taxonomy": _taxonomy_section(analysis),
+        "reproduce": _reproduce_section(sweep_dir, _flags(metric, size_key)),
+    }
+    sections = "\n".join(f'<section id="{key}"><h2>{_e(title)}</h2>\n{body[key]}\n</section>'
+                         for key, title in SECTIONS)
+    template = Template(resources.files("tinyscale.analysis").joinpath("templates/report.html").read_text("utf-8"))
+    page = template.substitute(
+        title=_e(f"tinyscale study: {sweep_dir.resolve().name}"),
+        subtitle=_e(f"{analysis.get('n_runs', 0)} runs, {analysis.get('n_records', 0)} evaluated checkpoints; "
+                    f"generated {_dt.datetime.now().isoformat(timespec='seconds')} from {sweep_dir}"),
+        nav=" ".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in SECTIONS),
+        sections=sections)
+    out = sweep_dir / "report.html"
+    with atomic_open(out, "w", encoding="utf-8") as f:
+        f.write(page)
+    return out
