@@ -1,0 +1,111 @@
+"""The story world: a TinyStories-style corpus whose every labeled word carries the skill deciding it.
+
+    write_world_corpus("corpus/world", stories=100_000, seed=0)   # train/val(/ood).jsonl
+    make_story(default_vocab(), seed=0, index=7)                   # any single story, alone
+
+Modules: `lexicon` (vocabulary and facts), `vocab` (pools), `text` (templates, fragments, labels),
+`pieces` (openings, required words, morals), `schemas` (plots), `story` (recipe, meta, instruct
+header), `holdout` (held-out compositions).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from tinyscale import progress
+from tinyscale.data.world.holdout import HoldOut, parse_hold_outs
+from tinyscale.data.world.schemas import SCHEMAS
+from tinyscale.data.world.story import FEATURES, HEADER_KINDS, Story, make_story
+from tinyscale.data.world.vocab import Vocab, default_vocab
+from tinyscale.errors import UserError
+from tinyscale.fileio import staged_dir, write_json
+
+__all__ = ["FEATURES", "HEADER_KINDS", "SCHEMAS", "Story", "Vocab", "default_vocab", "iter_stories",
+           "make_story", "write_world_corpus"]
+
+_GOLDEN = 0x9E3779B1  # a multiplicative hash spreads consecutive indices evenly over the val split
+
+
+def is_val(seed: int, index: int, val_fraction: float) -> bool:
+    h = ((index + 1) * _GOLDEN ^ (seed * 0x85EBCA6B)) & 0xFFFFFFFF
+    return h < val_fraction * 2**32
+
+
+def iter_stories(count: int, seed: int = 0, fmt: str = "plain", vocab: Vocab | None = None,
+                 start: int = 0) -> Iterator[Story]:
+    """Stories start, start+1, ... (all of them, before any hold-out routing)."""
+    vocab = vocab or default_vocab()
+    for i in range(start, start + count):
+        yield make_story(vocab, seed, i, fmt)
+
+
+def write_world_corpus(out: str | os.PathLike, stories: int, seed: int = 0, val_fraction: float = 0.05,
+                       fmt: str = "plain", hold_out: list[str] | tuple[str, ...] = (),
+                       overwrite: bool = False, vocab: Vocab | None = None) -> dict:
+    """Write `out/{train,val}.jsonl` (+ `ood.jsonl` when something is held out) and `out/world.json`.
+
+    `stories` counts train + val; stories matching a held-out spec are diverted to ood.jsonl and do
+    not count, so train+val always hold exactly `stories` lines. Returns the counts per split.
+    """
+    if stories <= 0:
+        raise UserError(f"--stories: must be positive, got {stories}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
+    if fmt not in ("plain", "instruct"):
+        raise UserError(f"--format: expected plain or instruct, got {fmt!r}")
+    vocab = vocab or default_vocab()
+    holds = parse_hold_outs(list(hold_out), vocab, fmt, tuple(SCHEMAS))
+    counts = {"train": 0, "val": 0, "ood": 0}
+    with staged_dir(out, overwrite) as stage:
+        _write_splits(Path(stage), stories, seed, val_fraction, fmt, holds, vocab, counts)
+        write_json(Path(stage) / "world.json", {
+            "generator": "tinyscale story world", "seed": seed, "stories": stories,
+            "val_fraction": val_fraction, "format": fmt, "hold_out": [h.spec for h in holds],
+            "counts": counts, "schemas": list(SCHEMAS), "features": list(FEATURES)})
+    progress.info("story world: %d train, %d val, %d ood stories in %s",
+                  counts["train"], counts["val"], counts["ood"], out)
+    return counts
+
+
+def _write_splits(stage: Path, stories: int, seed: int, val_fraction: float, fmt: str,
+                  holds: list[HoldOut], vocab: Vocab, counts: dict) -> None:
+    files = {s: open(stage / f"{s}.jsonl", "w", encoding="utf-8")  # noqa: SIM115 - closed below
+             for s in (("train", "val", "ood") if holds else ("train", "val"))}
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    # A spec that matches (nearly) every story would never let train+val fill up.
+    max_attempts = 50 * stories + 10_000
+    # Stories hold no reference cycles, so the cyclic garbage collector only costs time here
+    # (a third of it); it is paused for the loop and run now and then as a safety net.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with progress.bar(stories, "story world") as bar:
+            index = 0
+            written = 0
+            while written < stories:
+                if index >= max_attempts:
+                    raise UserError(f"--hold-out: {', '.join(h.spec for h in holds)} matches almost "
+                                    "every story; nothing is left for train/val")
+                st = make_story(vocab, seed, index, fmt)
+                if holds and any(h.matches(st.meta) for h in holds):
+                    split = "ood"
+                else:
+                    split = "val" if is_val(seed, index, val_fraction) else "train"
+                    written += 1
+                    if written % 1000 == 0:
+                        bar.update(1000)
+                        if written % 50_000 == 0:
+                            gc.collect()
+                files[split].write(dumps(st.record(f"world-{seed}-{index}")) + "\n")
+                counts[split] += 1
+                index += 1
+            bar.update(written % 1000)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        for f in files.values():
+            f.close()

@@ -1,0 +1,342 @@
+"""One story from (seed, index): draw the recipe, let a plot schema write it, add the instruct header.
+
+The recipe follows TinyStories: one verb, one noun and one adjective drawn uniformly from the
+vocabulary, and a random subset of the features below. `make_story(vocab, seed, index)` depends on
+nothing else, so any story of a corpus can be regenerated alone.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from tinyscale.data.world import pieces
+from tinyscale.data.world.text import TEMPLATE_FNS, Char, Page, Thing, Val, template_fn
+from tinyscale.data.world.vocab import Vocab
+
+FEATURES: tuple[str, ...] = ("dialogue", "bad_ending", "moral_value", "plot_twist", "foreshadowing",
+                             "conflict")
+# How often each feature is asked for (TinyStories drew a random subset; these keep sad or twisted
+# stories a minority, as in a children's book shelf).
+FEATURE_P = {"dialogue": 0.6, "bad_ending": 0.25, "moral_value": 0.35, "plot_twist": 0.3,
+             "foreshadowing": 0.3, "conflict": 0.35}
+FEATURE_TITLE = {"dialogue": "Dialogue", "bad_ending": "BadEnding", "moral_value": "MoralValue",
+                 "plot_twist": "Twist", "foreshadowing": "Foreshadowing", "conflict": "Conflict"}
+HEADER_KINDS: tuple[str, ...] = ("Features", "Words", "Summary", "Sentence")
+
+
+@dataclass
+class Story:
+    text: str
+    spans: list[list]
+    meta: dict[str, Any]
+    # For tests and debugging (not written to the corpus): pronouns with their referents, the text
+    # ranges that realize each feature, and where each character was first named.
+    refs: list = field(default_factory=list)
+    marks: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    required_at: dict[str, tuple[int, int]] = field(default_factory=dict)
+    first_pos: dict[int, int] = field(default_factory=dict)  # id(character) -> first mention offset
+    fact_at: list[tuple[int, int, str]] = field(default_factory=list)
+
+    def record(self, story_id: str) -> dict:
+        return {"id": story_id, "text": self.text, "meta": self.meta, "spans": self.spans}
+
+
+class Builder:
+    """What a plot schema writes with: sentences, paragraphs, the cast, the recipe's words."""
+
+    def __init__(self, vocab: Vocab, rng: random.Random, features: frozenset[str]) -> None:
+        self.v, self.rng, self.features = vocab, rng, features
+        self.page = Page(rng, vocab.article)
+        self.ctx: dict[str, Any] = {}
+        self.marks: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        self.sentences: list[tuple[int, int]] = []
+        self.facts_used: list[dict] = []
+        self.fact_at: list[tuple[int, int, str]] = []  # where each fact sentence is, and its phrasing
+        self.required_at: dict[str, tuple[int, int]] = {}
+        self.summary_tpl = ""
+        self.noun_later = False
+        self.recipe: tuple = ()
+        self._names_taken: set[str] = set()
+
+    # -- writing ----------------------------------------------------------------------------------
+    def s(self, tpl: str, **kw: Any) -> tuple[int, int]:
+        """Write sentences into the current paragraph (slots from the story context and `kw`)."""
+        if kw:
+            self.ctx.update(kw)  # slots given here stay in the context: later text may refer back
+        page = self.page
+        if not page.para_start:
+            page.parts.append(" ")
+            page.pos += 1
+        start = page.pos
+        (TEMPLATE_FNS.get(tpl) or template_fn(tpl))(page, self.ctx)
+        page.para_start = False
+        r = (start, page.pos)
+        self.sentences.append(r)
+        return r
+
+    def p(self) -> None:
+        self.page.p()
+
+    def talk(self, direct: str, indirect: str, **kw: Any) -> tuple[int, int]:
+        """Speech: in quotes when the story has dialogue, reported otherwise."""
+        if "dialogue" in self.features:
+            r = self.s(direct, **kw)
+            self.marks["dialogue"].append(r)
+            return r
+        return self.s(indirect, **kw)
+
+    def feature(self, name: str, tpl: str, indirect: str | None = None, **kw: Any) -> tuple[int, int]:
+        """Write the text that realizes a feature and remember where it is. A text with quotes
+        needs its `indirect` (reported speech) version for stories without dialogue."""
+        if '"' in tpl and "dialogue" not in self.features:
+            if indirect is None:
+                raise ValueError(f"story world: feature text with quotes needs an indirect form: {tpl!r}")
+            tpl = indirect
+        r = self.s(tpl, **kw)
+        self.marks[name].append(r)
+        if '"' in tpl:
+            self.marks["dialogue"].append(r)
+        return r
+
+    def has(self, feature: str) -> bool:
+        return feature in self.features
+
+    # -- random choices -----------------------------------------------------------------------------
+    def pick(self, seq: Any) -> Any:
+        return seq[int(self.rng.random() * len(seq))]
+
+    def chance(self, p: float) -> bool:
+        return self.rng.random() < p
+
+    def shuffled(self, seq: Any) -> list:
+        out = list(seq)
+        self.rng.shuffle(out)
+        return out
+
+    # -- the cast -------------------------------------------------------------------------------------
+    def kid(self, key: str) -> Char:
+        """A new named child, drawn uniformly from the names not yet in the story."""
+        names = self.v.names
+        while True:
+            n = names[int(self.rng.random() * len(names))]
+            if n.name not in self._names_taken:
+                break
+        logp = pieces.log_count(len(names) - len(self._names_taken))
+        self._names_taken.add(n.name)
+        c = Char(n.name, n.pronoun, self.v.forms[n.pronoun], logp)
+        self.ctx[key] = c
+        return c
+
+    def pet(self, key: str, names: tuple[tuple[str, str], ...]) -> Char:
+        """A named animal; its name is drawn from `names` minus the names already in the story."""
+        options = [n for n in names if n[0] not in self._names_taken]
+        name, pron = self.pick(options)
+        self._names_taken.add(name)
+        c = Char(name, pron, self.v.forms[pron], pieces.log_count(len(options)))
+        self.ctx[key] = c
+        return c
+
+    def grownup(self, key: str, title: str | None = None) -> Char:
+        title = title or self.pick(("Mom", "Dad"))
+        c = Char(title, "she" if title in ("Mom", "Grandma", "Mother") else "he",
+                 self.v.forms["she" if title in ("Mom", "Grandma", "Mother") else "he"], named=False)
+        self.ctx[key] = c
+        return c
+
+    def group(self, key: str, *members: Char) -> Char:
+        c = Char("", "they", self.v.forms["they"], members=members)
+        self.ctx[key] = c
+        return c
+
+    def thing(self, key: str, word: str, plural: str | None = None, pool: int = 0,
+              mass: bool = False) -> Thing:
+        """A schema's own noun; drawn from a pool of `pool` options, its first mention is `free`."""
+        t = self.v.thing(word, plural, mass, ("free", pieces.log_count(pool)) if pool > 1 else None)
+        self.ctx[key] = t
+        return t
+
+    def val(self, key: str, text: str, skill: str | None = None, logp: float = 0.0) -> Val:
+        v = Val(text, skill, logp)
+        self.ctx[key] = v
+        return v
+
+    # -- the recipe's words and world knowledge ------------------------------------------------------
+    def noun_fits(self, *categories: str) -> bool:
+        """True when the recipe's noun can play a role of these categories (the schema then uses it)."""
+        n = self.ctx["N"]
+        return not n.mentioned and n.category in categories and not n.mass
+
+    def use_noun(self) -> None:
+        """Mention the recipe's noun here unless the plot already used it."""
+        n = self.ctx["N"]
+        if n.mentioned:
+            return
+        if pieces.night_ok(n.word, n.category, n.mass) and self.chance(0.4):
+            self.noun_later = True  # written by `pieces.closing`, as a dream or a drawing
+            return
+        self.s(self.pick(pieces.noun_lines(n.word, n.category)))
+
+    def fact(self) -> None:
+        """Weave in one fact from the lexicon, in one of its phrasings, about the hero."""
+        f = self.pick(self.v.facts)
+        k = int(self.rng.random() * len(f.phrasings))
+        if "dialogue" not in self.features and '"' in f.phrasings[k]:
+            # Without the dialogue feature a story has no quotes: use the next quote-free phrasing.
+            quiet = [i for i in range(len(f.phrasings)) if '"' not in f.phrasings[i]]
+            if quiet:
+                k = min(quiet, key=lambda i: (i - k) % len(f.phrasings))
+        tpl = pieces.fact_template(f.phrasings[k])
+        if tpl.startswith(("{A.He}", "{A.His}")):  # a new sentence names the hero before "he"
+            tpl = ("{A}" if tpl.startswith("{A.He}") else "{A.poss}") + tpl[tpl.index("}") + 1:]
+        if "{A" not in tpl and tpl[:1].isupper():
+            # A fact about the world, not about the hero: it comes from a book read at bedtime.
+            tpl = pieces.FACT_BOOK + tpl[0].lower() + tpl[1:]
+        elif tpl.startswith("{A}"):
+            tpl = "[Later that day|That evening|Later|The next day], " + tpl
+        start, end = self.s(tpl, FACT_ANS=Val(f.answer, "fact", 0.0))
+        self.facts_used.append({"key": f.key, "phrasing": k})
+        self.fact_at.append((start, end, f.phrasings[k]))
+
+
+def _recipe_words(b: Builder) -> None:
+    v = b.v
+    verb = b.pick(v.verbs)
+    noun = b.pick(v.nouns)
+    adj = b.pick(v.adjectives)
+    comp = " " + verb.complement if verb.complement else ""
+    b.ctx.update(V=Val(verb.base, "free", v.logp_verb), Vpast=Val(verb.past, "free", v.logp_verb),
+                 Ving=Val(verb.ing, "free", v.logp_verb), VC=comp, ADJ=Val(adj.word, "free", v.logp_adj),
+                 N=v.noun_thing(noun, ("free", v.logp_noun)))
+    b.recipe = (verb, noun, adj)
+
+
+def _locate_required(b: Builder) -> dict[str, tuple[int, int]]:
+    """Where each required word landed: its first `free` span with the word's own surprisal."""
+    verb, noun, adj = b.recipe
+    v = b.v
+    wanted = (("verb", v.logp_verb, (verb.base, verb.past, verb.ing, verb.third)),
+              ("noun", v.logp_noun, (noun.word, noun.plural)),
+              ("adjective", v.logp_adj, (adj.word,)))
+    found: dict[str, tuple[int, int]] = {}
+    for span, text in zip(b.page.spans, b.page.span_texts, strict=True):
+        if span[2] == "free":
+            for kind, logp, forms in wanted:
+                if span[3] == logp and kind not in found and text in forms:
+                    found[kind] = (span[0], span[1])
+                    if len(found) == 3:
+                        return found
+    missing = {"verb", "noun", "adjective"} - set(found)
+    raise RuntimeError(f"story world: schema left out the required {sorted(missing)}")
+
+
+def story_seed(seed: int, index: int) -> int:
+    """One integer per (seed, index), distinct for seeds below 2**31 and indices below 2**32."""
+    return ((seed % 2**32) << 32) | (index % 2**32)
+
+
+def make_story(vocab: Vocab, seed: int, index: int, fmt: str = "plain") -> Story:
+    """Write story `index` of the corpus made with `seed` (same inputs, same story)."""
+    from tinyscale.data.world.schemas import SCHEMAS
+
+    rng = random.Random(story_seed(seed, index))
+    features = frozenset(f for f in FEATURES if rng.random() < FEATURE_P[f])
+    b = Builder(vocab, rng, features)
+    _recipe_words(b)
+    name = b.pick(SCHEMA_NAMES)
+    SCHEMAS[name](b)
+    page = b.page
+    body = page.text()
+    spans = page.spans
+    b.required_at = _locate_required(b)
+    meta = {
+        "schema": name,
+        "words": _words_meta(b, body),
+        "features": [f for f in FEATURES if f in features],
+        "facts": b.facts_used,
+        "seed": seed,
+        "index": index,
+    }
+    story = Story(body, spans, meta, page.refs, dict(b.marks), b.required_at, page.first_pos, b.fact_at)
+    if fmt == "instruct":
+        _add_header(b, story)
+    return story
+
+
+def _words_meta(b: Builder, text: str) -> dict:
+    verb, noun, adj = b.recipe
+    forms = {k: text[s:e] for k, (s, e) in b.required_at.items()}
+    return {"verb": verb.base, "noun": noun.word, "adjective": adj.word, "forms": forms}
+
+
+def _add_header(b: Builder, story: Story) -> None:
+    """Prefix a TinyStories-Instruct header with a random non-empty subset of the header kinds."""
+    rng = b.rng
+    kinds = [k for k in HEADER_KINDS if rng.random() < 0.5] or [b.pick(HEADER_KINDS)]
+    lines = []
+    for k in kinds:
+        if k == "Features":
+            feats = story.meta["features"]
+            lines.append("Features: " + (", ".join(FEATURE_TITLE[f] for f in feats) if feats else "None"))
+        elif k == "Words":
+            w = story.meta["words"]
+            lines.append(f"Words: {w['verb']}, {w['noun']}, {w['adjective']}")
+        elif k == "Summary":
+            lines.append("Summary: " + render_plain(b.summary_tpl, b.ctx, rng, b.v.article))
+        else:
+            s, e = _pick_sentence(b, story.text)
+            lines.append("Sentence: " + story.text[s:e])
+    header = "\n".join(lines) + "\nStory: "
+    shift = len(header)
+    # A `free` word the header already shows (a required word, a name in the summary or the
+    # sentence) is copied rather than guessed: it becomes `tracking` with logp 0.
+    shown = set(header.replace(",", " ").replace(".", " ").split())
+    new_spans = []
+    for s, e, skill, logp in story.spans:
+        if skill == "free" and story.text[s:e] in shown:
+            skill, logp = "tracking", 0.0
+        new_spans.append([s + shift, e + shift, skill, logp])
+    story.text = header + story.text
+    story.spans = new_spans
+    story.refs = [(s + shift, e + shift, c, f) for s, e, c, f in story.refs]
+    story.marks = {k: [(s + shift, e + shift) for s, e in v] for k, v in story.marks.items()}
+    story.required_at = {k: (s + shift, e + shift) for k, (s, e) in story.required_at.items()}
+    story.first_pos = {k: p + shift for k, p in story.first_pos.items()}
+    story.fact_at = [(s + shift, e + shift, ph) for s, e, ph in story.fact_at]
+    story.meta["instruct"] = kinds
+
+
+def _pick_sentence(b: Builder, text: str) -> tuple[int, int]:
+    """A single plain sentence of the story (no quotes), for the `Sentence:` header."""
+    good = [(s, e) for s, e in b.sentences
+            if e - s > 20 and '"' not in text[s:e] and text[s:e].count(".") == 1 and text[e - 1] == "."]
+    return b.pick(good) if good else b.sentences[0]
+
+
+def render_plain(tpl: str, ctx: dict, rng: random.Random, article: Any) -> str:
+    """Render a template without labels (for summaries): a scratch page on copies of the cast."""
+    page = Page(rng, article)
+    plain = {}
+    for k, v in ctx.items():
+        if isinstance(v, Char):
+            plain[k] = Char(_plain_name(v), v.pron, v.forms, named=False)
+        elif isinstance(v, Thing):
+            plain[k] = Thing(v.word, v.plural, v.art, v.mass)
+        elif isinstance(v, Val):
+            plain[k] = v.text
+        else:
+            plain[k] = v
+    template_fn(tpl)(page, plain)
+    return page.text()
+
+
+def _plain_name(c: Char) -> str:
+    if not c.members:
+        return c.name
+    names = [m.name for m in c.members]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+SCHEMA_NAMES: tuple[str, ...] = ()  # filled by schemas.py at import

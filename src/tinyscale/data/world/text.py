@@ -1,0 +1,386 @@
+"""Stories as fragments: every word is appended together with the skill that decides it.
+
+A story is written left to right by `Page`. Each piece of text is appended with an optional label
+`(skill, logp)`; because the page knows its own length at every moment, a label becomes a span
+`[start, end, skill, logp]` without any search in the finished text.
+
+Sentences are written with small templates, compiled once and cached:
+
+    literal text
+    [one|two|three]      one alternative, uniformly (may nest and hold slots; `[x|]` is optional x)
+    {A}                  a character's name
+    {A.he} {A.He} {A.him} {A.his} {A.His} {A.himself}   a pronoun form of character A
+    {A.kid}              "girl", "boy" or "children" (unlabeled)
+    {A.poss}             the name with "'s" (never replaced by a pronoun)
+    {X}  {X.pl}  {X.gen} a thing, its plural, its generic form (plural; bare singular for mass nouns)
+    {a X}  {A X}         "a"/"an"/"some" + the thing (capitalized article with "A"); also for values
+    {X@r} {X@t} {X@f}    a mention the story so far determines, by reasoning / tracking / fact
+
+How each label is guaranteed (the rules live in `Page._name`, `Page._pronoun`, `Page._thing`):
+- name at the start of a sentence whose subject was also the last sentence's subject (nobody else
+  mentioned in between, nobody of the same pronoun in the paragraph): often written as the
+  pronoun instead (then `grammar`, see pronouns).
+- name, first mention: `free`, logp = -log(size of the list the name was drawn from).
+- name, later mention marked `@t` (the answer to "what are your names?", the one who holds the
+  object...): `tracking`, logp 0 — the template only uses the mark where the plot fixes the person.
+- name, other later mentions: `tracking`, logp = -log(k) for k characters introduced so far: the
+  reader who tracks the cast narrows the name to k people; when k = 1 it is determined (logp 0).
+- pronoun (he/she/they and their forms): `grammar`, logp 0 — its form is fixed by the referent's
+  pronoun, and templates only use a pronoun whose referent is the subject just mentioned. (The
+  label measures agreement: whether a name or a pronoun is written is the phrasing's choice.)
+- thing, first mention: the label it was drawn with (`free`, -log(pool size)) or none.
+- thing marked `@r/@t/@f`: that skill, logp 0 — the template is the proof (e.g. "not the dog, so
+  the {cat@r}").
+- article before a thing: `grammar`, logp 0 only when the thing itself is determined (marked);
+  before an undetermined noun the article depends on a word not yet known, so it stays unlabeled.
+- values (`Val`): the label they carry, e.g. a drawn number word is `free`, a count is `reasoning`.
+  The recipe's verb, noun and adjective are `free` with -log(size of their lexicon list); a fact's
+  answer is `fact`, logp 0 (the lexicon writes every phrasing with its premise before the answer).
+- In `--format instruct`, a `free` word that the header already shows becomes `tracking`, logp 0
+  (it is copied, not guessed): see `story._add_header`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, NamedTuple
+
+SKILL_OF_MARK = {"r": "reasoning", "t": "tracking", "f": "fact", "g": "grammar"}
+PRONOUN_FORMS = ("he", "He", "him", "his", "His", "himself")
+
+_ALT, _SLOT = 0, 1
+PRONOUN_RATE = 0.6  # how often a repeated subject becomes "He"/"She"/"They"
+_cache: dict[str, list] = {}
+
+
+class Val(NamedTuple):
+    """A word or phrase with its label (skill None: unlabeled)."""
+
+    text: str
+    skill: str | None = None
+    logp: float = 0.0
+
+
+class Char:
+    """A character of one story: a name (labeled or fixed like "Mom") and pronoun forms."""
+
+    __slots__ = ("name", "pron", "forms", "logp", "named", "mentioned", "members", "kid")
+
+    def __init__(self, name: str, pron: str, forms: dict[str, str], logp: float = 0.0,
+                 named: bool = True, members: tuple[Char, ...] = ()) -> None:
+        self.name, self.pron, self.forms, self.logp = name, pron, forms, logp
+        self.named, self.members, self.mentioned = named, members, False
+        self.kid = {"he": "boy", "she": "girl"}.get(pron, "children")
+
+
+class Thing:
+    """A noun of one story. `label` is used on its first mention (None: unlabeled)."""
+
+    __slots__ = ("word", "plural", "mass", "art", "label", "mentioned", "category")
+
+    def __init__(self, word: str, plural: str, art: str, mass: bool = False,
+                 label: tuple[str, float] | None = None, category: str = "") -> None:
+        self.word, self.plural, self.art, self.mass = word, plural, art, mass
+        self.label, self.mentioned, self.category = label, False, category
+
+
+def compile_template(tpl: str) -> list:
+    """Parse a template into ops (cached): str literals, (_ALT, [ops...]), (_SLOT, key, form, art, mark)."""
+    ops = _cache.get(tpl)
+    if ops is None:
+        ops, end = _parse(tpl, 0, top=True)
+        if end != len(tpl):
+            raise ValueError(f"template: unbalanced ']' in {tpl!r}")
+        _cache[tpl] = ops
+    return ops
+
+
+def _parse(tpl: str, i: int, top: bool) -> tuple[list, int]:
+    """Parse until ']' or '|' (inside alternatives) or the end; returns (ops, index of stop char)."""
+    ops: list = []
+    lit: list[str] = []
+    n = len(tpl)
+    while i < n:
+        c = tpl[i]
+        if c == "{":
+            j = tpl.index("}", i)
+            if lit:
+                ops.append("".join(lit))
+                lit = []
+            ops.append(_slot(tpl[i + 1:j]))
+            i = j + 1
+        elif c == "[":
+            if lit:
+                ops.append("".join(lit))
+                lit = []
+            alts = []
+            i += 1
+            while True:
+                sub, i = _parse(tpl, i, top=False)
+                alts.append(sub)
+                if i >= n:
+                    raise ValueError(f"template: unclosed '[' in {tpl!r}")
+                if tpl[i] == "]":
+                    i += 1
+                    break
+                i += 1  # skip '|'
+            ops.append((_ALT, alts))
+        elif not top and c in "|]":
+            break
+        else:
+            lit.append(c)
+            i += 1
+    if lit:
+        ops.append("".join(lit))
+    return ops, i
+
+
+def _slot(body: str) -> tuple:
+    art = None
+    if " " in body:
+        art, body = body.split(" ", 1)
+        if art not in ("a", "A"):
+            raise ValueError(f"template: bad article {art!r} in slot {{{art} {body}}}")
+    mark = None
+    if "@" in body:
+        body, m = body.split("@", 1)
+        mark = SKILL_OF_MARK[m]
+    key, _, form = body.partition(".")
+    return (_SLOT, key, form or None, art, mark)
+
+
+_fn_cache: dict[str, Any] = {}
+TEMPLATE_FNS = _fn_cache  # read-only view for hot loops: template -> generated function
+
+
+def template_fn(tpl: str) -> Any:
+    """The template as a Python function `f(page, ctx)` (generated once, cached).
+
+    Straight-line code instead of interpreting ops is what lets the world write thousands of
+    stories per second: literals become `append` calls with their lengths summed at compile time,
+    alternatives become `if` chains on one random draw, slots become direct method calls.
+    """
+    fn = _fn_cache.get(tpl)
+    if fn is None:
+        lines = ["def _t(P, C):", " ap = P.parts.append", " rand = P.rng.random", " S = P.slot",
+                 " R = P._pronoun", " NM = P._name", " VL = P._val", " TH = P._thing"]
+        _gen(compile_template(tpl), lines, 1)
+        lines.append(" return")
+        scope: dict[str, Any] = {"Char": Char, "Val": Val, "Thing": Thing}
+        exec("\n".join(lines), scope)  # noqa: S102 - code generated from our own templates
+        fn = _fn_cache[tpl] = scope["_t"]
+    return fn
+
+
+def _gen(ops: list, lines: list[str], depth: int) -> None:
+    ind = " " * depth
+    pending = 0  # literal characters appended since the last position update
+    for op in ops:
+        if op.__class__ is str:
+            lines.append(f"{ind}ap({op!r})")
+            pending += len(op)
+            continue
+        if pending:
+            lines.append(f"{ind}P.pos += {pending}")
+            pending = 0
+        if op[0] == _ALT:
+            alts = op[1]
+            lines.append(f"{ind}r = int(rand() * {len(alts)})")
+            for i, alt in enumerate(alts):
+                head = "if" if i == 0 else "elif" if i < len(alts) - 1 else "else"
+                lines.append(f"{ind}{head} r == {i}:" if head != "else" else f"{ind}else:")
+                lines.append(f"{ind} pass")
+                _gen(alt, lines, depth + 1)
+        elif op[2] in PRONOUN_FORMS:
+            lines.append(f"{ind}R(C[{op[1]!r}], {op[2]!r})")
+        elif op[2] is None and op[3] is None:
+            # The most common slot, dispatched inline on the value's class (one call, not two).
+            mark = op[4]
+            lines += [f"{ind}v = C[{op[1]!r}]", f"{ind}k = v.__class__",
+                      f"{ind}if k is Char: NM(v, {mark!r})", f"{ind}elif k is Val: VL(v, {mark!r})",
+                      f"{ind}elif k is Thing: TH(v, None, None, {mark!r})",
+                      f"{ind}else: S(v, None, None, {mark!r})"]
+        else:
+            lines.append(f"{ind}S(C[{op[1]!r}], {op[2]!r}, {op[3]!r}, {op[4]!r})")
+    if pending:
+        lines.append(f"{ind}P.pos += {pending}")
+
+
+class Page:
+    """The story being written: text parts, spans, and what the reader has seen so far."""
+
+    def __init__(self, rng: random.Random, article: Any) -> None:
+        self.rng = rng
+        self.article = article  # word -> "a" | "an"
+        self.parts: list[str] = []
+        self.spans: list[list] = []
+        self.span_texts: list[str] = []  # the labeled words, parallel to `spans`
+        self.pos = 0
+        self.introduced = 0  # named characters mentioned so far
+        self.refs: list[tuple[int, int, Char, str]] = []  # pronouns written: (start, end, char, form)
+        self.first_pos: dict[int, int] = {}  # id(char) -> offset of its first mention
+        self.para_start = True
+        # The character a sentence-initial pronoun would refer to: the subject of the last
+        # sentence, as long as no other character was mentioned after it.
+        self.focus: Char | None = None
+        self.para_chars: list[Char] = []  # characters named in the current paragraph
+
+    # -- low level ------------------------------------------------------------------------------
+    def add(self, text: str, skill: str | None = None, logp: float = 0.0) -> None:
+        if skill is not None:
+            self.spans.append([self.pos, self.pos + len(text), skill, logp])
+            self.span_texts.append(text)
+        self.parts.append(text)
+        self.pos += len(text)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    # -- sentences and paragraphs ---------------------------------------------------------------
+    def s(self, tpl: str, ctx: dict) -> tuple[int, int]:
+        """Write one or more sentences into the current paragraph; return their (start, end)."""
+        if not self.para_start:
+            self.parts.append(" ")
+            self.pos += 1
+        start = self.pos
+        fn = _fn_cache.get(tpl) or template_fn(tpl)
+        fn(self, ctx)
+        self.para_start = False
+        return start, self.pos
+
+    def p(self) -> None:
+        """End the paragraph (an empty paragraph is never written)."""
+        if not self.para_start:
+            self.parts.append("\n\n")
+            self.pos += 2
+            self.para_start = True
+            self.focus = None
+            self.para_chars = []
+
+    def slot(self, value: Any, form: str | None, art: str | None, mark: str | None) -> None:
+        """Write one slot of a template (see the module docstring for the forms)."""
+        cls = value.__class__
+        if cls is Char:
+            if form is None:
+                self._name(value, mark)
+            elif form == "kid":  # "girl"/"boy": a word about the character, not a pronoun
+                self.first_pos.setdefault(id(value), self.pos)
+                self.add(value.kid)
+            elif form == "poss":  # "Lily's" (never "She's")
+                self._name(value, mark, pron_ok=False)
+                self.add("'s")
+            else:
+                self._pronoun(value, form)
+        elif cls is Thing:
+            self._thing(value, form, art, mark)
+        elif cls is Val:
+            if art is not None:  # the article of a word not yet known: unlabeled
+                word = self.article(value.text)
+                self.add((word.capitalize() if art == "A" else word) + " ")
+            self._val(value, mark)
+        else:
+            self.add(str(value))
+
+    def _val(self, value: Val, mark: str | None) -> None:
+        text = value.text
+        skill = mark or value.skill
+        if skill is not None:
+            self.spans.append([self.pos, self.pos + len(text), skill, 0.0 if mark else value.logp])
+            self.span_texts.append(text)
+        self.parts.append(text)
+        self.pos += len(text)
+
+    # -- labeled words --------------------------------------------------------------------------
+    def _name(self, c: Char, mark: str | None, pron_ok: bool = True) -> None:
+        # Where the name stands: "P" opens a paragraph (always the name, as children's books do),
+        # "S" opens a sentence, "s" follows an opening phrase ("One day, "), "" anywhere else.
+        parts = self.parts
+        if not parts:
+            where = "P"
+        else:
+            last = parts[-1]
+            if last == "\n\n":
+                where = "P"
+            elif last == " " or last[-2:] in (". ", "! ", "? "):
+                where = "S"
+            elif last[-2:] == ", " and last[-3:-2] != '"':
+                where = "s"
+            else:
+                where = ""
+        if (pron_ok and self.focus is c and where in ("S", "s") and c.mentioned
+                and self.rng.random() < PRONOUN_RATE
+                and all(o is c or o.pron != c.pron for o in self.para_chars)):
+            # The same character as the last sentence's subject, nobody else mentioned since, and
+            # nobody else of the same pronoun in this paragraph: "She" is unambiguous, and its
+            # form is fixed by the referent (grammar).
+            self._pronoun(c, "He" if where == "S" else "he")
+            return
+        if c not in self.para_chars:
+            self.para_chars.append(c)
+        if c.members:
+            for i, m in enumerate(c.members):
+                if i:
+                    self.add(", " if i < len(c.members) - 1 else " and ")
+                self._name(m, mark)
+        elif not c.named:
+            self.first_pos.setdefault(id(c), self.pos)
+            self.add(c.name)
+        else:
+            if not c.mentioned:
+                # First mention: drawn uniformly from the name list, nobody can predict it.
+                self.introduced += 1
+                self.first_pos.setdefault(id(c), self.pos)
+                skill, logp = "free", c.logp
+            elif mark:
+                skill, logp = mark, 0.0
+            else:
+                k = self.introduced
+                skill, logp = "tracking", _LOG_INV[k] if k < 16 else -math.log(k)
+            name = c.name
+            end = self.pos + len(name)
+            self.spans.append([self.pos, end, skill, logp])
+            self.span_texts.append(name)
+            parts.append(name)
+            self.pos = end
+        c.mentioned = True
+        if where:
+            self.focus = c
+        elif self.focus is not c:
+            self.focus = None
+
+    def _pronoun(self, c: Char, form: str) -> None:
+        if self.focus is not c:
+            self.focus = None
+        word = c.forms[form]
+        end = self.pos + len(word)
+        self.refs.append((self.pos, end, c, form))
+        self.spans.append([self.pos, end, "grammar", 0.0])
+        self.span_texts.append(word)
+        self.parts.append(word)
+        self.pos = end
+
+    def _thing(self, t: Thing, form: str | None, art: str | None, mark: str | None) -> None:
+        if form == "gen":
+            form = None if t.mass else "pl"
+        if art is not None:
+            word = "some" if t.mass else t.art
+            if art == "A":
+                word = word.capitalize()
+            # The article is determined only when the noun after it is.
+            if mark:
+                self.add(word, "grammar", 0.0)
+                self.add(" ")
+            else:
+                self.add(word + " ")
+        text = t.plural if form == "pl" else t.word
+        if mark:
+            self.add(text, mark, 0.0)
+        elif not t.mentioned and t.label is not None:
+            self.add(text, t.label[0], t.label[1])
+        else:
+            self.add(text)
+        t.mentioned = True
+
+
+_LOG_INV = [0.0, 0.0] + [round(-math.log(k), 4) for k in range(2, 16)]

@@ -1,0 +1,52 @@
+"""The vocabulary as the story world uses it: the lexicon's lists, grouped once into pools."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+from tinyscale.data.world.text import Thing
+
+
+class Vocab:
+    """Lists from a lexicon (any object with verbs(), nouns(), adjectives(), names(), facts(),
+    article(word) and pronouns(p)), plus the pools and log-probabilities stories draw with."""
+
+    def __init__(self, lex: ModuleType | Any) -> None:
+        self.verbs = tuple(lex.verbs())
+        self.nouns = tuple(lex.nouns())
+        self.adjectives = tuple(lex.adjectives())
+        self.names = tuple(lex.names())
+        self.facts = tuple(lex.facts())
+        self.article = cache(lex.article)  # a/an by sound: a few regexes, worth remembering per word
+        self.forms = {p: lex.pronouns(p) for p in ("he", "she", "they")}
+        for what, items in (("verbs", self.verbs), ("nouns", self.nouns), ("adjectives", self.adjectives),
+                            ("names", self.names), ("facts", self.facts)):
+            if not items:
+                raise ValueError(f"lexicon: no {what}")
+        by_cat: dict[str, list] = defaultdict(list)
+        for n in self.nouns:
+            by_cat[n.category].append(n)
+        self.nouns_by_cat = {k: tuple(v) for k, v in by_cat.items()}
+        self.fact_by_key = {f.key: f for f in self.facts}
+        # -log(list size): the surprisal of a uniform draw, the floor of a `free` label.
+        self.logp_verb = round(-math.log(len(self.verbs)), 4)
+        self.logp_noun = round(-math.log(len(self.nouns)), 4)
+        self.logp_adj = round(-math.log(len(self.adjectives)), 4)
+
+    def thing(self, word: str, plural: str | None = None, mass: bool = False,
+              label: tuple[str, float] | None = None) -> Thing:
+        return Thing(word, plural or word + "s", self.article(word), mass, label)
+
+    def noun_thing(self, noun: Any, label: tuple[str, float] | None = None) -> Thing:
+        return Thing(noun.word, noun.plural, self.article(noun.word), noun.mass, label, noun.category)
+
+
+@cache
+def default_vocab() -> Vocab:
+    from tinyscale.data.world import lexicon
+
+    return Vocab(lexicon)
