@@ -40,3 +40,11 @@ def test_staged_dir_refuses_non_empty_and_cleans_up(tmp_path):
     with staged_dir(out, overwrite=True) as stage:
         (stage / "y.txt").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["y.txt"]
+
+
+def test_written_files_get_usual_permissions(tmp_path):
+    write_json(tmp_path / "a.json", {})
+    with staged_dir(tmp_path / "d") as stage:
+        (stage / "x").write_text("")
+    assert (tmp_path / "a.json").stat().st_mode & 0o044 == 0o044  # readable by others (umask 022)
+    assert (tmp_path / "d").stat().st_mode & 0o055 == 0o055

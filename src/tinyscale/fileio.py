@@ -18,6 +18,12 @@ from typing import IO, Any
 from tinyscale.errors import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside `path`; on success fsync and rename it to `path`."""
@@ -25,6 +31,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
     try:
         with open(tmp, mode, **kwargs) as f:
             yield f
@@ -74,6 +81,7 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
     except OSError as e:
         raise UserError(f"{out}: cannot write there ({e.strerror})") from None
     try:
