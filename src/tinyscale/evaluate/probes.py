@@ -1,0 +1,294 @@
+"""Probe suites: short story prompts whose next word(s) test one skill.
+
+A suite is a JSONL file, one probe per line:
+
+    {"id": "facts-017", "prompt": "Mia was so tired that she went to", "answer": "bed",
+     "wrong": ["school", "the shop"], "kind": "body", "style": "world"}
+
+The answer (and each wrong option) is the continuation of the prompt, scored with a leading space.
+`style` is "world" when the probe reads like the story world's own sentences and "novel" when it is
+phrased unlike any of them, so a model that learned the skill (not the template) passes both.
+
+Each probe is scored three ways, from one batched forward pass per option:
+  mc     multiple choice: is the answer's summed log-probability the highest of all options?
+  exact  does the greedy continuation start with the answer's word(s)?
+  p      the probability the model gives the answer: exp(summed log-probability), continuous.
+
+Greedy exact match is read off the same teacher-forced pass: greedy decoding writes the answer's
+tokens exactly when each of them is the argmax given the prompt and the answer tokens before it, and
+the answer ends as a word exactly when the argmax after its last token does not continue the word.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from tinyscale.errors import UserError
+
+SUITES: tuple[str, ...] = ("facts", "reasoning", "tracking", "grammar")
+STYLES: tuple[str, ...] = ("world", "novel")
+_FIELDS = {"id", "prompt", "answer", "wrong", "kind", "style"}
+
+
+@dataclass(frozen=True)
+class Probe:
+    id: str
+    prompt: str
+    answer: str
+    wrong: tuple[str, ...]
+    kind: str
+    style: str
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The answer first, then the wrong options."""
+        return (self.answer, *self.wrong)
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / len(self.options)
+
+
+# --- reading and validating suites ----------------------------------------------------------------
+
+
+def _text(obj: dict, key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{where}: field {key!r} must be a non-empty string")
+    if value != value.strip():
+        raise UserError(f"{where}: field {key!r} has leading or trailing spaces (answers are scored with one leading space)")
+    return value
+
+
+def validate_probe(obj: object, where: str) -> Probe:
+    """Check one decoded probe line; raise UserError naming `where` (file:line) and the problem."""
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    unknown = set(obj) - _FIELDS
+    if unknown:
+        raise UserError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_FIELDS))})")
+    pid, prompt, answer, kind = (_text(obj, k, where) for k in ("id", "prompt", "answer", "kind"))
+    wrong = obj.get("wrong")
+    if not isinstance(wrong, list) or not 2 <= len(wrong) <= 5:
+        raise UserError(f"{where}: field 'wrong' must be a list of 2 to 5 wrong answers")
+    for w in wrong:
+        if not isinstance(w, str) or not w.strip() or w != w.strip():
+            raise UserError(f"{where}: wrong answer {w!r} must be a non-empty string without outer spaces")
+    if answer in wrong or len(set(wrong)) != len(wrong):
+        raise UserError(f"{where}: the options are not distinct (answer {answer!r}, wrong {wrong!r})")
+    style = obj.get("style")
+    if style not in STYLES:
+        raise UserError(f"{where}: field 'style' must be one of {', '.join(STYLES)}, got {style!r}")
+    return Probe(pid, prompt, answer, tuple(wrong), kind, style)
+
+
+def read_suite(path: str | Path) -> list[Probe]:
+    """Read and validate a JSONL suite; ids must be unique and there must be at least one probe."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: suite file not found")
+    probes: list[Probe] = []
+    seen: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason})") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+        probe = validate_probe(obj, where)
+        if probe.id in seen:
+            raise UserError(f"{where}: id {probe.id!r} already used on line {seen[probe.id]}")
+        seen[probe.id] = lineno
+        probes.append(probe)
+    if not probes:
+        raise UserError(f"{path}: no probes in the suite")
+    return probes
+
+
+def builtin_suite_path(name: str) -> Path:
+    return Path(str(resources.files("tinyscale.evaluate") / "suites" / f"{name}.jsonl"))
+
+
+def load_suite(name_or_path: str) -> tuple[str, list[Probe]]:
+    """A built-in suite by name (facts, reasoning, tracking, grammar) or a JSONL file by path.
+
+    Returns (suite name, probes); a file's suite name is its stem.
+    """
+    if name_or_path in SUITES:
+        return name_or_path, read_suite(builtin_suite_path(name_or_path))
+    path = Path(name_or_path)
+    if path.suffix != ".jsonl" and not path.exists():
+        raise UserError(f"--suite {name_or_path}: not a built-in suite ({', '.join(SUITES)}) nor a .jsonl file")
+    return path.stem, read_suite(path)
+
+
+# --- scoring --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Text <-> token ids, plus which tokens continue the word before them (for exact match)."""
+
+    encode: Callable[[str], list[int]]
+    continues_word: Callable[[int], bool]
+    bos_id: int | None = None  # prepended to every prompt (the end-of-text token that starts a story)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, bos_id: int | None = None) -> Codec:
+        """Wrap a Hugging Face `tokenizers.Tokenizer` (byte-level BPE: word pieces lack a leading space)."""
+        vocab = tokenizer.get_vocab_size()
+        pieces = [tokenizer.decode([i], skip_special_tokens=False) for i in range(vocab)]
+        # A token continues the previous word when its text starts with a letter, digit or apostrophe
+        # ("bed" + "room", "Tom" + "'s"); special tokens such as end-of-text end the word.
+        specials = {bos_id} if bos_id is not None else set()
+        cont = [bool(p) and (p[0].isalnum() or p[0] in "'’-") and i not in specials for i, p in enumerate(pieces)]
+        return cls(encode=lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
+                   continues_word=lambda i: cont[i] if 0 <= i < len(cont) else False, bos_id=bos_id)
+
+
+@dataclass(frozen=True)
+class ProbeScore:
+    id: str
+    kind: str
+    style: str
+    logps: tuple[float, ...]  # summed log-probability of each option, answer first
+    exact: bool
+
+    @property
+    def mc(self) -> bool:
+        # Ties count as wrong: a model that cannot tell the options apart has not chosen the answer.
+        return all(self.logps[0] > lp for lp in self.logps[1:])
+
+    @property
+    def p(self) -> float:
+        return math.exp(self.logps[0])
+
+    @property
+    def pred(self) -> int:
+        return max(range(len(self.logps)), key=lambda i: self.logps[i])
+
+
+def _sequences(probes: Sequence[Probe], codec: Codec, max_len: int) -> list[tuple[list[int], int]]:
+    """(token ids of prompt+option, number of option tokens) for every option of every probe, in order."""
+    out = []
+    for probe in probes:
+        prompt = ([codec.bos_id] if codec.bos_id is not None else []) + codec.encode(probe.prompt)
+        for option in probe.options:
+            cont = codec.encode(" " + option)
+            if not cont or len(cont) >= max_len:
+                raise UserError(f"probe {probe.id}: option {option!r} is empty or longer than the context")
+            # Keep the end of a prompt that does not fit: the words nearest the answer matter most.
+            ids = (prompt + cont)[-max_len:]
+            out.append((ids, len(cont)))
+    return out
+
+
+@torch.no_grad()
+def _score_sequences(model: torch.nn.Module, seqs: list[tuple[list[int], int]], device: torch.device,
+                     batch_tokens: int) -> list[tuple[float, bool, int]]:
+    """For each sequence: (summed log-prob of its last n tokens, all of them argmax, argmax after them)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))  # similar lengths share a batch
+    results: list[tuple[float, bool, int]] = [(0.0, False, 0)] * len(seqs)
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and (stop - start + 1) * len(seqs[order[stop]][0]) <= batch_tokens:
+            stop += 1
+        batch = [seqs[i] for i in order[start:stop]]
+        width = max(len(ids) for ids, _ in batch)
+        # Right padding is harmless in a causal model: padded positions come after every scored one.
+        x = torch.zeros(len(batch), width, dtype=torch.long)
+        for r, (ids, _) in enumerate(batch):
+            x[r, : len(ids)] = torch.tensor(ids)
+        logits = model(x.to(device))
+        # Only the n+1 positions at the end of each sequence matter: normalise just those rows.
+        spans = [(r, len(ids) - n - 1, len(ids)) for r, (ids, n) in enumerate(batch)]
+        rows_r = torch.cat([torch.full((b - a,), r) for r, a, b in spans])
+        rows_t = torch.cat([torch.arange(a, b) for _, a, b in spans])
+        logp = torch.log_softmax(logits[rows_r.to(device), rows_t.to(device)].float(), dim=-1).cpu()
+        k = 0
+        for r, (ids, n) in enumerate(batch):
+            target = torch.tensor(ids[len(ids) - n:])
+            rows = logp[k: k + n]  # row i predicts option token i
+            total = rows.gather(1, target[:, None]).sum().item()
+            greedy = bool((rows.argmax(dim=1) == target).all())
+            results[order[start + r]] = (total, greedy, int(logp[k + n].argmax()))
+            k += n + 1
+        start = stop
+    return results
+
+
+def score_probes(model: torch.nn.Module, probes: Sequence[Probe], codec: Codec, *, max_len: int,
+                 device: torch.device | str = "cpu", batch_tokens: int = 8192) -> list[ProbeScore]:
+    """Score every probe (multiple choice, greedy exact match, probability of the answer)."""
+    seqs = _sequences(probes, codec, max_len)
+    flat = _score_sequences(model, seqs, torch.device(device), batch_tokens)
+    scores, i = [], 0
+    for probe in probes:
+        rows = flat[i: i + len(probe.options)]
+        i += len(probe.options)
+        total, greedy, after = rows[0]
+        scores.append(ProbeScore(probe.id, probe.kind, probe.style, tuple(r[0] for r in rows),
+                                 exact=greedy and not codec.continues_word(after)))
+    return scores
+
+
+# --- summaries ------------------------------------------------------------------------------------
+
+
+def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for k successes out of n (scipy's binomial test does the arithmetic)."""
+    if n == 0:
+        return (0.0, 1.0)
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def _rate(k: int, n: int) -> dict:
+    lo, hi = wilson(k, n)
+    return {"acc": k / n if n else float("nan"), "k": k, "n": n, "lo": lo, "hi": hi}
+
+
+def _summary(scores: Sequence[ProbeScore], chances: Sequence[float]) -> dict:
+    n = len(scores)
+    return {
+        "n": n,
+        "chance": sum(chances) / n,
+        "mc": _rate(sum(s.mc for s in scores), n),
+        "exact": _rate(sum(s.exact for s in scores), n),
+        "p_answer": sum(s.p for s in scores) / n,
+    }
+
+
+def summarize(probes: Sequence[Probe], scores: Sequence[ProbeScore]) -> dict:
+    """Per-suite accuracy with 95% Wilson intervals under each metric, per kind and style, and per probe."""
+    chance = {p.id: p.chance for p in probes}
+    out = _summary(scores, [chance[s.id] for s in scores])
+    for field in ("kind", "style"):
+        groups: dict[str, list[ProbeScore]] = {}
+        for s in scores:
+            groups.setdefault(getattr(s, field), []).append(s)
+        out[f"by_{field}"] = {g: _summary(ss, [chance[s.id] for s in ss]) for g, ss in sorted(groups.items())}
+    by_id = {p.id: p for p in probes}
+    out["items"] = [
+        {"id": s.id, "kind": s.kind, "style": s.style, "mc": s.mc, "exact": s.exact, "p": s.p,
+         "pred": by_id[s.id].options[s.pred], "logps": list(s.logps)}
+        for s in scores
+    ]
+    return out

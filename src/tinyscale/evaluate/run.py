@@ -1,0 +1,309 @@
+"""Evaluate the checkpoints of a run: loss per skill, probe suites, story completions.
+
+    evaluate_run("runs/3M", checkpoints="all")   # writes runs/3M/eval/<step>.json for each step
+    load_eval("runs/3M")                           # {step: result}, for the analysis and the report
+
+The data (loss windows, probe token ids, story cuts) is prepared once; each checkpoint only swaps
+the weights of one model, so evaluating many checkpoints costs little more than the forward passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinyscale import progress
+from tinyscale.errors import UserError
+from tinyscale.fileio import read_json, write_json
+
+FORMAT = 1
+# Tokens per split for the loss: enough for per-skill means to about +-0.01 nats on the story world,
+# small enough that the whole default evaluation of a 3M model stays well under a minute on 2 cores.
+DEFAULT_MAX_TOKENS = 32768
+
+
+def eval_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "eval"
+
+
+def select_checkpoints(spec: str | int | list[int], available: list[int], run_dir: Path) -> list[int]:
+    """'last', 'all', a step, or a comma-separated list of steps -> steps that exist."""
+    if not available:
+        raise UserError(f"{run_dir}: no complete checkpoint")
+    if spec == "last":
+        return [available[-1]]
+    if spec == "all":
+        return list(available)
+    if isinstance(spec, int):
+        wanted = [spec]
+    elif isinstance(spec, list):
+        wanted = spec
+    else:
+        try:
+            wanted = [int(s) for s in str(spec).split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--checkpoints {spec}: expected all, last or steps such as 100,2000") from None
+    missing = [s for s in wanted if s not in available]
+    if missing or not wanted:
+        raise UserError(f"--checkpoints {spec}: no checkpoint at step(s) {', '.join(map(str, missing))} "
+                        f"(have {', '.join(map(str, available))})")
+    return sorted(set(wanted))
+
+
+def _data_dir(run_dir: Path, info: dict, data_dir: str | Path | None) -> Path:
+    """The shards a run was trained on: run.json's data folder, as given or relative to the run."""
+    if data_dir is not None:
+        return Path(data_dir)
+    recorded = (info.get("data") or {}).get("dir") or (info.get("config") or {}).get("data")
+    if not recorded:
+        raise UserError(f"{run_dir / 'run.json'}: no data folder recorded (pass data_dir / --data)")
+    for candidate in (Path(recorded), run_dir / recorded):
+        if candidate.is_dir():
+            return candidate
+    raise UserError(f"{run_dir / 'run.json'}: data folder {recorded} not found (pass data_dir / --data)")
+
+
+def _check_tokenizer(run_dir: Path, shards) -> None:
+    path = run_dir / "tokenizer.json"
+    if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != shards.meta["tokenizer_sha256"]:
+        raise UserError(f"{path}: the run's tokenizer differs from the one of {shards.dir}")
+
+
+def _seq_len(info: dict, max_seq_len: int) -> int:
+    cfg = info.get("config") or {}
+    value = cfg.get("seq_len") or (cfg.get("train") or {}).get("seq_len") or max_seq_len
+    return min(int(value), max_seq_len)
+
+
+def load_suites(specs: list[str] | None) -> dict[str, list]:
+    """Built-in suite names and/or JSONL paths -> {suite name: probes}; None means the built-in four."""
+    from tinyscale.evaluate.probes import SUITES, load_suite
+
+    suites: dict[str, list] = {}
+    for spec in specs if specs is not None else list(SUITES):
+        name, probes = load_suite(spec)
+        if name in suites:
+            raise UserError(f"--suite {spec}: a suite named {name!r} is already selected")
+        suites[name] = probes
+    return suites
+
+
+class _Prepared:
+    """Everything that does not depend on the weights, built once per evaluation."""
+
+    def __init__(self, info: dict, model, shards, suites: dict[str, list], max_tokens: int, completions: int,
+                 seed: int, seq_len: int | None) -> None:
+        from tinyscale.evaluate.completions import pick_stories
+        from tinyscale.evaluate.loss import loss_windows
+        from tinyscale.evaluate.probes import Codec
+
+        self.max_len = model.cfg.max_seq_len
+        self.seq_len = min(seq_len, self.max_len) if seq_len else _seq_len(info, self.max_len)
+        self.tokenizer = shards.tokenizer()
+        self.eot_id = shards.eot_id
+        self.codec = Codec.from_tokenizer(self.tokenizer, bos_id=shards.eot_id)
+        if "val" not in shards.splits:
+            raise UserError(f"{shards.dir}: no val split to evaluate on")
+        self.loss = [loss_windows(s, shards.tokens(s), shards.skills(s), shards.floor(s), self.seq_len, max_tokens)
+                     for s in ("val", "ood") if s in shards.splits]
+        self.suites = suites
+        split = "val"
+        # Leave the model room to write: a prompt may use at most 3/4 of the context.
+        self.cuts = pick_stories(split, shards.tokens(split), shards.eot_id, self.tokenizer, completions, seed,
+                                 max_prompt_tokens=3 * self.max_len // 4) if completions else []
+
+
+def _evaluate_one(model, prep: _Prepared, device: torch.device, *, samples: int, temperature: float,
+                  seed: int, batch_size: int) -> dict[str, Any]:
+    from tinyscale.evaluate.completions import complete_stories
+    from tinyscale.evaluate.loss import skill_losses
+    from tinyscale.evaluate.probes import score_probes, summarize
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    loss = {d.split: skill_losses(model, d, device, batch_size) for d in prep.loss}
+    seconds["loss"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    probes = {name: summarize(ps, score_probes(model, ps, prep.codec, max_len=prep.max_len, device=device))
+              for name, ps in prep.suites.items()}
+    seconds["probes"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    stories = complete_stories(model, prep.cuts, prep.tokenizer, samples=samples, temperature=temperature,
+                               seed=seed, eot_id=prep.eot_id, max_seq_len=prep.max_len)
+    seconds["completions"] = time.perf_counter() - t0
+    return {"loss": loss, "probes": probes, "completions": stories, "seconds": seconds}
+
+
+def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last", suites: list[str] | None = None,
+                 device: str = "auto", *, max_tokens: int = DEFAULT_MAX_TOKENS, completions: int = 8,
+                 samples: int = 2, temperature: float = 0.8, seed: int = 0, batch_size: int = 8,
+                 data_dir: str | Path | None = None, seq_len: int | None = None,
+                 write: bool = True) -> dict[int, dict]:
+    """Evaluate the selected checkpoints of a run and (by default) write RUN/eval/<step>.json for each.
+
+    suites: built-in names and/or JSONL paths (None: the four built-in suites; [] for none).
+    completions: stories to complete (0 for none), each `samples` times at `temperature`.
+    """
+    from safetensors.torch import load_model as load_weights
+
+    from tinyscale.data.shards import ShardSet
+    from tinyscale.generate import pick_device
+    from tinyscale.runs import list_checkpoints, load_model, read_run, weights_path
+
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    if max_tokens < 1 or completions < 0 or samples < 1 or temperature < 0:
+        raise UserError("evaluate: max_tokens and samples must be positive, completions and temperature >= 0")
+    steps = select_checkpoints(checkpoints, list_checkpoints(run_dir), run_dir)
+    probe_suites = load_suites(suites)  # a bad suite fails before any data is read
+    dev = pick_device(device)
+    shards = ShardSet.open(_data_dir(run_dir, info, data_dir))
+    _check_tokenizer(run_dir, shards)
+    model, _ = load_model(run_dir, steps[0], device=str(dev))
+    prep = _Prepared(info, model, shards, probe_suites, max_tokens, completions, seed, seq_len)
+    progress.info("eval %s: %d checkpoint(s), %s, %d suite(s), %d stories", run_dir, len(steps),
+                  ", ".join(f"{d.split} {d.n_tokens} tokens" for d in prep.loss), len(prep.suites), len(prep.cuts))
+
+    results: dict[int, dict] = {}
+    for step in progress.track(steps, "eval"):
+        path = weights_path(run_dir, step)
+        try:
+            load_weights(model, str(path), device=str(dev))  # swap the weights, keep everything else
+        except Exception as e:
+            raise UserError(f"{path}: cannot load checkpoint ({e})") from None
+        model.eval()
+        t0 = time.perf_counter()
+        result = {"format": FORMAT, "step": step, "tokens_seen": _tokens_seen(info, step), "run": str(run_dir),
+                  "data": str(shards.dir),
+                  "settings": {"max_tokens": max_tokens, "seq_len": prep.seq_len, "completions": len(prep.cuts),
+                               "samples": samples, "temperature": temperature, "seed": seed,
+                               "device": str(dev), "suites": list(prep.suites)}}
+        result.update(_evaluate_one(model, prep, dev, samples=samples, temperature=temperature, seed=seed,
+                                    batch_size=batch_size))
+        result["seconds"]["total"] = time.perf_counter() - t0
+        if write:
+            write_json(eval_dir(run_dir) / f"{step}.json", _finite(result))
+        results[step] = result
+    return results
+
+
+def _tokens_seen(info: dict, step: int) -> int | None:
+    """Training tokens behind a checkpoint (steps x tokens per step), when run.json says how many."""
+    cfg = info.get("config") or {}
+    try:
+        return step * int(cfg["batch"]) * int(cfg["seq_len"]) * int(cfg.get("grad_accum", 1))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN or infinity: write them as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+_EVAL_FILE = re.compile(r"^(\d+)\.json$")
+
+
+def load_eval(run_dir: str | Path) -> dict[int, dict]:
+    """Every evaluation written for a run, keyed by checkpoint step (ascending); {} when none."""
+    d = eval_dir(run_dir)
+    if not d.is_dir():
+        return {}
+    out = {}
+    for path in d.iterdir():
+        if m := _EVAL_FILE.match(path.name):
+            result = read_json(path)
+            if not isinstance(result, dict) or result.get("format") != FORMAT or "loss" not in result:
+                raise UserError(f"{path}: not a format-{FORMAT} evaluation result")
+            out[int(m.group(1))] = result
+    return dict(sorted(out.items()))
+
+
+# --- tables for the terminal ----------------------------------------------------------------------
+# One row per checkpoint, so a run with many checkpoints grows downwards and reads as a curve.
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def _ci(r: dict) -> str:
+    return f"{r['acc']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
+
+
+def _step(result: dict) -> str:
+    seen = result.get("tokens_seen")
+    return f"{result['step']}" + (f" ({seen / 1e6:.2f}M tok)" if seen else "")
+
+
+def _table(title: str, first: str, columns: list[str]):
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column(first)
+    for c in columns:
+        table.add_column(c, justify="right")
+    return table
+
+
+def eval_tables(results: dict[int, dict]) -> list:
+    """Rich tables, one row per checkpoint: loss per skill and split, probe suites under each metric,
+    and (one row per suite kind, one column per checkpoint) multiple-choice accuracy by kind."""
+    steps = sorted(results)
+    first = results[steps[0]]
+    tables = []
+    for split, summary in first["loss"].items():
+        skills = list(summary["skills"])
+        t = _table(f"{split} loss per skill, nats/token (excess over the true surprisal, where known)", "step",
+                   ["all", "ppl", *skills])
+        t.add_row("tokens", str(summary["tokens"]), "", *[str(summary["skills"][k]["tokens"]) for k in skills],
+                  end_section=True)
+        for s in steps:
+            r = results[s]["loss"][split]
+            cells = []
+            for k in skills:
+                row = r["skills"].get(k, {})
+                excess = row.get("excess")
+                cells.append(_f(row.get("loss")) + ("" if excess is None else f" ({excess:+.2f})"))
+            t.add_row(_step(results[s]), _f(r["loss"]), _f(r["ppl"], 2), *cells)
+        tables.append(t)
+
+    suites = list(first["probes"])
+    if suites:
+        chance = "  ".join(f"{n} {first['probes'][n]['chance']:.2f}" for n in suites)
+        for metric, title in (("mc", "multiple-choice accuracy [95% Wilson interval]"),
+                              ("exact", "exact match of the greedy continuation [95% Wilson interval]"),
+                              ("p_answer", "mean probability of the right answer")):
+            t = _table(title + (f" (chance: {chance})" if metric == "mc" else ""), "step",
+                       [f"{n} (n={first['probes'][n]['n']})" for n in suites])
+            for s in steps:
+                rows = [results[s]["probes"][n] for n in suites]
+                t.add_row(_step(results[s]), *[_f(r[metric]) if metric == "p_answer" else _ci(r[metric])
+                                               for r in rows])
+            tables.append(t)
+        t = _table("multiple-choice accuracy by kind and by phrasing style", "suite / group (n, chance)",
+                   [str(s) for s in steps])
+        for name in suites:
+            summary = first["probes"][name]
+            groups = [(field, g) for field in ("kind", "style") for g in summary[f"by_{field}"]]
+            for i, (field, g) in enumerate(groups):
+                row = summary[f"by_{field}"][g]
+                t.add_row(f"{name} / {g} ({row['n']}, {row['chance']:.2f})",
+                          *[f"{results[s]['probes'][name][f'by_{field}'][g]['mc']['acc']:.2f}" for s in steps],
+                          end_section=i == len(groups) - 1)
+        tables.append(t)
+    return tables

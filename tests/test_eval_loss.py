@@ -1,0 +1,96 @@
+"""Loss per skill against a hand computation, on a model whose probabilities are known."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tinyscale.data.corpus import SKILLS
+from tinyscale.evaluate.completions import cut_middle, story_bounds
+from tinyscale.evaluate.loss import loss_windows, skill_losses
+
+V = 7
+
+
+class Bigram(torch.nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("table", torch.randn(V, V, generator=g).log_softmax(-1))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.table[idx]
+
+
+def arrays(n: int = 101, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, V, n).astype(np.uint16)
+    skills = rng.integers(0, 4, n).astype(np.uint8)
+    floor = np.where(rng.random(n) < 0.5, rng.random(n), np.nan).astype(np.float32)
+    return tokens, skills, floor
+
+
+def test_loss_per_skill_matches_hand_computation():
+    tokens, skills, floor = arrays()
+    model = Bigram()
+    data = loss_windows("val", tokens, skills, floor, seq_len=10, max_tokens=10_000)
+    out = skill_losses(model, data, batch_size=3)
+
+    # By hand: windows of 10 predictions cover tokens 1..100 (all of them for n = 101).
+    loss = {s: [] for s in range(4)}
+    excess = {s: [] for s in range(4)}
+    for t in range(1, 101):
+        nll = -model.table[tokens[t - 1], tokens[t]].item()
+        loss[skills[t]].append(nll)
+        if not math.isnan(floor[t]):
+            excess[skills[t]].append(nll - float(floor[t]))
+    assert out["tokens"] == 100
+    everything = [x for v in loss.values() for x in v]
+    assert out["loss"] == pytest.approx(sum(everything) / 100, abs=1e-6)
+    assert out["ppl"] == pytest.approx(math.exp(out["loss"]), rel=1e-9)
+    for sid in range(4):
+        row = out["skills"][SKILLS[sid]]
+        assert row["tokens"] == len(loss[sid])
+        assert row["loss"] == pytest.approx(sum(loss[sid]) / len(loss[sid]), abs=1e-6)
+        assert row["floor_tokens"] == len(excess[sid])
+        assert row["excess"] == pytest.approx(sum(excess[sid]) / len(excess[sid]), abs=1e-6)
+    assert set(out["skills"]) == {SKILLS[s] for s in range(4)}
+
+
+def test_max_tokens_takes_windows_spread_over_the_split():
+    tokens, skills, floor = arrays(n=1001)
+    data = loss_windows("val", tokens, skills, floor, seq_len=10, max_tokens=50)
+    assert data.x.shape == (5, 10) and data.n_tokens == 50
+    # Each row is a real window of the split, and the windows reach its end, not just its start.
+    first, last = data.x[0].numpy(), data.x[-1].numpy()
+    assert np.array_equal(first, tokens[:10])
+    assert np.array_equal(last, tokens[990:1000])
+    assert torch.equal(data.y[:, :-1], data.x[:, 1:])
+
+
+def test_short_split_is_one_shorter_window():
+    tokens, skills, floor = arrays(n=6)
+    data = loss_windows("val", tokens, skills, floor, seq_len=64, max_tokens=1000)
+    assert data.x.shape == (1, 5)
+
+
+def test_no_floor_gives_no_excess():
+    tokens, skills, _ = arrays()
+    data = loss_windows("val", tokens, np.zeros_like(skills), np.full(len(tokens), np.nan, np.float32), 10, 1000)
+    out = skill_losses(Bigram(), data)
+    assert out["excess"] is None and out["floor_tokens"] == 0 and list(out["skills"]) == ["other"]
+
+
+def test_cut_middle_splits_at_a_sentence_end():
+    text = 'Tom had a ball. He said, "Look at it!" Mia smiled at him. They played all day. The end.'
+    prompt, ending = cut_middle(text)
+    assert prompt + ending == text
+    assert prompt.endswith(('.', '!', '"')) and ending.startswith(" ")
+    assert abs(len(prompt) - len(text) / 2) < 20
+    assert cut_middle("Just one sentence.") is None
+
+
+def test_story_bounds_between_end_of_text_tokens():
+    tokens = np.array([0, 5, 6, 0, 7, 0, 0, 8, 9, 9, 0])
+    assert story_bounds(tokens, 0) == [(1, 3), (4, 5), (7, 10)]

@@ -1,0 +1,198 @@
+"""Probe scorers on a model whose next-token probabilities are known by construction, and the
+suite validator."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from tinyscale.errors import UserError
+from tinyscale.evaluate.probes import (
+    SUITES,
+    Codec,
+    Probe,
+    builtin_suite_path,
+    load_suite,
+    read_suite,
+    score_probes,
+    summarize,
+    wilson,
+)
+
+# A word-level toy vocabulary; "room" is a word piece that glues onto the word before it ("bedroom").
+VOCAB = ["<eot>", "the", "cat", "dog", "sat", "on", "bed", "mat", "room", ".", "ran"]
+ID = {w: i for i, w in enumerate(VOCAB)}
+
+
+def codec() -> Codec:
+    return Codec(encode=lambda text: [ID[w] for w in text.split()], continues_word=lambda i: VOCAB[i] == "room",
+                 bos_id=ID["<eot>"])
+
+
+def probs(**p: float) -> torch.Tensor:
+    """A next-token distribution: the named words get their probability, the rest share what is left."""
+    row = torch.full((len(VOCAB),), (1 - sum(p.values())) / (len(VOCAB) - len(p)), dtype=torch.float64)
+    for w, v in p.items():
+        row[ID[w]] = v
+    return row
+
+
+class Bigram(torch.nn.Module):
+    """Logits depend only on the current token: P(next | ..., w) = TABLE[w]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        table = torch.stack([probs() for _ in VOCAB])
+        table[ID["the"]] = probs(cat=0.4, dog=0.35)
+        table[ID["cat"]] = probs(ran=0.6, sat=0.2)
+        table[ID["dog"]] = probs(sat=0.5, ran=0.3)
+        table[ID["sat"]] = probs(room=0.7, on=0.2)
+        table[ID["on"]] = probs(bed=0.5, mat=0.3, the=0.1)
+        table[ID["bed"]] = probs(**{".": 0.8})
+        table[ID["mat"]] = probs(room=0.9)
+        table[ID["ran"]] = probs(**{".": 0.9})
+        self.register_buffer("logits", table.log().float())
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.logits[idx]
+
+
+PROBES = [
+    # right by multiple choice, greedy writes "bed" and then "." -> exact match
+    Probe("p1", "the cat sat on", "bed", ("mat", "the"), "place", "world"),
+    # the answer is not the model's favourite -> wrong both ways
+    Probe("p2", "the dog sat on", "mat", ("bed", "the"), "place", "novel"),
+    # right by multiple choice, but greedy continues the word ("satroom") -> no exact match
+    Probe("p3", "the dog", "sat", ("ran", "on"), "verb", "world"),
+    # a two-word answer: log-probabilities add up over its tokens, greedy writes both words
+    Probe("p4", "the", "cat ran", ("dog ran", "dog sat"), "verb", "novel"),
+]
+
+
+def test_scores_match_the_known_probabilities():
+    scores = {s.id: s for s in score_probes(Bigram(), PROBES, codec(), max_len=16)}
+    assert scores["p1"].logps == pytest.approx((math.log(0.5), math.log(0.3), math.log(0.1)), abs=1e-6)
+    assert scores["p1"].p == pytest.approx(0.5, abs=1e-6)
+    assert (scores["p1"].mc, scores["p1"].exact) == (True, True)
+    assert scores["p2"].p == pytest.approx(0.3, abs=1e-6)
+    assert (scores["p2"].mc, scores["p2"].exact) == (False, False)
+    assert scores["p3"].p == pytest.approx(0.5, abs=1e-6)
+    assert (scores["p3"].mc, scores["p3"].exact) == (True, False)
+    assert scores["p4"].logps == pytest.approx(
+        (math.log(0.4 * 0.6), math.log(0.35 * 0.3), math.log(0.35 * 0.5)), abs=1e-6)
+    assert (scores["p4"].mc, scores["p4"].exact) == (True, True)
+
+
+def test_batching_and_padding_do_not_change_scores():
+    """Sequences of different lengths share a right-padded batch; a real (attending) model must not
+    see the padding."""
+    from tinyscale.config import ModelConfig
+    from tinyscale.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=len(VOCAB), d_model=16, n_layers=2, n_heads=2, max_seq_len=16)).eval()
+    one = score_probes(model, PROBES, codec(), max_len=16, batch_tokens=1)
+    many = score_probes(model, PROBES, codec(), max_len=16, batch_tokens=10_000)
+    assert [lp for s in one for lp in s.logps] == pytest.approx([lp for s in many for lp in s.logps], abs=1e-5)
+    assert [s.exact for s in one] == [s.exact for s in many]
+
+
+def test_summary_counts_and_intervals():
+    scores = score_probes(Bigram(), PROBES, codec(), max_len=16)
+    out = summarize(PROBES, scores)
+    assert out["n"] == 4 and out["chance"] == pytest.approx(1 / 3)
+    assert (out["mc"]["k"], out["exact"]["k"]) == (3, 2)
+    assert out["mc"]["lo"] < 0.75 < out["mc"]["hi"]
+    assert out["p_answer"] == pytest.approx((0.5 + 0.3 + 0.5 + 0.24) / 4, abs=1e-6)
+    assert out["by_kind"]["place"]["mc"]["k"] == 1 and out["by_kind"]["verb"]["mc"]["k"] == 2
+    assert out["by_style"]["novel"]["n"] == 2
+    assert [i["pred"] for i in out["items"]] == ["bed", "bed", "sat", "cat ran"]
+
+
+def test_wilson_interval_matches_the_formula():
+    z = 1.959963984540054
+    for k, n in [(0, 10), (3, 10), (60, 64), (10, 10)]:
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        assert wilson(k, n) == pytest.approx((max(0.0, centre - half), min(1.0, centre + half)), abs=1e-9)
+
+
+# --- suites and the validator ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_builtin_suites_are_valid_and_large_enough(name):
+    suite, probes = load_suite(name)
+    assert suite == name and len(probes) >= 60
+    novel = sum(p.style == "novel" for p in probes)
+    assert 0.4 <= novel / len(probes) <= 0.6
+    assert len({p.prompt for p in probes}) == len(probes)
+    for p in probes:
+        # the prompt stops where the answer word begins; options differ (no accidental duplicates)
+        assert not p.prompt.endswith(" ") and p.answer not in p.wrong
+
+
+def test_builtin_kinds_cover_the_skills():
+    kinds = {name: {p.kind for p in load_suite(name)[1]} for name in SUITES}
+    assert {"exclusion", "counting", "cause", "comparison", "negation"} <= kinds["reasoning"]
+    assert {"names", "objects", "who_said"} <= kinds["tracking"]
+    assert {"agreement", "tense", "article"} <= kinds["grammar"]
+
+
+def test_reasoning_answers_are_balanced_by_position():
+    """The right option is not always the last thing mentioned: a recency heuristic scores near chance."""
+    probes = [p for p in load_suite("reasoning")[1] if p.kind in ("exclusion", "comparison")]
+    last = 0
+    for p in probes:
+        positions = {o: p.prompt.rfind(o) for o in p.options if o in p.prompt}
+        if len(positions) >= 2:
+            last += max(positions, key=positions.get) == p.answer
+    assert last <= 0.6 * len(probes)
+
+
+GOOD = {"id": "x1", "prompt": "The cat sat on the", "answer": "mat", "wrong": ["sky", "cloud"], "kind": "k",
+        "style": "novel"}
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("{not json", "not valid JSON"),
+    (json.dumps([1, 2]), "expected a JSON object"),
+    (json.dumps({**GOOD, "answer": ""}), "'answer' must be a non-empty string"),
+    (json.dumps({k: v for k, v in GOOD.items() if k != "prompt"}), "'prompt' must be a non-empty string"),
+    (json.dumps({**GOOD, "wrong": ["sky"]}), "2 to 5 wrong answers"),
+    (json.dumps({**GOOD, "wrong": ["a", "b", "c", "d", "e", "f"]}), "2 to 5 wrong answers"),
+    (json.dumps({**GOOD, "wrong": ["mat", "sky"]}), "not distinct"),
+    (json.dumps({**GOOD, "wrong": ["sky", 3]}), "wrong answer 3"),
+    (json.dumps({**GOOD, "answer": " mat"}), "leading or trailing spaces"),
+    (json.dumps({**GOOD, "style": "plain"}), "'style' must be one of"),
+    (json.dumps({**GOOD, "extra": 1}), "unknown field(s) extra"),
+    (json.dumps({**GOOD, "id": "x0"}), "id 'x0' already used on line 1"),
+])
+def test_bad_line_names_file_line_and_problem(tmp_path, line, problem):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({**GOOD, "id": "x0"}) + "\n\n" + line + "\n")
+    with pytest.raises(UserError) as e:
+        read_suite(path)
+    assert str(e.value).startswith(f"{path}:3: ") and problem in str(e.value)
+
+
+def test_custom_suite_by_path(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n")
+    name, probes = load_suite(str(path))
+    assert name == "mine" and probes[0].options == ("mat", "sky", "cloud")
+    with pytest.raises(UserError, match="not found"):
+        load_suite(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(UserError, match="not a built-in suite"):
+        load_suite("fact")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(UserError, match="no probes"):
+        read_suite(empty)
+
+
+def test_builtin_suites_ship_with_the_package():
+    for name in SUITES:
+        assert builtin_suite_path(name).is_file()

@@ -1,0 +1,116 @@
+"""End to end: evaluate a tiny run folder built by hand (shards, two checkpoints), via the API and the CLI."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from _tiny_shards import make_shards
+from tinyscale.cli import main
+from tinyscale.errors import UserError
+from tinyscale.evaluate import evaluate_run, load_eval
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from safetensors.torch import save_model
+
+    from tinyscale.config import ModelConfig
+    from tinyscale.data.shards import ShardSet
+    from tinyscale.model import Transformer
+
+    root = tmp_path_factory.mktemp("evalrun")
+    shards = ShardSet.open(make_shards(root, stories=60))
+    cfg = ModelConfig(vocab_size=shards.vocab_size, d_model=32, n_layers=2, n_heads=2, max_seq_len=128)
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for step in (0, 10):
+        torch.manual_seed(step)
+        save_model(Transformer(cfg), str(run / "checkpoints" / f"step_{step:08d}.safetensors"))
+        torch.save({}, run / "checkpoints" / f"step_{step:08d}.state.pt")
+    shutil.copy(shards.dir / "tokenizer.json", run / "tokenizer.json")
+    info = {"config": {"data": str(shards.dir), "seq_len": 64}, "model": cfg.model_dump(),
+            "data": {"dir": str(shards.dir), "eot_id": shards.eot_id, "vocab_size": shards.vocab_size}}
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+def small_suite(tmp_path):
+    path = tmp_path / "mini.jsonl"
+    rows = [{"id": f"m{i}", "prompt": "Once upon a time, Lily had a red", "answer": a, "wrong": w, "kind": k,
+             "style": "novel"} for i, (a, w, k) in enumerate([("ball", ["kite", "cake"], "thing"),
+                                                               ("kite", ["ball", "boat"], "thing"),
+                                                               ("cat", ["dog", "tree"], "animal")])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def numbers(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "seconds"}
+
+
+def test_evaluate_all_checkpoints_twice_gives_identical_numbers(run_dir, tmp_path):
+    kwargs = dict(checkpoints="all", suites=["grammar", str(small_suite(tmp_path))], device="cpu",
+                  max_tokens=256, completions=2, samples=2)
+    first = evaluate_run(run_dir, **kwargs)
+    again = evaluate_run(run_dir, **kwargs)
+    assert sorted(first) == [0, 10]
+    for step in first:
+        assert numbers(first[step]) == numbers(again[step])
+    # different weights, different numbers: the weights really were swapped between checkpoints
+    assert first[0]["loss"]["val"]["loss"] != first[10]["loss"]["val"]["loss"]
+
+    r = first[10]
+    val = r["loss"]["val"]
+    assert val["tokens"] == 256 and sum(s["tokens"] for s in val["skills"].values()) == 256
+    assert {"tracking", "free", "other"} <= set(val["skills"])
+    assert val["skills"]["tracking"]["floor"] == 0.0 and val["skills"]["free"]["floor"] > 0
+    assert val["skills"]["tracking"]["excess"] == pytest.approx(val["skills"]["tracking"]["loss"])
+    assert set(r["probes"]) == {"grammar", "mini"}
+    mini = r["probes"]["mini"]
+    assert mini["n"] == 3 and mini["chance"] == pytest.approx(1 / 3) and set(mini["by_kind"]) == {"thing", "animal"}
+    assert 0 <= mini["mc"]["lo"] <= mini["mc"]["acc"] <= mini["mc"]["hi"] <= 1
+    assert len(r["completions"]) == 2
+    for c in r["completions"]:
+        assert len(c["completions"]) == 2 and c["ending"].startswith(" ") and c["prompt"]
+
+    on_disk = load_eval(run_dir)
+    assert sorted(on_disk) == [0, 10]
+    assert on_disk[10]["probes"]["mini"]["items"] == json.loads(json.dumps(r["probes"]["mini"]["items"]))
+    assert not [p for p in (run_dir / "eval").iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_cli_prints_table_and_writes_result(run_dir, tmp_path, capsys):
+    code = main(["-q", "eval", str(run_dir), "--checkpoints", "0", "--suite", str(small_suite(tmp_path)),
+                 "--completions", "1", "--samples", "1", "--max-tokens", "128", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "loss per skill" in out and "tracking" in out and "mini" in out
+    assert (run_dir / "eval" / "0.json").is_file()
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--checkpoints", "5"], "no checkpoint at step(s) 5"),
+    (["--checkpoints", "x"], "expected all, last or steps"),
+    (["--suite", "nonsense"], "not a built-in suite"),
+    (["--completions", "-1"], "--completions"),
+])
+def test_cli_bad_input_is_one_line_exit_2(run_dir, capsys, args, problem):
+    assert main(["-q", "eval", str(run_dir), "--device", "cpu", *args]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and err.count("\n") == 1
+
+
+def test_bad_suite_line_reported_through_cli(run_dir, tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt": "p", "answer": "x", "wrong": ["y"], "kind": "k",
+                                "style": "world"}) + "\n")
+    assert main(["-q", "eval", str(run_dir), "--suite", str(path), "--device", "cpu"]) == 2
+    assert f"{path}:1: field 'wrong'" in capsys.readouterr().err
+
+
+def test_missing_run_and_empty_eval(tmp_path):
+    with pytest.raises(UserError, match="run folder not found"):
+        evaluate_run(tmp_path / "nope")
+    assert load_eval(tmp_path) == {}
