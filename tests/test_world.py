@@ -12,6 +12,7 @@ import pytest
 from tinyscale.cli import main
 from tinyscale.data.corpus import read_corpus, validate_line
 from tinyscale.data.world import FEATURES, SCHEMAS, default_vocab, make_story, write_world_corpus
+from tinyscale.data.world.pieces import CHORES
 from tinyscale.data.world.text import Char, Page, Thing, Val, compile_template
 from tinyscale.errors import UserError
 
@@ -198,11 +199,38 @@ def test_exclusion_answers_are_balanced(stories):
         if st.meta["schema"] != "pet_choice":
             continue
         m = re.search(r"(?:have|for) an? ([a-z ]+?) or an? ([a-z ]+?)[?.]", st.text)
-        answer = next(st.text[s:e] for s, e, skill, _ in st.spans if skill == "reasoning")
+        answer = next(st.text[s:e] for s, e, skill, _ in st.spans if skill == "reasoning" and s > m.end())
         assert answer in (m[1], m[2])
         first += answer == m[1]
         total += 1
     assert total > 50 and 0.35 < first / total < 0.65
+
+
+def test_order_and_negation_answers_follow_the_text_and_are_balanced(stories):
+    # Order of events: the chore the grown-up names comes first whether it is named first or second
+    # in the rule; the labeled answer is that chore, and it is the first-named action about half
+    # of the time. Negation: the state not denied is the answer, first-named about half the time.
+    order_first = order_total = neg_first = neg_total = 0
+    for st in stories[:N_STORIES]:
+        text = st.text
+        reasoning = [(s, text[s:e]) for s, e, skill, _ in st.spans if skill == "reasoning"]
+        m = re.search(r"So first, \w+ (\w+) [^.]*?, and then", text)
+        if m:
+            rule = text[text.rfind("wanted to", 0, m.start()):m.start()]
+            chore = next(w for s, w in reasoning if s == m.start(1))
+            base = {past: base for base, past, _, _ in CHORES}[chore]
+            at = min(i for i in (rule.find(f" {base} "), rule.find(f" {chore} ")) if i >= 0)
+            order_total += 1
+            order_first += at < rule.index("do that")
+        n = re.search(r"(?:Is|if) \w+ (?:was )?(in the \w+|\w+) or (in the \w+|\w+)(?: now)?[?.].{0,60}? not "
+                      r"(in the \w+|\w+)", text)
+        if n and st.meta["schema"] == "pet_choice":
+            answer = next(w for s, w in reasoning if s > n.end())
+            assert {answer, n[3]} == {n[1], n[2]}, (answer, n.groups())
+            neg_total += 1
+            neg_first += answer == n[1]
+    assert order_total > 200 and 0.3 < order_first / order_total < 0.7
+    assert neg_total > 50 and 0.35 < neg_first / neg_total < 0.65
 
 
 def test_no_near_duplicates_in_5000_stories(vocab):

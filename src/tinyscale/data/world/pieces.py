@@ -39,7 +39,6 @@ VERB_LINES = (
     "{A} [loved|liked] to {V}{VC}.",
     "[Every day|Each morning|After breakfast], {A} wanted to {V}{VC}.",
     "{A.His} favorite thing was {Ving}{VC}.",
-    "Once, {A} {Vpast}{VC} all by {A.himself}.",
     "[On Sundays|In the mornings|After lunch], {A} [liked|loved] {Ving}{VC}.",
 )
 
@@ -100,6 +99,59 @@ _ADJ_WORD_FRAME = {
 def adj_lines(word: str, category: str, of_person: bool) -> tuple[str, ...]:
     frame = _ADJ_WORD_FRAME.get(word) or _ADJ_CATEGORY_FRAME.get(category) or ("person" if of_person else "thing")
     return _ADJ_FRAMES[frame]
+
+
+# Which main objects an adjective can describe without sounding odd ("a fluffy kitten", "six
+# crunchy cookies", "the sandy beach"): by word, since categories mix ("broken", "yummy", "rich").
+_W = str.split
+_TOY_ADJ = frozenset(_W(
+    "red blue green yellow orange purple pink brown black white gray golden silver colorful spotted striped "
+    "dotted violet tan big small little tiny tall short large huge giant long thick thin enormous teeny heavy "
+    "lopsided wiggly chunky round square flat pointy curly straight crooked wavy bent oval zigzag spiral twisty "
+    "old antique new ancient fluffy fuzzy furry sticky slimy squishy silky scratchy prickly spiky lumpy bumpy "
+    "smooth rough soft hard shiny sparkly glittery bouncy stretchy muddy dusty wet soggy woolly stiff "
+    "beautiful lovely ugly fancy plain special magical perfect wonderful amazing strange weird odd real "
+    "precious expensive glowing sparkling wooden plastic secret famous different pretty cute lucky dirty clean"))
+_ANIMAL_ADJ = frozenset(_W(
+    "brown black white gray golden orange spotted striped tan big small little tiny huge giant enormous teeny "
+    "plump skinny old young fluffy fuzzy furry soft silky muddy wet dusty hairy beautiful lovely ugly strange "
+    "special pretty cute lucky dirty clean famous different"))
+_FOOD_ADJ = frozenset(_W(
+    "sweet sour salty bitter spicy yummy tasty delicious juicy crunchy crispy creamy fresh stale sugary chewy "
+    "cheesy buttery minty fruity red green yellow orange purple pink brown golden white big small little tiny "
+    "huge giant enormous teeny round square flat lopsided chunky crumbly sticky squishy soft hard soggy gooey "
+    "lumpy ripe special perfect wonderful amazing strange fancy plain"))
+_PLACE_ADJ = frozenset(_W(
+    "big small little huge large wide long leafy grassy rocky sandy muddy dusty beautiful lovely special "
+    "magical wonderful amazing strange quiet noisy crowded famous secret hidden dark bright clean dirty messy "
+    "old new ancient sunny"))
+_OBJ_ADJ = {"toy": _TOY_ADJ, "animal": _ANIMAL_ADJ, "food": _FOOD_ADJ, "place": _PLACE_ADJ}
+
+
+@cache
+def adj_plan(word: str, category: str, of_person: bool) -> tuple[str, frozenset[str]]:
+    """Where the recipe's adjective goes: ("person", _) describes the hero in the first line,
+    ("feel", _) how the hero feels that morning, ("day", _) the weather, ("object", kinds) the
+    schema's main object when it is of one of `kinds` (else a frame of its own in the opening)."""
+    kinds = frozenset(k for k, words in _OBJ_ADJ.items() if word in words)
+    if category == "character" and of_person:
+        return "person", kinds
+    if category == "feeling" and of_person:
+        return "feel", kinds
+    if category in ("weather", "temperature"):
+        return "day", kinds
+    return ("object" if kinds else "frame"), kinds
+
+
+# Facts that fit the end of any day: said after "That night," when they are about the hero.
+NIGHT_FACTS = frozenset(("tired_bed", "night_sleep", "bed_pajamas"))
+END_OF_DAY = ("tired_bed", "night_sleep", "bed_pajamas", "evening_dinner")
+ANIMAL_FACTS = {"cat": ("cat_meow", "cat_purr", "kitten_cat"), "kitten": ("cat_meow", "cat_purr", "kitten_cat"),
+                "kitty": ("cat_meow", "cat_purr"), "dog": ("dog_bark", "dog_bone", "puppy_dog"),
+                "little dog": ("dog_bark", "dog_bone"), "puppy": ("dog_bark", "dog_bone", "puppy_dog"),
+                "fish": ("fish_swim", "fish_water"), "bird": ("bird_fly", "bird_nest", "bird_two"),
+                "parrot": ("bird_fly", "bird_two"), "rabbit": ("rabbit_carrot",), "bunny": ("rabbit_carrot",),
+                "turtle": ("turtle_slow",), "hamster": (), "guinea pig": ()}
 
 
 # The noun, where the plot has no role for it: a frame that suits its category or the word.
@@ -192,43 +244,95 @@ _NOUN_WORD_FRAME = {
 }
 
 
-# The noun at the close of a story, for things a child can draw or dream about.
-NIGHT_NOUN_LINES = ("That night, {A} dreamed about {a N}.", "Before bed, {A} drew a picture of {a N}.",
-                    "That night, {A} dreamed of {N.gen}.")
-_NIGHT_OK = frozenset(("animal", "food", "toy", "vehicle", "plant", "building", "sky", "treasure", "music",
-                       "place", "container", "clothing"))
-
-
-def night_ok(word: str, category: str, mass: bool) -> bool:
-    return category in _NIGHT_OK and not mass and word not in _NOUN_WORD_FRAME
+@cache
+def noun_group(word: str, category: str) -> str:
+    return _NOUN_WORD_FRAME.get(word) or (category if category in _NOUN_FRAMES else "object")
 
 
 @cache
 def noun_lines(word: str, category: str) -> tuple[str, ...]:
-    frame = _NOUN_WORD_FRAME.get(word) or (category if category in _NOUN_FRAMES else "object")
-    return _NOUN_FRAMES[frame]
+    return _NOUN_FRAMES[noun_group(word, category)]
 
 
-# Morals by theme: a closing sentence the story's events illustrate.
+# The noun inside a plot's scene, by its frame group: "out" is a walk or a park ({WAY} is the
+# schema's lead-in, "On the way" or "Nearby"), "party" the birthday party, "search" the hunt for a
+# lost toy. A noun whose group has no frame in the schema's scenes is said in the opening instead.
+_OUT = {
+    "farm": ("{WAY}, they saw {a N} [in a field|by a fence|behind a gate].",),
+    "bug": ("{WAY}, {A} saw {a N} [on a leaf|in the grass|on a flower].",),
+    "plant": ("{WAY}, {A} [saw|stopped to look at] {a N}.", "{WAY}, {A} smelled {a N}."),
+    "small_nature": ("{WAY}, {A} found {a N} [by the path|on the ground].",),
+    "big_nature": ("{WAY}, {A} pointed at {a N} far away.",),
+    "vehicle": ("{WAY}, {a N} went by, and {A} waved.", "{WAY}, they saw {a N} [go by|stop by the road]."),
+    "building": ("{WAY}, they walked past {a N}.",),
+    "person": ("{WAY}, they [waved to|said hello to] {a N}.",),
+    "sky": ("{WAY}, {A} looked up and saw {a N} in the sky.",),
+    "the_sky": ("{WAY}, {A} looked up at the {N}.",),
+    "weather": ("{WAY}, {A} could feel the {N.gen}.",),
+    "animal": ("{WAY}, {A} saw a big picture of {a N} on a sign.",),
+    "treasure": ("{WAY}, {A} found {a N} [in the grass|by the path].",),
+    "playground": ("{WAY}, they passed {a N}.",),
+}
+_PARTY = {
+    "food": ("There was also {a N} [on the table|for everyone].",),
+    "drink": ("Everyone had a cup of {N}.",),
+    "toy": ("Some children played with {a N} in the corner.",),
+    "clothing": ("{A} wore {A.his} [best |new |]{N} to the party.",),
+    "dressy": ("{A} wore {A.his} [best |new |pretty ]{N} to the party.",),
+    "music": ("Someone played {a N}, and everyone danced.",),
+    "object": ("There was {a N} [on the door|by the cake].",),
+    "container": ("The cups and plates came in {a N}.",),
+}
+_SEARCH = {
+    "furniture": ("{A} even looked under the {N}.",),
+    "room": ("{A} even looked in the {N}.",),
+    "container": ("{A} even looked inside the {N}.",),
+}
+NOUN_SCENES = {"out": _OUT, "party": _PARTY, "search": _SEARCH}
+
+
+# Morals by theme: each schema picks the theme its events illustrate (the lost toy teaches care,
+# the race being a good sport...), so the lesson follows from what happened.
 MORALS = {
     "sharing": ("{A} learned that sharing makes everyone happy.",
                 "{A} learned that it is good to share with friends.",
-                "From that day on, {A} always shared {A.his} things."),
+                "From that day on, {A} always shared {A.his} snacks."),
+    "turns": ("{A} learned that taking turns is better than fighting.",
+              "{A} learned that friends take turns."),
     "care": ("{A} learned to take good care of {A.his} things.",
-             "{A} learned to put things back where they belong."),
-    "kindness": ("{A} learned that being kind is the best thing to do.",
-                 "{A} learned that helping others feels good."),
-    "honesty": ("{A} learned that it is always better to tell the truth.",),
-    "patience": ("{A} learned that good things come to those who wait.",
-                 "{A} learned that it is good to be patient."),
+             "{A} learned to put {A.his} toys back where they belong."),
+    "blame": ("{A} learned not to blame a friend before knowing what happened.",
+              "{A} learned that it is wrong to say a friend took something without asking first."),
+    "pet": ("{A} learned that a pet needs love and care every day.",
+            "{A} learned that taking care of a pet is a big job."),
+    "gate": ("{A} learned to always close the gate.",
+             "{A} learned that a pet needs someone to keep it safe."),
+    "kindness": ("{A} learned that helping others feels good.",
+                 "{A} learned that being kind is the best thing to do."),
+    "give_back": ("{A} learned that when you find something, you give it back to its owner.",
+                  "{A} learned that keeping what is not yours is not right."),
+    "giving": ("{A} learned that giving a gift feels as good as getting one.",
+               "{A} learned that a present made with love makes a friend happy."),
+    "include": ("{A} learned that it is kind to let someone new play too.",
+                "{A} learned that nobody should be left out."),
     "friendship": ("{A} learned that friends make every day better.",
                    "{A} learned that a new friend is a great gift."),
-    "trying": ("{A} learned that if you keep trying, you can do it.",
-               "{A} learned that it is fine to fall, as long as you get up again."),
-    "listening": ("{A} learned to listen to {A.his} [mom|dad].",
-                  "{A} learned that grown-ups know what is safe."),
+    "trying": ("{A} learned that if something falls down, you can build it again.",
+               "{A} learned that it is fine to fail, as long as you try again."),
+    "together": ("{A} learned that working together makes big things possible.",
+                 "{A} learned that it is more fun to build with a friend."),
+    "explore": ("{A} learned that there are wonderful things to find if you look closely.",
+                "{A} learned that every trip is a little adventure."),
+    "listening": ("{A} learned to keep {A.his} treasures in a safe place.",
+                  "{A} learned to hold on to the things {A.he} loves."),
     "fair": ("{A} learned that playing fair is more fun than winning.",
-             "{A} learned that it is fun to play even when you do not win."),
+             "{A} learned to be a good sport, whether {A.he} wins or not."),
+    "bad_sport": ("{A} learned that nobody likes a friend who laughs at others.",
+                  "{A} learned that being kind matters more than winning."),
+    "rainy": ("{A} learned that a rainy day can be fun too.",
+              "{A} learned that when plans change, you can make a new plan."),
+    "no_blame": ("{A} learned that it is nobody's fault when it rains.",
+                 "{A} learned not to blame a friend when things go wrong."),
 }
 
 FACT_BOOK = ("[That night|At bedtime|Before bed], {M} read {A} a [story|book|picture book]. "
@@ -247,23 +351,82 @@ def fact_template(phrasing: str) -> str:
     return out
 
 
-def opening(b) -> None:  # noqa: ANN001 - Builder (avoid an import cycle)
-    """The first lines: who the hero is, what the hero loves to do (the verb), the adjective."""
-    b.s(b.pick(OPENINGS))
-    adj = b.recipe[2]
-    lines = adj_lines(adj.word, adj.category, adj.of_person)
-    verb_lines = VERB_LINES if b.recipe[0].complement else VERB_ALONE_LINES
-    if b.chance(0.5):
-        b.s(b.pick(verb_lines))
-        b.s(b.pick(lines))
+# Things a grown-up asks for first: (verb, its past, the rest said to the child, the rest told of
+# the child). The order-of-events step in `opening` draws one of them.
+CHORES = (("brush", "brushed", "your teeth", "{A.his} teeth"), ("wash", "washed", "your hands", "{A.his} hands"),
+          ("eat", "ate", "your breakfast", "{A.his} breakfast"), ("put", "put", "on your shoes", "on {A.his} shoes"),
+          ("tidy", "tidied", "up your room", "up {A.his} room"), ("drink", "drank", "your milk", "{A.his} milk"),
+          ("pick", "picked", "up your toys", "up {A.his} toys"), ("finish", "finished", "your lunch",
+                                                                     "{A.his} lunch"),
+          ("comb", "combed", "your hair", "{A.his} hair"), ("make", "made", "your bed", "{A.his} bed"))
+# The rule said by the grown-up, direct and reported, and whether the chore is named first in it:
+# the chore comes first in the events either way, so the answer is the first-named action as often
+# as the second-named one.
+_ORDER_RULES = (
+    ('"You can do that after you {CH} {you}," said {M}.',
+     "{M} said that {A} could do that after {A.he} {CHp0} {his}.", False),
+    ('"Before you do that, you must {CH} {you}," said {M}.',
+     "{M} said that before {A} could do that, {A.he} had to {CH} {his}.", False),
+    ('"First {CH} {you}, and then you can do that," said {M}.',
+     "{M} said that {A} had to {CH} {his} first, and then {A.he} could do that.", True),
+    ('"After you {CH} {you}, you can do that," said {M}.',
+     "{M} said that after {A} {CHp0} {his}, {A.he} could do that.", True),
+)
+
+PERSON_OPENINGS = (
+    "Once upon a time, there was {a ADJ} [little |]{A.kid} named {A}.",
+    "There once was {a ADJ} {A.kid} called {A}.",
+    "{A} was {a ADJ} little {A.kid} who lived [in a small house by the woods|in a big town|near the sea"
+    "|on a farm|in a yellow house].",
+    "In a little house [on a hill|near a park|by a river], there lived {a ADJ} {A.kid} named {A}.",
+)
+FEEL_LINES = ("One morning, {A} woke up feeling very {ADJ}.", "That morning, {A} felt {ADJ}.")
+DAY_LINES = ("It was {a ADJ} [morning|day].", "That day was very {ADJ}.")
+
+
+def opening(b, obj: tuple[str, ...] = ()) -> None:  # noqa: ANN001 - Builder (avoid an import cycle)
+    """The first paragraph: who the hero is, one thing the hero does (the verb, often with an
+    order-of-events step), and the adjective where it fits: the hero, the day, or the schema's main
+    object of kind `obj` (then the schema writes it through `b.a_obj`/`b.adj_pre`)."""
+    kind = b.adj_kind
+    if kind == "person":
+        b.s(b.pick(PERSON_OPENINGS))
     else:
-        b.s(b.pick(lines))
-        b.s(b.pick(verb_lines))
+        b.s(b.pick(OPENINGS))
+    if kind == "object" and any(o in b.adj_objs for o in obj):
+        b.adj_obj = True  # the schema describes its object with the adjective
+    elif kind == "feel":
+        b.s(b.pick(FEEL_LINES))
+    elif kind == "day":
+        b.s(b.pick(DAY_LINES))
+    elif kind != "person":
+        adj = b.recipe[2]
+        b.s(b.pick(adj_lines(adj.word, adj.category, adj.of_person)))
+    if b.recipe[0].complement and b.chance(0.6):
+        order_step(b)
+    else:
+        b.s(b.pick(VERB_LINES if b.recipe[0].complement else VERB_ALONE_LINES))
+
+
+def order_step(b) -> None:  # noqa: ANN001
+    """Order of events: the grown-up says the chore comes first (in one of four phrasings), so the
+    story's "So first, {A} <chore>ed ..., and then ..." is fixed by the rule: the chore's verb and
+    then the wanted verb are `reasoning`, logp 0."""
+    from tinyscale.data.world.text import Val
+
+    base, past, you, his = b.pick(CHORES)
+    n = log_count(len(CHORES))
+    direct, indirect, _ = b.pick(_ORDER_RULES)
+    fill = {"{you}": you, "{his}": his}
+    for k, v in fill.items():
+        direct, indirect = direct.replace(k, v), indirect.replace(k, v)
+    b.s("[One morning|That morning|One day|Right after breakfast], {A} wanted to {V}{VC}.")
+    b.talk(direct, indirect, CH=Val(base, "free", n), CHp0=Val(past, "free", n))
+    b.s("So first, {A} {CHp@r} " + his + ", and then {A.he} {Vpast@r}{VC}.", CHp=Val(past))
+    b.order_done = True
 
 
 def closing(b, theme: str) -> None:  # noqa: ANN001
-    """The last lines: the recipe's noun if it was kept for the night, then the moral if asked."""
-    if b.noun_later and not b.ctx["N"].mentioned:
-        b.s(b.pick(NIGHT_NOUN_LINES))
+    """The moral, when asked for, from the theme the schema's events illustrate."""
     if b.has("moral_value"):
         b.feature("moral_value", b.pick(MORALS[theme]))

@@ -105,6 +105,34 @@ def number(b: Builder, key: str, lo: int, hi: int) -> int:
     return n
 
 
+# Facts the snack or the place of a story brings to mind (keys of the lexicon's facts).
+SNACK_FACTS = {"banana": ("banana_yellow", "monkey_banana"), "strawberry": ("strawberry_red",),
+               "carrot": ("carrot_orange", "rabbit_carrot"), "cookie": ("sugar_sweet",), "cupcake": ("sugar_sweet",),
+               "candy": ("sugar_sweet",), "muffin": ("sugar_sweet",), "apple": ("apple_ground",)}
+PLACE_FACTS = {"farm": ("cow_moo", "pig_oink", "hen_eggs", "cow_milk", "sheep_wool"),
+               "zoo": ("animals_zoo", "lion_roar", "giraffe_neck", "elephant_trunk", "monkey_banana"),
+               "pond": ("duck_quack", "frog_hop", "fish_swim"), "lake": ("duck_quack", "fish_swim", "boat_float"),
+               "river": ("fish_swim", "rock_sink", "boat_float"), "beach": ("beach_sandcastle", "sun_hot"),
+               "forest": ("squirrel_nuts", "bird_nest", "owl_hoot", "bear_cave"),
+               "garden": ("seed_grew", "bee_buzz", "spring_flowers"), "meadow": ("bee_buzz", "spring_flowers"),
+               "park": ("bird_fly", "wind_kite", "ball_bounce"), "playground": ("ball_bounce",),
+               "hill": ("wind_kite", "apple_ground")}
+NEG_PAIRS = (("inside", "outside"), ("awake", "asleep"), ("in the garden", "in the house"))
+
+
+def negation(b: Builder, pet: str, friend: str) -> None:
+    """Negation: the friend asks which of two states the pet is in (in a random order); one is
+    denied, so the other is `reasoning` (the denied one is drawn independently of the order)."""
+    pair = b.pick(NEG_PAIRS)
+    no, yes = pair if b.chance(0.5) else pair[::-1]
+    q1, q2 = pair if b.chance(0.5) else pair[::-1]
+    b.ctx.update(NQ1=q1, NQ2=q2, NNO=no, NYES=Val(yes))
+    b.talk('"Is {' + pet + '} {NQ1} or {NQ2} now?" asked {' + friend + '}. "{' + pet + '.He} is not {NNO}," said '
+           '{A}. "{' + pet + '.He} is {NYES@r}!"',
+           "{" + friend + "} asked if {" + pet + "} was {NQ1} or {NQ2}. {" + pet + "} was not {NNO}, so {"
+           + pet + ".he} was {NYES@r}.")
+
+
 def summary(b: Builder, tpl: str) -> None:
     b.summary_tpl = tpl
 
@@ -116,14 +144,15 @@ def lost_toy(b: Builder) -> None:
     b.kid("A")
     b.grownup("M")
     x = role(b, "X", TOYS, TOY_CATS)
-    pieces.opening(b)
+    pieces.opening(b, ("toy",))
     b.s(b.pick(("{A} had {a X} that {A.he} loved very much.", "{A.His} favorite toy was {a X}.",
                 "{A} had {a X}. {A.He} took it everywhere.",
                 "{A} had {a X}. [{A.He} played with it every day.|It was {A.his} best toy.|"
                 "{A.He} never went to bed without it.]",
-                "[Grandma|Grandpa|{A.His} aunt] had given {A} {a X}, and {A} loved it very much.")))
+                "[Grandma|Grandpa|{A.His} aunt] had given {A} {a X}, and {A} loved it very much.")
+               ).replace("{a X}", b.a_obj("X")))
     if x is not b.ctx["N"]:
-        b.use_noun()
+        b.use_noun("search")
     b.p()
     if b.has("foreshadowing"):
         if b.chance(0.5):
@@ -148,6 +177,7 @@ def lost_toy(b: Builder) -> None:
                    '"Mom! I can not find my {X}!" {A} called.')),
            b.pick(("{A} could not find it anywhere.", "{A} looked all around, but {A.he} could not see it.",
                    "{A} felt [sad|worried] and did not know where it was.")))
+    b.noun_at("search")
     if b.has("conflict"):
         b.kid("B")
         if b.chance(0.5):
@@ -188,8 +218,8 @@ def lost_toy(b: Builder) -> None:
             "|on {A.his} shelf|next to {A.his} bed].")
     if b.has("conflict"):
         b.talk('{A} said to {B}, "I am sorry." {B} smiled.', "{A} said sorry to {B}, and {B} smiled.")
-    b.fact()
-    pieces.closing(b, "honesty" if b.has("conflict") else "care")
+    b.fact(pieces.END_OF_DAY + (("sad_cry",) if b.has("bad_ending") else ()))
+    pieces.closing(b, "blame" if b.has("conflict") else "care")
     summary(b, "{A} loses {A.his} {X} and looks for it {Q2} the {P2}.")
 
 
@@ -200,7 +230,7 @@ def pet_choice(b: Builder) -> None:
     b.kid("A")
     b.grownup("M")
     x, y = two(b, "X", "Y", PETS)
-    pieces.opening(b)
+    pieces.opening(b, ("animal",))
     b.use_noun()
     b.p()
     b.s("[One day|One morning|On {A.his} birthday|For a long time], {A} [wanted|wished for] a pet"
@@ -222,7 +252,8 @@ def pet_choice(b: Builder) -> None:
     b.p()
     b.kid("B")
     b.s("[Every day|Every morning|After school], {A} and {P} [played together|played in the yard|"
-        "ran around the house]. {P} was a very [happy|funny|sweet|playful|gentle] {ANS}.")
+        "ran around the house]. "
+        + ("{P} was {a ADJ} {ANS}." if b.adj_pre() else "{P} was a very [happy|funny|sweet|playful|gentle] {ANS}."))
     if b.has("foreshadowing"):
         b.feature("foreshadowing", "One day, {A} forgot to close the gate. {A} did not know it yet, "
                   "but that would lead to trouble.")
@@ -230,6 +261,9 @@ def pet_choice(b: Builder) -> None:
     # Tracking: the pet's name was given two paragraphs earlier; the question fixes the answer.
     b.talk('"What is the name of your {ANS@t}?" {B} asked. "{P@t}," said {A}.',
            "{B} asked what the pet was called, and {A} told {B.him} it was {P@t}.")
+    negation(b, "P", "B")
+    if not b.has("conflict"):
+        b.fact(pieces.ANIMAL_FACTS.get(b.ctx["ANS"].word, ()), p_fit=1.0)
     if b.has("conflict"):
         b.feature("conflict", "{B} wanted to hold {P} all the time. {A} did not like that. "
                   "[They had a big fight.|They shouted at each other.]")
@@ -253,8 +287,9 @@ def pet_choice(b: Builder) -> None:
         b.s(b.pick(("{A} hugged {P}. {A.He} loved {A.his} new {ANS@t} very much.",
                     "{A} and {P} were best friends forever.",
                     "Every night, {P} slept at the end of {A.poss} bed, and {A} was very happy.")))
-    b.fact()
-    pieces.closing(b, "care")
+    b.fact(pieces.END_OF_DAY)
+    gate = b.has("bad_ending") and b.has("foreshadowing")
+    pieces.closing(b, "turns" if b.has("conflict") else "gate" if gate else "pet")
     summary(b, "{A} wants {a X} or {a Y}, gets {a ANS} and names it {P}.")
 
 
@@ -265,11 +300,11 @@ def sharing(b: Builder) -> None:
     b.kid("A")
     b.grownup("M")
     role(b, "X", SNACKS, ())
-    pieces.opening(b)
+    pieces.opening(b, ("food",))
     b.use_noun()
     b.p()
     n = number(b, "n", 3, 6)
-    b.s("[One day|One afternoon|After school|After lunch], {M} [gave {A}|put out] {n} {X.pl}"
+    b.s("[One day|One afternoon|After school|After lunch], {M} [gave {A}|put out] {n} " + b.adj_pre() + "{X.pl}"
         "[ for {A}| on a plate for {A}|].")
     if b.has("foreshadowing"):
         b.feature("foreshadowing", "{M} had also made something special for later, but {A} did not know.")
@@ -312,7 +347,7 @@ def sharing(b: Builder) -> None:
             "in the sun and ate together.|{B} said it was the best snack ever, and they both smiled.]")
     if b.has("foreshadowing"):
         b.s("When {B} went home, {M} gave {A} a big hug and a [cake|pie] as a surprise.")
-    b.fact()
+    b.fact(SNACK_FACTS.get(b.ctx["X"].word, ()) + ("bowl_empty", "evening_dinner"))
     pieces.closing(b, "sharing")
     summary(b, "{A} shares {A.his} {X.pl} with {A.his} friend {B}.")
 
@@ -324,12 +359,12 @@ def trip(b: Builder) -> None:
     b.kid("A")
     b.grownup("M")
     pl = role(b, "L", PLACES, ("place",), avoid=NOT_A_TRIP)
-    pieces.opening(b)
+    pieces.opening(b, ("place", "toy"))
     if pl is not b.ctx["N"]:
-        b.use_noun()
+        b.use_noun("out")
     b.p()
     b.s("[One day|One Saturday|One morning|One summer day], {M} said they would [go to|visit|take a "
-        "trip to] the {L}.")
+        "trip to] the " + (b.adj_pre() if "place" in b.adj_objs else "") + "{L}.")
     b.talk(b.pick(('"Yay!" {A} shouted. "I love the {L}!"', '"Can we go now?" {A} asked. "Soon," said {M}.',
                    '{A} clapped {A.his} hands and said, "Hooray!"')),
            b.pick(("{A} was very excited.", "{A} could not wait to go.", "{A} jumped up and down.")))
@@ -345,6 +380,7 @@ def trip(b: Builder) -> None:
     b.s("[{M} packed|{M} put|In the bag, {M} put] " + ("{a G1} and {a G2}", "{a G2} and {a G1}")[b.chance(0.5)]
         + "[ for {A}| just in case|].")
     b.p()
+    b.noun_at("out")
     if cold:
         b.s("[At the {L}, the wind was very cold.|When they got to the {L}, it was cold and windy.|"
             "The {L} was cold that day, and the wind blew hard.] So {A} put on the {W@r}.")
@@ -353,7 +389,9 @@ def trip(b: Builder) -> None:
             "The {L} was hot and sunny that day.] So {A} put on the {W@r}.")
     role(b, "F", FINDS)
     b.s("[They walked and looked around. |They had a snack and played. |{A} ran and played. |]"
-        "{A} found a [little|pretty|small|funny] {F} and put it in {A.his} pocket.")
+        "{A} found " + (b.a_obj("F") if b.adj_obj else "a [little|pretty|small|funny] {F}")
+        + " and put it in {A.his} pocket.")
+    b.fact(PLACE_FACTS.get(b.ctx["L"].word, ()), p_fit=1.0)
     if b.has("conflict"):
         b.kid("B")
         b.feature("conflict", "{A.His} cousin {B} wanted the {F} too. \"Give it to me!\" {B} said. "
@@ -372,8 +410,8 @@ def trip(b: Builder) -> None:
     else:
         # Tracking: the object put in the pocket is the one shown at home.
         b.s("At home, {A} showed {M} the {F@t}. {M} said it was the best {F@t} ever.")
-    b.fact()
-    pieces.closing(b, "listening" if b.has("bad_ending") else "patience")
+    b.fact(("tired_bed", "muddy_bath", "hungry_ate", "night_sleep"))
+    pieces.closing(b, "listening" if b.has("bad_ending") else "sharing" if b.has("conflict") else "explore")
     summary(b, "{A} goes to the {L} with {M} and finds {a F}.")
 
 
@@ -383,20 +421,21 @@ def trip(b: Builder) -> None:
 def new_friend(b: Builder) -> None:
     b.kid("A")
     b.grownup("M")
-    pieces.opening(b)
-    b.use_noun()
+    pieces.opening(b, ("toy",))
+    b.use_noun("out")
     b.p()
     b.kid("B")
     b.val("PL", b.pick(("park", "playground", "beach", "big park", "sandbox")))
     b.s("[One day|One sunny afternoon|After lunch|One Sunday], {A} and {A.his} [friend|best friend] {B} "
         "[went|walked|ran] to the {PL}[ to play| together|].")
+    b.noun_at("out", "Nearby")
     color = b.pick(COLORS)
     b.kid("C")
     b.val("COL", color)
     if b.has("foreshadowing"):
         b.feature("foreshadowing", "On the way, they saw a moving truck near the old house at the corner. "
                   "Someone new was coming to live there.")
-    b.s("[There|At the {PL}|Soon] they saw a {C.kid} in {a COL} [hat|coat|sweater] [sitting alone|"
+    b.s("[There|At the {PL}|Soon] they saw a {C.kid} in " + ("{a ADJ}" if b.adj_pre() else "{a COL}") + " [hat|coat|sweater] [sitting alone|"
         "standing by a tree|playing with a ball all alone|looking a little shy].")
     if b.has("conflict"):
         b.feature("conflict", "{B} did not want to play with someone new. \"Let's just play "
@@ -453,8 +492,8 @@ def new_friend(b: Builder) -> None:
         b.s("[When it was time to go home|When the sun went down|At the end of the day], they promised to "
             "play again [tomorrow|soon|the next day].")
         b.s("[From that day on|After that|Since then], {A}, {B} and {C} were [good|best|very good] friends.")
-    b.fact()
-    pieces.closing(b, "friendship" if not b.has("conflict") else "kindness")
+    b.fact(("thirsty_water", "funny_laugh") + pieces.END_OF_DAY)
+    pieces.closing(b, "friendship" if not b.has("conflict") else "include")
     summary(b, "{A} and {B} meet {C} at the {PL} and play hide and seek.")
 
 
@@ -464,7 +503,7 @@ def new_friend(b: Builder) -> None:
 def building(b: Builder) -> None:
     b.kid("A")
     b.grownup("M")
-    pieces.opening(b)
+    pieces.opening(b, ("toy",))
     b.use_noun()
     b.p()
     mat_pl, mat, what = b.pick(MATERIALS)
@@ -472,7 +511,8 @@ def building(b: Builder) -> None:
     b.val("W", what)
     b.kid("B")
     b.s("[One [rainy|quiet|sunny] day|One afternoon|After breakfast], {A} and {A.his} friend {B} wanted to "
-        "build [a big|the biggest|a very tall] {W}[ in the living room| in {A.poss} room|].")
+        "build " + ("{a ADJ} {W}" if b.adj_pre() else "[a big|the biggest|a very tall] {W}")
+        + "[ in the living room| in {A.poss} room|].")
     b.s("[They got all the {T.pl} they could find.|They found a big pile of {T.pl}.|{B} brought a bag "
         "full of {T.pl}.]")
     if b.has("foreshadowing"):
@@ -519,8 +559,8 @@ def building(b: Builder) -> None:
             "and {B} gave each other a high five.] It was the best {W} ever.")
         b.s("[{M} took a picture of it.|{M} said it was wonderful.]" if what not in ("fort", "house") else
             "[{M} took a picture of it.|They played in it until dinner.]")
-    b.fact()
-    pieces.closing(b, "trying" if b.has("bad_ending") else "sharing" if b.has("conflict") else "patience")
+    b.fact(("rock_heavy",) + pieces.END_OF_DAY)
+    pieces.closing(b, "trying" if b.has("bad_ending") else "turns" if b.has("conflict") else "together")
     summary(b, "{A} and {B} build a {W} out of {T.pl}.")
 
 
@@ -530,16 +570,17 @@ def building(b: Builder) -> None:
 def helping_animal(b: Builder) -> None:
     b.kid("A")
     b.grownup("M")
-    pieces.opening(b)
-    b.use_noun()
+    pieces.opening(b, ("animal",))
+    b.use_noun("out")
     b.p()
     critter = b.pick(CRITTERS)
     b.thing("K", critter, pool=len(CRITTERS))
     b.pet("P", PET_NAMES)
     b.s("[One morning|One day|After breakfast|One windy afternoon], {A} went [for a walk|to the shop|to the "
         "park] with {M}.")
-    b.s("[Near the [fence|gate|big tree]|By the side of the road|Under a bench], {A} saw a little {K}. "
-        "It looked [lost|scared|cold and wet|hungry and tired].")
+    b.noun_at("out")
+    b.s("[Near the [fence|gate|big tree]|By the side of the road|Under a bench], {A} saw "
+        + (b.a_obj("K") if b.adj_obj else "a little {K}") + ". It looked [lost|scared|cold and wet|hungry and tired].")
     if b.has("foreshadowing"):
         b.feature("foreshadowing", "{A} did not know it yet, but someone was looking for this {K}.")
     b.s("[The {K} had a little tag. On the tag was a name: {P}.|Around its neck was a collar with a "
@@ -579,8 +620,8 @@ def helping_animal(b: Builder) -> None:
         b.s("[The owner hugged {P} and thanked {A}.|The owner was so happy to see {P} again.|{P} "
             "jumped into the owner's arms.] [{A} felt warm and happy inside.|{A} smiled all the way "
             "home.|{A} waved goodbye to {P}.]")
-    b.fact()
-    pieces.closing(b, "kindness")
+    b.fact(pieces.END_OF_DAY)
+    pieces.closing(b, "give_back" if b.has("conflict") else "kindness")
     summary(b, "{A} finds a lost {K} called {P} and helps it get home.")
 
 
@@ -591,22 +632,25 @@ def party(b: Builder) -> None:
     b.kid("A")
     b.grownup("M")
     gift = role(b, "G", GIFTS, TOY_CATS)
-    pieces.opening(b)
+    pieces.opening(b, ("toy", "food"))
     if gift is not b.ctx["N"]:
-        b.use_noun()
+        b.use_noun("party")
     b.p()
     b.kid("B")
     age = number(b, "age", 3, 6)
     b.s("[One day|One Saturday|Soon|At last], it was {B.poss} birthday. {B} was turning {age}[ that day|].")
     b.s("[{A} wanted to bring a present.|{A} was invited to the party.|{A} made a card for {B}.] "
-        "[{A.He} wrapped {a G} in [red|blue|shiny|green] paper.|{A.He} put {a G} in a [pretty|small|big] box "
-        "with a bow.]")
+        + "[{A.He} wrapped {a G} in [red|blue|shiny|green] paper.|{A.He} put {a G} in a [pretty|small|big] box "
+        "with a bow.]".replace("{a G}", b.a_obj("G") if "toy" in b.adj_objs else "{a G}"))
     if b.has("foreshadowing"):
         b.feature("foreshadowing", "{A} put the present by the door and hoped nobody would step on it.")
     b.p()
     b.s("[At the party, there were balloons and a big cake.|The house was full of balloons, and there "
         "was a big [chocolate|strawberry|lemon] cake.|At the party, the children played games and ate "
-        "a big cake.]")
+        "a big cake.]" if not b.adj_obj else "At the party, there were balloons and {a ADJ} [chocolate|"
+        "strawberry|lemon] cake.")
+    b.adj_obj = False
+    b.noun_at("party")
     # Counting: the number of candles is the age said in the paragraph before.
     b.val("ageR", N[age], "reasoning", 0.0)
     b.s("[There were {ageR@r} candles on the cake, one for each year.|On the cake were {ageR@r} candles, "
@@ -639,8 +683,8 @@ def party(b: Builder) -> None:
         b.talk('"Thank you, {A}!" said {B}. "I love it!"', "{B} thanked {A} and said {B.he} loved it.")
         b.s("[It was the best party ever.|Everyone danced and laughed until it was time to go home.|"
             "That day, {B} had a very happy birthday.]")
-    b.fact()
-    pieces.closing(b, "sharing" if b.has("conflict") else "kindness")
+    b.fact(("funny_laugh", "sugar_sweet", "tired_bed", "bed_pajamas"))
+    pieces.closing(b, "sharing" if b.has("conflict") else "giving")
     summary(b, "{A} goes to {B.poss} birthday party and gives {B.him} {a G}.")
 
 
@@ -651,13 +695,14 @@ def race(b: Builder) -> None:
     b.kid("A")
     b.grownup("M")
     pieces.opening(b)
-    b.use_noun()
+    b.use_noun("out")
     b.p()
     b.kid("B")
     goal = b.pick(("the big tree", "the fence", "the gate", "the red slide", "the old bench", "the pond"))
     b.val("GOAL", goal)
     b.s("[One day|One afternoon|One sunny morning|After school], {A} and {A.his} friend {B} were "
         "[at the park|playing in the park|in the big field].")
+    b.noun_at("out", "Nearby")
     b.talk('"Let\'s race to {GOAL}!" said {B}. "Ready, set, go!"',
            "{B} wanted to race to {GOAL}, and {A} said yes.")
     if b.has("foreshadowing"):
@@ -689,17 +734,19 @@ def race(b: Builder) -> None:
             "{WN@r}.]")
     b.p()
     if b.has("bad_ending"):
-        b.feature("bad_ending", b.pick((
+        sad = b.pick((
             "But {LS} fell and hurt {LS.his} knee. {LS} cried, and {LS.he} did not want to play "
             "anymore. The day ended with tears.",
             "But {WN@t} laughed at {LS}, and {LS} went home sad. They did not play together for a "
-            "long time.")))
+            "long time."))
+        b.ctx["LAUGHED"] = "laughed" in sad and b.ctx["WN"] is b.ctx["A"]  # the hero was unkind
+        b.feature("bad_ending", sad)
     else:
         b.talk('{LS} said, "Good job!" and they both laughed.', "{LS} said good job, and they both laughed.")
         b.s("[Then they sat on the grass and had a drink of water.|Then they raced again, just for fun.|"
             "Then they walked home together, tired and happy.]")
-    b.fact()
-    pieces.closing(b, "fair")
+    b.fact(("thirsty_water", "hungry_ate", "tired_bed", "turtle_slow"))
+    pieces.closing(b, "bad_sport" if b.ctx.get("LAUGHED") else "fair")
     summary(b, "{A} and {B} race to {GOAL}, and {WN} wins.")
 
 
@@ -709,7 +756,7 @@ def race(b: Builder) -> None:
 def rainy_day(b: Builder) -> None:
     b.kid("A")
     b.grownup("M")
-    pieces.opening(b)
+    pieces.opening(b, ("toy",))
     b.use_noun()
     b.p()
     b.kid("B")
@@ -720,6 +767,7 @@ def rainy_day(b: Builder) -> None:
                   "window and said nothing.")
     b.s("[But then it started to rain. It rained and rained.|But then big drops of rain began to fall.|"
         "But then the sky turned gray, and it began to pour.]")
+    b.fact(("rain_wet@1",), p_fit=1.0)  # the one phrasing that fits children kept inside
     b.talk('"Now we can not go out," said {B} sadly.', "{B} was sad that they could not go out.")
     if b.has("conflict"):
         b.feature("conflict", '{A} said it was {B.poss} fault for being slow. "No, it is not!" said '
@@ -740,7 +788,8 @@ def rainy_day(b: Builder) -> None:
     # Tracking: where they built the fort is where the grown-up finds them.
     spot = b.pick(("table", "bed", "stairs", "big chair"))
     b.thing("S", spot)
-    b.s("[Later|After that|Then], they made a little fort under the {S} with [a blanket|two pillows and a "
+    b.s("[Later|After that|Then], they made " + ("{a ADJ}" if b.adj_pre() else "a little")
+        + " fort under the {S} with [a blanket|two pillows and a "
         "sheet|a big towel].")
     b.s("[{M} looked for them. Where were they? Under the {S@t}!|When {M} came in, the room was empty. "
         "{M} looked under the {S@t}, and there they were!]")
@@ -759,8 +808,8 @@ def rainy_day(b: Builder) -> None:
         b.s("[They had so much fun inside.|It was the best rainy day ever.|They laughed and played all "
             "afternoon.] [When the rain stopped, {B} went home with a big smile.|{A} was glad it had "
             "rained after all.|When it was time to go, {B} gave {A} a big hug.]")
-    b.fact()
-    pieces.closing(b, "patience")
+    b.fact(pieces.END_OF_DAY + (() if b.has("plot_twist") or b.has("bad_ending") else ("rain_rainbow",)))
+    pieces.closing(b, "no_blame" if b.has("conflict") else "rainy")
     summary(b, "{A} and {B} can not play outside because of the rain, so they play inside.")
 
 

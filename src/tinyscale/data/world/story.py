@@ -57,7 +57,11 @@ class Builder:
         self.fact_at: list[tuple[int, int, str]] = []  # where each fact sentence is, and its phrasing
         self.required_at: dict[str, tuple[int, int]] = {}
         self.summary_tpl = ""
-        self.noun_later = False
+        self.noun_scene = ""  # the scene where the recipe's noun waits to be said ("" none)
+        self.adj_kind = ""  # where the adjective goes: person, feel, day, object or frame
+        self.adj_objs: frozenset[str] = frozenset()  # object kinds the adjective can describe
+        self.adj_obj = False  # the schema's main object takes the adjective (see `a_obj`)
+        self.order_done = False
         self.recipe: tuple = ()
         self._names_taken: set[str] = set()
 
@@ -169,20 +173,58 @@ class Builder:
         n = self.ctx["N"]
         return not n.mentioned and n.category in categories and not n.mass
 
-    def use_noun(self) -> None:
-        """Mention the recipe's noun here unless the plot already used it."""
+    def use_noun(self, *scenes: str) -> None:
+        """Mention the recipe's noun: later, inside one of the schema's `scenes` when a frame there
+        suits it (`noun_at`), else now, in a sentence of its own."""
         n = self.ctx["N"]
         if n.mentioned:
             return
-        if pieces.night_ok(n.word, n.category, n.mass) and self.chance(0.4):
-            self.noun_later = True  # written by `pieces.closing`, as a dream or a drawing
-            return
+        group = pieces.noun_group(n.word, n.category)
+        for sc in scenes:
+            if group in pieces.NOUN_SCENES[sc] and not (n.mass and sc != "out"):
+                self.noun_scene = sc
+                return
         self.s(self.pick(pieces.noun_lines(n.word, n.category)))
 
-    def fact(self) -> None:
-        """Weave in one fact from the lexicon, in one of its phrasings, about the hero."""
-        f = self.pick(self.v.facts)
-        k = int(self.rng.random() * len(f.phrasings))
+    def noun_at(self, scene: str, way: str = "On the way") -> None:
+        """The place in the plot where a noun kept for `scene` is said."""
+        n = self.ctx["N"]
+        if self.noun_scene == scene and not n.mentioned:
+            self.s(self.pick(pieces.NOUN_SCENES[scene][pieces.noun_group(n.word, n.category)]), WAY=way)
+
+    def a_obj(self, key: str) -> str:
+        """`{a ADJ} {key}` the first time the schema's object may take the adjective, else `{a key}`."""
+        if self.adj_obj:
+            self.adj_obj = False
+            return "{a ADJ} {" + key + "}"
+        return "{a " + key + "}"
+
+    def adj_pre(self) -> str:
+        """`{ADJ} ` before a noun the schema writes with "the" or a number, once; else nothing."""
+        if self.adj_obj:
+            self.adj_obj = False
+            return "{ADJ} "
+        return ""
+
+    def fact(self, keys: tuple[str, ...] = (), p_fit: float = 0.8) -> None:
+        """Weave in one fact from the lexicon. Mostly one of `keys`, the facts the schema's situation
+        calls for (tired at the end of the day, a dog barking in a dog story); otherwise a fact
+        about the world in a phrasing without the hero, read from a book at bedtime. With `p_fit` 1
+        (a fact inside the plot) only a fitting fact is said, or none."""
+        v = self.v
+        # A key may name one phrasing ("rain_wet@1") when only that one fits the scene.
+        fits = [(v.fact_by_key[key], int(k) if k else -1)
+                for key, _, k in (x.partition("@") for x in keys) if key in v.fact_by_key]
+        if p_fit >= 1.0 and not fits:
+            return  # a fact in the middle of the plot is said only when one fits the scene
+        fitting = False
+        if fits and self.rng.random() < p_fit:
+            f, k = self.pick(fits)
+            if k < 0:
+                k = int(self.rng.random() * len(f.phrasings))
+            fitting = True
+        else:
+            f, k = self.pick(v.world_phrasings)
         if "dialogue" not in self.features and '"' in f.phrasings[k]:
             # Without the dialogue feature a story has no quotes: use the next quote-free phrasing.
             quiet = [i for i in range(len(f.phrasings)) if '"' not in f.phrasings[i]]
@@ -191,11 +233,10 @@ class Builder:
         tpl = pieces.fact_template(f.phrasings[k])
         if tpl.startswith(("{A.He}", "{A.His}")):  # a new sentence names the hero before "he"
             tpl = ("{A}" if tpl.startswith("{A.He}") else "{A.poss}") + tpl[tpl.index("}") + 1:]
-        if "{A" not in tpl and tpl[:1].isupper():
-            # A fact about the world, not about the hero: it comes from a book read at bedtime.
+        if not fitting:
             tpl = pieces.FACT_BOOK + tpl[0].lower() + tpl[1:]
-        elif tpl.startswith("{A}"):
-            tpl = "[Later that day|That evening|Later|The next day], " + tpl
+        elif tpl.startswith("{A}") and f.key in pieces.NIGHT_FACTS:
+            tpl = "[That night|When they got home|At the end of the day], " + tpl
         start, end = self.s(tpl, FACT_ANS=Val(f.answer, "fact", 0.0))
         self.facts_used.append({"key": f.key, "phrasing": k})
         self.fact_at.append((start, end, f.phrasings[k]))
@@ -211,6 +252,7 @@ def _recipe_words(b: Builder) -> None:
                  Ving=Val(verb.ing, "free", v.logp_verb), VC=comp, ADJ=Val(adj.word, "free", v.logp_adj),
                  N=v.noun_thing(noun, ("free", v.logp_noun)))
     b.recipe = (verb, noun, adj)
+    b.adj_kind, b.adj_objs = pieces.adj_plan(adj.word, adj.category, adj.of_person)
 
 
 def _locate_required(b: Builder) -> dict[str, tuple[int, int]]:

@@ -32,6 +32,11 @@ class Vocab:
             by_cat[n.category].append(n)
         self.nouns_by_cat = {k: tuple(v) for k, v in by_cat.items()}
         self.fact_by_key = {f.key: f for f in self.facts}
+        # Phrasings about the world, not about a person: what a bedtime book can say in any story.
+        self.world_phrasings = tuple((f, k) for f in self.facts for k, ph in enumerate(f.phrasings)
+                                     if "{" not in ph)
+        if not self.world_phrasings:
+            raise ValueError("lexicon: no fact phrasing without a person")
         # -log(list size): the surprisal of a uniform draw, the floor of a `free` label.
         self.logp_verb = round(-math.log(len(self.verbs)), 4)
         self.logp_noun = round(-math.log(len(self.nouns)), 4)
