@@ -1,10 +1,13 @@
-"""Sampling speed: new tokens per second at batch 1 and batch 32 with the KV cache.
+"""Sampling speed: new tokens per second at batch 1 and batch 32 with the KV cache, fp32 and bf16.
 
 Shape: width 288 x 6 layers (6 heads), vocabulary 4096, as llama2.c's 15M model but with our vocabulary.
 Weights are random (speed does not depend on them). Targets on 2 CPU cores: >= 500 tok/s at batch 1,
->= 10,000 tok/s at batch 32.
+>= 10,000 tok/s at batch 32. Each figure is the best of a few runs (on a shared machine the fastest run
+is the signal), with the CPU cores the process actually got (cpu time / wall time) and the tokens per
+CPU-second, which is less sensitive to other processes than tokens per wall second.
 
-    .venv/bin/python bench/sample_speed.py [--family llama|neo] [--new-tokens 256] [--profile]
+    .venv/bin/python bench/sample_speed.py [--family llama|neo] [--threads 1,2] [--dtypes fp32,bf16]
+        [--new-tokens 256] [--profile]
 """
 
 from __future__ import annotations
@@ -14,21 +17,23 @@ import time
 
 import torch
 
-from tinyscale.generate import generate
+from tinyscale.generate import generate, resolve_dtype
 from tinyscale.model import Transformer, model_config
 
 
-def measure(model: Transformer, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> tuple[float, float]:
-    """Best tokens/s over `repeats` runs, and the CPU cores this process actually got during that run."""
+def measure(model: Transformer, batch: int, prompt_len: int, new_tokens: int, repeats: int,
+            dtype: str) -> tuple[float, float, float]:
+    """Best tokens/s (wall) over `repeats` runs, the cores the process got then, and tokens/CPU-second."""
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, model.cfg.vocab_size, (batch, prompt_len), generator=g).tolist()
-    generate(model, prompts, 8, seed=0)  # warm-up: allocator, kernels
-    best = (0.0, 0.0)
-    for r in range(repeats):  # best of a few: on a shared machine the fastest run is the signal
+    generate(model, prompts, 8, seed=0, dtype=dtype)  # warm-up: allocator, kernels
+    best = (0.0, 0.0, 0.0)
+    for r in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
-        out = generate(model, prompts, new_tokens, temperature=1.0, seed=r)
+        out = generate(model, prompts, new_tokens, temperature=1.0, seed=r, dtype=dtype)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        best = max(best, (sum(map(len, out)) / wall, cpu / wall))
+        n = sum(map(len, out))
+        best = max(best, (n / wall, cpu / wall, n / cpu))
     return best
 
 
@@ -38,22 +43,29 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to try")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, auto")
+    ap.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table for batch 1")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     cfg = model_config("15M", vocab_size=4096, max_seq_len=512, family=args.family)
     model = Transformer(cfg).eval()
+    batches = [int(b) for b in args.batches.split(",")]
     print(f"{args.family} d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} "
-          f"vocab={cfg.vocab_size} threads={torch.get_num_threads()} prompt={args.prompt_len} "
-          f"new_tokens={args.new_tokens}")
-    for batch in (1, 32):
-        tps, cores = measure(model, batch, args.prompt_len, args.new_tokens, args.repeats)
-        # cores < threads means other processes took the CPU: the figure is then a lower bound.
-        print(f"batch {batch:>2}: {tps:>9,.0f} new tokens/s   (cpu time / wall time = {cores:.2f} cores)")
+          f"vocab={cfg.vocab_size} prompt={args.prompt_len} new_tokens={args.new_tokens} "
+          f"(auto dtype here: " + ", ".join(
+              f"batch {b} -> {str(resolve_dtype('auto', torch.device('cpu'), b)).removeprefix('torch.')}"
+              for b in batches) + ")")
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        for dtype in args.dtypes.split(","):
+            for batch in batches:
+                tps, cores, per_cpu = measure(model, batch, args.prompt_len, args.new_tokens, args.repeats, dtype)
+                # cores < threads means other processes took the CPU: the wall figure is then a lower bound.
+                print(f"threads {threads}  {dtype:<4}  batch {batch:>2}: {tps:>8,.0f} new tokens/s   "
+                      f"({cores:.2f} cores busy, {per_cpu:>8,.0f} tokens per CPU-second)", flush=True)
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

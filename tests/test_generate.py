@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from tinyscale.errors import UserError
-from tinyscale.generate import generate, pick_device, sample_next
-from tinyscale.model import Transformer, model_config
+from tinyscale.generate import Decoder, bf16_fast, generate, pick_device, resolve_dtype, sample_next
+from tinyscale.model import KVCache, Transformer, model_config
 
 
 def build(family: str = "llama") -> Transformer:
@@ -84,3 +84,68 @@ def test_bad_options_raise_user_error():
         pick_device("nonsense")
     assert pick_device("cpu") == torch.device("cpu")
     assert pick_device("auto").type in {"cpu", "cuda", "mps"}
+
+
+def sharpened(family: str) -> Transformer:
+    """A tiny model with peaked logits, as a trained one has (random init is nearly uniform)."""
+    model = build(family)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(10)
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "neo"])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_decoder_step_matches_full_forward(family, ragged):
+    model = build(family)
+    seq = torch.tensor([[5, 9, 2, 40, 7, 7, 1, 3], [3, 8, 1, 1, 20, 4, 6, 2]])
+    pad = torch.tensor([2, 0]) if ragged else torch.tensor([0, 0])
+    cache = KVCache(model.cfg, 2, 16)
+    P = 6
+    cols = torch.arange(16)
+    key_ok = cols[None, :] >= pad[:, None]
+    mask = (torch.ones(P, P, dtype=torch.bool).tril() & key_ok[:, None, :P]) | torch.eye(P, dtype=torch.bool)
+    positions = (cols[None, :P] - pad[:, None]).clamp(min=0)
+    with torch.no_grad():
+        model(seq[:, :P], cache, positions, mask[:, None])
+        decoder = Decoder(model, cache)
+        for t in (P, P + 1):
+            got = decoder.step(seq[:, t], P - pad + (t - P) if ragged else None,
+                               key_ok[:, None, None, :] if ragged else None)
+            for row in range(2):  # each row alone, without its padding, recomputed from scratch
+                want = model(seq[row:row + 1, pad[row]:t + 1])[0, -1]
+                torch.testing.assert_close(got[row], want, atol=1e-5, rtol=0)
+    assert cache.pos == P + 2
+
+
+@pytest.mark.parametrize("family", ["llama", "neo"])
+def test_bf16_greedy_agrees_with_fp32(family):
+    model = sharpened(family)
+    prompts = [[5, 9, 2, 40, 7, 7, 1], [3], [11, 12, 13, 14], [1, 2], [30]]
+    fp32 = generate(model, prompts, 20, temperature=0)
+    bf16 = generate(model, prompts, 20, temperature=0, dtype="bf16")
+    same = sum(a == b for r, s in zip(fp32, bf16, strict=True) for a, b in zip(r, s, strict=True))
+    assert same >= 0.9 * 5 * 20
+    assert generate(model, prompts, 20, temperature=0) == fp32  # fp32 stays the exact default
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is left in float32
+
+
+def test_dtype_option():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("fp32", cpu, 32) == torch.float32
+    assert resolve_dtype("bf16", cpu, 1) == torch.bfloat16
+    assert resolve_dtype("auto", cpu, 1) == torch.float32  # at batch 1 bf16 is not faster on CPU
+    assert resolve_dtype("auto", cpu, 32) == (torch.bfloat16 if bf16_fast(cpu) else torch.float32)
+    with pytest.raises(UserError, match="--dtype"):
+        generate(build(), [[1]], 2, dtype="fp16")
+
+
+def test_sampler_never_picks_masked_tokens():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.full((20000, 5), float("-inf"))
+    logits[:, 1] = 0.0
+    logits[:, 3] = 5.0  # token 1 has mass ~0.0067: still sampled sometimes, tokens 0, 2, 4 never
+    picks = sample_next(logits, 1.0, generator=gen)
+    assert set(picks.tolist()) == {1, 3}

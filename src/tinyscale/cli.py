@@ -252,6 +252,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="default: the last one")
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    s.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 matmuls where native and faster (CPU with AMX: batches of 4 or more)")
     s.set_defaults(func=_run_sample)
 
 
@@ -271,7 +273,8 @@ def _run_sample(args: argparse.Namespace) -> None:
     if args.max_new_tokens > room:
         progress.info(f"--max-new-tokens: {args.max_new_tokens} does not fit the context; using {room}")
     texts = complete(model, tokenizer, args.prompt, n=args.n, max_new_tokens=min(args.max_new_tokens, room),
-                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                     dtype=args.dtype)
     console = Console(highlight=False)
     for i, text in enumerate(texts, 1):
         console.print(Rule(f"sample {i}/{len(texts)} · step {step}"))
@@ -435,16 +438,17 @@ def _run_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    # In pipeline order, which is the order `tinyscale --help` lists them.
     _add_data,
-    _add_sweep,
-    _add_demo,
     _add_tokenize,
     _add_train,
     _add_sample,
+    _add_eval,
     _add_export,
+    _add_sweep,
     _add_analyze,
     _add_report,
-    _add_eval,
+    _add_demo,
 ]
 
 
