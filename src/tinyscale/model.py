@@ -258,7 +258,7 @@ class Transformer(nn.Module):
         return KVCache(self.cfg, batch_size, max_len or self.cfg.max_seq_len, p.device, p.dtype)
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, positions: Tensor | None = None,
-                attn_mask: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None = None, hidden: bool = False) -> Tensor:
         """Logits [B, T, vocab] for token ids [B, T].
 
         cache: keys/values are appended at ``cache.pos`` and attention covers all filled positions.
@@ -266,6 +266,8 @@ class Transformer(nn.Module):
         attn_mask: boolean (True = may attend) or additive, broadcastable to [B, n_heads, T, S] where
             S is the number of keys (cache.pos + T with a cache). It replaces the causal mask, so it
             must encode causality itself (generate.py uses it for left-padded batches).
+        hidden: return the final normalised states [B, T, d_model] instead of logits (the trainer
+            applies ``head`` fused with the loss, which never materialises all the logits).
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
@@ -298,4 +300,5 @@ class Transformer(nn.Module):
             x = block(x, rope, cache, layer, mask, causal)
         if cache is not None:
             cache.pos = end
-        return self.head(self.norm(x))
+        x = self.norm(x)
+        return x if hidden else self.head(x)
