@@ -1,0 +1,27 @@
+"""The demo's plan: four sizes at least 16x apart, a token budget that follows the minutes."""
+
+from tinyscale.demo import BATCH, SEQ_LEN, SIZES, VOCAB, plan_tokens, sweep_yaml
+from tinyscale.model import count_params, model_config
+
+
+def test_sizes_span_16x_in_parameters():
+    counts = [count_params(model_config(vocab_size=VOCAB, max_seq_len=SEQ_LEN, d_model=d, n_layers=n, n_heads=h))
+              for d, n, h in SIZES]
+    assert len(counts) >= 4
+    assert max(counts) / min(counts) >= 16
+
+
+def test_token_budget_grows_with_minutes_and_fills_whole_steps():
+    short, default, long = plan_tokens(8), plan_tokens(15), plan_tokens(60)
+    assert short < default < long
+    assert default % (BATCH * SEQ_LEN) == 0
+    # Training time is what is left after a fixed share, so the budget is linear in the minutes.
+    ratio = (long - default) / (default - short)
+    assert abs(ratio - (60 - 15) / (15 - 8)) < 0.1 * ratio
+
+
+def test_sweep_file_runs_every_size_on_the_same_data(tmp_path):
+    plan = sweep_yaml(tmp_path / "shards", tokens=BATCH * SEQ_LEN * 100)
+    assert plan["data"] == str((tmp_path / "shards").resolve())
+    assert [(r["d_model"], r["n_layers"]) for r in plan["runs"]] == [(d, n) for d, n, _ in SIZES]
+    assert plan["train"]["tokens"] == BATCH * SEQ_LEN * 100 and plan["eval"]["checkpoints"] == "all"
