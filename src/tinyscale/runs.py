@@ -20,6 +20,7 @@ from tinyscale.errors import UserError
 from tinyscale.fileio import read_json
 
 _STEP = re.compile(r"^step_(\d{8})\.safetensors$")
+_EVAL_FILE = re.compile(r"^(\d+)\.json$")
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -41,6 +42,24 @@ def list_checkpoints(run_dir: str | Path) -> list[int]:
         return []
     steps = [int(m.group(1)) for p in d.iterdir() if (m := _STEP.match(p.name))]
     return sorted(s for s in steps if state_path(run_dir, s).is_file())
+
+
+def read_evals(run_dir: str | Path) -> dict[int, dict[str, Any]]:
+    """RUN/eval/<step>.json results (written by `tinyscale eval`) keyed by step, ascending; {} if none.
+
+    Torch-free, so the analysis can read a sweep without importing the model code.
+    """
+    d = Path(run_dir) / "eval"
+    if not d.is_dir():
+        return {}
+    out = {}
+    for path in d.iterdir():
+        if m := _EVAL_FILE.match(path.name):
+            result = read_json(path)
+            if not isinstance(result, dict):
+                raise UserError(f"{path}: expected a JSON object")
+            out[int(m.group(1))] = result
+    return dict(sorted(out.items()))
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:

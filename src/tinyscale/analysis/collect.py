@@ -22,14 +22,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 from tinyscale.errors import UserError
 from tinyscale.fileio import read_json
+from tinyscale.runs import read_evals
 
-_EVAL_FILE = re.compile(r"^(\d+)\.json$")
 _Z95 = 1.959964
 
 
@@ -55,21 +54,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
-
-
-def read_evals(run_dir: Path) -> dict[int, dict[str, Any]]:
-    """RUN/eval/<step>.json files keyed by step (the format written by `tinyscale eval`)."""
-    d = run_dir / "eval"
-    if not d.is_dir():
-        return {}
-    out = {}
-    for path in d.iterdir():
-        if m := _EVAL_FILE.match(path.name):
-            result = read_json(path)
-            if not isinstance(result, dict):
-                raise UserError(f"{path}: expected a JSON object")
-            out[int(m.group(1))] = result
-    return dict(sorted(out.items()))
 
 
 def _probe_summary(s: dict[str, Any]) -> dict[str, Any]:

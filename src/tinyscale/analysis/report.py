@@ -20,8 +20,9 @@ from typing import Any
 from tinyscale import progress
 from tinyscale.analysis import plots
 from tinyscale.analysis.analyze import analyze_sweep
-from tinyscale.analysis.collect import collect_sweep, read_evals, sweep_runs
+from tinyscale.analysis.collect import collect_sweep, sweep_runs
 from tinyscale.fileio import atomic_open, read_json
+from tinyscale.runs import read_evals
 
 SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Loss per skill"),
             ("probes", "Probes vs size"), ("heatmap", "Width × depth"), ("completions", "Completions"),

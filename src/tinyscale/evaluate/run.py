@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ import torch
 
 from tinyscale import progress
 from tinyscale.errors import UserError
-from tinyscale.fileio import read_json, write_json
+from tinyscale.fileio import write_json
+from tinyscale.runs import read_evals
 
 FORMAT = 1
 # Tokens per split for the loss: enough for per-skill means to about +-0.01 nats on the story world,
@@ -215,22 +215,15 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-_EVAL_FILE = re.compile(r"^(\d+)\.json$")
 
 
 def load_eval(run_dir: str | Path) -> dict[int, dict]:
     """Every evaluation written for a run, keyed by checkpoint step (ascending); {} when none."""
-    d = eval_dir(run_dir)
-    if not d.is_dir():
-        return {}
-    out = {}
-    for path in d.iterdir():
-        if m := _EVAL_FILE.match(path.name):
-            result = read_json(path)
-            if not isinstance(result, dict) or result.get("format") != FORMAT or "loss" not in result:
-                raise UserError(f"{path}: not a format-{FORMAT} evaluation result")
-            out[int(m.group(1))] = result
-    return dict(sorted(out.items()))
+    results = read_evals(run_dir)
+    for step, result in results.items():
+        if result.get("format") != FORMAT or "loss" not in result:
+            raise UserError(f"{eval_dir(run_dir) / f'{step}.json'}: not a format-{FORMAT} evaluation result")
+    return results
 
 
 # --- tables for the terminal ----------------------------------------------------------------------
