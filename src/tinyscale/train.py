@@ -1,7 +1,7 @@
 """The training loop: one process, or one per device under `torchrun` (DDP).
 
     tinyscale train --data SHARDS --preset 3M --tokens 20M --out RUN
-    torchrun --nproc_per_node 2 -m tinyscale.cli train ...     # gloo on CPU, NCCL on GPU
+    torchrun --standalone --nproc_per_node 2 -m tinyscale.cli train ...   # gloo on CPU, NCCL on GPU
     tinyscale train --resume RUN                               # after a crash or kill -9
 
 Choices that matter for reproducing a run:
