@@ -13,6 +13,7 @@ from tinyscale.data.world.text import compile_template
 
 
 @cache
+@cache  # a handful of distinct sizes, asked for several times per story
 def log_count(n: int) -> float:
     """Log-probability of one uniform draw among n options (4 decimals: enough, and short JSON)."""
     return round(-math.log(n), 4) if n > 1 else 0.0

@@ -71,7 +71,10 @@ class Char:
                  named: bool = True, members: tuple[Char, ...] = ()) -> None:
         self.name, self.pron, self.forms, self.logp = name, pron, forms, logp
         self.named, self.members, self.mentioned = named, members, False
-        self.kid = {"he": "boy", "she": "girl"}.get(pron, "children")
+        self.kid = _KID.get(pron, "children")
+
+
+_KID = {"he": "boy", "she": "girl"}
 
 
 class Thing:
@@ -163,8 +166,10 @@ def template_fn(tpl: str) -> Any:
     """
     fn = _fn_cache.get(tpl)
     if fn is None:
-        lines = ["def _t(P, C):", " ap = P.parts.append", " rand = P.rng.random", " S = P.slot",
-                 " R = P._pronoun", " NM = P._name", " VL = P._val", " TH = P._thing"]
+        # Methods are called as `P.parts.append(...)`, never bound to local names up front: a
+        # binding makes a bound-method object on every call, which for short sentences cost more
+        # than the sentence itself.
+        lines = ["def _t(P, C):"]
         _gen(compile_template(tpl), lines, 1)
         lines.append(" return")
         scope: dict[str, Any] = {"Char": Char, "Val": Val, "Thing": Thing}
@@ -178,7 +183,7 @@ def _gen(ops: list, lines: list[str], depth: int) -> None:
     pending = 0  # literal characters appended since the last position update
     for op in ops:
         if op.__class__ is str:
-            lines.append(f"{ind}ap({op!r})")
+            lines.append(f"{ind}P.parts.append({op!r})")
             pending += len(op)
             continue
         if pending:
@@ -186,29 +191,43 @@ def _gen(ops: list, lines: list[str], depth: int) -> None:
             pending = 0
         if op[0] == _ALT:
             alts = op[1]
-            lines.append(f"{ind}r = int(rand() * {len(alts)})")
+            lines.append(f"{ind}r = int(P.rng.random() * {len(alts)})")
             for i, alt in enumerate(alts):
                 head = "if" if i == 0 else "elif" if i < len(alts) - 1 else "else"
                 lines.append(f"{ind}{head} r == {i}:" if head != "else" else f"{ind}else:")
                 lines.append(f"{ind} pass")
                 _gen(alt, lines, depth + 1)
         elif op[2] in PRONOUN_FORMS:
-            lines.append(f"{ind}R(C[{op[1]!r}], {op[2]!r})")
+            lines.append(f"{ind}P._pronoun(C[{op[1]!r}], {op[2]!r})")
         elif op[2] is None and op[3] is None:
-            # The most common slot, dispatched inline on the value's class (one call, not two).
+            # The most common slot, dispatched inline on the value's class (one call, not two);
+            # a value (a recipe word, a fact's answer) is written inline, with no call at all.
             mark = op[4]
             lines += [f"{ind}v = C[{op[1]!r}]", f"{ind}k = v.__class__",
-                      f"{ind}if k is Char: NM(v, {mark!r})", f"{ind}elif k is Val: VL(v, {mark!r})",
-                      f"{ind}elif k is Thing: TH(v, None, None, {mark!r})",
-                      f"{ind}else: S(v, None, None, {mark!r})"]
+                      f"{ind}if k is Char: P._name(v, {mark!r})",
+                      f"{ind}elif k is Val:",
+                      f"{ind} t = v[0]",
+                      f"{ind} e = P.pos + len(t)"]
+            if mark:
+                lines += [f"{ind} P.spans.append([P.pos, e, {mark!r}, 0.0])", f"{ind} P.span_texts.append(t)"]
+            else:
+                lines += [f"{ind} if v[1] is not None:", f"{ind}  P.spans.append([P.pos, e, v[1], v[2]])",
+                          f"{ind}  P.span_texts.append(t)"]
+            lines += [f"{ind} P.parts.append(t)", f"{ind} P.pos = e",
+                      f"{ind}elif k is Thing: P._thing(v, None, None, {mark!r})",
+                      f"{ind}else: P.slot(v, None, None, {mark!r})"]
         else:
-            lines.append(f"{ind}S(C[{op[1]!r}], {op[2]!r}, {op[3]!r}, {op[4]!r})")
+            lines.append(f"{ind}P.slot(C[{op[1]!r}], {op[2]!r}, {op[3]!r}, {op[4]!r})")
     if pending:
         lines.append(f"{ind}P.pos += {pending}")
 
 
 class Page:
     """The story being written: text parts, spans, and what the reader has seen so far."""
+
+    # Slots: the generated template code reads and writes these attributes on every literal.
+    __slots__ = ("rng", "article", "parts", "spans", "span_texts", "pos", "introduced", "refs", "first_pos",
+                 "para_start", "focus", "para_chars")
 
     def __init__(self, rng: random.Random, article: Any) -> None:
         self.rng = rng
@@ -302,35 +321,39 @@ class Page:
             last = parts[-1]
             if last == "\n\n":
                 where = "P"
-            elif last == " " or last[-2:] in (". ", "! ", "? "):
+            elif last == " " or last[-2:] in _SENTENCE_ENDS:
                 where = "S"
             elif last[-2:] == ", " and last[-3:-2] != '"':
                 where = "s"
             else:
                 where = ""
-        if (pron_ok and self.focus is c and where in ("S", "s") and c.mentioned
+        para_chars = self.para_chars
+        if (pron_ok and where and where != "P" and self.focus is c and c.mentioned
                 and self.rng.random() < PRONOUN_RATE
-                and all(o is c or o.pron != c.pron for o in self.para_chars)):
+                and all(o is c or o.pron != c.pron for o in para_chars)):
             # The same character as the last sentence's subject, nobody else mentioned since, and
             # nobody else of the same pronoun in this paragraph: "She" is unambiguous, and its
             # form is fixed by the referent (grammar).
             self._pronoun(c, "He" if where == "S" else "he")
             return
-        if c not in self.para_chars:
-            self.para_chars.append(c)
+        if c not in para_chars:
+            para_chars.append(c)
         if c.members:
-            for i, m in enumerate(c.members):
+            members = c.members
+            last_i = len(members) - 1
+            for i, m in enumerate(members):
                 if i:
-                    self.add(", " if i < len(c.members) - 1 else " and ")
+                    self.add(", " if i < last_i else " and ")
                 self._name(m, mark)
         elif not c.named:
             self.first_pos.setdefault(id(c), self.pos)
             self.add(c.name)
         else:
+            pos = self.pos
             if not c.mentioned:
                 # First mention: drawn uniformly from the name list, nobody can predict it.
                 self.introduced += 1
-                self.first_pos.setdefault(id(c), self.pos)
+                self.first_pos.setdefault(id(c), pos)
                 skill, logp = "free", c.logp
             elif mark:
                 skill, logp = mark, 0.0
@@ -338,8 +361,8 @@ class Page:
                 k = self.introduced
                 skill, logp = "tracking", _LOG_INV[k] if k < 16 else -math.log(k)
             name = c.name
-            end = self.pos + len(name)
-            self.spans.append([self.pos, end, skill, logp])
+            end = pos + len(name)
+            self.spans.append([pos, end, skill, logp])
             self.span_texts.append(name)
             parts.append(name)
             self.pos = end
@@ -383,4 +406,5 @@ class Page:
         t.mentioned = True
 
 
+_SENTENCE_ENDS = frozenset((". ", "! ", "? "))
 _LOG_INV = [0.0, 0.0] + [round(-math.log(k), 4) for k in range(2, 16)]
