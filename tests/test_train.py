@@ -197,9 +197,9 @@ def test_divergence_stops_with_one_line_and_keeps_finite_checkpoints(shards, tmp
         assert all(torch.isfinite(t).all() for t in weights.values())
 
 
-@pytest.mark.parametrize("chunk", [7, 64, 1000])
-def test_fused_head_loss_matches_cross_entropy(chunk):
-    from tinyscale.train import HeadLoss
+@pytest.mark.parametrize("chunk,compiled", [(7, False), (64, False), (1000, False), (16, True)])
+def test_fused_head_loss_matches_cross_entropy(chunk, compiled):
+    from tinyscale.train import HeadLoss, xent_grad_fn
 
     g = torch.Generator().manual_seed(0)
     h = torch.randn(50, 16, generator=g, requires_grad=True)
@@ -207,7 +207,7 @@ def test_fused_head_loss_matches_cross_entropy(chunk):
     y = torch.randint(0, 300, (50,), generator=g)
     ref = torch.nn.functional.cross_entropy(h @ w.t(), y)
     ref_gh, ref_gw = torch.autograd.grad(3 * ref, (h, w))
-    loss = HeadLoss.apply(h, w, y, torch.float32, chunk)
+    loss = HeadLoss.apply(h, w, y, torch.float32, chunk, xent_grad_fn(compiled))
     gh, gw = torch.autograd.grad(3 * loss, (h, w))
     assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
     assert torch.allclose(gh, ref_gh, atol=1e-6) and torch.allclose(gw, ref_gw, atol=1e-6)

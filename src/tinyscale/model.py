@@ -182,7 +182,14 @@ class Attention(nn.Module):
             q, k, v = qkv.unbind(1)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
+            # PyTorch's CPU flash-attention backward is 2-3x slower in bfloat16 than in float32 at
+            # these head sizes (bench/train_speed.py), so training attends in float32 on CPU.
+            with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                   is_causal=causal).to(q.dtype)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 

@@ -158,6 +158,38 @@ def autocast(cfg: TrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+def softmax_xent_grad(logits: torch.Tensor, targets: torch.Tensor, scale: float,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, scale * (softmax - onehot) in `dtype`) of one chunk of logits.
+
+    Written as one function so that `torch.compile` can fuse it into two passes over the chunk
+    (row max and sum of exponentials, then the gradient); eagerly it is a handful of passes.
+    """
+    logits = logits.float()
+    top = logits.amax(dim=-1, keepdim=True)
+    exp = (logits - top).exp()
+    total = exp.sum(dim=-1, keepdim=True)
+    target_logit = logits.gather(1, targets[:, None])
+    loss = (top + total.log() - target_logit).sum()
+    onehot = torch.arange(logits.shape[1], device=logits.device) == targets[:, None]
+    grad = (exp / total - onehot.float()) * scale
+    return loss, grad.to(dtype)
+
+
+_compiled_xent_grad = None
+
+
+def xent_grad_fn(compile_: bool):
+    """The chunk kernel of HeadLoss: compiled once per process when asked (it has one fixed shape
+    per run, plus the last, shorter chunk)."""
+    global _compiled_xent_grad
+    if not compile_:
+        return softmax_xent_grad
+    if _compiled_xent_grad is None:
+        _compiled_xent_grad = torch.compile(softmax_xent_grad, dynamic=False)
+    return _compiled_xent_grad
+
+
 class HeadLoss(torch.autograd.Function):
     """Mean cross-entropy of `h @ weight.T` against `targets`, without materialising all the logits.
 
@@ -170,7 +202,7 @@ class HeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype,
-                chunk: int) -> torch.Tensor:
+                chunk: int, xent_grad) -> torch.Tensor:
         n = h.shape[0]
         with torch.autocast(h.device.type, enabled=False):
             hc, wc = h.detach().to(dtype), weight.detach().to(dtype)
@@ -178,13 +210,9 @@ class HeadLoss(torch.autograd.Function):
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
             total = torch.zeros((), dtype=torch.float32, device=h.device)
             for i in range(0, n, chunk):
-                hi, yi = hc[i:i + chunk], targets[i:i + chunk]
-                logits = (hi @ wc.t()).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                total += (lse - logits.gather(1, yi[:, None]).squeeze(1)).sum()
-                g = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-                g[torch.arange(len(yi), device=h.device), yi] -= 1
-                g = g.div_(n).to(dtype)
+                hi = hc[i:i + chunk]
+                loss, g = xent_grad(hi @ wc.t(), targets[i:i + chunk], 1.0 / n, dtype)
+                total += loss
                 grad_h[i:i + chunk] = g @ wc
                 grad_w += g.t() @ hi
         ctx.save_for_backward(grad_h, grad_w)
@@ -194,7 +222,7 @@ class HeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
-        return (grad_h * grad_out).to(ctx.dtypes[0]), (grad_w * grad_out).to(ctx.dtypes[1]), None, None, None
+        return (grad_h * grad_out).to(ctx.dtypes[0]), (grad_w * grad_out).to(ctx.dtypes[1]), None, None, None, None
 
 
 def lm_loss(net: torch.nn.Module, head: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor,
@@ -203,7 +231,7 @@ def lm_loss(net: torch.nn.Module, head: torch.nn.Linear, x: torch.Tensor, y: tor
     h = net(x, hidden=True).flatten(0, 1)
     dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
     chunk = max(64, (1 << 20) // head.out_features)  # ~4 MB of float32 logits per chunk
-    return HeadLoss.apply(h, head.weight, y.flatten(), dtype, chunk)
+    return HeadLoss.apply(h, head.weight, y.flatten(), dtype, chunk, xent_grad_fn(cfg.compile))
 
 
 def forward_backward(net: torch.nn.Module, head: torch.nn.Linear, micro_batches: list, cfg: TrainConfig,
