@@ -46,7 +46,9 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to try")
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, auto")
     ap.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
-    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table for batch 1")
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table")
+    ap.add_argument("--profile-batch", type=int, default=1)
+    ap.add_argument("--profile-dtype", default="fp32")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -72,7 +74,7 @@ def main() -> None:
 
         prompts = [[1] * args.prompt_len]
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            generate(model, prompts, 64, seed=0)
+            generate(model, prompts * args.profile_batch, 64, seed=0, dtype=args.profile_dtype)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 

@@ -149,8 +149,10 @@ class Decoder:
         self.n_heads, self.head_dim, self.d_model, self.eps = cfg.n_heads, cfg.head_dim, cfg.d_model, cfg.norm_eps
         self.fp32 = dtype == torch.float32
 
-        def mat(w: Tensor) -> Tensor:  # stored [out, in]; addmm wants [in, out] (a view in float32)
-            return w.detach().to(dtype).t() if self.fp32 else w.detach().to(dtype)
+        def mat(w: Tensor) -> Tensor:
+            # nn.Linear stores [out, in]; a contiguous [in, out] copy makes `x @ W` read the weights in
+            # order, which at batch 1 (a memory-bound matrix-vector product) is ~1.4x faster here.
+            return w.detach().to(dtype).t().contiguous()
 
         def vec(p: Tensor | None) -> Tensor | None:
             return None if p is None else p.detach()
@@ -160,16 +162,16 @@ class Decoder:
             a, m = blk.attn, blk.mlp
             self.layers.append((
                 vec(blk.attn_norm.weight), vec(getattr(blk.attn_norm, "bias", None)),
-                _cast(a.qkv.weight, dtype), mat(a.proj.weight), _cast(a.proj.bias, dtype),
+                mat(a.qkv.weight), mat(a.proj.weight), _cast(a.proj.bias, dtype),
                 vec(blk.mlp_norm.weight), vec(getattr(blk.mlp_norm, "bias", None)),
-                _cast(m.fc.weight, dtype), _cast(m.fc.bias, dtype),
+                mat(m.fc.weight), _cast(m.fc.bias, dtype),
                 mat(m.proj.weight), _cast(m.proj.bias, dtype),
                 cache.k[i], cache.v[i],
             ))
         self.tok_emb = model.tok_emb.weight.detach()
         self.pos_emb = None if model.pos_emb is None else model.pos_emb.weight.detach()
         self.norm = (vec(model.norm.weight), vec(getattr(model.norm, "bias", None)))
-        self.head = _cast(model.head.weight, dtype)
+        self.head = mat(model.head.weight)
         if self.llama:  # [max_len, 3 (q, k, v), 1 (rows), 1 (heads), head_dim]; v is left as it is
             cos, sin = model.rope_cos, model.rope_sin
             self.cos = torch.stack((cos, cos, torch.ones_like(cos)), 1)[:, :, None, None].to(dtype)
@@ -187,7 +189,8 @@ class Decoder:
         if self.fp32:
             x = torch.addmm(x, y, w)
             return x if b is None else x.add_(b)
-        return x + F.linear(y, w, b)
+        y = y @ w
+        return x + (y if b is None else y + b)
 
     def step(self, tok: Tensor, positions: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
         """Logits [B, vocab] for tokens [B] written at cache column ``cache.pos`` (then advanced).
@@ -208,14 +211,16 @@ class Decoder:
                 cos, sin = cos[:, :, 0].transpose(0, 1), sin[:, :, 0].transpose(0, 1)
         mask = None if key_mask is None else key_mask[..., :end]
         for n1w, n1b, wqkv, wo, bo, n2w, n2b, wfc, bfc, wdown, bdown, kc, vc in self.layers:
-            qkv = F.linear(self._norm(x, n1w, n1b), wqkv).view(B, 3, H, hd).transpose(0, 1)
+            qkv = (self._norm(x, n1w, n1b) @ wqkv).view(B, 3, H, hd).transpose(0, 1)
             if self.llama:
                 qkv = torch.addcmul(qkv * cos, qkv.roll(hd // 2, -1), sin)
             kc[:, :, col] = qkv[1]
             vc[:, :, col] = qkv[2]
             y = F.scaled_dot_product_attention(qkv[0, :, :, None], kc[:, :, :end], vc[:, :, :end], attn_mask=mask)
             x = self._residual(x, y.reshape(B, H * hd), wo, bo)
-            h = F.linear(self._norm(x, n2w, n2b), wfc, bfc)
+            h = self._norm(x, n2w, n2b) @ wfc
+            if bfc is not None:
+                h += bfc
             if self.llama:
                 gate, up = h.chunk(2, dim=-1)
                 h = F.silu(gate).mul_(up)
@@ -223,7 +228,7 @@ class Decoder:
                 h = F.gelu(h, approximate="tanh")
             x = self._residual(x, h, wdown, bdown)
         self.cache.pos = end
-        return F.linear(self._norm(x, *self.norm), self.head)
+        return self._norm(x, *self.norm) @ self.head
 
 
 def _cast(p: Tensor | None, dtype: torch.dtype) -> Tensor | None:
