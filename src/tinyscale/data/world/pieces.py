@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from functools import cache
 
-from tinyscale.data.world.text import compile_template
+from tinyscale.data.world.text import Val, compile_template
 
 
 @cache
@@ -413,18 +413,29 @@ def order_step(b) -> None:  # noqa: ANN001
     """Order of events: the grown-up says the chore comes first (in one of four phrasings), so the
     story's "So first, {A} <chore>ed ..., and then ..." is fixed by the rule: the chore's verb and
     then the wanted verb are `reasoning`, logp 0."""
-    from tinyscale.data.world.text import Val
-
-    base, past, you, his = b.pick(CHORES)
-    n = log_count(len(CHORES))
-    direct, indirect, _ = b.pick(_ORDER_RULES)
-    fill = {"{you}": you, "{his}": his}
-    for k, v in fill.items():
-        direct, indirect = direct.replace(k, v), indirect.replace(k, v)
+    chore = _ORDER_STEPS[int(b.rng.random() * len(CHORES))]  # as `b.pick(CHORES)`
+    direct, indirect, so_first, vals = chore[int(b.rng.random() * len(_ORDER_RULES))]
     b.s("[One morning|That morning|One day|Right after breakfast], {A} wanted to {V}{VC}.")
-    b.talk(direct, indirect, CH=Val(base, "free", n), CHp0=Val(past, "free", n))
-    b.s("So first, {A} {CHp@r} " + his + ", and then {A.he} {Vpast@r}{VC}.", CHp=Val(past))
+    b.talk(direct, indirect, CH=vals[0], CHp0=vals[1])
+    b.s(so_first, CHp=vals[2])
     b.order_done = True
+
+
+def _order_steps() -> tuple:
+    """Per chore, per rule: the rule said and reported, the "So first" sentence, and the values.
+    Built once: a story only draws one of them."""
+    n = log_count(len(CHORES))
+    out = []
+    for base, past, you, his in CHORES:
+        vals = (Val(base, "free", n), Val(past, "free", n), Val(past))
+        so_first = "So first, {A} {CHp@r} " + his + ", and then {A.he} {Vpast@r}{VC}."
+        out.append(tuple((direct.replace("{you}", you).replace("{his}", his),
+                          indirect.replace("{you}", you).replace("{his}", his), so_first, vals)
+                         for direct, indirect, _ in _ORDER_RULES))
+    return tuple(out)
+
+
+_ORDER_STEPS = _order_steps()
 
 
 def closing(b, theme: str) -> None:  # noqa: ANN001

@@ -826,3 +826,4 @@ SCHEMAS: dict[str, Callable[[Builder], None]] = {
     "rainy_day": rainy_day,
 }
 story.SCHEMA_NAMES = tuple(SCHEMAS)
+story.SCHEMA_FNS = tuple(SCHEMAS.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ FEATURE_P = {"dialogue": 0.6, "bad_ending": 0.25, "moral_value": 0.35, "plot_twi
 FEATURE_TITLE = {"dialogue": "Dialogue", "bad_ending": "BadEnding", "moral_value": "MoralValue",
                  "plot_twist": "Twist", "foreshadowing": "Foreshadowing", "conflict": "Conflict"}
 HEADER_KINDS: tuple[str, ...] = ("Features", "Words", "Summary", "Sentence")
+_FEATURE_P_ITEMS = tuple((f, FEATURE_P[f]) for f in FEATURES)
 
 
 @dataclass
@@ -70,14 +72,11 @@ class Builder:
         """Write sentences into the current paragraph (slots from the story context and `kw`)."""
         if kw:
             self.ctx.update(kw)  # slots given here stay in the context: later text may refer back
-        page = self.page
-        if not page.para_start:
-            page.parts.append(" ")
-            page.pos += 1
-        start = page.pos
-        (TEMPLATE_FNS.get(tpl) or template_fn(tpl))(page, self.ctx)
-        page.para_start = False
-        r = (start, page.pos)
+        try:
+            fn = TEMPLATE_FNS[tpl]
+        except KeyError:  # a template seen for the first time
+            fn = template_fn(tpl)
+        r = fn(self.page, self.ctx)
         self.sentences.append(r)
         return r
 
@@ -212,61 +211,79 @@ class Builder:
         about the world in a phrasing without the hero, read from a book at bedtime. With `p_fit` 1
         (a fact inside the plot) only a fitting fact is said, or none."""
         v = self.v
-        # A key may name one phrasing ("rain_wet@1") when only that one fits the scene.
-        fits = [(v.fact_by_key[key], int(k) if k else -1)
-                for key, _, k in (x.partition("@") for x in keys) if key in v.fact_by_key]
+        rng = self.rng
+        fits = v.fits_memo.get(keys)
+        if fits is None:
+            # A key may name one phrasing ("rain_wet@1") when only that one fits the scene.
+            fits = v.fits_memo[keys] = [(v.fact_by_key[key], int(k) if k else -1)
+                                        for key, _, k in (x.partition("@") for x in keys) if key in v.fact_by_key]
         if p_fit >= 1.0 and not fits:
             return  # a fact in the middle of the plot is said only when one fits the scene
         fitting = False
-        if fits and self.rng.random() < p_fit:
-            f, k = self.pick(fits)
+        if fits and rng.random() < p_fit:
+            f, k = fits[int(rng.random() * len(fits))]
             if k < 0:
-                k = int(self.rng.random() * len(f.phrasings))
+                k = int(rng.random() * len(f.phrasings))
             fitting = True
         else:
-            f, k = self.pick(v.world_phrasings)
-        if "dialogue" not in self.features and '"' in f.phrasings[k]:
-            # Without the dialogue feature a story has no quotes: use the next quote-free phrasing.
-            quiet = [i for i in range(len(f.phrasings)) if '"' not in f.phrasings[i]]
-            if quiet:
-                k = min(quiet, key=lambda i: (i - k) % len(f.phrasings))
-        tpl = pieces.fact_template(f.phrasings[k])
-        if tpl.startswith(("{A.He}", "{A.His}")):  # a new sentence names the hero before "he"
-            tpl = ("{A}" if tpl.startswith("{A.He}") else "{A.poss}") + tpl[tpl.index("}") + 1:]
-        if not fitting:
-            tpl = pieces.FACT_BOOK + tpl[0].lower() + tpl[1:]
-        elif tpl.startswith("{A}") and f.key in pieces.NIGHT_FACTS:
-            tpl = "[That night|When they got home|At the end of the day], " + tpl
-        start, end = self.s(tpl, FACT_ANS=Val(f.answer, "fact", 0.0))
+            pool = v.world_phrasings
+            f, k = pool[int(rng.random() * len(pool))]
+        memo_key = (f.key, k, fitting, "dialogue" in self.features)
+        said = v.fact_memo.get(memo_key)
+        if said is None:
+            said = v.fact_memo[memo_key] = _fact_sentence(f, k, fitting, memo_key[3])
+        tpl, k, ans = said
+        start, end = self.s(tpl, FACT_ANS=ans)
         self.facts_used.append({"key": f.key, "phrasing": k})
         self.fact_at.append((start, end, f.phrasings[k]))
 
 
+def _fact_sentence(f: Any, k: int, fitting: bool, quotes: bool) -> tuple[str, int, Val]:
+    """The template that says phrasing `k` of fact `f` (the phrasing used, its answer's value);
+    the same for every story, so `Builder.fact` derives it once."""
+    if not quotes and '"' in f.phrasings[k]:
+        # Without the dialogue feature a story has no quotes: use the next quote-free phrasing.
+        quiet = [i for i in range(len(f.phrasings)) if '"' not in f.phrasings[i]]
+        if quiet:
+            k = min(quiet, key=lambda i: (i - k) % len(f.phrasings))
+    tpl = pieces.fact_template(f.phrasings[k])
+    if tpl.startswith(("{A.He}", "{A.His}")):  # a new sentence names the hero before "he"
+        tpl = ("{A}" if tpl.startswith("{A.He}") else "{A.poss}") + tpl[tpl.index("}") + 1:]
+    if not fitting:
+        tpl = pieces.FACT_BOOK + tpl[0].lower() + tpl[1:]
+    elif tpl.startswith("{A}") and f.key in pieces.NIGHT_FACTS:
+        tpl = "[That night|When they got home|At the end of the day], " + tpl
+    return tpl, k, Val(f.answer, "fact", 0.0)
+
+
 def _recipe_words(b: Builder) -> None:
     v = b.v
-    verb = b.pick(v.verbs)
-    noun = b.pick(v.nouns)
-    adj = b.pick(v.adjectives)
-    comp = " " + verb.complement if verb.complement else ""
-    b.ctx.update(V=Val(verb.base, "free", v.logp_verb), Vpast=Val(verb.past, "free", v.logp_verb),
-                 Ving=Val(verb.ing, "free", v.logp_verb), VC=comp, ADJ=Val(adj.word, "free", v.logp_adj),
-                 N=v.noun_thing(noun, ("free", v.logp_noun)))
+    rng = b.rng
+    i = int(rng.random() * len(v.verbs))  # three uniform draws, as `b.pick` makes them
+    j = int(rng.random() * len(v.nouns))
+    a = int(rng.random() * len(v.adjectives))
+    verb, noun, adj = v.verbs[i], v.nouns[j], v.adjectives[a]
+    ctx = b.ctx
+    ctx["V"], ctx["Vpast"], ctx["Ving"], ctx["VC"] = v.verb_vals[i]
+    ctx["ADJ"] = v.adj_vals[a]
+    ctx["N"] = v.noun_thing(noun, ("free", v.logp_noun))
     b.recipe = (verb, noun, adj)
     b.adj_kind, b.adj_objs = pieces.adj_plan(adj.word, adj.category, adj.of_person)
 
 
-def _locate_required(b: Builder) -> dict[str, tuple[int, int]]:
+def _locate_required(b: Builder, body: str) -> dict[str, tuple[int, int]]:
     """Where each required word landed: its first `free` span with the word's own surprisal."""
     verb, noun, adj = b.recipe
     v = b.v
     wanted = (("verb", v.logp_verb, (verb.base, verb.past, verb.ing, verb.third)),
               ("noun", v.logp_noun, (noun.word, noun.plural)),
               ("adjective", v.logp_adj, (adj.word,)))
+    logps = (v.logp_verb, v.logp_noun, v.logp_adj)
     found: dict[str, tuple[int, int]] = {}
-    for span, text in zip(b.page.spans, b.page.span_texts, strict=True):
-        if span[2] == "free":
+    for span in b.page.spans:
+        if span[3] in logps and span[2] == "free":  # the logp first: it rules out most spans
             for kind, logp, forms in wanted:
-                if span[3] == logp and kind not in found and text in forms:
+                if span[3] == logp and kind not in found and body[span[0]:span[1]] in forms:
                     found[kind] = (span[0], span[1])
                     if len(found) == 3:
                         return found
@@ -281,27 +298,28 @@ def story_seed(seed: int, index: int) -> int:
 
 def make_story(vocab: Vocab, seed: int, index: int, fmt: str = "plain") -> Story:
     """Write story `index` of the corpus made with `seed` (same inputs, same story)."""
-    from tinyscale.data.world.schemas import SCHEMAS
+    if not SCHEMA_FNS:
+        from tinyscale.data.world import schemas  # noqa: F401 - fills SCHEMA_NAMES and SCHEMA_FNS
 
     rng = random.Random(story_seed(seed, index))
-    features = frozenset(f for f in FEATURES if rng.random() < FEATURE_P[f])
-    b = Builder(vocab, rng, features)
+    draw = rng.random
+    wanted = [f for f, p in _FEATURE_P_ITEMS if draw() < p]  # in the order of FEATURES
+    b = Builder(vocab, rng, frozenset(wanted))
     _recipe_words(b)
-    name = b.pick(SCHEMA_NAMES)
-    SCHEMAS[name](b)
+    k = int(draw() * len(SCHEMA_NAMES))  # as `b.pick(SCHEMA_NAMES)`
+    SCHEMA_FNS[k](b)
     page = b.page
-    body = page.text()
-    spans = page.spans
-    b.required_at = _locate_required(b)
+    body = "".join(page.parts)
+    b.required_at = _locate_required(b, body)
     meta = {
-        "schema": name,
+        "schema": SCHEMA_NAMES[k],
         "words": _words_meta(b, body),
-        "features": [f for f in FEATURES if f in features],
+        "features": wanted,
         "facts": b.facts_used,
         "seed": seed,
         "index": index,
     }
-    story = Story(body, spans, meta, page.refs, dict(b.marks), b.required_at, page.first_pos, b.fact_at)
+    story = Story(body, page.spans, meta, page.refs, dict(b.marks), b.required_at, page.first_pos, b.fact_at)
     if fmt == "instruct":
         _add_header(b, story)
     return story
@@ -381,4 +399,6 @@ def _plain_name(c: Char) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
-SCHEMA_NAMES: tuple[str, ...] = ()  # filled by schemas.py at import
+# Filled by schemas.py at import: names and functions, in the same order.
+SCHEMA_NAMES: tuple[str, ...] = ()
+SCHEMA_FNS: tuple[Callable[[Builder], None], ...] = ()

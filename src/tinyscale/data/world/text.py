@@ -50,6 +50,7 @@ SKILL_OF_MARK = {"r": "reasoning", "t": "tracking", "f": "fact", "g": "grammar"}
 PRONOUN_FORMS = ("he", "He", "him", "his", "His", "himself")
 
 _ALT, _SLOT = 0, 1
+_START = object()  # code generation: at the start of a template
 PRONOUN_RATE = 0.6  # how often a repeated subject becomes "He"/"She"/"They"
 _cache: dict[str, list] = {}
 
@@ -158,33 +159,69 @@ TEMPLATE_FNS = _fn_cache  # read-only view for hot loops: template -> generated 
 
 
 def template_fn(tpl: str) -> Any:
-    """The template as a Python function `f(page, ctx)` (generated once, cached).
+    """The template as a Python function `f(page, ctx) -> (start, end)` (generated once, cached):
+    it writes the sentences into the page's current paragraph and returns where they are.
 
     Straight-line code instead of interpreting ops is what lets the world write thousands of
     stories per second: literals become `append` calls with their lengths summed at compile time,
-    alternatives become `if` chains on one random draw, slots become direct method calls.
+    alternatives become `if` chains on one random draw, slots become direct method calls or
+    inline code.
     """
     fn = _fn_cache.get(tpl)
     if fn is None:
         # Methods are called as `P.parts.append(...)`, never bound to local names up front: a
         # binding makes a bound-method object on every call, which for short sentences cost more
         # than the sentence itself.
-        lines = ["def _t(P, C):"]
-        _gen(compile_template(tpl), lines, 1)
-        lines.append(" return")
+        lines = ["def _t(P, C):",
+                 " if P.para_start:",  # the first sentence of a paragraph
+                 "  P.para_start = False",
+                 "  W = 'P'",
+                 "  S = P.pos",
+                 " else:",  # a sentence after another one
+                 "  P.parts.append(' ')",
+                 "  W = 'S'",
+                 "  S = P.pos = P.pos + 1"]
+        _gen(_fuse(compile_template(tpl)), lines, 1)
+        lines.append(" return S, P.pos")
         scope: dict[str, Any] = {"Char": Char, "Val": Val, "Thing": Thing}
-        exec("\n".join(lines), scope)  # noqa: S102 - code generated from our own templates
+        # A file name of its own per template, so that profiles list templates apart.
+        code = compile("\n".join(lines), f"<template {len(_fn_cache)}>", "exec")
+        exec(code, scope)  # noqa: S102 - code generated from our own templates
         fn = _fn_cache[tpl] = scope["_t"]
     return fn
 
 
-def _gen(ops: list, lines: list[str], depth: int) -> None:
+def _fuse(ops: list) -> list:
+    """The ops with each literal next to an alternative copied into its branches ("[One day|Then],
+    {A}" as "[One day, |Then, ]{A}"): the same text in fewer appends."""
+    out: list = []
+    for op in ops:
+        if op.__class__ is str:
+            if out and out[-1].__class__ is str:
+                out[-1] += op
+            elif out and out[-1][0] == _ALT:
+                out[-1] = (_ALT, [_fuse([*alt, op]) for alt in out[-1][1]])
+            else:
+                out.append(op)
+        elif op[0] == _ALT:
+            lead = [out.pop()] if out and out[-1].__class__ is str else []
+            out.append((_ALT, [_fuse([*lead, *alt]) for alt in op[1]]))
+        else:
+            out.append(op)
+    return out
+
+
+def _gen(ops: list, lines: list[str], depth: int, before: Any = _START) -> Any:
+    """Append the code of `ops` to `lines`. `before` says where a name written now would stand
+    (see `_where`): `_START` at the template's start, None when only known at run time; the same
+    is returned for the end of the ops."""
     ind = " " * depth
     pending = 0  # literal characters appended since the last position update
     for op in ops:
         if op.__class__ is str:
             lines.append(f"{ind}P.parts.append({op!r})")
             pending += len(op)
+            before = _where(op)
             continue
         if pending:
             lines.append(f"{ind}P.pos += {pending}")
@@ -192,41 +229,71 @@ def _gen(ops: list, lines: list[str], depth: int) -> None:
         if op[0] == _ALT:
             alts = op[1]
             lines.append(f"{ind}r = int(P.rng.random() * {len(alts)})")
+            ends = set()
             for i, alt in enumerate(alts):
                 head = "if" if i == 0 else "elif" if i < len(alts) - 1 else "else"
                 lines.append(f"{ind}{head} r == {i}:" if head != "else" else f"{ind}else:")
                 lines.append(f"{ind} pass")
-                _gen(alt, lines, depth + 1)
-        elif op[2] in PRONOUN_FORMS:
+                ends.add(_gen(alt, lines, depth + 1, before))
+            before = ends.pop() if len(ends) == 1 else None
+            continue
+        if op[2] in PRONOUN_FORMS:
             lines.append(f"{ind}P._pronoun(C[{op[1]!r}], {op[2]!r})")
         elif op[2] is None and op[3] is None:
             # The most common slot, dispatched inline on the value's class (one call, not two);
             # a value (a recipe word, a fact's answer) is written inline, with no call at all.
+            # Where a name stands is known here for most slots, so `_name` need not look back.
             mark = op[4]
+            where = "W" if before is _START else repr(before) if before is not None else "None"
             lines += [f"{ind}v = C[{op[1]!r}]", f"{ind}k = v.__class__",
-                      f"{ind}if k is Char: P._name(v, {mark!r})",
+                      f"{ind}if k is Char: P._name(v, {mark!r}, {where})",
                       f"{ind}elif k is Val:",
                       f"{ind} t = v[0]",
                       f"{ind} e = P.pos + len(t)"]
             if mark:
-                lines += [f"{ind} P.spans.append([P.pos, e, {mark!r}, 0.0])", f"{ind} P.span_texts.append(t)"]
+                lines.append(f"{ind} P.spans.append([P.pos, e, {mark!r}, 0.0])")
             else:
-                lines += [f"{ind} if v[1] is not None:", f"{ind}  P.spans.append([P.pos, e, v[1], v[2]])",
-                          f"{ind}  P.span_texts.append(t)"]
+                lines += [f"{ind} if v[1] is not None:", f"{ind}  P.spans.append([P.pos, e, v[1], v[2]])"]
             lines += [f"{ind} P.parts.append(t)", f"{ind} P.pos = e",
-                      f"{ind}elif k is Thing: P._thing(v, None, None, {mark!r})",
+                      # A thing, as `Page._thing` writes it without a form or an article.
+                      f"{ind}elif k is Thing:",
+                      f"{ind} t = v.word",
+                      f"{ind} e = P.pos + len(t)"]
+            if mark:
+                lines.append(f"{ind} P.spans.append([P.pos, e, {mark!r}, 0.0])")
+            else:
+                lines += [f"{ind} if v.label is not None and not v.mentioned:",
+                          f"{ind}  P.spans.append([P.pos, e, v.label[0], v.label[1]])"]
+            lines += [f"{ind} P.parts.append(t)", f"{ind} P.pos = e", f"{ind} v.mentioned = True"]
+            lines += [f"{ind}elif k is str:",  # a plain string (an answer option, a phrase): unlabeled
+                      f"{ind} P.parts.append(v)", f"{ind} P.pos += len(v)",
                       f"{ind}else: P.slot(v, None, None, {mark!r})"]
         else:
             lines.append(f"{ind}P.slot(C[{op[1]!r}], {op[2]!r}, {op[3]!r}, {op[4]!r})")
+        before = None
     if pending:
         lines.append(f"{ind}P.pos += {pending}")
+    return before
+
+
+def _where(last: str) -> str:
+    """Where a name after the text `last` stands: "P" opens a paragraph (always the name, as
+    children's books do), "S" opens a sentence, "s" follows an opening phrase ("One day, "), ""
+    anywhere else."""
+    if last == "\n\n":
+        return "P"
+    if last == " " or last[-2:] in _SENTENCE_ENDS:
+        return "S"
+    if last[-2:] == ", " and last[-3:-2] != '"':
+        return "s"
+    return ""
 
 
 class Page:
     """The story being written: text parts, spans, and what the reader has seen so far."""
 
     # Slots: the generated template code reads and writes these attributes on every literal.
-    __slots__ = ("rng", "article", "parts", "spans", "span_texts", "pos", "introduced", "refs", "first_pos",
+    __slots__ = ("rng", "article", "parts", "spans", "pos", "introduced", "track_logp", "refs", "first_pos",
                  "para_start", "focus", "para_chars")
 
     def __init__(self, rng: random.Random, article: Any) -> None:
@@ -234,9 +301,11 @@ class Page:
         self.article = article  # word -> "a" | "an"
         self.parts: list[str] = []
         self.spans: list[list] = []
-        self.span_texts: list[str] = []  # the labeled words, parallel to `spans`
         self.pos = 0
         self.introduced = 0  # named characters mentioned so far
+        # The label of a later mention of a name: -log(k) with k names introduced (the reader
+        # who tracks the cast narrows the name to k people).
+        self.track_logp = 0.0
         self.refs: list[tuple[int, int, Char, str]] = []  # pronouns written: (start, end, char, form)
         self.first_pos: dict[int, int] = {}  # id(char) -> offset of its first mention
         self.para_start = True
@@ -249,7 +318,6 @@ class Page:
     def add(self, text: str, skill: str | None = None, logp: float = 0.0) -> None:
         if skill is not None:
             self.spans.append([self.pos, self.pos + len(text), skill, logp])
-            self.span_texts.append(text)
         self.parts.append(text)
         self.pos += len(text)
 
@@ -259,14 +327,7 @@ class Page:
     # -- sentences and paragraphs ---------------------------------------------------------------
     def s(self, tpl: str, ctx: dict) -> tuple[int, int]:
         """Write one or more sentences into the current paragraph; return their (start, end)."""
-        if not self.para_start:
-            self.parts.append(" ")
-            self.pos += 1
-        start = self.pos
-        fn = _fn_cache.get(tpl) or template_fn(tpl)
-        fn(self, ctx)
-        self.para_start = False
-        return start, self.pos
+        return (_fn_cache.get(tpl) or template_fn(tpl))(self, ctx)
 
     def p(self) -> None:
         """End the paragraph (an empty paragraph is never written)."""
@@ -287,7 +348,7 @@ class Page:
                 self.first_pos.setdefault(id(value), self.pos)
                 self.add(value.kid)
             elif form == "poss":  # "Lily's" (never "She's")
-                self._name(value, mark, pron_ok=False)
+                self._name(value, mark, None, False)
                 self.add("'s")
             else:
                 self._pronoun(value, form)
@@ -306,36 +367,28 @@ class Page:
         skill = mark or value.skill
         if skill is not None:
             self.spans.append([self.pos, self.pos + len(text), skill, 0.0 if mark else value.logp])
-            self.span_texts.append(text)
         self.parts.append(text)
         self.pos += len(text)
 
     # -- labeled words --------------------------------------------------------------------------
-    def _name(self, c: Char, mark: str | None, pron_ok: bool = True) -> None:
-        # Where the name stands: "P" opens a paragraph (always the name, as children's books do),
-        # "S" opens a sentence, "s" follows an opening phrase ("One day, "), "" anywhere else.
-        parts = self.parts
-        if not parts:
-            where = "P"
-        else:
-            last = parts[-1]
-            if last == "\n\n":
-                where = "P"
-            elif last == " " or last[-2:] in _SENTENCE_ENDS:
-                where = "S"
-            elif last[-2:] == ", " and last[-3:-2] != '"':
-                where = "s"
-            else:
-                where = ""
+    def _name(self, c: Char, mark: str | None, where: str | None = None, pron_ok: bool = True) -> None:
+        # `where` the name stands (see `_where`; None: look at the text before it).
+        if where is None:
+            parts = self.parts
+            where = _where(parts[-1]) if parts else "P"
         para_chars = self.para_chars
-        if (pron_ok and where and where != "P" and self.focus is c and c.mentioned
-                and self.rng.random() < PRONOUN_RATE
-                and all(o is c or o.pron != c.pron for o in para_chars)):
+        if (self.focus is c and where and where != "P" and pron_ok and c.mentioned
+                and self.rng.random() < PRONOUN_RATE):
             # The same character as the last sentence's subject, nobody else mentioned since, and
             # nobody else of the same pronoun in this paragraph: "She" is unambiguous, and its
             # form is fixed by the referent (grammar).
-            self._pronoun(c, "He" if where == "S" else "he")
-            return
+            pron = c.pron
+            for o in para_chars:
+                if o.pron == pron and o is not c:
+                    break
+            else:
+                self._pronoun(c, "He" if where == "S" else "he")
+                return
         if c not in para_chars:
             para_chars.append(c)
         if c.members:
@@ -344,28 +397,28 @@ class Page:
             for i, m in enumerate(members):
                 if i:
                     self.add(", " if i < last_i else " and ")
-                self._name(m, mark)
-        elif not c.named:
-            self.first_pos.setdefault(id(c), self.pos)
-            self.add(c.name)
+                self._name(m, mark)  # where: after the text just written
+        elif not c.named:  # "Mom": unlabeled
+            if not c.mentioned:
+                self.first_pos.setdefault(id(c), self.pos)
+            self.parts.append(c.name)
+            self.pos += len(c.name)
         else:
             pos = self.pos
             if not c.mentioned:
                 # First mention: drawn uniformly from the name list, nobody can predict it.
-                self.introduced += 1
-                self.first_pos.setdefault(id(c), pos)
                 skill, logp = "free", c.logp
+                k = self.introduced = self.introduced + 1
+                self.track_logp = _LOG_INV[k] if k < 16 else -math.log(k)
+                self.first_pos.setdefault(id(c), pos)
             elif mark:
                 skill, logp = mark, 0.0
             else:
-                k = self.introduced
-                skill, logp = "tracking", _LOG_INV[k] if k < 16 else -math.log(k)
+                skill, logp = "tracking", self.track_logp
             name = c.name
-            end = pos + len(name)
+            end = self.pos = pos + len(name)
             self.spans.append([pos, end, skill, logp])
-            self.span_texts.append(name)
-            parts.append(name)
-            self.pos = end
+            self.parts.append(name)
         c.mentioned = True
         if where:
             self.focus = c
@@ -379,30 +432,29 @@ class Page:
         end = self.pos + len(word)
         self.refs.append((self.pos, end, c, form))
         self.spans.append([self.pos, end, "grammar", 0.0])
-        self.span_texts.append(word)
         self.parts.append(word)
         self.pos = end
 
     def _thing(self, t: Thing, form: str | None, art: str | None, mark: str | None) -> None:
         if form == "gen":
             form = None if t.mass else "pl"
+        parts = self.parts
         if art is not None:
             word = "some" if t.mass else t.art
             if art == "A":
                 word = word.capitalize()
             # The article is determined only when the noun after it is.
             if mark:
-                self.add(word, "grammar", 0.0)
-                self.add(" ")
-            else:
-                self.add(word + " ")
+                self.spans.append([self.pos, self.pos + len(word), "grammar", 0.0])
+            parts.append(word + " ")
+            self.pos += len(word) + 1
         text = t.plural if form == "pl" else t.word
         if mark:
-            self.add(text, mark, 0.0)
+            self.spans.append([self.pos, self.pos + len(text), mark, 0.0])
         elif not t.mentioned and t.label is not None:
-            self.add(text, t.label[0], t.label[1])
-        else:
-            self.add(text)
+            self.spans.append([self.pos, self.pos + len(text), t.label[0], t.label[1]])
+        parts.append(text)
+        self.pos += len(text)
         t.mentioned = True
 
 

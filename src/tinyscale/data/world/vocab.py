@@ -8,7 +8,7 @@ from functools import cache
 from types import ModuleType
 from typing import Any
 
-from tinyscale.data.world.text import Thing
+from tinyscale.data.world.text import Thing, Val
 
 
 class Vocab:
@@ -41,6 +41,15 @@ class Vocab:
         self.logp_verb = round(-math.log(len(self.verbs)), 4)
         self.logp_noun = round(-math.log(len(self.nouns)), 4)
         self.logp_adj = round(-math.log(len(self.adjectives)), 4)
+        # The recipe's words as story values, made once rather than once per story:
+        # (base, past, -ing, " complement" or "") per verb, the word per adjective.
+        self.verb_vals = tuple((Val(x.base, "free", self.logp_verb), Val(x.past, "free", self.logp_verb),
+                                Val(x.ing, "free", self.logp_verb), " " + x.complement if x.complement else "")
+                               for x in self.verbs)
+        self.adj_vals = tuple(Val(a.word, "free", self.logp_adj) for a in self.adjectives)
+        # For `Builder.fact`: the facts that fit a scene, and what it derives from a fact's phrasing.
+        self.fits_memo: dict = {}
+        self.fact_memo: dict = {}
 
     def thing(self, word: str, plural: str | None = None, mass: bool = False,
               label: tuple[str, float] | None = None) -> Thing:
