@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from tinyscale.generate import generate, resolve_dtype
-from tinyscale.model import Transformer, model_config
+from tinyscale.generate import Decoder, generate, resolve_dtype
+from tinyscale.model import KVCache, Transformer, model_config
 
 
 def measure(model: Transformer, batch: int, prompt_len: int, new_tokens: int, repeats: int,
@@ -35,6 +35,24 @@ def measure(model: Transformer, batch: int, prompt_len: int, new_tokens: int, re
         n = sum(map(len, out))
         best = max(best, (n / wall, cpu / wall, n / cpu))
     return best
+
+
+def matmul_floor(model: Transformer, batch: int, dtype: str, repeats: int = 50) -> float:
+    """Tokens/s if a decoding step were nothing but its weight matrix products (the Decoder's own
+    weights, in its layout): the bound that per-op overhead, attention and sampling come on top of."""
+    dt = resolve_dtype(dtype, torch.device("cpu"), batch)
+    dec = Decoder(model, KVCache(model.cfg, batch, 8, dtype=dt), dt)
+    mats = [w for layer in dec.layers for w in (layer[2], layer[3], layer[7], layer[9])] + [dec.head]
+    xs = {w.shape[0]: torch.randn(batch, w.shape[0], dtype=dt) for w in mats}
+    best = float("inf")
+    with torch.inference_mode():
+        for r in range(repeats + 3):
+            t = time.perf_counter()
+            for w in mats:
+                xs[w.shape[0]] @ w
+            if r >= 3:
+                best = min(best, time.perf_counter() - t)
+    return batch / best
 
 
 def main() -> None:
@@ -66,8 +84,10 @@ def main() -> None:
             for batch in batches:
                 tps, cores, per_cpu = measure(model, batch, args.prompt_len, args.new_tokens, args.repeats, dtype)
                 # cores < threads means other processes took the CPU: the wall figure is then a lower bound.
+                floor = matmul_floor(model, batch, dtype)
                 print(f"threads {threads}  {dtype:<4}  batch {batch:>2}: {tps:>8,.0f} new tokens/s   "
-                      f"({cores:.2f} cores busy, {per_cpu:>8,.0f} tokens per CPU-second)", flush=True)
+                      f"({cores:.2f} cores busy, {per_cpu:>8,.0f} tokens per CPU-second; "
+                      f"weight matmuls alone: {floor:>8,.0f} tokens/s)", flush=True)
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
