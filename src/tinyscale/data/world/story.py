@@ -7,14 +7,15 @@ nothing else, so any story of a corpus can be regenerated alone.
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from tinyscale.data.world import pieces
-from tinyscale.data.world.text import TEMPLATE_FNS, Char, Page, Thing, Val, template_fn
+from tinyscale.data.world.text import TEMPLATE_FNS, Char, Page, Thing, Val, template_fn, template_slots
 from tinyscale.data.world.vocab import Vocab
 
 FEATURES: tuple[str, ...] = ("dialogue", "bad_ending", "moral_value", "plot_twist", "foreshadowing",
@@ -29,21 +30,70 @@ HEADER_KINDS: tuple[str, ...] = ("Features", "Words", "Summary", "Sentence")
 _FEATURE_P_ITEMS = tuple((f, FEATURE_P[f]) for f in FEATURES)
 
 
-@dataclass
 class Story:
-    text: str
-    spans: list[list]
-    meta: dict[str, Any]
-    # For tests and debugging (not written to the corpus): pronouns with their referents, the text
-    # ranges that realize each feature, and where each character was first named.
-    refs: list = field(default_factory=list)
-    marks: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
-    required_at: dict[str, tuple[int, int]] = field(default_factory=dict)
-    first_pos: dict[int, int] = field(default_factory=dict)  # id(character) -> first mention offset
-    fact_at: list[tuple[int, int, str]] = field(default_factory=list)
+    """A story: its text, the labeled spans and the record's meta.
+
+    For tests and debugging (not written to the corpus) it also keeps pronouns with their
+    referents (`refs`), the text ranges that realize each feature (`marks`), where each required
+    word landed (`required_at`), where each character was first named (`first_pos`, by
+    id(character)) and where each fact sentence is (`fact_at`). Those are written while the body
+    is, before any instruct header exists: they are kept relative to the body and moved by the
+    header's length only when read, since the corpus writer never reads them.
+    """
+
+    __slots__ = ("text", "spans", "meta", "_refs", "_marks", "_required_at", "_first_pos", "_fact_at", "_shift")
+
+    def __init__(self, text: str, spans: list[list], meta: dict[str, Any], refs: list | None = None,
+                 marks: dict[str, list[tuple[int, int]]] | None = None,
+                 required_at: dict[str, tuple[int, int]] | None = None,
+                 first_pos: dict[int, int] | None = None,
+                 fact_at: list[tuple[int, int, str]] | None = None) -> None:
+        self.text, self.spans, self.meta = text, spans, meta
+        self._refs = refs if refs is not None else []
+        self._marks = marks if marks is not None else {}
+        self._required_at = required_at if required_at is not None else {}
+        self._first_pos = first_pos if first_pos is not None else {}
+        self._fact_at = fact_at if fact_at is not None else []
+        self._shift = 0  # characters written before the body (the instruct header), not yet applied
 
     def record(self, story_id: str) -> dict:
         return {"id": story_id, "text": self.text, "meta": self.meta, "spans": self.spans}
+
+    def _settle(self) -> None:
+        """Move the debugging positions by the header's length (once, on the first read)."""
+        d = self._shift
+        if d:
+            self._shift = 0
+            self._refs = [(s + d, e + d, c, f) for s, e, c, f in self._refs]
+            self._marks = {k: [(s + d, e + d) for s, e in v] for k, v in self._marks.items()}
+            self._required_at = {k: (s + d, e + d) for k, (s, e) in self._required_at.items()}
+            self._first_pos = {k: p + d for k, p in self._first_pos.items()}
+            self._fact_at = [(s + d, e + d, ph) for s, e, ph in self._fact_at]
+
+    @property
+    def refs(self) -> list[tuple[int, int, Char, str]]:
+        self._settle()
+        return self._refs
+
+    @property
+    def marks(self) -> dict[str, list[tuple[int, int]]]:
+        self._settle()
+        return self._marks
+
+    @property
+    def required_at(self) -> dict[str, tuple[int, int]]:
+        self._settle()
+        return self._required_at
+
+    @property
+    def first_pos(self) -> dict[int, int]:
+        self._settle()
+        return self._first_pos
+
+    @property
+    def fact_at(self) -> list[tuple[int, int, str]]:
+        self._settle()
+        return self._fact_at
 
 
 class Builder:
@@ -121,13 +171,14 @@ class Builder:
 
     # -- the cast -------------------------------------------------------------------------------------
     def kid(self, key: str) -> Char:
-        """A new named child, drawn uniformly from the names not yet in the story."""
-        names = self.v.names
+        """A new named child, drawn by the Zipf weights of `Vocab` from the names not yet in the story."""
+        names, cum, weight = self.v.names, self.v.name_cum, self.v.name_weight
         while True:
-            n = names[int(self.rng.random() * len(names))]
+            n = names[min(bisect.bisect_right(cum, self.rng.random() * cum[-1]), len(names) - 1)]
             if n.name not in self._names_taken:
                 break
-        logp = pieces.log_count(len(names) - len(self._names_taken))
+        left = cum[-1] - sum(weight.get(name, 0.0) for name in self._names_taken)
+        logp = round(math.log(weight[n.name] / left), 4)
         self._names_taken.add(n.name)
         c = Char(n.name, n.pronoun, self.v.forms[n.pronoun], logp)
         self.ctx[key] = c
@@ -335,61 +386,96 @@ def _add_header(b: Builder, story: Story) -> None:
     """Prefix a TinyStories-Instruct header with a random non-empty subset of the header kinds."""
     rng = b.rng
     kinds = [k for k in HEADER_KINDS if rng.random() < 0.5] or [b.pick(HEADER_KINDS)]
+    text = story.text
     lines = []
     for k in kinds:
         if k == "Features":
             feats = story.meta["features"]
-            lines.append("Features: " + (", ".join(FEATURE_TITLE[f] for f in feats) if feats else "None"))
+            lines.append("Features: " + (", ".join([FEATURE_TITLE[f] for f in feats]) if feats else "None"))
         elif k == "Words":
             w = story.meta["words"]
             lines.append(f"Words: {w['verb']}, {w['noun']}, {w['adjective']}")
         elif k == "Summary":
             lines.append("Summary: " + render_plain(b.summary_tpl, b.ctx, rng, b.v.article))
         else:
-            s, e = _pick_sentence(b, story.text)
-            lines.append("Sentence: " + story.text[s:e])
+            s, e = _pick_sentence(b, text)
+            lines.append("Sentence: " + text[s:e])
     header = "\n".join(lines) + "\nStory: "
-    shift = len(header)
+    d = len(header)
     # A `free` word the header already shows (a required word, a name in the summary or the
     # sentence) is copied rather than guessed: it becomes `tracking` with logp 0.
     shown = set(header.replace(",", " ").replace(".", " ").split())
-    new_spans = []
-    for s, e, skill, logp in story.spans:
-        if skill == "free" and story.text[s:e] in shown:
-            skill, logp = "tracking", 0.0
-        new_spans.append([s + shift, e + shift, skill, logp])
-    story.text = header + story.text
-    story.spans = new_spans
-    story.refs = [(s + shift, e + shift, c, f) for s, e, c, f in story.refs]
-    story.marks = {k: [(s + shift, e + shift) for s, e in v] for k, v in story.marks.items()}
-    story.required_at = {k: (s + shift, e + shift) for k, (s, e) in story.required_at.items()}
-    story.first_pos = {k: p + shift for k, p in story.first_pos.items()}
-    story.fact_at = [(s + shift, e + shift, ph) for s, e, ph in story.fact_at]
+    for sp in story.spans:  # in place: the spans are the story's own lists
+        s, e = sp[0], sp[1]
+        sp[0], sp[1] = s + d, e + d
+        if sp[2] == "free" and text[s:e] in shown:
+            sp[2], sp[3] = "tracking", 0.0
+    story.text = header + text
+    story._shift = d  # the debugging positions follow when read (see `Story`)
     story.meta["instruct"] = kinds
 
 
 def _pick_sentence(b: Builder, text: str) -> tuple[int, int]:
     """A single plain sentence of the story (no quotes), for the `Sentence:` header."""
-    good = [(s, e) for s, e in b.sentences
-            if e - s > 20 and '"' not in text[s:e] and text[s:e].count(".") == 1 and text[e - 1] == "."]
+    # One sentence: its last character is its only "."; and no quote. Checked on one slice with
+    # `in` (no method calls: `str.count`/`str.find` with bounds parse their arguments slowly).
+    good = []
+    for r in b.sentences:
+        s, e = r
+        if e - s > 20 and text[e - 1] == ".":
+            t = text[s:e - 1]
+            if "." not in t and '"' not in t:
+                good.append(r)
     return b.pick(good) if good else b.sentences[0]
 
 
 def render_plain(tpl: str, ctx: dict, rng: random.Random, article: Any) -> str:
-    """Render a template without labels (for summaries): a scratch page on copies of the cast."""
+    """Render a template without labels (for summaries): a scratch page on copies of the cast.
+
+    Only the slots the template names are copied (a story's context holds many more), and a slot
+    that only ever writes a word is given the word itself (see `_plain_plan`)."""
     page = Page(rng, article)
     plain = {}
-    for k, v in ctx.items():
-        if isinstance(v, Char):
-            plain[k] = Char(_plain_name(v), v.pron, v.forms, named=False)
-        elif isinstance(v, Thing):
-            plain[k] = Thing(v.word, v.plural, v.art, v.mass)
-        elif isinstance(v, Val):
+    for k, as_word in _PLANS.get(tpl) or _plain_plan(tpl):
+        v = ctx.get(k, _MISSING)
+        cls = v.__class__
+        if cls is Char:
+            name = _plain_name(v)
+            plain[k] = name if as_word >= 2 else Char(name, v.pron, v.forms, named=False)
+        elif cls is Thing:
+            plain[k] = v.word if as_word else Thing(v.word, v.plural, v.art, v.mass)
+        elif cls is Val:
             plain[k] = v.text
-        else:
+        elif v is not _MISSING:  # a slot absent from the context fails only if it is reached
             plain[k] = v
-    template_fn(tpl)(page, plain)
-    return page.text()
+    (TEMPLATE_FNS.get(tpl) or template_fn(tpl))(page, plain)
+    return "".join(page.parts)
+
+
+_MISSING = object()
+_PLANS: dict[str, tuple[tuple[str, int], ...]] = {}
+
+
+def _plain_plan(tpl: str) -> tuple[tuple[str, int], ...]:
+    """Per key of a summary template: 0 copy the value; 1 a thing may be its bare word; 2 a
+    character may also be its bare name.
+
+    A key whose every slot is bare (`{X}`: no form, no article) writes exactly its word; for a
+    thing, always. For a character, only when it is named once and no character of the template
+    is named twice: a repeated name may become a pronoun by a random draw (`Page._name`), and
+    only a character on the page takes part in that, so the page must see what it always saw."""
+    slots = template_slots(tpl)
+    named: dict[str, int] = {}  # slots that write a character's name (bare, "poss", with an article)
+    bare: dict[str, bool] = {}
+    for key, form, art in slots:
+        bare[key] = bare.get(key, True) and form is None and art is None
+        if form is None or form == "poss":
+            named[key] = named.get(key, 0) + 1
+    once = all(n <= 1 for n in named.values())
+    plan = _PLANS[tpl] = tuple((k, (2 if once else 1) if ok else 0) for k, ok in bare.items())
+    return plan
+
+
 
 
 def _plain_name(c: Char) -> str:

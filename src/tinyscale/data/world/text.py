@@ -154,6 +154,30 @@ def _slot(body: str) -> tuple:
     return (_SLOT, key, form or None, art, mark)
 
 
+_slots_cache: dict[str, tuple[tuple[str, str | None, str | None], ...]] = {}
+
+
+def template_slots(tpl: str) -> tuple[tuple[str, str | None, str | None], ...]:
+    """Every slot of a template as (key, form, article), alternatives included (cached)."""
+    slots = _slots_cache.get(tpl)
+    if slots is None:
+        found: list[tuple[str, str | None, str | None]] = []
+
+        def walk(ops: list) -> None:
+            for op in ops:
+                if op.__class__ is str:
+                    continue
+                if op[0] == _ALT:
+                    for alt in op[1]:
+                        walk(alt)
+                else:
+                    found.append((op[1], op[2], op[3]))
+
+        walk(compile_template(tpl))
+        slots = _slots_cache[tpl] = tuple(found)
+    return slots
+
+
 _fn_cache: dict[str, Any] = {}
 TEMPLATE_FNS = _fn_cache  # read-only view for hot loops: template -> generated function
 
