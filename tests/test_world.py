@@ -233,6 +233,25 @@ def test_order_and_negation_answers_follow_the_text_and_are_balanced(stories):
     assert neg_total > 50 and 0.35 < neg_first / neg_total < 0.65
 
 
+def test_names_follow_the_zipf_weights_and_label_their_true_surprisal(stories, vocab):
+    """Common names are common (as in children's books), and the first mention of the first named
+    character is labeled `free` with exactly -log of its draw probability."""
+    total = vocab.name_cum[-1]
+    firsts = Counter()
+    for st in stories[:N_STORIES]:
+        free_names = [(st.text[s:e], logp) for s, e, skill, logp in st.spans
+                      if skill == "free" and st.text[s:e] in vocab.name_weight]
+        if not free_names:
+            continue
+        name, logp = free_names[0]
+        firsts[name] += 1
+        assert logp == pytest.approx(math.log(vocab.name_weight[name] / total), abs=1e-4)
+    assert sum(firsts.values()) > N_STORIES // 2
+    head = sum(firsts[n.name] for n in vocab.names if vocab.name_weight[n.name] >= 1 / 4)  # ranks 0-2
+    tail = sum(firsts[n.name] for n in vocab.names if vocab.name_weight[n.name] < 1 / 50)
+    assert head > 0.5 * tail  # 6 names against ~140: uniform draws would give ~0.04
+
+
 def test_no_near_duplicates_in_5000_stories(vocab):
     keys = Counter()
     for i in range(5000):
