@@ -430,7 +430,7 @@ class Page:
         else:
             pos = self.pos
             if not c.mentioned:
-                # First mention: drawn uniformly from the name list, nobody can predict it.
+                # First mention: a draw from the name list (Zipf weights, `Builder.kid`), unpredictable.
                 skill, logp = "free", c.logp
                 k = self.introduced = self.introduced + 1
                 self.track_logp = _LOG_INV[k] if k < 16 else -math.log(k)
