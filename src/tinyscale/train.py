@@ -22,6 +22,7 @@ Choices that matter for reproducing a run:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -167,27 +168,22 @@ def softmax_xent_grad(logits: torch.Tensor, targets: torch.Tensor, scale: float,
     """
     logits = logits.float()
     top = logits.amax(dim=-1, keepdim=True)
-    exp = (logits - top).exp()
+    exp = (logits - top).exp_()
     total = exp.sum(dim=-1, keepdim=True)
-    target_logit = logits.gather(1, targets[:, None])
-    loss = (top + total.log() - target_logit).sum()
-    onehot = torch.arange(logits.shape[1], device=logits.device) == targets[:, None]
-    grad = (exp / total - onehot.float()) * scale
-    return loss, grad.to(dtype)
+    loss = (top + total.log() - logits.gather(1, targets[:, None])).sum()
+    grad = exp.div_(total).scatter_add_(1, targets[:, None], exp.new_full((len(targets), 1), -1.0))
+    return loss, grad.mul_(scale).to(dtype)
 
 
-_compiled_xent_grad = None
+@functools.cache
+def _compiled_xent_grad():
+    return torch.compile(softmax_xent_grad, dynamic=False)
 
 
 def xent_grad_fn(compile_: bool):
-    """The chunk kernel of HeadLoss: compiled once per process when asked (it has one fixed shape
-    per run, plus the last, shorter chunk)."""
-    global _compiled_xent_grad
-    if not compile_:
-        return softmax_xent_grad
-    if _compiled_xent_grad is None:
-        _compiled_xent_grad = torch.compile(softmax_xent_grad, dynamic=False)
-    return _compiled_xent_grad
+    """The chunk kernel of HeadLoss, compiled once per process when asked (one fixed shape per run,
+    plus the last, shorter chunk)."""
+    return _compiled_xent_grad() if compile_ else softmax_xent_grad
 
 
 class HeadLoss(torch.autograd.Function):
