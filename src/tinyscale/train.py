@@ -468,6 +468,9 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, stored: dict | None = 
         if start_step:
             elapsed = _load_checkpoint(run_dir, start_step, model, opt, d.device)
         last = _loop(cfg, model, opt, shards, run_dir, d, info, start_step, elapsed)
+        # Rank 0 hosts the rendezvous store: were it to exit while another rank is still finishing,
+        # that rank would abort ("terminate called without an active exception"). So all finish first.
+        d.barrier()
         return last if d.main else {}  # one summary per run, not one per rank
     finally:
         d.close()
