@@ -18,7 +18,8 @@ import time
 import torch
 
 from tinyscale.generate import Decoder, generate, resolve_dtype
-from tinyscale.model import KVCache, Transformer, model_config
+from tinyscale.model import KVCache, Transformer, cache_dtype, model_config
+from tinyscale.train import machine_info
 
 
 def measure(model: Transformer, batch: int, prompt_len: int, new_tokens: int, repeats: int,
@@ -41,7 +42,7 @@ def matmul_floor(model: Transformer, batch: int, dtype: str, repeats: int = 50) 
     """Tokens/s if a decoding step were nothing but its weight matrix products (the Decoder's own
     weights, in its layout): the bound that per-op overhead, attention and sampling come on top of."""
     dt = resolve_dtype(dtype, torch.device("cpu"), batch)
-    dec = Decoder(model, KVCache(model.cfg, batch, 8, dtype=dt), dt)
+    dec = Decoder(model, KVCache(model.cfg, batch, 8, dtype=cache_dtype(torch.device("cpu"), dt)), dt)
     mats = [w for layer in dec.layers for w in (layer[2], layer[3], layer[7], layer[9])] + [dec.head]
     xs = {w.shape[0]: torch.randn(batch, w.shape[0], dtype=dt) for w in mats}
     best = float("inf")
@@ -73,6 +74,7 @@ def main() -> None:
     cfg = model_config("15M", vocab_size=4096, max_seq_len=512, family=args.family)
     model = Transformer(cfg).eval()
     batches = [int(b) for b in args.batches.split(",")]
+    print("machine:", machine_info(torch.device("cpu")), "torch", torch.__version__)
     print(f"{args.family} d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} "
           f"vocab={cfg.vocab_size} prompt={args.prompt_len} new_tokens={args.new_tokens} "
           f"(auto dtype here: " + ", ".join(

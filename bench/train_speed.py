@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from tinyscale.config import TrainConfig
-from tinyscale.model import Transformer, flops_per_token, model_config
-from tinyscale.train import batch_starts, forward_backward, make_optimizer, windows
+from tinyscale.model import Transformer, bf16_native, flops_per_token, model_config
+from tinyscale.train import batch_starts, forward_backward, machine_info, make_optimizer, windows
 
 SHAPES = {"64x8": dict(d_model=64, n_layers=8, n_heads=4, batch=32),
           "288x6": dict(d_model=288, n_layers=6, n_heads=6, batch=16)}
@@ -167,7 +167,8 @@ def main() -> None:
     p.add_argument("--baseline", action="store_true", help="also time a textbook float32 trainer")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    bf16_ok = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    bf16_ok = bf16_native(torch.device("cpu"))
+    print("machine:", machine_info(torch.device("cpu")))
     print(f"torch {torch.__version__}, {args.threads} threads, compile={args.compile}, "
           f"bf16 hardware={'yes' if bf16_ok else 'no'} (AMX: {torch.cpu._is_amx_tile_supported()})")
     ceiling = {"fp32": matmul_ceiling(torch.float32), "bf16": matmul_ceiling(torch.bfloat16)}

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from tinyscale.errors import UserError
-from tinyscale.generate import Decoder, bf16_fast, generate, pick_device, resolve_dtype, sample_next
-from tinyscale.model import KVCache, Transformer, model_config
+from tinyscale.generate import Decoder, generate, pick_device, resolve_dtype, sample_next
+from tinyscale.model import KVCache, Transformer, bf16_native, model_config
 
 
 def build(family: str = "llama") -> Transformer:
@@ -137,7 +137,7 @@ def test_dtype_option():
     assert resolve_dtype("fp32", cpu, 32) == torch.float32
     assert resolve_dtype("bf16", cpu, 1) == torch.bfloat16
     assert resolve_dtype("auto", cpu, 1) == torch.float32  # at batch 1 bf16 is not faster on CPU
-    assert resolve_dtype("auto", cpu, 32) == (torch.bfloat16 if bf16_fast(cpu) else torch.float32)
+    assert resolve_dtype("auto", cpu, 32) == (torch.bfloat16 if bf16_native(cpu) else torch.float32)
     with pytest.raises(UserError, match="--dtype"):
         generate(build(), [[1]], 2, dtype="fp16")
 

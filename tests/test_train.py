@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +42,10 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_run_json_records_config_model_data_and_code(run, shards):
+def test_run_json_records_config_model_data_code_and_machine(run, shards):
     out, cfg = run
     info = json.loads((out / "run.json").read_text())
-    assert set(info) >= {"config", "model", "params", "flops_per_token", "data", "code"}
+    assert set(info) >= {"config", "model", "params", "flops_per_token", "data", "code", "machine"}
     assert info["config"]["data"] == str(shards.resolve())
     assert info["config"]["min_lr"] == pytest.approx(cfg.lr / 10)  # resolved defaults are written out
     meta = json.loads((shards / "meta.json").read_text())
@@ -53,6 +54,8 @@ def test_run_json_records_config_model_data_and_code(run, shards):
     assert info["model"]["vocab_size"] == meta["vocab_size"]
     assert 0 < info["params"]["non_embedding"] < info["params"]["total"]
     assert info["code"]["torch"] == torch.__version__
+    assert info["machine"]["device"] == "cpu" and info["machine"]["cores"] == os.cpu_count()
+    assert info["machine"]["cpu"]  # the tokens/s in metrics.jsonl mean little without it
     assert (out / "tokenizer.json").read_bytes() == (shards / "tokenizer.json").read_bytes()
 
 

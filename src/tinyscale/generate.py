@@ -8,8 +8,9 @@ tokens, and each step feeds one token per row.
 Speed: the prompt goes through ``Transformer.forward`` once; every later step goes through
 ``Decoder``, the same arithmetic for one token per row written with as few PyTorch ops as possible,
 because at these sizes a step costs more in per-op dispatch than in arithmetic. ``dtype="bf16"``
-runs the matrix multiplies in bfloat16 (residual stream, norms and sampling stay float32) with a
-bfloat16 cache, which pays off on CPUs with bf16 matrix units (AMX) once the batch is large enough.
+runs the weight matrix multiplies in bfloat16 (residual stream, norms and sampling stay float32),
+which pays off on CPUs with native bf16 once the batch is large enough; the cache and attention
+stay float32 on CPU, where PyTorch attends over a bf16 cache 2-5x more slowly (see model.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tinyscale.errors import UserError
-from tinyscale.model import KVCache, Transformer
+from tinyscale.model import KVCache, Transformer, bf16_native, cache_dtype
 
 # Names an end-of-text token goes by in the tokenizers we meet; the first one present wins.
 EOT_NAMES = ("<|endoftext|>", "<|eot|>", "</s>", "<eos>", "[EOS]")
@@ -102,20 +103,11 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 
 
-def bf16_fast(device: torch.device) -> bool:
-    """Whether bfloat16 matrix multiplies are native here: CUDA with bf16, or a CPU with AMX tiles."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    return False
-
-
-# Batch from which `dtype="auto"` picks bfloat16 on an AMX CPU. Measured on 2 Sapphire Rapids cores
-# (width 288 x 6 layers, 1 thread, tokens per CPU-second, fp32 vs bf16): batch 1: 171 vs 166, batch 4:
-# 499 vs 674, batch 8: 809 vs 1158, batch 32: ~1150 vs ~1740. At batch 1 a step is a chain of
-# matrix-vector products bound by memory and per-op overhead, where oneDNN's bf16 path is no faster,
-# so float32 (exact) stays; from a few rows on, the bf16 matrix units and the halved cache win.
+# Batch from which `dtype="auto"` picks bfloat16 on a CPU with native bf16 (AVX-512 BF16 or AMX).
+# Measured at width 288 x 6 layers, 1 thread, tokens/s fp32 vs bf16: on Sapphire Rapids (AMX), batch 1:
+# 171 vs 166, batch 4: 499 vs 674, batch 32: ~1150 vs ~1740; on Zen 5 (AVX-512 BF16), batch 1: 672 vs
+# 643. At batch 1 a step is a chain of matrix-vector products bound by memory and per-op overhead, where
+# oneDNN's bf16 path is no faster, so float32 (exact) stays; from a few rows on, bf16 products win.
 AUTO_BF16_MIN_BATCH = 4
 
 
@@ -126,7 +118,7 @@ def resolve_dtype(name: str, device: torch.device, batch_size: int) -> torch.dty
     if name == "bf16":
         return torch.bfloat16
     if name == "auto":
-        if bf16_fast(device) and (device.type != "cpu" or batch_size >= AUTO_BF16_MIN_BATCH):
+        if bf16_native(device) and (device.type != "cpu" or batch_size >= AUTO_BF16_MIN_BATCH):
             return torch.bfloat16
         return torch.float32
     raise UserError(f"--dtype: must be auto, fp32 or bf16, got '{name}'")
@@ -139,13 +131,14 @@ class Decoder:
     or position tables rebuilt per step, q/k/v rotated in one op (v through cos = 1, sin = 0), the
     residual add fused into the projection's matrix multiply (``addmm``), and rotary tables looked
     up once per step rather than once per layer. In float32 its logits equal the model's forward
-    within 1e-5 (tested). With ``dtype=bfloat16`` the matrix multiplies, attention and cache run
-    in bfloat16 while the residual stream and norms stay float32.
+    within 1e-5 (tested). With ``dtype=bfloat16`` the weight matrix multiplies run in bfloat16,
+    attention in the cache's dtype, and the residual stream and norms in float32.
     """
 
     def __init__(self, model: Transformer, cache: KVCache, dtype: torch.dtype = torch.float32) -> None:
         cfg = model.cfg
         self.cache, self.dtype, self.llama = cache, dtype, cfg.family == "llama"
+        self.attn_dtype = cache.k.dtype
         self.n_heads, self.head_dim, self.d_model, self.eps = cfg.n_heads, cfg.head_dim, cfg.d_model, cfg.norm_eps
         self.fp32 = dtype == torch.float32
 
@@ -174,8 +167,8 @@ class Decoder:
         self.head = mat(model.head.weight)
         if self.llama:  # [max_len, 3 (q, k, v), 1 (rows), 1 (heads), head_dim]; v is left as it is
             cos, sin = model.rope_cos, model.rope_sin
-            self.cos = torch.stack((cos, cos, torch.ones_like(cos)), 1)[:, :, None, None].to(dtype)
-            self.sin = torch.stack((sin, sin, torch.zeros_like(sin)), 1)[:, :, None, None].to(dtype)
+            self.cos = torch.stack((cos, cos, torch.ones_like(cos)), 1)[:, :, None, None].to(self.attn_dtype)
+            self.sin = torch.stack((sin, sin, torch.zeros_like(sin)), 1)[:, :, None, None].to(self.attn_dtype)
 
     def _norm(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         if self.llama:
@@ -211,13 +204,13 @@ class Decoder:
                 cos, sin = cos[:, :, 0].transpose(0, 1), sin[:, :, 0].transpose(0, 1)
         mask = None if key_mask is None else key_mask[..., :end]
         for n1w, n1b, wqkv, wo, bo, n2w, n2b, wfc, bfc, wdown, bdown, kc, vc in self.layers:
-            qkv = (self._norm(x, n1w, n1b) @ wqkv).view(B, 3, H, hd).transpose(0, 1)
+            qkv = (self._norm(x, n1w, n1b) @ wqkv).to(self.attn_dtype).view(B, 3, H, hd).transpose(0, 1)
             if self.llama:
                 qkv = torch.addcmul(qkv * cos, qkv.roll(hd // 2, -1), sin)
             kc[:, :, col] = qkv[1]
             vc[:, :, col] = qkv[2]
             y = F.scaled_dot_product_attention(qkv[0, :, :, None], kc[:, :, :end], vc[:, :, :end], attn_mask=mask)
-            x = self._residual(x, y.reshape(B, H * hd), wo, bo)
+            x = self._residual(x, y.reshape(B, H * hd).to(wo.dtype), wo, bo)
             h = self._norm(x, n2w, n2b) @ wfc
             if bfc is not None:
                 h += bfc
@@ -256,7 +249,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
     for row, p in enumerate(prompts):
         idx[row, P - len(p):] = torch.tensor(p, dtype=torch.long)
 
-    cache = KVCache(cfg, B, total, device, dt)
+    cache = KVCache(cfg, B, total, device, cache_dtype(device, dt))
     gen = torch.Generator(device=device).manual_seed(seed)
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)

@@ -118,6 +118,21 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return float(6 * matmul + 6 * cfg.n_layers * seq_len * d)
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether bfloat16 matrix multiplies are native here: CUDA with bf16, MPS, or a CPU with
+    AVX-512 BF16 or AMX (elsewhere autocast works but emulates them slowly)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return device.type == "mps"
+
+
+def cache_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The KV cache's dtype for a model running in `dtype`: float32 on CPU (see Attention)."""
+    return torch.float32 if device.type == "cpu" else dtype
+
+
 class KVCache:
     """Preallocated keys and values for all layers: [n_layers, batch, n_heads, max_len, head_dim].
 
@@ -182,9 +197,11 @@ class Attention(nn.Module):
             q, k, v = qkv.unbind(1)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
-            # PyTorch's CPU flash-attention backward is 2-3x slower in bfloat16 than in float32 at
-            # these head sizes (bench/train_speed.py), so training attends in float32 on CPU.
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+            # On CPU, attention runs in float32 under bf16 autocast: PyTorch's CPU flash-attention
+            # backward is no faster in bfloat16 (2-3x slower on Sapphire Rapids, equal on Zen 5),
+            # and attending one query over a bf16 cache is 2-5x slower than over a float32 one
+            # (bench/train_speed.py, bench/sample_speed.py). The cache is float32 on CPU for that.
             with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back
                 y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
                                                    is_causal=causal).to(q.dtype)
@@ -262,7 +279,7 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         p = self.tok_emb.weight
-        return KVCache(self.cfg, batch_size, max_len or self.cfg.max_seq_len, p.device, p.dtype)
+        return KVCache(self.cfg, batch_size, max_len or self.cfg.max_seq_len, p.device, cache_dtype(p.device, p.dtype))
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, positions: Tensor | None = None,
                 attn_mask: Tensor | None = None, hidden: bool = False) -> Tensor:

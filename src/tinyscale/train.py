@@ -25,6 +25,7 @@ import contextlib
 import functools
 import math
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -42,6 +43,7 @@ from tinyscale.config import ModelConfig, TrainConfig
 from tinyscale.data.corpus import SKILLS
 from tinyscale.errors import UserError
 from tinyscale.fileio import atomic_open, read_json, write_json
+from tinyscale.model import bf16_native
 from tinyscale.runs import checkpoint_dir, list_checkpoints, state_path, weights_path
 
 # Options that may differ when a run is resumed: they do not change what is computed (data is
@@ -143,14 +145,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     # The fused kernel is one launch per step instead of one per tensor: it matters on GPUs.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":  # autocast works anywhere but is only fast with AVX-512 BF16 or AMX
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    return device.type == "mps"
 
 
 def autocast(cfg: TrainConfig, device: torch.device):
@@ -256,7 +250,7 @@ def resolve(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     if cfg.min_lr is None:
         updates["min_lr"] = cfg.lr / 10
     if cfg.dtype == "auto":
-        updates["dtype"] = "bf16" if bf16_supported(device) else "fp32"
+        updates["dtype"] = "bf16" if bf16_native(device) else "fp32"
     return cfg.model_copy(update=updates)
 
 
@@ -303,6 +297,20 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the run's speed figures were measured on: CPU model, cores, and the GPU if one is used."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:  # not Linux
+        cpu = None
+    info = {"cpu": cpu or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "bf16_native": bf16_native(device), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
 # --- checkpoints --------------------------------------------------------------------------------------
@@ -455,6 +463,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, stored: dict | None = 
             "flops_per_token": flops_per_token(mcfg, cfg.seq_len),
             "data": data_info,
             "code": {"tinyscale": tinyscale.__version__, "torch": torch.__version__, "git": git_commit()},
+            "machine": machine_info(d.device),
         }
         start_step = list_checkpoints(run_dir)[-1] if resuming and list_checkpoints(run_dir) else 0
         d.barrier()  # every rank has checked the input before rank 0 writes anything
