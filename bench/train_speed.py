@@ -23,12 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tinyscale.config import TrainConfig
-from tinyscale.model import Transformer, bf16_native, flops_per_token, model_config
-from tinyscale.train import batch_starts, forward_backward, machine_info, make_optimizer, windows
+from tinyscale.model import bf16_native, flops_per_token, model_config
+from tinyscale.train import machine_info, timing_step
 
 SHAPES = {"64x8": dict(d_model=64, n_layers=8, n_heads=4, batch=32),
           "288x6": dict(d_model=288, n_layers=6, n_heads=6, batch=16)}
@@ -52,21 +51,7 @@ def tokens_per_s(shape: dict, dtype: str, compile_: bool, warmup: int, steps: in
     cfg = TrainConfig(data=".", dtype=dtype, seq_len=SEQ, compile=compile_, **shape)
     mcfg = model_config(None, vocab_size=VOCAB, max_seq_len=SEQ, d_model=cfg.d_model, n_layers=cfg.n_layers,
                         n_heads=cfg.n_heads)
-    torch.manual_seed(0)
-    model = Transformer(mcfg)
-    opt = make_optimizer(model, cfg, torch.device("cpu"))
-    net = torch.compile(model) if compile_ else model
-    tokens = np.random.default_rng(0).integers(0, VOCAB, 1 << 20).astype(np.uint16)
-    params = list(model.parameters())
-
-    def step(k: int) -> None:
-        starts = batch_starts(0, k, len(tokens), SEQ, cfg.batch, 1)
-        micro = [windows(tokens, starts[0], SEQ, torch.device("cpu"))]
-        forward_backward(net, model.head, micro, cfg, torch.device("cpu"))
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step = timing_step(cfg, mcfg, torch.device("cpu"))
     for k in range(warmup):
         step(k)
     t = time.perf_counter()

@@ -1,6 +1,8 @@
 """The demo's plan: four sizes at least 16x apart, a token budget that follows the minutes."""
 
-from tinyscale.demo import BATCH, SEQ_LEN, SIZES, VOCAB, plan_tokens, sweep_yaml
+import pytest
+
+from tinyscale.demo import BATCH, SEQ_LEN, SIZES, VOCAB, measure_seconds_per_token, plan_tokens, sweep_yaml
 from tinyscale.model import count_params, model_config
 
 
@@ -11,13 +13,24 @@ def test_sizes_span_16x_in_parameters():
     assert max(counts) / min(counts) >= 16
 
 
-def test_token_budget_grows_with_minutes_and_fills_whole_steps():
-    short, default, long = plan_tokens(8), plan_tokens(15), plan_tokens(60)
+def test_token_budget_grows_with_minutes_and_speed_and_fills_whole_steps():
+    per_token = [40e-6, 20e-6, 8e-6, 6e-6]  # seconds per token, largest model first
+    short, default, long = (plan_tokens(m, per_token) for m in (8, 15, 60))
     assert short < default < long
     assert default % (BATCH * SEQ_LEN) == 0
     # Training time is what is left after a fixed share, so the budget is linear in the minutes.
     ratio = (long - default) / (default - short)
     assert abs(ratio - (60 - 15) / (15 - 8)) < 0.1 * ratio
+    # A machine twice as fast trains twice the tokens in the same minutes.
+    assert plan_tokens(15, [t / 2 for t in per_token]) == pytest.approx(2 * default, rel=0.01)
+    # The wall time is the larger slot: the largest model alone, or the three others in turn.
+    assert plan_tokens(15, [10e-6, 20e-6, 8e-6, 6e-6]) == pytest.approx(default * 40 / 34, rel=0.01)
+
+
+def test_speed_is_measured_here_per_size():
+    per_token = measure_seconds_per_token()
+    assert len(per_token) == len(SIZES) and all(0 < t < 1e-2 for t in per_token)
+    assert per_token[0] > per_token[-1]  # the largest model is the slowest per token
 
 
 def test_sweep_file_runs_every_size_on_the_same_data(tmp_path):

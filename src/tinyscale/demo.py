@@ -4,15 +4,18 @@ story world -> BPE tokenizer -> a sweep of four model sizes (16x and more apart 
 evaluation of every checkpoint -> scaling fits and emergence taxonomy -> report.html.
 
 The budget (`minutes`) is split into a fixed part (data, evaluation, report) and training; the
-training tokens per run are chosen so that the four runs together fill the training share, using
-the models' FLOPs per token and a conservative estimate of what two CPU cores sustain.
+training tokens per run are chosen so that the four runs together fill the training share, from
+the speed of each size measured on this machine just before (a few of the trainer's own steps).
 """
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from tinyscale import progress
@@ -26,30 +29,51 @@ VOCAB = 2048
 SEQ_LEN = 128
 BATCH = 32
 STORIES = 30_000
-# A run on one thread: time per token = FLOPs / RUN_FLOPS + a fixed cost per token (kernel launches,
-# optimizer, data), both measured on 2 cores with bench/train_speed.py and rounded conservatively.
-# Used only to turn the minutes budget into a token budget.
-RUN_FLOPS = 20e9
-SECONDS_PER_TOKEN_OVERHEAD = 25e-6
+PARALLEL = 2  # runs trained at once; the cores are split between them
+CALIBRATION_STEPS = 3
+# A run measured alone is at most as fast as beside its twin (they share caches and memory). On 2
+# cores (Zen 5) the largest run trained beside it at 19,948 tokens/s against 19,522 measured alone,
+# the smallest at 78,799 against 104,121; the margin leaves room for a busier machine.
+CONTENTION_MARGIN = 1.15
 FIXED_MINUTES = 3.5  # data, evaluation of every kept checkpoint, analysis and report
 
 
-def _seconds_per_token(d_model: int, n_layers: int, n_heads: int) -> float:
-    from tinyscale.model import flops_per_token, model_config
+def measure_seconds_per_token() -> list[float]:
+    """Seconds per training token of each size in SIZES, on this machine, as the sweep will train it
+    (same device, dtype and threads per run): a laptop and a server then both fill the budget."""
+    from tinyscale.config import TrainConfig
+    from tinyscale.generate import pick_device
+    from tinyscale.model import bf16_native, model_config
+    from tinyscale.train import timing_step
 
-    cfg = model_config(vocab_size=VOCAB, max_seq_len=SEQ_LEN, d_model=d_model, n_layers=n_layers, n_heads=n_heads)
-    return flops_per_token(cfg, SEQ_LEN) / RUN_FLOPS + SECONDS_PER_TOKEN_OVERHEAD
+    device = pick_device("auto")
+    cfg = TrainConfig(data=".", batch=BATCH, seq_len=SEQ_LEN, dtype="bf16" if bf16_native(device) else "fp32")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // PARALLEL))
+    try:
+        out = []
+        for d, n, h in SIZES:
+            mcfg = model_config(vocab_size=VOCAB, max_seq_len=SEQ_LEN, d_model=d, n_layers=n, n_heads=h)
+            step = timing_step(cfg, mcfg, device)
+            step(0)  # warm-up: allocations, kernel selection
+            t = time.perf_counter()
+            for k in range(1, CALIBRATION_STEPS + 1):
+                step(k)
+            out.append((time.perf_counter() - t) / (CALIBRATION_STEPS * BATCH * SEQ_LEN) * CONTENTION_MARGIN)
+        return out
+    finally:
+        torch.set_num_threads(threads)
 
 
-def plan_tokens(minutes: float) -> int:
-    """Training tokens per run (the same for every size) that fit the training share of `minutes`.
+def plan_tokens(minutes: float, seconds_per_token: list[float]) -> int:
+    """Training tokens per run (the same for every size) that fit the training share of `minutes`,
+    given each size's seconds per token (`measure_seconds_per_token`, in the order of SIZES).
 
-    Two runs train at once on one thread each; the largest model occupies one slot for the whole
-    time while the smaller ones take turns on the other, so the wall time is the larger of the two.
+    Two runs train at once; the largest model occupies one slot for the whole time while the
+    smaller ones take turns on the other, so the wall time is the larger of the two.
     """
     train_seconds = max(30.0, (minutes - FIXED_MINUTES) * 60)
-    per_token = [_seconds_per_token(*size) for size in SIZES]
-    slowest_slot = max(per_token[0], sum(per_token[1:]))
+    slowest_slot = max(seconds_per_token[0], sum(seconds_per_token[1:]))
     tokens = int(train_seconds / slowest_slot)
     return max(BATCH * SEQ_LEN * 50, tokens - tokens % (BATCH * SEQ_LEN))
 
@@ -59,7 +83,7 @@ def sweep_yaml(shards: Path, tokens: int) -> dict[str, Any]:
     return {
         "data": str(shards.resolve()),
         "launcher": "local",
-        "parallel": 2,
+        "parallel": PARALLEL,
         "train": {
             "tokens": tokens, "batch": BATCH, "seq_len": SEQ_LEN, "lr": 3e-3, "warmup": max(10, steps // 20),
             # Per-skill validation loss during training gives the learning curves; the sweep's
@@ -97,8 +121,11 @@ def run_demo(out: str | Path = "demo", minutes: float = 15.0, stories: int = STO
         tokenize_corpus(corpus, shards, vocab_size=VOCAB, overwrite=True)
     sweep_file = sweep / "sweep.yaml"
     if not sweep_file.is_file():
-        tokens = plan_tokens(minutes)
-        progress.info("3/5 planning 4 runs of %.2fM tokens each", tokens / 1e6)
+        progress.info("3/5 measuring how fast each size trains here")
+        per_token = measure_seconds_per_token()
+        tokens = plan_tokens(minutes, per_token)
+        progress.info("planned 4 runs of %.2fM tokens each (%s tokens/s measured, largest first)", tokens / 1e6,
+                      " / ".join(f"{CONTENTION_MARGIN / s:,.0f}" for s in per_token))
         with atomic_open(sweep_file) as f:
             yaml.safe_dump(sweep_yaml(shards, tokens), f, sort_keys=False)
     progress.info("4/5 training and evaluating (tinyscale sweep %s)", sweep_file)

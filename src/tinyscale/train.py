@@ -239,6 +239,30 @@ def forward_backward(net: torch.nn.Module, head: torch.nn.Linear, micro_batches:
     return loss_sum / len(micro_batches)
 
 
+def timing_step(cfg: TrainConfig, mcfg: ModelConfig, device: torch.device):
+    """A function `step(k)` doing the trainer's optimizer step k on random tokens: what
+    bench/train_speed.py times, and what the demo measures to plan its budget. Needs no corpus;
+    `cfg.dtype` must be resolved (fp32 or bf16)."""
+    from tinyscale.model import Transformer
+
+    torch.manual_seed(cfg.seed)
+    model = Transformer(mcfg).to(device)
+    opt = make_optimizer(model, cfg, device)
+    net = torch.compile(model) if cfg.compile else model
+    tokens = np.random.default_rng(cfg.seed).integers(0, mcfg.vocab_size, 1 << 20).astype(np.int32)
+    params = list(model.parameters())
+
+    def step(k: int) -> None:
+        starts = batch_starts(cfg.seed, k, len(tokens), cfg.seq_len, cfg.batch, cfg.grad_accum)
+        micro = [windows(tokens, s, cfg.seq_len, device) for s in starts]
+        forward_backward(net, model.head, micro, cfg, device)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
 # --- config resolution and checks ----------------------------------------------------------------------
 
 
