@@ -2,7 +2,19 @@
 
 import pytest
 
-from tinyscale.demo import BATCH, SEQ_LEN, SIZES, VOCAB, measure_seconds_per_token, plan_tokens, sweep_yaml
+from tinyscale.demo import (
+    BATCH,
+    MIN_STORIES,
+    SEQ_LEN,
+    SIZES,
+    TOKENS_PER_STORY,
+    VAL_FRACTION,
+    VOCAB,
+    measure_seconds_per_token,
+    plan_tokens,
+    stories_for,
+    sweep_yaml,
+)
 from tinyscale.model import count_params, model_config
 
 
@@ -31,6 +43,14 @@ def test_speed_is_measured_here_per_size():
     per_token = measure_seconds_per_token()
     assert len(per_token) == len(SIZES) and all(0 < t < 1e-2 for t in per_token)
     assert per_token[0] > per_token[-1]  # the largest model is the slowest per token
+
+
+def test_corpus_holds_the_planned_tokens_once():
+    assert stories_for(1_000) == MIN_STORIES  # small budgets keep a corpus of the usual size
+    for tokens in (10_000_000, 50_000_000):
+        stories = stories_for(tokens)
+        assert stories * (1 - VAL_FRACTION) * TOKENS_PER_STORY >= tokens  # no run repeats a story
+        assert stories * (1 - VAL_FRACTION) * TOKENS_PER_STORY < 1.05 * tokens  # nor generates far more
 
 
 def test_sweep_file_runs_every_size_on_the_same_data(tmp_path):

@@ -10,6 +10,7 @@ the speed of each size measured on this machine just before (a few of the traine
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -28,14 +29,18 @@ SIZES: tuple[tuple[int, int, int], ...] = ((96, 5, 4), (48, 4, 4), (32, 2, 2), (
 VOCAB = 2048
 SEQ_LEN = 128
 BATCH = 32
-STORIES = 30_000
+MIN_STORIES = 30_000
+VAL_FRACTION = 0.05
+# Training tokens per story with the demo's 2048-token BPE (6,704,591 tokens in 28,499 train stories).
+TOKENS_PER_STORY = 235
 PARALLEL = 2  # runs trained at once; the cores are split between them
-CALIBRATION_STEPS = 3
-# A run measured alone is at most as fast as beside its twin (they share caches and memory). On 2
-# cores (Zen 5) the largest run trained beside it at 19,948 tokens/s against 19,522 measured alone,
-# the smallest at 78,799 against 104,121; the margin leaves room for a busier machine.
-CONTENTION_MARGIN = 1.15
-FIXED_MINUTES = 3.5  # data, evaluation of every kept checkpoint, analysis and report
+CALIBRATION_STEPS = 4
+# A few steps measured alone predict a run's speed conservatively: on 2 Zen 5 cores the largest
+# model measured 19,700-22,200 tokens/s and then trained at a median 24,000 beside its twin, the
+# smallest at 78,800 against 102,000-114,000 (it shares the slot that waits less). The margin is
+# for a machine busier when the runs train than when they were measured.
+CONTENTION_MARGIN = 1.1
+FIXED_MINUTES = 2.0  # data, evaluation of every kept checkpoint, analysis and report (~1.2 min on Zen 5)
 
 
 def measure_seconds_per_token() -> list[float]:
@@ -78,6 +83,12 @@ def plan_tokens(minutes: float, seconds_per_token: list[float]) -> int:
     return max(BATCH * SEQ_LEN * 50, tokens - tokens % (BATCH * SEQ_LEN))
 
 
+def stories_for(tokens: int) -> int:
+    """Stories whose training split holds `tokens`: each run sees every story at most once, so a
+    fast machine's larger budget buys fresh data rather than repeated epochs."""
+    return max(MIN_STORIES, math.ceil(tokens / TOKENS_PER_STORY / (1 - VAL_FRACTION) * 1.02))
+
+
 def sweep_yaml(shards: Path, tokens: int) -> dict[str, Any]:
     steps = tokens // (BATCH * SEQ_LEN)
     return {
@@ -96,9 +107,10 @@ def sweep_yaml(shards: Path, tokens: int) -> dict[str, Any]:
     }
 
 
-def run_demo(out: str | Path = "demo", minutes: float = 15.0, stories: int = STORIES, seed: int = 0,
+def run_demo(out: str | Path = "demo", minutes: float = 15.0, stories: int | None = None, seed: int = 0,
              overwrite: bool = False) -> Path:
-    """Run the whole study into `out`; return the report's path. Re-running resumes where it stopped."""
+    """Run the whole study into `out`; return the report's path. Re-running resumes where it stopped.
+    `stories`: None writes as many as the planned training tokens need (`stories_for`)."""
     from tinyscale.analysis.report import build_report
     from tinyscale.data.tokenize import tokenize_corpus
     from tinyscale.data.world import write_world_corpus
@@ -112,20 +124,24 @@ def run_demo(out: str | Path = "demo", minutes: float = 15.0, stories: int = STO
         import shutil
 
         shutil.rmtree(out)
-    if not (corpus / "train.jsonl").is_file():
-        progress.info("1/5 writing %d story-world stories to %s", stories, corpus)
-        write_world_corpus(corpus, stories=stories, seed=seed, val_fraction=0.05, fmt="plain", hold_out=[],
-                           overwrite=True)
-    if not (shards / "meta.json").is_file():
-        progress.info("2/5 training a %d-token BPE and writing shards to %s", VOCAB, shards)
-        tokenize_corpus(corpus, shards, vocab_size=VOCAB, overwrite=True)
     sweep_file = sweep / "sweep.yaml"
-    if not sweep_file.is_file():
-        progress.info("3/5 measuring how fast each size trains here")
+    if sweep_file.is_file():  # resuming: the plan is made
+        tokens = yaml.safe_load(sweep_file.read_text())["train"]["tokens"]
+    else:
+        progress.info("1/5 measuring how fast each size trains here")
         per_token = measure_seconds_per_token()
         tokens = plan_tokens(minutes, per_token)
         progress.info("planned 4 runs of %.2fM tokens each (%s tokens/s measured, largest first)", tokens / 1e6,
                       " / ".join(f"{CONTENTION_MARGIN / s:,.0f}" for s in per_token))
+    if not (corpus / "train.jsonl").is_file():
+        stories = stories or stories_for(tokens)
+        progress.info("2/5 writing %d story-world stories to %s", stories, corpus)
+        write_world_corpus(corpus, stories=stories, seed=seed, val_fraction=VAL_FRACTION, fmt="plain",
+                           hold_out=[], overwrite=True)
+    if not (shards / "meta.json").is_file():
+        progress.info("3/5 training a %d-token BPE and writing shards to %s", VOCAB, shards)
+        tokenize_corpus(corpus, shards, vocab_size=VOCAB, overwrite=True)
+    if not sweep_file.is_file():
         with atomic_open(sweep_file) as f:
             yaml.safe_dump(sweep_yaml(shards, tokens), f, sort_keys=False)
     progress.info("4/5 training and evaluating (tinyscale sweep %s)", sweep_file)
