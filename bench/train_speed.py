@@ -8,7 +8,7 @@ Shapes (vocab 4096, seq 256): width 64 x 8 layers at batch 32, width 288 x 6 lay
 learned positions, full-logit cross-entropy, plain AdamW, no compile): the kind of trainer the
 targets were stated against, measured on this machine, so that "how much faster than the usual
 way" can be read independently of how fast the machine is.
-Each step is the trainer's own (`forward_backward`, gradient clipping, AdamW) on random windows of
+Each step is the trainer's own (`train.timing_step`: forward and backward, clipping, AdamW) on windows of
 random tokens, so only compute is timed. The ceiling is the best of a few 2048^3 matmuls in the same
 dtype, measured in this run. Last, two real `train()` runs of the first shape on a story-world corpus
 (300 steps, same seed) print the training loss in float32 and bf16.
