@@ -61,13 +61,22 @@ def measure_seconds_per_token() -> list[float]:
             mcfg = model_config(vocab_size=VOCAB, max_seq_len=SEQ_LEN, d_model=d, n_layers=n, n_heads=h)
             step = timing_step(cfg, mcfg, device)
             step(0)  # warm-up: allocations, kernel selection
+            _sync(device)
             t = time.perf_counter()
             for k in range(1, CALIBRATION_STEPS + 1):
                 step(k)
+            _sync(device)  # a GPU runs behind the Python that queues its work
             out.append((time.perf_counter() - t) / (CALIBRATION_STEPS * BATCH * SEQ_LEN) * CONTENTION_MARGIN)
         return out
     finally:
         torch.set_num_threads(threads)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def plan_tokens(minutes: float, seconds_per_token: list[float]) -> int:
