@@ -424,7 +424,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="a whole small study on the story world, end to end (~15 min on 2 cores)")
     p.add_argument("--out", default="demo", help="folder for corpus, shards, sweep and report (default ./demo)")
-    p.add_argument("--minutes", type=float, default=15.0, help="time budget on 2 CPU cores (default 15)")
+    p.add_argument("--minutes", type=float, default=15.0, help="time budget in minutes on this machine (default 15)")
     p.add_argument("--stories", type=_count, default=None,
                    help="story-world stories to generate (default: enough for one epoch of the planned tokens)")
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
