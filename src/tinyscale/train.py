@@ -43,7 +43,7 @@ from tinyscale.config import ModelConfig, TrainConfig
 from tinyscale.data.corpus import SKILLS
 from tinyscale.errors import UserError
 from tinyscale.fileio import atomic_open, read_json, write_json
-from tinyscale.model import bf16_native
+from tinyscale.model import Transformer, bf16_native, count_params, flops_per_token, model_config
 from tinyscale.runs import checkpoint_dir, list_checkpoints, state_path, weights_path
 
 # Options that may differ when a run is resumed: they do not change what is computed (data is
@@ -243,8 +243,6 @@ def timing_step(cfg: TrainConfig, mcfg: ModelConfig, device: torch.device):
     """A function `step(k)` doing the trainer's optimizer step k on random tokens: what
     bench/train_speed.py times, and what the demo measures to plan its budget. Needs no corpus;
     `cfg.dtype` must be resolved (fp32 or bf16)."""
-    from tinyscale.model import Transformer
-
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
     opt = make_optimizer(model, cfg, device)
@@ -279,8 +277,6 @@ def resolve(cfg: TrainConfig, device: torch.device) -> TrainConfig:
 
 
 def build_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
-    from tinyscale.model import model_config
-
     try:
         return model_config(cfg.preset, vocab_size=vocab_size, max_seq_len=cfg.max_seq_len, family=cfg.family,
                             d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
@@ -465,8 +461,6 @@ def _open_data(cfg: TrainConfig):
 
 
 def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, stored: dict | None = None) -> dict[str, Any]:
-    from tinyscale.model import Transformer, count_params, flops_per_token
-
     d = Dist(cfg.device)
     try:
         local = max(1, d.local_world)
