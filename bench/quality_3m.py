@@ -6,10 +6,10 @@
 
 The budget: 100,000 stories (20M training tokens with vocabulary 4096), the `3M` preset (width 128 x 8
 layers) trained on 20M tokens at batch 16 x 256, bf16 autocast and `torch.compile`. Measured end to end
-(world, tokenizer, training, samples) on 2 cores: 23 minutes on an AMD EPYC (Zen 5, AVX-512 BF16;
+(world, tokenizer, training, samples) on 2 cores: 22-23 minutes on an AMD EPYC (Zen 5, AVX-512 BF16;
 training ~13,700 tokens/s), ~45 minutes on the Sapphire Rapids VM of an earlier session (~7,500).
 The loss on later mentions of a name ("tracking") drops only once the model copies names from the
-context: between 4M and 8M tokens in the Zen 5 run, between 10M and 15M in the earlier one.
+context: between 4M and 8M tokens (seed 0) and 6M and 10M (seed 1) on Zen 5, 10M-15M in the earlier run.
 Prints the validation loss per skill at each evaluation, five samples of the last checkpoint, and how
 often a character's name slips: the share of 100 sampled stories in which some character name occurs
 exactly once (a name that replaced another), next to the same share in the corpus's validation stories.
