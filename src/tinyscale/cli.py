@@ -387,7 +387,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--samples", type=_positive_int, default=2, metavar="K", help="completions per story")
     e.add_argument("--temperature", type=float, default=0.8, help="for the completions (0 = greedy)")
     e.add_argument("--max-tokens", type=_count, default=None, metavar="N",
-                   help="tokens per split for the loss per skill (default 32768)")
+                   help="tokens per split for the loss per skill (default: the run's --eval-tokens, as its periodic evaluation)")
     e.add_argument("--data", default=None, help="shards folder (default: the one in run.json)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
@@ -398,7 +398,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from tinyscale.evaluate import DEFAULT_MAX_TOKENS, evaluate_run
+    from tinyscale.evaluate import evaluate_run
     from tinyscale.evaluate.run import eval_tables
 
     if args.completions < 0:
@@ -410,7 +410,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     results = evaluate_run(args.run, args.checkpoints, [] if args.no_suites else args.suite, args.device,
-                           max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS, completions=args.completions,
+                           max_tokens=args.max_tokens or None, completions=args.completions,
                            samples=args.samples, temperature=args.temperature, seed=args.seed, data_dir=args.data)
     console = Console()
     for table in eval_tables(results):
