@@ -305,14 +305,15 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     a.add_argument("sweep", nargs="?", help="sweep folder (writes SWEEP/analysis.json)")
     a.add_argument("--csv", metavar="FILE", help="analyse a CSV of someone else's results instead")
     a.add_argument("--params-col", metavar="COL", help="CSV column of parameter counts N")
-    a.add_argument("--tokens-col", metavar="COL", help="CSV column of training tokens D")
+    a.add_argument("--tokens-col", metavar="COL", help="CSV column of training tokens D (default C/(6N))")
     a.add_argument("--loss-col", metavar="COL", help="CSV column of the loss L")
     a.add_argument("--flops-col", metavar="COL", help="CSV column of training compute C (default 6ND)")
     a.add_argument("--run-col", metavar="COL", help="CSV column grouping rows into runs for the bootstrap")
     a.add_argument("--task-col", metavar="COL", help="CSV column naming the task of a per-task curve")
     a.add_argument("--x-col", metavar="COL", help="CSV column of the scale axis of per-task curves")
     a.add_argument("--metric-col", metavar="COL", help="CSV column of the per-task metric")
-    a.add_argument("--chance", type=float, help="chance level of the per-task metric")
+    a.add_argument("--chance", type=float, help="chance level of the per-task metric (all tasks)")
+    a.add_argument("--chance-col", metavar="COL", help="CSV column of each task's chance level")
     a.add_argument("--lower-is-better", action="store_true", help="the per-task metric is a loss")
     a.add_argument("--size", choices=["non_embedding_params", "params"], default="non_embedding_params",
                    help="parameter count used as N for a sweep")
@@ -325,7 +326,8 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 def _run_analyze(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from tinyscale.analysis.analyze import analyze_csv, analyze_sweep, summary_tables
+    from tinyscale.analysis.analyze import analyze_csv, analyze_sweep
+    from tinyscale.analysis.report import summary_tables
     from tinyscale.fileio import write_json
 
     if args.n_boot < 0:
@@ -336,13 +338,16 @@ def _run_analyze(args: argparse.Namespace) -> None:
         result = analyze_csv(args.csv, params_col=args.params_col, tokens_col=args.tokens_col,
                              loss_col=args.loss_col, flops_col=args.flops_col, run_col=args.run_col,
                              task_col=args.task_col, x_col=args.x_col, metric_col=args.metric_col,
-                             chance=args.chance, lower_is_better=args.lower_is_better,
+                             chance=args.chance, chance_col=args.chance_col,
+                             lower_is_better=args.lower_is_better,
                              n_boot=args.n_boot, seed=args.seed)
     else:
         result = analyze_sweep(args.sweep, size_key=args.size, n_boot=args.n_boot, seed=args.seed)
     if args.out:
         write_json(args.out, result)
     console = Console()
+    for note in result.get("notes", []):
+        console.print(note, markup=False)
     for table in summary_tables(result):
         console.print(table)
     where = [p for p in (None if args.csv else f"{args.sweep}/analysis.json", args.out) if p]
