@@ -186,7 +186,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     b = p.add_argument_group("bookkeeping")
     b.add_argument("--log-every", type=_positive_int, help="steps between metrics lines")
     b.add_argument("--eval-every", type=_nonnegative_int, help="steps between evaluations (0: at the end)")
-    b.add_argument("--eval-tokens", type=_count, help="validation tokens per evaluation")
+    b.add_argument("--eval-tokens", type=_count, help="validation tokens per evaluation (evenly spaced windows)")
+    b.add_argument("--eval-min-skill-tokens", type=_nonnegative_int, metavar="N",
+                   help="add windows until every labeled skill has N validation tokens (default 2000)")
     b.add_argument("--checkpoint-every", type=_positive_int)
     b.add_argument("--dense-checkpoints", type=_nonnegative_int, metavar="STEP",
                    help="also keep checkpoints at steps 1, 2, 4, ... up to STEP")
@@ -429,9 +431,11 @@ def _run_eval(args: argparse.Namespace) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="a whole small study on the story world, end to end (~15 min on 2 cores)")
     p.add_argument("--out", default="demo", help="folder for corpus, shards, sweep and report (default ./demo)")
-    p.add_argument("--minutes", type=float, default=15.0, help="time budget in minutes on this machine (default 15)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-time budget in minutes on this machine, data to report (default 15)")
     p.add_argument("--stories", type=_count, default=None,
                    help="story-world stories to generate (default: enough for one epoch of the planned tokens)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the story world and of every run (default 0)")
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     p.set_defaults(func=_run_demo)
 
@@ -439,7 +443,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> None:
     from tinyscale.demo import run_demo
 
-    report = run_demo(args.out, minutes=args.minutes, stories=args.stories, overwrite=args.overwrite)
+    report = run_demo(args.out, minutes=args.minutes, stories=args.stories, seed=args.seed,
+                      overwrite=args.overwrite)
     print(f"report: {report}")
 
 
