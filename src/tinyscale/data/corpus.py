@@ -1,4 +1,4 @@
-"""The corpus format shared by every data source (DESIGN.md, "Corpus line").
+"""The corpus format shared by every data source (docs/formats.md, "Corpus folder").
 
 A corpus is a folder with `train.jsonl`, `val.jsonl` and optionally `ood.jsonl`; each line is
 `{"id": str, "text": str, "meta": {...}, "spans": [[start, end, skill, logp, base], ...]}`; `base`,

@@ -1,6 +1,6 @@
 """Corpus -> token shards: train (or reuse) a byte-level BPE and encode every split.
 
-Layout of a shards folder (DESIGN.md, "Shards"):
+Layout of a shards folder (docs/formats.md, "Shards folder"):
 
     tokenizer.json        Hugging Face `tokenizers` byte-level BPE with the special token <|endoftext|>
     {split}.bin           token ids, little-endian uint16 (vocab <= 65536) or uint32
