@@ -171,22 +171,14 @@ def measure_data(seed: int) -> tuple[float, float, np.ndarray]:
         return seconds, per_story, np.asarray(shards.skills("val"))
 
 
-def estimate_eval_tokens(skills: np.ndarray) -> int:
-    """Validation tokens per evaluation: EVAL_TOKENS evenly spaced, plus, per labeled skill short of
-    its minimum, windows holding it (evaluate/loss.py); estimated from a sample's skill ids."""
-    from tinyscale.data.corpus import SKILLS
-    from tinyscale.evaluate.loss import MIN_SKILL_TOKENS
+def estimate_eval_tokens(skills: np.ndarray, scale: float = 0.1) -> int:
+    """Validation tokens per evaluation: EVAL_TOKENS evenly spaced plus the windows added for rare
+    skills (evaluate/loss.py), estimated by selecting windows from a sample's skill ids with both
+    targets scaled down by `scale` (the sample is smaller than the validation split), then scaled up."""
+    from tinyscale.evaluate.loss import MIN_SKILL_TOKENS, select_windows
 
-    n = (len(skills) - 1) // SEQ_LEN * SEQ_LEN
-    windows = skills[1:n + 1].reshape(-1, SEQ_LEN)
-    share = windows.size / max(1, EVAL_TOKENS)
-    extra = 0
-    for sid in range(1, len(SKILLS)):
-        counts = (windows == sid).sum(1)
-        have = counts.sum() / max(1.0, share)
-        if counts.any() and have < MIN_SKILL_TOKENS:
-            extra += math.ceil((MIN_SKILL_TOKENS - have) / counts[counts > 0].mean())
-    return EVAL_TOKENS + extra * SEQ_LEN
+    chosen = select_windows(skills, SEQ_LEN, int(EVAL_TOKENS * scale), int(MIN_SKILL_TOKENS * scale))
+    return int(len(chosen) * SEQ_LEN / scale)
 
 
 def measure_process_start() -> float:
