@@ -36,7 +36,7 @@ from tinyscale.fileio import atomic_open, read_json, write_json
 SIZES: tuple[tuple[int, int, int], ...] = ((96, 5, 4), (48, 4, 4), (32, 2, 2), (16, 2, 2))
 VOCAB = 2048
 SEQ_LEN = 128
-BATCH = 32
+BATCH = 16  # more optimizer steps per token: the largest model learns facts sooner (measured: 96x5 at 3.5M tokens)
 LR = 3e-3
 MIN_STORIES = 20_000
 VAL_FRACTION = 0.05
