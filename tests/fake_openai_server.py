@@ -47,6 +47,7 @@ class FakeConfig:
     missing_word_rate: float = 0.0
     cut_rate: float = 0.0
     unparsable_verdict_rate: float = 0.0  # judge replies that are refusals
+    reject_json_mode: bool = False  # answer 400 to response_format, as servers without JSON mode do
     slow_seconds: float = 5.0  # how long a "timeout" fault takes to answer
     retry_after: str = "1"
     seed: int = 0
@@ -128,6 +129,10 @@ def make_app(state: FakeState) -> FastAPI:
         prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
         if "***" in prompt:
             json_mode = (body.get("response_format") or {}).get("type") == "json_object"
+            if json_mode and state.cfg.reject_json_mode:
+                with state.lock:
+                    state.counts["rejected_json_mode"] += 1
+                return JSONResponse({"error": {"message": "response_format is not supported"}}, status_code=400)
             with state.lock:
                 state.counts["judge"] += 1
             text, finish = _verdict(prompt, json_mode, state.cfg), "stop"

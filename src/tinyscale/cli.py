@@ -476,6 +476,39 @@ def _run_eval(args: argparse.Namespace) -> None:
     console.print(f"wrote {len(results)} result(s) to {args.run}/eval/")
 
 
+def _add_judge(sub: argparse._SubParsersAction) -> None:
+    j = sub.add_parser("judge", help="an LLM teacher grades a run's story completions (the paper's evaluation)")
+    j.add_argument("run", help="run folder (after tinyscale eval)")
+    j.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
+    j.add_argument("--model", required=True, help="the judge model")
+    j.add_argument("--checkpoints", default="all", metavar="all|last|STEP,...", help="default: all evaluated")
+    j.add_argument("--completions", type=_positive_int, metavar="M", help="stories per checkpoint (default: all)")
+    j.add_argument("--samples", type=_positive_int, metavar="K", help="completions per story (default: all)")
+    j.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight (default 8)")
+    j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the key (default OPENAI_API_KEY)")
+    j.add_argument("--cache", help="verdict cache file, shareable by runs (default RUN/eval/judge_cache.jsonl)")
+    j.add_argument("--template", help="judge prompt template file (with a $story slot)")
+    j.add_argument("--no-json-mode", action="store_true", help="do not ask for response_format json_object")
+    j.add_argument("--no-reference", action="store_true", help="do not grade the corpus's own endings")
+    j.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    j.set_defaults(func=_run_judge)
+
+
+def _run_judge(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from tinyscale.endpoint import Endpoint
+    from tinyscale.evaluate.judge import JudgeSettings, judge_run, judge_table
+
+    ep = Endpoint(args.base_url, args.model, api_key_env=args.api_key_env, timeout=args.timeout)
+    settings = JudgeSettings(completions=args.completions, samples=args.samples, concurrency=args.concurrency,
+                             json_mode=not args.no_json_mode, template=args.template, cache=args.cache,
+                             reference=not args.no_reference)
+    results = judge_run(args.run, ep, settings, args.checkpoints)
+    Console().print(judge_table(results))
+    print(f"wrote {len(results)} result(s) to {args.run}/eval/judge_<step>.json")
+
+
 # --- demo -------------------------------------------------------------------------------------
 
 
@@ -503,6 +536,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_sample,
     _add_eval,
+    _add_judge,
     _add_export,
     _add_sweep,
     _add_analyze,
