@@ -166,3 +166,29 @@ def test_unlabeled_corpus_goes_through_tokenize_train_eval_report(tmp_path):
     page = build_report(tmp_path / "sweep", n_boot=5).read_text()
     skills = page[page.index('<section id="skills">'):]
     assert "No labels" in skills[:skills.index("</section>")]
+
+
+def test_stats_compare_corpora(tmp_path):
+    from tinyscale.data.stats import corpus_stats, syllables
+
+    assert [syllables(w) for w in ("cat", "time", "happy", "little", "beautiful")] == [1, 1, 2, 2, 3]
+    simple = tmp_path / "simple"
+    simple.mkdir()
+    write_tinystories_txt(simple / "train.txt", [story(i) for i in range(40)])
+    write_tinystories_txt(simple / "valid.txt", [story(i) for i in range(40, 44)])
+    hard = tmp_path / "hard"
+    hard.mkdir()
+    prose = ("Notwithstanding considerable organizational difficulties, the administration's comprehensive "
+             "infrastructure modernization initiative nevertheless achieved substantial improvements {i} "
+             "regarding international competitiveness and environmental sustainability")
+    write_tinystories_txt(hard / "train.txt", [prose.format(i=i) + "." for i in range(20)])
+    write_tinystories_txt(hard / "valid.txt", ["Once upon a time, " + prose.format(i=99) + "."])
+    ingest(simple, tmp_path / "a")
+    ingest(hard, tmp_path / "b")
+    a, b = corpus_stats(tmp_path / "a"), corpus_stats(tmp_path / "b")
+    assert a["once_upon_a_time_share"] == 1.0 and b["once_upon_a_time_share"] == round(1 / 21, 4)
+    assert a["readability_grade"] < 4 < 14 < b["readability_grade"]
+    r = a["distinct_ngram_ratio"]
+    assert set(r) == {"1", "2", "3", "4"} and r["1"] < r["2"] < r["3"] <= r["4"] and r["4"] == a["distinct_4gram_ratio"]
+    assert b["distinct_ngram_ratio"]["4"] < 0.2  # the same sentence, twenty times
+    assert a["vocabulary"] > 20

@@ -226,3 +226,25 @@ def test_cli_judge_and_bad_input(tmp_path, capsys):
     (empty / "eval").mkdir(parents=True)
     assert main(["-q", "judge", str(empty), "--base-url", "http://127.0.0.1:9/v1", "--model", "j"]) == 2
     assert "no story completions" in capsys.readouterr().err
+
+
+def test_api_key_never_reaches_disk_or_output(tmp_path, capsys, monkeypatch):
+    from tinyscale import progress
+
+    secret = "sk-judge-5e1f0c-do-not-write"
+    monkeypatch.setenv("TINYSCALE_TEST_KEY", secret)
+    run = make_run(tmp_path)
+    with running(FakeConfig(fault_rate=0.3, faults=("500", "429"), retry_after="0", seed=2)) as server:
+        try:
+            code = main(["judge", str(run), "--base-url", server.base_url, "--model", "j",
+                         "--api-key-env", "TINYSCALE_TEST_KEY"])  # progress and log lines on
+        finally:
+            progress.enable(False)
+        bad = main(["-q", "judge", str(run), "--base-url", server.base_url.replace("/v1", "/x"), "--model", "other",
+                    "--api-key-env", "TINYSCALE_TEST_KEY"])
+    assert code == 0 and bad == 2 and secret in server.state.keys
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
