@@ -201,7 +201,7 @@ def test_against_tinyscale_serve_with_a_tiny_model(tmp_path):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": SRC}
     serve = subprocess.Popen([sys.executable, "-m", "tinyscale.cli", "-q", "serve", str(run), "--port", str(port),
-                              "--name", "tiny"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              "--name", "tiny", "--threads", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while True:
