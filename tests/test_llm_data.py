@@ -51,6 +51,8 @@ def test_required_words_found_in_any_inflection():
     assert missing_words("The puppies ran and were happier than ever.", words) == []
     assert missing_words("Tom was running with the puppy's happy face.", words) == []
     assert missing_words("The dog ran. It was happy.", words) == ["noun"]
+    # Irregular forms come from the lexicon (hang: hung, foot: feet).
+    assert missing_words("Her feet hung over the cuter one.", {"verb": "hang", "noun": "foot", "adjective": "cute"}) == []
 
 
 def test_sigkill_midway_then_resume_gives_each_story_once(tmp_path):

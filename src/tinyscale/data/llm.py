@@ -107,7 +107,7 @@ def inflections(word: str) -> set[str]:
     w = word.lower()
     forms = {w, w + "s", w + "es", w + "ed", w + "d", w + "ing", w + "er", w + "est", w + "ly", w + "'s"}
     if w.endswith("e"):
-        forms |= {w[:-1] + "ing", w[:-1] + "y"}
+        forms |= {w[:-1] + "ing", w[:-1] + "y", w + "r", w + "st"}
     if w.endswith("y"):
         forms |= {w[:-1] + s for s in ("ies", "ied", "ier", "iest", "ily")}
     if len(w) > 2 and w[-1] not in "aeiouwxy" and w[-2] in "aeiou":
