@@ -164,6 +164,11 @@ def test_resume_with_another_seed_is_refused_and_torn_line_is_cut(tmp_path):
         summary = generate_llm_corpus(tmp_path, _ep(server.base_url), LlmSettings(stories=6))
     assert summary["written"] == 6 and summary["written_now"] == 2
     assert sorted(r["meta"]["index"] for r in _lines(tmp_path / "stories.jsonl")) == list(range(6))
+    lines = (tmp_path / "stories.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "stories.jsonl").write_text(lines[0] + "garbage\n" + "".join(lines[1:]))
+    with pytest.raises(UserError, match="stories.jsonl:2: not a story line"):
+        generate_llm_corpus(tmp_path, _ep("http://127.0.0.1:9/v1"), LlmSettings(stories=6))
+    assert len((tmp_path / "stories.jsonl").read_text().splitlines()) == 7  # nothing dropped
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):

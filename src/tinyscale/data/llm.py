@@ -189,17 +189,20 @@ def _instruct_header(p: dict, kinds: list[str], story: str, summary: str | None)
 
 
 def _load_stories(path: Path) -> dict[int, dict]:
-    """Finished stories by index (first one wins). A torn last line (a kill mid-write) is cut off."""
+    """Finished stories by index (first one wins). A torn last line (a kill mid-write: no newline) is
+    cut off; any other bad line stops with its line number, so nothing written is ever dropped."""
     done: dict[int, dict] = {}
     if not path.is_file():
         return done
     good = 0
     with open(path, "rb") as f:
-        for line in f:
+        for lineno, line in enumerate(f, 1):
             try:
                 rec = json.loads(line)
                 index = int(rec["meta"]["index"])
             except (ValueError, KeyError, TypeError):
+                if line.endswith(b"\n"):
+                    raise UserError(f"{path}:{lineno}: not a story line (repair or delete it)") from None
                 break
             done.setdefault(index, rec)
             good += len(line)
