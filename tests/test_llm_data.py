@@ -127,9 +127,19 @@ def test_checks_flag_missing_words_cut_stories_and_duplicates(tmp_path):
     assert sum(kept["splits"].values()) == 40
 
 
-def test_instruct_format_writes_the_header(tmp_path):
-    with running(FakeConfig()) as server:
-        generate_llm_corpus(tmp_path, _ep(server.base_url), LlmSettings(stories=12, fmt="instruct"))
+def test_instruct_format_writes_the_header(tmp_path, capsys, monkeypatch):
+    from tinyscale import progress
+
+    monkeypatch.setenv("TINYSCALE_TEST_KEY", SECRET)
+    progress.enable(True)  # the bar and log lines are drawn: the key must not be in them either
+    try:
+        with running(FakeConfig(fault_rate=0.3, faults=("500", "drop"), seed=3)) as server:
+            generate_llm_corpus(tmp_path, _ep(server.base_url), LlmSettings(stories=12, fmt="instruct"))
+    finally:
+        progress.enable(False)
+    captured = capsys.readouterr()
+    assert "llm stories" in captured.err + captured.out and SECRET not in captured.err + captured.out
+    assert SECRET in server.state.keys
     recs = _lines(tmp_path / "stories.jsonl")
     assert len(recs) == 12
     for r in recs:
