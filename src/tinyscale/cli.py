@@ -65,6 +65,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("corpus", help="corpus folder")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=_run_data_stats)
+    _add_data_llm(dsub)
+    _add_data_ingest(dsub)
 
 
 def _run_data_world(args: argparse.Namespace) -> None:
@@ -84,6 +86,62 @@ def _run_data_stats(args: argparse.Namespace) -> None:
         print(json.dumps(stats, indent=2))
     else:
         print_stats(stats)
+
+
+def _add_data_llm(dsub: argparse._SubParsersAction) -> None:
+    g = dsub.add_parser("llm", help="stories written by an OpenAI-compatible endpoint (TinyStories' recipe)")
+    g.add_argument("--base-url", required=True, help="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
+    g.add_argument("--model", required=True)
+    g.add_argument("--stories", type=_count, required=True, help="stories to have in OUT (resumes)")
+    g.add_argument("--out", required=True, help="corpus folder (rerun the same command to resume)")
+    g.add_argument("--format", choices=["plain", "instruct"], default="plain")
+    g.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight (default 8)")
+    g.add_argument("--max-cost", type=float, help="stop before spending more than this many USD")
+    g.add_argument("--price-in", type=float, default=0.0, help="USD per million prompt tokens")
+    g.add_argument("--price-out", type=float, default=0.0, help="USD per million completion tokens")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the key (default OPENAI_API_KEY)")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--max-tokens", type=_positive_int, default=800, help="per story (default 800)")
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    g.add_argument("--template", help="prompt template file ($verb $noun $adjective $features)")
+    g.add_argument("--val-fraction", type=float, default=0.05)
+    g.add_argument("--keep-flagged", action="store_true", help="keep flagged stories in train/val")
+    g.set_defaults(func=_run_data_llm)
+
+
+def _run_data_llm(args: argparse.Namespace) -> None:
+    import json
+
+    from tinyscale.data.llm import LlmSettings, generate_llm_corpus
+    from tinyscale.endpoint import Endpoint
+
+    ep = Endpoint(args.base_url, args.model, api_key_env=args.api_key_env, timeout=args.timeout)
+    settings = LlmSettings(stories=args.stories, seed=args.seed, fmt=args.format, template=args.template,
+                           temperature=args.temperature, max_tokens=args.max_tokens, concurrency=args.concurrency,
+                           val_fraction=args.val_fraction, keep_flagged=args.keep_flagged, max_cost=args.max_cost,
+                           price_in=args.price_in, price_out=args.price_out)
+    print(json.dumps(generate_llm_corpus(args.out, ep, settings), indent=2))
+
+
+def _add_data_ingest(dsub: argparse._SubParsersAction) -> None:
+    i = dsub.add_parser("ingest", help="read a corpus made elsewhere (TinyStories files, JSONL, Parquet, HF)")
+    i.add_argument("source", help="file, folder, or hf:NAME for a Hugging Face hub dataset")
+    i.add_argument("--out", required=True, help="output corpus folder")
+    i.add_argument("--text-field", help="field holding the text (default: text, story or content)")
+    i.add_argument("--val-fraction", type=float, default=0.05, help="when the source has no validation split")
+    i.add_argument("--limit", type=_count, help="at most N stories per split")
+    i.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    i.set_defaults(func=_run_data_ingest)
+
+
+def _run_data_ingest(args: argparse.Namespace) -> None:
+    import json
+
+    from tinyscale.data.ingest import ingest
+
+    print(json.dumps(ingest(args.source, args.out, text_field=args.text_field, val_fraction=args.val_fraction,
+                            limit=args.limit, overwrite=args.overwrite), indent=2))
 
 
 # --- sweep ------------------------------------------------------------------------------------
@@ -425,6 +483,39 @@ def _run_eval(args: argparse.Namespace) -> None:
     console.print(f"wrote {len(results)} result(s) to {args.run}/eval/")
 
 
+def _add_judge(sub: argparse._SubParsersAction) -> None:
+    j = sub.add_parser("judge", help="an LLM teacher grades a run's story completions (the paper's evaluation)")
+    j.add_argument("run", help="run folder (after tinyscale eval)")
+    j.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
+    j.add_argument("--model", required=True, help="the judge model")
+    j.add_argument("--checkpoints", default="all", metavar="all|last|STEP,...", help="default: all evaluated")
+    j.add_argument("--completions", type=_positive_int, metavar="M", help="stories per checkpoint (default: all)")
+    j.add_argument("--samples", type=_positive_int, metavar="K", help="completions per story (default: all)")
+    j.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight (default 8)")
+    j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the key (default OPENAI_API_KEY)")
+    j.add_argument("--cache", help="verdict cache file, shareable by runs (default RUN/eval/judge_cache.jsonl)")
+    j.add_argument("--template", help="judge prompt template file (with a $story slot)")
+    j.add_argument("--no-json-mode", action="store_true", help="do not ask for response_format json_object")
+    j.add_argument("--no-reference", action="store_true", help="do not grade the corpus's own endings")
+    j.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    j.set_defaults(func=_run_judge)
+
+
+def _run_judge(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from tinyscale.endpoint import Endpoint
+    from tinyscale.evaluate.judge import JudgeSettings, judge_run, judge_table
+
+    ep = Endpoint(args.base_url, args.model, api_key_env=args.api_key_env, timeout=args.timeout)
+    settings = JudgeSettings(completions=args.completions, samples=args.samples, concurrency=args.concurrency,
+                             json_mode=not args.no_json_mode, template=args.template, cache=args.cache,
+                             reference=not args.no_reference)
+    results = judge_run(args.run, ep, settings, args.checkpoints)
+    Console().print(judge_table(results))
+    print(f"wrote {len(results)} result(s) to {args.run}/eval/judge_<step>.json")
+
+
 # --- demo -------------------------------------------------------------------------------------
 
 
@@ -455,6 +546,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_sample,
     _add_eval,
+    _add_judge,
     _add_export,
     _add_sweep,
     _add_analyze,

@@ -248,6 +248,16 @@ def _stale(sweep_dir: Path, analysis_path: Path) -> bool:
     return False
 
 
+NO_LABELS = ("No labels: the corpus has no skill spans (a corpus from elsewhere), so the loss is not split "
+             "by skill; see the loss vs compute section.")
+
+
+def _unlabeled(records: list[dict]) -> bool:
+    """Runs evaluated on a corpus without spans: every token is `other`."""
+    skills = {s for r in records for s in (r.get("skill_loss") or {})}
+    return bool(skills) and skills <= {"other"}
+
+
 def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str = "non_embedding_params",
                  n_boot: int = 200, seed: int = 0, max_stories: int = 3, reanalyze: bool = False) -> Path:
     """Write SWEEP/plots/*.png and SWEEP/report.html; return the HTML's path.
@@ -268,7 +278,8 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
     body = {
         "params": _params_section(analysis),
         "curves": _curves_section(records, analysis, plot_dir),
-        "skills": _skills_section(records, analysis, plot_dir, size_key),
+        "skills": _nodata(NO_LABELS) if _unlabeled(records) else _skills_section(records, analysis, plot_dir,
+                                                                                   size_key),
         "probes": _img(plots.probes_vs_size(records, plot_dir / "probes.png", size_key), "probe accuracy",
                        "No probe results (run tinyscale eval on the runs)."),
         "heatmap": _img(plots.heatmap(records, metric, plot_dir / "heatmap.png"), f"{metric} heatmap",

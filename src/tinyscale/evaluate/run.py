@@ -267,8 +267,9 @@ def eval_tables(results: dict[int, dict]) -> list:
     tables = []
     for split, summary in first["loss"].items():
         skills = list(summary["skills"])
-        t = _table(f"{split} loss per skill, nats/token (excess over the true surprisal, where known)", "step",
-                   ["all", "ppl", *skills])
+        title = (f"{split} loss, nats/token (no labels: the corpus has no skill spans)" if skills == ["other"]
+                 else f"{split} loss per skill, nats/token (excess over the true surprisal, where known)")
+        t = _table(title, "step", ["all", "ppl", *skills])
         t.add_row("tokens", str(summary["tokens"]), "", *[str(summary["skills"][k]["tokens"]) for k in skills],
                   end_section=True)
         for s in steps:
