@@ -208,6 +208,11 @@ def test_records_and_width_depth_table_for_the_report(tmp_path):
     table = width_depth_table(tmp_path / "sweep", "plot")
     assert table["widths"] == [32, 64] and table["depths"] == [2, 4]
     assert table["rows"][1][1] is None and all(isinstance(x, float) for x in table["rows"][0])
+    # The sweep's report shows the grades against compute and the depth x width table.
+    from tinyscale.analysis.report import _grades_section
+
+    html = _grades_section(tmp_path / "sweep", tmp_path / "plots", "non_embedding_params")
+    assert "data:image/png;base64," in html and "layers" in html and (tmp_path / "plots" / "grades.png").is_file()
 
 
 def test_cli_judge_and_bad_input(tmp_path, capsys):

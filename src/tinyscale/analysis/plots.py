@@ -277,3 +277,31 @@ def frontier_plot(fits: dict[str, Any], path: str | Path) -> Path | None:
     ax.legend(fontsize=8)
     return _save(fig, path)
 
+
+def grades_vs_compute(rows: list[dict], path: str | Path, size_key: str = "non_embedding_params") -> Path | None:
+    """The teacher's mean grades (1-10, 95% intervals) against training compute, one panel per
+    grade, one colour per model; the grade of the corpus's own endings as a dashed line."""
+    rows = [r for r in rows if r.get("flops")]
+    if not rows:
+        return None
+    grades = sorted({g for r in rows for g in r["grades"]})
+    colors = _run_colors(rows, size_key)
+    fig, axes = plt.subplots(1, len(grades), figsize=(3.6 * len(grades), 3.2), squeeze=False)
+    for ax, grade in zip(axes.flat, grades, strict=False):
+        for run, rs in _by_run(rows).items():
+            rs = sorted(rs, key=lambda r: r["flops"])
+            g = [r["grades"][grade] for r in rs]
+            y = np.array([_value(v, "mean") for v in g], float)
+            err = np.nan_to_num(np.vstack([y - np.array([_value(v, "lo") for v in g], float),
+                                           np.array([_value(v, "hi") for v in g], float) - y]), nan=0.0).clip(min=0)
+            ax.errorbar([r["flops"] for r in rs], y, yerr=err, fmt="o-", ms=3, capsize=2, color=colors[run], label=run)
+        refs = [r["reference"][grade]["mean"] for r in rows if (r.get("reference") or {}).get(grade)]
+        if refs:
+            ax.axhline(float(np.mean(refs)), color="black", ls="--", lw=1, label="corpus endings")
+        ax.set_title(grade)
+        ax.set_ylim(0, 10.5)
+        _log_axis(ax.xaxis, counts=False)
+        ax.set_xlabel("FLOPs", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    axes.flat[0].legend(fontsize=6)
+    return _save(fig, path)

@@ -25,8 +25,8 @@ from tinyscale.fileio import atomic_open, read_json
 from tinyscale.runs import read_evals
 
 SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Loss per skill"),
-            ("probes", "Probes vs size"), ("heatmap", "Width × depth"), ("completions", "Completions"),
-            ("taxonomy", "Emergence taxonomy"), ("reproduce", "Reproduce")]
+            ("probes", "Probes vs size"), ("grades", "Teacher's grades"), ("heatmap", "Width × depth"),
+            ("completions", "Completions"), ("taxonomy", "Emergence taxonomy"), ("reproduce", "Reproduce")]
 METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "loss": "loss",
                 "gap": "vs no-skill baseline"}
 
@@ -200,6 +200,25 @@ def _skills_section(records: list[dict], analysis: dict, plot_dir: Path, size_ke
     return "\n".join(parts)
 
 
+def _grades_section(sweep_dir: Path, plot_dir: Path, size_key: str) -> str:
+    from tinyscale.evaluate.judge import judge_records, width_depth_table
+
+    rows = judge_records(sweep_dir)
+    if not rows:
+        return _nodata("No teacher's grades (run tinyscale judge on the runs against an LLM endpoint).")
+    parts = [_img(plots.grades_vs_compute(rows, plot_dir / "grades.png", size_key), "grades vs compute",
+                  "No judged checkpoint with training compute."),
+             "<p>Mean grade out of 10 of each model's story completions (95% bootstrap intervals over "
+             "stories), and of the corpus's own endings of the same beginnings (dashed).</p>"]
+    table = width_depth_table(sweep_dir, "consistency")
+    if table["rows"]:
+        parts.append("<p>Consistency at each run's last judged checkpoint, depth × width (as in the paper):</p>")
+        parts.append(_table(["layers \\ width", *map(str, table["widths"])],
+                            [[str(d), *(_num(v, 3) for v in row)] for d, row in zip(table["depths"], table["rows"],
+                                                                                       strict=True)]))
+    return "\n".join(parts)
+
+
 def reproduce_commands(sweep_dir: Path, report_flags: list[str] | None = None) -> tuple[list[str], list[str]]:
     """(study commands, per-run commands) read from SWEEP/sweep.json when present."""
     d = shlex.quote(str(sweep_dir))
@@ -284,6 +303,7 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
                        "No probe results (run tinyscale eval on the runs)."),
         "heatmap": _img(plots.heatmap(records, metric, plot_dir / "heatmap.png"), f"{metric} heatmap",
                         f"No final values of {metric} with a known width and depth."),
+        "grades": _grades_section(sweep_dir, plot_dir, size_key),
         "completions": _completions_section(sweep_dir, records, max_stories),
         "taxonomy": _taxonomy_section(analysis),
         "reproduce": _reproduce_section(sweep_dir, _flags(metric, size_key)),
