@@ -25,7 +25,7 @@ from tinyscale.fileio import atomic_open, read_json
 from tinyscale.runs import read_evals
 
 SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Loss per skill"),
-            ("probes", "Probes vs size"), ("grades", "Teacher's grades"), ("heatmap", "Width × depth"),
+            ("probes", "Probes vs size"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
             ("completions", "Completions"), ("taxonomy", "Emergence taxonomy"), ("reproduce", "Reproduce")]
 METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "loss": "loss",
                 "gap": "vs no-skill baseline"}
