@@ -292,8 +292,9 @@ router = APIRouter()
 
 
 @router.get("/health")
-async def health() -> dict:
-    return {"status": "ok"}
+async def health(request: Request) -> dict:
+    """Liveness, and each model's batch: sequences running, requests waiting, sequences finished or cancelled."""
+    return {"status": "ok", "models": {name: b.engine.stats() for name, b in request.app.state.backends.items()}}
 
 
 @router.get("/v1/models")

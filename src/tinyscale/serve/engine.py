@@ -102,6 +102,7 @@ class Engine:
         self.rows: list[_Row] = []
         self.waiting: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
+        self.finished = self.cancelled = 0  # sequences so far, for /health
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="tinyscale-engine", daemon=True)
         self._thread.start()
@@ -114,6 +115,10 @@ class Engine:
                 raise QueueFull
             self.waiting.append(job)
             self._cond.notify()
+
+    def stats(self) -> dict[str, int]:
+        return {"running": len(self.rows), "waiting": len(self.waiting), "finished": self.finished,
+                "cancelled": self.cancelled, "max_batch": self.max_batch, "max_queue": self.max_queue}
 
     def close(self) -> None:
         with self._cond:
@@ -194,11 +199,13 @@ class Engine:
                 seed = s.seed + c if s.seed is not None else int(torch.randint(2**62, ()).item())
                 gen = torch.Generator(device=self.device).manual_seed(seed)
             row = _Row(job, c, L, 0, 0, gen)
-            if self._sample([row], last)[0]:
-                r = len(self.rows)
-                for src, dst in ((tmp.k, self.cache.k), (tmp.v, self.cache.v)):
-                    dst[:, r, :, new_col - L:new_col] = src[:, 0]
-                self.rows.append(row)
+            if not self._sample([row], last)[0]:
+                self.finished += 1
+                continue
+            r = len(self.rows)
+            for src, dst in ((tmp.k, self.cache.k), (tmp.v, self.cache.v)):
+                dst[:, r, :, new_col - L:new_col] = src[:, 0]
+            self.rows.append(row)
 
     def _prompt_tokens(self, prompt: list[int], logits: Tensor, top: int | None) -> list[Token]:
         """Echoed prompt tokens: the first has no log-probability (nothing precedes it)."""
@@ -249,10 +256,14 @@ class Engine:
         for r in self.rows:
             r.length += 1
         alive = self._sample(self.rows, logits)
-        self._remove([i for i, ok in enumerate(alive) if not ok])
+        done = [i for i, ok in enumerate(alive) if not ok]
+        self.finished += len(done)
+        self._remove(done)
 
     def _drop_gone(self) -> None:
-        self._remove([i for i, r in enumerate(self.rows) if r.gone])
+        gone = [i for i, r in enumerate(self.rows) if r.gone]
+        self.cancelled += len(gone)
+        self._remove(gone)
 
     def _remove(self, indices: list[int]) -> None:
         """Free rows, keeping the rest packed at the front: the last row moves into each hole."""
