@@ -60,13 +60,13 @@ class Server:
     """`python -m tinyscale.cli serve ...` as a subprocess; output goes to files the tests can read."""
 
     def __init__(self, folders: list[Path], log_dir: Path, *args: str, key: str | None = None,
-                 timeout: float = 90) -> None:
+                 timeout: float = 180) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.key = key
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
         cmd = [sys.executable, "-m", "tinyscale.cli", "serve", *map(str, folders), "--port", str(self.port),
-               "--device", "cpu", *args]
+               "--device", "cpu", "--threads", "1", *args]  # tiny models: one thread is fastest, and fair to a busy machine
         if key is not None:
             env["TEST_SERVE_KEY"] = key
             cmd += ["--api-key-env", "TEST_SERVE_KEY"]

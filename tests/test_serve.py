@@ -248,12 +248,12 @@ def test_schemathesis_finds_no_server_error(server):
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory):
     root = tmp_path_factory.mktemp("busy")
-    s = Server([make_run(root, "slow", context=512)], root, "--dtype", "fp32", "--max-batch", "1", "--max-queue", "1")
+    s = Server([make_run(root, "slow", context=256)], root, "--dtype", "fp32", "--max-batch", "1", "--max-queue", "1")
     yield s
     s.stop()
 
 
-def _long(prompt: str = "Once", max_tokens: int = 500) -> dict:
+def _long(prompt: str = "Once", max_tokens: int = 200) -> dict:
     return {"model": "slow", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0}
 
 
@@ -266,15 +266,15 @@ def test_beyond_the_queue_the_answer_is_429_with_retry_after(busy):
 
     def call(i):
         barrier.wait(timeout=30)
-        return requests.post(busy.base + "/v1/completions", json=_long(max_tokens=300), timeout=120)
+        return requests.post(busy.base + "/v1/completions", json=_long(max_tokens=60), timeout=120)
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(call, range(8)))
     refused = [r for r in answers if r.status_code == 429]
     served = [r for r in answers if r.status_code == 200]
-    assert refused and len(served) >= 2 and len(refused) + len(served) == 8
+    assert refused and served and len(refused) + len(served) == 8
     assert all(int(r.headers["Retry-After"]) >= 1 and r.json()["error"]["type"] == "rate_limit_error" for r in refused)
-    assert all(r.json()["usage"]["completion_tokens"] == 300 for r in served)
+    assert all(r.json()["usage"]["completion_tokens"] == 60 for r in served)
 
 
 def test_a_client_that_disconnects_frees_its_row(busy):
@@ -299,6 +299,6 @@ def test_sigterm_drains_running_requests_then_exits_0(busy):
     killer.join(timeout=100)
     events = [json.loads(line[6:]) for line in [first, *rest] if line != b"data: [DONE]"]
     assert rest[-1] == b"data: [DONE]"
-    assert events[-1]["usage"]["completion_tokens"] == 500  # the request in flight ran to its end
+    assert events[-1]["usage"]["completion_tokens"] == 200  # the request in flight ran to its end
     assert events[-2]["choices"][0]["finish_reason"] == "length"
     assert code["exit"] == 0

@@ -322,6 +322,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="requests that may wait for the batch; beyond it the answer is 429")
     s.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto")
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    s.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the model (default: all cores)")
     s.set_defaults(func=_run_serve)
 
 
@@ -330,7 +331,7 @@ def _run_serve(args: argparse.Namespace) -> None:
 
     serve(args.paths, names=args.name, host=args.host, port=args.port, api_key_env=args.api_key_env,
           checkpoint=args.checkpoint, max_batch=args.max_batch, max_queue=args.max_queue, dtype=args.dtype,
-          device=args.device, quiet=args.quiet)
+          device=args.device, threads=args.threads, quiet=args.quiet)
 
 
 # --- analyze / report -------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def _api_key(env_var: str | None) -> str | None:
 
 def serve(paths: list[str], *, names: list[str] | None = None, host: str = "127.0.0.1", port: int = 8000,
           api_key_env: str | None = None, checkpoint: int | None = None, max_batch: int = 32,
-          max_queue: int = 128, dtype: str = "auto", device: str = "auto", quiet: bool = False) -> None:
+          max_queue: int = 128, dtype: str = "auto", device: str = "auto", threads: int | None = None,
+          quiet: bool = False) -> None:
     """Serve the models in `paths` (run folders or exported folders) until SIGTERM or Ctrl-C."""
     try:
         import uvicorn
@@ -61,6 +62,10 @@ def serve(paths: list[str], *, names: list[str] | None = None, host: str = "127.
     key = _api_key(api_key_env)
     _check_port(host, port)
     dev = pick_device(device)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     dt = resolve_dtype(dtype, dev, max_batch)  # one dtype whatever the batch, so answers do not depend on load
     backends: dict[str, Backend] = {}
     for i, path in enumerate(paths):
