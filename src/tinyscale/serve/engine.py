@@ -169,7 +169,12 @@ class Engine:
                 return
             with self._cond:
                 self.waiting.popleft()
-            self._start(job, new_col)
+            try:
+                self._start(job, new_col)
+            except Exception:  # fail this request only; the running ones go on
+                log.exception("prefill failed")
+                job.emit(("error", "internal error while reading the prompt"))
+                job.cancelled = True  # any of its rows already placed leave at the next step
 
     def _shift(self, new_col: int) -> None:
         """Move the filled block so that every row ends at `new_col` instead of `self.col`."""
