@@ -23,6 +23,7 @@ from tinyscale.serve.choices import Choice, Vocab, chat_logprobs, legacy_logprob
 from tinyscale.serve.engine import Engine, Job, QueueFull, Sampling
 from tinyscale.serve.loading import Served
 from tinyscale.serve.schemas import (
+    ERRORS,
     MAX_STOPS,
     ChatRequest,
     CompletionRequest,
@@ -288,7 +289,7 @@ def _head(kind: str, model: str) -> dict:
 
 # --- routes ----------------------------------------------------------------------------------------
 
-router = APIRouter()
+router = APIRouter(responses=ERRORS)
 
 
 @router.get("/health")
@@ -468,6 +469,22 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(500, f"internal error: {type(e).__name__}", kind="server_error")
 
 
+def _document_errors_as_400(app: FastAPI) -> None:
+    """Invalid bodies answer 400 (as OpenAI does), not FastAPI's 422: say so in the schema."""
+    default = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = default()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def create_app(backends: dict[str, Backend], api_key: str | None, max_body: int) -> FastAPI:
     from tinyscale import __version__
 
@@ -476,6 +493,7 @@ def create_app(backends: dict[str, Backend], api_key: str | None, max_body: int)
     app.state.backends = backends
     app.include_router(router)
     _install_error_handlers(app)
+    _document_errors_as_400(app)
     app.add_middleware(Guard, api_key=api_key, max_body=max_body)
     return app
 
