@@ -140,6 +140,7 @@ def main() -> None:
                 ttft = sorted(best[1])
                 p90 = ttft[min(len(ttft) - 1, int(0.9 * len(ttft)))]
                 print(f"{c:>8} {best[0]:>10.0f} {statistics.median(ttft) * 1000:>10.0f}ms {p90 * 1000:>8.0f}ms")
+            print(f"load average at the end {os.getloadavg()[0]:.1f} (other processes share these cores)")
         finally:
             proc.terminate()
             proc.wait(timeout=120)
