@@ -91,12 +91,10 @@ def test_echo_only_stop_token_seeded_choices_and_queue_limit(model):
         assert a == b and a[0] != a[1]  # each choice has its own seeded generator
 
         long = Sampling(max_tokens=50, temperature=0)
-        jobs = [submit(engine, prompt, long, n=2)]  # takes both rows
-        time.sleep(0.05)
-        jobs.append(submit(engine, prompt, long))  # waits
-        with pytest.raises(QueueFull):
-            submit(engine, prompt, long)
-        for job, _ in jobs:
-            job.cancelled = True
+        with engine._cond:  # holding the engine's lock keeps it from admitting: the queue stays full
+            waiting, _ = submit(engine, prompt, long)
+            with pytest.raises(QueueFull):
+                submit(engine, prompt, long)
+        waiting.cancelled = True
     finally:
         engine.close()
