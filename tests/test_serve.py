@@ -250,7 +250,7 @@ def test_schemathesis_finds_no_server_error(server):
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory):
     root = tmp_path_factory.mktemp("busy")
-    s = Server([make_run(root, "slow", context=256)], root, "--dtype", "fp32", "--max-batch", "1", "--max-queue", "1")
+    s = Server([make_run(root, "slow", context=512)], root, "--dtype", "fp32", "--max-batch", "1", "--max-queue", "1")
     yield s
     s.stop()
 
@@ -281,7 +281,8 @@ def test_beyond_the_queue_the_answer_is_429_with_retry_after(busy):
 
 def test_a_client_that_disconnects_frees_its_row(busy):
     before = _stats(busy)["cancelled"]
-    with requests.post(busy.base + "/v1/completions", json=_long() | {"stream": True}, stream=True, timeout=60) as r:
+    body = _long(max_tokens=500) | {"stream": True}  # long enough to be cut short even on a fast machine
+    with requests.post(busy.base + "/v1/completions", json=body, stream=True, timeout=60) as r:
         next(r.iter_lines())
     deadline = time.monotonic() + 20
     while _stats(busy)["cancelled"] == before and time.monotonic() < deadline:
