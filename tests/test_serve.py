@@ -227,7 +227,7 @@ def test_tokenize_and_detokenize_round_trip(server):
     assert info["eos_token"] == "<|endoftext|>" and "Assistant:" in info["chat_template"]
 
 
-def test_schemathesis_finds_no_server_error(server):
+def test_schemathesis_finds_no_server_error(server, tmp_path):
     """Property-based requests from the server's own OpenAPI schema (a bounded run): never a 5xx, and
     every answer's status, content type and body are the documented ones (errors are 4xx OpenAI bodies)."""
     pytest.importorskip("schemathesis")
@@ -239,7 +239,7 @@ def test_schemathesis_finds_no_server_error(server):
            "--max-examples", "12", "--header", f"Authorization: Bearer {KEY}",
            "--generation-deterministic", "--phases", "examples,coverage,fuzzing", "--workers", "1",
            "--request-timeout", "30"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=tmp_path)  # its cache goes there
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert requests.get(server.base + "/health", headers=server.headers, timeout=10).status_code == 200
 
