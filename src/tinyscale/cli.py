@@ -357,6 +357,43 @@ def _run_export(args: argparse.Namespace) -> None:
     print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
 
 
+_SERVE_EXAMPLE = """example:
+  tinyscale serve runs/3m --port 8000
+  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
+    -d '{"model": "3m", "prompt": "Once upon a time", "max_tokens": 20, "temperature": 0}'
+  python -c "from openai import OpenAI; c = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none'); \\
+print(c.completions.create(model='3m', prompt='Once upon a time', max_tokens=20).choices[0].text)"
+"""
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API (docs/serve.md)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_SERVE_EXAMPLE)
+    s.add_argument("paths", nargs="+", metavar="RUN_OR_HF_FOLDER", help="run folders or `tinyscale export` folders")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--name", action="append", default=None,
+                   help="model id clients ask for (default: the folder's name); once per folder")
+    s.add_argument("--api-key-env", metavar="VAR", default=None,
+                   help="require 'Authorization: Bearer <value of $VAR>' on every request")
+    s.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="default: the last one")
+    s.add_argument("--max-batch", type=_positive_int, default=32, help="sequences decoded together")
+    s.add_argument("--max-queue", type=_positive_int, default=128,
+                   help="requests that may wait for the batch; beyond it the answer is 429")
+    s.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto")
+    s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    s.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the model (default: all cores)")
+    s.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    from tinyscale.serve import serve
+
+    serve(args.paths, names=args.name, host=args.host, port=args.port, api_key_env=args.api_key_env,
+          checkpoint=args.checkpoint, max_batch=args.max_batch, max_queue=args.max_queue, dtype=args.dtype,
+          device=args.device, threads=args.threads, quiet=args.quiet)
+
+
 # --- analyze / report -------------------------------------------------------------------------
 
 
@@ -548,6 +585,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_eval,
     _add_judge,
     _add_export,
+    _add_serve,
     _add_sweep,
     _add_analyze,
     _add_report,

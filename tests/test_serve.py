@@ -1,0 +1,307 @@
+"""`tinyscale serve` as a real process on a loopback port, driven by the official openai client and raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import torch
+
+from _serve_helpers import Server, make_run
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+WORDS = ("Once upon a time Lily Tom Ben Mia Sam Anna had red big small happy soft shiny ball cat dog kite cake "
+         "tree boat loved the very much One day was lost looked for it and found").split()
+KEY = "sk-test-7f3a9c"  # only ever sent in the Authorization header; the server must not print it
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained for a few seconds, so greedy text is varied and peaked (not near-ties)."""
+    from _tiny_shards import make_shards
+    from tinyscale.config import TrainConfig
+    from tinyscale.train import train
+
+    root = tmp_path_factory.mktemp("serve")
+    shards = make_shards(root, stories=200)
+    cfg = TrainConfig(data=str(shards), preset=None, d_model=32, n_layers=2, n_heads=2, max_seq_len=128,
+                      seq_len=64, batch=16, tokens=100 * 16 * 64, lr=3e-3, warmup=10, eval_every=0,
+                      checkpoint_every=10_000, dtype="fp32", device="cpu", threads=1)
+    train(cfg, root / "story")
+    return root / "story"
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory):
+    s = Server([trained], tmp_path_factory.mktemp("logs"), "--dtype", "fp32", "--max-batch", "16", key=KEY)
+    yield s
+    s.stop()
+    assert KEY not in s.logs()  # after every request of this module, including the refused ones
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def post(server, path: str, body, **kw) -> requests.Response:
+    headers = {**server.headers, **kw.pop("headers", {})}
+    if isinstance(body, (bytes, str)):
+        return requests.post(server.base + path, data=body, headers=headers, timeout=60, **kw)
+    return requests.post(server.base + path, json=body, headers=headers, timeout=60, **kw)
+
+
+def test_models_lists_the_run_by_folder_name(client):
+    assert [m.id for m in client.models.list().data] == ["story"]
+
+
+def test_requests_without_the_key_get_401(server):
+    for method, path in (("get", "/v1/models"), ("post", "/v1/completions"), ("get", "/health")):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            r = requests.request(method, server.base + path, headers=headers, json={"model": "story"}, timeout=10)
+            assert r.status_code == 401, (path, headers)
+            assert r.json()["error"]["code"] == "invalid_api_key"
+    bad = openai.OpenAI(base_url=server.base + "/v1", api_key="nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_sync_client_completions_and_chat_streaming_or_not(server, client):
+    kw = dict(model="story", max_tokens=20, temperature=0)
+    full = client.completions.create(prompt="Once upon a time", **kw)
+    assert full.choices[0].finish_reason in ("stop", "length") and full.choices[0].text.strip()
+    # A text prompt starts with the end-of-text token, as every story the model read did.
+    ids = post(server, "/tokenize", {"prompt": "Once upon a time", "add_special_tokens": False}).json()["tokens"]
+    assert full.usage.prompt_tokens == 1 + len(ids)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(prompt="Once upon a time", stream=True, **kw))
+    assert streamed == full.choices[0].text
+
+    msgs = [{"role": "system", "content": "Tell a story."}, {"role": "user", "content": "One day the"}]
+    chat = client.chat.completions.create(messages=msgs, **kw)
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content.strip()
+    chunks = list(client.chat.completions.create(messages=msgs, stream=True, stream_options={"include_usage": True}, **kw))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+
+
+def test_async_client_completions_and_chat_streaming_or_not(server):
+    async def main():
+        aclient = openai.AsyncOpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        kw = dict(model="story", max_tokens=16, temperature=0)
+        full = await aclient.completions.create(prompt="One day the", **kw)
+        parts = [c.choices[0].text async for c in await aclient.completions.create(prompt="One day the", stream=True, **kw)]
+        msgs = [{"role": "user", "content": "Mia had a ball."}]
+        chat = await aclient.chat.completions.create(messages=msgs, **kw)
+        deltas = [c.choices[0].delta.content or "" async for c in
+                  await aclient.chat.completions.create(messages=msgs, stream=True, **kw)]
+        await aclient.close()
+        return full, parts, chat, deltas
+
+    full, parts, chat, deltas = asyncio.run(main())
+    assert "".join(parts) == full.choices[0].text and len(parts) > 1
+    assert "".join(deltas) == chat.choices[0].message.content
+
+
+def test_echo_with_logprobs_gives_the_model_own_prompt_logprobs(client, trained):
+    """The layout lm-evaluation-harness reads: prompt tokens first (the first without a log-probability),
+    then the generated ones, with text offsets into the returned text."""
+    from tinyscale import runs
+
+    model, _ = runs.load_model(trained)
+    tok = runs.load_tokenizer(trained)
+    ids = [tok.token_to_id("<|endoftext|>")] + tok.encode("Mia looked for it and found").ids
+    out = client.completions.create(model="story", prompt=ids, max_tokens=3, temperature=0, echo=True, logprobs=2)
+    lp = out.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(ids) + 3
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    text = out.choices[0].text
+    assert text.startswith(tok.decode(ids, skip_special_tokens=False))
+    assert "".join(lp.tokens) == text and lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(lp.tokens))]
+    with torch.no_grad():
+        want = torch.log_softmax(model(torch.tensor([ids]))[0, :-1].double(), -1)
+    want = want.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    assert max(abs(a - b) for a, b in zip(lp.token_logprobs[1:len(ids)], want.tolist(), strict=True)) < 1e-4
+    for chosen, top in zip(lp.token_logprobs[len(ids):], lp.top_logprobs[len(ids):], strict=True):
+        assert 2 <= len(top) <= 3 and chosen == max(top.values())  # greedy: the chosen token is the best
+
+
+def test_16_concurrent_streams_match_16_sequential_and_take_less_time(server):
+    # Word salad of 1 to 12 story words: prompts of different lengths whose greedy continuations differ
+    # and end at different steps, so rows join, move and leave the batch while others run.
+    rng = random.Random(0)
+    prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12))) for _ in range(16)]
+    kw = dict(model="story", max_tokens=48, temperature=0, stream=True)
+
+    async def one(aclient, prompt):
+        return "".join([c.choices[0].text async for c in await aclient.completions.create(prompt=prompt, **kw)])
+
+    async def both():
+        aclient = openai.AsyncOpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0, timeout=120)
+        await one(aclient, "warm up")
+        t0 = time.perf_counter()
+        sequential = [await one(aclient, p) for p in prompts]
+        t1 = time.perf_counter()
+        concurrent = await asyncio.gather(*(one(aclient, p) for p in prompts))
+        t2 = time.perf_counter()
+        await aclient.close()
+        return sequential, list(concurrent), t1 - t0, t2 - t1
+
+    sequential, concurrent, t_seq, t_conc = asyncio.run(both())
+    assert concurrent == sequential
+    assert len(set(sequential)) >= 10  # different stories: rows mixed up would not go unnoticed
+    assert t_conc < t_seq, (t_conc, t_seq)
+
+
+def test_stop_strings_n_choices_and_seeds(client):
+    full = client.completions.create(model="story", prompt="Once upon a time", max_tokens=40, temperature=0).choices[0]
+    cut = full.text[5:9]
+    stopped = client.completions.create(model="story", prompt="Once upon a time", max_tokens=40, temperature=0,
+                                        stop=[cut]).choices[0]
+    assert stopped.text == full.text[: full.text.index(cut)] and stopped.finish_reason == "stop"
+
+    kw = dict(model="story", prompt=["Tom had", "Lily had"], max_tokens=12, temperature=1.0, n=3, seed=7)
+    a, b = client.completions.create(**kw), client.completions.create(**kw)
+    assert [c.index for c in a.choices] == list(range(6))
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]  # a seed makes sampling repeatable
+    assert len({c.text for c in a.choices}) > 1
+
+
+ERRORS = [
+    ({"model": "nope", "prompt": "x"}, 404, "model"),
+    ({"model": "story", "prompt": "x", "max_tokens": 500}, 400, "max_tokens"),
+    ({"model": "story", "prompt": "x", "temperature": -0.5}, 400, "temperature"),
+    ({"model": "story", "prompt": "x", "top_p": 0}, 400, "top_p"),
+    ({"model": "story", "prompt": "x", "top_p": 1.5}, 400, "top_p"),
+    ({"model": "story", "prompt": "x", "n": 0}, 400, "n"),
+    ({"model": "story", "prompt": "x", "n": 99}, 400, "n"),
+    ({"model": "story", "prompt": 12}, 400, "prompt"),
+    ({"model": "story", "prompt": [1, "a"]}, 400, "prompt"),
+    ({"model": "story", "prompt": [[]]}, 400, "prompt"),
+    ({"model": "story", "prompt": [10**6]}, 400, "prompt"),
+    ({"model": "story", "prompt": "x", "max_tokens": "many"}, 400, "max_tokens"),
+    ({"model": "story", "prompt": "x", "logprobs": 50}, 400, "logprobs"),
+    ({"model": "story", "prompt": "x", "stop": [""]}, 400, "stop"),
+    ({"model": "story", "prompt": "x", "presence_penalty": 1}, 400, "presence_penalty"),
+    ({"prompt": "x"}, 400, "model"),
+]
+
+
+@pytest.mark.parametrize("body,status,param", ERRORS, ids=[f"{e[2]}-{i}" for i, e in enumerate(ERRORS)])
+def test_bad_requests_get_openai_error_bodies(server, body, status, param):
+    r = post(server, "/v1/completions", body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert (err["param"] or "").split(".")[0] == param
+
+
+def test_malformed_oversized_and_unknown_requests(server, client):
+    for body, status in ((b'{"model": "story", "prompt": ', 400), (b"[1, 2]", 400), (b"null", 400),
+                         (b'{"model": "story", "prompt": "' + b"a" * 5_000_000 + b'"}', 413)):
+        r = post(server, "/v1/completions", body, headers={"Content-Type": "application/json"})
+        assert r.status_code == status and r.json()["error"]["message"]
+    r = post(server, "/v1/chat/completions", {"model": "story", "messages": [{"role": "robot", "content": "hi"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages")
+    r = requests.get(server.base + "/v1/nothing", headers=server.headers, timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="other", prompt="x")
+    assert client.completions.create(model="story", prompt="x", max_tokens=2).choices  # still serving
+
+
+def test_tokenize_and_detokenize_round_trip(server):
+    r = post(server, "/tokenize", {"prompt": "Tom had a cat.", "add_special_tokens": False}).json()
+    assert r["count"] == len(r["tokens"]) and r["max_model_len"] == 128
+    assert post(server, "/detokenize", {"tokens": r["tokens"]}).json()["prompt"] == "Tom had a cat."
+    with_start = post(server, "/tokenize", {"prompt": "Tom had a cat."}).json()["tokens"]
+    assert with_start[1:] == r["tokens"]
+    info = requests.get(server.base + "/tokenizer_info", headers=server.headers, timeout=10).json()
+    assert info["eos_token"] == "<|endoftext|>" and "Assistant:" in info["chat_template"]
+
+
+def test_schemathesis_finds_no_server_error(server, tmp_path):
+    """Property-based requests from the server's own OpenAPI schema (a bounded run): never a 5xx, and
+    every answer's status, content type and body are the documented ones (errors are 4xx OpenAI bodies)."""
+    pytest.importorskip("schemathesis")
+    import subprocess
+    import sys
+
+    checks = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+    cmd = [sys.executable, "-m", "schemathesis.cli", "run", server.base + "/openapi.json", "--checks", checks,
+           "--max-examples", "12", "--header", f"Authorization: Bearer {KEY}",
+           "--generation-deterministic", "--phases", "examples,coverage,fuzzing", "--workers", "1",
+           "--request-timeout", "30"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=tmp_path)  # its cache goes there
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert requests.get(server.base + "/health", headers=server.headers, timeout=10).status_code == 200
+
+
+# --- a server with one batch row and one waiting place: the queue limit, disconnects, SIGTERM ------------
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("busy")
+    s = Server([make_run(root, "slow", context=512)], root, "--dtype", "fp32", "--max-batch", "1", "--max-queue", "1")
+    yield s
+    s.stop()
+
+
+def _long(prompt: str = "Once", max_tokens: int = 200) -> dict:
+    return {"model": "slow", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0}
+
+
+def _stats(s: Server) -> dict:
+    return requests.get(s.base + "/health", timeout=10).json()["models"]["slow"]
+
+
+def test_beyond_the_queue_the_answer_is_429_with_retry_after(busy):
+    barrier = threading.Barrier(8)
+
+    def call(i):
+        barrier.wait(timeout=30)
+        return requests.post(busy.base + "/v1/completions", json=_long(max_tokens=60), timeout=120)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, range(8)))
+    refused = [r for r in answers if r.status_code == 429]
+    served = [r for r in answers if r.status_code == 200]
+    assert refused and served and len(refused) + len(served) == 8
+    assert all(int(r.headers["Retry-After"]) >= 1 and r.json()["error"]["type"] == "rate_limit_error" for r in refused)
+    assert all(r.json()["usage"]["completion_tokens"] == 60 for r in served)
+
+
+def test_a_client_that_disconnects_frees_its_row(busy):
+    before = _stats(busy)["cancelled"]
+    body = _long(max_tokens=500) | {"stream": True}  # long enough to be cut short even on a fast machine
+    with requests.post(busy.base + "/v1/completions", json=body, stream=True, timeout=60) as r:
+        next(r.iter_lines())
+    deadline = time.monotonic() + 20
+    while _stats(busy)["cancelled"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _stats(busy)["cancelled"] == before + 1 and _stats(busy)["running"] == 0
+
+
+def test_sigterm_drains_running_requests_then_exits_0(busy):
+    body = _long() | {"stream": True, "stream_options": {"include_usage": True}}
+    with requests.post(busy.base + "/v1/completions", json=body, stream=True, timeout=60) as r:
+        lines = r.iter_lines()
+        first = next(line for line in lines if line)
+        code = {}
+        killer = threading.Thread(target=lambda: code.setdefault("exit", busy.terminate(timeout=90)))
+        killer.start()
+        rest = [line for line in lines if line]
+    killer.join(timeout=100)
+    events = [json.loads(line[6:]) for line in [first, *rest] if line != b"data: [DONE]"]
+    assert rest[-1] == b"data: [DONE]"
+    assert events[-1]["usage"]["completion_tokens"] == 200  # the request in flight ran to its end
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+    assert code["exit"] == 0

@@ -1,0 +1,100 @@
+"""The batching engine in-process: rows that join, move and leave a running batch compute what they would alone."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import pytest
+import torch
+
+from tinyscale.generate import generate
+from tinyscale.model import Transformer, model_config
+from tinyscale.serve.engine import Engine, Job, QueueFull, Sampling
+
+
+@pytest.fixture(scope="module", params=["llama", "neo"])
+def model(request):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: threads only wait for each other, more so on a busy machine
+    torch.manual_seed(0)
+    m = Transformer(model_config(vocab_size=97, max_seq_len=64, family=request.param, d_model=32, n_layers=2))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(4.0) if p.dim() > 1 else p.add_(0.1 * torch.randn_like(p))  # peaked logits: no near-ties
+    yield m.eval()
+    torch.set_num_threads(threads)
+
+
+def submit(engine: Engine, prompt: list[int], sampling: Sampling, n: int = 1) -> tuple[Job, queue.Queue]:
+    events: queue.Queue = queue.Queue()
+    job = Job(prompt, n, sampling, events.put)
+    engine.submit(job)
+    return job, events
+
+
+def collect(events: queue.Queue, n: int = 1, timeout: float = 30) -> tuple[list[list[int]], list[str], list]:
+    tokens, reasons, echo = [[] for _ in range(n)], [None] * n, []
+    deadline = time.monotonic() + timeout
+    while None in reasons:
+        event = events.get(timeout=max(0.01, deadline - time.monotonic()))
+        if event[0] == "token":
+            tokens[event[1]].append(event[2].id)
+        elif event[0] == "done":
+            reasons[event[1]] = event[2]
+        elif event[0] == "prompt":
+            echo = event[1]
+    return tokens, reasons, echo
+
+
+def test_staggered_requests_equal_each_prompt_decoded_alone(model):
+    """Prompts of 2..40 tokens arrive while others run: the shared column moves both ways, finished rows
+    leave (the last row moves into their place), and every greedy output equals `generate` on its own."""
+    g = torch.Generator().manual_seed(1)
+    lengths = [3, 20, 2, 40, 5, 11, 1, 30]
+    prompts = [torch.randint(0, 97, (L,), generator=g).tolist() for L in lengths]
+    budgets = [20, 9, 23, 15, 4, 12, 18, 6]
+    engine = Engine(model, max_batch=4, max_queue=16)
+    try:
+        pending = []
+        for prompt, budget in zip(prompts, budgets, strict=True):
+            pending.append(submit(engine, prompt, Sampling(max_tokens=budget, temperature=0))[1])
+            time.sleep(0.003)  # let the batch move on between arrivals
+        outs = [collect(ev)[0][0] for ev in pending]
+    finally:
+        engine.close()
+    for prompt, budget, out in zip(prompts, budgets, outs, strict=True):
+        assert out == generate(model, [prompt], budget, temperature=0)[0]
+    assert engine.stats()["finished"] == len(prompts) and engine.stats()["running"] == 0
+
+
+def test_echo_only_stop_token_seeded_choices_and_queue_limit(model):
+    engine = Engine(model, max_batch=2, max_queue=1)
+    try:
+        prompt = [5, 17, 33, 2]
+        _, ev = submit(engine, prompt, Sampling(max_tokens=0, logprobs=3, echo=True))
+        tokens, reasons, echo = collect(ev)
+        assert tokens == [[]] and reasons == ["length"] and [t.id for t in echo] == prompt
+        with torch.no_grad():
+            want = torch.log_softmax(model(torch.tensor([prompt]))[0, :-1], -1)
+        assert echo[0].logprob is None
+        for t, row, tok in zip(echo[1:], want, prompt[1:], strict=True):
+            assert abs(t.logprob - row[tok].item()) < 1e-5 and len(t.top) == 3
+
+        first = generate(model, [prompt], 1, temperature=0)[0][0]
+        tokens, reasons, _ = collect(submit(engine, prompt, Sampling(max_tokens=10, temperature=0, stop_id=first))[1])
+        assert tokens == [[]] and reasons == ["stop"]  # the end-of-text token ends the choice unseen
+
+        s = Sampling(max_tokens=12, temperature=1.0, seed=3)
+        a = collect(submit(engine, prompt, s, n=2)[1], n=2)[0]
+        b = collect(submit(engine, prompt, s, n=2)[1], n=2)[0]
+        assert a == b and a[0] != a[1]  # each choice has its own seeded generator
+
+        long = Sampling(max_tokens=50, temperature=0)
+        with engine._cond:  # holding the engine's lock keeps it from admitting: the queue stays full
+            waiting, _ = submit(engine, prompt, long)
+            with pytest.raises(QueueFull):
+                submit(engine, prompt, long)
+        waiting.cancelled = True
+    finally:
+        engine.close()
