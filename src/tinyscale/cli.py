@@ -262,7 +262,8 @@ def _run_sample(args: argparse.Namespace) -> None:
     from rich.rule import Rule
 
     from tinyscale import progress, runs
-    from tinyscale.generate import complete, pick_device
+    from tinyscale.devices import pick_device
+    from tinyscale.generate import complete
 
     device = pick_device(args.device)
     model, step = runs.load_model(args.run, args.checkpoint, device=str(device))

@@ -47,7 +47,7 @@ def measure_seconds_per_token() -> list[float]:
     """Seconds per training token of each size in SIZES, on this machine, as the sweep will train it
     (same device, dtype and threads per run): a laptop and a server then both fill the budget."""
     from tinyscale.config import TrainConfig
-    from tinyscale.generate import pick_device
+    from tinyscale.devices import pick_device
     from tinyscale.model import bf16_native, model_config
     from tinyscale.train import timing_step
 

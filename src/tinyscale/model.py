@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from tinyscale.config import ModelConfig
+from tinyscale.devices import bf16_native  # noqa: F401  (re-exported: callers import it from here)
 from tinyscale.errors import UserError
 
 # Names follow the TinyStories grid (and llama2.c's 15M); the exact counts depend on the vocabulary.
@@ -116,16 +117,6 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     mlp_mats = 3 if cfg.family == "llama" else 2
     matmul = cfg.n_layers * (4 * d * d + mlp_mats * d * f) + cfg.vocab_size * d
     return float(6 * matmul + 6 * cfg.n_layers * seq_len * d)
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether bfloat16 matrix multiplies are native here: CUDA with bf16, MPS, or a CPU with
-    AVX-512 BF16 or AMX (elsewhere autocast works but emulates them slowly)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    return device.type == "mps"
 
 
 def cache_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
