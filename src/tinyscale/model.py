@@ -28,23 +28,9 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import Tensor, nn
 
-from tinyscale.config import ModelConfig
+from tinyscale.config import PRESETS, ModelConfig
 from tinyscale.devices import bf16_native  # noqa: F401  (re-exported: callers import it from here)
 from tinyscale.errors import UserError
-
-# Names follow the TinyStories grid (and llama2.c's 15M); the exact counts depend on the vocabulary.
-# Heads are chosen so head_dim stays within 16..64.
-PRESETS: dict[str, dict] = {
-    "100K": {"d_model": 32, "n_layers": 2, "n_heads": 2},
-    "300K": {"d_model": 64, "n_layers": 4, "n_heads": 4},
-    "1M": {"d_model": 64, "n_layers": 8, "n_heads": 4},
-    "3M": {"d_model": 128, "n_layers": 8, "n_heads": 4},
-    "8M": {"d_model": 256, "n_layers": 8, "n_heads": 8},
-    "15M": {"d_model": 288, "n_layers": 6, "n_heads": 6},
-    "28M": {"d_model": 512, "n_layers": 8, "n_heads": 8},
-    "33M": {"d_model": 768, "n_layers": 4, "n_heads": 12},
-    "21M-1L": {"d_model": 1024, "n_layers": 1, "n_heads": 16},
-}
 
 
 def _default_heads(d_model: int) -> int:
