@@ -32,31 +32,36 @@ HERE = Path(__file__).resolve().parent
 RATE = {"run.c": r"achieved tok/s: ([\d.]+)", "other": r"tokens/s: ([\d.]+)"}
 
 
-def prepare(work: Path, llama2c: Path, llama_cpp: Path, march: str, env: dict) -> None:
+def prepare(work: Path, llama2c: Path, llama_cpp: Path | None, march: str, env: dict) -> None:
+    """Make whatever of the models and binaries `work` does not hold yet (so --work can be reused)."""
     py = sys.executable
-    run([py, str(HERE / "tinyscale_sample.py"), "prepare", str(work)], None, env)
+    if not (work / "run").exists():
+        run([py, str(HERE / "tinyscale_sample.py"), "prepare", str(work)], None, env)
     for version in (0, 2):
-        run([py, str(llama2c / "export.py"), str(work / f"llama2c-v{version}.bin"), "--version", str(version),
-             "--hf", str(work / "hf")], llama2c, env)
-    for kind in ("f32", "q8_0"):
-        run([py, str(HERE / "gguf_convert.py"), str(llama_cpp), str(work / "hf"), "--outtype", kind,
-             "--outfile", str(work / f"model-{kind}.gguf")], work, env)
+        if not (work / f"llama2c-v{version}.bin").exists():
+            run([py, str(llama2c / "export.py"), str(work / f"llama2c-v{version}.bin"), "--version", str(version),
+                 "--hf", str(work / "hf")], llama2c, env)
+    for kind in ("f32", "q8_0") if llama_cpp else ():
+        if not (work / f"model-{kind}.gguf").exists():
+            run([py, str(HERE / "gguf_convert.py"), str(llama_cpp), str(work / "hf"), "--outtype", kind,
+                 "--outfile", str(work / f"model-{kind}.gguf")], work, env)
     for src in ("run", "runq"):
         for omp in (False, True):
-            exe = work / f"{src}{'omp' if omp else ''}"
+            exe = work / f"{src}{'omp' if omp else ''}-{march}"
             subprocess.run(["gcc", "-Ofast", *(["-fopenmp"] if omp else []), f"-march={march}", "-o", str(exe),
                             str(llama2c / f"{src}.c"), "-lm"], check=True)
 
 
-def jobs(work: Path, llama2c: Path, threads: list[int], batched: int, new: int) -> list[tuple[str, int, list[str]]]:
+def jobs(work: Path, llama2c: Path, threads: list[int], batched: int, new: int, with_llama_cpp: bool,
+         march: str) -> list[tuple[str, int, list[str]]]:
     """(label, threads, command) of every measurement."""
     py, tok = sys.executable, str(llama2c / "tokenizer.bin")
     out = []
     for t in threads:
         for exe, model, label in (("run", "llama2c-v0.bin", "run.c fp32"), ("runq", "llama2c-v2.bin", "runq.c int8")):
-            exe = f"{exe}omp" if t > 1 else exe
+            exe = f"{exe}omp-{march}" if t > 1 else f"{exe}-{march}"
             out.append((label, t, [str(work / exe), str(work / model), "-z", tok, "-n", str(new + 1), "-t", "1.0"]))
-        for kind, label in (("f32", "llama.cpp f32"), ("q8_0", "llama.cpp q8_0")):
+        for kind, label in (("f32", "llama.cpp f32"), ("q8_0", "llama.cpp q8_0")) if with_llama_cpp else ():
             out.append((label, t, [py, str(HERE / "llamacpp_sample.py"), str(work / f"model-{kind}.gguf"),
                                    "--threads", str(t), "--new-tokens", str(new), "--repeats", "2"]))
         for dtype in ("fp32", "int8"):
@@ -70,7 +75,8 @@ def jobs(work: Path, llama2c: Path, threads: list[int], batched: int, new: int) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama2c", type=Path, required=True, help="checkout of karpathy/llama2.c")
-    ap.add_argument("--llama-cpp", type=Path, required=True, help="llama.cpp source tree (for its converter)")
+    ap.add_argument("--llama-cpp", type=Path, help="llama.cpp source tree, for its converter (without it, or "
+                    "without the llama_cpp package, llama.cpp is left out)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--batched", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=256)
@@ -78,20 +84,23 @@ def main() -> None:
     ap.add_argument("--avx2", action="store_true", help="AVX2 kernels and -march=x86-64-v3 on an AVX-512 machine")
     ap.add_argument("--work", type=Path, help="keep the models here (default: a temporary directory)")
     args = ap.parse_args()
-    import llama_cpp
-
+    try:
+        import llama_cpp
+    except ImportError:
+        llama_cpp = None
+    with_llama_cpp = llama_cpp is not None and args.llama_cpp is not None
     print(f"CPU: {cpu_model()}; kernels: {'AVX2 (emulated)' if args.avx2 else 'native'}; {load_note()}")
-    print(f"llama2.c {git_commit(args.llama2c)}; llama.cpp source {git_commit(args.llama_cpp)}; "
-          f"llama-cpp-python {llama_cpp.__version__}")
+    print(f"llama2.c {git_commit(args.llama2c)}; " + (
+        f"llama.cpp source {git_commit(args.llama_cpp)}, llama-cpp-python {llama_cpp.__version__}"
+        if with_llama_cpp else "llama.cpp left out (give --llama-cpp and pip install llama-cpp-python)"))
     threads = [int(t) for t in args.threads.split(",")]
     rates: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if not (work / "run").exists():
-            prepare(work, args.llama2c, args.llama_cpp, "x86-64-v3" if args.avx2 else "native",
-                    child_env(args.avx2))
-        todo = jobs(work, args.llama2c, threads, args.batched, args.new_tokens)
+        march = "x86-64-v3" if args.avx2 else "native"
+        prepare(work, args.llama2c, args.llama_cpp if with_llama_cpp else None, march, child_env(args.avx2))
+        todo = jobs(work, args.llama2c, threads, args.batched, args.new_tokens, with_llama_cpp, march)
         for rnd in range(args.rounds):
             for label, t, cmd in todo if rnd % 2 == 0 else todo[::-1]:
                 out, peak, _ = run(cmd, work, child_env(args.avx2, t))
