@@ -71,6 +71,27 @@ def commands(peer: str, cfg: dict, iters: int, checkout: Path | None, work: Path
             *(["--compile"] if compile_ else [])]
 
 
+# The machine's float32 matmul ceiling, measured in a child with the runs' environment (threads, ISA):
+# the best of a few 2048^3 products.
+CEILING = """
+import time, torch
+a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+a @ b
+best = min((lambda t: (a @ b, time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(8))
+print(f"ceiling: {2 * 2048**3 / best / 1e9:.1f}")
+"""
+
+
+def model_flops(cfg: dict) -> float:
+    """Training FLOPs per token of the shape (tinyscale's count: 6 x matmul weights + attention);
+    the peers' models have the same matmul weights (see the module docstring)."""
+    from tinyscale.model import flops_per_token, model_config
+
+    mcfg = model_config(None, vocab_size=VOCAB, max_seq_len=SEQ, d_model=cfg["d"], n_layers=cfg["layers"],
+                        n_heads=cfg["heads"])
+    return flops_per_token(mcfg, SEQ)
+
+
 def peer_dir(work: Path, peer: str, checkout: Path | None) -> Path:
     """A working directory for one peer: its data, and the `configurator.py` its train.py opens by a
     relative path (a symlink to the checkout's own)."""
@@ -99,6 +120,9 @@ def main() -> None:
     print(f"CPU: {cpu_model()}; kernels: {'AVX2 (emulated)' if args.avx2 else 'native'}; {load_note()}")
     print(f"nanoGPT {git_commit(args.nanogpt)}; llama2.c {git_commit(args.llama2c)}")
     env = child_env(args.avx2, args.threads)
+    out, _, _ = run([sys.executable, "-c", CEILING], None, env)
+    ceiling = float(re.findall(r"ceiling: ([\d.]+)", out)[-1]) * 1e9
+    print(f"fp32 matmul ceiling (2048^3, same threads and kernels): {ceiling / 1e9:,.0f} GFLOP/s")
     runs = [("nanogpt", args.nanogpt, False), ("llama2c", args.llama2c, False)]
     runs += [(f"tinyscale-{v}", None, v == "compile") for v in args.tinyscale.split(",")]
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -118,16 +142,21 @@ def main() -> None:
                     results.setdefault((name, peer), []).append((rate, peak))
                     print(f"  round {rnd + 1} config {name} {peer:<18} {rate:>9,.0f} tokens/s  "
                           f"peak {peak:,.0f} MB  ({load_note()})", flush=True)
-    report(results, args.configs.split(","), [r[0] for r in runs])
+    report(results, args.configs.split(","), [r[0] for r in runs], ceiling)
 
 
-def report(results: dict, configs: list[str], names: list[str]) -> None:
+def report(results: dict, configs: list[str], names: list[str], ceiling: float) -> None:
     print(f"\n{'config':<7}" + "".join(f"{n:>20}" for n in names) + f"{'best tinyscale / best peer':>28}")
     for c in configs:
         best = {n: max(r for r, _ in results[(c, n)]) for n in names}
         peers = max(best["nanogpt"], best["llama2c"])
         ours = max(v for n, v in best.items() if n.startswith("tinyscale"))
         print(f"{c:<7}" + "".join(f"{best[n]:>20,.0f}" for n in names) + f"{ours / peers:>27.2f}x")
+    print("(model GFLOP/s and share of the matmul ceiling, at those rates:)")
+    for c in configs:
+        fpt = model_flops(CONFIGS[c])
+        rates = {n: max(r for r, _ in results[(c, n)]) for n in names}
+        print(f"{c:<7}" + "".join(f"{rates[n] * fpt / 1e9:>11,.1f} ({rates[n] * fpt / ceiling:>4.0%})" for n in names))
     print("(tokens/s: the best round's median iteration; peak resident MB, largest over rounds:)")
     for c in configs:
         peaks = {n: max(p for _, p in results[(c, n)]) for n in names}
