@@ -135,8 +135,12 @@ def main() -> None:
                 order = runs if rnd % 2 == 0 else runs[::-1]  # alternate who goes first
                 for peer, checkout, compile_ in order:
                     kind = peer.split("-")[0]
-                    out, peak, _ = run(commands(kind, cfg, args.iters, checkout, work, compile_),
-                                       peer_dir(work, kind, checkout), env)
+                    try:
+                        out, peak, _ = run(commands(kind, cfg, args.iters, checkout, work, compile_),
+                                           peer_dir(work, kind, checkout), env)
+                    except RuntimeError as e:  # a crashed run is reported, and the others still run
+                        print(f"  round {rnd + 1} config {name} {peer}: {e}", flush=True)
+                        continue
                     times = [float(t) for t in re.findall(ITER_MS[kind], out)]
                     rate = cfg["batch"] * SEQ / (median_after(times, args.skip) / 1000)
                     results.setdefault((name, peer), []).append((rate, peak))
@@ -148,19 +152,19 @@ def main() -> None:
 def report(results: dict, configs: list[str], names: list[str], ceiling: float) -> None:
     print(f"\n{'config':<7}" + "".join(f"{n:>20}" for n in names) + f"{'best tinyscale / best peer':>28}")
     for c in configs:
-        best = {n: max(r for r, _ in results[(c, n)]) for n in names}
+        best = {n: max((r for r, _ in results.get((c, n), [])), default=float("nan")) for n in names}
         peers = max(best["nanogpt"], best["llama2c"])
-        ours = max(v for n, v in best.items() if n.startswith("tinyscale"))
+        ours = max(v for n, v in best.items() if n.startswith("tinyscale") and v == v)  # v == v: not NaN
         print(f"{c:<7}" + "".join(f"{best[n]:>20,.0f}" for n in names) + f"{ours / peers:>27.2f}x")
     print("(model GFLOP/s and share of the matmul ceiling, at those rates:)")
     for c in configs:
         fpt = model_flops(CONFIGS[c])
-        rates = {n: max(r for r, _ in results[(c, n)]) for n in names}
+        rates = {n: max((r for r, _ in results.get((c, n), [])), default=float("nan")) for n in names}
         print(f"{c:<7}" + "".join(f"{rates[n] * fpt / 1e9:>11,.1f} ({rates[n] * fpt / ceiling:>4.0%})" for n in names))
     print("(tokens/s: the best round's median iteration; peak resident MB, largest over rounds:)")
     for c in configs:
-        peaks = {n: max(p for _, p in results[(c, n)]) for n in names}
-        ratio = min(v for n, v in peaks.items() if n.startswith("tinyscale")) / peaks["nanogpt"]
+        peaks = {n: max((p for _, p in results.get((c, n), [])), default=float("nan")) for n in names}
+        ratio = min(v for n, v in peaks.items() if n.startswith("tinyscale") and v == v) / peaks["nanogpt"]
         print(f"{c:<7}" + "".join(f"{peaks[n]:>17,.0f} MB" for n in names) + f"   tinyscale/nanoGPT {ratio:.2f}x")
 
 
