@@ -1,4 +1,4 @@
-"""Sampling speed: new tokens per second at batch 1 and batch 32 with the KV cache, fp32 and bf16.
+"""Sampling speed: new tokens per second at batch 1 and batch 32 with the KV cache, fp32, bf16 and int8.
 
 Shape: width 288 x 6 layers (6 heads), vocabulary 4096, as llama2.c's 15M model but with our vocabulary.
 Weights are random (speed does not depend on them). Targets on 2 CPU cores: >= 500 tok/s at batch 1,
@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to try")
-    ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, auto")
+    ap.add_argument("--dtypes", default="fp32,bf16,int8", help="comma-separated: fp32, bf16, int8, auto")
     ap.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table")
     ap.add_argument("--profile-batch", type=int, default=1)
@@ -86,7 +86,7 @@ def main() -> None:
             for batch in batches:
                 tps, cores, per_cpu = measure(model, batch, args.prompt_len, args.new_tokens, args.repeats, dtype)
                 # cores < threads means other processes took the CPU: the wall figure is then a lower bound.
-                floor = matmul_floor(model, batch, dtype)
+                floor = matmul_floor(model, batch, dtype) if dtype != "int8" else float("nan")
                 print(f"threads {threads}  {dtype:<4}  batch {batch:>2}: {tps:>8,.0f} new tokens/s   "
                       f"({cores:.2f} cores busy, {per_cpu:>8,.0f} tokens per CPU-second; "
                       f"weight matmuls alone: {floor:>8,.0f} tokens/s)", flush=True)

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from tinyscale.devices import pick_device
 from tinyscale.errors import UserError
-from tinyscale.generate import Decoder, generate, pick_device, resolve_dtype, sample_next
+from tinyscale.generate import Decoder, generate, resolve_dtype, sample_next
 from tinyscale.model import KVCache, Transformer, bf16_native, model_config
 
 

@@ -312,8 +312,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="default: the last one")
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    s.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 matmuls where native and faster (CPU with AVX-512 BF16 or AMX: batches of 4 or more)")
+    s.add_argument("--dtype", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+                   help="auto: bf16 matmuls where native and faster (CPU with AVX-512 BF16 or AMX: batches of 4 or more);"
+                        " int8: int8 weights (CPU)")
     s.set_defaults(func=_run_sample)
 
 
@@ -322,7 +323,8 @@ def _run_sample(args: argparse.Namespace) -> None:
     from rich.rule import Rule
 
     from tinyscale import progress, runs
-    from tinyscale.generate import complete, pick_device
+    from tinyscale.devices import pick_device
+    from tinyscale.generate import complete
 
     device = pick_device(args.device)
     model, step = runs.load_model(args.run, args.checkpoint, device=str(device))

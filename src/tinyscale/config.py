@@ -6,6 +6,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# Names follow the TinyStories grid (and llama2.c's 15M); the exact counts depend on the vocabulary.
+# Heads are chosen so head_dim stays within 16..64.
+PRESETS: dict[str, dict] = {
+    "100K": {"d_model": 32, "n_layers": 2, "n_heads": 2},
+    "300K": {"d_model": 64, "n_layers": 4, "n_heads": 4},
+    "1M": {"d_model": 64, "n_layers": 8, "n_heads": 4},
+    "3M": {"d_model": 128, "n_layers": 8, "n_heads": 4},
+    "8M": {"d_model": 256, "n_layers": 8, "n_heads": 8},
+    "15M": {"d_model": 288, "n_layers": 6, "n_heads": 6},
+    "28M": {"d_model": 512, "n_layers": 8, "n_heads": 8},
+    "33M": {"d_model": 768, "n_layers": 4, "n_heads": 12},
+    "21M-1L": {"d_model": 1024, "n_layers": 1, "n_heads": 16},
+}
+
 
 class ModelConfig(BaseModel):
     """Shape of a decoder-only transformer (see model.py for the two families)."""
@@ -55,7 +69,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data: str  # shards folder (made absolute when the run starts)
-    # Model shape: a preset from model.PRESETS, each dimension overridable.
+    # Model shape: a preset from PRESETS, each dimension overridable.
     preset: str | None = "3M"
     family: Literal["llama", "neo"] = "llama"
     d_model: int | None = Field(None, ge=8)

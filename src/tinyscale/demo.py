@@ -63,7 +63,7 @@ class Speeds:
 
 def _sizes_cfg() -> tuple[Any, list[Any], torch.device]:
     from tinyscale.config import TrainConfig
-    from tinyscale.generate import pick_device
+    from tinyscale.devices import pick_device
     from tinyscale.model import bf16_native, model_config
 
     device = pick_device("auto")

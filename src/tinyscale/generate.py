@@ -6,45 +6,30 @@ so every row computes exactly what it would alone. The cache is preallocated for
 tokens, and each step feeds one token per row.
 
 Speed: the prompt goes through ``Transformer.forward`` once; every later step goes through
-``Decoder``, the same arithmetic for one token per row written with as few PyTorch ops as possible,
-because at these sizes a step costs more in per-op dispatch than in arithmetic. ``dtype="bf16"``
-runs the weight matrix multiplies in bfloat16 (residual stream, norms and sampling stay float32),
-which pays off on CPUs with native bf16 once the batch is large enough; the cache and attention
-stay float32 on CPU, where PyTorch attends over a bf16 cache 2-5x more slowly (see model.py).
+``decoding.Decoder``, the same arithmetic for one token per row written with as few PyTorch ops as
+possible, because at these sizes a step costs more in per-op dispatch than in arithmetic; small
+batches decode on one thread (``decoding.decode_threads``). ``dtype="bf16"`` runs the weight matrix
+multiplies in bfloat16 (residual stream, norms and sampling stay float32), which pays off on CPUs
+with native bf16 once the batch is large enough; the cache and attention stay float32 on CPU, where
+PyTorch attends over a bf16 cache 2-5x more slowly (see model.py). ``dtype="int8"`` (CPU) runs every
+linear layer with int8 weights (``decoding.quantize_int8``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from tinyscale.decoding import Decoder, decode_threads, quantize_int8
+from tinyscale.devices import bf16_native, pick_device  # noqa: F401  (pick_device's former home: still importable)
 from tinyscale.errors import UserError
-from tinyscale.model import KVCache, Transformer, bf16_native, cache_dtype
+from tinyscale.model import KVCache, Transformer, cache_dtype
 
 # Names an end-of-text token goes by in the tokenizers we meet; the first one present wins.
 EOT_NAMES = ("<|endoftext|>", "<|eot|>", "</s>", "<eos>", "[EOS]")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then MPS, then CPU; an explicit device must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device: '{name}' requested but CUDA is not available")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device: '{name}' requested but MPS is not available")
-    return device
 
 
 def eot_id_of(tokenizer) -> int | None:
@@ -112,8 +97,9 @@ AUTO_BF16_MIN_BATCH = 4
 
 
 def resolve_dtype(name: str, device: torch.device, batch_size: int) -> torch.dtype:
-    """`fp32`, `bf16`, or `auto`: bfloat16 where it is native and measured faster (see above)."""
-    if name == "fp32":
+    """`fp32`, `bf16`, or `auto`: bfloat16 where it is native and measured faster (see above).
+    `int8` computes in float32 around its int8 products, so it resolves to float32."""
+    if name in ("fp32", "int8"):
         return torch.float32
     if name == "bf16":
         return torch.bfloat16
@@ -121,111 +107,20 @@ def resolve_dtype(name: str, device: torch.device, batch_size: int) -> torch.dty
         if bf16_native(device) and (device.type != "cpu" or batch_size >= AUTO_BF16_MIN_BATCH):
             return torch.bfloat16
         return torch.float32
-    raise UserError(f"--dtype: must be auto, fp32 or bf16, got '{name}'")
+    raise UserError(f"--dtype: must be auto, fp32, bf16 or int8, got '{name}'")
 
 
-class Decoder:
-    """Decoding steps of one token per row over a filled KVCache.
-
-    The arithmetic of ``Transformer.forward`` with T = 1, flattened to [B, C] activations: no masks
-    or position tables rebuilt per step, q/k/v rotated in one op (v through cos = 1, sin = 0), the
-    residual add fused into the projection's matrix multiply (``addmm``), and rotary tables looked
-    up once per step rather than once per layer. In float32 its logits equal the model's forward
-    within 1e-5 (tested). With ``dtype=bfloat16`` the weight matrix multiplies run in bfloat16,
-    attention in the cache's dtype, and the residual stream and norms in float32.
-    """
-
-    def __init__(self, model: Transformer, cache: KVCache, dtype: torch.dtype = torch.float32) -> None:
-        cfg = model.cfg
-        self.cache, self.dtype, self.llama = cache, dtype, cfg.family == "llama"
-        self.attn_dtype = cache.k.dtype
-        self.n_heads, self.head_dim, self.d_model, self.eps = cfg.n_heads, cfg.head_dim, cfg.d_model, cfg.norm_eps
-        self.fp32 = dtype == torch.float32
-
-        def mat(w: Tensor) -> Tensor:
-            # nn.Linear stores [out, in]; a contiguous [in, out] copy makes `x @ W` read the weights in
-            # order, which at batch 1 (a memory-bound matrix-vector product) is ~1.4x faster here.
-            return w.detach().to(dtype).t().contiguous()
-
-        def vec(p: Tensor | None) -> Tensor | None:
-            return None if p is None else p.detach()
-
-        self.layers = []
-        for i, blk in enumerate(model.blocks):
-            a, m = blk.attn, blk.mlp
-            self.layers.append((
-                vec(blk.attn_norm.weight), vec(getattr(blk.attn_norm, "bias", None)),
-                mat(a.qkv.weight), mat(a.proj.weight), _cast(a.proj.bias, dtype),
-                vec(blk.mlp_norm.weight), vec(getattr(blk.mlp_norm, "bias", None)),
-                mat(m.fc.weight), _cast(m.fc.bias, dtype),
-                mat(m.proj.weight), _cast(m.proj.bias, dtype),
-                cache.k[i], cache.v[i],
-            ))
-        self.tok_emb = model.tok_emb.weight.detach()
-        self.pos_emb = None if model.pos_emb is None else model.pos_emb.weight.detach()
-        self.norm = (vec(model.norm.weight), vec(getattr(model.norm, "bias", None)))
-        self.head = mat(model.head.weight)
-        if self.llama:  # [max_len, 3 (q, k, v), 1 (rows), 1 (heads), head_dim]; v is left as it is
-            cos, sin = model.rope_cos, model.rope_sin
-            self.cos = torch.stack((cos, cos, torch.ones_like(cos)), 1)[:, :, None, None].to(self.attn_dtype)
-            self.sin = torch.stack((sin, sin, torch.zeros_like(sin)), 1)[:, :, None, None].to(self.attn_dtype)
-
-    def _norm(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        if self.llama:
-            h = F.rms_norm(x, (self.d_model,), w, self.eps)
-        else:
-            h = F.layer_norm(x, (self.d_model,), w, b, self.eps)
-        return h if self.fp32 else h.to(self.dtype)
-
-    def _residual(self, x: Tensor, y: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        """x + y @ W.T (+ b): one fused op in float32; bf16 products are added to the float32 stream."""
-        if self.fp32:
-            x = torch.addmm(x, y, w)
-            return x if b is None else x.add_(b)
-        y = y @ w
-        return x + (y if b is None else y + b)
-
-    def step(self, tok: Tensor, positions: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
-        """Logits [B, vocab] for tokens [B] written at cache column ``cache.pos`` (then advanced).
-
-        positions: per-row rotary/learned positions [B] (default: the column, as for unpadded rows).
-        key_mask: [B, 1, 1, >= pos + 1] booleans, True where a row may attend (padding hidden).
-        """
-        col = self.cache.pos
-        end = col + 1
-        B, H, hd = tok.shape[0], self.n_heads, self.head_dim
-        pos = col if positions is None else positions
-        x = F.embedding(tok, self.tok_emb)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb[pos]
-        if self.llama:  # per-step tables broadcasting over [3, B, H, hd]
-            cos, sin = self.cos[pos], self.sin[pos]
-            if positions is not None:  # [B, 3, 1, 1, hd] -> [3, B, 1, hd]
-                cos, sin = cos[:, :, 0].transpose(0, 1), sin[:, :, 0].transpose(0, 1)
-        mask = None if key_mask is None else key_mask[..., :end]
-        for n1w, n1b, wqkv, wo, bo, n2w, n2b, wfc, bfc, wdown, bdown, kc, vc in self.layers:
-            qkv = (self._norm(x, n1w, n1b) @ wqkv).to(self.attn_dtype).view(B, 3, H, hd).transpose(0, 1)
-            if self.llama:
-                qkv = torch.addcmul(qkv * cos, qkv.roll(hd // 2, -1), sin)
-            kc[:, :, col] = qkv[1]
-            vc[:, :, col] = qkv[2]
-            y = F.scaled_dot_product_attention(qkv[0, :, :, None], kc[:, :, :end], vc[:, :, :end], attn_mask=mask)
-            x = self._residual(x, y.reshape(B, H * hd).to(wo.dtype), wo, bo)
-            h = self._norm(x, n2w, n2b) @ wfc
-            if bfc is not None:
-                h += bfc
-            if self.llama:
-                gate, up = h.chunk(2, dim=-1)
-                h = F.silu(gate).mul_(up)
-            else:
-                h = F.gelu(h, approximate="tanh")
-            x = self._residual(x, h, wdown, bdown)
-        self.cache.pos = end
-        return self._norm(x, *self.norm) @ self.head
+_int8_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _cast(p: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if p is None else p.detach().to(dtype)
+def int8_model(model: Transformer) -> Transformer:
+    """`quantize_int8(model)`, kept while the model's weights are unchanged (each in-place update
+    bumps a tensor's version counter), so repeated calls quantize once."""
+    versions = tuple(p._version for p in model.parameters())
+    cached = _int8_models.get(model)
+    if cached is None or cached[0] != versions:
+        cached = _int8_models[model] = (versions, quantize_int8(model))
+    return cached[1]
 
 
 @torch.inference_mode()
@@ -236,13 +131,16 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
 
     A row stops at `eot_id` (the end-of-text token itself is not returned). Sampling is
     deterministic given `seed` and the batch's composition. `dtype`: `fp32` (exact), `bf16`
-    (bfloat16 matrix multiplies and cache) or `auto` (bf16 where it is native and faster).
+    (bfloat16 matrix multiplies and cache), `auto` (bf16 where it is native and faster) or `int8`
+    (int8 weights, CPU only).
     """
     cfg = model.cfg
     _check_options(prompts, max_new_tokens, temperature, top_k, top_p, cfg.max_seq_len)
     device = model.tok_emb.weight.device
     B, P = len(prompts), max(len(p) for p in prompts)
     dt = resolve_dtype(dtype, device, B)
+    if dtype == "int8":
+        model = int8_model(model)
     total = P + max_new_tokens
     pad = torch.tensor([P - len(p) for p in prompts], device=device)
     idx = torch.zeros(B, P, dtype=torch.long, device=device)
@@ -271,11 +169,12 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
         with autocast:
             logits = model(idx, cache)[:, -1]
     decoder = Decoder(model, cache, dt)
-    for t in range(max_new_tokens):
-        out[:, t] = tok = sample_next(logits, temperature, top_k, top_p, gen)
-        if _finished(tok, done, eot_id) or t == max_new_tokens - 1:
-            break
-        logits = decoder.step(tok, None if positions is None else positions + t, key_ok)
+    with decode_threads(B):
+        for t in range(max_new_tokens):
+            out[:, t] = tok = sample_next(logits, temperature, top_k, top_p, gen)
+            if _finished(tok, done, eot_id) or t == max_new_tokens - 1:
+                break
+            logits = decoder.step(tok, None if positions is None else positions + t, key_ok)
     return _cut(out[:, : t + 1].tolist(), eot_id)
 
 

@@ -28,22 +28,9 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import Tensor, nn
 
-from tinyscale.config import ModelConfig
+from tinyscale.config import PRESETS, ModelConfig
+from tinyscale.devices import bf16_native  # noqa: F401  (re-exported: callers import it from here)
 from tinyscale.errors import UserError
-
-# Names follow the TinyStories grid (and llama2.c's 15M); the exact counts depend on the vocabulary.
-# Heads are chosen so head_dim stays within 16..64.
-PRESETS: dict[str, dict] = {
-    "100K": {"d_model": 32, "n_layers": 2, "n_heads": 2},
-    "300K": {"d_model": 64, "n_layers": 4, "n_heads": 4},
-    "1M": {"d_model": 64, "n_layers": 8, "n_heads": 4},
-    "3M": {"d_model": 128, "n_layers": 8, "n_heads": 4},
-    "8M": {"d_model": 256, "n_layers": 8, "n_heads": 8},
-    "15M": {"d_model": 288, "n_layers": 6, "n_heads": 6},
-    "28M": {"d_model": 512, "n_layers": 8, "n_heads": 8},
-    "33M": {"d_model": 768, "n_layers": 4, "n_heads": 12},
-    "21M-1L": {"d_model": 1024, "n_layers": 1, "n_heads": 16},
-}
 
 
 def _default_heads(d_model: int) -> int:
@@ -116,29 +103,6 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     mlp_mats = 3 if cfg.family == "llama" else 2
     matmul = cfg.n_layers * (4 * d * d + mlp_mats * d * f) + cfg.vocab_size * d
     return float(6 * matmul + 6 * cfg.n_layers * seq_len * d)
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether bfloat16 matrix multiplies are native here: CUDA with bf16, MPS, or a CPU with
-    AVX-512 BF16 or AMX (elsewhere autocast works but emulates them slowly)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return _cpu_isa_allows_bf16() and bool(torch.cpu._is_avx512_bf16_supported()
-                                               or torch.cpu._is_amx_tile_supported())
-    return device.type == "mps"
-
-
-def _cpu_isa_allows_bf16() -> bool:
-    """False when the environment caps the instruction sets below AVX-512 BF16: PyTorch's
-    ATEN_CPU_CAPABILITY (default/avx2) or oneDNN's ONEDNN_MAX_CPU_ISA (an AVX2 or older level). With
-    either set, the machine behaves as one without native bf16 (how an AVX2-only CPU is emulated)."""
-    import os
-
-    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
-    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    below_bf16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
-    return aten not in ("default", "avx2") and onednn not in below_bf16
 
 
 def cache_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:

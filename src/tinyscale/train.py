@@ -56,7 +56,7 @@ class Dist:
     """Rank, world size and device of this process (a single process is rank 0 of 1)."""
 
     def __init__(self, device_name: str) -> None:
-        from tinyscale.generate import pick_device
+        from tinyscale.devices import pick_device
 
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))

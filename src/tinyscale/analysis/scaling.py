@@ -22,16 +22,14 @@ C = 6 N D.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import itertools
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 HUBER_DELTA = 1e-3
 
@@ -96,29 +94,11 @@ def _fit(logx: np.ndarray, logy: np.ndarray, starts: np.ndarray, delta: float, t
     return best
 
 
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """Run the fits with single-threaded OpenBLAS in this thread.
-
-    L-BFGS-B calls BLAS on vectors of a handful of numbers; on a busy machine OpenBLAS's thread
-    pool then costs ~10x the arithmetic. OpenBLAS (>= 0.3.20) can set a per-thread count and
-    returns the old one, so the setting is restored afterwards and other threads are untouched.
-    """
-    libs = []
-    with contextlib.suppress(OSError):
-        with open("/proc/self/maps", encoding="utf-8") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.rsplit("/", 1)[-1].lower()}
-        for path in sorted(paths):
-            with contextlib.suppress(OSError):
-                lib = ctypes.CDLL(path)
-                if hasattr(lib, "openblas_set_num_threads_local"):
-                    libs.append(lib.openblas_set_num_threads_local)
-    previous = [fn(1) for fn in libs]
-    try:
-        yield
-    finally:
-        for fn, n in zip(libs, previous, strict=True):
-            fn(n)
+def _one_blas_thread() -> threadpool_limits:
+    """Run the fits with single-threaded BLAS: L-BFGS-B calls BLAS on vectors of a handful of
+    numbers, and on a busy machine a BLAS thread pool then costs ~10x the arithmetic. The limit is
+    restored when the block ends."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 # --- results ----------------------------------------------------------------------------------

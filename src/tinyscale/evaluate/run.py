@@ -159,7 +159,7 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
     from safetensors.torch import load_model as load_weights
 
     from tinyscale.data.shards import ShardSet
-    from tinyscale.generate import pick_device
+    from tinyscale.devices import pick_device
     from tinyscale.runs import list_checkpoints, load_model, read_run, weights_path
 
     run_dir = Path(run_dir)

@@ -1,0 +1,69 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _tiny_shards import make_shards
+from tinyscale.config import TrainConfig
+from tinyscale.data.shards import ShardSet
+from tinyscale.decoding import Int8Linear, decode_threads, quantize_int8
+from tinyscale.generate import generate
+from tinyscale.runs import load_model
+from tinyscale.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained until its loss is far below chance, and its validation tokens."""
+    shards = make_shards(tmp_path_factory.mktemp("data"))
+    cfg = TrainConfig(data=str(shards), d_model=64, n_layers=2, n_heads=2, seq_len=32, batch=16, lr=3e-3,
+                      warmup=5, threads=1, dtype="fp32", tokens=120 * 16 * 32, eval_every=0, eval_tokens=512)
+    out = tmp_path_factory.mktemp("runs") / "r"
+    train(cfg, out)
+    model, _ = load_model(out)
+    return model.eval(), np.asarray(ShardSet.open(shards).tokens("val"), dtype=np.int64)
+
+
+def val_loss(model, tokens: np.ndarray, seq_len: int = 32) -> float:
+    n = (len(tokens) - 1) // seq_len * seq_len
+    x = torch.from_numpy(tokens[:n]).view(-1, seq_len)
+    y = torch.from_numpy(tokens[1:n + 1]).view(-1, seq_len)
+    with torch.inference_mode():
+        return F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+
+
+def test_int8_validation_loss_within_one_percent_of_fp32(trained):
+    model, val = trained
+    fp32 = val_loss(model, val)
+    assert fp32 < 0.5 * math.log(model.cfg.vocab_size)  # trained: the comparison means something
+    q = quantize_int8(model)
+    assert isinstance(q.head, Int8Linear) and isinstance(q.blocks[0].attn.qkv, Int8Linear)
+    assert isinstance(model.head, torch.nn.Linear)  # the original is left alone
+    int8 = val_loss(q, val)
+    assert int8 != fp32
+    assert abs(int8 - fp32) / fp32 < 0.01
+
+
+def test_int8_sampling_agrees_with_fp32_greedy(trained):
+    model, val = trained
+    prompts = [val[i:i + 8].tolist() for i in range(0, 400, 50)]
+    fp32 = generate(model, prompts, 24, temperature=0)
+    int8 = generate(model, prompts, 24, temperature=0, dtype="int8")
+    same = sum(a == b for r, s in zip(fp32, int8, strict=True) for a, b in zip(r, s, strict=True))
+    assert same >= 0.9 * sum(map(len, fp32))
+    assert generate(model, prompts, 24, temperature=0) == fp32  # fp32 stays exact after int8 ran
+
+
+def test_decode_threads_uses_one_thread_for_small_batches_and_restores():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with decode_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with decode_threads(1024):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
