@@ -179,7 +179,7 @@ def _count_skills(rec: dict, starts: list[int], skill_words: Counter[str], stori
     """Words per skill: a word takes the skill of the span covering its first character."""
     labeled = 0
     seen = set()
-    for s, e, skill, _ in rec.get("spans") or ():
+    for s, e, skill, *_ in rec.get("spans") or ():
         n = bisect.bisect_left(starts, e) - bisect.bisect_left(starts, s)  # word starts inside the span
         skill_words[skill] += n
         labeled += n
