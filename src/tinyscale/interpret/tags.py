@@ -86,7 +86,7 @@ def token_tags(text: str, offsets: list[tuple[int, int]], spans: list | None = N
         tags |= skill
         nouns = np.array([w[2] == "noun" and text[w[0]:w[1]].lower() in tracked for w in words] + [False])
         entity |= inside & nouns[np.maximum(k, 0)]
-    for (s, e, role), hit in zip(roles or [], _cover(anchors, ((s, e) for s, e, _ in roles or [])), strict=True):
+    for (_, _, role), hit in zip(roles or [], _cover(anchors, ((s, e) for s, e, _ in roles or [])), strict=True):
         if "role:" + role in BIT:
             tags[hit] |= BIT["role:" + role]
     both = BIT["role:first_mention"] | BIT["role:main_character"]
