@@ -320,6 +320,10 @@ def test_sweep_compares_sizes_with_the_control(world, tmp_path):
     png, header, rows = readability(sweep)
     assert png.startswith(b"\x89PNG") and len(rows) == 2 and "control (random init)" in header
     assert readability(tmp_path) is None
+    from tinyscale.analysis.report import build_report
+
+    report = build_report(sweep).read_text()  # the sweep's report shows the same figure and table
+    assert 'alt="selectivity vs size"' in report and "control (random init)" in report
 
 
 def test_cli_interpret_and_bad_input(world, tmp_path, capsys):

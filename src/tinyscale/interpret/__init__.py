@@ -4,13 +4,24 @@
     tinyscale.interpret.interpret(run_or_sweep, out=...)    the page (HTML) and its numbers (JSON)
     tinyscale.interpret.readability(sweep)                  the sweep report's figure and table
 
-Modules: `activations` (hooks), `wordclass` and `tags` (ground truth per token), `neurons`
+Modules: `hooks` (named activations), `wordclass` and `tags` (ground truth per token), `neurons`
 (streamed top-k, labels, selectivity, controls), `heads` (attention statistics and classes),
-`analyze` (one model), `sweep` (across sizes), `page` (HTML).
+`analyze` (one model), `sweep` (across sizes), `sizes` (its figure and table), `page` (HTML).
 """
 
-from tinyscale.interpret.activations import activation_names, activations
-from tinyscale.interpret.run import interpret
-from tinyscale.interpret.sweep import readability
+from typing import Any
 
 __all__ = ["activation_names", "activations", "interpret", "readability"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the sweep report reads `readability` without importing torch.
+    if name in ("activations", "activation_names"):
+        from tinyscale.interpret import hooks as module
+    elif name == "interpret":
+        from tinyscale.interpret import run as module
+    elif name == "readability":
+        from tinyscale.interpret import sizes as module
+    else:
+        raise AttributeError(f"module 'tinyscale.interpret' has no attribute {name!r}")
+    return getattr(module, name)

@@ -18,8 +18,8 @@ import torch
 from tinyscale import progress
 from tinyscale.errors import UserError
 from tinyscale.fileio import read_json
-from tinyscale.interpret.activations import pad, recording
 from tinyscale.interpret.heads import METRICS, HeadStats
+from tinyscale.interpret.hooks import pad, recording
 from tinyscale.interpret.neurons import NeuronLabels, StreamingTopK, TagCounts, label_neurons
 from tinyscale.interpret.tags import TAGS, TaggedStory, corpus_has, read_stories
 from tinyscale.model import Transformer

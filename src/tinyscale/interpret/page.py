@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from tinyscale.fileio import atomic_open
-from tinyscale.interpret.activations import pad, record
+from tinyscale.interpret.hooks import pad, record
 from tinyscale.interpret.tags import TaggedStory, read_stories, tag_names
 from tinyscale.model import Transformer
 
@@ -91,37 +91,6 @@ def contexts(model: Transformer, path: Path, tokenizer: Any, eot_id: int, rows: 
     for key in out:  # in top-k order
         out[key].sort(key=lambda c: -c["act"])
     return out
-
-
-def sizes_figure(rows: list[dict]) -> bytes | None:
-    """Mean neuron selectivity against model size, trained and random-init (PNG bytes)."""
-    pts = [r for r in rows if r.get("mean_selectivity") is not None and r.get("non_embedding_params")]
-    if not pts:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts.sort(key=lambda r: r["non_embedding_params"])
-    x = [r["non_embedding_params"] for r in pts]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, [r["mean_selectivity"] for r in pts], "o-", label="trained")
-    ctrl = [(xx, r["control_mean_selectivity"]) for xx, r in zip(x, pts, strict=True)
-            if r.get("control_mean_selectivity") is not None]
-    if ctrl:
-        ax.plot(*zip(*ctrl, strict=True), "s--", color="gray", label="random init (control)")
-    for xx, r in zip(x, pts, strict=True):
-        ax.annotate(r["run"], (xx, r["mean_selectivity"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters")
-    ax.set_ylabel("mean neuron selectivity (best tag)")
-    ax.set_title("Readability of MLP neurons vs size")
-    ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def render(context: dict, out: Path) -> Path:

@@ -13,7 +13,8 @@ from tinyscale.generate import eot_id_of
 from tinyscale.interpret import heads as heads_mod
 from tinyscale.interpret import page
 from tinyscale.interpret.analyze import Options, analyze_model, val_corpus
-from tinyscale.interpret.sweep import analyze_sweep, is_sweep, sizes_table
+from tinyscale.interpret.sizes import sizes_figure, sizes_table
+from tinyscale.interpret.sweep import analyze_sweep, is_sweep
 
 SECTIONS = [("summary", "Summary"), ("neurons", "Most selective neurons"), ("all-neurons", "All neurons"),
             ("heads", "Attention heads"), ("sizes", "Across sizes")]
@@ -69,7 +70,7 @@ def _page_context(data: dict, model: Any, val: Path, tokenizer: Any, eot: int, f
               for r in sorted(rows, key=lambda r: -r["max_act"])]
     sizes_png, header, table = None, [], []
     if sizes:
-        png = page.sizes_figure(sizes)
+        png = sizes_figure(sizes)
         sizes_png = page.b64(png) if png else None
         header, table = sizes_table(sizes)
     best = data["model"]["summary"]["best_by_tag"]

@@ -1,8 +1,8 @@
 """Across sizes: the neurons' mean selectivity and the head classes of every model of a sweep, each
 next to a random-initialised model of the same shape. Is readability higher in smaller models?
 
-`analyze_sweep` writes SWEEP/interpret_sizes.json; `readability(SWEEP)` turns it into the figure
-(PNG bytes) and table rows the sweep's report shows.
+`analyze_sweep` writes SWEEP/interpret_sizes.json; `sizes.readability(SWEEP)` turns it into the
+figure (PNG bytes) and table rows the sweep's report shows.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from tinyscale import progress
 from tinyscale.errors import UserError
 from tinyscale.fileio import read_json, write_json
 from tinyscale.interpret.analyze import Options, analyze_model, val_corpus
-
-SIZES_FILE = "interpret_sizes.json"
-HEADER = ["run", "non-embedding params", "layers", "width", "neurons", "mean selectivity", "control (random init)",
-          "significant neurons", "heads local/semantic/mixed/diffuse", "control heads"]
+from tinyscale.interpret.sizes import SIZES_FILE
 
 
 def is_sweep(path: Path) -> bool:
@@ -62,31 +59,3 @@ def analyze_sweep(sweep_dir: str | Path, opts: Options, *, step: int | None = No
         raise UserError(f"{sweep_dir}: no run with a checkpoint to interpret")
     write_json(sweep_dir / SIZES_FILE, {"stories": opts.stories, "top_k": opts.top_k, "runs": rows})
     return rows
-
-
-def _classes(c: dict | None) -> str:
-    return "—" if not c else "/".join(str(c[k]) for k in ("local", "semantic", "mixed", "diffuse"))
-
-
-def _n(v: Any) -> str:
-    return "—" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.3f}"
-
-
-def sizes_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    rows = sorted(rows, key=lambda r: r.get("non_embedding_params") or 0)
-    return HEADER, [[r["run"], _n(r["non_embedding_params"]), _n(r["n_layers"]), _n(r["d_model"]), _n(r["neurons"]),
-                     _n(r["mean_selectivity"]), _n(r["control_mean_selectivity"]), _n(r["significant"]),
-                     _classes(r["head_classes"]), _classes(r["control_head_classes"])] for r in rows]
-
-
-def readability(sweep_dir: str | Path) -> tuple[bytes | None, list[str], list[list[str]]] | None:
-    """The figure (mean selectivity vs size, with the random-init control) and the table, from
-    SWEEP/interpret_sizes.json; None when `tinyscale interpret SWEEP` has not been run."""
-    from tinyscale.interpret.page import sizes_figure
-
-    path = Path(sweep_dir) / SIZES_FILE
-    if not path.is_file():
-        return None
-    rows = read_json(path).get("runs") or []
-    header, table = sizes_table(rows)
-    return sizes_figure(rows), header, table
