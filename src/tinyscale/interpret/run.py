@@ -39,16 +39,15 @@ def interpret(path: str | Path, out: str | Path | None = None, *, step: int | No
     out = Path(out) if out else path / "interpret.html"
     if out.suffix != ".html":
         raise UserError(f"--out: {out} must end in .html (the numbers go beside it as .json)")
-    sizes = None
+    sizes, done = None, {}
     run_dir = path
     if is_sweep(path):
-        sizes = analyze_sweep(path, opts, step=step, corpus=corpus)
+        sizes = analyze_sweep(path, opts, step=step, corpus=corpus, keep=done)
         run_dir = Path(max(sizes, key=lambda r: r["non_embedding_params"] or 0)["dir"])
-        step = None
     model, step, tokenizer, eot = load(run_dir, step)
     val = val_corpus(run_dir, corpus)
     progress.info("interpret: %s step %d on %s", run_dir, step, val)
-    data = analyze_model(model, val, tokenizer, eot, opts)
+    data = done.get(str(run_dir)) or analyze_model(model, val, tokenizer, eot, opts)
     first = data.pop("first_story")
     data |= {"run": str(run_dir), "step": step, "corpus": str(val), "model_config": model.cfg.model_dump()}
     if sizes is not None:

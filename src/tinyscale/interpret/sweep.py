@@ -39,8 +39,9 @@ def _row(run_dir: Path, data: dict, step: int) -> dict[str, Any]:
 
 
 def analyze_sweep(sweep_dir: str | Path, opts: Options, *, step: int | None = None,
-                  corpus: str | Path | None = None) -> list[dict]:
-    """One row per run of the sweep (its last checkpoint); also written to SWEEP/interpret_sizes.json."""
+                  corpus: str | Path | None = None, keep: dict[str, dict] | None = None) -> list[dict]:
+    """One row per run of the sweep (its last checkpoint); also written to SWEEP/interpret_sizes.json.
+    `keep`, if given, receives each run's full analysis by run folder (the page reuses one)."""
     from tinyscale.analysis.collect import sweep_runs
     from tinyscale.interpret.run import load  # run.py imports this module: no import circle at load time
 
@@ -55,6 +56,8 @@ def analyze_sweep(sweep_dir: str | Path, opts: Options, *, step: int | None = No
         progress.info("interpret: %s (step %d)", run_dir.name, run_step)
         data = analyze_model(model, val_corpus(run_dir, corpus), tokenizer, eot, opts)
         rows.append(_row(run_dir, data, run_step))
+        if keep is not None:
+            keep[str(run_dir)] = data
     if not rows:
         raise UserError(f"{sweep_dir}: no run with a checkpoint to interpret")
     write_json(sweep_dir / SIZES_FILE, {"stories": opts.stories, "top_k": opts.top_k, "runs": rows})
