@@ -60,7 +60,9 @@ def interpret(path: str | Path, out: str | Path | None = None, *, step: int | No
 def _page_context(data: dict, model: Any, val: Path, tokenizer: Any, eot: int, first: Any, show: int,
                   run_dir: Path, sizes: list[dict] | None) -> dict:
     rows = data["model"]["neurons"]
-    by_sel = sorted(rows, key=lambda r: (r["selectivity"] is None, -(r["selectivity"] or 0), -r["max_act"]))
+    # Equal selectivity: more distinct tokens first (a role across words says more than one token).
+    by_sel = sorted(rows, key=lambda r: (r["selectivity"] is None, -round(r["selectivity"] or 0, 2),
+                                         -r["distinct_tokens"], -r["max_act"]))
     shown = [dict(r) for r in by_sel[:show]]
     ctx = page.contexts(model, val, tokenizer, eot, shown, data["stories"])
     for r in shown:
