@@ -61,23 +61,27 @@ class HeadStats:
 
     def add(self, pattern: Tensor, entity: Tensor, length: int) -> None:
         """One story: pattern [heads, T, T] (rows: queries), entity [T] bool; the first `length`
-        positions are real, position 0 is the end-of-text token (not a query)."""
-        p = pattern[:, 1:length, :length].double()  # queries 1..length-1
+        positions are real, position 0 is the end-of-text token (not a query).
+
+        Written to avoid [heads, T, T] temporaries where a sum allows it (this runs on every
+        query of every story): the distance from column sums, the local share from diagonals."""
         t = length
-        q_pos = torch.arange(1, t, dtype=torch.float64)[:, None]
-        k_pos = torch.arange(t, dtype=torch.float64)[None, :]
-        back = (q_pos - k_pos).clamp(min=0)
-        self.distance += (p * back).sum((1, 2))
-        self.entropy += -(p * torch.log(p.clamp_min(1e-30))).sum((1, 2))
-        self.local += (p * ((back < LOCAL_WINDOW) & (q_pos >= k_pos))).sum((1, 2))
-        self.sink += p[:, :, 0].sum(1)
+        full = pattern[:, :t, :t].float()
+        p = full[:, 1:]  # queries 1..t-1
+        pos = torch.arange(t, dtype=torch.float32)
+        # sum_ij p_ij (i - j) = sum_i i - sum_j j * (column sum of p): each row sums to one.
+        self.distance += float(pos[1:].sum()) - (p.sum(1) @ pos).double()
+        self.entropy += torch.special.entr(p).sum((1, 2)).double()
+        local = sum(full.diagonal(offset=-d, dim1=1, dim2=2).sum(-1) for d in range(LOCAL_WINDOW))
+        self.local += (local - full[:, 0, 0]).double()  # the end-of-text token is no query
+        self.sink += p[:, :, 0].sum(1).double()
         self.queries += t - 1
-        ent = entity[:t].double()
+        ent = entity[:t].float()
         seen = torch.cumsum(ent, 0)[1:t]  # entities among keys 0..i for query i
         has = seen > 0
         if has.any():
-            self.entity += (p[:, has] * ent).sum((1, 2))
-            self.entity_base += (seen[has] / torch.arange(2, t + 1, dtype=torch.float64)[has]).sum()
+            self.entity += (p[:, has] @ ent).sum(1).double()
+            self.entity_base += float((seen[has] / torch.arange(2, t + 1, dtype=torch.float32)[has]).sum())
             self.entity_queries += int(has.sum())
 
     def result(self) -> list[dict]:
