@@ -41,7 +41,7 @@ def _label(piece: str) -> str:
 @torch.no_grad()
 def heatmaps(model: Transformer, story: TaggedStory, heads: list[dict]) -> list[dict]:
     """Per layer, one PNG (base64) with each head's pattern on the first tokens of `story`,
-    tokens on both axes (the query's on the left of the first head only, to save drawing)."""
+    tokens on both axes (the query's only left of each row of four heads, to save drawing)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,14 +54,18 @@ def heatmaps(model: Transformer, story: TaggedStory, heads: list[dict]) -> list[
     out = []
     for layer in range(model.cfg.n_layers):
         row = [h for h in heads if h["layer"] == layer]
-        fig, axes = plt.subplots(1, len(row), figsize=(3.6 * len(row) + 0.8, 4.2), squeeze=False)
-        for ax, h in zip(axes[0], row, strict=True):
+        cols = min(len(row), 4)
+        rows = -(-len(row) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 0.8, 4.2 * rows), squeeze=False)
+        for ax in axes.flat[len(row):]:
+            ax.axis("off")
+        for i, (ax, h) in enumerate(zip(axes.flat, row, strict=False)):
             pat = acts[f"blocks.{layer}.attn.pattern"][0, h["head"]].numpy()
             ax.imshow(pat, cmap="viridis", vmin=0, vmax=1)
             ax.set_xticks(range(n), labels, rotation=90, fontsize=5)
-            ax.set_yticks(range(n), labels if h is row[0] else [], fontsize=5)
+            ax.set_yticks(range(n), labels if i % cols == 0 else [], fontsize=5)
             ax.set_title(f"head {h['head']}: {h['class']}", fontsize=8)
-        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.22, top=0.92, wspace=0.08)
+        fig.subplots_adjust(left=0.06, right=0.99, bottom=0.12, top=0.95, wspace=0.08, hspace=0.35)
         out.append({"layer": layer, "png": _png(fig)})
     return out
 
