@@ -50,7 +50,7 @@ def main() -> None:
         model, _, tok, _ = load(Path(args.run), None)
         path = val_corpus(args.run)
     else:
-        model, tok, path = _setup(Path(args.work), args.stories)
+        model, tok, path = _setup(Path(args.work) / f"{args.stories}-stories", args.stories)
     eot = tok.token_to_id("<|endoftext|>")
     opts = Options(stories=args.stories, control=not args.no_control)
     t0 = time.perf_counter()
