@@ -15,10 +15,11 @@ def _story(rng: random.Random) -> dict:
     name, thing, adj = rng.choice(NAMES), rng.choice(THINGS), rng.choice(ADJECTIVES)
     text = (f"Once upon a time, {name} had a {adj} {thing}. {name} loved the {thing} very much. "
             f"One day the {thing} was lost. {name} looked for it and found it. {name} was happy.")
-    # The repeated name is determined by the story so far (tracking); the object is a free choice.
+    # The repeated name is determined by the story so far (tracking; without it, one of six names);
+    # the object is a free choice (its baseline is its own prior).
     first = text.index(name, 20)
-    spans = [[first, first + len(name), "tracking", 0.0], [text.index(thing), text.index(thing) + len(thing),
-                                                           "free", -1.9459]]
+    spans = [[first, first + len(name), "tracking", 0.0, -1.7918],
+             [text.index(thing), text.index(thing) + len(thing), "free", -1.9459, -1.9459]]
     return {"id": f"s{rng.randrange(10**9)}", "text": text, "meta": {}, "spans": spans}
 
 

@@ -9,7 +9,8 @@ from tinyscale.errors import UserError
 
 
 def test_valid_line_passes():
-    line = {"id": "1", "text": "Tom saw a cat.", "meta": {}, "spans": [[0, 3, "free", -5.0], [10, 13, "fact", 0.0]]}
+    line = {"id": "1", "text": "Tom saw a cat.", "meta": {},
+            "spans": [[0, 3, "free", -5.0], [10, 13, "fact", 0.0, -1.4], [4, 7, "grammar", 0.0, None]]}
     assert validate_line(line, "x") is line
 
 
@@ -20,7 +21,9 @@ def test_valid_line_passes():
         ({"text": "hi", "spans": [[0, 5, "fact", 0.0]]}, "outside the text"),
         ({"text": "hi", "spans": [[0, 1, "magic", 0.0]]}, "unknown skill"),
         ({"text": "hi", "spans": [[0, 1, "fact", 0.5]]}, "not <= 0"),
-        ({"text": "hi", "spans": [[0, 1]]}, "is not \\[start, end, skill, logp\\]"),
+        ({"text": "hi", "spans": [[0, 1]]}, "is not \\[start, end, skill, logp"),
+        ({"text": "hi", "spans": [[0, 1, "fact", 0.0, 0.7]]}, "baseline log-probability that is not <= 0"),
+        ({"text": "hi", "spans": [[0, 1, "fact", 0.0, "x"]]}, "baseline log-probability"),
     ],
 )
 def test_bad_lines_are_named(line, problem):

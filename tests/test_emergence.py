@@ -55,8 +55,44 @@ def test_losses_are_oriented_lower_is_better():
     falling = [3.2, 3.0, 2.85, 2.7, 2.6, 2.5, 2.45]
     assert label(falling, higher_is_better=False) == "smooth"
     assert label(falling[::-1], higher_is_better=False) == "inverse"
-    # A loss stuck for the smaller half, then dropping, is emergence in the continuous metric.
-    assert label([3.0, 3.0, 3.01, 2.99, 2.5, 2.2, 2.1], higher_is_better=False) == "emergent"
+    # A loss stuck for the smaller half, then dropping through its no-skill baseline, is emergence.
+    stuck_then_drop = [3.0, 3.0, 3.01, 2.99, 2.5, 2.2, 2.1]
+    assert label(stuck_then_drop, higher_is_better=False, baseline=2.98, noise=0.01) == "emergent"
+    # Without a baseline no curve is called emergent: "stuck" could be stuck anywhere.
+    assert label(stuck_then_drop, higher_is_better=False, noise=0.01) != "emergent"
+
+
+def test_init_plateau_then_fall_to_the_baseline_is_learned_prior_not_emergence():
+    # Random-init loss (ln 2048 = 7.62) for the smallest models, then a fall to what a reader without
+    # the skill gets (4.0): every curve has this, and it is not the skill appearing.
+    y = [7.62, 7.60, 7.61, 7.55, 4.6, 4.05, 4.01]
+    result = classify_curve(SIZES, y, higher_is_better=False, baseline=4.0, noise=0.02)
+    assert result.label == "learned_prior", result.reason
+    assert "never below" in result.reason
+
+
+def test_fall_through_the_baseline_is_emergent():
+    y = [7.62, 5.0, 4.1, 4.02, 3.2, 2.1, 1.5]  # at or above 4.0 for the smaller half, then far below
+    assert label(y, higher_is_better=False, baseline=4.0, noise=0.05) == "emergent"
+    # The same fall, but already below the baseline in the smaller half: the skill was there early.
+    early = [4.5, 3.5, 3.0, 2.6, 2.2, 1.9, 1.5]
+    assert label(early, higher_is_better=False, baseline=4.0, noise=0.05) == "smooth"
+
+
+def test_dip_below_chance_that_recovers_is_u_shaped():
+    y = [0.5, 0.35, 0.2, 0.25, 0.7, 0.85, 0.9]
+    result = classify_curve(SIZES, y, chance=0.5)
+    assert result.label == "u_shaped", result.reason
+
+
+def test_nan_points_are_dropped_not_flattened():
+    y = [0.25, 0.26, float("nan"), 0.24, 0.27, 0.60, 0.80, 0.90]
+    x = np.logspace(5, 8, 8)
+    assert classify_curve(x, y, chance=0.25, noise=0.02).label == "emergent"
+    loss = [3.2, float("nan"), 3.0, 2.85, 2.7, 2.6, 2.5, 2.45]
+    assert classify_curve(x, loss, higher_is_better=False).label == "smooth"  # default noise ignores the NaN
+    noise = [0.01, 0.01, float("nan"), 0.01, 0.01, 0.01, 0.01, 0.01]
+    assert classify_curve(x, loss, higher_is_better=False, noise=noise).label == "smooth"
 
 
 def test_bootstrap_samples_give_the_noise():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tinyscale.evaluate.probes import SUITES, load_suite
+from tinyscale.evaluate.probes import SUITES, Probe, load_suite
 
 STORIES = 3000
 
@@ -25,14 +25,22 @@ def world_text(tmp_path_factory):
     return "\n\x00\n".join(" ".join(t.split()) for t in texts)
 
 
+def leaked(probes: list[Probe], world_text: str) -> list[str]:
+    """Ids of the probes whose prompt followed by their answer occurs in the world's text."""
+    return [p.id for p in probes if " ".join(f"{p.prompt} {p.answer}".split()) in world_text]
+
+
 @pytest.mark.parametrize("suite", SUITES)
 def test_no_probe_occurs_in_world_stories(world_text, suite):
-    leaked = [p.id for p in load_suite(suite)[1] if " ".join(f"{p.prompt} {p.answer}".split()) in world_text]
-    assert not leaked, f"probes whose prompt+answer the story world writes: {leaked}"
+    found = leaked(load_suite(suite)[1], world_text)
+    assert not found, f"probes whose prompt+answer the story world writes: {found}"
 
 
-def test_the_check_can_find_a_leak(world_text):
-    """A sentence taken from a world story is found, so a clean result above means something."""
-    story = world_text.split("\n\x00\n")[7]
-    sentence = story.split(". ")[1]
-    assert sentence in world_text
+def test_the_check_finds_a_planted_leak(world_text):
+    """A probe built from a world sentence (its last word as the answer) is flagged by the same check,
+    and the same probe with another answer is not: a clean result above means something."""
+    sentence = next(s for s in world_text.split("\n\x00\n")[7].split(". ") if len(s.split()) > 5)
+    *words, last = sentence.split()
+    planted = Probe("planted", " ".join(words), last, ("zebra",), "fact", "novel")
+    changed = Probe("changed", " ".join(words), "zebra", (last,), "fact", "novel")
+    assert leaked([planted, changed], world_text) == ["planted"]

@@ -60,13 +60,50 @@ def test_loss_per_skill_matches_hand_computation():
 
 def test_max_tokens_takes_windows_spread_over_the_split():
     tokens, skills, floor = arrays(n=1001)
-    data = loss_windows("val", tokens, skills, floor, seq_len=10, max_tokens=50)
+    data = loss_windows("val", tokens, skills, floor, seq_len=10, max_tokens=50, min_skill_tokens=0)
     assert data.x.shape == (5, 10) and data.n_tokens == 50
     # Each row is a real window of the split, and the windows reach its end, not just its start.
     first, last = data.x[0].numpy(), data.x[-1].numpy()
     assert np.array_equal(first, tokens[:10])
     assert np.array_equal(last, tokens[990:1000])
     assert torch.equal(data.y[:, :-1], data.x[:, 1:])
+
+
+def test_baseline_and_gap_match_hand_computation():
+    tokens, skills, floor = arrays()
+    base = np.where(np.random.default_rng(3).random(len(tokens)) < 0.7, 2.0, np.nan).astype(np.float32)
+    model = Bigram()
+    data = loss_windows("val", tokens, skills, floor, seq_len=10, max_tokens=10_000, base=base)
+    out = skill_losses(model, data)
+    for sid in range(4):
+        nll = [(-model.table[tokens[t - 1], tokens[t]].item(), float(base[t])) for t in range(1, 101)
+               if skills[t] == sid and not math.isnan(base[t])]
+        row = out["skills"][SKILLS[sid]]
+        assert row["baseline_tokens"] == len(nll) and row["baseline"] == pytest.approx(2.0)
+        assert row["gap"] == pytest.approx(sum(a - b for a, b in nll) / len(nll), abs=1e-6)
+        # Bootstrap intervals over windows bracket the estimate.
+        assert row["gap_lo"] <= row["gap"] <= row["gap_hi"] and row["gap_se"] > 0
+        assert row["loss_lo"] <= row["loss"] <= row["loss_hi"]
+
+
+def test_rare_skills_get_enough_tokens_and_the_overall_loss_is_reweighted():
+    rng = np.random.default_rng(4)
+    n = 50_001
+    tokens = rng.integers(0, V, n).astype(np.uint16)
+    skills = np.where(rng.random(n) < 0.01, 2, 0).astype(np.uint8)  # 1% "fact"
+    floor = np.full(n, np.nan, np.float32)
+    plain = loss_windows("val", tokens, skills, floor, seq_len=20, max_tokens=2000, min_skill_tokens=0)
+    assert int((plain.skill == 2).sum()) < 100
+    data = loss_windows("val", tokens, skills, floor, seq_len=20, max_tokens=2000, min_skill_tokens=300)
+    assert int((data.skill == 2).sum()) >= 300
+    # The same windows every time, and the evenly spaced ones are all still there.
+    again = loss_windows("val", tokens, skills, floor, seq_len=20, max_tokens=2000, min_skill_tokens=300)
+    assert torch.equal(data.x, again.x)
+    assert {tuple(r) for r in plain.x.tolist()} <= {tuple(r) for r in data.x.tolist()}
+    out = skill_losses(Bigram(), data)
+    share = float(np.mean(skills[1:] == 2))
+    expected = (1 - share) * out["skills"]["other"]["loss"] + share * out["skills"]["fact"]["loss"]
+    assert out["loss"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_short_split_is_one_shorter_window():

@@ -63,7 +63,15 @@ def test_evaluate_all_checkpoints_twice_gives_identical_numbers(run_dir, tmp_pat
 
     r = first[10]
     val = r["loss"]["val"]
-    assert val["tokens"] == 256 and sum(s["tokens"] for s in val["skills"].values()) == 256
+    # 256 evenly spaced tokens, then more windows until each labeled skill has its minimum (the run's
+    # eval_min_skill_tokens, 2000 by default: here the whole tiny split).
+    assert val["tokens"] >= 256 and sum(s["tokens"] for s in val["skills"].values()) == val["tokens"]
+    # The name's baseline (log 6) sits on its first token, 0 on the others, as the floor does.
+    tracking = val["skills"]["tracking"]
+    assert 0 < tracking["baseline"] <= 1.7918 + 1e-4 and tracking["baseline_tokens"] == tracking["tokens"]
+    gap = tracking["gap"]
+    assert gap == pytest.approx(tracking["loss"] - tracking["baseline"], abs=1e-9)
+    assert val["skills"]["tracking"]["gap_lo"] <= gap <= val["skills"]["tracking"]["gap_hi"]
     assert {"tracking", "free", "other"} <= set(val["skills"])
     assert val["skills"]["tracking"]["floor"] == 0.0 and val["skills"]["free"]["floor"] > 0
     assert val["skills"]["tracking"]["excess"] == pytest.approx(val["skills"]["tracking"]["loss"])

@@ -103,7 +103,7 @@ def test_word_classes_and_token_tags():
                        ".": "punctuation", '"': "punctuation", "I": "pronoun", "like": "function",
                        "them": "pronoun", ",": "punctuation", "she": "pronoun", "said": "verb"}
     offsets = [(0, 4), (4, 8), (8, 10), (10, 14), (14, 19), (19, 20), (20, 22), (22, 23)]  # "Lily| saw| 3|..."
-    spans = [[0, 4, "free", -2.0], [15, 19, "tracking", 0.0]]
+    spans = [[0, 4, "free", -2.0, -2.0], [15, 19, "tracking", 0.0]]  # with or without a no-skill baseline
     roles = [[0, 4, "first_mention"], [0, 4, "main_character"], [21, 23, "quote_open"]]
     tags, entity = token_tags(text, offsets, spans, roles)
     assert tag_names(int(tags[0])) == ["class:name", "skill:free", "role:first_mention", "role:main_character",

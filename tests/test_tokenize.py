@@ -24,11 +24,12 @@ from tinyscale.errors import UserError
 
 
 def story(text: str, labels: list[tuple[str, str, float]], sid: str) -> dict:
-    """A corpus line whose spans label the first occurrence of each word (after any earlier label)."""
+    """A corpus line whose spans label the first occurrence of each word (after any earlier label);
+    each span's no-skill baseline is its logp - 1, except grammar spans, whose baseline is unknown."""
     spans, pos = [], 0
     for word, skill, logp in labels:
         start = text.index(word, pos)
-        spans.append([start, start + len(word), skill, logp])
+        spans.append([start, start + len(word), skill, logp, None if skill == "grammar" else logp - 1.0])
         pos = start + len(word)
     return {"id": sid, "text": text, "meta": {}, "spans": spans}
 
@@ -107,21 +108,24 @@ def test_skill_and_floor_alignment(shards, index):
     part = split_stories(shards, "val")[index]
     ids = np.asarray(shards.tokens("val"))[part].tolist()
     skills, floor = np.asarray(shards.skills("val"))[part], np.asarray(shards.floor("val"))[part]
+    base = np.asarray(shards.base("val"))[part]
     ranges = char_ranges(tok, ids)
     text = row["text"]
-    for start, end, skill, logp in row["spans"]:
+    for start, end, skill, logp, blogp in row["spans"]:
         first = start + len(text[start:end]) - len(text[start:end].lstrip())
         at = [i for i, (a, b) in enumerate(ranges) if a <= first < b][0]
         assert skills[at] == SKILL_ID[skill], (text[start:end], tok.id_to_token(ids[at]))
         assert floor[at] == pytest.approx(-logp, abs=1e-6)
+        # The baseline sits where the floor does; an unknown one is NaN on every token of the span.
+        assert math.isnan(base[at]) if blogp is None else base[at] == pytest.approx(-blogp, abs=1e-6)
         # The span's later tokens carry its skill too, with floor 0 (the whole surprisal is on the first).
         later = [i for i, (a, b) in enumerate(ranges) if i > at and first < b <= end and text[a:b].strip()]
         assert all(skills[i] == SKILL_ID[skill] and floor[i] == 0.0 for i in later)
     # Tokens wholly outside every span are unlabeled, with an unknown floor.
     for i, (a, b) in enumerate(ranges):
-        if all(b <= s or a >= e for s, e, _, _ in row["spans"]):
+        if all(b <= s or a >= e for s, e, *_ in row["spans"]):
             assert skills[i] == 0 and math.isnan(floor[i]), tok.id_to_token(ids[i])
-    assert np.nansum(floor) == pytest.approx(sum(-lp for *_, lp in row["spans"]), abs=1e-5)
+    assert np.nansum(floor) == pytest.approx(sum(-sp[3] for sp in row["spans"]), abs=1e-5)
 
 
 def test_labelled_words_merged_with_their_space(shards):

@@ -53,7 +53,15 @@ def test_template_alternatives_slots_and_spans():
     page.s("{A.He} ate {n} {X.pl@t} and gave {A.his} friend {a X@t}.", ctx)
     text = page.text()
     assert text.startswith(("Once, Mia saw an apple.", "One day, Mia saw an apple."))
-    labeled = [(text[s:e], skill, round(lp, 3)) for s, e, skill, lp in page.spans]
+    labeled = [(text[s:e], skill, round(lp, 3)) for s, e, skill, lp, _ in page.spans]
+    # The no-skill baseline of each span (module docstring of text.py): a free draw's own prior, a
+    # pronoun one of three, a count one of eleven number words, a tracked thing its pool's prior.
+    base = {(text[s:e], skill): b for s, e, skill, _, b in page.spans}
+    assert base[("Mia", "free")] == pytest.approx(-math.log(5), abs=1e-4)
+    assert base[("She", "grammar")] == pytest.approx(-math.log(3), abs=1e-4)
+    assert base[("two", "reasoning")] == pytest.approx(-math.log(11), abs=1e-4)
+    assert base[("apples", "tracking")] == pytest.approx(-math.log(3), abs=1e-4)
+    assert base[("an", "grammar")] == pytest.approx(-math.log(2), abs=1e-4)
     assert ("Mia", "free", round(-math.log(5), 3)) in labeled
     assert ("apple", "free", round(-math.log(3), 3)) == labeled[1]  # first mention of a drawn noun
     assert ("She", "grammar", 0.0) in labeled and ("her", "grammar", 0.0) in labeled
@@ -87,7 +95,7 @@ def test_spans_are_the_words_they_label(stories):
     for st in stories:
         validate_line(st.record("x"), "story")
         last_end = 0
-        for s, e, skill, logp in st.spans:
+        for s, e, skill, logp, _ in st.spans:
             assert s >= last_end, "spans overlap or are out of order"
             word = st.text[s:e]
             assert word == word.strip() and re.fullmatch(r"[A-Za-z][A-Za-z' -]*", word), word
@@ -199,7 +207,7 @@ def test_exclusion_answers_are_balanced(stories):
         if st.meta["schema"] != "pet_choice":
             continue
         m = re.search(r"(?:have|for) an? ([a-z ]+?) or an? ([a-z ]+?)[?.]", st.text)
-        answer = next(st.text[s:e] for s, e, skill, _ in st.spans if skill == "reasoning" and s > m.end())
+        answer = next(st.text[s:e] for s, e, skill, *_ in st.spans if skill == "reasoning" and s > m.end())
         assert answer in (m[1], m[2])
         first += answer == m[1]
         total += 1
@@ -213,7 +221,7 @@ def test_order_and_negation_answers_follow_the_text_and_are_balanced(stories):
     order_first = order_total = neg_first = neg_total = 0
     for st in stories[:N_STORIES]:
         text = st.text
-        reasoning = [(s, text[s:e]) for s, e, skill, _ in st.spans if skill == "reasoning"]
+        reasoning = [(s, text[s:e]) for s, e, skill, *_ in st.spans if skill == "reasoning"]
         m = re.search(r"So first, \w+ (\w+) [^.]*?, and then", text)
         if m:
             rule = text[text.rfind("wanted to", 0, m.start()):m.start()]
@@ -239,7 +247,7 @@ def test_names_follow_the_zipf_weights_and_label_their_true_surprisal(stories, v
     total = vocab.name_cum[-1]
     firsts = Counter()
     for st in stories[:N_STORIES]:
-        free_names = [(st.text[s:e], logp) for s, e, skill, logp in st.spans
+        free_names = [(st.text[s:e], logp) for s, e, skill, logp, _ in st.spans
                       if skill == "free" and st.text[s:e] in vocab.name_weight]
         if not free_names:
             continue
@@ -277,7 +285,7 @@ def test_instruct_header_and_relabeled_copies(stories):
             assert sentence in story
         # nothing labeled `free` may already be shown in the header
         shown = set(header.replace(",", " ").replace(".", " ").split())
-        for s, e, skill, _ in st.spans:
+        for s, e, skill, *_ in st.spans:
             assert s > len(header)
             if skill == "free":
                 assert st.text[s:e] not in shown

@@ -65,6 +65,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("corpus", help="corpus folder")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=_run_data_stats)
+    _add_data_llm(dsub)
+    _add_data_ingest(dsub)
 
 
 def _run_data_world(args: argparse.Namespace) -> None:
@@ -84,6 +86,62 @@ def _run_data_stats(args: argparse.Namespace) -> None:
         print(json.dumps(stats, indent=2))
     else:
         print_stats(stats)
+
+
+def _add_data_llm(dsub: argparse._SubParsersAction) -> None:
+    g = dsub.add_parser("llm", help="stories written by an OpenAI-compatible endpoint (TinyStories' recipe)")
+    g.add_argument("--base-url", required=True, help="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
+    g.add_argument("--model", required=True)
+    g.add_argument("--stories", type=_count, required=True, help="stories to have in OUT (resumes)")
+    g.add_argument("--out", required=True, help="corpus folder (rerun the same command to resume)")
+    g.add_argument("--format", choices=["plain", "instruct"], default="plain")
+    g.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight (default 8)")
+    g.add_argument("--max-cost", type=float, help="stop before spending more than this many USD")
+    g.add_argument("--price-in", type=float, default=0.0, help="USD per million prompt tokens")
+    g.add_argument("--price-out", type=float, default=0.0, help="USD per million completion tokens")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the key (default OPENAI_API_KEY)")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--max-tokens", type=_positive_int, default=800, help="per story (default 800)")
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    g.add_argument("--template", help="prompt template file ($verb $noun $adjective $features)")
+    g.add_argument("--val-fraction", type=float, default=0.05)
+    g.add_argument("--keep-flagged", action="store_true", help="keep flagged stories in train/val")
+    g.set_defaults(func=_run_data_llm)
+
+
+def _run_data_llm(args: argparse.Namespace) -> None:
+    import json
+
+    from tinyscale.data.llm import LlmSettings, generate_llm_corpus
+    from tinyscale.endpoint import Endpoint
+
+    ep = Endpoint(args.base_url, args.model, api_key_env=args.api_key_env, timeout=args.timeout)
+    settings = LlmSettings(stories=args.stories, seed=args.seed, fmt=args.format, template=args.template,
+                           temperature=args.temperature, max_tokens=args.max_tokens, concurrency=args.concurrency,
+                           val_fraction=args.val_fraction, keep_flagged=args.keep_flagged, max_cost=args.max_cost,
+                           price_in=args.price_in, price_out=args.price_out)
+    print(json.dumps(generate_llm_corpus(args.out, ep, settings), indent=2))
+
+
+def _add_data_ingest(dsub: argparse._SubParsersAction) -> None:
+    i = dsub.add_parser("ingest", help="read a corpus made elsewhere (TinyStories files, JSONL, Parquet, HF)")
+    i.add_argument("source", help="file, folder, or hf:NAME for a Hugging Face hub dataset")
+    i.add_argument("--out", required=True, help="output corpus folder")
+    i.add_argument("--text-field", help="field holding the text (default: text, story or content)")
+    i.add_argument("--val-fraction", type=float, default=0.05, help="when the source has no validation split")
+    i.add_argument("--limit", type=_count, help="at most N stories per split")
+    i.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    i.set_defaults(func=_run_data_ingest)
+
+
+def _run_data_ingest(args: argparse.Namespace) -> None:
+    import json
+
+    from tinyscale.data.ingest import ingest
+
+    print(json.dumps(ingest(args.source, args.out, text_field=args.text_field, val_fraction=args.val_fraction,
+                            limit=args.limit, overwrite=args.overwrite), indent=2))
 
 
 # --- sweep ------------------------------------------------------------------------------------
@@ -186,7 +244,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     b = p.add_argument_group("bookkeeping")
     b.add_argument("--log-every", type=_positive_int, help="steps between metrics lines")
     b.add_argument("--eval-every", type=_nonnegative_int, help="steps between evaluations (0: at the end)")
-    b.add_argument("--eval-tokens", type=_count, help="validation tokens per evaluation")
+    b.add_argument("--eval-tokens", type=_count, help="validation tokens per evaluation (evenly spaced windows)")
+    b.add_argument("--eval-min-skill-tokens", type=_nonnegative_int, metavar="N",
+                   help="add windows until every labeled skill has N validation tokens (default 2000)")
     b.add_argument("--checkpoint-every", type=_positive_int)
     b.add_argument("--dense-checkpoints", type=_nonnegative_int, metavar="STEP",
                    help="also keep checkpoints at steps 1, 2, 4, ... up to STEP")
@@ -326,14 +386,15 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     a.add_argument("sweep", nargs="?", help="sweep folder (writes SWEEP/analysis.json)")
     a.add_argument("--csv", metavar="FILE", help="analyse a CSV of someone else's results instead")
     a.add_argument("--params-col", metavar="COL", help="CSV column of parameter counts N")
-    a.add_argument("--tokens-col", metavar="COL", help="CSV column of training tokens D")
+    a.add_argument("--tokens-col", metavar="COL", help="CSV column of training tokens D (default C/(6N))")
     a.add_argument("--loss-col", metavar="COL", help="CSV column of the loss L")
     a.add_argument("--flops-col", metavar="COL", help="CSV column of training compute C (default 6ND)")
     a.add_argument("--run-col", metavar="COL", help="CSV column grouping rows into runs for the bootstrap")
     a.add_argument("--task-col", metavar="COL", help="CSV column naming the task of a per-task curve")
     a.add_argument("--x-col", metavar="COL", help="CSV column of the scale axis of per-task curves")
     a.add_argument("--metric-col", metavar="COL", help="CSV column of the per-task metric")
-    a.add_argument("--chance", type=float, help="chance level of the per-task metric")
+    a.add_argument("--chance", type=float, help="chance level of the per-task metric (all tasks)")
+    a.add_argument("--chance-col", metavar="COL", help="CSV column of each task's chance level")
     a.add_argument("--lower-is-better", action="store_true", help="the per-task metric is a loss")
     a.add_argument("--size", choices=["non_embedding_params", "params"], default="non_embedding_params",
                    help="parameter count used as N for a sweep")
@@ -346,7 +407,8 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 def _run_analyze(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from tinyscale.analysis.analyze import analyze_csv, analyze_sweep, summary_tables
+    from tinyscale.analysis.analyze import analyze_csv, analyze_sweep
+    from tinyscale.analysis.report import summary_tables
     from tinyscale.fileio import write_json
 
     if args.n_boot < 0:
@@ -357,13 +419,16 @@ def _run_analyze(args: argparse.Namespace) -> None:
         result = analyze_csv(args.csv, params_col=args.params_col, tokens_col=args.tokens_col,
                              loss_col=args.loss_col, flops_col=args.flops_col, run_col=args.run_col,
                              task_col=args.task_col, x_col=args.x_col, metric_col=args.metric_col,
-                             chance=args.chance, lower_is_better=args.lower_is_better,
+                             chance=args.chance, chance_col=args.chance_col,
+                             lower_is_better=args.lower_is_better,
                              n_boot=args.n_boot, seed=args.seed)
     else:
         result = analyze_sweep(args.sweep, size_key=args.size, n_boot=args.n_boot, seed=args.seed)
     if args.out:
         write_json(args.out, result)
     console = Console()
+    for note in result.get("notes", []):
+        console.print(note, markup=False)
     for table in summary_tables(result):
         console.print(table)
     where = [p for p in (None if args.csv else f"{args.sweep}/analysis.json", args.out) if p]
@@ -408,7 +473,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--samples", type=_positive_int, default=2, metavar="K", help="completions per story")
     e.add_argument("--temperature", type=float, default=0.8, help="for the completions (0 = greedy)")
     e.add_argument("--max-tokens", type=_count, default=None, metavar="N",
-                   help="tokens per split for the loss per skill (default 32768)")
+                   help="tokens per split for the loss per skill (default: the run's --eval-tokens, as its periodic evaluation)")
     e.add_argument("--data", default=None, help="shards folder (default: the one in run.json)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
@@ -419,7 +484,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _run_eval(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from tinyscale.evaluate import DEFAULT_MAX_TOKENS, evaluate_run
+    from tinyscale.evaluate import evaluate_run
     from tinyscale.evaluate.run import eval_tables
 
     if args.completions < 0:
@@ -431,12 +496,45 @@ def _run_eval(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     results = evaluate_run(args.run, args.checkpoints, [] if args.no_suites else args.suite, args.device,
-                           max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS, completions=args.completions,
+                           max_tokens=args.max_tokens or None, completions=args.completions,
                            samples=args.samples, temperature=args.temperature, seed=args.seed, data_dir=args.data)
     console = Console()
     for table in eval_tables(results):
         console.print(table)
     console.print(f"wrote {len(results)} result(s) to {args.run}/eval/")
+
+
+def _add_judge(sub: argparse._SubParsersAction) -> None:
+    j = sub.add_parser("judge", help="an LLM teacher grades a run's story completions (the paper's evaluation)")
+    j.add_argument("run", help="run folder (after tinyscale eval)")
+    j.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
+    j.add_argument("--model", required=True, help="the judge model")
+    j.add_argument("--checkpoints", default="all", metavar="all|last|STEP,...", help="default: all evaluated")
+    j.add_argument("--completions", type=_positive_int, metavar="M", help="stories per checkpoint (default: all)")
+    j.add_argument("--samples", type=_positive_int, metavar="K", help="completions per story (default: all)")
+    j.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight (default 8)")
+    j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the key (default OPENAI_API_KEY)")
+    j.add_argument("--cache", help="verdict cache file, shareable by runs (default RUN/eval/judge_cache.jsonl)")
+    j.add_argument("--template", help="judge prompt template file (with a $story slot)")
+    j.add_argument("--no-json-mode", action="store_true", help="do not ask for response_format json_object")
+    j.add_argument("--no-reference", action="store_true", help="do not grade the corpus's own endings")
+    j.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    j.set_defaults(func=_run_judge)
+
+
+def _run_judge(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from tinyscale.endpoint import Endpoint
+    from tinyscale.evaluate.judge import JudgeSettings, judge_run, judge_table
+
+    ep = Endpoint(args.base_url, args.model, api_key_env=args.api_key_env, timeout=args.timeout)
+    settings = JudgeSettings(completions=args.completions, samples=args.samples, concurrency=args.concurrency,
+                             json_mode=not args.no_json_mode, template=args.template, cache=args.cache,
+                             reference=not args.no_reference)
+    results = judge_run(args.run, ep, settings, args.checkpoints)
+    Console().print(judge_table(results))
+    print(f"wrote {len(results)} result(s) to {args.run}/eval/judge_<step>.json")
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -445,9 +543,11 @@ def _run_eval(args: argparse.Namespace) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="a whole small study on the story world, end to end (~15 min on 2 cores)")
     p.add_argument("--out", default="demo", help="folder for corpus, shards, sweep and report (default ./demo)")
-    p.add_argument("--minutes", type=float, default=15.0, help="time budget in minutes on this machine (default 15)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-time budget in minutes on this machine, data to report (default 15)")
     p.add_argument("--stories", type=_count, default=None,
                    help="story-world stories to generate (default: enough for one epoch of the planned tokens)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the story world and of every run (default 0)")
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     p.set_defaults(func=_run_demo)
 
@@ -455,7 +555,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> None:
     from tinyscale.demo import run_demo
 
-    report = run_demo(args.out, minutes=args.minutes, stories=args.stories, overwrite=args.overwrite)
+    report = run_demo(args.out, minutes=args.minutes, stories=args.stories, seed=args.seed,
+                      overwrite=args.overwrite)
     print(f"report: {report}")
 
 
@@ -466,6 +567,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_sample,
     _add_eval,
+    _add_judge,
     _add_export,
     _add_interpret,
     _add_sweep,

@@ -82,6 +82,8 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(250, ge=0)  # 0: evaluate only at the end
     eval_tokens: int = Field(65_536, ge=1)
+    # Validation windows are added until every labeled skill has this many tokens (evaluate/loss.py).
+    eval_min_skill_tokens: int = Field(2000, ge=0)
     checkpoint_every: int = Field(500, ge=1)
     dense_checkpoints: int = Field(0, ge=0)  # also keep steps 1, 2, 4, ... up to this one
     # Execution: these may change when a run is resumed.

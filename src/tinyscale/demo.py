@@ -1,75 +1,198 @@
 """`tinyscale demo`: a whole small study, end to end, on the built-in story world.
 
 story world -> BPE tokenizer -> a sweep of four model sizes (16x and more apart in parameters) ->
-evaluation of every checkpoint -> scaling fits and emergence taxonomy -> report.html.
+evaluation -> scaling fits, no-skill baselines and emergence taxonomy -> report.html.
 
-The budget (`minutes`) is split into a fixed part (data, evaluation, report) and training; the
-training tokens per run are chosen so that the four runs together fill the training share, from
-the speed of each size measured on this machine just before (a few of the trainer's own steps).
+The budget (`minutes`, wall time on this machine) is planned from measurements made here, not from
+constants tuned elsewhere: how fast this machine writes and tokenizes stories, trains each size
+(with the other slot busy, as in the sweep), runs evaluation forward passes, and starts a process.
+Data, the trainer's periodic evaluations, the final evaluation and the report are subtracted from
+the budget; the rest buys training tokens, the same number for every size. The plan is written to
+OUT/plan.json; a re-run with the same options resumes, with other options it says why it cannot.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
+import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
 from tinyscale import progress
 from tinyscale.errors import UserError
-from tinyscale.fileio import atomic_open
+from tinyscale.fileio import atomic_open, read_json, write_json
 
 # Width x depth x heads of the four models, largest first so that the two parallel slots finish
 # together. Total parameters (vocabulary 2048, tied embeddings) span 18x, non-embedding ones ~67x.
 SIZES: tuple[tuple[int, int, int], ...] = ((96, 5, 4), (48, 4, 4), (32, 2, 2), (16, 2, 2))
 VOCAB = 2048
 SEQ_LEN = 128
-BATCH = 32
-MIN_STORIES = 30_000
-VAL_FRACTION = 0.05
-# Training tokens per story with the demo's 2048-token BPE (6,704,591 tokens in 28,499 train stories).
-TOKENS_PER_STORY = 235
+BATCH = 16  # more optimizer steps per token: the largest model learns facts sooner (measured: 96x5 at 3.5M tokens)
+LR = 3e-3
+MIN_STORIES = 20_000
+VAL_FRACTION = 0.07  # ~1,400 validation stories of 20,000: ~2,200 fact tokens (the rarest skill)
 PARALLEL = 2  # runs trained at once; the cores are split between them
+EVAL_TOKENS = 16_384  # evenly spaced validation tokens per evaluation (rare skills add more)
+EVALS = 10  # periodic evaluations per run, step 0 included: the points of each learning curve
 CALIBRATION_STEPS = 4
-# A few steps measured alone predict a run's speed conservatively: on 2 Zen 5 cores the largest
-# model measured 19,700-22,200 tokens/s and then trained at a median 24,000 beside its twin, the
-# smallest at 78,800 against 102,000-114,000 (it shares the slot that waits less). The margin is
-# for a machine busier when the runs train than when they were measured.
-CONTENTION_MARGIN = 1.1
-FIXED_MINUTES = 2.0  # data, evaluation of every kept checkpoint, analysis and report (~1.2 min on Zen 5)
+SAMPLE_STORIES = 400  # written and tokenized to measure the data stage
+REPORT_SECONDS = 30.0  # analysis (200 bootstrap fits) and the figures: ~15 s measured on 2 cores
+SAFETY = 1.05  # measurement noise: plan 5% short rather than overrun
 
 
-def measure_seconds_per_token() -> list[float]:
-    """Seconds per training token of each size in SIZES, on this machine, as the sweep will train it
-    (same device, dtype and threads per run): a laptop and a server then both fill the budget."""
+@dataclass
+class Speeds:
+    """What the plan needs to know about this machine, measured on it (seconds)."""
+
+    train_per_token: list[float]  # per size in SIZES, with the other slot busy
+    forward_per_token: list[float]  # evaluation forward passes per size
+    data_per_story: float  # story world + tokenizer, per story
+    tokens_per_story: float  # training tokens per story with the demo's tokenizer
+    process_start: float  # one `tinyscale` subprocess: interpreter and torch import
+    eval_tokens: int  # validation tokens per evaluation (EVAL_TOKENS + rare-skill windows)
+
+
+def _sizes_cfg() -> tuple[Any, list[Any], torch.device]:
     from tinyscale.config import TrainConfig
     from tinyscale.generate import pick_device
     from tinyscale.model import bf16_native, model_config
-    from tinyscale.train import timing_step
 
     device = pick_device("auto")
     cfg = TrainConfig(data=".", batch=BATCH, seq_len=SEQ_LEN, dtype="bf16" if bf16_native(device) else "fp32")
+    models = [model_config(vocab_size=VOCAB, max_seq_len=SEQ_LEN, d_model=d, n_layers=n, n_heads=h)
+              for d, n, h in SIZES]
+    return cfg, models, device
+
+
+def _time_steps(step, device: torch.device, steps: int = CALIBRATION_STEPS) -> float:
+    step(0)  # warm-up: allocations, kernel selection
+    _sync(device)
+    t = time.perf_counter()
+    for k in range(1, steps + 1):
+        step(k)
+    _sync(device)  # a GPU runs behind the Python that queues its work
+    return (time.perf_counter() - t) / (steps * BATCH * SEQ_LEN)
+
+
+def measure_train_speeds() -> list[float]:
+    """Seconds per training token of each size, as the sweep trains it (same device, dtype and
+    threads per run) and with the other slot busy: the smaller sizes are timed while another process
+    trains the largest, and the largest while another process trains the smallest."""
+    from tinyscale.train import timing_step
+
+    cfg, models, device = _sizes_cfg()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // PARALLEL))
+    try:
+        out: list[float] = [0.0] * len(models)
+        for timed, beside in ((range(1, len(models)), 0), ([0], len(models) - 1)):
+            with _busy_slot(beside):
+                for i in timed:
+                    out[i] = _time_steps(timing_step(cfg, models[i], device), device)
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _busy_slot:
+    """A subprocess training size `i` of SIZES (the other slot of the sweep) until the block ends."""
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def __enter__(self) -> None:
+        code = f"from tinyscale.demo import train_forever; train_forever({self.i})"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        self.proc.stdout.readline()  # "ready": warmed up and training
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def train_forever(i: int, limit_s: float = 300.0) -> None:
+    """Train size i on random tokens (the load of `measure_train_speeds`); stops by itself after
+    `limit_s` seconds should the parent die without killing it."""
+    from tinyscale.train import timing_step
+
+    cfg, models, device = _sizes_cfg()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // PARALLEL))
+    step = timing_step(cfg, models[i], device)
+    step(0)
+    print("ready", flush=True)
+    t, k = time.perf_counter(), 1
+    while time.perf_counter() - t < limit_s:
+        step(k)
+        k += 1
+
+
+def measure_forward_speeds() -> list[float]:
+    """Seconds per token of an evaluation forward pass (float32, no gradients) of each size."""
+    from tinyscale.model import Transformer
+
+    _, models, device = _sizes_cfg()
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // PARALLEL))
     try:
         out = []
-        for d, n, h in SIZES:
-            mcfg = model_config(vocab_size=VOCAB, max_seq_len=SEQ_LEN, d_model=d, n_layers=n, n_heads=h)
-            step = timing_step(cfg, mcfg, device)
-            step(0)  # warm-up: allocations, kernel selection
-            _sync(device)
-            t = time.perf_counter()
-            for k in range(1, CALIBRATION_STEPS + 1):
-                step(k)
-            _sync(device)  # a GPU runs behind the Python that queues its work
-            out.append((time.perf_counter() - t) / (CALIBRATION_STEPS * BATCH * SEQ_LEN) * CONTENTION_MARGIN)
+        x = torch.randint(0, VOCAB, (BATCH, SEQ_LEN), device=device)
+        for mcfg in models:
+            model = Transformer(mcfg).to(device).eval()
+            with torch.no_grad():
+                out.append(_time_steps(lambda _k, m=model: m(x), device, steps=3))
         return out
     finally:
         torch.set_num_threads(threads)
+
+
+def measure_data(seed: int) -> tuple[float, float, np.ndarray]:
+    """(seconds per story for the world and the tokenizer, training tokens per story, the sample's
+    validation skill ids), from SAMPLE_STORIES stories written and tokenized in a scratch folder."""
+    from tinyscale.data.shards import ShardSet
+    from tinyscale.data.tokenize import tokenize_corpus
+    from tinyscale.data.world import write_world_corpus
+
+    with tempfile.TemporaryDirectory(prefix="tinyscale-demo-") as tmp:
+        t = time.perf_counter()
+        write_world_corpus(Path(tmp) / "c", stories=SAMPLE_STORIES, seed=seed, val_fraction=0.5)
+        tokenize_corpus(Path(tmp) / "c", Path(tmp) / "s", vocab_size=VOCAB, overwrite=True)
+        seconds = (time.perf_counter() - t) / SAMPLE_STORIES
+        shards = ShardSet.open(Path(tmp) / "s")
+        per_story = shards.meta["splits"]["train"]["tokens"] / shards.meta["splits"]["train"]["stories"]
+        return seconds, per_story, np.asarray(shards.skills("val"))
+
+
+def estimate_eval_tokens(skills: np.ndarray, scale: float = 0.1) -> int:
+    """Validation tokens per evaluation: EVAL_TOKENS evenly spaced plus the windows added for rare
+    skills (evaluate/loss.py), estimated by selecting windows from a sample's skill ids with both
+    targets scaled down by `scale` (the sample is smaller than the validation split), then scaled up."""
+    from tinyscale.evaluate.loss import MIN_SKILL_TOKENS, select_windows
+
+    chosen = select_windows(skills, SEQ_LEN, int(EVAL_TOKENS * scale), int(MIN_SKILL_TOKENS * scale))
+    return int(len(chosen) * SEQ_LEN / scale)
+
+
+def measure_process_start() -> float:
+    """Seconds to start a subprocess that imports torch (each sweep run starts two)."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True, capture_output=True)
+    return time.perf_counter() - t
+
+
+def measure(seed: int) -> Speeds:
+    data_per_story, tokens_per_story, skills = measure_data(seed)
+    return Speeds(train_per_token=measure_train_speeds(), forward_per_token=measure_forward_speeds(),
+                  data_per_story=data_per_story, tokens_per_story=tokens_per_story,
+                  process_start=measure_process_start(), eval_tokens=estimate_eval_tokens(skills))
 
 
 def _sync(device: torch.device) -> None:
@@ -79,81 +202,126 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def plan_tokens(minutes: float, seconds_per_token: list[float]) -> int:
-    """Training tokens per run (the same for every size) that fit the training share of `minutes`,
-    given each size's seconds per token (`measure_seconds_per_token`, in the order of SIZES).
-
-    Two runs train at once; the largest model occupies one slot for the whole time while the
-    smaller ones take turns on the other, so the wall time is the larger of the two.
-    """
-    train_seconds = max(30.0, (minutes - FIXED_MINUTES) * 60)
-    slowest_slot = max(seconds_per_token[0], sum(seconds_per_token[1:]))
-    tokens = int(train_seconds / slowest_slot)
-    return max(BATCH * SEQ_LEN * 50, tokens - tokens % (BATCH * SEQ_LEN))
-
-
-def stories_for(tokens: int) -> int:
+def stories_for(tokens: int, tokens_per_story: float) -> int:
     """Stories whose training split holds `tokens`: each run sees every story at most once, so a
     fast machine's larger budget buys fresh data rather than repeated epochs."""
-    return max(MIN_STORIES, math.ceil(tokens / TOKENS_PER_STORY / (1 - VAL_FRACTION) * 1.02))
+    return max(MIN_STORIES, math.ceil(tokens / tokens_per_story / (1 - VAL_FRACTION) * 1.02))
 
 
-def sweep_yaml(shards: Path, tokens: int) -> dict[str, Any]:
+def run_seconds(i: int, tokens: int, s: Speeds) -> float:
+    """Wall time of size i's run: training, its periodic evaluations, the final `tinyscale eval`
+    (the loss again, probes and three completions: counted as two more evaluations) and two
+    process starts."""
+    return tokens * s.train_per_token[i] + (EVALS + 2) * s.eval_tokens * s.forward_per_token[i] + 2 * s.process_start
+
+
+def plan_tokens(minutes: float, s: Speeds, stories: int | None = None) -> int:
+    """Training tokens per run (the same for every size) that fit `minutes` of wall time here.
+
+    Two runs train at once: the largest model occupies one slot while the smaller ones take turns
+    on the other, so the training wall time is the larger of the two slots. Data (for `stories`,
+    or for as many as the tokens need) and the report come off the budget first.
+    """
+    budget = minutes * 60 / SAFETY - REPORT_SECONDS
+    slots = ([0], list(range(1, len(SIZES))))
+    tokens = 0
+    for _ in range(3):  # the data's share depends on the tokens when the stories follow them
+        n_stories = stories or stories_for(tokens, s.tokens_per_story)
+        left = budget - n_stories * s.data_per_story
+        fits = []
+        for slot in slots:
+            fixed = sum(run_seconds(i, 0, s) for i in slot)
+            fits.append((left - fixed) / sum(s.train_per_token[i] for i in slot))
+        tokens = int(min(fits))
+    step = BATCH * SEQ_LEN
+    return max(step * 50, tokens - tokens % step)
+
+
+def sweep_yaml(shards: Path, tokens: int, seed: int = 0) -> dict[str, Any]:
     steps = tokens // (BATCH * SEQ_LEN)
     return {
         "data": str(shards.resolve()),
         "launcher": "local",
         "parallel": PARALLEL,
         "train": {
-            "tokens": tokens, "batch": BATCH, "seq_len": SEQ_LEN, "lr": 3e-3, "warmup": max(10, steps // 20),
-            # Per-skill validation loss during training gives the learning curves; the sweep's
-            # evaluation (probes, completions) runs on the kept checkpoints only.
-            "eval_every": max(10, steps // 10), "eval_tokens": 16_384,
-            "checkpoint_every": max(10, steps // 8), "dense_checkpoints": 8, "seed": 0,
+            "tokens": tokens, "batch": BATCH, "seq_len": SEQ_LEN, "lr": LR, "warmup": max(10, steps // 20),
+            # The learning curves (loss per skill, baseline, floor) come from the trainer's periodic
+            # evaluation; `tinyscale eval` measures the same windows, and adds probes and completions.
+            "eval_every": max(1, math.ceil(steps / (EVALS - 1))), "eval_tokens": EVAL_TOKENS,
+            "checkpoint_every": max(10, steps // 8), "dense_checkpoints": 8, "seed": seed,
         },
         "runs": [{"name": f"d{d}-l{n}", "d_model": d, "n_layers": n, "n_heads": h} for d, n, h in SIZES],
-        "eval": {"checkpoints": "all", "completions": 3, "samples": 1, "max_tokens": 16_384},
+        "eval": {"checkpoints": "last", "completions": 3, "samples": 1},
     }
 
 
-def run_demo(out: str | Path = "demo", minutes: float = 15.0, stories: int | None = None, seed: int = 0,
+def _check_replan(plan_file: Path, minutes: float | None, stories: int | None, seed: int) -> dict | None:
+    """The plan of an earlier run of this folder, if its options match; else a clear refusal."""
+    if not plan_file.is_file():
+        return None
+    plan = read_json(plan_file)
+    asked = {"minutes": minutes, "stories": stories, "seed": seed}
+    differ = [k for k, v in asked.items() if v is not None and plan.get(k) != v]
+    if differ:
+        was = ", ".join(f"--{k} {plan.get(k)}" for k in differ)
+        now = ", ".join(f"--{k} {asked[k]}" for k in differ)
+        raise UserError(f"{plan_file.parent}: this demo was planned with {was}; it cannot resume with {now} "
+                        f"(its data and runs follow the old plan): add --overwrite to start over, or use "
+                        f"another --out")
+    return plan
+
+
+def run_demo(out: str | Path = "demo", minutes: float | None = None, stories: int | None = None, seed: int = 0,
              overwrite: bool = False) -> Path:
-    """Run the whole study into `out`; return the report's path. Re-running resumes where it stopped.
-    `stories`: None writes as many as the planned training tokens need (`stories_for`)."""
+    """Run the whole study into `out`; return the report's path. Re-running resumes where it stopped
+    (with the same options). `stories`: None writes as many as the planned training tokens need."""
     from tinyscale.analysis.report import build_report
-    from tinyscale.data.tokenize import tokenize_corpus
-    from tinyscale.data.world import write_world_corpus
     from tinyscale.sweep import run_sweep
 
-    if minutes <= 0:
-        raise UserError(f"--minutes must be positive, got {minutes}")
+    if minutes is not None and not (math.isfinite(minutes) and 0 < minutes <= 24 * 60):
+        raise UserError(f"--minutes must be a number in (0, 1440], got {minutes}")
     out = Path(out)
-    corpus, shards, sweep = out / "corpus", out / "shards", out / "sweep"
     if overwrite and out.exists():
         import shutil
 
         shutil.rmtree(out)
-    sweep_file = sweep / "sweep.yaml"
-    if sweep_file.is_file():  # resuming: the plan is made
-        tokens = yaml.safe_load(sweep_file.read_text())["train"]["tokens"]
-    else:
-        progress.info("1/5 measuring how fast each size trains here")
-        per_token = measure_seconds_per_token()
-        tokens = plan_tokens(minutes, per_token)
-        progress.info("planned 4 runs of %.2fM tokens each (%s tokens/s measured, largest first)", tokens / 1e6,
-                      " / ".join(f"{CONTENTION_MARGIN / s:,.0f}" for s in per_token))
-    if not (corpus / "train.jsonl").is_file():
-        stories = stories or stories_for(tokens)
-        progress.info("2/5 writing %d story-world stories to %s", stories, corpus)
-        write_world_corpus(corpus, stories=stories, seed=seed, val_fraction=VAL_FRACTION, fmt="plain",
-                           hold_out=[], overwrite=True)
-    if not (shards / "meta.json").is_file():
-        progress.info("3/5 training a %d-token BPE and writing shards to %s", VOCAB, shards)
-        tokenize_corpus(corpus, shards, vocab_size=VOCAB, overwrite=True)
+    started = time.perf_counter()
+    plan = _check_replan(out / "plan.json", minutes, stories, seed) or _new_plan(out, minutes or 15.0, stories, seed)
+    _make_data(out, plan)
+    sweep_file = out / "sweep" / "sweep.yaml"
     if not sweep_file.is_file():
         with atomic_open(sweep_file) as f:
-            yaml.safe_dump(sweep_yaml(shards, tokens), f, sort_keys=False)
+            yaml.safe_dump(sweep_yaml(out / "shards", plan["tokens"], seed), f, sort_keys=False)
     progress.info("4/5 training and evaluating (tinyscale sweep %s)", sweep_file)
     run_sweep(sweep_file)
     progress.info("5/5 analysing and writing the report")
-    return build_report(sweep, reanalyze=True)
+    report = build_report(out / "sweep", reanalyze=True)
+    progress.info("demo took %.1f min here (planned %.1f)", (time.perf_counter() - started) / 60, plan["minutes"])
+    return report
+
+
+def _new_plan(out: Path, minutes: float, stories: int | None, seed: int) -> dict:
+    progress.info("1/5 measuring this machine: data, training and evaluation speed of each size")
+    speeds = measure(seed)
+    tokens = plan_tokens(minutes, speeds, stories)
+    n_stories = stories or stories_for(tokens, speeds.tokens_per_story)
+    plan = {"minutes": minutes, "stories": stories, "seed": seed, "tokens": tokens, "n_stories": n_stories,
+            "measured": asdict(speeds)}
+    progress.info("planned %d stories and 4 runs of %.2fM tokens each (%s tokens/s measured, largest first)",
+                  n_stories, tokens / 1e6, " / ".join(f"{1 / t:,.0f}" for t in speeds.train_per_token))
+    write_json(out / "plan.json", plan)
+    return plan
+
+
+def _make_data(out: Path, plan: dict) -> None:
+    from tinyscale.data.tokenize import tokenize_corpus
+    from tinyscale.data.world import write_world_corpus
+
+    corpus, shards = out / "corpus", out / "shards"
+    if not (corpus / "train.jsonl").is_file():
+        progress.info("2/5 writing %d story-world stories to %s", plan["n_stories"], corpus)
+        write_world_corpus(corpus, stories=plan["n_stories"], seed=plan["seed"], val_fraction=VAL_FRACTION,
+                           fmt="plain", hold_out=[], overwrite=True)
+    if not (shards / "meta.json").is_file():
+        progress.info("3/5 training a %d-token BPE and writing shards to %s", VOCAB, shards)
+        tokenize_corpus(corpus, shards, vocab_size=VOCAB, overwrite=True)

@@ -124,8 +124,21 @@ def bf16_native(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        return _cpu_isa_allows_bf16() and bool(torch.cpu._is_avx512_bf16_supported()
+                                               or torch.cpu._is_amx_tile_supported())
     return device.type == "mps"
+
+
+def _cpu_isa_allows_bf16() -> bool:
+    """False when the environment caps the instruction sets below AVX-512 BF16: PyTorch's
+    ATEN_CPU_CAPABILITY (default/avx2) or oneDNN's ONEDNN_MAX_CPU_ISA (an AVX2 or older level). With
+    either set, the machine behaves as one without native bf16 (how an AVX2-only CPU is emulated)."""
+    import os
+
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    below_bf16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+    return aten not in ("default", "avx2") and onednn not in below_bf16
 
 
 def cache_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:

@@ -1,4 +1,4 @@
-"""Run directories: where a training run's config, metrics and checkpoints live (DESIGN.md).
+"""Run directories: where a training run's config, metrics and checkpoints live (docs/formats.md, "Run folder").
 
     RUN/run.json                          resolved config; "model" holds the ModelConfig dict
     RUN/tokenizer.json                    copy of the tokenizer the run was trained with

@@ -35,12 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import tinyscale
 from tinyscale import progress
 from tinyscale.config import ModelConfig, TrainConfig
-from tinyscale.data.corpus import SKILLS
 from tinyscale.errors import UserError
 from tinyscale.fileio import atomic_open, read_json, write_json
 from tinyscale.model import Transformer, bf16_native, count_params, flops_per_token, model_config
@@ -115,13 +113,6 @@ def windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int, device: torch.
     else:
         w = w.to(device)
     return w[:, :-1], w[:, 1:]
-
-
-def eval_starts(n_tokens: int, seq_len: int, eval_tokens: int) -> np.ndarray:
-    """The first eval_tokens // seq_len of the split's evaluation windows (the same for every run)."""
-    from tinyscale.data.shards import windows as eval_windows
-
-    return np.asarray(eval_windows(n_tokens, seq_len)[: max(1, eval_tokens // seq_len)], dtype=np.int64)
 
 
 # --- schedule, optimizer, precision --------------------------------------------------------------------
@@ -397,34 +388,37 @@ def truncate_metrics(path: Path, step: int) -> None:
 # --- evaluation ----------------------------------------------------------------------------------------
 
 
+def validation_data(shards: Any, cfg: TrainConfig) -> Any:
+    """The validation windows of every periodic evaluation: the same as `tinyscale eval` takes for
+    this run (evaluate/loss.py), so a learning curve has one estimate throughout."""
+    from tinyscale.evaluate.loss import loss_windows
+
+    return loss_windows("val", shards.tokens("val"), shards.skills("val"), shards.floor("val"), cfg.seq_len,
+                        cfg.eval_tokens, base=shards.base("val"), min_skill_tokens=cfg.eval_min_skill_tokens)
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, shards: Any, cfg: TrainConfig, d: Dist) -> dict[str, Any]:
-    """Validation loss over fixed windows, overall and per skill label of the predicted token."""
-    tokens, skills = shards.tokens("val"), shards.skills("val")
-    starts = eval_starts(len(tokens), cfg.seq_len, cfg.eval_tokens)[d.rank::d.world]
-    sums = torch.zeros(2, len(SKILLS), dtype=torch.float64)
+def evaluate(model: torch.nn.Module, data: Any, cfg: TrainConfig, d: Dist) -> dict[str, Any]:
+    """Validation loss over `validation_data`, overall and per skill label of the predicted token, in
+    float32 (as `tinyscale eval`); the full per-skill summary (floor, baseline, intervals) too."""
+    from tinyscale.evaluate.loss import summarize_sums, token_losses, window_sums
+
     was_training = model.training
     model.eval()
-    step = max(1, cfg.batch // d.world)
-    for i in range(0, len(starts), step):
-        chunk = starts[i:i + step]
-        x, y = windows(tokens, chunk, cfg.seq_len, d.device)
-        with autocast(cfg, d.device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").double().cpu()
-        sk = torch.from_numpy(skills[chunk[:, None] + np.arange(1, cfg.seq_len + 1)].astype(np.int64)).flatten()
-        sums[0] += torch.bincount(sk, weights=loss, minlength=len(SKILLS))[: len(SKILLS)]
-        sums[1] += torch.bincount(sk, minlength=len(SKILLS))[: len(SKILLS)].double()
+    rows = np.arange(len(data.x))[d.rank::d.world]
+    loss = token_losses(model, data, d.device, batch_size=max(1, cfg.batch // d.world), rows=rows)
     model.train(was_training)
+    sums = torch.from_numpy(window_sums(loss, data))
     if d.world > 1:
         sums = sums.to(d.device)
         d.sum_(sums)
         sums = sums.cpu()
-    loss_sum, count = sums.tolist()
+    summary = summarize_sums(sums.numpy(), data.shares)
     return {
-        "val_loss": sum(loss_sum) / max(1.0, sum(count)),
-        "val_loss_by_skill": {s: loss_sum[i] / count[i] for i, s in enumerate(SKILLS) if count[i]},
-        "val_tokens_by_skill": {s: int(count[i]) for i, s in enumerate(SKILLS) if count[i]},
+        "val_loss": summary["loss"],
+        "val_loss_by_skill": {s: v["loss"] for s, v in summary["skills"].items()},
+        "val_tokens_by_skill": {s: v["tokens"] for s, v in summary["skills"].items()},
+        "val": summary,
     }
 
 
@@ -565,9 +559,11 @@ def _loop(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, 
         if d.main:
             append_jsonl(metrics, row)
 
+    val_data = validation_data(shards, cfg)
+
     def run_eval(step: int) -> None:
         log({"step": step, "tokens": step * per_step, "flops": float(fpt) * step * per_step,
-             **evaluate(model, shards, cfg, d), "elapsed_s": round(elapsed, 3)})
+             **evaluate(model, val_data, cfg, d), "elapsed_s": round(elapsed, 3)})
 
     if start_step >= steps:
         progress.info(f"{run_dir}: already trained to step {start_step} of {steps}; nothing to do")

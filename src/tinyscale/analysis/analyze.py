@@ -88,10 +88,14 @@ def fit_laws(records: list[dict], size_key: str = "non_embedding_params", n_boot
         by_d = sorted((r for r in with_loss if r["run"] == largest and r.get("tokens")), key=lambda r: r["tokens"])
         d_source = f"learning curve of the largest model ({largest})"
     out["points"]["L(D)"] = _points(by_d, "tokens")
-    groups = [r["run"] + f"@{r['step']}" for r in by_d]  # one run: resample its checkpoints
-    out["L(D)"] = _fit_or_error(fit_power_law, [r["tokens"] for r in by_d], [r["loss"] for r in by_d], groups,
-                                law="L(D)", n_boot=n_boot, seed=seed, missing="no token counts")
-    out["L(D)"]["source"] = d_source
+    # Checkpoints of one learning curve are not independent draws: resampling them would give an
+    # interval that looks like one over runs but is far too narrow. One curve: no interval.
+    one_curve = len({r["run"] for r in by_d}) == 1
+    out["L(D)"] = _fit_or_error(fit_power_law, [r["tokens"] for r in by_d], [r["loss"] for r in by_d],
+                                [r["run"] for r in by_d], law="L(D)", n_boot=0 if one_curve else n_boot,
+                                seed=seed, missing="no token counts")
+    out["L(D)"]["source"] = d_source + (" (one curve: no interval, its checkpoints are not independent)"
+                                        if one_curve else "")
 
     computed = [r for r in with_loss if r.get("flops")]
     front = pareto_frontier(computed)
@@ -128,13 +132,19 @@ def _metric(rec: dict, row: str, metric: str) -> tuple[float, float | None, floa
 
     row is a skill name, "all" (overall loss) or a suite name; metric is loss, prob, exact or mc.
     """
+    if metric == "gap":  # loss - no-skill baseline, on the tokens whose baseline is known
+        gap = (rec.get("skill_gap") or {}).get(row)
+        return None if gap is None else (gap, (rec.get("skill_gap_se") or {}).get(row), 0.0)
     if metric == "loss":
         value = rec.get("loss") if row == "all" else rec["skill_loss"].get(row)
         if value is None:
             return None
-        n = rec.get("skill_tokens", {}).get(row) if row != "all" else sum(rec.get("skill_tokens", {}).values())
-        # Per-token losses have a standard deviation about equal to their mean, so se ~ loss / sqrt(n).
-        return value, (value / math.sqrt(n) if n else None), None
+        se = (rec.get("skill_loss_se") or {}).get(row)
+        if se is None:
+            n = rec.get("skill_tokens", {}).get(row) if row != "all" else sum(rec.get("skill_tokens", {}).values())
+            # Per-token losses have a standard deviation about equal to their mean: se ~ loss / sqrt(n).
+            se = value / math.sqrt(n) if n else None
+        return value, se, None
     probe = rec["probes"].get(row)
     if not probe or probe.get(metric) is None:
         return None
@@ -194,13 +204,18 @@ def _classify(curve: list[tuple], metric: str, chance: float | None) -> dict[str
         return {"label": None, "reason": "not measured"}
     x, y, se = zip(*curve, strict=True)
     noise = None if any(s is None for s in se) else np.maximum(np.array(se, float), 1e-6)
-    c = classify_curve(x, y, chance=chance, noise=noise, higher_is_better=metric != "loss").to_json()
+    if metric == "gap":  # the gap's baseline is 0 by definition; lower is better
+        c = classify_curve(x, y, baseline=0.0, noise=noise, higher_is_better=False).to_json()
+    else:
+        c = classify_curve(x, y, chance=chance, noise=noise, higher_is_better=metric != "loss").to_json()
     c["x"], c["y"] = list(x), list(y)
     return c
 
 
 def taxonomy(records: list[dict], size_key: str = "non_embedding_params") -> list[dict[str, Any]]:
-    """One row per skill / probe suite and axis, with the class under each metric side by side."""
+    """One row per skill / probe suite and axis, with the class under each metric side by side. A
+    skill's loss is classified twice: as a loss (no baseline: never called emergent) and as its gap to
+    the no-skill baseline ("gap": emergent only when it crosses below the baseline)."""
     skills = sorted({s for r in records for s in r["skill_loss"]})
     suites = sorted({s for r in records for s in r["probes"]})
     rows: list[tuple[str, str | None, str | None]] = [("all", None, "all")]
@@ -214,8 +229,8 @@ def taxonomy(records: list[dict], size_key: str = "non_embedding_params") -> lis
     for name, suite, skill in rows:
         for axis in ("size", "compute"):
             entry: dict[str, Any] = {"curve": name, "suite": suite, "skill": skill, "axis": axis, "metrics": {}}
-            for metric in ("exact", "mc", "prob", "loss"):
-                key = skill if metric == "loss" else suite
+            for metric in ("exact", "mc", "prob", "loss", "gap"):
+                key = skill if metric in ("loss", "gap") else suite
                 if key is None:
                     continue
                 curve = size_curve(records, key, metric, size_key) if axis == "size" else compute_curve(records, key, metric)
@@ -225,6 +240,59 @@ def taxonomy(records: list[dict], size_key: str = "non_embedding_params") -> lis
 
 
 # --- entry points -----------------------------------------------------------------------------
+
+
+def _crossing(curve: list[dict], skill: str) -> float | None:
+    """FLOPs of the first checkpoint from which a run's gap stays below 0 with its whole 95% interval
+    below 0 at that checkpoint (below the no-skill baseline beyond noise), or None."""
+    for i, r in enumerate(curve):
+        hi = r["skill_gap_hi"].get(skill)
+        if hi is not None and hi < 0 and all((q["skill_gap"].get(skill) or 0.0) < 0 for q in curve[i:]):
+            return r.get("flops")
+    return None
+
+
+def skill_baselines(records: list[dict], size_key: str = "non_embedding_params") -> list[dict[str, Any]]:
+    """Per skill with a no-skill baseline: every run's final loss, floor, baseline and gap (with its
+    interval), the compute from which it stays below the baseline, and one sentence saying what
+    happened (runs ordered by size)."""
+    skills = sorted({s for r in records for s in r.get("skill_gap") or {}})
+    runs = sorted({r["run"] for r in records}, key=lambda name: next(
+        (r.get(size_key) or 0) for r in records if r["run"] == name))
+    out = []
+    for skill in skills:
+        rows = []
+        for name in runs:
+            curve = sorted((r for r in records if r["run"] == name and skill in r["skill_gap"]),
+                           key=lambda r: r.get("flops") or 0)
+            if not curve:
+                continue
+            last = curve[-1]
+            rows.append({"run": name, "size": last.get(size_key), "flops": last.get("flops"),
+                         "loss": last["skill_loss"].get(skill), "floor": last["skill_floor"].get(skill),
+                         "baseline": last["skill_baseline"].get(skill), "gap": last["skill_gap"][skill],
+                         "gap_se": last["skill_gap_se"].get(skill), "gap_hi": last["skill_gap_hi"].get(skill),
+                         "tokens": last["skill_tokens"].get(skill), "below_from_flops": _crossing(curve, skill)})
+        out.append({"skill": skill, "runs": rows, "sentence": _baseline_sentence(skill, rows)})
+    return out
+
+
+def _baseline_sentence(skill: str, rows: list[dict]) -> str:
+    crossed = [r for r in rows if r["below_from_flops"] is not None]
+    base = rows[-1]["baseline"] if rows else None
+    where = f" (baseline {base:.2f} nats/token)" if base is not None else ""
+    if not crossed:
+        best = min(rows, key=lambda r: r["gap"])
+        return (f"{skill}: no model falls below its no-skill baseline beyond noise{where}; the closest, "
+                f"{best['run']}, ends {best['gap']:+.2f} from it")
+    first = min(crossed, key=lambda r: r["below_from_flops"])
+    if len(crossed) == len(rows):
+        return (f"{skill}: below its no-skill baseline in every model{where}, first from "
+                f"{first['below_from_flops']:.2g} FLOPs ({first['run']})")
+    others = ", ".join(f"{r['run']} {r['gap']:+.2f}" for r in rows if r["below_from_flops"] is None)
+    below = ", ".join(f"{r['run']} {r['gap']:+.2f}" for r in crossed)
+    return (f"{skill}: below its no-skill baseline{where} from {first['below_from_flops']:.2g} FLOPs in "
+            f"{len(crossed)} of {len(rows)} models only (final gap to the baseline: {below}; not below: {others})")
 
 
 def run_table(records: list[dict]) -> list[dict[str, Any]]:
@@ -242,7 +310,9 @@ def analyze_records(records: list[dict], size_key: str = "non_embedding_params",
     progress.info("fitting scaling laws to %d points (%d bootstrap resamples)", len(records), n_boot)
     return {"format": 1, "source": source, "n_runs": len({r["run"] for r in records}), "n_records": len(records),
             "runs": run_table(records), "fits": fit_laws(records, size_key, n_boot, seed),
-            "taxonomy": taxonomy(records, size_key), "settings": {"n_boot": n_boot, "seed": seed}}
+            "taxonomy": taxonomy(records, size_key), "baselines": skill_baselines(records, size_key),
+            "loss_sources": sorted({r.get("loss_source") or "none" for r in records}),
+            "settings": {"n_boot": n_boot, "seed": seed}}
 
 
 def analyze_sweep(sweep_dir: str | Path, size_key: str = "non_embedding_params", n_boot: int = 200,
@@ -258,9 +328,11 @@ def analyze_sweep(sweep_dir: str | Path, size_key: str = "non_embedding_params",
 def analyze_csv(path: str | Path, *, params_col: str | None = None, tokens_col: str | None = None,
                 loss_col: str | None = None, flops_col: str | None = None, run_col: str | None = None,
                 task_col: str | None = None, x_col: str | None = None, metric_col: str | None = None,
-                chance: float | None = None, lower_is_better: bool = False, n_boot: int = 200,
-                seed: int = 0) -> dict[str, Any]:
-    """Scaling fits (params/tokens/flops/loss columns) and per-task taxonomy (task/x/metric) of a CSV."""
+                chance: float | None = None, chance_col: str | None = None, lower_is_better: bool = False,
+                n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Scaling fits (params/tokens/flops/loss columns) and per-task taxonomy (task/x/metric) of a CSV.
+    Without a tokens column, D = C / (6N) is derived from the flops column (and said so in `notes`);
+    `chance_col` gives each task its own chance level (MMLU 0.25 and GSM8K 0 in one file)."""
     has_fit, has_task = params_col is not None or loss_col is not None, x_col is not None or metric_col is not None
     if not has_fit and not has_task:
         raise UserError("--csv: give --params-col and --loss-col (fits) and/or --x-col and --metric-col (taxonomy)")
@@ -272,66 +344,33 @@ def analyze_csv(path: str | Path, *, params_col: str | None = None, tokens_col: 
                                      "flops": flops_col, "run": run_col},
                               numeric={"params", "tokens", "loss", "flops"})
         records = csv_records(rows, path)
+        if tokens_col is None and flops_col is not None:
+            result["notes"] = [f"no tokens column: D = C / (6 N) derived from {flops_col!r} and {params_col!r}"]
         result["n_records"] = len(records)
         result["fits"] = fit_laws(records, "params", n_boot, seed)
     if has_task:
         if x_col is None or metric_col is None:
             raise UserError("--csv: per-task curves need both --x-col and --metric-col")
-        rows = read_csv_table(path, {"task": task_col, "x": x_col, "metric": metric_col}, numeric={"x", "metric"})
+        if chance is not None and chance_col is not None:
+            raise UserError("--csv: give --chance or --chance-col, not both")
+        rows = read_csv_table(path, {"task": task_col, "x": x_col, "metric": metric_col, "chance": chance_col},
+                              numeric={"x", "metric", "chance"})
         tasks: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        chances: dict[str, set[float]] = defaultdict(set)
         for r in rows:
             tasks[r.get("task", "all")].append((r["x"], r["metric"]))
+            if "chance" in r:
+                chances[r.get("task", "all")].add(r["chance"])
         result["tasks"] = []
         for task, pts in tasks.items():
+            if len(chances.get(task, ())) > 1:
+                raise UserError(f"{path}: task {task!r} has several chance levels in {chance_col!r}: "
+                                f"{', '.join(f'{c:g}' for c in sorted(chances[task]))}")
+            task_chance = next(iter(chances[task])) if chances.get(task) else chance
             by_x: dict[float, list[float]] = defaultdict(list)
             for x, y in pts:  # repeated x (seeds, several evaluations) are averaged
                 by_x[x].append(y)
             xs, ys = tuple(sorted(by_x)), tuple(float(np.mean(by_x[x])) for x in sorted(by_x))
-            c = classify_curve(xs, ys, chance=chance, higher_is_better=not lower_is_better).to_json()
-            result["tasks"].append({"task": task, **c, "x": list(xs), "y": list(ys)})
+            c = classify_curve(xs, ys, chance=task_chance, higher_is_better=not lower_is_better).to_json()
+            result["tasks"].append({"task": task, **c, "chance": task_chance, "x": list(xs), "y": list(ys)})
     return result
-
-
-# --- tables for the terminal ------------------------------------------------------------------
-
-
-def summary_tables(result: dict[str, Any]) -> list:
-    """Rich tables: fitted coefficients with 95% intervals, and the taxonomy (or per-task classes)."""
-    from rich.table import Table
-
-    from tinyscale.analysis.report import METRIC_NAMES, frontier_text
-
-    tables: list = []
-    if "fits" in result:
-        fits = Table(title=f"scaling fits, L = E + A/x^alpha [+ B/D^beta] (N = {result['fits']['size_key']})",
-                     caption=frontier_text(result["fits"].get("frontier") or {}))
-        for col in ("law", "coefficient", "estimate", "95% interval", "points", "bootstrap fits"):
-            fits.add_column(col, justify="right" if col in ("estimate", "points", "bootstrap fits") else "left")
-        for law in ("L(N)", "L(D)", "L(C)", "L(N,D)"):
-            fit = result["fits"].get(law) or {}
-            if "params" not in fit:
-                fits.add_row(law, "not fitted", fit.get("error", "no data"), "", "", "", end_section=True)
-                continue
-            names = [k for k in ("E", "A", "alpha", "B", "beta") if k in fit["params"]]
-            for i, k in enumerate(names):
-                ci = fit["ci"].get(k)
-                fits.add_row(law if i == 0 else "", k, f"{fit['params'][k]:.4g}",
-                             f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-",
-                             str(fit["n_points"]) if i == 0 else "", str(fit["n_boot"]) if i == 0 else "",
-                             end_section=i == len(names) - 1)
-        tables.append(fits)
-    if result.get("taxonomy"):
-        tax = Table(title="emergence taxonomy")
-        for col in ("skill / suite", "over", *METRIC_NAMES.values()):
-            tax.add_column(col)
-        for r in result["taxonomy"]:
-            tax.add_row(r["curve"], r["axis"], *((r["metrics"].get(m) or {}).get("label") or "-" for m in METRIC_NAMES))
-        tables.append(tax)
-    if result.get("tasks"):
-        tasks = Table(title="per-task curves")
-        for col in ("task", "points", "class", "reason"):
-            tasks.add_column(col)
-        for t in result["tasks"]:
-            tasks.add_row(str(t["task"]), str(len(t["x"])), t["label"], t["reason"])
-        tables.append(tasks)
-    return tables

@@ -8,13 +8,20 @@ A record is one run at one checkpoint, a flat dict:
     loss                                      validation loss (nats/token), or None
     skill_loss   {skill: loss}                validation loss per skill label
     skill_tokens {skill: tokens}              tokens behind each of those means (for their noise)
+    skill_loss_se {skill: se}                 bootstrap standard error of the loss (over windows)
+    skill_floor, skill_baseline {skill: nats} the floor (true surprisal) and the no-skill baseline
+    skill_gap, skill_gap_se, skill_gap_hi      loss - baseline over the tokens with a baseline, its
+                                              standard error and the upper end of its 95% interval
     probes       {suite: {"mc", "mc_lo", "mc_hi", "exact", "exact_lo", "exact_hi",
                           "prob", "prob_se", "chance", "n"}}
     final                                     True for the last checkpoint of the run
 
 Sources inside a run dir: `metrics.jsonl` lines with "val_loss" (the trainer's periodic evaluation)
-and `eval/<step>.json` (the `tinyscale eval` results, which win where both exist). Nothing here
-imports torch: the analysis runs anywhere the results were copied to.
+and `eval/<step>.json` (the `tinyscale eval` results). Both measure the same windows the same way
+when `tinyscale eval` uses the run's own settings (its default); an eval result measured on other
+settings (another --max-tokens or --seq-len) contributes its probes but not its losses, so a
+learning curve never mixes two estimates (`loss_source` says which one a record's loss came from).
+Nothing here imports torch: the analysis runs anywhere the results were copied to.
 """
 
 from __future__ import annotations
@@ -72,15 +79,34 @@ def _probe_summary(s: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _from_eval(result: dict[str, Any]) -> dict[str, Any]:
+_SKILL_FIELDS = {"skill_loss": "loss", "skill_tokens": "tokens", "skill_loss_se": "loss_se",
+                 "skill_floor": "floor", "skill_baseline": "baseline", "skill_gap": "gap", "skill_gap_se": "gap_se",
+                 "skill_gap_hi": "gap_hi"}
+
+
+def _from_summary(val: dict[str, Any]) -> dict[str, Any]:
+    """The loss fields of a record from a validation summary (evaluate/loss.py `summarize_losses`)."""
     out: dict[str, Any] = {}
-    val = (result.get("loss") or {}).get("val") or {}
     if _num(val.get("loss")) is not None:
         out["loss"] = val["loss"]
-    skills = val.get("skills") or {}
-    if skills:
-        out["skill_loss"] = {k: v["loss"] for k, v in skills.items() if _num((v or {}).get("loss")) is not None}
-        out["skill_tokens"] = {k: v.get("tokens") for k, v in skills.items() if (v or {}).get("tokens")}
+    skills = {k: v for k, v in (val.get("skills") or {}).items() if isinstance(v, dict)}
+    for field, key in _SKILL_FIELDS.items():
+        out[field] = {k: v[key] for k, v in skills.items() if _num(v.get(key)) is not None}
+    return out
+
+
+def _same_windows(result: dict[str, Any], info: dict[str, Any]) -> bool:
+    """Whether an eval result measured the windows the trainer's periodic evaluation measures."""
+    cfg, settings = info.get("config") or {}, result.get("settings") or {}
+    return settings.get("max_tokens") == cfg.get("eval_tokens") and settings.get("seq_len") == cfg.get("seq_len")
+
+
+def _from_eval(result: dict[str, Any], losses: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if losses:
+        out = _from_summary((result.get("loss") or {}).get("val") or {})
+        if "loss" in out:
+            out["loss_source"] = "tinyscale eval"
     probes = result.get("probes") or {}
     if probes:
         out["probes"] = {name: _probe_summary(s) for name, s in probes.items() if isinstance(s, dict)}
@@ -118,10 +144,16 @@ def run_records(run_dir: str | Path) -> list[dict[str, Any]]:
             tokens = 0.0
         flops = _num(row.get("flops")) or (tokens * fpt if tokens is not None and fpt else None)
         rec = {**base, "step": step, "tokens": tokens, "flops": flops, "loss": _num(row.get("val_loss")),
-               "skill_loss": {k: v for k, v in (row.get("val_loss_by_skill") or {}).items() if _num(v) is not None},
-               "skill_tokens": dict(row.get("val_tokens_by_skill") or {}), "probes": {}, "final": False}
+               **{field: {} for field in _SKILL_FIELDS}, "probes": {}, "final": False,
+               "loss_source": "trainer" if "val_loss" in row else None}
+        rec["skill_loss"] = {k: v for k, v in (row.get("val_loss_by_skill") or {}).items() if _num(v) is not None}
+        rec["skill_tokens"] = dict(row.get("val_tokens_by_skill") or {})
+        if isinstance(row.get("val"), dict):
+            rec.update({k: v for k, v in _from_summary(row["val"]).items() if v})
         if step in evals:
-            rec.update({k: v for k, v in _from_eval(evals[step]).items() if v})
+            # The trainer's loss stands where it exists unless the eval measured the very same windows.
+            losses = "val_loss" not in row or _same_windows(evals[step], info)
+            rec.update({k: v for k, v in _from_eval(evals[step], losses).items() if v})
         records.append(rec)
     if records:
         records[-1]["final"] = True
@@ -193,8 +225,9 @@ def read_csv_table(path: str | Path, columns: dict[str, str | None],
 def csv_records(rows: list[dict[str, Any]], path: str | Path) -> list[dict[str, Any]]:
     """Loss records from CSV rows with roles params, loss and optionally tokens, flops, run.
 
-    flops defaults to 6 N D when tokens are given; every row counts as a final point of its own run
-    unless a run column groups rows (then bootstrap resamples those groups).
+    flops defaults to 6 N D when tokens are given, and tokens to C / (6 N) when only flops are (how
+    compute-optimal studies often publish: parameters and compute); every row counts as a final point
+    of its own run unless a run column groups rows (then bootstrap resamples those groups).
     """
     records = []
     for r in rows:
@@ -202,8 +235,11 @@ def csv_records(rows: list[dict[str, Any]], path: str | Path) -> list[dict[str, 
             if role in r and r[role] <= 0:
                 raise UserError(f"{path}: line {r['line']}: {role} must be positive, got {r[role]:g}")
         flops = r.get("flops", 6 * r["params"] * r["tokens"] if "tokens" in r else None)
+        if "tokens" not in r and flops is not None:
+            r["tokens"] = flops / (6 * r["params"])
         records.append({"run": r.get("run") or f"line{r['line']}", "family": None, "width": None, "depth": None,
                         "heads": None, "params": r["params"], "non_embedding_params": r["params"],
                         "step": None, "tokens": r.get("tokens"), "flops": flops, "loss": r["loss"],
-                        "skill_loss": {}, "skill_tokens": {}, "probes": {}, "final": True})
+                        **{field: {} for field in _SKILL_FIELDS}, "probes": {}, "final": True,
+                        "loss_source": "csv"})
     return records

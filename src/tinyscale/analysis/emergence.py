@@ -6,8 +6,12 @@ higher is better, sigma the per-point noise (standard deviation) and "significan
 than Z = 2 standard deviations of a difference of two points:
 
     flat            nothing beyond noise, or every point near chance ("too hard")
-    emergent        near the baseline (chance, or the smallest model) for at least the smaller half of
-                    the sizes, then clearly above it, through a step larger than the noise
+    learned_prior   a loss that falls to its no-skill baseline but never below it: the model learned
+                    what a reader without the skill can know, not the skill
+    emergent        at the baseline for at least the smaller half of the axis, then clearly past it
+                    through a step larger than the noise. The baseline is the chance level of an
+                    accuracy (checked two-sidedly) or the no-skill baseline of a loss (at or above it
+                    counts); a curve without either cannot be called emergent
     u_shaped        an interior minimum (or maximum) significantly below (above) both ends, each arm
                     at least a quarter of the curve's range and each arm roughly monotone
     smooth          a significant net improvement with Spearman rank correlation >= 0.6
@@ -26,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-CLASSES = ("smooth", "flat", "inverse", "u_shaped", "emergent", "not_correlated")
+CLASSES = ("smooth", "flat", "learned_prior", "inverse", "u_shaped", "emergent", "not_correlated")
 INSUFFICIENT = "insufficient_data"  # fewer than MIN_POINTS sizes: no class is claimed
 MIN_POINTS = 3
 Z = 2.0                 # ~95% two-sided
@@ -48,11 +52,15 @@ class Classification:
 
 
 def _noise(y: np.ndarray, noise: Any, chance: float | None) -> np.ndarray:
-    """Per-point standard deviation: given, derived from bootstrap samples, or a documented default."""
+    """Per-point standard deviation: given, derived from bootstrap samples, or a documented default
+    (also for points whose given noise is not finite). Only finite points of y are looked at."""
+    finite = y[np.isfinite(y)]
+    if chance is not None:
+        default = DEFAULT_ABS_NOISE
+    else:
+        default = max(DEFAULT_REL_NOISE * float(np.median(np.abs(finite))) if len(finite) else 0.0, 1e-12)
     if noise is None:
-        if chance is not None:
-            return np.full(len(y), DEFAULT_ABS_NOISE)
-        return np.full(len(y), max(DEFAULT_REL_NOISE * float(np.median(np.abs(y))), 1e-12))
+        return np.full(len(y), default)
     arr = np.asarray(noise, float)
     if arr.ndim == 0:
         arr = np.full(len(y), float(arr))
@@ -60,7 +68,7 @@ def _noise(y: np.ndarray, noise: Any, chance: float | None) -> np.ndarray:
         arr = arr.std(axis=0, ddof=1)
     if arr.shape != y.shape:
         raise ValueError(f"noise has shape {arr.shape}, expected {y.shape} (or bootstrap samples)")
-    return np.maximum(np.nan_to_num(arr, nan=0.0), 1e-12)
+    return np.where(np.isfinite(arr), np.maximum(arr, 1e-12), default)
 
 
 def _rho(x: np.ndarray, y: np.ndarray) -> float:
@@ -72,13 +80,14 @@ def _rho(x: np.ndarray, y: np.ndarray) -> float:
     return 0.0 if not np.isfinite(r) else float(r)
 
 
-def classify_curve(x: Any, y: Any, *, chance: float | None = None, noise: Any = None,
-                   higher_is_better: bool = True, ceiling: float = 1.0) -> Classification:
-    """Classify y(x) into one of CLASSES (or INSUFFICIENT with fewer than 3 distinct x).
+def classify_curve(x: Any, y: Any, *, chance: float | None = None, baseline: float | None = None,
+                   noise: Any = None, higher_is_better: bool = True, ceiling: float = 1.0) -> Classification:
+    """Classify y(x) into one of CLASSES (or INSUFFICIENT with fewer than 3 distinct finite points).
 
-    chance: the metric's chance level (accuracy metrics); None for losses and probabilities without one.
+    chance: the chance level of an accuracy-like metric ("near" it is two-sided).
+    baseline: the no-skill baseline of a loss (lower is better; at or above it counts as "at it").
     noise: per-point standard deviation (scalar, array, or bootstrap samples of shape (n_boot, n)).
-    higher_is_better: False for losses; the curve is negated first (chance and ceiling too).
+    higher_is_better: False for losses; the curve is negated first (chance, baseline, ceiling too).
     ceiling: the best possible value of a metric with a chance level (1.0 for accuracies).
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -90,11 +99,11 @@ def classify_curve(x: Any, y: Any, *, chance: float | None = None, noise: Any = 
     order = np.argsort(x, kind="stable")
     x, y, sigma = x[order], y[order], sigma[order]
     if len(np.unique(x)) < MIN_POINTS:
-        return Classification(INSUFFICIENT, f"{len(np.unique(x))} distinct x values (need {MIN_POINTS})")
+        return Classification(INSUFFICIENT, f"{len(np.unique(x))} distinct finite x values (need {MIN_POINTS})")
     if not higher_is_better:
-        y = -y
+        y, ceiling = -y, -ceiling
         chance = None if chance is None else -chance
-        ceiling = -ceiling
+        baseline = None if baseline is None else -baseline
     n = len(y)
 
     def sig(i: int, j: int) -> float:  # threshold for a significant difference between points i and j
@@ -107,32 +116,51 @@ def classify_curve(x: Any, y: Any, *, chance: float | None = None, noise: Any = 
     diag = {"n": n, "rho": rho, "net_change": net, "range": rng, "sigma": float(np.median(sigma)),
             "largest_step": float(steps.max()), "largest_step_at": float(x[int(steps.argmax()) + 1])}
 
-    # flat: no pair of points differs beyond noise, or everything sits near chance
     beyond = [(i, j) for i in range(n) for j in range(i + 1, n) if abs(y[j] - y[i]) > sig(i, j)]
     if not beyond:
         return Classification("flat", "no two points differ by more than the noise", diag)
     if chance is not None:
-        tol = np.maximum(Z * sigma, CHANCE_MARGIN * abs(ceiling - chance))
-        if np.all(y <= chance + tol):
-            return Classification("flat", "every point is near chance", diag)
-
-    # emergent: a near-baseline prefix covering at least the smaller half, then clearly above
-    if chance is not None:
         base, tol = chance, np.maximum(Z * sigma, CHANCE_MARGIN * abs(ceiling - chance))
+        near = np.abs(y - base) <= tol  # two-sided: a dip below chance is not "at chance"
+        if near.all():
+            return Classification("flat", "every point is near chance", diag)
+    elif baseline is not None:
+        base, tol = baseline, Z * sigma
+        near = y <= base + tol  # a loss at or above its no-skill baseline: no skill used yet
+        diag["baseline"] = -base if not higher_is_better else base
+        if near.all():
+            reason = ("falls to its no-skill baseline but never below it" if abs(y[-1] - base) <= tol[-1]
+                      else "stays above its no-skill baseline")
+            return Classification("learned_prior", reason, diag)
     else:
-        base, tol = float(y[0]), np.array([sig(0, i) for i in range(n)])
-    near = y <= base + tol
-    k = int(np.argmin(near)) if not near.all() else n  # length of the near-baseline prefix
-    diag["near_baseline_prefix"] = k
-    if max(2, n // 2) <= k < n:
-        jump = float(y[k] - y[k - 1])
-        after_above = np.all(y[k:] > base + tol[k:])
-        if after_above and jump > sig(k - 1, k) and y[-1] - base > 2 * tol[-1]:
-            diag["jump"] = jump
-            return Classification("emergent", f"near baseline for the {k} smallest of {n}, then a jump of "
-                                  f"{jump:.3g} (noise {sig(k - 1, k):.3g})", diag)
+        near = None
+    if near is not None:
+        found = _emergent(x, y, base, tol, near, sig, diag)
+        if found is not None:
+            return found
+    return _shape(x, y, sig, rho, net, rng, diag)
 
-    # u_shaped: a significant interior dip (or peak) with roughly monotone arms
+
+def _emergent(x: np.ndarray, y: np.ndarray, base: float, tol: np.ndarray, near: np.ndarray, sig,
+              diag: dict) -> Classification | None:
+    """Emergent: a prefix at the baseline covering the smaller half, then every point past it."""
+    n = len(y)
+    k = int(np.argmin(near)) if not near.all() else n  # length of the at-baseline prefix
+    diag["near_baseline_prefix"] = k
+    if not max(2, n // 2) <= k < n:
+        return None
+    jump = float(y[k] - y[k - 1])
+    if np.all(y[k:] > base + tol[k:]) and jump > sig(k - 1, k) and y[-1] - base > 2 * tol[-1]:
+        diag["jump"] = jump
+        return Classification("emergent", f"at the baseline for the {k} smallest of {n}, then a jump of "
+                              f"{jump:.3g} past it (noise {sig(k - 1, k):.3g})", diag)
+    return None
+
+
+def _shape(x: np.ndarray, y: np.ndarray, sig, rho: float, net: float, rng: float,
+           diag: dict) -> Classification:
+    """u_shaped, smooth, inverse or not_correlated."""
+    n = len(y)
     for sign, word in ((1, "dip then rise"), (-1, "rise then dip")):
         s = sign * y
         m = int(np.argmin(s))

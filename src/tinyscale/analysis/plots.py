@@ -135,7 +135,9 @@ def law_fits(fits: dict[str, Any], path: str | Path) -> Path | None:
 
 
 def skill_losses(records: list[dict], path: str | Path, size_key: str = "non_embedding_params") -> Path | None:
-    """Validation loss per skill label vs training compute, one panel per skill, one line per run."""
+    """Validation loss per skill label vs training compute, one panel per skill, one colour per model
+    size, with the skill's no-skill baseline (dashed) and floor (dotted) drawn as lines and the
+    95% bootstrap interval of each point as a band: below the dashed line, the model uses the skill."""
     recs = [r for r in records if r.get("flops") and r["skill_loss"]]
     skills = sorted({s for r in recs for s in r["skill_loss"]})
     if not skills:
@@ -147,17 +149,39 @@ def skill_losses(records: list[dict], path: str | Path, size_key: str = "non_emb
     for ax, skill in zip(axes.flat, skills, strict=False):
         for run, rs in _by_run(recs).items():
             rs = sorted((r for r in rs if skill in r["skill_loss"]), key=lambda r: r["flops"])
-            ax.plot([r["flops"] for r in rs], [r["skill_loss"][skill] for r in rs], "o-", ms=2.5, lw=1,
-                    color=colors[run], label=run)
+            x = np.array([r["flops"] for r in rs], float)
+            y = np.array([_on_baseline_tokens(r, skill) for r in rs], float)
+            ax.plot(x, y, "o-", ms=2.5, lw=1, color=colors[run], label=run)
+            se = np.array([(r.get("skill_gap_se") or r.get("skill_loss_se") or {}).get(skill, np.nan) for r in rs],
+                          float)
+            if np.isfinite(se).any():
+                ax.fill_between(x, y - 1.96 * se, y + 1.96 * se, color=colors[run], alpha=0.15, lw=0)
+        _reference_lines(ax, recs, skill)
         ax.set_title(skill)
         _log_axis(ax.xaxis, counts=False)
         ax.set_xlabel("FLOPs", fontsize=8)
-        ax.set_ylabel("loss", fontsize=8)
+        ax.set_ylabel("loss (nats/token)", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(skills):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
     return _save(fig, path)
+
+
+def _on_baseline_tokens(rec: dict, skill: str) -> float:
+    """The skill's loss on the tokens whose baseline is known (baseline + gap), so that the curve and
+    the baseline line compare the same tokens; the plain loss where there is no baseline."""
+    base, gap = (rec.get("skill_baseline") or {}).get(skill), (rec.get("skill_gap") or {}).get(skill)
+    return base + gap if base is not None and gap is not None else rec["skill_loss"][skill]
+
+
+def _reference_lines(ax: Any, recs: list[dict], skill: str) -> None:
+    """The skill's no-skill baseline and floor, per token of the skill (the same windows for every
+    run, so one value each; the median guards against a run evaluated on other settings)."""
+    for key, style, label in (("skill_baseline", "--", "no-skill baseline"), ("skill_floor", ":", "floor")):
+        values = [r[key][skill] for r in recs if skill in (r.get(key) or {})]
+        if values:
+            ax.axhline(float(np.median(values)), color="black", ls=style, lw=1, label=label)
 
 
 def probes_vs_size(records: list[dict], path: str | Path, size_key: str = "non_embedding_params") -> Path | None:
@@ -253,3 +277,31 @@ def frontier_plot(fits: dict[str, Any], path: str | Path) -> Path | None:
     ax.legend(fontsize=8)
     return _save(fig, path)
 
+
+def grades_vs_compute(rows: list[dict], path: str | Path, size_key: str = "non_embedding_params") -> Path | None:
+    """The teacher's mean grades (1-10, 95% intervals) against training compute, one panel per
+    grade, one colour per model; the grade of the corpus's own endings as a dashed line."""
+    rows = [r for r in rows if r.get("flops")]
+    if not rows:
+        return None
+    grades = sorted({g for r in rows for g in r["grades"]})
+    colors = _run_colors(rows, size_key)
+    fig, axes = plt.subplots(1, len(grades), figsize=(3.6 * len(grades), 3.2), squeeze=False)
+    for ax, grade in zip(axes.flat, grades, strict=False):
+        for run, rs in _by_run(rows).items():
+            rs = sorted(rs, key=lambda r: r["flops"])
+            g = [r["grades"][grade] for r in rs]
+            y = np.array([_value(v, "mean") for v in g], float)
+            err = np.nan_to_num(np.vstack([y - np.array([_value(v, "lo") for v in g], float),
+                                           np.array([_value(v, "hi") for v in g], float) - y]), nan=0.0).clip(min=0)
+            ax.errorbar([r["flops"] for r in rs], y, yerr=err, fmt="o-", ms=3, capsize=2, color=colors[run], label=run)
+        refs = [r["reference"][grade]["mean"] for r in rows if (r.get("reference") or {}).get(grade)]
+        if refs:
+            ax.axhline(float(np.mean(refs)), color="black", ls="--", lw=1, label="corpus endings")
+        ax.set_title(grade)
+        ax.set_ylim(0, 10.5)
+        _log_axis(ax.xaxis, counts=False)
+        ax.set_xlabel("FLOPs", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    axes.flat[0].legend(fontsize=6)
+    return _save(fig, path)

@@ -25,9 +25,11 @@ from tinyscale.fileio import atomic_open, read_json
 from tinyscale.runs import read_evals
 
 SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Loss per skill"),
-            ("probes", "Probes vs size"), ("heatmap", "Width × depth"), ("completions", "Completions"),
-            ("taxonomy", "Emergence taxonomy"), ("readability", "Neurons vs size"), ("reproduce", "Reproduce")]
-METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "loss": "loss"}
+            ("probes", "Probes vs size"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
+            ("completions", "Completions"), ("taxonomy", "Emergence taxonomy"), ("readability", "Neurons vs size"),
+            ("reproduce", "Reproduce")]
+METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "loss": "loss",
+                "gap": "vs no-skill baseline"}
 
 
 def _e(x: Any) -> str:
@@ -167,15 +169,55 @@ def _taxonomy_section(analysis: dict) -> str:
     rows = analysis.get("taxonomy") or []
     if not any(c.get("label") for r in rows for c in r["metrics"].values()):
         return _nodata("No curve with enough points (3 sizes or compute levels) to classify.")
-    metrics = ("exact", "mc", "prob", "loss")
+    metrics = ("exact", "mc", "prob", "loss", "gap")
     out = []
     for r in rows:
         cells = "".join(_cls_cell(r["metrics"].get(m)) for m in metrics)
         out.append([f"<td>{_e(r['curve'])}</td><td>{_e(r['axis'])}</td>{cells}"])
     header = ["skill / suite", "over", *(METRIC_NAMES[m] for m in metrics)]
     return ("<p>Discontinuous metrics (exact match, multiple choice) beside continuous ones (probability of "
-            "the right answer, loss): a metric can create or hide emergence. Hover a cell for the reason; "
-            "definitions in docs/analysis.md.</p>" + _table(header, out, raw=True))
+            "the right answer, loss): a metric can create or hide emergence. A loss alone is never called "
+            "emergent; its gap to the no-skill baseline is, when it crosses below it. Hover a cell for the "
+            "reason; definitions in docs/analysis.md.</p>" + _table(header, out, raw=True))
+
+
+def _skills_section(records: list[dict], analysis: dict, plot_dir: Path, size_key: str) -> str:
+    fig = _img(plots.skill_losses(records, plot_dir / "skill_losses.png", size_key), "loss per skill",
+               "No validation loss per skill in the runs' metrics.")
+    baselines = analysis.get("baselines") or []
+    if not baselines:
+        return fig + _nodata("No no-skill baselines (no labels, or shards written without .base.bin): "
+                             "per-skill curves are shown without them.")
+    parts = [fig, "<p>Loss on each skill's tokens against compute; dashed: the no-skill baseline (what a "
+             "reader with everything but the skill gets), dotted: the floor (the true surprisal); bands: "
+             "95% bootstrap intervals over validation windows. Below the dashed line a model uses the "
+             "skill. What happened, per skill (final checkpoints):</p>",
+             "<ul>" + "".join(f"<li>{_e(b['sentence'])}</li>" for b in baselines) + "</ul>"]
+    rows = [[b["skill"], r["run"], _num(r["tokens"]), _num(r["loss"], 3), _num(r["floor"], 3),
+             _num(r["baseline"], 3), f"{r['gap']:+.3f} ± {1.96 * (r['gap_se'] or 0):.3f}",
+             _num(r["below_from_flops"], 3)] for b in baselines for r in b["runs"]]
+    parts.append(_table(["skill", "run", "tokens", "loss", "floor", "baseline", "gap (95%)",
+                         "below baseline from FLOPs"], rows))
+    return "\n".join(parts)
+
+
+def _grades_section(sweep_dir: Path, plot_dir: Path, size_key: str) -> str:
+    from tinyscale.evaluate.judge import judge_records, width_depth_table
+
+    rows = judge_records(sweep_dir)
+    if not rows:
+        return _nodata("No teacher's grades (run tinyscale judge on the runs against an LLM endpoint).")
+    parts = [_img(plots.grades_vs_compute(rows, plot_dir / "grades.png", size_key), "grades vs compute",
+                  "No judged checkpoint with training compute."),
+             "<p>Mean grade out of 10 of each model's story completions (95% bootstrap intervals over "
+             "stories), and of the corpus's own endings of the same beginnings (dashed).</p>"]
+    table = width_depth_table(sweep_dir, "consistency")
+    if table["rows"]:
+        parts.append("<p>Consistency at each run's last judged checkpoint, depth × width (as in the paper):</p>")
+        parts.append(_table(["layers \\ width", *map(str, table["widths"])],
+                            [[str(d), *(_num(v, 3) for v in row)] for d, row in zip(table["depths"], table["rows"],
+                                                                                       strict=True)]))
+    return "\n".join(parts)
 
 
 def reproduce_commands(sweep_dir: Path, report_flags: list[str] | None = None) -> tuple[list[str], list[str]]:
@@ -237,6 +279,16 @@ def _stale(sweep_dir: Path, analysis_path: Path) -> bool:
     return False
 
 
+NO_LABELS = ("No labels: the corpus has no skill spans (a corpus from elsewhere), so the loss is not split "
+             "by skill; see the loss vs compute section.")
+
+
+def _unlabeled(records: list[dict]) -> bool:
+    """Runs evaluated on a corpus without spans: every token is `other`."""
+    skills = {s for r in records for s in (r.get("skill_loss") or {})}
+    return bool(skills) and skills <= {"other"}
+
+
 def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str = "non_embedding_params",
                  n_boot: int = 200, seed: int = 0, max_stories: int = 3, reanalyze: bool = False) -> Path:
     """Write SWEEP/plots/*.png and SWEEP/report.html; return the HTML's path.
@@ -257,12 +309,13 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
     body = {
         "params": _params_section(analysis),
         "curves": _curves_section(records, analysis, plot_dir),
-        "skills": _img(plots.skill_losses(records, plot_dir / "skill_losses.png", size_key), "loss per skill",
-                       "No validation loss per skill in the runs' metrics."),
+        "skills": _nodata(NO_LABELS) if _unlabeled(records) else _skills_section(records, analysis, plot_dir,
+                                                                                   size_key),
         "probes": _img(plots.probes_vs_size(records, plot_dir / "probes.png", size_key), "probe accuracy",
                        "No probe results (run tinyscale eval on the runs)."),
         "heatmap": _img(plots.heatmap(records, metric, plot_dir / "heatmap.png"), f"{metric} heatmap",
                         f"No final values of {metric} with a known width and depth."),
+        "grades": _grades_section(sweep_dir, plot_dir, size_key),
         "completions": _completions_section(sweep_dir, records, max_stories),
         "taxonomy": _taxonomy_section(analysis),
         "readability": _readability_section(sweep_dir),
@@ -281,3 +334,46 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
     with atomic_open(out, "w", encoding="utf-8") as f:
         f.write(page)
     return out
+
+
+# --- tables for the terminal ------------------------------------------------------------------
+
+
+def summary_tables(result: dict[str, Any]) -> list:
+    """Rich tables: fitted coefficients with 95% intervals, and the taxonomy (or per-task classes)."""
+    from rich.table import Table
+
+    tables: list = []
+    if "fits" in result:
+        fits = Table(title=f"scaling fits, L = E + A/x^alpha [+ B/D^beta] (N = {result['fits']['size_key']})",
+                     caption=frontier_text(result["fits"].get("frontier") or {}))
+        for col in ("law", "coefficient", "estimate", "95% interval", "points", "bootstrap fits"):
+            fits.add_column(col, justify="right" if col in ("estimate", "points", "bootstrap fits") else "left")
+        for law in ("L(N)", "L(D)", "L(C)", "L(N,D)"):
+            fit = result["fits"].get(law) or {}
+            if "params" not in fit:
+                fits.add_row(law, "not fitted", fit.get("error", "no data"), "", "", "", end_section=True)
+                continue
+            names = [k for k in ("E", "A", "alpha", "B", "beta") if k in fit["params"]]
+            for i, k in enumerate(names):
+                ci = fit["ci"].get(k)
+                fits.add_row(law if i == 0 else "", k, f"{fit['params'][k]:.4g}",
+                             f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "-",
+                             str(fit["n_points"]) if i == 0 else "", str(fit["n_boot"]) if i == 0 else "",
+                             end_section=i == len(names) - 1)
+        tables.append(fits)
+    if result.get("taxonomy"):
+        tax = Table(title="emergence taxonomy")
+        for col in ("skill / suite", "over", *METRIC_NAMES.values()):
+            tax.add_column(col)
+        for r in result["taxonomy"]:
+            tax.add_row(r["curve"], r["axis"], *((r["metrics"].get(m) or {}).get("label") or "-" for m in METRIC_NAMES))
+        tables.append(tax)
+    if result.get("tasks"):
+        tasks = Table(title="per-task curves")
+        for col in ("task", "points", "class", "reason"):
+            tasks.add_column(col)
+        for t in result["tasks"]:
+            tasks.add_row(str(t["task"]), str(len(t["x"])), t["label"], t["reason"])
+        tables.append(tasks)
+    return tables

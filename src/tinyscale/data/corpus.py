@@ -1,8 +1,10 @@
-"""The corpus format shared by every data source (DESIGN.md, "Corpus line").
+"""The corpus format shared by every data source (docs/formats.md, "Corpus folder").
 
 A corpus is a folder with `train.jsonl`, `val.jsonl` and optionally `ood.jsonl`; each line is
-`{"id": str, "text": str, "meta": {...}, "spans": [[start, end, skill, logp], ...]}`, optionally
-`"tags": [[start, end, role], ...]` (roles of words, e.g. a character's first mention).
+`{"id": str, "text": str, "meta": {...}, "spans": [[start, end, skill, logp, base], ...]}`; `base`,
+the log-probability of the word for a reader without the span's skill (the no-skill baseline), is
+optional (null or absent: unknown). Optionally `"tags": [[start, end, role], ...]` (roles of words,
+e.g. a character's first mention; see data/world/roles.py).
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ def validate_line(obj: Any, where: str) -> dict:
         raise UserError(f"{where}: field 'spans' must be a list")
     n = len(obj["text"])
     for span in spans:
-        if not (isinstance(span, list) and len(span) == 4):
-            raise UserError(f"{where}: span {span!r} is not [start, end, skill, logp]")
-        start, end, skill, logp = span
+        if not (isinstance(span, list) and len(span) in (4, 5)):
+            raise UserError(f"{where}: span {span!r} is not [start, end, skill, logp(, base)]")
+        start, end, skill, logp = span[:4]
+        base = span[4] if len(span) == 5 else None
+        if base is not None and (not isinstance(base, int | float) or not base <= 0):
+            raise UserError(f"{where}: span {span!r} has a baseline log-probability that is not <= 0")
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= n):
             raise UserError(f"{where}: span {span!r} is outside the text (length {n})")
         if skill not in SKILL_ID or skill == "other":

@@ -23,7 +23,9 @@ _ARRAYS = {
     "tokens": (".bin", None),
     "skills": (".skills.bin", np.dtype("u1")),
     "floor": (".floor.bin", np.dtype("<f4")),
+    "base": (".base.bin", np.dtype("<f4")),
 }
+OPTIONAL = ("base",)  # shards written before the no-skill baseline existed lack it
 
 
 def _need(meta: dict, key: str, kind: type | tuple[type, ...], where: Path):
@@ -93,6 +95,8 @@ class ShardSet:
         n = self.meta["splits"][split]["tokens"]
         for kind in _ARRAYS:
             path = self._path(split, kind)
+            if kind in OPTIONAL and not path.is_file():
+                continue
             if not path.is_file():
                 raise UserError(f"{path}: shard file not found")
             expected = n * self._dtype(kind).itemsize
@@ -137,6 +141,13 @@ class ShardSet:
     def floor(self, split: str) -> np.memmap:
         """1-D float32 true surprisal per token (nats; NaN where no span applies)."""
         return self._array(split, "floor")
+
+    def base(self, split: str) -> np.ndarray:
+        """1-D float32 no-skill baseline surprisal per token (nats; NaN where unknown, everywhere
+        for shards written without `.base.bin`)."""
+        if not self._path(split, "base").is_file():
+            return np.full(len(self.tokens(split)), np.nan, dtype=np.float32)
+        return self._array(split, "base")
 
     def tokenizer(self):
         """The `tokenizers.Tokenizer` that produced the shards."""

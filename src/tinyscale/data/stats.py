@@ -4,8 +4,13 @@ Works on any corpus in the shared format (spans and meta are optional). Definiti
 - words: runs of letters (and apostrophes) in the story text; for instruct-format stories the
   header before "Story:" is left out of every count but the skill counts.
 - content words: distinct lowercased words that are not function words (`FUNCTION_WORDS`).
-- distinct 4-gram ratio: distinct word 4-grams / all word 4-grams, over the first
-  `NGRAM_STORIES` stories (the sample size is reported).
+- distinct n-gram ratios (n = 1..4): distinct word n-grams / all word n-grams, over the first
+  `NGRAM_STORIES` stories (the sample size is reported); `distinct_4gram_ratio` is the n = 4 one.
+- "Once upon a time" share: stories whose body opens with those words (59% of TinyStories do,
+  as SimpleStories pointed out: a sign of a generator that repeats itself).
+- readability grade: the Flesch-Kincaid grade level, 0.39 words/sentence + 11.8 syllables/word
+  - 15.59, over the same sample; syllables are vowel groups (an approximation good to about one
+  grade, which is enough to tell a 3-year-old's corpus from a newspaper).
 - near-duplicates: stories whose first 20 and last 20 words both equal those of another story
   (the rule of the TinyStories-style diversity check); `unique_share` is distinct keys / stories.
 - words per skill: each word takes the skill of the span covering its first character ("other"
@@ -17,6 +22,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,11 @@ import numpy as np
 from tinyscale.data.corpus import SKILLS, corpus_splits, read_corpus
 
 NGRAM_STORIES = 20_000
+NGRAM_ORDERS = (1, 2, 3, 4)
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+_SENTENCE_END = re.compile(r"[.!?]+")
+_VOWELS = re.compile(r"[aeiouy]+")
+_OPENING = "once upon a time"
 FUNCTION_WORDS = frozenset("""
 a an the and or but so if then than that this these those there here it its it's is are was were be
 been being am do does did done have has had having i me my mine you your yours he him his she her hers
@@ -46,6 +56,57 @@ def _body_start(rec: dict) -> int:
     return 0
 
 
+@lru_cache(maxsize=200_000)
+def syllables(word: str) -> int:
+    """Vowel groups, less a silent final e (make, time), at least one."""
+    n = len(_VOWELS.findall(word))
+    if n > 1 and word.endswith("e") and not word.endswith(("le", "ee", "ye")):
+        n -= 1
+    return max(1, n)
+
+
+class _Sample:
+    """Distinct n-gram counts and readability totals over the first NGRAM_STORIES stories.
+
+    Hashes are kept as int64 arrays and reduced to their distinct values now and then, so memory
+    follows the number of distinct n-grams rather than all of them."""
+
+    def __init__(self) -> None:
+        self.stories = 0
+        self.total = dict.fromkeys(NGRAM_ORDERS, 0)
+        self.pending: dict[int, list[np.ndarray]] = {n: [] for n in NGRAM_ORDERS}
+        self.distinct = {n: np.zeros(0, np.int64) for n in NGRAM_ORDERS}
+        self.words = self.sentences = self.syllables = 0
+
+    def add(self, low: list[str], body: str) -> None:
+        if self.stories >= NGRAM_STORIES or len(low) < 4:
+            return
+        self.stories += 1
+        for n in NGRAM_ORDERS:
+            grams = np.fromiter((hash(g) for g in zip(*(low[k:] for k in range(n)), strict=False)), dtype=np.int64)
+            self.total[n] += len(grams)
+            self.pending[n].append(grams)
+        self.words += len(low)
+        self.sentences += max(1, len(_SENTENCE_END.findall(body)))
+        self.syllables += sum(syllables(w) for w in low)
+        if self.stories % 2000 == 0:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        for n in NGRAM_ORDERS:
+            self.distinct[n] = np.unique(np.concatenate([self.distinct[n], *self.pending[n]]))
+            self.pending[n] = []
+
+    def result(self) -> dict[str, Any]:
+        self._reduce()
+        ratios = {str(n): round(len(self.distinct[n]) / max(self.total[n], 1), 4) for n in NGRAM_ORDERS}
+        grade = (0.39 * self.words / self.sentences + 11.8 * self.syllables / self.words - 15.59
+                 if self.words else None)
+        return {"distinct_ngram_ratio": ratios, "distinct_4gram_ratio": ratios["4"],
+                "ngram_sample_stories": self.stories,
+                "readability_grade": None if grade is None else round(grade, 2)}
+
+
 def corpus_stats(corpus_dir: str | Path) -> dict[str, Any]:
     """Stream every split once and return the summary as a JSON-able dict."""
     splits = corpus_splits(corpus_dir)
@@ -58,8 +119,8 @@ def corpus_stats(corpus_dir: str | Path) -> dict[str, Any]:
     schemas: Counter[str] = Counter()
     headers: Counter[str] = Counter()
     keys: dict[str, Counter[int]] = {}
-    ngram_hashes: list[np.ndarray] = []
-    n_ngram_stories = 0
+    sample = _Sample()
+    once = 0
     for split, path in splits.items():
         keys[split] = Counter()
         n = 0
@@ -68,15 +129,14 @@ def corpus_stats(corpus_dir: str | Path) -> dict[str, Any]:
             text = rec["text"]
             found = list(_WORD.finditer(text))
             starts = [m.start() for m in found]
-            body = bisect.bisect_left(starts, _body_start(rec))
+            start = _body_start(rec)
+            body = bisect.bisect_left(starts, start)
             low = [m[0].lower() for m in found[body:]]
+            once += text[start:start + 40].lstrip(" \n\t\"'\u201c").lower().startswith(_OPENING)
             lengths.append(len(low))
             vocab.update(low)
             keys[split][hash((tuple(low[:20]), tuple(low[-20:])))] += 1
-            if n_ngram_stories < NGRAM_STORIES and len(low) >= 4:
-                n_ngram_stories += 1
-                ngram_hashes.append(np.fromiter((hash(g) for g in zip(low, low[1:], low[2:], low[3:], strict=False)),
-                                                dtype=np.int64))
+            sample.add(low, text[start:])
             _count_skills(rec, starts, skill_words, stories_with)
             meta = rec.get("meta") or {}
             features.update(meta.get("features", ()))
@@ -89,7 +149,6 @@ def corpus_stats(corpus_dir: str | Path) -> dict[str, Any]:
     for c in keys.values():
         all_keys.update(c)
     dup_stories = sum(c for c in all_keys.values() if c > 1)
-    grams = np.concatenate(ngram_hashes) if ngram_hashes else np.zeros(0, np.int64)
     content = [w for w in vocab if w not in FUNCTION_WORDS]
     arr = np.array(lengths or [0])
     return {
@@ -102,8 +161,8 @@ def corpus_stats(corpus_dir: str | Path) -> dict[str, Any]:
         "total_words": int(arr.sum()),
         "vocabulary": len(vocab),
         "content_words": len(content),
-        "distinct_4gram_ratio": round(len(np.unique(grams)) / max(len(grams), 1), 4),
-        "ngram_sample_stories": n_ngram_stories,
+        "once_upon_a_time_share": round(once / max(total, 1), 4),
+        **sample.result(),
         "unique_share": round(len(all_keys) / max(total, 1), 4),
         "near_duplicate_share": round(dup_stories / max(total, 1), 4),
         "overlap_with_train": {s: round(sum(1 for k in keys[s] if k in keys["train"]) / max(counts[s], 1), 4)
@@ -146,8 +205,11 @@ def print_stats(stats: dict[str, Any]) -> None:
     t.add_row("total words", f"{stats['total_words']:,}")
     t.add_row("vocabulary (distinct words)", f"{stats['vocabulary']:,}")
     t.add_row("distinct content words", f"{stats['content_words']:,}")
-    t.add_row("distinct 4-gram ratio", f"{stats['distinct_4gram_ratio']:.3f} "
-              f"(first {stats['ngram_sample_stories']:,} stories)")
+    ratios = "  ".join(f"{n}: {r:.3f}" for n, r in stats["distinct_ngram_ratio"].items())
+    t.add_row("distinct n-gram ratios", f"{ratios} (first {stats['ngram_sample_stories']:,} stories)")
+    t.add_row('opening with "Once upon a time"', f"{100 * stats['once_upon_a_time_share']:.1f}%")
+    grade = stats["readability_grade"]
+    t.add_row("readability (Flesch-Kincaid grade)", "-" if grade is None else f"{grade:.1f}")
     t.add_row("unique stories (first/last 20 words)", f"{100 * stats['unique_share']:.2f}%")
     t.add_row("near-duplicate stories", f"{100 * stats['near_duplicate_share']:.2f}%")
     for split, share in stats["overlap_with_train"].items():

@@ -1,12 +1,14 @@
 """Corpus -> token shards: train (or reuse) a byte-level BPE and encode every split.
 
-Layout of a shards folder (DESIGN.md, "Shards"):
+Layout of a shards folder (docs/formats.md, "Shards folder"):
 
     tokenizer.json        Hugging Face `tokenizers` byte-level BPE with the special token <|endoftext|>
     {split}.bin           token ids, little-endian uint16 (vocab <= 65536) or uint32
     {split}.skills.bin    uint8 skill id per token (index in `corpus.SKILLS`)
     {split}.floor.bin     float32 per token: the generator's true surprisal (nats) of a span on the
                           span's first token, 0.0 on its other tokens, NaN where no span applies
+    {split}.base.bin      float32 per token, laid out like the floor: the span's no-skill baseline
+                          surprisal (the 5th element of a span), NaN where the span has none
     meta.json             counts, dtype, skill names, tokenizer and corpus hashes
 
 Every split starts with <|endoftext|> and every story is followed by one: EOT s1 EOT s2 EOT ... sN EOT.
@@ -143,8 +145,9 @@ def load_tokenizer(path: str | Path):
 
 
 def align(texts: list[str], spans: list[list], tok_start: np.ndarray, tok_end: np.ndarray
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """Skill ids (uint8) and floors (float32) for the tokens of a batch of stories, concatenated.
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skill ids (uint8), floors and no-skill baselines (float32) for the tokens of a batch of
+    stories, concatenated.
 
     Characters of story i are numbered after those of the stories before it; `tok_start`/`tok_end`
     are the tokens' character offsets in that numbering and `spans[i]` story i's spans. The whole
@@ -153,11 +156,13 @@ def align(texts: list[str], spans: list[list], tok_start: np.ndarray, tok_end: n
     total = len(tok_start)
     skills = np.zeros(total, dtype=np.uint8)
     floor = np.full(total, np.nan, dtype=np.float32)
+    base = np.full(total, np.nan, dtype=np.float32)
     shift = np.cumsum([0] + [len(t) for t in texts[:-1]])
-    flat_spans = [(s + int(sh), e + int(sh), SKILL_ID[k], lp)
-                  for story_spans, sh in zip(spans, shift, strict=True) for s, e, k, lp in story_spans]
+    flat_spans = [(sp[0] + int(sh), sp[1] + int(sh), SKILL_ID[sp[2]], sp[3],
+                   sp[4] if len(sp) > 4 and sp[4] is not None else np.nan)
+                  for story_spans, sh in zip(spans, shift, strict=True) for sp in story_spans]
     if total == 0 or not flat_spans:
-        return skills, floor
+        return skills, floor, base
 
     # Index of the next non-space character at or after every position (sentinel: end of batch).
     codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype="<u4")
@@ -171,7 +176,7 @@ def align(texts: list[str], spans: list[list], tok_start: np.ndarray, tok_end: n
 
     sp = np.array(sorted(flat_spans), dtype=np.float64)
     sp_start, sp_end = sp[:, 0].astype(np.int64), sp[:, 1].astype(np.int64)
-    sp_skill, sp_logp = sp[:, 2].astype(np.uint8), sp[:, 3]
+    sp_skill, sp_logp, sp_base = sp[:, 2].astype(np.uint8), sp[:, 3], sp[:, 4]
 
     # Skill of each token: the span (if any) covering its first non-space character.
     anchor = first_nonspace(tok_start)
@@ -179,18 +184,21 @@ def align(texts: list[str], spans: list[list], tok_start: np.ndarray, tok_end: n
     inside = (anchor < tok_end) & (k >= 0) & (anchor < sp_end[np.maximum(k, 0)])
     skills[inside] = sp_skill[k[inside]]
     floor[inside] = 0.0
+    base[inside] = np.where(np.isnan(sp_base[k[inside]]), np.nan, 0.0)
 
     # Floor of each span: on the first token containing the span's first non-space character.
     head = first_nonspace(sp_start)
     head = np.where(head < sp_end, head, sp_start)  # an all-space span keeps its own start
     t = np.searchsorted(tok_end, head, side="right")
     found = t < total
-    t, logp = t[found], sp_logp[found]
+    t, logp, blogp = t[found], sp_logp[found], sp_base[found]
     ok = tok_start[t] <= head[found]
-    t, logp = t[ok], logp[ok]
+    t, logp, blogp = t[ok], logp[ok], blogp[ok]
     floor[t] = np.where(np.isnan(floor[t]), 0.0, floor[t])
     np.add.at(floor, t, (-logp).astype(np.float32))
-    return skills, floor
+    base[t] = np.where(np.isnan(base[t]), 0.0, base[t])
+    np.add.at(base, t, (-blogp).astype(np.float32))  # NaN (unknown) stays NaN
+    return skills, floor, base
 
 
 def offsets_from_encodings(texts: list[str], encodings: list) -> tuple[np.ndarray, np.ndarray]:
@@ -247,6 +255,7 @@ class Chunk:
     ids: bytes
     skills: bytes
     floor: bytes
+    base: bytes
     stories: int
     text_bytes: int
     skill_tokens: np.ndarray
@@ -280,14 +289,16 @@ class _Encoder:
                 offsets = offsets_from_bytes(texts, ids, n_tok, self.byte_len)
             if offsets is None:
                 offsets = offsets_from_encodings(texts, encodings)
-            skills, floor = align(texts, spans, *offsets)
+            skills, floor, base = align(texts, spans, *offsets)
         else:
             skills, floor = np.zeros(len(ids), np.uint8), np.full(len(ids), np.nan, np.float32)
+            base = floor
         after = np.cumsum(n_tok)  # one EOT after each story
         skills = np.insert(skills, after, 0)
         return Chunk(ids=np.insert(ids, after, self.eot_id).astype(self.dtype).tobytes(),
                      skills=skills.tobytes(),
                      floor=np.insert(floor, after, np.nan).astype("<f4").tobytes(),
+                     base=np.insert(base, after, np.nan).astype("<f4").tobytes(),
                      stories=len(batch), text_bytes=sum(len(t.encode("utf-8")) for t in texts),
                      skill_tokens=np.bincount(skills, minlength=len(SKILLS)))
 
@@ -326,14 +337,14 @@ class _SplitWriter:
     """Appends chunks to the three shard files of one split, which starts with an EOT."""
 
     def __init__(self, folder: Path, split: str, eot: Chunk) -> None:
-        suffixes = (".bin", ".skills.bin", ".floor.bin")
+        suffixes = (".bin", ".skills.bin", ".floor.bin", ".base.bin")
         self.files = [open(folder / f"{split}{suffix}", "wb") for suffix in suffixes]
         self.tokens = self.stories = self.bytes = 0
         self.skill_tokens = np.zeros(len(SKILLS), dtype=np.int64)
         self.add(eot)
 
     def add(self, chunk: Chunk) -> None:
-        for f, data in zip(self.files, (chunk.ids, chunk.skills, chunk.floor), strict=True):
+        for f, data in zip(self.files, (chunk.ids, chunk.skills, chunk.floor, chunk.base), strict=True):
             f.write(data)
         self.tokens += len(chunk.skills)
         self.stories += chunk.stories
@@ -351,8 +362,8 @@ def encode_split(encoder: _Encoder, pool: ProcessPoolExecutor | None, path: Path
                  hasher: hashlib._Hash | None = None, inflight_max: int = 4) -> dict:
     """Encode one JSONL split into `folder`, chunk by chunk, in order; with a pool, up to
     `inflight_max` chunks are in flight at once (bounded, so memory does not grow with the corpus)."""
-    eot = Chunk(np.array([encoder.eot_id], encoder.dtype).tobytes(), bytes(1), np.float32(np.nan).tobytes(),
-                stories=0, text_bytes=0, skill_tokens=np.bincount([0], minlength=len(SKILLS)))
+    nan = np.float32(np.nan).tobytes()
+    eot = Chunk(np.array([encoder.eot_id], encoder.dtype).tobytes(), bytes(1), nan, nan, stories=0, text_bytes=0, skill_tokens=np.bincount([0], minlength=len(SKILLS)))
     writer = _SplitWriter(folder, split, eot)
     inflight: deque[tuple[Future, int]] = deque()
     try:

@@ -23,8 +23,8 @@ from tinyscale.fileio import write_json
 from tinyscale.runs import read_evals
 
 FORMAT = 1
-# Tokens per split for the loss: enough for per-skill means to about +-0.01 nats on the story world,
-# small enough that the whole default evaluation of a 3M model stays well under a minute on 2 cores.
+# Tokens per split for the loss when the run does not say (its `eval_tokens`, which the trainer's
+# periodic evaluation used: by default `tinyscale eval` measures exactly the same windows).
 DEFAULT_MAX_TOKENS = 32768
 
 
@@ -100,7 +100,7 @@ class _Prepared:
     def __init__(self, info: dict, model, shards, suites: dict[str, list], max_tokens: int, completions: int,
                  seed: int, seq_len: int | None) -> None:
         from tinyscale.evaluate.completions import pick_stories
-        from tinyscale.evaluate.loss import loss_windows
+        from tinyscale.evaluate.loss import MIN_SKILL_TOKENS, loss_windows
         from tinyscale.evaluate.probes import Codec
 
         self.max_len = model.cfg.max_seq_len
@@ -110,7 +110,9 @@ class _Prepared:
         self.codec = Codec.from_tokenizer(self.tokenizer, bos_id=shards.eot_id)
         if "val" not in shards.splits:
             raise UserError(f"{shards.dir}: no val split to evaluate on")
-        self.loss = [loss_windows(s, shards.tokens(s), shards.skills(s), shards.floor(s), self.seq_len, max_tokens)
+        min_skill = (info.get("config") or {}).get("eval_min_skill_tokens", MIN_SKILL_TOKENS)
+        self.loss = [loss_windows(s, shards.tokens(s), shards.skills(s), shards.floor(s), self.seq_len, max_tokens,
+                                  base=shards.base(s), min_skill_tokens=min_skill)
                      for s in ("val", "ood") if s in shards.splits]
         self.suites = suites
         split = "val"
@@ -143,13 +145,15 @@ def _evaluate_one(model, prep: _Prepared, device: torch.device, *, samples: int,
 
 
 def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last", suites: list[str] | None = None,
-                 device: str = "auto", *, max_tokens: int = DEFAULT_MAX_TOKENS, completions: int = 8,
+                 device: str = "auto", *, max_tokens: int | None = None, completions: int = 8,
                  samples: int = 2, temperature: float = 0.8, seed: int = 0, batch_size: int = 8,
                  data_dir: str | Path | None = None, seq_len: int | None = None,
                  write: bool = True) -> dict[int, dict]:
     """Evaluate the selected checkpoints of a run and (by default) write RUN/eval/<step>.json for each.
 
     suites: built-in names and/or JSONL paths (None: the four built-in suites; [] for none).
+    max_tokens: validation tokens for the loss (None: the run's own `eval_tokens`, so that the result
+    equals the trainer's periodic evaluation of the same checkpoint).
     completions: stories to complete (0 for none), each `samples` times at `temperature`.
     """
     from safetensors.torch import load_model as load_weights
@@ -160,6 +164,8 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
 
     run_dir = Path(run_dir)
     info = read_run(run_dir)
+    if max_tokens is None:
+        max_tokens = int((info.get("config") or {}).get("eval_tokens") or DEFAULT_MAX_TOKENS)
     if max_tokens < 1 or completions < 0 or samples < 1 or temperature < 0:
         raise UserError("evaluate: max_tokens and samples must be positive, completions and temperature >= 0")
     steps = select_checkpoints(checkpoints, list_checkpoints(run_dir), run_dir)
@@ -261,8 +267,9 @@ def eval_tables(results: dict[int, dict]) -> list:
     tables = []
     for split, summary in first["loss"].items():
         skills = list(summary["skills"])
-        t = _table(f"{split} loss per skill, nats/token (excess over the true surprisal, where known)", "step",
-                   ["all", "ppl", *skills])
+        title = (f"{split} loss, nats/token (no labels: the corpus has no skill spans)" if skills == ["other"]
+                 else f"{split} loss per skill, nats/token (excess over the true surprisal, where known)")
+        t = _table(title, "step", ["all", "ppl", *skills])
         t.add_row("tokens", str(summary["tokens"]), "", *[str(summary["skills"][k]["tokens"]) for k in skills],
                   end_section=True)
         for s in steps:

@@ -79,7 +79,8 @@ def token_tags(text: str, offsets: list[tuple[int, int]], spans: list | None = N
     if spans is not None:
         skill = np.zeros(len(offsets), dtype=np.int64) | BIT["skill:other"]
         tracked = set()
-        for (s, e, name, _), hit in zip(spans, _cover(anchors, ((s, e) for s, e, _, _ in spans)), strict=True):
+        for span, hit in zip(spans, _cover(anchors, (sp[:2] for sp in spans)), strict=True):
+            s, e, name = span[:3]  # [start, end, skill, logp(, base)]
             skill[hit] = BIT["skill:" + name]
             if name in ("tracking", "reasoning"):
                 tracked.add(text[s:e].lower())

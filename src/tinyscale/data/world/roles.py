@@ -44,7 +44,7 @@ def story_tags(ctx: dict[str, Any], first_pos: dict[int, int], required_at: dict
     if hero.__class__ is Char and hero.named and hero.name:
         # A named character is always written with a span of its own (`Page._name`).
         name, n = hero.name, len(hero.name)
-        tags += [[s, e, "main_character"] for s, e, _, _ in spans if e - s == n and body[s:e] == name]
+        tags += [[sp[0], sp[1], "main_character"] for sp in spans if sp[1] - sp[0] == n and body[sp[0]:sp[1]] == name]
     at = body.find('"')
     while at >= 0:  # quotes alternate: open, close, open, ...
         tags.append([at, _QUOTE_OPEN.match(body, at).end(), "quote_open"])

@@ -450,7 +450,7 @@ def new_friend(b: Builder) -> None:
     b.ctx.update(X=b.ctx[first], Y=b.ctx[second])
     if b.has("dialogue"):
         b.talk('The {C.kid} smiled and said, "Hi! I am {C}. What are your names?"', "")
-        b.val("XN", b.ctx["X"].name, "tracking", pieces.log_count(2))
+        b.val("XN", b.ctx["X"].name, "tracking", pieces.log_count(2), b.ctx["X"].logp)
         b.talk('"I am {XN}[, and this is {Y@t},"| and this is my friend {Y@t},"] said {X@t}.', "")
     else:
         b.s("The {C.kid} said that {C.his} name was {C}, and asked for their names.")
@@ -472,7 +472,9 @@ def new_friend(b: Builder) -> None:
     # who is found there, and where the other one is, were fixed by the sentence before.
     first = b.chance(0.5)
     (fs, fk), (ss, sk) = (("H1", "HI"), ("H2", "OT")) if first else (("H2", "OT"), ("H1", "HI"))
-    b.ctx.update(FS=Val(b.ctx[fs].word, "tracking", pieces.log_count(2)), FK=b.ctx[fk], SS=b.ctx[ss],
+    spot = b.ctx[fs]  # no-skill baseline: the spot's draw from its pool
+    b.ctx.update(FS=Val(spot.word, "tracking", pieces.log_count(2), spot.label[1] if spot.label else None),
+                 FK=b.ctx[fk], SS=b.ctx[ss],
                  SK=b.ctx[sk])
     b.s("[{Y} looked behind the {FS} first and found {FK@t}!|First, {Y} looked behind the {FS}. "
         "There was {FK@t}!]")

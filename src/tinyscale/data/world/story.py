@@ -224,8 +224,9 @@ class Builder:
         self.ctx[key] = t
         return t
 
-    def val(self, key: str, text: str, skill: str | None = None, logp: float = 0.0) -> Val:
-        v = Val(text, skill, logp)
+    def val(self, key: str, text: str, skill: str | None = None, logp: float = 0.0,
+            base: float | None = None) -> Val:
+        v = Val(text, skill, logp, base)
         self.ctx[key] = v
         return v
 
@@ -316,7 +317,8 @@ def _fact_sentence(f: Any, k: int, fitting: bool, quotes: bool) -> tuple[str, in
         tpl = pieces.FACT_BOOK + tpl[0].lower() + tpl[1:]
     elif tpl.startswith("{A}") and f.key in pieces.NIGHT_FACTS:
         tpl = "[That night|When they got home|At the end of the day], " + tpl
-    return tpl, k, Val(f.answer, "fact", 0.0)
+    # No-skill baseline: the answer among the candidates the lexicon lists for its slot.
+    return tpl, k, Val(f.answer, "fact", 0.0, round(-math.log(1 + len(f.wrong)), 4))
 
 
 def _recipe_words(b: Builder) -> None:
@@ -422,7 +424,7 @@ def _add_header(b: Builder, story: Story) -> None:
         s, e = sp[0], sp[1]
         sp[0], sp[1] = s + d, e + d
         if sp[2] == "free" and text[s:e] in shown:
-            sp[2], sp[3] = "tracking", 0.0
+            sp[2], sp[3] = "tracking", 0.0  # sp[4], the baseline, stays the draw's own prior
     story.text = header + text
     story._shift = d  # the debugging positions follow when read (see `Story`)
     story.meta["instruct"] = kinds

@@ -2,7 +2,9 @@
 
 A story is written left to right by `Page`. Each piece of text is appended with an optional label
 `(skill, logp)`; because the page knows its own length at every moment, a label becomes a span
-`[start, end, skill, logp]` without any search in the finished text.
+`[start, end, skill, logp, base]` without any search in the finished text. `base` is the no-skill
+baseline: the log-probability of the same word for a reader who has everything but the span's skill
+(None where the world cannot say); see "No-skill baselines" below.
 
 Sentences are written with small templates, compiled once and cached:
 
@@ -38,6 +40,20 @@ How each label is guaranteed (the rules live in `Page._name`, `Page._pronoun`, `
   answer is `fact`, logp 0 (the lexicon writes every phrasing with its premise before the answer).
 - In `--format instruct`, a `free` word that the header already shows becomes `tracking`, logp 0
   (it is copied, not guessed): see `story._add_header`.
+
+No-skill baselines (`base`, the 5th element of a span; `baseline_logp` and the writers below):
+- `free`: the floor itself (no skill decides a free draw, so nothing is lost without one).
+- `tracking` name: the name's prior among its list (its first-mention surprisal): a reader who does
+  not follow who is who knows a name stands here, not which one. `tracking` thing or value: its
+  draw from its pool (the same prior as its first mention). A word the instruct header shows: its
+  draw as if the header were not read.
+- `reasoning` name or thing: -log 2, the choice between the two options every reasoning moment
+  of the world sets up (exclusion, negation, comparison, cause, who won); a `reasoning` number:
+  -log 11, any of the number words zero..ten (a reader who cannot count).
+- `fact` answer: -log(1 + wrong answers), the candidates the lexicon lists for the slot
+  (lexicon/facts.txt: the answer and the words that fit its grammar but are wrong).
+- `grammar`: a pronoun -log 3 (he, she or they), an article before a determined noun -log 2.
+Everything else (a span whose baseline the world does not know) carries None.
 """
 
 from __future__ import annotations
@@ -56,11 +72,43 @@ _cache: dict[str, list] = {}
 
 
 class Val(NamedTuple):
-    """A word or phrase with its label (skill None: unlabeled)."""
+    """A word or phrase with its label (skill None: unlabeled) and, when the writer knows it, its
+    no-skill baseline log-probability `base` (see the module docstring)."""
 
     text: str
     skill: str | None = None
     logp: float = 0.0
+    base: float | None = None
+
+
+LOG_HALF = round(-math.log(2), 4)       # one of the two options a reasoning moment sets up
+LOG_THIRD = round(-math.log(3), 4)      # a pronoun: he, she or they
+LOG_NUMBER = round(-math.log(11), 4)    # a number word, zero..ten
+NUMBER_WORDS = frozenset(("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"))
+
+
+def val_base(v: Val, mark: str | None) -> float | None:
+    """The no-skill baseline of a value written with `mark` (or its own label when None)."""
+    if v.base is not None:
+        return v.base
+    skill = mark or v.skill
+    if v.skill == "free" and skill in ("free", "tracking"):  # a free draw, or a later mention of it
+        return v.logp
+    if skill == "reasoning":
+        return LOG_NUMBER if v.text in NUMBER_WORDS else LOG_HALF
+    return None
+
+
+def thing_base(t: Thing, mark: str) -> float | None:
+    """The no-skill baseline of a marked mention of a thing."""
+    if mark == "reasoning":
+        return LOG_HALF
+    return t.label[1] if t.label is not None and t.label[0] == "free" else None
+
+
+def char_base(c: Char, skill: str) -> float | None:
+    """The no-skill baseline of a mention of a named character labeled `skill`."""
+    return LOG_HALF if skill == "reasoning" else c.logp
 
 
 class Char:
@@ -207,7 +255,8 @@ def template_fn(tpl: str) -> Any:
                  "  S = P.pos = P.pos + 1"]
         _gen(_fuse(compile_template(tpl)), lines, 1)
         lines.append(" return S, P.pos")
-        scope: dict[str, Any] = {"Char": Char, "Val": Val, "Thing": Thing}
+        scope: dict[str, Any] = {"Char": Char, "Val": Val, "Thing": Thing, "val_base": val_base,
+                                 "thing_base": thing_base}
         # A file name of its own per template, so that profiles list templates apart.
         code = compile("\n".join(lines), f"<template {len(_fn_cache)}>", "exec")
         exec(code, scope)  # noqa: S102 - code generated from our own templates
@@ -275,19 +324,20 @@ def _gen(ops: list, lines: list[str], depth: int, before: Any = _START) -> Any:
                       f"{ind} t = v[0]",
                       f"{ind} e = P.pos + len(t)"]
             if mark:
-                lines.append(f"{ind} P.spans.append([P.pos, e, {mark!r}, 0.0])")
+                lines.append(f"{ind} P.spans.append([P.pos, e, {mark!r}, 0.0, val_base(v, {mark!r})])")
             else:
-                lines += [f"{ind} if v[1] is not None:", f"{ind}  P.spans.append([P.pos, e, v[1], v[2]])"]
+                lines += [f"{ind} if v[1] is not None:",
+                          f"{ind}  P.spans.append([P.pos, e, v[1], v[2], val_base(v, None)])"]
             lines += [f"{ind} P.parts.append(t)", f"{ind} P.pos = e",
                       # A thing, as `Page._thing` writes it without a form or an article.
                       f"{ind}elif k is Thing:",
                       f"{ind} t = v.word",
                       f"{ind} e = P.pos + len(t)"]
             if mark:
-                lines.append(f"{ind} P.spans.append([P.pos, e, {mark!r}, 0.0])")
+                lines.append(f"{ind} P.spans.append([P.pos, e, {mark!r}, 0.0, thing_base(v, {mark!r})])")
             else:
                 lines += [f"{ind} if v.label is not None and not v.mentioned:",
-                          f"{ind}  P.spans.append([P.pos, e, v.label[0], v.label[1]])"]
+                          f"{ind}  P.spans.append([P.pos, e, v.label[0], v.label[1], v.label[1]])"]
             lines += [f"{ind} P.parts.append(t)", f"{ind} P.pos = e", f"{ind} v.mentioned = True"]
             lines += [f"{ind}elif k is str:",  # a plain string (an answer option, a phrase): unlabeled
                       f"{ind} P.parts.append(v)", f"{ind} P.pos += len(v)",
@@ -339,9 +389,11 @@ class Page:
         self.para_chars: list[Char] = []  # characters named in the current paragraph
 
     # -- low level ------------------------------------------------------------------------------
-    def add(self, text: str, skill: str | None = None, logp: float = 0.0) -> None:
+    def add(self, text: str, skill: str | None = None, logp: float = 0.0, base: float | None = None) -> None:
         if skill is not None:
-            self.spans.append([self.pos, self.pos + len(text), skill, logp])
+            if base is None and skill == "free":
+                base = logp
+            self.spans.append([self.pos, self.pos + len(text), skill, logp, base])
         self.parts.append(text)
         self.pos += len(text)
 
@@ -390,7 +442,8 @@ class Page:
         text = value.text
         skill = mark or value.skill
         if skill is not None:
-            self.spans.append([self.pos, self.pos + len(text), skill, 0.0 if mark else value.logp])
+            self.spans.append([self.pos, self.pos + len(text), skill, 0.0 if mark else value.logp,
+                               val_base(value, mark)])
         self.parts.append(text)
         self.pos += len(text)
 
@@ -441,7 +494,7 @@ class Page:
                 skill, logp = "tracking", self.track_logp
             name = c.name
             end = self.pos = pos + len(name)
-            self.spans.append([pos, end, skill, logp])
+            self.spans.append([pos, end, skill, logp, char_base(c, skill)])
             self.parts.append(name)
         c.mentioned = True
         if where:
@@ -455,7 +508,7 @@ class Page:
         word = c.forms[form]
         end = self.pos + len(word)
         self.refs.append((self.pos, end, c, form))
-        self.spans.append([self.pos, end, "grammar", 0.0])
+        self.spans.append([self.pos, end, "grammar", 0.0, LOG_THIRD])
         self.parts.append(word)
         self.pos = end
 
@@ -469,14 +522,14 @@ class Page:
                 word = word.capitalize()
             # The article is determined only when the noun after it is.
             if mark:
-                self.spans.append([self.pos, self.pos + len(word), "grammar", 0.0])
+                self.spans.append([self.pos, self.pos + len(word), "grammar", 0.0, LOG_HALF])
             parts.append(word + " ")
             self.pos += len(word) + 1
         text = t.plural if form == "pl" else t.word
         if mark:
-            self.spans.append([self.pos, self.pos + len(text), mark, 0.0])
+            self.spans.append([self.pos, self.pos + len(text), mark, 0.0, thing_base(t, mark)])
         elif not t.mentioned and t.label is not None:
-            self.spans.append([self.pos, self.pos + len(text), t.label[0], t.label[1]])
+            self.spans.append([self.pos, self.pos + len(text), t.label[0], t.label[1], t.label[1]])
         parts.append(text)
         self.pos += len(text)
         t.mentioned = True

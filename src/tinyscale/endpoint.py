@@ -1,0 +1,166 @@
+"""Calls to an OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp, Ollama, `tinyscale serve`).
+
+Shared by `data llm` (story writing) and `judge` (grading). The official async client does the HTTP;
+this module adds what both stages need and the client does not report: how many retries and failures
+happened and why, Retry-After honoured with exponential backoff and jitter, malformed bodies treated
+as retryable, and the API key kept out of every message (it is read from the environment only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tinyscale.errors import UserError
+
+# A key is required by the client even for local servers that ignore it.
+NO_KEY = "not-needed"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 60.0  # seconds per request
+    max_attempts: int = 6  # per request and session; then it is recorded as failed
+    backoff: float = 1.0  # first wait in seconds, doubled per attempt (with jitter)
+    max_backoff: float = 60.0
+
+    def key(self) -> str:
+        return os.environ.get(self.api_key_env) or NO_KEY
+
+
+@dataclass
+class CallStats:
+    """What happened on the wire during one session."""
+    requests: int = 0
+    retries: int = 0
+    failed: int = 0
+    reasons: Counter = field(default_factory=Counter)  # one count per failed attempt, by reason
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class RequestFailed(Exception):
+    """Every attempt failed with a retryable problem; `reason` names the last one."""
+
+    def __init__(self, reason: str, attempts: int) -> None:
+        super().__init__(reason)
+        self.reason, self.attempts = reason, attempts
+
+
+class RequestRejected(Exception):
+    """The endpoint refused the request itself (4xx other than 408/409/429): retrying cannot help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status, self.message = status, message
+
+
+class _Malformed(Exception):
+    pass
+
+
+def make_client(ep: Endpoint):
+    """The official async client, with its own retries off (ours count and log them)."""
+    try:
+        from openai import AsyncOpenAI
+    except ImportError:
+        raise UserError("this command needs the openai client: pip install 'tinyscale[llm]'") from None
+    if not ep.base_url.startswith(("http://", "https://")):
+        raise UserError(f"--base-url {ep.base_url}: expected an http:// or https:// URL")
+    return AsyncOpenAI(api_key=ep.key(), base_url=ep.base_url, timeout=ep.timeout, max_retries=0)
+
+
+def scrub(text: str, ep: Endpoint) -> str:
+    """A message with the API key (should an endpoint echo it) replaced by ***."""
+    key = ep.key()
+    return text.replace(key, "***") if key != NO_KEY else text
+
+
+def _reply(resp: Any) -> Reply:
+    """Validate a chat completion; anything unexpected is a malformed body (retryable)."""
+    try:
+        choice = resp.choices[0]
+        text = choice.message.content
+        if not isinstance(text, str):
+            raise TypeError("no message content")
+        usage = getattr(resp, "usage", None)
+        return Reply(text, choice.finish_reason, int(getattr(usage, "prompt_tokens", 0) or 0),
+                     int(getattr(usage, "completion_tokens", 0) or 0))
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+        raise _Malformed(f"malformed response ({type(e).__name__})") from None
+
+
+def _retry_after(err: Any) -> float | None:
+    """Seconds from a Retry-After (or retry-after-ms) header, when the error carries one."""
+    response = getattr(err, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+    except ValueError:  # an HTTP date: rare enough to fall back on our own backoff
+        return None
+    return None
+
+
+def _classify(err: Exception) -> tuple[str, float | None]:
+    """(reason, Retry-After seconds) for a retryable error; raise RequestRejected for a final one."""
+    import openai
+
+    if isinstance(err, _Malformed | ValueError):  # ValueError: a body that is not JSON
+        return "malformed", None
+    if isinstance(err, openai.APITimeoutError):  # a subclass of APIConnectionError: test it first
+        return "timeout", None
+    if isinstance(err, openai.APIConnectionError):
+        return "connection", None
+    if isinstance(err, openai.APIResponseValidationError):
+        return "malformed", None
+    if isinstance(err, openai.APIStatusError):
+        status = err.status_code
+        if status == 429 or status >= 500 or status in (408, 409):
+            return str(status), _retry_after(err)
+        raise RequestRejected(status, str(getattr(err, "message", err))[:300]) from None
+    raise err
+
+
+async def chat(client: Any, ep: Endpoint, messages: list[dict], stats: CallStats, rng: random.Random,
+               **params: Any) -> Reply:
+    """One chat completion with retries; raises RequestFailed or RequestRejected."""
+    import openai
+
+    reason = "unknown"
+    for attempt in range(ep.max_attempts):
+        stats.requests += 1
+        try:
+            resp = await client.chat.completions.create(model=ep.model, messages=messages, **params)
+            reply = _reply(resp)
+            stats.prompt_tokens += reply.prompt_tokens
+            stats.completion_tokens += reply.completion_tokens
+            return reply
+        except (openai.OpenAIError, _Malformed, ValueError) as e:
+            reason, wait = _classify(e)
+        stats.reasons[reason] += 1
+        if attempt == ep.max_attempts - 1:
+            break
+        stats.retries += 1
+        backoff = min(ep.max_backoff, ep.backoff * 2 ** attempt) * rng.uniform(0.5, 1.0)
+        # Retry-After is honoured as a floor, with a little jitter so that waiting clients spread out.
+        await asyncio.sleep(min(ep.max_backoff, wait) * rng.uniform(1.0, 1.1) if wait is not None else backoff)
+    stats.failed += 1
+    raise RequestFailed(reason, ep.max_attempts)
