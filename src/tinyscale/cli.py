@@ -394,6 +394,25 @@ def _run_serve(args: argparse.Namespace) -> None:
     serve(args.paths, names=args.name, host=args.host, port=args.port, api_key_env=args.api_key_env,
           checkpoint=args.checkpoint, max_batch=args.max_batch, max_queue=args.max_queue, dtype=args.dtype,
           device=args.device, threads=args.threads, quiet=args.quiet)
+def _add_interpret(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("interpret", help="label MLP neurons and attention heads against the story world (HTML + JSON)")
+    p.add_argument("run", metavar="RUN_OR_SWEEP", help="run folder, or a sweep folder to compare its sizes")
+    p.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="default: the last one")
+    p.add_argument("--layers", type=int, nargs="+", metavar="L", help="MLP layers (default: the next-to-last)")
+    p.add_argument("--stories", type=_count, default=1000, help="validation stories streamed (default 1000)")
+    p.add_argument("--top-k", type=_positive_int, default=20, help="top tokens per neuron (default 20)")
+    p.add_argument("--corpus", help="corpus folder or val.jsonl (default: the one the run's shards came from)")
+    p.add_argument("--out", metavar="FILE.html", help="default: RUN_OR_SWEEP/interpret.html (+ .json beside it)")
+    p.set_defaults(func=_run_interpret)
+
+
+def _run_interpret(args: argparse.Namespace) -> None:
+    from tinyscale.interpret import interpret
+    from tinyscale.interpret.analyze import Options
+
+    opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k)
+    out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus)
+    print(f"wrote {out} and {out.with_suffix('.json')}")
 
 
 # --- analyze / report -------------------------------------------------------------------------
@@ -588,6 +607,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_judge,
     _add_export,
     _add_serve,
+    _add_interpret,
     _add_sweep,
     _add_analyze,
     _add_report,

@@ -26,7 +26,8 @@ from tinyscale.runs import read_evals
 
 SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Loss per skill"),
             ("probes", "Probes vs size"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
-            ("completions", "Completions"), ("taxonomy", "Emergence taxonomy"), ("reproduce", "Reproduce")]
+            ("completions", "Completions"), ("taxonomy", "Emergence taxonomy"), ("readability", "Neurons vs size"),
+            ("reproduce", "Reproduce")]
 METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "loss": "loss",
                 "gap": "vs no-skill baseline"}
 
@@ -233,6 +234,17 @@ def reproduce_commands(sweep_dir: Path, report_flags: list[str] | None = None) -
     return study, per_run
 
 
+def _readability_section(sweep_dir: Path) -> str:
+    from tinyscale.interpret import readability  # torch-free: reads SWEEP/interpret_sizes.json
+
+    found = readability(sweep_dir)
+    if found is None or found[0] is None:
+        return _nodata("No neuron readability yet (run tinyscale interpret on the sweep).")
+    png, header, rows = found
+    img = f'<p><img alt="selectivity vs size" src="data:image/png;base64,{base64.b64encode(png).decode()}"></p>'
+    return img + _table(header, rows)
+
+
 def _reproduce_section(sweep_dir: Path, report_flags: list[str]) -> str:
     study, per_run = reproduce_commands(sweep_dir, report_flags)
     parts = ["<p>The whole study (the sweep trains and evaluates every run and resumes if interrupted):</p>",
@@ -306,6 +318,7 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
         "grades": _grades_section(sweep_dir, plot_dir, size_key),
         "completions": _completions_section(sweep_dir, records, max_stories),
         "taxonomy": _taxonomy_section(analysis),
+        "readability": _readability_section(sweep_dir),
         "reproduce": _reproduce_section(sweep_dir, _flags(metric, size_key)),
     }
     sections = "\n".join(f'<section id="{key}"><h2>{_e(title)}</h2>\n{body[key]}\n</section>'

@@ -3,7 +3,8 @@
 A corpus is a folder with `train.jsonl`, `val.jsonl` and optionally `ood.jsonl`; each line is
 `{"id": str, "text": str, "meta": {...}, "spans": [[start, end, skill, logp, base], ...]}`; `base`,
 the log-probability of the word for a reader without the span's skill (the no-skill baseline), is
-optional (null or absent: unknown).
+optional (null or absent: unknown). Optionally `"tags": [[start, end, role], ...]` (roles of words,
+e.g. a character's first mention; see data/world/roles.py).
 """
 
 from __future__ import annotations
@@ -46,7 +47,18 @@ def validate_line(obj: Any, where: str) -> dict:
             raise UserError(f"{where}: span {span!r} has unknown skill {skill!r}")
         if not isinstance(logp, (int, float)) or logp > 0:
             raise UserError(f"{where}: span {span!r} has a log-probability that is not <= 0")
+    _validate_tags(obj.get("tags", []), n, where)
     return obj
+
+
+def _validate_tags(tags: Any, n: int, where: str) -> None:
+    """The optional `tags`: roles of words, [start, end, role] (see data/world/roles.py)."""
+    if not isinstance(tags, list):
+        raise UserError(f"{where}: field 'tags' must be a list")
+    for tag in tags:
+        if not (isinstance(tag, list) and len(tag) == 3 and isinstance(tag[2], str)
+                and isinstance(tag[0], int) and isinstance(tag[1], int) and 0 <= tag[0] < tag[1] <= n):
+            raise UserError(f"{where}: tag {tag!r} is not [start, end, role] inside the text (length {n})")
 
 
 def read_corpus(path: str | Path) -> Iterator[dict]:

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from tinyscale.data.world import pieces
+from tinyscale.data.world import pieces, roles
 from tinyscale.data.world.text import TEMPLATE_FNS, Char, Page, Thing, Val, template_fn, template_slots
 from tinyscale.data.world.vocab import Vocab
 
@@ -41,7 +41,8 @@ class Story:
     header's length only when read, since the corpus writer never reads them.
     """
 
-    __slots__ = ("text", "spans", "meta", "_refs", "_marks", "_required_at", "_first_pos", "_fact_at", "_shift")
+    __slots__ = ("text", "spans", "meta", "_refs", "_marks", "_required_at", "_first_pos", "_fact_at", "_shift",
+                 "_tags")
 
     def __init__(self, text: str, spans: list[list], meta: dict[str, Any], refs: list | None = None,
                  marks: dict[str, list[tuple[int, int]]] | None = None,
@@ -55,9 +56,13 @@ class Story:
         self._first_pos = first_pos if first_pos is not None else {}
         self._fact_at = fact_at if fact_at is not None else []
         self._shift = 0  # characters written before the body (the instruct header), not yet applied
+        self._tags: list[list] = []  # role tags (`roles.story_tags`), relative to the body like the above
 
     def record(self, story_id: str) -> dict:
-        return {"id": story_id, "text": self.text, "meta": self.meta, "spans": self.spans}
+        rec = {"id": story_id, "text": self.text, "meta": self.meta, "spans": self.spans}
+        if self._tags:
+            rec["tags"] = self.tags
+        return rec
 
     def _settle(self) -> None:
         """Move the debugging positions by the header's length (once, on the first read)."""
@@ -69,6 +74,13 @@ class Story:
             self._required_at = {k: (s + d, e + d) for k, (s, e) in self._required_at.items()}
             self._first_pos = {k: p + d for k, p in self._first_pos.items()}
             self._fact_at = [(s + d, e + d, ph) for s, e, ph in self._fact_at]
+            self._tags = [[s + d, e + d, r] for s, e, r in self._tags]
+
+    @property
+    def tags(self) -> list[list]:
+        """Role tags [start, end, role] (see `roles`), written to the corpus line as `tags`."""
+        self._settle()
+        return self._tags
 
     @property
     def refs(self) -> list[tuple[int, int, Char, str]]:
@@ -373,6 +385,7 @@ def make_story(vocab: Vocab, seed: int, index: int, fmt: str = "plain") -> Story
         "index": index,
     }
     story = Story(body, page.spans, meta, page.refs, dict(b.marks), b.required_at, page.first_pos, b.fact_at)
+    story._tags = roles.story_tags(b.ctx, page.first_pos, b.required_at, page.spans, body)
     if fmt == "instruct":
         _add_header(b, story)
     return story

@@ -1,0 +1,91 @@
+"""`tinyscale interpret RUN_OR_SWEEP`: the page and its numbers for a run (or a sweep's models)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+from tinyscale import progress, runs
+from tinyscale.errors import UserError
+from tinyscale.fileio import write_json
+from tinyscale.generate import eot_id_of
+from tinyscale.interpret import heads as heads_mod
+from tinyscale.interpret import page
+from tinyscale.interpret.analyze import Options, analyze_model, val_corpus
+from tinyscale.interpret.sizes import sizes_figure, sizes_table
+from tinyscale.interpret.sweep import analyze_sweep, is_sweep
+
+SECTIONS = [("summary", "Summary"), ("neurons", "Most selective neurons"), ("all-neurons", "All neurons"),
+            ("heads", "Attention heads"), ("sizes", "Across sizes")]
+
+
+def load(run_dir: Path, step: int | None) -> tuple[Any, int, Any, int]:
+    """Model, step, tokenizer and end-of-text id of a run."""
+    model, step = runs.load_model(run_dir, step)
+    tokenizer = runs.load_tokenizer(run_dir)
+    eot = eot_id_of(tokenizer)
+    if eot is None:
+        raise UserError(f"{run_dir / 'tokenizer.json'}: no end-of-text token")
+    return model, step, tokenizer, eot
+
+
+def interpret(path: str | Path, out: str | Path | None = None, *, step: int | None = None,
+              opts: Options | None = None, corpus: str | Path | None = None, show: int = 24) -> Path:
+    """Write OUT.html and OUT.json (default: PATH/interpret.html) for a run or a sweep folder;
+    return the HTML's path. On a sweep, every model is summarised (`sweep`) and the largest one
+    is shown in detail."""
+    path, opts = Path(path), opts or Options()
+    out = Path(out) if out else path / "interpret.html"
+    if out.suffix != ".html":
+        raise UserError(f"--out: {out} must end in .html (the numbers go beside it as .json)")
+    sizes, done = None, {}
+    run_dir = path
+    if is_sweep(path):
+        sizes = analyze_sweep(path, opts, step=step, corpus=corpus, keep=done)
+        run_dir = Path(max(sizes, key=lambda r: r["non_embedding_params"] or 0)["dir"])
+    model, step, tokenizer, eot = load(run_dir, step)
+    val = val_corpus(run_dir, corpus)
+    progress.info("interpret: %s step %d on %s", run_dir, step, val)
+    data = done.get(str(run_dir)) or analyze_model(model, val, tokenizer, eot, opts)
+    first = data.pop("first_story")
+    data |= {"run": str(run_dir), "step": step, "corpus": str(val), "model_config": model.cfg.model_dump()}
+    if sizes is not None:
+        data["sizes"] = sizes
+    write_json(out.with_suffix(".json"), data)
+    context = _page_context(data, model, val, tokenizer, eot, first, show, run_dir, sizes)
+    return page.render(context, out)
+
+
+def _page_context(data: dict, model: Any, val: Path, tokenizer: Any, eot: int, first: Any, show: int,
+                  run_dir: Path, sizes: list[dict] | None) -> dict:
+    rows = data["model"]["neurons"]
+    # Equal selectivity: more distinct tokens first (a role across words says more than one token).
+    by_sel = sorted(rows, key=lambda r: (r["selectivity"] is None, -round(r["selectivity"] or 0, 2),
+                                         -r["distinct_tokens"], -r["max_act"]))
+    shown = [dict(r) for r in by_sel[:show]]
+    ctx = page.contexts(model, val, tokenizer, eot, shown, data["stories"])
+    for r in shown:
+        r["contexts"] = ctx.get((r["layer"], r["neuron"]), [])
+    ranked = [{**r, "words": [tokenizer.decode([t[3]]) for t in r["top"][:8]]}
+              for r in sorted(rows, key=lambda r: -r["max_act"])]
+    sizes_png, header, table = None, [], []
+    if sizes:
+        png = sizes_figure(sizes)
+        sizes_png = page.b64(png) if png else None
+        header, table = sizes_table(sizes)
+    best = data["model"]["summary"]["best_by_tag"]
+    control = (data.get("control") or {}).get("summary", {}).get("best_by_tag", {})
+    tag_rows = [{"tag": t, "base": data["base_rates"][t], "best": best.get(t), "control": control.get(t),
+                 "labelled": sum(r["label"] == t for r in rows)} for t in best]
+    return {
+        "tag_rows": tag_rows,
+        "title": f"tinyscale interpret: {run_dir.name} (step {data['step']})",
+        "subtitle": f"{run_dir} · corpus {val} · generated {_dt.datetime.now().isoformat(timespec='seconds')}",
+        "sections": SECTIONS, "layers": data["layers"], "stories": data["stories"], "tokens": data["tokens"],
+        "top_k": data["top_k"], "head_stories": data["head_stories"], "tags": data["tags"],
+        "model": data["model"], "control": data.get("control"), "shown": shown, "ranked": ranked,
+        "heatmaps": page.heatmaps(model, first, data["model"]["heads"]) if first else [],
+        "local_window": heads_mod.LOCAL_WINDOW, "local_min": heads_mod.LOCAL_MIN, "lift_min": heads_mod.LIFT_MIN,
+        "heatmap_tokens": page.HEATMAP_TOKENS, "sizes_png": sizes_png, "sizes_header": header, "sizes_rows": table,
+    }
