@@ -299,3 +299,33 @@ def test_worker_processes_give_the_same_shards(tmp_path):
     finally:
         tk.CHUNK_BYTES = old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "one", "two"]
+
+
+def test_unlabeled_corpus_gets_a_trigram_baseline(tmp_path):
+    """Without spans, every evaluation token's baseline is its surprisal under a Witten-Bell trigram
+    fitted on train: a proper distribution, lower on a repeated phrase than on a novel token."""
+    import json as _json
+
+    from tinyscale.data.ngram import Trigram
+    from tinyscale.data.shards import ShardSet
+
+    corpus = tmp_path / "plain"
+    corpus.mkdir()
+    rows = [{"id": str(i), "text": f"The cat sat on the mat number {i % 7}."} for i in range(200)]
+    for split, part in (("train", rows[:180]), ("val", rows[180:])):
+        (corpus / f"{split}.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in part))
+    meta = tokenize_corpus(corpus, tmp_path / "s", vocab_size=300, workers=1)
+    assert meta["baseline"].startswith("trigram")
+    shards = ShardSet.open(tmp_path / "s")
+    base = np.asarray(shards.base("val"))
+    assert np.isfinite(base[2:]).all() and (base[2:] > 0).all()
+    # The same numbers as the model fitted by hand on the train shard, and probabilities summing to 1.
+    model = Trigram(np.asarray(shards.tokens("train")), shards.vocab_size)
+    assert np.allclose(base[2:], model.surprisal(np.asarray(shards.tokens("val")))[2:], atol=1e-5)
+    ctx = np.asarray(shards.tokens("val"))[:2]
+    total = sum(np.exp(-model.surprisal(np.array([*ctx, c]))[2]) for c in range(shards.vocab_size))
+    assert total == pytest.approx(1.0, abs=1e-6)
+
+
+def test_labeled_corpus_keeps_its_spans_baselines(shards):
+    assert shards.meta["baseline"].startswith("spans")

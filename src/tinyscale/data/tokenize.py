@@ -245,6 +245,22 @@ def _byte_lengths(tok) -> np.ndarray | None:
     return table
 
 
+def _write_ngram_baseline(folder: Path, split_meta: dict, dtype: np.dtype, vocab: int) -> str:
+    """For a corpus without labels, the baseline of every evaluation token is its surprisal under a
+    trigram fitted on the train split (data/ngram.py); a labeled corpus keeps its spans' baselines."""
+    from tinyscale.data.ngram import Trigram
+
+    labeled = any(n for split in split_meta.values() for k, n in split["skill_tokens"].items() if k != "other")
+    if labeled:
+        return "spans: the no-skill baseline of each labeled word, from the corpus"
+    model = Trigram(np.fromfile(folder / "train.bin", dtype=dtype), vocab)
+    for split in split_meta:
+        if split != "train":
+            base = model.surprisal(np.fromfile(folder / f"{split}.bin", dtype=dtype)).astype("<f4")
+            base.tofile(folder / f"{split}.base.bin")
+    return "trigram: no labels; every token's surprisal under a trigram fitted on train (local statistics)"
+
+
 # --- encoding a split -------------------------------------------------------------------------
 
 
@@ -475,6 +491,7 @@ def tokenize_corpus(corpus_dir: str | Path, out_dir: str | Path, vocab_size: int
             "tokenizer_sha256": sha256_file(stage / "tokenizer.json"),
             "corpus_sha256": corpus_hash.hexdigest(),
             "corpus": str(Path(corpus_dir).resolve()),
+            "baseline": _write_ngram_baseline(stage, split_meta, encoder.dtype, vocab),
         }
         write_json(stage / "meta.json", meta)
     progress.info("wrote %s: %s tokens", out, {s: m["tokens"] for s, m in split_meta.items()})
