@@ -59,6 +59,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--hold-out", action="append", default=[], metavar="SPEC",
                    help="a composition kept out of train/val and written to ood.jsonl (repeatable)")
     w.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    w.add_argument("--qa", type=float, default=0.0, metavar="SHARE",
+                   help="share of train stories followed by two 'Q: ... A: ...' lines (default 0)")
+    w.add_argument("--qa-unanswerable", type=float, default=0.3, metavar="SHARE",
+                   help="share of those questions about something the story never says (answer: I don't know)")
     w.set_defaults(func=_run_data_world)
 
     s = dsub.add_parser("stats", help="summarise a corpus folder")
@@ -71,7 +75,8 @@ def _run_data_world(args: argparse.Namespace) -> None:
     from tinyscale.data.world import write_world_corpus
 
     write_world_corpus(args.out, stories=args.stories, seed=args.seed, val_fraction=args.val_fraction,
-                       fmt=args.format, hold_out=args.hold_out, overwrite=args.overwrite)
+                       fmt=args.format, hold_out=args.hold_out, overwrite=args.overwrite, qa=args.qa,
+                       qa_unanswerable=args.qa_unanswerable)
 
 
 def _run_data_stats(args: argparse.Namespace) -> None:

@@ -41,7 +41,8 @@ class Story:
     header's length only when read, since the corpus writer never reads them.
     """
 
-    __slots__ = ("text", "spans", "meta", "_refs", "_marks", "_required_at", "_first_pos", "_fact_at", "_shift")
+    __slots__ = ("text", "spans", "meta", "_refs", "_marks", "_required_at", "_first_pos", "_fact_at", "_shift",
+                 "ctx")
 
     def __init__(self, text: str, spans: list[list], meta: dict[str, Any], refs: list | None = None,
                  marks: dict[str, list[tuple[int, int]]] | None = None,
@@ -55,6 +56,7 @@ class Story:
         self._first_pos = first_pos if first_pos is not None else {}
         self._fact_at = fact_at if fact_at is not None else []
         self._shift = 0  # characters written before the body (the instruct header), not yet applied
+        self.ctx: dict[str, Any] = {}  # the schema's cast and choices (questions.py asks about them)
 
     def record(self, story_id: str) -> dict:
         return {"id": story_id, "text": self.text, "meta": self.meta, "spans": self.spans}
@@ -371,6 +373,7 @@ def make_story(vocab: Vocab, seed: int, index: int, fmt: str = "plain") -> Story
         "index": index,
     }
     story = Story(body, page.spans, meta, page.refs, dict(b.marks), b.required_at, page.first_pos, b.fact_at)
+    story.ctx = b.ctx
     if fmt == "instruct":
         _add_header(b, story)
     return story
