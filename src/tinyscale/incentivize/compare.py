@@ -13,7 +13,9 @@ cost: validation loss on plain stories. Every arm is a run folder and every eval
 beside it, so an interrupted comparison resumes where it stopped.
 
 Writes CMP/compare.json (every value, and the mean with a 95% t-interval over seeds per size, arm
-and metric: the figure data for the sweep report) and CMP/compare.md (the table).
+and metric), CMP/figure.json (per metric and arm, the points against parameters: the figure the
+sweep report draws, each metric against model size, teach and incentivize side by side) and
+CMP/compare.md (the table).
 
 Sizes run one after another in this process (a plain loop, not the sweep launchers: each arm is
 minutes on a CPU, and the arms of one size depend on each other through the token budget).
@@ -198,6 +200,7 @@ def compare(starts: list[str], out: str | Path, base: IncentiveConfig, seeds: in
                 results[name][arm].append(_evaluated(here / f"{arm}-s{seed}", opts))
     summary = summarize(results, sizes, base, seeds)
     write_json(out / "compare.json", summary)
+    write_json(out / "figure.json", figure_data(summary))
     with atomic_open(out / "compare.md", "w", encoding="utf-8") as f:
         f.write(table(summary))
     return summary
