@@ -87,3 +87,20 @@ def test_metrics_on_written_answers():
     assert m["confident_wrong"] == 0.25 and m["mean_reward"] == pytest.approx((1 + 0 - 4 + 0) / 4)
     iv = interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(2) = 4.303
     assert iv["mean"] == 2.0 and iv["hi"] == pytest.approx(2 + 4.303 / math.sqrt(3), rel=1e-4)
+
+
+def test_summary_table_and_figure_data():
+    from tinyscale.incentivize.compare import METRICS, figure_data, summarize, table
+    from tinyscale.incentivize.policy_gradient import IncentiveConfig
+
+    def res(x):
+        return {m: x for m in METRICS}
+
+    results = {"small": {"start": [res(0.1)], "teach": [res(0.2), res(0.4)], "incentivize": [res(0.3)] * 2},
+               "big": {"start": [res(0.5)], "teach": [res(0.6)] * 2, "incentivize": [res(0.7)] * 2}}
+    sizes = {"small": {"params": 100}, "big": {"params": 1000}}
+    s = summarize(results, sizes, IncentiveConfig(start="x"), seeds=2)
+    md = table(s)
+    assert "| small | 100 | teach | 0.300 [" in md and "| big | 1,000 | start | 0.500 |" in md
+    pts = figure_data(s)["accuracy_answerable"]["teach"]
+    assert [p["params"] for p in pts] == [100, 1000] and pts[0]["mean"] == pytest.approx(0.3)

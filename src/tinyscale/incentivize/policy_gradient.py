@@ -184,14 +184,14 @@ def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completio
     x = x.to(device)
     # Only the positions that predict a completion token go through the vocabulary head.
     h = model(x[:, :-1], hidden=True)
-    rows = torch.arange(len(prompts))[:, None]
+    rows = torch.arange(len(prompts), device=device)[:, None]
     cols = torch.tensor([[len(p) - 1 + j if j < len(c) else 0 for j in range(Tc)]
-                         for p, c in zip(prompts, completions, strict=True)])
-    mask = torch.tensor([[1.0 if j < len(c) else 0.0 for j in range(Tc)] for c in completions])
-    targets = torch.tensor([[c[j] if j < len(c) else 0 for j in range(Tc)] for c in completions])
+                         for p, c in zip(prompts, completions, strict=True)], device=device)
+    mask = torch.tensor([[1.0 if j < len(c) else 0.0 for j in range(Tc)] for c in completions], device=device)
+    targets = torch.tensor([[c[j] if j < len(c) else 0 for j in range(Tc)] for c in completions], device=device)
     logits = model.head(h[rows, cols]).float()
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.to(device)[..., None]).squeeze(-1)
-    return logp * mask.to(device), mask.to(device)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    return logp * mask, mask
 
 
 # --- sampling ----------------------------------------------------------------------------------------
