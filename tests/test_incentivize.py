@@ -146,3 +146,4 @@ def test_bad_input_is_one_line(start_run, tmp_path, capsys):
                  "--prompts", str(start_run[1])]) == 2
     with pytest.raises(UserError, match="not an incentivize run"):
         resume(run)
+
