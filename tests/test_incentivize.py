@@ -147,3 +147,24 @@ def test_bad_input_is_one_line(start_run, tmp_path, capsys):
     with pytest.raises(UserError, match="not an incentivize run"):
         resume(run)
 
+
+
+def test_grouped_log_probs_and_sampling_match_the_plain_ones(start_run):
+    from tinyscale.generate import generate
+    from tinyscale.incentivize.policy_gradient import Answerer, completion_logps, group_logps
+    from tinyscale.runs import load_model, load_tokenizer
+
+    run, _ = start_run
+    model, _ = load_model(run)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (7, 12, 3)]
+    groups = [[torch.randint(0, 300, (n,), generator=g).tolist() for n in lens]
+              for lens in ((1, 4, 2), (3, 3, 1), (4, 2, 2))]
+    flat_prompts = [p for p, grp in zip(prompts, groups, strict=True) for _ in grp]
+    a, ma = completion_logps(model, flat_prompts, [c for grp in groups for c in grp], torch.device("cpu"))
+    b, mb = group_logps(model, prompts, groups, torch.device("cpu"))
+    assert torch.equal(ma, mb) and torch.allclose(a, b, atol=1e-5)
+    ans = Answerer(load_tokenizer(run), 5)
+    greedy = ans.sample_group(model, prompts[1], 3, temperature=0.0, seed=0)
+    plain = [ans.cut(r) for r in generate(model, [prompts[1]] * 3, 5, temperature=0.0, eot_id=ans.eot)]
+    assert greedy == plain

@@ -194,6 +194,49 @@ def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completio
     return logp * mask, mask
 
 
+def group_logps(model: torch.nn.Module, prompts: list[list[int]], groups: list[list[list[int]]],
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`completion_logps` for `group` completions per prompt, computing each prompt once.
+
+    Row i packs prompt i, then its completions side by side, each padded to the longest: [prompt |
+    pad | c_1 | c_2 | ...]. The attention mask lets a completion token see the prompt and the earlier
+    tokens of its own completion only, and positions restart after the prompt for every completion,
+    so each token sees exactly what it sees in its own sequence: the same log-probabilities as
+    `completion_logps` (tested), at 1/group of the cost of repeating the story-length prompt.
+    Returns [P * G, Tc] in the order of the groups' completions.
+    """
+    P, G = len(prompts), len(groups[0])
+    Lmax, Tc = max(len(p) for p in prompts), max(len(c) for g in groups for c in g)
+    T = Lmax + G * Tc
+    idx = torch.arange(T)
+    block = torch.where(idx >= Lmax, (idx - Lmax) // Tc, -1)
+    off = torch.where(idx >= Lmax, (idx - Lmax) % Tc, idx)
+    x = torch.zeros(P, T, dtype=torch.long)
+    masks, positions = [], []
+    for i, (p, g) in enumerate(zip(prompts, groups, strict=True)):
+        x[i, : len(p)] = torch.tensor(p)
+        for j, c in enumerate(g):
+            x[i, Lmax + j * Tc: Lmax + j * Tc + len(c)] = torch.tensor(c)
+        in_prompt, comp = idx < len(p), block >= 0
+        m = in_prompt[:, None] & in_prompt[None, :] & (idx[None, :] <= idx[:, None])
+        m |= comp[:, None] & (in_prompt[None, :] | ((block[:, None] == block[None, :]) & (off[None, :] <= off[:, None])))
+        m |= torch.eye(T, dtype=torch.bool) & ~(in_prompt | comp)[:, None]  # padding sees itself (no empty row)
+        masks.append(m)
+        positions.append(torch.where(comp, len(p) + off, torch.where(in_prompt, idx, 0)))
+    h = model(x.to(device), positions=torch.stack(positions).to(device),
+              attn_mask=torch.stack(masks)[:, None].to(device), hidden=True)
+    # The state that predicts completion token k: the prompt's last one for k = 0, else token k - 1.
+    src = [[(len(p) - 1 if k == 0 else Lmax + j * Tc + k - 1) for k in range(Tc)]
+           for p, g in zip(prompts, groups, strict=True) for j in range(G)]
+    comps = [c for g in groups for c in g]
+    rows = torch.arange(P, device=device).repeat_interleave(G)[:, None]
+    mask = torch.tensor([[1.0 if k < len(c) else 0.0 for k in range(Tc)] for c in comps], device=device)
+    targets = torch.tensor([[c[k] if k < len(c) else 0 for k in range(Tc)] for c in comps], device=device)
+    logits = model.head(h[rows, torch.tensor(src, device=device)]).float()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    return logp * mask, mask
+
+
 # --- sampling ----------------------------------------------------------------------------------------
 
 
@@ -222,6 +265,27 @@ class Answerer:
                seed: int) -> list[list[int]]:
         rows = generate(model, prompts, self.max_new, temperature=temperature, seed=seed, eot_id=self.eot)
         return [self.cut(r) for r in rows]
+
+    @torch.inference_mode()
+    def sample_group(self, model: torch.nn.Module, prompt: list[int], group: int, temperature: float,
+                     seed: int) -> list[list[int]]:
+        """`group` answers to one prompt: the prompt is read once, its cache copied to every row
+        (`generate` would read it `group` times: most of a rollout's cost at story length)."""
+        from tinyscale.generate import sample_next
+
+        device = model.tok_emb.weight.device
+        cache = model.new_cache(1, len(prompt) + self.max_new)
+        logits = model(torch.tensor([prompt], device=device), cache)[:, -1].expand(group, -1)
+        cache.k, cache.v = cache.k.repeat(1, group, 1, 1, 1), cache.v.repeat(1, group, 1, 1, 1)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        out = []
+        for t in range(self.max_new):
+            tok = sample_next(logits, temperature, None, None, gen)
+            out.append(tok)
+            if t < self.max_new - 1:
+                logits = model(tok[:, None], cache)[:, -1]
+        rows = torch.stack(out, dim=1).tolist()
+        return [self.cut(r[: r.index(self.eot)] if self.eot in r else r) for r in rows]
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -362,12 +426,15 @@ def rl_step(cfg: IncentiveConfig, policy: torch.nn.Module, ref: torch.nn.Module,
     prompts = [it["ids"] for it in items for _ in range(cfg.group)]
     t0 = time.perf_counter()
     policy.eval()
-    completions = ans.sample(policy, prompts, cfg.temperature, seed=cfg.seed * 1_000_003 + step)
+    groups = [ans.sample_group(policy, it["ids"], cfg.group, cfg.temperature, seed=(cfg.seed * 1_000_003 + step) * 64 + i)
+              for i, it in enumerate(items)]
     policy.train()
+    completions = [c for g in groups for c in g]
     t_roll = time.perf_counter() - t0
+    heads = [it["ids"] for it in items]
     with torch.no_grad():
-        ref_logp, mask = completion_logps(ref, prompts, completions, device)
-        old_logp, _ = completion_logps(policy, prompts, completions, device)
+        ref_logp, mask = group_logps(ref, heads, groups, device)
+        old_logp, _ = group_logps(policy, heads, groups, device)
     ref_mean = ((ref_logp * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
     texts = [ans.text(c) for c in completions]
     truths = [items[i // cfg.group]["truth"] for i in range(len(prompts))]
@@ -376,7 +443,7 @@ def rl_step(cfg: IncentiveConfig, policy: torch.nn.Module, ref: torch.nn.Module,
     adv = group_advantages(rewards.view(cfg.prompts_per_step, cfg.group)).flatten().to(device)
     stats: dict[str, float] = {}
     for _ in range(cfg.updates):
-        logp, _ = completion_logps(policy, prompts, completions, device)
+        logp, _ = group_logps(policy, heads, groups, device)
         loss, stats = policy_loss(logp, old_logp, ref_logp, adv, mask, cfg.clip, cfg.kl)
         norm = _step_update(policy, opt, loss, cfg, step)
     n_tokens = sum(len(c) for c in completions)
