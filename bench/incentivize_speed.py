@@ -3,8 +3,10 @@
     PYTHONPATH=src python bench/incentivize_speed.py [--threads 2] [--prompt-len 320] [--hf]
 
 A step of `policy_gradient.rl_step` has two costs: sampling `prompts_per_step x group` answers
-(rollout, KV-cached decoding from prompts of story length) and `updates` optimizer steps, each a
-forward and backward pass over prompt + answer. Both are timed here on a randomly initialized 3M
+(rollout: each prompt of story length read once, its KV cache copied to the group's rows) and
+`updates` optimizer steps, each a forward and backward pass over the prompts with the group's
+answers packed after them. `generate()` per row (every row reads its own copy of the prompt) is
+timed too, for comparison. Both are timed here on a randomly initialized 3M
 model (width 128 x 8 layers, vocabulary 4096) with random prompt tokens, so only compute counts.
 
 `--hf` also times the same rollout with `transformers` `generate` on the Hugging Face export of
@@ -19,7 +21,7 @@ import time
 
 import torch
 
-from tinyscale.incentivize.policy_gradient import completion_logps, policy_loss
+from tinyscale.incentivize.policy_gradient import Answerer, group_logps, policy_loss
 from tinyscale.model import Transformer, count_params, model_config
 from tinyscale.train import machine_info
 
@@ -57,17 +59,21 @@ def main() -> None:
     from tinyscale.generate import generate
 
     t = _best(lambda: generate(model, prompt_lists, args.max_new_tokens, temperature=1.0, seed=0), args.reps)
-    print(f"rollout (ours, KV cache):      {rows * args.max_new_tokens / t:10.1f} tokens/s   ({t:.3f} s per batch)")
+    print(f"rollout, generate() per row:   {rows * args.max_new_tokens / t:10.1f} tokens/s   ({t:.3f} s per batch)")
+    ans = Answerer(_NoText(), args.max_new_tokens)
+    heads = prompt_lists[:: args.group]
+    t = _best(lambda: [ans.sample_group(model, p, args.group, 1.0, seed=0) for p in heads], args.reps)
+    print(f"rollout, prompt once per group: {rows * args.max_new_tokens / t:9.1f} tokens/s   ({t:.3f} s per batch)")
 
-    completions = torch.randint(0, 4096, (rows, args.max_new_tokens)).tolist()
+    groups = [torch.randint(0, 4096, (args.group, args.max_new_tokens)).tolist() for _ in heads]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model.train()
     with torch.no_grad():
-        ref, mask = completion_logps(model, prompt_lists, completions, torch.device("cpu"))
+        ref, mask = group_logps(model, heads, groups, torch.device("cpu"))
     adv = torch.randn(rows)
 
     def update() -> None:
-        logp, _ = completion_logps(model, prompt_lists, completions, torch.device("cpu"))
+        logp, _ = group_logps(model, heads, groups, torch.device("cpu"))
         loss, _ = policy_loss(logp, ref, ref, adv, mask, 0.2, 0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -77,6 +83,20 @@ def main() -> None:
     print(f"update (fwd+bwd+AdamW):        {1 / t:10.2f} steps/s    ({t:.3f} s per update)")
     if args.hf:
         _hf_rollout(model, prompts, args)
+
+
+class _NoText:
+    """Stands in for a tokenizer: no token is a line break and there is no end-of-text token, so
+    every answer runs to the full length (the worst case for the timing)."""
+
+    def get_vocab_size(self) -> int:
+        return 4096
+
+    def decode(self, ids: list[int]) -> str:
+        return "x"
+
+    def token_to_id(self, name: str) -> None:
+        return None
 
 
 def _hf_rollout(model: Transformer, prompts: torch.Tensor, args: argparse.Namespace) -> None:
