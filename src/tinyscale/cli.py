@@ -454,6 +454,7 @@ def _add_incentivize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", action="store_true", help="teach vs incentivize, same start and token budget")
     p.add_argument("--seeds", type=_positive_int, default=3, help="--compare: seeds per size (default 3)")
     p.add_argument("--eval-questions", type=_positive_int, default=200, help="--compare: held-out questions")
+    p.add_argument("--sampled", action="store_true", help="--compare: also evaluate sampled answers (temperature 1)")
     p.add_argument("--reward", help="hallucination (default), required_words or module:function")
     p.add_argument("--threshold", type=float, help="hallucination: score by confidence threshold t")
     p.add_argument("--prompts", help="world (default), world-words, or a JSONL file of {prompt, truth}")
@@ -486,7 +487,8 @@ def _run_incentivize(args: argparse.Namespace) -> None:
         err = e.errors()[0]
         raise UserError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}") from None
     if args.compare:
-        summary = compare.compare(args.runs, args.out, cfg, seeds=args.seeds, questions=args.eval_questions)
+        summary = compare.compare(args.runs, args.out, cfg, seeds=args.seeds, questions=args.eval_questions,
+                                  sampled=args.sampled)
         print(compare.table(summary), end="")
     else:
         print(policy_gradient.incentivize(cfg, args.out))

@@ -83,8 +83,11 @@ def story_val_loss(model: torch.nn.Module, data_dir: str, device: torch.device, 
 
 
 def evaluate_answers(run_dir: str | Path, questions: int = 200, world_seed: int = 0, reward: str = "hallucination",
-                     threshold: float | None = None, device: str = "cpu", batch: int = 32) -> dict[str, Any]:
-    """The comparison's metrics for a run's newest checkpoint, on held-out questions (greedy answers)."""
+                     threshold: float | None = None, device: str = "cpu", batch: int = 32,
+                     temperature: float = 0.0) -> dict[str, Any]:
+    """The comparison's metrics for a run's newest checkpoint, on held-out questions: greedy answers
+    (temperature 0, the model's single best answer) or sampled ones (temperature 1, the whole answer
+    distribution, as the reward sees it in training). Loss on stories comes with greedy answers."""
     from tinyscale.data.world import default_vocab
     from tinyscale.data.world.questions import question_set
 
@@ -98,9 +101,10 @@ def evaluate_answers(run_dir: str | Path, questions: int = 200, world_seed: int 
     texts = []
     for i in range(0, len(items), batch):
         chunk = [tok.encode(it["prompt"]).ids for it in items[i:i + batch]]
-        texts += [ans.text(c) for c in ans.sample(model, chunk, temperature=0.0, seed=0)]
-    return _answer_metrics(items, texts, fn) | {
-        "val_loss": story_val_loss(model, read_run(run_dir)["data"]["dir"], dev), "step": step,
+        texts += [ans.text(c) for c in ans.sample(model, chunk, temperature=temperature, seed=i)]
+    val = {"val_loss": story_val_loss(model, read_run(run_dir)["data"]["dir"], dev)} if temperature == 0 else {}
+    return _answer_metrics(items, texts, fn) | val | {
+        "step": step, "temperature": temperature,
         "examples": [{"question": it["prompt"].rsplit("\n", 1)[-1], "answer": t, "truth": it["truth"]}
                      for it, t in zip(items[:12], texts[:12], strict=False)]}
 
@@ -160,23 +164,26 @@ def _last_state(run_dir: Path) -> Path:
     return state_path(run_dir, list_checkpoints(run_dir)[-1])
 
 
-def _evaluated(run_dir: Path, opts: dict[str, Any]) -> dict[str, Any]:
-    path = run_dir / "answers.json"
-    if path.is_file():
-        return read_json(path)
-    result = evaluate_answers(run_dir, **opts)
-    write_json(path, result)
-    return result
+def _evaluated(run_dir: Path, opts: dict[str, Any], stem: Path) -> dict[str, Any]:
+    """Greedy metrics, plus the sampled ones under `sampled_<metric>` when `opts` asks for them."""
+    out = {}
+    for prefix, temperature in (("", 0.0), ("sampled_", 1.0)) if opts.get("sampled") else (("", 0.0),):
+        path = stem.with_name(f"{stem.name}{'-t1' if temperature else ''}.json")
+        if not path.is_file():
+            kw = {k: v for k, v in opts.items() if k != "sampled"}
+            write_json(path, evaluate_answers(run_dir, **kw, temperature=temperature))
+        out |= {prefix + k: v for k, v in read_json(path).items()}
+    return out
 
 
 def compare(starts: list[str], out: str | Path, base: IncentiveConfig, seeds: int = 3,
-            questions: int = 200) -> dict[str, Any]:
+            questions: int = 200, sampled: bool = False) -> dict[str, Any]:
     """Run both arms for every start and seed; write and return the summary (see module doc)."""
     out = Path(out)
     if seeds < 1:
         raise UserError(f"--seeds: must be positive, got {seeds}")
     opts = {"questions": questions, "world_seed": base.world_seed, "reward": base.reward,
-            "threshold": base.threshold, "device": "cpu"}
+            "threshold": base.threshold, "device": "cpu", "sampled": sampled}
     results: dict[str, dict[str, list[dict]]] = {}
     sizes: dict[str, dict[str, Any]] = {}
     for run in start_runs(starts):
@@ -186,10 +193,8 @@ def compare(starts: list[str], out: str | Path, base: IncentiveConfig, seeds: in
                        "non_embedding": (info.get("params") or {}).get("non_embedding")}
         here = out / name
         here.mkdir(parents=True, exist_ok=True)
-        start_eval = here / "start-answers.json"
-        if not start_eval.is_file():
-            write_json(start_eval, evaluate_answers(run, **opts))
-        results[name] = {"start": [read_json(start_eval)], "teach": [], "incentivize": []}
+        results[name] = {"start": [_evaluated(run, opts, here / "start-answers")], "teach": [],
+                         "incentivize": []}
         for seed in range(seeds):
             progress.info(f"compare: {name}, seed {seed}")
             rl = base.model_copy(update={"start": str(run), "seed": seed, "objective": "incentivize"})
@@ -197,7 +202,7 @@ def compare(starts: list[str], out: str | Path, base: IncentiveConfig, seeds: in
             teach = rl.model_copy(update={"objective": "teach", "tokens": used, "steps": 10**6})
             _arm(teach, here / f"teach-s{seed}")
             for arm in ("teach", "incentivize"):
-                results[name][arm].append(_evaluated(here / f"{arm}-s{seed}", opts))
+                results[name][arm].append(_evaluated(here / f"{arm}-s{seed}", opts, here / f"{arm}-s{seed}" / "answers"))
     summary = summarize(results, sizes, base, seeds)
     write_json(out / "compare.json", summary)
     write_json(out / "figure.json", figure_data(summary))
@@ -207,12 +212,14 @@ def compare(starts: list[str], out: str | Path, base: IncentiveConfig, seeds: in
 
 
 def summarize(results: dict, sizes: dict, base: IncentiveConfig, seeds: int) -> dict[str, Any]:
+    first = next(iter(results.values()))["start"][0]
+    metrics = list(METRICS) + [f"sampled_{m}" for m in METRICS if f"sampled_{m}" in first]
     rows = []
     for name, arms in results.items():
         for arm in ARMS:
             rows.append({"size": name, **sizes[name], "arm": arm,
-                         **{m: interval([r[m] for r in arms[arm]]) for m in METRICS}})
-    return {"config": base.model_dump(), "seeds": seeds, "metrics": list(METRICS), "rows": rows}
+                         **{m: interval([r[m] for r in arms[arm]]) for m in metrics}})
+    return {"config": base.model_dump(), "seeds": seeds, "metrics": metrics, "rows": rows}
 
 
 def table(summary: dict[str, Any]) -> str:
