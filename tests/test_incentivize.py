@@ -164,6 +164,12 @@ def test_grouped_log_probs_and_sampling_match_the_plain_ones(start_run):
     a, ma = completion_logps(model, flat_prompts, [c for grp in groups for c in grp], torch.device("cpu"))
     b, mb = group_logps(model, prompts, groups, torch.device("cpu"))
     assert torch.equal(ma, mb) and torch.allclose(a, b, atol=1e-5)
+    # A group too long for one row of the context (64 here) is spread over rows: same values.
+    long_p = [torch.randint(0, 300, (50,), generator=g).tolist()]
+    long_g = [[torch.randint(0, 300, (6,), generator=g).tolist() for _ in range(5)]]
+    c, _ = completion_logps(model, long_p * 5, long_g[0], torch.device("cpu"))
+    d, _ = group_logps(model, long_p, long_g, torch.device("cpu"))
+    assert torch.allclose(c, d, atol=1e-5)
     ans = Answerer(load_tokenizer(run), 5)
     greedy = ans.sample_group(model, prompts[1], 3, temperature=0.0, seed=0)
     plain = [ans.cut(r) for r in generate(model, [prompts[1]] * 3, 5, temperature=0.0, eot_id=ans.eot)]

@@ -196,28 +196,31 @@ def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completio
 
 def group_logps(model: torch.nn.Module, prompts: list[list[int]], groups: list[list[list[int]]],
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`completion_logps` for `group` completions per prompt, computing each prompt once.
+    """`completion_logps` for a group of completions per prompt, computing each prompt once.
 
-    Row i packs prompt i, then its completions side by side, each padded to the longest: [prompt |
-    pad | c_1 | c_2 | ...]. The attention mask lets a completion token see the prompt and the earlier
+    A row packs a prompt, then completions side by side, each padded to the longest: [prompt | pad |
+    c_1 | c_2 | ...]. The attention mask lets a completion token see the prompt and the earlier
     tokens of its own completion only, and positions restart after the prompt for every completion,
     so each token sees exactly what it sees in its own sequence: the same log-probabilities as
-    `completion_logps` (tested), at 1/group of the cost of repeating the story-length prompt.
-    Returns [P * G, Tc] in the order of the groups' completions.
+    `completion_logps` (tested), at about 1/group of the cost of repeating a story-length prompt.
+    A group that does not fit the context in one row is spread over several rows.
+    Returns [sum of group sizes, Tc] in the order of the groups' completions.
     """
-    P, G = len(prompts), len(groups[0])
     Lmax, Tc = max(len(p) for p in prompts), max(len(c) for g in groups for c in g)
+    per_row = max(1, (model.cfg.max_seq_len - Lmax) // Tc)
+    rows = [(p, g[i:i + per_row]) for p, g in zip(prompts, groups, strict=True) for i in range(0, len(g), per_row)]
+    G = max(len(sub) for _, sub in rows)
     T = Lmax + G * Tc
     idx = torch.arange(T)
     block = torch.where(idx >= Lmax, (idx - Lmax) // Tc, -1)
     off = torch.where(idx >= Lmax, (idx - Lmax) % Tc, idx)
-    x = torch.zeros(P, T, dtype=torch.long)
+    x = torch.zeros(len(rows), T, dtype=torch.long)
     masks, positions = [], []
-    for i, (p, g) in enumerate(zip(prompts, groups, strict=True)):
+    for i, (p, sub) in enumerate(rows):
         x[i, : len(p)] = torch.tensor(p)
-        for j, c in enumerate(g):
+        for j, c in enumerate(sub):
             x[i, Lmax + j * Tc: Lmax + j * Tc + len(c)] = torch.tensor(c)
-        in_prompt, comp = idx < len(p), block >= 0
+        in_prompt, comp = idx < len(p), (block >= 0) & (block < len(sub))
         m = in_prompt[:, None] & in_prompt[None, :] & (idx[None, :] <= idx[:, None])
         m |= comp[:, None] & (in_prompt[None, :] | ((block[:, None] == block[None, :]) & (off[None, :] <= off[:, None])))
         m |= torch.eye(T, dtype=torch.bool) & ~(in_prompt | comp)[:, None]  # padding sees itself (no empty row)
@@ -227,12 +230,12 @@ def group_logps(model: torch.nn.Module, prompts: list[list[int]], groups: list[l
               attn_mask=torch.stack(masks)[:, None].to(device), hidden=True)
     # The state that predicts completion token k: the prompt's last one for k = 0, else token k - 1.
     src = [[(len(p) - 1 if k == 0 else Lmax + j * Tc + k - 1) for k in range(Tc)]
-           for p, g in zip(prompts, groups, strict=True) for j in range(G)]
-    comps = [c for g in groups for c in g]
-    rows = torch.arange(P, device=device).repeat_interleave(G)[:, None]
+           for p, sub in rows for j in range(len(sub))]
+    comps = [c for _, sub in rows for c in sub]
+    row_of = torch.tensor([i for i, (_, sub) in enumerate(rows) for _ in sub], device=device)[:, None]
     mask = torch.tensor([[1.0 if k < len(c) else 0.0 for k in range(Tc)] for c in comps], device=device)
     targets = torch.tensor([[c[k] if k < len(c) else 0 for k in range(Tc)] for c in comps], device=device)
-    logits = model.head(h[rows, torch.tensor(src, device=device)]).float()
+    logits = model.head(h[row_of, torch.tensor(src, device=device)]).float()
     logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
     return logp * mask, mask
 
