@@ -20,9 +20,10 @@ Teach, one step: cross-entropy on the reference answers of `prompts_per_step * g
 (the same prompt pool), so both arms can be run from the same start on the same token budget.
 
 The loop is written here, by hand, rather than with TRL's GRPOTrainer through the Hugging Face
-export: for models of 0.1-3M parameters a step is dominated by per-call overhead, and TRL's trainer
-regenerates through `transformers.generate` without our KV-cache decoder, converts checkpoints,
-and cannot resume from our run folders; `bench/incentivize_speed.py` measures this loop.
+export: at story length a step is mostly reading the prompt, and this loop reads each prompt once per
+group (`Answerer.sample_group`, `group_logps`), where `transformers.generate` reads it once per row
+(4x fewer rollout tokens/s on the 3M preset, `bench/incentivize_speed.py`); and the run folder and
+exact resume are the trainer's own, which TRL would need wrapping for.
 
 Run folder, as `train` writes it (see runs.py): run.json ("model" is the starting model's shape, so
 `sample`, `eval` and `export` work on the result), tokenizer.json, metrics.jsonl, checkpoints/.
