@@ -174,3 +174,18 @@ def test_grouped_log_probs_and_sampling_match_the_plain_ones(start_run):
     greedy = ans.sample_group(model, prompts[1], 3, temperature=0.0, seed=0)
     plain = [ans.cut(r) for r in generate(model, [prompts[1]] * 3, 5, temperature=0.0, eot_id=ans.eot)]
     assert greedy == plain
+
+
+def test_cli_runs_teaches_and_refuses_a_changed_resume(start_run, ball_reward, tmp_path, capsys):
+    run, prompts = start_run
+    common = ["--prompts", str(prompts), "--reward", "ball_reward:pays", "--group", "4", "--prompts-per-step", "2",
+              "--max-new-tokens", "3", "--threads", "1", "--device", "cpu"]
+    assert main(["-q", "incentivize", str(run), "--out", str(tmp_path / "rl"), "--steps", "2", *common]) == 0
+    assert main(["-q", "incentivize", str(run), "--out", str(tmp_path / "t"), "--teach", "--steps", "2", *common]) == 0
+    info = json.loads((tmp_path / "t" / "run.json").read_text())
+    assert info["config"]["objective"] == "teach" and info["model"]["d_model"] == 32
+    assert len(_metrics(tmp_path / "rl")) == 2 and list_checkpoints(tmp_path / "rl") == [2]
+    assert main(["-q", "incentivize", "--resume", str(tmp_path / "rl"), "--lr", "0.5"]) == 2
+    assert "--lr 0.5 differs" in capsys.readouterr().err
+    assert main(["-q", "incentivize", "--resume", str(tmp_path / "rl"), "--steps", "3"]) == 0
+    assert list_checkpoints(tmp_path / "rl")[-1] == 3
