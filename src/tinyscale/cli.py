@@ -59,6 +59,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--hold-out", action="append", default=[], metavar="SPEC",
                    help="a composition kept out of train/val and written to ood.jsonl (repeatable)")
     w.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    w.add_argument("--qa", type=float, default=0.0, metavar="SHARE",
+                   help="share of train stories followed by two 'Q: ... A: ...' lines (default 0)")
+    w.add_argument("--qa-unanswerable", type=float, default=0.3, metavar="SHARE",
+                   help="share of those questions about something the story never says (answer: I don't know)")
     w.set_defaults(func=_run_data_world)
 
     s = dsub.add_parser("stats", help="summarise a corpus folder")
@@ -73,7 +77,8 @@ def _run_data_world(args: argparse.Namespace) -> None:
     from tinyscale.data.world import write_world_corpus
 
     write_world_corpus(args.out, stories=args.stories, seed=args.seed, val_fraction=args.val_fraction,
-                       fmt=args.format, hold_out=args.hold_out, overwrite=args.overwrite)
+                       fmt=args.format, hold_out=args.hold_out, overwrite=args.overwrite, qa=args.qa,
+                       qa_unanswerable=args.qa_unanswerable)
 
 
 def _run_data_stats(args: argparse.Namespace) -> None:
@@ -597,6 +602,57 @@ def _run_demo(args: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+# --- incentivize -------------------------------------------------------------------------------
+
+
+def _add_incentivize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("incentivize", help="fine-tune a run from a reward (RL), or --compare it with teaching")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="starting run (with --compare: runs or sweep folders)")
+    p.add_argument("--out", help="new run folder (with --compare: the comparison folder)")
+    p.add_argument("--resume", metavar="DIR", help="continue this incentivize run")
+    p.add_argument("--compare", action="store_true", help="teach vs incentivize, same start and token budget")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="--compare: seeds per size (default 3)")
+    p.add_argument("--eval-questions", type=_positive_int, default=200, help="--compare: held-out questions")
+    p.add_argument("--sampled", action="store_true", help="--compare: also evaluate sampled answers (temperature 1)")
+    p.add_argument("--reward", help="hallucination (default), required_words or module:function")
+    p.add_argument("--threshold", type=float, help="hallucination: score by confidence threshold t")
+    p.add_argument("--prompts", help="world (default), world-words, or a JSONL file of {prompt, truth}")
+    p.add_argument("--teach", action="store_true", help="supervised fine-tuning on the prompts' references")
+    for flag, kind in (("steps", _positive_int), ("tokens", _count), ("group", _positive_int), ("kl", float),
+                       ("clip", float), ("updates", _positive_int), ("lr", float), ("prompts-per-step", _positive_int),
+                       ("max-new-tokens", _positive_int), ("temperature", float), ("seed", int),
+                       ("checkpoint-every", _positive_int), ("device", str), ("threads", _positive_int)):
+        p.add_argument(f"--{flag}", type=kind)
+    p.set_defaults(func=_run_incentivize)
+
+
+def _run_incentivize(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from tinyscale.incentivize import compare, policy_gradient
+
+    opts = {k: getattr(args, k) for k in policy_gradient.IncentiveConfig.model_fields
+            if getattr(args, k, None) is not None}
+    if args.teach:
+        opts["objective"] = "teach"
+    if args.resume:
+        print(policy_gradient.resume(args.resume, **opts))
+        return
+    if not args.runs or not args.out:
+        raise UserError("incentivize: give a starting RUN and --out (or --resume DIR)")
+    try:
+        cfg = policy_gradient.IncentiveConfig(start=args.runs[0], **opts)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}") from None
+    if args.compare:
+        summary = compare.compare(args.runs, args.out, cfg, seeds=args.seeds, questions=args.eval_questions,
+                                  sampled=args.sampled)
+        print(compare.table(summary), end="")
+    else:
+        print(policy_gradient.incentivize(cfg, args.out))
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     # In pipeline order, which is the order `tinyscale --help` lists them.
     _add_data,
@@ -612,6 +668,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_analyze,
     _add_report,
     _add_demo,
+    _add_incentivize,
 ]
 
 

@@ -19,6 +19,7 @@ import orjson
 
 from tinyscale import progress
 from tinyscale.data.world.holdout import HoldOut, parse_hold_outs
+from tinyscale.data.world.questions import append_qa, has_qa
 from tinyscale.data.world.schemas import SCHEMAS
 from tinyscale.data.world.story import FEATURES, HEADER_KINDS, Story, make_story
 from tinyscale.data.world.vocab import Vocab, default_vocab
@@ -53,11 +54,14 @@ def iter_stories(count: int, seed: int = 0, fmt: str = "plain", vocab: Vocab | N
 
 def write_world_corpus(out: str | os.PathLike, stories: int, seed: int = 0, val_fraction: float = 0.05,
                        fmt: str = "plain", hold_out: list[str] | tuple[str, ...] = (),
-                       overwrite: bool = False, vocab: Vocab | None = None) -> dict:
+                       overwrite: bool = False, vocab: Vocab | None = None, qa: float = 0.0,
+                       qa_unanswerable: float = 0.3) -> dict:
     """Write `out/{train,val}.jsonl` (+ `ood.jsonl` when something is held out) and `out/world.json`.
 
     `stories` counts train + val; stories matching a held-out spec are diverted to ood.jsonl and do
     not count, so train+val always hold exactly `stories` lines. Returns the counts per split.
+    `qa`: the share of train stories followed by two closed questions (see `questions.py`), of
+    which a share `qa_unanswerable` is about something the story never says.
     """
     if stories <= 0:
         raise UserError(f"--stories: must be positive, got {stories}")
@@ -67,22 +71,25 @@ def write_world_corpus(out: str | os.PathLike, stories: int, seed: int = 0, val_
         raise UserError(f"--seed: must fit in 64 bits, got {seed}")
     if fmt not in ("plain", "instruct"):
         raise UserError(f"--format: expected plain or instruct, got {fmt!r}")
+    if not (0.0 <= qa <= 1.0 and 0.0 <= qa_unanswerable <= 1.0):
+        raise UserError(f"--qa/--qa-unanswerable: must be shares in [0, 1], got {qa} and {qa_unanswerable}")
     vocab = vocab or default_vocab()
     holds = parse_hold_outs(list(hold_out), vocab, fmt, tuple(SCHEMAS))
     counts = {"train": 0, "val": 0, "ood": 0}
     with staged_dir(out, overwrite) as stage:
-        _write_splits(Path(stage), stories, seed, val_fraction, fmt, holds, vocab, counts)
+        _write_splits(Path(stage), stories, seed, val_fraction, fmt, holds, vocab, counts, (qa, qa_unanswerable))
         write_json(Path(stage) / "world.json", {
             "generator": "tinyscale story world", "seed": seed, "stories": stories,
             "val_fraction": val_fraction, "format": fmt, "hold_out": [h.spec for h in holds],
-            "counts": counts, "schemas": list(SCHEMAS), "features": list(FEATURES)})
+            "counts": counts, "schemas": list(SCHEMAS), "features": list(FEATURES),
+            **({"qa": qa, "qa_unanswerable": qa_unanswerable} if qa else {})})
     progress.info("story world: %d train, %d val, %d ood stories in %s",
                   counts["train"], counts["val"], counts["ood"], out)
     return counts
 
 
 def _write_splits(stage: Path, stories: int, seed: int, val_fraction: float, fmt: str,
-                  holds: list[HoldOut], vocab: Vocab, counts: dict) -> None:
+                  holds: list[HoldOut], vocab: Vocab, counts: dict, qa: tuple[float, float] = (0.0, 0.0)) -> None:
     files = {s: open(stage / f"{s}.jsonl", "wb")  # noqa: SIM115 - closed below
              for s in (("train", "val", "ood") if holds else ("train", "val"))}
     # A spec that matches (nearly) every story would never let train+val fill up.
@@ -109,6 +116,8 @@ def _write_splits(stage: Path, stories: int, seed: int, val_fraction: float, fmt
                         bar.update(1000)
                         if written % 50_000 == 0:
                             gc.collect()
+                if qa[0] and split == "train" and has_qa(seed, index, qa[0]):
+                    append_qa(st, seed, index, 2, qa[1])  # val and ood stay plain stories (fluency)
                 files[split].write(encode_record(st.record(f"world-{seed}-{index}")))
                 counts[split] += 1
                 index += 1

@@ -42,7 +42,7 @@ class Story:
     """
 
     __slots__ = ("text", "spans", "meta", "_refs", "_marks", "_required_at", "_first_pos", "_fact_at", "_shift",
-                 "_tags")
+                 "_tags", "ctx")
 
     def __init__(self, text: str, spans: list[list], meta: dict[str, Any], refs: list | None = None,
                  marks: dict[str, list[tuple[int, int]]] | None = None,
@@ -57,6 +57,7 @@ class Story:
         self._fact_at = fact_at if fact_at is not None else []
         self._shift = 0  # characters written before the body (the instruct header), not yet applied
         self._tags: list[list] = []  # role tags (`roles.story_tags`), relative to the body like the above
+        self.ctx: dict[str, Any] = {}  # the schema's cast and choices (questions.py asks about them)
 
     def record(self, story_id: str) -> dict:
         rec = {"id": story_id, "text": self.text, "meta": self.meta, "spans": self.spans}
@@ -386,6 +387,7 @@ def make_story(vocab: Vocab, seed: int, index: int, fmt: str = "plain") -> Story
     }
     story = Story(body, page.spans, meta, page.refs, dict(b.marks), b.required_at, page.first_pos, b.fact_at)
     story._tags = roles.story_tags(b.ctx, page.first_pos, b.required_at, page.spans, body)
+    story.ctx = b.ctx
     if fmt == "instruct":
         _add_header(b, story)
     return story

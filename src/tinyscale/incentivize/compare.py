@@ -1,0 +1,246 @@
+"""Teach versus incentivize: both arms from the same start, on the same token budget, over sizes and seeds.
+
+    tinyscale incentivize RUN_100K RUN_300K RUN_1M --compare --seeds 3 --steps 60 --out CMP
+
+For every starting run (a size) and seed:
+- incentivize: `policy_gradient` with the reward, never shown a reference answer;
+- teach: supervised fine-tuning on reference answers (unanswerable questions taught "I don't know"),
+  stopped when it has used as many reference tokens as the incentivize arm sampled.
+Both are evaluated, with the start, on held-out questions (phrasings never used in training, stories
+never seen) by greedy decoding: accuracy on answerable questions, "I don't know" rate on answerable
+and unanswerable ones, confident-wrong rate (wrong and unhedged), mean reward, and the fluency
+cost: validation loss on plain stories. Every arm is a run folder and every evaluation a JSON file
+beside it, so an interrupted comparison resumes where it stopped.
+
+Writes CMP/compare.json (every value, and the mean with a 95% t-interval over seeds per size, arm
+and metric), CMP/figure.json (per metric and arm, the points against parameters: the figure the
+sweep report draws, each metric against model size, teach and incentivize side by side) and
+CMP/compare.md (the table).
+
+Sizes run one after another in this process (a plain loop, not the sweep launchers: each arm is
+minutes on a CPU, and the arms of one size depend on each other through the token budget).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tinyscale import progress
+from tinyscale.errors import UserError
+from tinyscale.fileio import atomic_open, read_json, write_json
+from tinyscale.incentivize.policy_gradient import (
+    EVAL_PROMPT_START,
+    Answerer,
+    IncentiveConfig,
+    incentivize,
+    resume,
+)
+from tinyscale.incentivize.rewards import call_reward, load_reward, parse_answer
+from tinyscale.runs import list_checkpoints, load_model, load_tokenizer, read_run
+
+ARMS = ("start", "teach", "incentivize")
+METRICS = ("accuracy_answerable", "idk_answerable", "idk_unanswerable", "confident_wrong",
+           "confident_wrong_unanswerable", "mean_reward", "val_loss")
+# Two-sided 95% Student t quantiles by degrees of freedom (few seeds: the normal 1.96 would be too narrow).
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def interval(values: list[float]) -> dict[str, Any]:
+    """Mean and 95% t-interval over seeds."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "lo": mean, "hi": mean, "n": n, "values": values}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = _T95.get(n - 1, 1.96) * sd / math.sqrt(n)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "values": values}
+
+
+# --- evaluation -----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def story_val_loss(model: torch.nn.Module, data_dir: str, device: torch.device, tokens: int = 32_768,
+                   seq_len: int = 256) -> float:
+    """Loss on the validation split's plain stories (the corpus puts questions in train only)."""
+    from tinyscale.data.shards import ShardSet
+    from tinyscale.train import eval_starts, windows
+
+    val = ShardSet.open(data_dir).tokens("val")
+    x, y = windows(val, eval_starts(len(val), seq_len, tokens), seq_len, device)
+    total, count = 0.0, 0
+    for i in range(0, len(x), 16):
+        logits = model(x[i:i + 16]).float()
+        total += float(F.cross_entropy(logits.flatten(0, 1), y[i:i + 16].flatten(), reduction="sum"))
+        count += y[i:i + 16].numel()
+    return total / count
+
+
+def evaluate_answers(run_dir: str | Path, questions: int = 200, world_seed: int = 0, reward: str = "hallucination",
+                     threshold: float | None = None, device: str = "cpu", batch: int = 32,
+                     temperature: float = 0.0) -> dict[str, Any]:
+    """The comparison's metrics for a run's newest checkpoint, on held-out questions: greedy answers
+    (temperature 0, the model's single best answer) or sampled ones (temperature 1, the whole answer
+    distribution, as the reward sees it in training). Loss on stories comes with greedy answers."""
+    from tinyscale.data.world import default_vocab
+    from tinyscale.data.world.questions import question_set
+
+    dev = torch.device(device)
+    model, step = load_model(run_dir, None, device)
+    tok = load_tokenizer(run_dir)
+    ans = Answerer(tok, 8)
+    fn = load_reward(reward, threshold)
+    items = question_set(default_vocab(), world_seed, EVAL_PROMPT_START, questions, templates="heldout")
+    items = [it for it in items if len(tok.encode(it["prompt"]).ids) <= model.cfg.max_seq_len - ans.max_new]
+    texts = []
+    for i in range(0, len(items), batch):
+        chunk = [tok.encode(it["prompt"]).ids for it in items[i:i + batch]]
+        texts += [ans.text(c) for c in ans.sample(model, chunk, temperature=temperature, seed=i)]
+    val = {"val_loss": story_val_loss(model, read_run(run_dir)["data"]["dir"], dev)} if temperature == 0 else {}
+    return _answer_metrics(items, texts, fn) | val | {
+        "step": step, "temperature": temperature,
+        "examples": [{"question": it["prompt"].rsplit("\n", 1)[-1], "answer": t, "truth": it["truth"]}
+                     for it, t in zip(items[:12], texts[:12], strict=False)]}
+
+
+def _answer_metrics(items: list[dict], texts: list[str], fn: Any) -> dict[str, Any]:
+    verdicts = [parse_answer(t, it["truth"]["answers"]) for it, t in zip(items, texts, strict=True)]
+    yes = [v for v, it in zip(verdicts, items, strict=True) if it["truth"]["answerable"]]
+    no = [v for v, it in zip(verdicts, items, strict=True) if not it["truth"]["answerable"]]
+
+    def share(vs: list, pred: Any) -> float:
+        return sum(map(pred, vs)) / len(vs) if vs else float("nan")
+
+    return {
+        "questions": len(items), "answerable": len(yes), "unanswerable": len(no),
+        "accuracy_answerable": share(yes, lambda v: v.verdict.startswith("correct")),
+        "idk_answerable": share(yes, lambda v: v.idk),
+        "idk_unanswerable": share(no, lambda v: v.idk),
+        "confident_wrong": share(verdicts, lambda v: v.confident_wrong),
+        "confident_wrong_unanswerable": share(no, lambda v: v.confident_wrong),
+        "mean_reward": sum(call_reward(fn, it["prompt"], t, it["truth"]) for it, t in zip(items, texts, strict=True))
+        / max(1, len(items)),
+    }
+
+
+# --- the comparison ---------------------------------------------------------------------------------------
+
+
+def start_runs(paths: list[str]) -> list[Path]:
+    """Run folders from the arguments: a run, or a sweep folder (its runs/*, in order)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "runs").is_dir() and not (p / "run.json").is_file():
+            out += sorted(r for r in (p / "runs").iterdir() if (r / "run.json").is_file())
+        else:
+            read_run(p)
+            out.append(p)
+    if not out:
+        raise UserError("--compare: no starting runs found")
+    return out
+
+
+def _arm(cfg: IncentiveConfig, run_dir: Path) -> int:
+    """Train an arm (or finish it after an interruption); return the tokens it used."""
+    if not list_checkpoints(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)  # killed before its first checkpoint: start again
+        incentivize(cfg, run_dir)
+    state = torch.load(_last_state(run_dir), weights_only=True)
+    if state["step"] < cfg.steps and state["tokens"] < (cfg.tokens or math.inf):
+        resume(run_dir)
+        state = torch.load(_last_state(run_dir), weights_only=True)
+    return int(state["tokens"])
+
+
+def _last_state(run_dir: Path) -> Path:
+    from tinyscale.runs import state_path
+
+    return state_path(run_dir, list_checkpoints(run_dir)[-1])
+
+
+def _evaluated(run_dir: Path, opts: dict[str, Any], stem: Path) -> dict[str, Any]:
+    """Greedy metrics, plus the sampled ones under `sampled_<metric>` when `opts` asks for them."""
+    out = {}
+    for prefix, temperature in (("", 0.0), ("sampled_", 1.0)) if opts.get("sampled") else (("", 0.0),):
+        path = stem.with_name(f"{stem.name}{'-t1' if temperature else ''}.json")
+        if not path.is_file():
+            kw = {k: v for k, v in opts.items() if k != "sampled"}
+            write_json(path, evaluate_answers(run_dir, **kw, temperature=temperature))
+        out |= {prefix + k: v for k, v in read_json(path).items()}
+    return out
+
+
+def compare(starts: list[str], out: str | Path, base: IncentiveConfig, seeds: int = 3,
+            questions: int = 200, sampled: bool = False) -> dict[str, Any]:
+    """Run both arms for every start and seed; write and return the summary (see module doc)."""
+    out = Path(out)
+    if seeds < 1:
+        raise UserError(f"--seeds: must be positive, got {seeds}")
+    opts = {"questions": questions, "world_seed": base.world_seed, "reward": base.reward,
+            "threshold": base.threshold, "device": "cpu", "sampled": sampled}
+    results: dict[str, dict[str, list[dict]]] = {}
+    sizes: dict[str, dict[str, Any]] = {}
+    for run in start_runs(starts):
+        name = run.name
+        info = read_run(run)
+        sizes[name] = {"run": str(run.resolve()), "params": (info.get("params") or {}).get("total"),
+                       "non_embedding": (info.get("params") or {}).get("non_embedding")}
+        here = out / name
+        here.mkdir(parents=True, exist_ok=True)
+        results[name] = {"start": [_evaluated(run, opts, here / "start-answers")], "teach": [],
+                         "incentivize": []}
+        for seed in range(seeds):
+            progress.info(f"compare: {name}, seed {seed}")
+            rl = base.model_copy(update={"start": str(run), "seed": seed, "objective": "incentivize"})
+            used = _arm(rl, here / f"incentivize-s{seed}")
+            teach = rl.model_copy(update={"objective": "teach", "tokens": used, "steps": 10**6})
+            _arm(teach, here / f"teach-s{seed}")
+            for arm in ("teach", "incentivize"):
+                results[name][arm].append(_evaluated(here / f"{arm}-s{seed}", opts, here / f"{arm}-s{seed}" / "answers"))
+    summary = summarize(results, sizes, base, seeds)
+    write_json(out / "compare.json", summary)
+    write_json(out / "figure.json", figure_data(summary))
+    with atomic_open(out / "compare.md", "w", encoding="utf-8") as f:
+        f.write(table(summary))
+    return summary
+
+
+def summarize(results: dict, sizes: dict, base: IncentiveConfig, seeds: int) -> dict[str, Any]:
+    first = next(iter(results.values()))["start"][0]
+    metrics = list(METRICS) + [f"sampled_{m}" for m in METRICS if f"sampled_{m}" in first]
+    rows = []
+    for name, arms in results.items():
+        for arm in ARMS:
+            rows.append({"size": name, **sizes[name], "arm": arm,
+                         **{m: interval([r[m] for r in arms[arm]]) for m in metrics}})
+    return {"config": base.model_dump(), "seeds": seeds, "metrics": metrics, "rows": rows}
+
+
+def table(summary: dict[str, Any]) -> str:
+    """Markdown: one row per size and arm, each metric as mean [95% interval]."""
+    head = "| size | params | arm | " + " | ".join(summary["metrics"]) + " |"
+    lines = [head, "|" + "---|" * (3 + len(summary["metrics"]))]
+    for r in summary["rows"]:
+        cells = []
+        for m in summary["metrics"]:
+            v = r[m]
+            cells.append(f"{v['mean']:.3f}" if v["n"] < 2 else f"{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]")
+        lines.append(f"| {r['size']} | {r['params']:,} | {r['arm']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure_data(summary: dict[str, Any]) -> dict[str, Any]:
+    """For the sweep report: per metric and arm, points (params, mean, lo, hi) ordered by size."""
+    out: dict[str, Any] = {}
+    for m in summary["metrics"]:
+        out[m] = {}
+        for arm in ARMS:
+            pts = sorted((r["params"], r[m]["mean"], r[m]["lo"], r[m]["hi"]) for r in summary["rows"] if r["arm"] == arm)
+            out[m][arm] = [{"params": p, "mean": a, "lo": lo, "hi": hi} for p, a, lo, hi in pts]
+    return out
