@@ -21,7 +21,7 @@ import yaml
 
 from tinyscale import progress
 from tinyscale.errors import UserError
-from tinyscale.fileio import atomic_open
+from tinyscale.fileio import atomic_open, set_aside
 
 # Width x depth x heads of the four models, largest first so that the two parallel slots finish
 # together. Total parameters (vocabulary 2048, tied embeddings) span 18x, non-embedding ones ~67x.
@@ -129,10 +129,9 @@ def run_demo(out: str | Path = "demo", minutes: float = 15.0, stories: int | Non
         raise UserError(f"--minutes must be positive, got {minutes}")
     out = Path(out)
     corpus, shards, sweep = out / "corpus", out / "shards", out / "sweep"
-    if overwrite and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
+    if overwrite and out.exists():  # the old folder goes only once the new one is complete
+        with set_aside(out, complete="sweep/report.html"):
+            return run_demo(out, minutes=minutes, stories=stories, seed=seed)
     sweep_file = sweep / "sweep.yaml"
     if sweep_file.is_file():  # resuming: the plan is made
         tokens = yaml.safe_load(sweep_file.read_text())["train"]["tokens"]

@@ -17,9 +17,10 @@ from torch import Tensor
 from tinyscale import runs
 from tinyscale.config import ModelConfig
 from tinyscale.errors import UserError
-from tinyscale.fileio import read_json, staged_dir, write_json
+from tinyscale.fileio import read_json, set_file_mode, staged_dir, write_json
 from tinyscale.generate import eot_id_of
 from tinyscale.model import Transformer
+from tinyscale.validate import check_output
 
 
 def _llama_weights(model: Transformer) -> dict[str, Tensor]:
@@ -123,6 +124,7 @@ def export_hf(run_dir: str | Path, out: str | Path, step: int | None = None, ove
     from transformers import GenerationConfig
 
     run_dir = Path(run_dir)
+    check_output(out, {"run folder": run_dir})
     model, step = runs.load_model(run_dir, step)
     tokenizer = runs.load_tokenizer(run_dir)
     if tokenizer.get_vocab_size() > model.cfg.vocab_size:
@@ -138,7 +140,11 @@ def export_hf(run_dir: str | Path, out: str | Path, step: int | None = None, ove
             cfg_json = read_json(stage / "config.json")
             cfg_json.setdefault("rope_theta", model.cfg.rope_theta)
             write_json(stage / "config.json", cfg_json)
-        save_file(hf_state_dict(model), str(stage / "model.safetensors"), metadata={"format": "pt"})
+        try:
+            save_file(hf_state_dict(model), str(stage / "model.safetensors"), metadata={"format": "pt"})
+        except Exception as e:  # safetensors reports a full disk with its own error type
+            raise UserError(f"{out}: cannot write model.safetensors ({e})") from None
+        set_file_mode(stage / "model.safetensors")
         _write_tokenizer(run_dir, stage, eot, model.cfg.max_seq_len)
         GenerationConfig(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id).save_pretrained(str(stage))
         write_json(stage / "tinyscale.json", {"run": str(run_dir.resolve()), "step": step,

@@ -28,6 +28,7 @@ from tinyscale import progress
 from tinyscale.errors import UserError
 from tinyscale.fileio import atomic_open, read_json, write_json
 from tinyscale.runs import list_checkpoints
+from tinyscale.validate import check_name
 
 DONE_MARKER = ".sweep-done"
 # Short names for the run folder; any other key keeps its full name.
@@ -96,7 +97,8 @@ def expand(cfg: SweepConfig) -> list[dict[str, Any]]:
         for combo in combos:
             spec = {**cfg.train, **base, **combo}
             spec.pop("name", None)
-            name = base.get("name") or run_name({**base, **combo})
+            # The name becomes runs/<name> and logs/<name>.log: it must stay inside those folders.
+            name = check_name(base.get("name") or run_name({**base, **combo}), "sweep runs")
             if name in names:
                 raise UserError(f"sweep: two runs would be named '{name}'; give explicit names")
             names.add(name)
