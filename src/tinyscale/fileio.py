@@ -139,6 +139,8 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     left by a killed build of the same `out` are removed first.
     """
     out = Path(out)
+    if out.name in ("", "..") or out.name == ".":  # "." or "x/..": name the folder itself
+        out = Path(os.path.abspath(out))
     try:
         _clean_stale(out)
     except OSError as e:

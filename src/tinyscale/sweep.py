@@ -98,7 +98,7 @@ def expand(cfg: SweepConfig) -> list[dict[str, Any]]:
             spec = {**cfg.train, **base, **combo}
             spec.pop("name", None)
             # The name becomes runs/<name> and logs/<name>.log: it must stay inside those folders.
-            name = check_name(base.get("name") or run_name({**base, **combo}), "sweep runs")
+            name = check_name(base["name"] if "name" in base else run_name({**base, **combo}), "sweep runs")
             if name in names:
                 raise UserError(f"sweep: two runs would be named '{name}'; give explicit names")
             names.add(name)

@@ -562,13 +562,14 @@ def _check_same_data(stored: dict, data_info: dict, mcfg: ModelConfig, run_dir: 
 
 def _write_run_files(run_dir: Path, info: dict, data_dir: Path, start_step: int) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Without a checkpoint the run restarts from scratch, so every old line goes. First, so that a
+    # damaged metrics file stops the resume before anything is rewritten.
+    truncate_metrics(run_dir / "metrics.jsonl", start_step if start_step else -1)
     write_json(run_dir / "run.json", info)
     tok = data_dir / "tokenizer.json"
     if tok.is_file():
         with atomic_open(run_dir / "tokenizer.json", "wb") as f, open(tok, "rb") as src:
             shutil.copyfileobj(src, f)
-    # Without a checkpoint the run restarts from scratch, so every old line goes.
-    truncate_metrics(run_dir / "metrics.jsonl", start_step if start_step else -1)
     for stale in checkpoint_dir(run_dir).glob(".*.tmp"):  # half-written files of a killed run
         stale.unlink(missing_ok=True)
 
