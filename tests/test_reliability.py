@@ -278,3 +278,204 @@ def test_bad_invocation_is_one_line_exit_2_and_touches_nothing(lab, setup, argv,
     assert phrase in err, err
     assert snapshot(lab, skip="cases") == before
     assert snapshot(d) == before_case
+
+
+# --- faults -----------------------------------------------------------------------------------------
+
+
+def _spawn(argv: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "tinyscale.cli", "-q", *argv], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"exited early: {proc.stderr.read().decode()}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _partials(folder: Path) -> list[Path]:
+    return list(folder.glob(".*.partial"))
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)])
+def test_interrupted_overwrite_keeps_the_old_folder_and_the_next_run_cleans_up(lab, tmp_path, sig, code, capsys,
+                                                                             monkeypatch):
+    old = tmp_path / "w"
+    shutil.copytree(lab / "c", old)
+    before = snapshot(old)
+    proc = _spawn(["data", "world", "--stories", "1M", "--out", "w", "--overwrite"], tmp_path)
+    _wait_for(lambda: bool(_partials(tmp_path)), proc)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == code
+    assert snapshot(old) == before  # the old folder is replaced only by a complete new one
+    if sig == signal.SIGINT:
+        assert not _partials(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert call(["data", "world", "--stories", "20", "--out", "w", "--overwrite"], capsys)[0] == 0
+    assert not _partials(tmp_path)  # a killed run's staging folder goes with the next run
+    assert snapshot(old) != before and (old / "world.json").is_file()
+
+
+def test_interrupted_demo_overwrite_puts_the_old_folder_back(tmp_path, capsys, monkeypatch):
+    import tinyscale.demo
+
+    old = tmp_path / "old_demo"
+    (old / "sweep").mkdir(parents=True)
+    (old / "sweep" / "report.html").write_text("<p>a finished study</p>\n")
+    before = snapshot(old)
+
+    def interrupted():
+        assert not old.exists()  # the new demo is being built in its place
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tinyscale.demo, "measure_seconds_per_token", interrupted)
+    assert call(["demo", "--out", str(old), "--overwrite", "--minutes", "1"], capsys)[0] == 130
+    assert snapshot(old) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old_demo"]
+
+
+def test_failed_new_run_leaves_no_folder(lab, tmp_path, capsys, monkeypatch):
+    import tinyscale.train
+
+    def diverge(*args, **kwargs):
+        raise tinyscale.train.UserError("training diverged at step 3")
+
+    monkeypatch.setattr(tinyscale.train, "_loop", diverge)
+    code, err = call(["train", "--data", str(lab / "s"), "--out", str(tmp_path / "new"), *TRAIN], capsys)
+    assert code == 2 and "diverged" in err
+    assert not (tmp_path / "new").exists()  # so the same --out works next time
+
+
+def test_concurrent_resume_is_refused_and_the_lock_dies_with_its_process(lab, tmp_path, capsys):
+    from filelock import FileLock
+
+    run = _copy_run(lab, tmp_path)
+    mtime = (run / "run.json").stat().st_mtime_ns
+    first = _spawn(["train", "--resume", str(run), "--tokens", "400K"], tmp_path)
+    try:
+        # run.json is rewritten once the first process holds the lock and starts training
+        _wait_for(lambda: (run / "run.json").stat().st_mtime_ns != mtime, first)
+        for argv in (["train", "--resume", str(run), "--tokens", "400K"], ["eval", str(run)]):
+            code, err = call(argv, capsys)
+            assert code == 2 and "another tinyscale process" in err and len(err.splitlines()) == 1, err
+    finally:
+        first.kill()
+        first.wait()
+    from tinyscale.analysis.collect import read_metrics  # skips a line torn by the kill
+
+    steps = [row["step"] for row in read_metrics(run / "metrics.jsonl")]
+    assert steps == sorted(steps)  # one writer: no repeated or interleaved steps
+    FileLock(str(run / ".lock"), timeout=0).acquire()  # kill -9 released it
+
+
+def test_resume_of_a_finished_run_changes_nothing(lab, tmp_path, capsys):
+    run = _copy_run(lab, tmp_path)
+    before = snapshot(run)
+    assert call(["train", "--resume", str(run)], capsys)[0] == 0
+    assert snapshot(run) == before
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(lab, tmp_path, capsys):
+    from tinyscale.runs import list_checkpoints, state_path
+
+    run = _copy_run(lab, tmp_path)
+    steps = list_checkpoints(run)
+    newest = state_path(run, steps[-1])
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
+    assert call(["train", "--resume", str(run)], capsys)[0] == 0
+    assert list_checkpoints(run)[-1] == steps[-1]  # trained again from the previous one
+    assert newest.with_name(newest.name + ".damaged").is_file()
+    # With every state file damaged, the error names the state file, and nothing is renamed.
+    for step in list_checkpoints(run):
+        state_path(run, step).write_bytes(b"\0" * 10)
+    before = snapshot(run)
+    code, err = call(["train", "--resume", str(run), "--tokens", "8K"], capsys)
+    assert code == 2 and f"{state_path(run, steps[-1])}: cannot load checkpoint" in err
+    assert snapshot(run) == before
+
+
+def test_safetensors_files_get_the_usual_permissions(lab, tmp_path, capsys):
+    expected = 0o666 & ~_umask()
+    for path in (lab / "r1" / "checkpoints").glob("*.safetensors"):
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+    pytest.importorskip("transformers")
+    assert call(["export", str(lab / "r1"), "--out", str(tmp_path / "hf")], capsys)[0] == 0
+    assert stat.S_IMODE((tmp_path / "hf" / "model.safetensors").stat().st_mode) == expected
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --- full and read-only disks -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str):
+    """A small tmpfs at `path`; skipped where the test may not mount one (it needs root on Linux)."""
+    path.mkdir()
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Take all but `leave` bytes of the disk's free space."""
+    free = shutil.disk_usage(disk).free
+    with open(disk / "filler", "wb") as f:
+        f.truncate(0)
+        f.write(b"\0" * max(0, free - leave))
+
+
+DISK_FULL = [
+    (["data", "world", "--stories", "3000", "--out", "{m}/w"], 200_000),
+    (["tokenize", "c", "--out", "{m}/s", "--vocab-size", "300"], 200_000),
+    (["train", "--data", "s", "--out", "{m}/r", *TRAIN, "--tokens", "2K", "--checkpoint-every", "4"], 60_000),
+    (["export", "r1", "--out", "{m}/e"], 60_000),
+]
+
+
+def test_full_disk_is_one_line_and_leaves_nothing_half_written(lab, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("transformers")
+    with _tmpfs(tmp_path / "disk", "2m") as disk:
+        monkeypatch.chdir(lab)
+        before = snapshot(lab, skip="cases")
+        for argv, leave in DISK_FULL:
+            _fill(disk, leave)
+            code, err = call([a.replace("{m}", str(disk)) for a in argv], capsys)
+            assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, (argv, err)
+            assert str(disk) in err, err
+            left = [p.name for p in disk.rglob("*") if p.name != "filler"]
+            assert not [n for n in left if n.endswith((".partial", ".tmp"))], left
+            assert not (disk / "r").exists() or (disk / "r" / "checkpoints").is_dir(), left  # resumable or gone
+        assert snapshot(lab, skip="cases") == before
+
+
+def test_read_only_output_is_one_line_before_the_work(lab, tmp_path, capsys, monkeypatch):
+    with _tmpfs(tmp_path / "ro", "8m") as ro:
+        _copy_run(lab, ro, "r1")
+        _csv(lab, ro)
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        monkeypatch.chdir(lab)
+        for argv in (["train", "--resume", f"{ro}/r1", "--tokens", "8K"], ["eval", f"{ro}/r1"],
+                     ["train", "--data", "s", "--out", f"{ro}/new", *TRAIN],
+                     ["analyze", "--csv", f"{ro}/x.csv", "--task-col", "task", "--x-col", "x", "--metric-col",
+                      "score", "--out", f"{ro}/a.json"]):
+            t0 = time.perf_counter()
+            code, err = call(argv, capsys)
+            assert code == 2 and len(err.splitlines()) == 1 and str(ro) in err, (argv, err)
+            assert "Read-only" in err or "cannot" in err, err
+            assert time.perf_counter() - t0 < 30  # refused up front, not after the work

@@ -217,9 +217,10 @@ def _run_train(args: argparse.Namespace) -> None:
         if args.config:
             import yaml
 
+            from tinyscale.fileio import read_text
+
             try:
-                with open(args.config, encoding="utf-8") as f:
-                    base = yaml.safe_load(f) or {}
+                base = yaml.safe_load(read_text(args.config)) or {}
             except (OSError, yaml.YAMLError) as e:
                 raise UserError(f"{args.config}: cannot read YAML ({str(e).splitlines()[0]})") from None
             if not isinstance(base, dict):

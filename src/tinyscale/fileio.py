@@ -70,8 +70,8 @@ def read_json(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 

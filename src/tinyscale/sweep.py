@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tinyscale import progress
 from tinyscale.errors import UserError
-from tinyscale.fileio import atomic_open, read_json, write_json
+from tinyscale.fileio import atomic_open, read_json, read_text, write_json
 from tinyscale.runs import list_checkpoints
-from tinyscale.validate import check_name
+from tinyscale.validate import check_name, run_lock
 
 DONE_MARKER = ".sweep-done"
 # Short names for the run folder; any other key keeps its full name.
@@ -68,7 +68,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     if not path.is_file():
         raise UserError(f"{path}: sweep file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
@@ -151,7 +151,8 @@ def run_one(spec: dict[str, Any], data: str, sweep_dir: str, eval_opts: dict[str
         return {"name": spec["name"], "status": "skipped"}
     resume = run_dir.is_dir() and bool(list_checkpoints(run_dir))
     if run_dir.is_dir() and not resume:
-        shutil.rmtree(run_dir)  # crashed before its first checkpoint: nothing worth keeping
+        with run_lock(run_dir):  # never under a process that is still training it
+            shutil.rmtree(run_dir)  # crashed before its first checkpoint: nothing worth keeping
     log_path = sweep / "logs" / f"{spec['name']}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:

@@ -539,7 +539,7 @@ def _train_locked(cfg: TrainConfig, mcfg: ModelConfig, shards: Any, run_dir: Pat
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(d.device)
     opt = make_optimizer(model, cfg, d.device)
-    start_step, elapsed = (0, 0.0) if stored is None else _load_newest(run_dir, model, opt, d.device)
+    start_step, elapsed = (0, 0.0) if stored is None else _load_newest(run_dir, model, opt, d.device, d.main)
     if stored is not None and start_step >= cfg.steps:
         if cfg.tokens != stored["config"].get("tokens"):
             raise UserError(f"--tokens {cfg.tokens}: {run_dir} is already trained to step {start_step} "
@@ -575,22 +575,29 @@ def _write_run_files(run_dir: Path, info: dict, data_dir: Path, start_step: int)
 
 
 def _load_newest(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                 device: torch.device) -> tuple[int, float]:
+                 device: torch.device, main: bool = True) -> tuple[int, float]:
     """(step, elapsed seconds) of the newest checkpoint that loads; (0, 0.0) when there is none.
 
-    A damaged checkpoint is renamed *.damaged (kept for inspection, no longer counted) and the one
-    before it is tried, as when a kill left its state file unwritten.
+    Damaged newer checkpoints are renamed *.damaged (kept for inspection, no longer counted), as
+    when a kill left a state file unwritten; if none loads, nothing is renamed and the newest's
+    error is raised.
     """
-    steps = list_checkpoints(run_dir)
-    for i, step in enumerate(reversed(steps)):
+    steps, damaged, first_error = list_checkpoints(run_dir), [], None
+    for step in reversed(steps):
         try:
-            return step, _load_checkpoint(run_dir, step, model, opt, device)
+            elapsed = _load_checkpoint(run_dir, step, model, opt, device)
         except UserError as e:
-            if i == len(steps) - 1:
-                raise
-            for path in (state_path(run_dir, step), weights_path(run_dir, step)):
+            damaged.append(step)
+            first_error = first_error or e
+            continue
+        for bad in damaged if main else ():  # only rank 0 changes files
+            for path in (state_path(run_dir, bad), weights_path(run_dir, bad)):
                 os.replace(path, path.with_name(path.name + ".damaged"))
-            progress.info(f"{e}; set it aside as *.damaged and trying the previous checkpoint")
+        if first_error:
+            progress.info(f"{first_error}; set aside as *.damaged, resuming from step {step} instead")
+        return step, elapsed
+    if first_error:
+        raise first_error
     return 0, 0.0
 
 
