@@ -434,9 +434,9 @@ def _tmpfs(path: Path, size: str):
 
 def _fill(disk: Path, leave: int) -> None:
     """Take all but `leave` bytes of the disk's free space."""
+    (disk / "filler").unlink(missing_ok=True)
     free = shutil.disk_usage(disk).free
     with open(disk / "filler", "wb") as f:
-        f.truncate(0)
         f.write(b"\0" * max(0, free - leave))
 
 
@@ -474,8 +474,8 @@ def test_read_only_output_is_one_line_before_the_work(lab, tmp_path, capsys, mon
                      ["train", "--data", "s", "--out", f"{ro}/new", *TRAIN],
                      ["analyze", "--csv", f"{ro}/x.csv", "--task-col", "task", "--x-col", "x", "--metric-col",
                       "score", "--out", f"{ro}/a.json"]):
-            t0 = time.perf_counter()
             code, err = call(argv, capsys)
             assert code == 2 and len(err.splitlines()) == 1 and str(ro) in err, (argv, err)
-            assert "Read-only" in err or "cannot" in err, err
-            assert time.perf_counter() - t0 < 30  # refused up front, not after the work
+            assert "Read-only" in err, err
+            if argv[0] == "eval":  # refused up front (taking the run's lock), not after all the work
+                assert "lock file" in err, err

@@ -116,6 +116,7 @@ def _write_tokenizer(run_dir: Path, stage: Path, eot: str | None, max_len: int) 
 
 def export_hf(run_dir: str | Path, out: str | Path, step: int | None = None, overwrite: bool = False) -> Path:
     """Write a Hugging Face folder for a run's checkpoint (the last one by default); return `out`."""
+    check_output(out, {"run folder": run_dir})  # before the slow import: a wrong --out fails at once
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -124,7 +125,6 @@ def export_hf(run_dir: str | Path, out: str | Path, step: int | None = None, ove
     from transformers import GenerationConfig
 
     run_dir = Path(run_dir)
-    check_output(out, {"run folder": run_dir})
     model, step = runs.load_model(run_dir, step)
     tokenizer = runs.load_tokenizer(run_dir)
     if tokenizer.get_vocab_size() > model.cfg.vocab_size:
