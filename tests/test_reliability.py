@@ -104,6 +104,19 @@ def _sweep(name) -> Callable[[Path, Path], None]:
     return setup
 
 
+def _sweep_yaml(text: bytes) -> Callable[[Path, Path], None]:
+    def setup(lab: Path, d: Path) -> None:
+        (d / "sw").mkdir()
+        (d / "sw" / "sweep.yaml").write_bytes(text.replace(b"DATA", str(lab / "s").encode()))
+    return setup
+
+
+def _bytes(name: str, data: bytes) -> Callable[[Path, Path], None]:
+    def setup(lab: Path, d: Path) -> None:
+        (d / name).write_bytes(data)
+    return setup
+
+
 def _csv(lab: Path, d: Path) -> None:
     rows = ["task,x,score"] + [f"t,{10 ** i},{0.1 * i}" for i in range(1, 6)]
     (d / "x.csv").write_text("\n".join(rows) + "\n")
@@ -259,6 +272,14 @@ CASES: list[tuple[str, Callable, list[str], str]] = [
     ("N-batch-fraction", _nothing, ["train", "--data", "s", "--out", "{d}/new", *TRAIN, "--batch", "2.5"],
      "--batch"),
     ("N-resume-threads", _nothing, ["train", "--resume", "r1", "--threads", "1000"], "CPU cores"),
+    ("N-sweep-threads", _sweep_yaml(b"data: DATA\nthreads: 1000\nruns: [{name: a}]\n"), ["sweep", "{d}/sw"],
+     "threads: must be"),
+    ("N-sweep-bad-byte", _sweep_yaml(b"data: DATA\n# caf\xe9\nruns: [{name: a}]\n"), ["sweep", "{d}/sw"],
+     "sweep.yaml:2: not valid UTF-8"),
+    ("N-config-bad-byte", _bytes("cfg.yaml", b"lr: 0.001\n# \xff\n"),
+     ["train", "--data", "s", "--out", "{d}/new", "--config", "{d}/cfg.yaml", *TRAIN], "cfg.yaml:2: not valid UTF-8"),
+    ("N-suite-bad-byte", _bytes("mine.jsonl", b'{"id": "\xff"}\n'), ["eval", "r1", "--suite", "{d}/mine.jsonl"],
+     "mine.jsonl:1: not valid UTF-8"),
     ("N-report-metric-kind", _nothing, ["report", "r1", "--metric", "bogus"], "--metric"),
 ]
 

@@ -28,7 +28,7 @@ from tinyscale import progress
 from tinyscale.errors import UserError
 from tinyscale.fileio import atomic_open, read_json, read_text, write_json
 from tinyscale.runs import list_checkpoints
-from tinyscale.validate import check_name, run_lock
+from tinyscale.validate import Limit, check_name, cores, run_lock
 
 DONE_MARKER = ".sweep-done"
 # Short names for the run folder; any other key keeps its full name.
@@ -78,6 +78,8 @@ def load_sweep(path: str | Path) -> SweepConfig:
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    Limit(1, 1024).check(f"{path}: parallel", cfg.parallel)
+    Limit(1, cores(), why=" (the CPU cores of this machine)").check(f"{path}: threads", cfg.threads)
     # A relative data path is relative to the YAML file, so a sweep folder can be moved as a whole.
     if not Path(cfg.data).is_absolute():
         cfg.data = str((path.parent / cfg.data).resolve())

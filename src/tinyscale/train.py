@@ -45,7 +45,7 @@ from tinyscale.errors import UserError
 from tinyscale.fileio import atomic_open, read_json, read_lines, set_file_mode, write_json
 from tinyscale.model import Transformer, bf16_native, count_params, flops_per_token, model_config
 from tinyscale.runs import checkpoint_dir, list_checkpoints, state_path, weights_path
-from tinyscale.validate import check_output, check_train, os_errors, run_lock
+from tinyscale.validate import check_output, check_train, cores, os_errors, run_lock
 
 # Options that may differ when a run is resumed: they do not change what is computed (data is
 # checked by its hashes instead), except `tokens`, which extends or shortens the run on purpose.
@@ -460,6 +460,8 @@ def resume(run_dir: str | Path, **overrides: Any) -> dict[str, Any]:
         raise UserError(f"{run_dir}: not a tinyscale run folder (no run.json with a config)")
     check_resume(info["config"], overrides, run_dir, info.get("model") if isinstance(info.get("model"), dict) else None)
     merged = {**info["config"], **{k: v for k, v in overrides.items() if v is not None}}
+    if overrides.get("threads") is None and (merged.get("threads") or 0) > cores():
+        merged["threads"] = None  # trained on a larger machine: use this one's cores
     try:
         cfg = TrainConfig(**merged)
     except ValueError as e:

@@ -75,8 +75,8 @@ def _limits() -> dict[str, dict[str, Limit]]:
         "train": {
             "d_model": Limit(8, 2**15), "n_layers": Limit(1, 1024), "n_heads": Limit(1, 1024),
             "max_seq_len": Limit(1, 2**20), "tokens": Limit(1, 10**13), "batch": Limit(1, 2**20),
-            "seq_len": Limit(1, 2**20), "grad_accum": Limit(1, 2**16), "lr": Limit(0.0, 10.0, lo_open=True),
-            "min_lr": Limit(0.0, 10.0), "warmup": Limit(0, 10**9), "weight_decay": Limit(0.0, 10.0),
+            "seq_len": Limit(1, 2**20), "grad_accum": Limit(1, 2**16), "lr": Limit(0.0, lo_open=True),
+            "min_lr": Limit(0.0), "warmup": Limit(0, 10**9), "weight_decay": Limit(0.0, 10.0),
             "beta1": fraction, "beta2": fraction, "grad_clip": Limit(0.0, 1e6), "seed": seed,
             "log_every": Limit(1, 10**9), "eval_every": Limit(0, 10**9), "eval_tokens": Limit(1, 2**30),
             "checkpoint_every": Limit(1, 10**9), "dense_checkpoints": Limit(0, 10**9), "threads": cpu,
