@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from tinyscale.errors import UserError
+from tinyscale.validate import check_args, describe_os_error, whole_number
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,9 +24,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _positive_int(text: str) -> int:
     try:
-        value = int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        value = whole_number(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer ({e})") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
@@ -35,9 +37,9 @@ def _count(text: str) -> int:
     t = text.strip().upper()
     mult = {"K": 10**3, "M": 10**6, "G": 10**9, "B": 10**9}.get(t[-1:], 1)
     try:
-        value = int(float(t[:-1] if mult > 1 else t) * mult)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (examples: 5000, 20M, 1.5k)") from None
+        value = whole_number(t[:-1] if mult > 1 else t, mult)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count ({e}; examples: 5000, 20M, 1.5k)") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
@@ -280,9 +282,10 @@ def _run_train(args: argparse.Namespace) -> None:
         if args.config:
             import yaml
 
+            from tinyscale.fileio import read_text
+
             try:
-                with open(args.config, encoding="utf-8") as f:
-                    base = yaml.safe_load(f) or {}
+                base = yaml.safe_load(read_text(args.config)) or {}
             except (OSError, yaml.YAMLError) as e:
                 raise UserError(f"{args.config}: cannot read YAML ({str(e).splitlines()[0]})") from None
             if not isinstance(base, dict):
@@ -452,11 +455,17 @@ def _run_analyze(args: argparse.Namespace) -> None:
     from tinyscale.analysis.analyze import analyze_csv, analyze_sweep
     from tinyscale.analysis.report import summary_tables
     from tinyscale.fileio import write_json
+    from tinyscale.validate import check_output, check_writable
 
     if args.n_boot < 0:
         raise UserError(f"--n-boot: must be >= 0, got {args.n_boot}")
     if (args.sweep is None) == (args.csv is None):
         raise UserError("analyze: give a sweep folder or --csv FILE (one of the two)")
+    if args.out:  # checked before the work: never onto an input, a folder or a read-only place
+        check_output(args.out, {"CSV file": args.csv, "sweep folder": args.sweep})
+        if Path(args.out).is_dir():
+            raise UserError(f"--out {args.out}: is a folder; give a file name for the JSON")
+        check_writable(Path(args.out).resolve().parent)
     if args.csv:
         result = analyze_csv(args.csv, params_col=args.params_col, tokens_col=args.tokens_col,
                              loss_col=args.loss_col, flops_col=args.flops_col, run_col=args.run_col,
@@ -528,6 +537,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 
     from tinyscale.evaluate import evaluate_run
     from tinyscale.evaluate.run import eval_tables
+    from tinyscale.validate import run_lock
 
     if args.completions < 0:
         raise UserError(f"--completions: must be 0 or more, got {args.completions}")
@@ -537,9 +547,11 @@ def _run_eval(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    results = evaluate_run(args.run, args.checkpoints, [] if args.no_suites else args.suite, args.device,
-                           max_tokens=args.max_tokens or None, completions=args.completions,
-                           samples=args.samples, temperature=args.temperature, seed=args.seed, data_dir=args.data)
+    with run_lock(args.run, writes="eval"):
+        results = evaluate_run(args.run, args.checkpoints, [] if args.no_suites else args.suite, args.device,
+                               max_tokens=args.max_tokens or None, completions=args.completions,
+                               samples=args.samples, temperature=args.temperature, seed=args.seed,
+                               data_dir=args.data)
     console = Console()
     for table in eval_tables(results):
         console.print(table)
@@ -687,9 +699,13 @@ def main(argv: list[str] | None = None) -> int:
 
     progress.enable(not args.quiet)
     try:
+        check_args(args)
         args.func(args)
     except UserError as e:
         sys.stderr.write(f"tinyscale: error: {e}\n")
+        return 2
+    except OSError as e:  # read-only or full disk, permissions: one line naming the path
+        sys.stderr.write(f"tinyscale: error: {describe_os_error(e)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("tinyscale: interrupted\n")

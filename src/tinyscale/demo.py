@@ -29,7 +29,7 @@ import yaml
 
 from tinyscale import progress
 from tinyscale.errors import UserError
-from tinyscale.fileio import atomic_open, read_json, write_json
+from tinyscale.fileio import atomic_open, read_json, set_aside, write_json
 
 # Width x depth x heads of the four models, largest first so that the two parallel slots finish
 # together. Total parameters (vocabulary 2048, tied embeddings) span 18x, non-embedding ones ~67x.
@@ -281,10 +281,9 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, stories: in
     if minutes is not None and not (math.isfinite(minutes) and 0 < minutes <= 24 * 60):
         raise UserError(f"--minutes must be a number in (0, 1440], got {minutes}")
     out = Path(out)
-    if overwrite and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
+    if overwrite and out.exists():  # the old folder goes only once the new one is complete
+        with set_aside(out, complete="sweep/report.html"):
+            return run_demo(out, minutes=minutes, stories=stories, seed=seed)
     started = time.perf_counter()
     plan = _check_replan(out / "plan.json", minutes, stories, seed) or _new_plan(out, minutes or 15.0, stories, seed)
     _make_data(out, plan)

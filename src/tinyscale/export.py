@@ -17,9 +17,10 @@ from torch import Tensor
 from tinyscale import runs
 from tinyscale.config import ModelConfig
 from tinyscale.errors import UserError
-from tinyscale.fileio import read_json, staged_dir, write_json
+from tinyscale.fileio import read_json, set_file_mode, staged_dir, write_json
 from tinyscale.generate import eot_id_of
 from tinyscale.model import Transformer
+from tinyscale.validate import check_output
 
 
 def _llama_weights(model: Transformer) -> dict[str, Tensor]:
@@ -115,6 +116,7 @@ def _write_tokenizer(run_dir: Path, stage: Path, eot: str | None, max_len: int) 
 
 def export_hf(run_dir: str | Path, out: str | Path, step: int | None = None, overwrite: bool = False) -> Path:
     """Write a Hugging Face folder for a run's checkpoint (the last one by default); return `out`."""
+    check_output(out, {"run folder": run_dir})  # before the slow import: a wrong --out fails at once
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -138,7 +140,11 @@ def export_hf(run_dir: str | Path, out: str | Path, step: int | None = None, ove
             cfg_json = read_json(stage / "config.json")
             cfg_json.setdefault("rope_theta", model.cfg.rope_theta)
             write_json(stage / "config.json", cfg_json)
-        save_file(hf_state_dict(model), str(stage / "model.safetensors"), metadata={"format": "pt"})
+        try:
+            save_file(hf_state_dict(model), str(stage / "model.safetensors"), metadata={"format": "pt"})
+        except Exception as e:  # safetensors reports a full disk with its own error type
+            raise UserError(f"{out}: cannot write model.safetensors ({e})") from None
+        set_file_mode(stage / "model.safetensors")
         _write_tokenizer(run_dir, stage, eot, model.cfg.max_seq_len)
         GenerationConfig(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id).save_pretrained(str(stage))
         write_json(stage / "tinyscale.json", {"run": str(run_dir.resolve()), "step": step,

@@ -69,7 +69,23 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     info = read_json(run_dir / "run.json")
     if not isinstance(info, dict) or "model" not in info:
         raise UserError(f"{run_dir / 'run.json'}: not a tinyscale run (no 'model' entry)")
+    if not isinstance(info["model"], dict):
+        raise UserError(f"{run_dir / 'run.json'}: 'model' must be a mapping of the model's shape")
     return info
+
+
+def model_config(run_dir: str | Path, info: dict[str, Any]):
+    """The ModelConfig stored in run.json, validated (a damaged file is one clear line)."""
+    from pydantic import ValidationError
+
+    from tinyscale.config import ModelConfig
+
+    try:
+        return ModelConfig(**info["model"])
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise UserError(f"{Path(run_dir) / 'run.json'}: model{'.' + where if where else ''}: {err['msg']}") from None
 
 
 def resolve_step(run_dir: str | Path, step: int | None) -> int:
@@ -99,12 +115,11 @@ def load_model(run_dir: str | Path, step: int | None = None, device: str = "cpu"
     """Return (model in eval mode, step) for a checkpoint of a run (the last one by default)."""
     from safetensors.torch import load_model as load_weights
 
-    from tinyscale.config import ModelConfig
     from tinyscale.model import Transformer
 
     info = read_run(run_dir)
     step = resolve_step(run_dir, step)
-    model = Transformer(ModelConfig(**info["model"]))
+    model = Transformer(model_config(run_dir, info))
     path = weights_path(run_dir, step)
     try:
         # save_model/load_model handle tied embeddings (shared tensors), which save_file refuses.

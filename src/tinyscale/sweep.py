@@ -26,8 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tinyscale import progress
 from tinyscale.errors import UserError
-from tinyscale.fileio import atomic_open, read_json, write_json
+from tinyscale.fileio import atomic_open, read_json, read_text, write_json
 from tinyscale.runs import list_checkpoints
+from tinyscale.validate import Limit, check_name, cores, run_lock
 
 DONE_MARKER = ".sweep-done"
 # Short names for the run folder; any other key keeps its full name.
@@ -67,7 +68,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     if not path.is_file():
         raise UserError(f"{path}: sweep file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
@@ -77,6 +78,8 @@ def load_sweep(path: str | Path) -> SweepConfig:
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    Limit(1, 1024).check(f"{path}: parallel", cfg.parallel)
+    Limit(1, cores(), why=" (the CPU cores of this machine)").check(f"{path}: threads", cfg.threads)
     # A relative data path is relative to the YAML file, so a sweep folder can be moved as a whole.
     if not Path(cfg.data).is_absolute():
         cfg.data = str((path.parent / cfg.data).resolve())
@@ -96,7 +99,8 @@ def expand(cfg: SweepConfig) -> list[dict[str, Any]]:
         for combo in combos:
             spec = {**cfg.train, **base, **combo}
             spec.pop("name", None)
-            name = base.get("name") or run_name({**base, **combo})
+            # The name becomes runs/<name> and logs/<name>.log: it must stay inside those folders.
+            name = check_name(base["name"] if "name" in base else run_name({**base, **combo}), "sweep runs")
             if name in names:
                 raise UserError(f"sweep: two runs would be named '{name}'; give explicit names")
             names.add(name)
@@ -149,7 +153,8 @@ def run_one(spec: dict[str, Any], data: str, sweep_dir: str, eval_opts: dict[str
         return {"name": spec["name"], "status": "skipped"}
     resume = run_dir.is_dir() and bool(list_checkpoints(run_dir))
     if run_dir.is_dir() and not resume:
-        shutil.rmtree(run_dir)  # crashed before its first checkpoint: nothing worth keeping
+        with run_lock(run_dir):  # never under a process that is still training it
+            shutil.rmtree(run_dir)  # crashed before its first checkpoint: nothing worth keeping
     log_path = sweep / "logs" / f"{spec['name']}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:

@@ -40,9 +40,10 @@ import tinyscale
 from tinyscale import progress
 from tinyscale.config import ModelConfig, TrainConfig
 from tinyscale.errors import UserError
-from tinyscale.fileio import atomic_open, read_json, write_json
+from tinyscale.fileio import atomic_open, read_json, read_lines, set_file_mode, write_json
 from tinyscale.model import Transformer, bf16_native, count_params, flops_per_token, model_config
 from tinyscale.runs import checkpoint_dir, list_checkpoints, state_path, weights_path
+from tinyscale.validate import check_output, check_train, cores, os_errors, run_lock
 
 # Options that may differ when a run is resumed: they do not change what is computed (data is
 # checked by its hashes instead), except `tokens`, which extends or shortens the run on purpose.
@@ -288,13 +289,16 @@ def check_fits(cfg: TrainConfig, shards: Any, world: int) -> None:
                             f"of --seq-len {cfg.seq_len} + 1")
 
 
-def check_resume(stored: dict[str, Any], overrides: dict[str, Any], run_dir: Path) -> None:
+def check_resume(stored: dict[str, Any], overrides: dict[str, Any], run_dir: Path,
+                 model: dict[str, Any] | None = None) -> None:
     for key, value in overrides.items():
         if key in RESUMABLE_CHANGES or value is None:
             continue
         if key not in stored:
             raise UserError(f"--{key.replace('_', '-')}: unknown option")
         old = stored[key]
+        if old is None and model and key in model:  # the preset chose it: compare with what was built
+            old = model[key]
         # Unresolved defaults ("auto", None) given again on the command line mean "as before".
         if value != old and not (key == "dtype" and value == "auto"):
             raise UserError(f"--resume {run_dir}: --{key.replace('_', '-')} {value} differs from the run's "
@@ -331,12 +335,17 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
     from safetensors.torch import save_model
 
     path = weights_path(run_dir, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_model(model, str(tmp))  # handles the tied embedding/head tensor, which save_file refuses
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(model, str(tmp))  # handles the tied embedding/head tensor, which save_file refuses
+        set_file_mode(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as e:  # OSError, or safetensors' own error on a full disk
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write checkpoint ({getattr(e, 'strerror', None) or e})") from None
     with atomic_open(state_path(run_dir, step), "wb") as f:
         torch.save(state, f)
 
@@ -373,9 +382,9 @@ def truncate_metrics(path: Path, step: int) -> None:
 
     if not path.is_file():
         return
-    lines = path.read_text(encoding="utf-8").splitlines()
     keep = []
-    for line in lines:
+    for _, line in read_lines(path):
+        line = line.rstrip("\n")
         try:
             if json.loads(line)["step"] <= step:
                 keep.append(line)
@@ -428,8 +437,12 @@ def evaluate(model: torch.nn.Module, data: Any, cfg: TrainConfig, d: Dist) -> di
 def train(cfg: TrainConfig, out: str | Path) -> dict[str, Any]:
     """Start a new run in `out` (which must not exist or be empty); return the last metrics line."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is a file, not a folder for a new run")
+    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):  # a lock alone is no run
         raise UserError(f"{out}: exists and is not empty (use --resume {out} to continue that run)")
+    check_output(out, {"shards folder": cfg.data})
+    check_train(cfg.model_dump())
     return _run(cfg, out, resuming=False)
 
 
@@ -439,19 +452,24 @@ def resume(run_dir: str | Path, **overrides: Any) -> dict[str, Any]:
     info = read_json(run_dir / "run.json") if run_dir.is_dir() else None
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise UserError(f"{run_dir}: not a tinyscale run folder (no run.json with a config)")
-    check_resume(info["config"], overrides, run_dir)
+    check_resume(info["config"], overrides, run_dir, info.get("model") if isinstance(info.get("model"), dict) else None)
     merged = {**info["config"], **{k: v for k, v in overrides.items() if v is not None}}
+    if overrides.get("threads") is None and (merged.get("threads") or 0) > cores():
+        merged["threads"] = None  # trained on a larger machine: use this one's cores
     try:
         cfg = TrainConfig(**merged)
     except ValueError as e:
         raise UserError(f"{run_dir / 'run.json'}: invalid config ({str(e).splitlines()[-1].strip()})") from None
+    check_train(cfg.model_dump())
     return _run(cfg, run_dir, resuming=True, stored=info)
 
 
 def _open_data(cfg: TrainConfig):
     from tinyscale.data.shards import ShardSet
 
-    return ShardSet.open(cfg.data)
+    shards = ShardSet.open(cfg.data)
+    shards.verify()  # an id >= vocab_size would otherwise fail deep inside the embedding
+    return shards
 
 
 def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, stored: dict | None = None) -> dict[str, Any]:
@@ -477,24 +495,56 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, stored: dict | None = 
             "code": {"tinyscale": tinyscale.__version__, "torch": torch.__version__, "git": git_commit()},
             "machine": machine_info(d.device),
         }
-        start_step = list_checkpoints(run_dir)[-1] if resuming and list_checkpoints(run_dir) else 0
         d.barrier()  # every rank has checked the input before rank 0 writes anything
-        if d.main:
-            _write_run_files(run_dir, info, Path(cfg.data), start_step)
-
-        torch.manual_seed(cfg.seed)
-        model = Transformer(mcfg).to(d.device)
-        opt = make_optimizer(model, cfg, d.device)
-        elapsed = 0.0
-        if start_step:
-            elapsed = _load_checkpoint(run_dir, start_step, model, opt, d.device)
-        last = _loop(cfg, model, opt, shards, run_dir, d, info, start_step, elapsed)
+        with _owned(run_dir, resuming, d.main), os_errors(run_dir):
+            last = _train_locked(cfg, mcfg, shards, run_dir, d, info, stored)
         # Rank 0 hosts the rendezvous store: were it to exit while another rank is still finishing,
         # that rank would abort ("terminate called without an active exception"). So all finish first.
         d.barrier()
         return last if d.main else {}  # one summary per run, not one per rank
     finally:
         d.close()
+
+
+@contextlib.contextmanager
+def _owned(run_dir: Path, resuming: bool, main: bool):
+    """Rank 0 holds the run's lock while it trains. A new run's folder is created here (after every
+    input is checked) and removed again if the run fails before its first checkpoint, so the same
+    --out can be used again."""
+    if not main:
+        yield
+        return
+    if not resuming:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{run_dir}: cannot create the run folder ({e.strerror})") from None
+    with run_lock(run_dir):
+        if not resuming and (run_dir / "run.json").exists():
+            raise UserError(f"{run_dir}: another process has just started a run here")
+        try:
+            yield
+        except BaseException:
+            if not resuming and not list_checkpoints(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+def _train_locked(cfg: TrainConfig, mcfg: ModelConfig, shards: Any, run_dir: Path, d: Dist, info: dict,
+                  stored: dict | None) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    model = Transformer(mcfg).to(d.device)
+    opt = make_optimizer(model, cfg, d.device)
+    start_step, elapsed = (0, 0.0) if stored is None else _load_newest(run_dir, model, opt, d.device, d.main)
+    if stored is not None and start_step >= cfg.steps:
+        if cfg.tokens != stored["config"].get("tokens"):
+            raise UserError(f"--tokens {cfg.tokens}: {run_dir} is already trained to step {start_step} "
+                            f"({start_step * cfg.tokens_per_step:,} tokens); give more tokens to extend it")
+        progress.info(f"{run_dir}: already trained to step {start_step} of {cfg.steps}; nothing to do")
+        return {}
+    if d.main:
+        _write_run_files(run_dir, info, Path(cfg.data), start_step)
+    return _loop(cfg, model, opt, shards, run_dir, d, info, start_step, elapsed)
 
 
 def _check_same_data(stored: dict, data_info: dict, mcfg: ModelConfig, run_dir: Path) -> None:
@@ -508,27 +558,57 @@ def _check_same_data(stored: dict, data_info: dict, mcfg: ModelConfig, run_dir: 
 
 def _write_run_files(run_dir: Path, info: dict, data_dir: Path, start_step: int) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Without a checkpoint the run restarts from scratch, so every old line goes. First, so that a
+    # damaged metrics file stops the resume before anything is rewritten.
+    truncate_metrics(run_dir / "metrics.jsonl", start_step if start_step else -1)
     write_json(run_dir / "run.json", info)
     tok = data_dir / "tokenizer.json"
     if tok.is_file():
         with atomic_open(run_dir / "tokenizer.json", "wb") as f, open(tok, "rb") as src:
             shutil.copyfileobj(src, f)
-    # Without a checkpoint the run restarts from scratch, so every old line goes.
-    truncate_metrics(run_dir / "metrics.jsonl", start_step if start_step else -1)
     for stale in checkpoint_dir(run_dir).glob(".*.tmp"):  # half-written files of a killed run
         stale.unlink(missing_ok=True)
+
+
+def _load_newest(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                 device: torch.device, main: bool = True) -> tuple[int, float]:
+    """(step, elapsed seconds) of the newest checkpoint that loads; (0, 0.0) when there is none.
+
+    Damaged newer checkpoints are renamed *.damaged (kept for inspection, no longer counted), as
+    when a kill left a state file unwritten; if none loads, nothing is renamed and the newest's
+    error is raised.
+    """
+    steps, damaged, first_error = list_checkpoints(run_dir), [], None
+    for step in reversed(steps):
+        try:
+            elapsed = _load_checkpoint(run_dir, step, model, opt, device)
+        except UserError as e:
+            damaged.append(step)
+            first_error = first_error or e
+            continue
+        for bad in damaged if main else ():  # only rank 0 changes files
+            for path in (state_path(run_dir, bad), weights_path(run_dir, bad)):
+                os.replace(path, path.with_name(path.name + ".damaged"))
+        if first_error:
+            progress.info(f"{first_error}; set aside as *.damaged, resuming from step {step} instead")
+        return step, elapsed
+    if first_error:
+        raise first_error
+    return 0, 0.0
 
 
 def _load_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
                      device: torch.device) -> float:
     from safetensors.torch import load_model
 
+    path = weights_path(run_dir, step)
     try:
-        load_model(model, str(weights_path(run_dir, step)), device=str(device))
-        state = torch.load(state_path(run_dir, step), map_location=device, weights_only=True)
+        load_model(model, str(path), device=str(device))
+        path = state_path(run_dir, step)
+        state = torch.load(path, map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
     except Exception as e:  # a damaged checkpoint: say which file, never a traceback
-        raise UserError(f"{weights_path(run_dir, step)}: cannot load checkpoint ({e})") from None
+        raise UserError(f"{path}: cannot load checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     torch.set_rng_state(state["rng"]["torch"].cpu())
     if device.type == "cuda" and state["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)

@@ -27,13 +27,14 @@ Nothing here imports torch: the analysis runs anywhere the results were copied t
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 from tinyscale.errors import UserError
-from tinyscale.fileio import read_json
+from tinyscale.fileio import read_json, read_lines, read_text
 from tinyscale.runs import read_evals
 
 _Z95 = 1.959964
@@ -48,7 +49,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = [line for _, line in read_lines(path)]
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -192,7 +193,7 @@ def read_csv_table(path: str | Path, columns: dict[str, str | None],
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     wanted = {role: col for role, col in columns.items() if col is not None}
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(read_text(path, "utf-8-sig"), newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [col for col in wanted.values() if col not in header]

@@ -21,6 +21,8 @@ from tinyscale import progress
 from tinyscale.analysis import plots
 from tinyscale.analysis.analyze import analyze_sweep
 from tinyscale.analysis.collect import collect_sweep, sweep_runs
+from tinyscale.data.corpus import SKILLS
+from tinyscale.errors import UserError
 from tinyscale.fileio import atomic_open, read_json
 from tinyscale.runs import read_evals
 
@@ -289,6 +291,22 @@ def _unlabeled(records: list[dict]) -> bool:
     return bool(skills) and skills <= {"other"}
 
 
+BUILTIN_SUITES = ("facts", "reasoning", "tracking", "grammar")  # evaluate.probes.SUITES, without torch
+
+
+def check_metric(metric: str, records: list[dict]) -> None:
+    """A heatmap metric must name a known skill, or a suite that is built in or in the sweep's results."""
+    kind, _, name = metric.partition(":")
+    if kind == "loss":
+        known: tuple[str, ...] = SKILLS
+    else:
+        found = {suite for r in records for suite in (r.get("probes") or {})}
+        known = tuple(dict.fromkeys([*BUILTIN_SUITES, *sorted(found)]))
+    if name and name not in known:
+        raise UserError(f"--metric {metric}: no {'skill' if kind == 'loss' else 'suite'} {name!r} "
+                        f"(have {', '.join(known)})")
+
+
 def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str = "non_embedding_params",
                  n_boot: int = 200, seed: int = 0, max_stories: int = 3, reanalyze: bool = False) -> Path:
     """Write SWEEP/plots/*.png and SWEEP/report.html; return the HTML's path.
@@ -298,6 +316,7 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
     """
     sweep_dir = Path(sweep_dir)
     records = collect_sweep(sweep_dir)
+    check_metric(metric, records)
     apath = sweep_dir / "analysis.json"
     analysis = None if reanalyze or _stale(sweep_dir, apath) else read_json(apath)
     if not records:  # nothing evaluated yet: the page still renders, every section saying so

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyscale.errors import UserError
+from tinyscale.fileio import read_lines
 
 # Skill ids as stored in the `*.skills.bin` shards; id 0 is every character no span labels.
 SKILLS: tuple[str, ...] = ("other", "grammar", "fact", "reasoning", "tracking", "free")
@@ -66,15 +67,14 @@ def read_corpus(path: str | Path) -> Iterator[dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: corpus file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            yield validate_line(obj, f"{path}:{lineno}")
+    for lineno, line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        yield validate_line(obj, f"{path}:{lineno}")
 
 
 def corpus_splits(corpus_dir: str | Path) -> dict[str, Path]:

@@ -43,6 +43,7 @@ from tinyscale import progress
 from tinyscale.data.corpus import SKILL_ID, SKILLS, SPLITS, corpus_splits, validate_line
 from tinyscale.errors import UserError
 from tinyscale.fileio import staged_dir, write_json
+from tinyscale.validate import check_output
 
 EOT = "<|endoftext|>"
 FORMAT = 1
@@ -453,8 +454,7 @@ def tokenize_corpus(corpus_dir: str | Path, out_dir: str | Path, vocab_size: int
     """
     splits = corpus_splits(corpus_dir)
     out = Path(out_dir)
-    if out.resolve() == Path(corpus_dir).resolve():
-        raise UserError(f"{out}: the output folder must differ from the corpus folder")
+    check_output(out, {"corpus folder": corpus_dir, "tokenizer": tokenizer_path})
     if tokenizer_path is None and vocab_size < MIN_VOCAB:
         raise UserError(f"--vocab-size: {vocab_size} is too small (at least {MIN_VOCAB}: 256 bytes + {EOT})")
     if tokenizer_path is not None:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from tinyscale.errors import UserError
+from tinyscale.fileio import read_text
 
 SUITES: tuple[str, ...] = ("facts", "reasoning", "tracking", "grammar")
 STYLES: tuple[str, ...] = ("world", "novel")
@@ -97,10 +98,7 @@ def read_suite(path: str | Path) -> list[Probe]:
         raise UserError(f"{path}: suite file not found")
     probes: list[Probe] = []
     seen: dict[str, int] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason})") from None
+    lines = read_text(path).splitlines()  # a bad byte is an error naming the file and line
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue

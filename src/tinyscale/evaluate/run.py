@@ -49,8 +49,10 @@ def select_checkpoints(spec: str | int | list[int], available: list[int], run_di
             wanted = [int(s) for s in str(spec).split(",") if s.strip()]
         except ValueError:
             raise UserError(f"--checkpoints {spec}: expected all, last or steps such as 100,2000") from None
+    if not wanted:
+        raise UserError(f"--checkpoints {spec!r}: no step given; expected all, last or steps such as 100,2000")
     missing = [s for s in wanted if s not in available]
-    if missing or not wanted:
+    if missing:
         raise UserError(f"--checkpoints {spec}: no checkpoint at step(s) {', '.join(map(str, missing))} "
                         f"(have {', '.join(map(str, available))})")
     return sorted(set(wanted))

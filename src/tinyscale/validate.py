@@ -1,0 +1,244 @@
+"""Checks that keep bad input from costing data, time or memory, in one place.
+
+- `LIMITS`: the range of every numeric flag, by command. `check_args` applies it to the parsed
+  command line before any work starts, so NaN, infinities, negative counts and sizes that would take
+  hours or all memory are refused with one line that names the limit.
+- `check_output`: an output path may never be, contain or sit inside one of the command's inputs
+  (`--overwrite` would otherwise replace the input with the output).
+- `check_name`: a name read from a file (a sweep's run names) must stay inside its folder.
+- `run_lock`: one process at a time trains, resumes or evaluates a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinyscale.errors import UserError
+
+SEED_MAX = 2**63 - 1
+# Tokens in one micro-batch (batch * seq-len): activations grow with it; beyond this, use --grad-accum.
+MICRO_BATCH_TOKENS_MAX = 2**20
+
+
+def cores() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A closed range [lo, hi] (`lo_open`: lo excluded, `hi_open`: hi excluded); values must be finite."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    why: str = ""  # what the upper limit protects, said in the message
+
+    def check(self, flag: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        if not math.isfinite(value):
+            raise UserError(f"{flag}: must be a finite number, got {value}")
+        low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+        high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
+        if low or high:
+            raise UserError(f"{flag}: must be {self.describe()}{self.why}, got {value}")
+
+    def describe(self) -> str:
+        def num(x: float) -> str:
+            return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {num(self.lo)}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_open else '<='} {num(self.hi)}")
+        return " and ".join(parts)
+
+
+def _limits() -> dict[str, dict[str, Limit]]:
+    cpu = Limit(1, cores(), why=" (the CPU cores of this machine)")
+    seed = Limit(0, SEED_MAX)
+    fraction = Limit(0.0, 1.0, hi_open=True)
+    temperature = Limit(0.0, 100.0)
+    n_boot = Limit(0, 100_000, why=" (bootstrap resamples: each refits every law)")
+    return {
+        "data world": {"stories": Limit(1, 10**9), "seed": Limit(-(2**63), 2**63 - 1), "val_fraction": fraction},
+        "tokenize": {"vocab_size": Limit(1, 2**20), "workers": cpu},
+        "train": {
+            "d_model": Limit(8, 2**15), "n_layers": Limit(1, 1024), "n_heads": Limit(1, 1024),
+            "max_seq_len": Limit(1, 2**20), "tokens": Limit(1, 10**13), "batch": Limit(1, 2**20),
+            "seq_len": Limit(1, 2**20), "grad_accum": Limit(1, 2**16), "lr": Limit(0.0, lo_open=True),
+            "min_lr": Limit(0.0), "warmup": Limit(0, 10**9), "weight_decay": Limit(0.0, 10.0),
+            "beta1": fraction, "beta2": fraction, "grad_clip": Limit(0.0, 1e6), "seed": seed,
+            "log_every": Limit(1, 10**9), "eval_every": Limit(0, 10**9), "eval_tokens": Limit(1, 2**30),
+            "checkpoint_every": Limit(1, 10**9), "dense_checkpoints": Limit(0, 10**9), "threads": cpu,
+        },
+        "sample": {"n": Limit(1, 1024, why=" (completions run as one batch)"), "temperature": temperature,
+                   "top_k": Limit(1, 2**20), "top_p": Limit(0.0, 1.0, lo_open=True),
+                   "max_new_tokens": Limit(1, 2**20), "seed": seed},
+        "eval": {"completions": Limit(0, 10_000), "samples": Limit(1, 100), "temperature": temperature,
+                 "max_tokens": Limit(1, 2**30), "seed": seed, "threads": cpu},
+        "analyze": {"n_boot": n_boot, "seed": seed},
+        "report": {"n_boot": n_boot, "stories": Limit(0, 100)},
+        "demo": {"minutes": Limit(0.0, 7 * 24 * 60.0, lo_open=True), "stories": Limit(1, 10**9)},
+    }
+
+
+def _flag(dest: str) -> str:
+    return ("-" if len(dest) == 1 else "--") + dest.replace("_", "-")
+
+
+def check_values(command: str, values: Mapping[str, Any]) -> None:
+    """Apply LIMITS[command] to the options in `values` (None means "not given")."""
+    for dest, limit in _limits().get(command, {}).items():
+        value = values.get(dest)
+        if value is not None:
+            limit.check(_flag(dest), value)
+
+
+def check_args(args: Any) -> None:
+    """Validate a parsed command line before the command starts any work."""
+    command = args.cmd + (f" {args.data_cmd}" if args.cmd == "data" else "")
+    check_values(command, vars(args))
+    if command == "train":
+        check_train(vars(args))
+    if command == "analyze" and args.chance is not None:
+        if args.lower_is_better:
+            Limit(0.0).check("--chance", args.chance)
+        else:
+            Limit(0.0, 1.0, why=" (a score; use --lower-is-better for a loss)").check("--chance", args.chance)
+
+
+def check_train(opts: Mapping[str, Any]) -> None:
+    """The training options' ranges and the limits that involve two of them (flags, YAML or run.json)."""
+    check_values("train", opts)
+    batch, seq_len = opts.get("batch"), opts.get("seq_len")
+    if batch and seq_len and batch * seq_len > MICRO_BATCH_TOKENS_MAX:
+        raise UserError(f"--batch {batch} x --seq-len {seq_len}: {batch * seq_len:,} tokens per micro-batch, "
+                        f"over the limit of {MICRO_BATCH_TOKENS_MAX:,} (use --grad-accum for larger batches)")
+    lr, min_lr = opts.get("lr"), opts.get("min_lr")
+    if lr is not None and min_lr is not None and min_lr > lr:
+        raise UserError(f"--min-lr {min_lr}: above --lr {lr} (the schedule decays from lr to min-lr)")
+
+
+# --- paths ---------------------------------------------------------------------------------------------
+
+
+def check_output(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None],
+                 flag: str = "--out") -> None:
+    """Refuse an output path that is, contains or sits inside an input (`inputs`: description -> path)."""
+    o = Path(out).resolve()
+    for what, path in inputs.items():
+        if path is None:
+            continue
+        i = Path(path).resolve()
+        if o == i:
+            where = "is"
+        elif o in i.parents:
+            where = "contains"
+        elif i in o.parents:
+            where = "is inside"
+        else:
+            continue
+        raise UserError(f"{flag} {out}: {where} the {what} {path}; choose a path outside it")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=,-]*$")
+
+
+def check_name(name: Any, where: str) -> str:
+    """A name that becomes a folder: one path component, not hidden, '.' or '..'."""
+    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 200:
+        raise UserError(f"{where}: run name {name!r} must be a plain folder name (letters, digits and "
+                        f"_ . + = , -; not starting with '.'; no '/')")
+    return name
+
+
+# --- locking -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike, writes: str | None = None) -> Iterator[None]:
+    """Hold RUN/.lock while this process trains, resumes or evaluates the run; refuse if another does.
+
+    `writes`: a subfolder the command will write, checked for writability now rather than after the work.
+    """
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    lock = FileLock(str(run_dir / ".lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"{run_dir}: another tinyscale process is training, resuming or evaluating this run; "
+                        f"wait for it to finish") from None
+    except OSError as e:
+        raise UserError(f"{run_dir / '.lock'}: cannot create the run's lock file ({e.strerror})") from None
+    try:
+        if writes:
+            check_writable(run_dir / writes)
+        yield
+    finally:
+        lock.release()
+
+
+def check_writable(folder: Path) -> None:
+    """Prove a file can be written in `folder` (or, until it exists, beside it), leaving nothing behind."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder if folder.is_dir() else folder.parent):
+            pass
+    except OSError as e:
+        raise UserError(f"{folder}: cannot write there ({e.strerror})") from None
+
+
+# --- numbers on the command line -------------------------------------------------------------------------
+
+
+def whole_number(text: str, multiplier: int = 1) -> int:
+    """`text` (such as 100, 3e6 or, with multiplier 1000, 1.5) times `multiplier` as an exact integer.
+
+    Decimal, not float: 2.5 must be refused rather than rounded, and 1e400 or inf must not overflow.
+    Raises ValueError with a short reason.
+    """
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError("not a number") from None
+    if not value.is_finite():
+        raise ValueError("not a finite number")
+    if value.adjusted() > 18:
+        raise ValueError("too large")
+    value *= multiplier
+    if value != value.to_integral_value():
+        raise ValueError("not a whole number")
+    return int(value)
+
+
+def describe_os_error(e: OSError, path: str | os.PathLike | None = None) -> str:
+    """One line for a failed file operation: the path (the error's own, else `path`) and the reason."""
+    where = e.filename if e.filename is not None else path
+    reason = e.strerror or str(e) or type(e).__name__
+    return f"{where}: {reason}" if where is not None else reason
+
+
+@contextlib.contextmanager
+def os_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError inside the block (disk full, read-only, permissions) into one line naming a path."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(describe_os_error(e, path)) from None
