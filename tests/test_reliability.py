@@ -353,7 +353,7 @@ def test_interrupted_demo_overwrite_puts_the_old_folder_back(tmp_path, capsys, m
         assert not old.exists()  # the new demo is being built in its place
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tinyscale.demo, "measure_seconds_per_token", interrupted)
+    monkeypatch.setattr(tinyscale.demo, "measure", lambda seed: interrupted())
     assert call(["demo", "--out", str(old), "--overwrite", "--minutes", "1"], capsys)[0] == 130
     assert snapshot(old) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old_demo"]
