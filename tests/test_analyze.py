@@ -95,3 +95,19 @@ def test_crossing_the_baseline_is_timed_per_run_and_said_in_one_sentence():
     # A single checkpoint below the baseline that does not stay there is not a crossing.
     recs[-1]["skill_gap"]["tracking"] = 0.2
     assert skill_baselines(recs)[0]["runs"][1]["below_from_flops"] is None
+
+
+def test_new_flags_refuse_bad_input_in_one_line(tmp_path, capsys):
+    from tinyscale.cli import main
+
+    path = tmp_path / "tasks.csv"
+    path.write_text("task,N,acc\nt,1,0.3\nt,2,0.3\nt,3,0.4\n")
+    before = path.read_bytes()
+    assert main(["analyze", "--csv", str(path), "--task-col", "task", "--x-col", "N", "--metric-col", "acc",
+                 "--chance-col", "nochance"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no column 'nochance'" in err[0] and path.read_bytes() == before
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--eval-min-skill-tokens", "-1"])
+    assert e.value.code == 2 and not (tmp_path / "r").exists()
+    assert "--eval-min-skill-tokens" in capsys.readouterr().err
