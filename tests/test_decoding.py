@@ -67,3 +67,81 @@ def test_decode_threads_uses_one_thread_for_small_batches_and_restores():
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# --- the single-sequence C++ kernel (kernels/decode_one.cpp) -------------------------------------------
+
+
+def native_or_skip():
+    """The kernel; on Linux x86-64 with a C++ compiler it must build (a failed build fails the test)."""
+    import platform
+    import shutil
+
+    from tinyscale.kernels import decode_one
+
+    kernel = decode_one()
+    if kernel is None:
+        assert not (shutil.which("c++") and platform.machine() == "x86_64"), "the decoding kernel did not build"
+        pytest.skip("no C++ compiler: the PyTorch decoder is used")
+    return kernel
+
+
+def native_losses(model, tokens: np.ndarray, int8: bool) -> float:
+    """Teacher-forced loss of the kernel: feed the tokens one by one, score each next token."""
+    from tinyscale.decoding import NativeDecoder
+    from tinyscale.model import KVCache
+
+    with torch.inference_mode():
+        cache = KVCache(model.cfg, 1, len(tokens))
+        dec = NativeDecoder(model, cache, int8=int8)
+        logits = torch.cat([dec.step(torch.tensor([t])) for t in tokens[:-1]])
+        return F.cross_entropy(logits, torch.from_numpy(tokens[1:])).item()
+
+
+def test_native_step_equals_the_pytorch_decoder(trained):
+    from tinyscale.decoding import Decoder, NativeDecoder
+    from tinyscale.model import KVCache
+
+    native_or_skip()
+    model, val = trained
+    assert NativeDecoder.available(model, 1, torch.float32)
+    assert not NativeDecoder.available(model, 2, torch.float32)  # one row only
+    prompt = torch.from_numpy(val[:10])[None]
+    with torch.inference_mode():
+        caches = [KVCache(model.cfg, 1, 40), KVCache(model.cfg, 1, 40)]
+        first = model(prompt, caches[0])[:, -1]
+        model(prompt, caches[1])
+        decoders = Decoder(model, caches[0]), NativeDecoder(model, caches[1])
+        tok = first.argmax(-1)
+        for _ in range(25):
+            ref, got = (d.step(tok) for d in decoders)
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+            tok = ref.argmax(-1)
+        torch.testing.assert_close(caches[1].k[:, :, :, :35], caches[0].k[:, :, :, :35], atol=1e-5, rtol=1e-5)
+        assert caches[1].pos == 35
+
+
+def test_native_int8_loss_within_one_percent_of_fp32(trained):
+    native_or_skip()
+    model, val = trained
+    fp32 = native_losses(model, val[:200], int8=False)
+    int8 = native_losses(model, val[:200], int8=True)
+    assert fp32 < 0.5 * math.log(model.cfg.vocab_size)
+    assert int8 != fp32 and abs(int8 - fp32) / fp32 < 0.01
+
+
+def test_without_the_kernel_generation_falls_back_to_the_same_tokens(trained, monkeypatch):
+    from tinyscale.kernels import decode_one
+
+    native_or_skip()
+    model, val = trained
+    prompt = [val[:8].tolist()]
+    with_kernel = generate(model, prompt, 20, temperature=0)
+    monkeypatch.setenv("TINYSCALE_NO_KERNELS", "1")
+    decode_one.cache_clear()
+    try:
+        assert decode_one() is None
+        assert generate(model, prompt, 20, temperature=0) == with_kernel
+    finally:
+        monkeypatch.delenv("TINYSCALE_NO_KERNELS")
+        decode_one.cache_clear()

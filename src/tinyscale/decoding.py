@@ -15,6 +15,7 @@ import contextlib
 import copy
 import math
 import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -203,3 +204,80 @@ class Decoder:
             x = self._residual(x, h, wdown, bdown)
         self.cache.pos = end
         return _product(self._norm(x, *self.norm), self.head)
+
+
+def _int8_rows(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 weights with one float32 scale per output row."""
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous(), scale.contiguous()
+
+
+_native_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _native_weights(model: Transformer, int8: bool) -> dict:
+    """The tensors the kernel reads, in its order (float32 [out, in], or int8 with row scales); kept
+    while the model's weights are unchanged (in-place updates bump version counters), so repeated
+    generate() calls prepare them once."""
+    versions = (int8, *(p._version for p in model.parameters()))
+    cached = _native_cache.get(model, {}).get(int8)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+
+    def mat(layer: nn.Linear) -> list[Tensor]:
+        w = layer.weight.detach().float()
+        return list(_int8_rows(w)) if int8 else [w.contiguous(), torch.empty(0)]
+
+    layers: list[Tensor] = []
+    for blk in model.blocks:
+        layers += [blk.attn_norm.weight.detach(), *mat(blk.attn.qkv), *mat(blk.attn.proj),
+                   blk.mlp_norm.weight.detach(), *mat(blk.mlp.fc), *mat(blk.mlp.proj)]
+    head, head_scale = mat(model.head)
+    weights = {"layers": layers, "tok_emb": model.tok_emb.weight.detach().contiguous(), "head": head,
+               "head_scale": head_scale, "norm": model.norm.weight.detach(),
+               "cos": model.rope_cos.contiguous(), "sin": model.rope_sin.contiguous()}
+    _native_cache.setdefault(model, {})[int8] = (versions, weights)
+    return weights
+
+
+class NativeDecoder:
+    """``Decoder.step`` for one sequence of a llama-family model on the CPU, as one C++ call per token
+    (``kernels/decode_one.cpp``): float32 weights, or int8 weights with per-row scales when `int8`.
+
+    At batch 1 a step is a chain of matrix-vector products plus ~20 small ops per layer, and issuing
+    those ops from Python costs about as much as the products (see the kernel's header). Use
+    ``NativeDecoder.available(model, batch)`` first; generate() falls back to ``Decoder`` otherwise.
+    """
+
+    def __init__(self, model: Transformer, cache: KVCache, int8: bool = False) -> None:
+        from tinyscale.kernels import decode_one
+
+        self.kernel, self.cache = decode_one(), cache
+        self.n_heads, self.eps = model.cfg.n_heads, model.cfg.norm_eps
+        self.weights = _native_weights(model, int8)
+
+    @staticmethod
+    def available(model: Transformer, batch: int, dtype: torch.dtype) -> bool:
+        """True where the kernel applies: one row, llama family, float32 on the CPU, kernel built."""
+        from tinyscale.kernels import decode_one
+
+        p = model.tok_emb.weight
+        return (batch == 1 and model.cfg.family == "llama" and p.device.type == "cpu" and p.dtype == torch.float32
+                and dtype == torch.float32 and isinstance(model.blocks[0].attn.qkv, nn.Linear)
+                and decode_one() is not None)
+
+    def step(self, tok: Tensor, positions: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
+        """Logits [1, vocab] for the token tok [1] at cache column ``cache.pos`` (then advanced).
+        A single row has no padding, so positions and key_mask are not needed (and must be None)."""
+        if positions is not None or key_mask is not None:
+            raise ValueError("NativeDecoder decodes one unpadded row")
+        pos = self.cache.pos
+        if pos >= self.cache.max_len:
+            raise ValueError(f"sequence of {pos + 1} positions exceeds the cache of {self.cache.max_len}")
+        w = self.weights
+        logits = self.kernel.step(int(tok[0]), pos, w["tok_emb"], w["layers"], w["norm"], w["head"], w["head_scale"],
+                                  w["cos"], w["sin"], self.cache.k, self.cache.v, self.n_heads, self.eps)
+        self.cache.pos = pos + 1
+        return logits
+

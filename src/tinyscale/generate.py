@@ -8,7 +8,9 @@ tokens, and each step feeds one token per row.
 Speed: the prompt goes through ``Transformer.forward`` once; every later step goes through
 ``decoding.Decoder``, the same arithmetic for one token per row written with as few PyTorch ops as
 possible, because at these sizes a step costs more in per-op dispatch than in arithmetic; small
-batches decode on one thread (``decoding.decode_threads``). ``dtype="bf16"`` runs the weight matrix
+batches decode on one thread (``decoding.decode_threads``). A single sequence of a llama-family model
+on the CPU decodes with ``decoding.NativeDecoder``, the whole step in one C++ call (``kernels/``),
+where the kernel could be built; with ``dtype="int8"`` its weights are int8 with per-row scales. ``dtype="bf16"`` runs the weight matrix
 multiplies in bfloat16 (residual stream, norms and sampling stay float32), which pays off on CPUs
 with native bf16 once the batch is large enough; the cache and attention stay float32 on CPU, where
 PyTorch attends over a bf16 cache 2-5x more slowly (see model.py). ``dtype="int8"`` (CPU) runs every
@@ -23,7 +25,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from tinyscale.decoding import Decoder, decode_threads, quantize_int8
+from tinyscale.decoding import Decoder, NativeDecoder, decode_threads, quantize_int8
 from tinyscale.devices import bf16_native, pick_device  # noqa: F401  (pick_device's former home: still importable)
 from tinyscale.errors import UserError
 from tinyscale.model import KVCache, Transformer, cache_dtype
@@ -139,7 +141,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
     device = model.tok_emb.weight.device
     B, P = len(prompts), max(len(p) for p in prompts)
     dt = resolve_dtype(dtype, device, B)
-    if dtype == "int8":
+    native = dtype in ("fp32", "int8", "auto") and NativeDecoder.available(model, B, dt)
+    if dtype == "int8" and not native:
         model = int8_model(model)
     total = P + max_new_tokens
     pad = torch.tensor([P - len(p) for p in prompts], device=device)
@@ -168,8 +171,11 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
     else:
         with autocast:
             logits = model(idx, cache)[:, -1]
-    decoder = Decoder(model, cache, dt)
-    with decode_threads(B):
+    if native:  # one sequence: the whole step in one C++ call, on the caller's threads (decoding.py)
+        decoder, threads = NativeDecoder(model, cache, int8=dtype == "int8"), contextlib.nullcontext()
+    else:
+        decoder, threads = Decoder(model, cache, dt), decode_threads(B)
+    with threads:
         for t in range(max_new_tokens):
             out[:, t] = tok = sample_next(logits, temperature, top_k, top_p, gen)
             if _finished(tok, done, eot_id) or t == max_new_tokens - 1:

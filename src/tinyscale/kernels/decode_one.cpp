@@ -1,0 +1,225 @@
+// One decoding step of a llama-family tinyscale model for a single sequence, in one call.
+//
+// Why by hand: at batch 1 a step is ~8 matrix-vector products per layer plus a dozen small
+// vector ops. Issued one by one from Python each op costs a few microseconds of dispatch, which at
+// the widths this lab trains is as much as the arithmetic (decoding.py's Decoder spends ~1/3 of a
+// step outside its products). Here the whole step is one C++ call: the products stream each weight
+// row once (memory-bound), and the norms, rotary positions, attention and SwiGLU run in registers.
+// The arithmetic is model.py's, in the same order where it matters (see decoding.NativeDecoder).
+//
+// Weights are float32 [out, in] row-major, or int8 [out, in] with one float scale per output row
+// (weight-only quantization: activations stay float32, so no activation range is lost).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+#include <cmath>
+#include <vector>
+
+namespace {
+
+// Products with fewer output rows than this run on one thread (a fork/join costs more).
+constexpr int64_t kParallelRows = 256;
+
+// y[o] (+)= scale[o] * sum_i W[o, i] x[i] for o in [0, rows), W float32 or int8 (then with row scales).
+template <typename W>
+inline float dot(const W* row, const float* x, int64_t cols) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < cols; ++i) acc += static_cast<float>(row[i]) * x[i];
+  return acc;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// Eight weights of a row as floats: loaded as they are, or widened from int8.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// Dot products of four rows with x. Written with AVX2 intrinsics because compilers vectorise the
+// four-accumulator loop across rows (gathers) instead of along them.
+template <typename W>
+inline void dot4(const W* r0, int64_t cols, const float* x, float* out) {
+  const W *r1 = r0 + cols, *r2 = r1 + cols, *r3 = r2 + cols;
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 8 <= cols; i += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + i);
+    a0 = _mm256_fmadd_ps(load8(r0 + i), xv, a0);
+    a1 = _mm256_fmadd_ps(load8(r1 + i), xv, a1);
+    a2 = _mm256_fmadd_ps(load8(r2 + i), xv, a2);
+    a3 = _mm256_fmadd_ps(load8(r3 + i), xv, a3);
+  }
+  out[0] = hsum(a0), out[1] = hsum(a1), out[2] = hsum(a2), out[3] = hsum(a3);
+  for (; i < cols; ++i) {
+    out[0] += static_cast<float>(r0[i]) * x[i], out[1] += static_cast<float>(r1[i]) * x[i];
+    out[2] += static_cast<float>(r2[i]) * x[i], out[3] += static_cast<float>(r3[i]) * x[i];
+  }
+}
+#else
+template <typename W>
+inline void dot4(const W* r0, int64_t cols, const float* x, float* out) {
+  for (int r = 0; r < 4; ++r) out[r] = dot(r0 + r * cols, x, cols);
+}
+#endif
+
+// y[o] (+)= scale[o] * sum_i W[o, i] x[i] for o in [0, rows), W float32 or int8 (then with row scales).
+// Four rows at a time: four independent accumulators hide the latency of the fused multiply-adds,
+// and each piece of x is loaded once per four rows.
+template <bool Accumulate, typename W>
+void matvec(const W* w, const float* scale, const float* x, float* y, int64_t rows, int64_t cols) {
+  auto store = [&](int64_t o, float acc) {
+    const float v = scale ? acc * scale[o] : acc;
+    y[o] = Accumulate ? y[o] + v : v;
+  };
+  const int64_t grain = rows < kParallelRows ? rows : 64;
+  at::parallel_for(0, (rows + 3) / 4, (grain + 3) / 4, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t o = 4 * b;
+      if (o + 4 > rows) {
+        for (int64_t r = o; r < rows; ++r) store(r, dot(w + r * cols, x, cols));
+        continue;
+      }
+      float acc[4];
+      dot4(w + o * cols, cols, x, acc);
+      for (int r = 0; r < 4; ++r) store(o + r, acc[r]);
+    }
+  });
+}
+
+// A weight matrix as the Python side hands it over: float32, or int8 with per-row scales.
+struct Matrix {
+  const float* f32 = nullptr;
+  const int8_t* i8 = nullptr;
+  const float* scale = nullptr;
+  int64_t rows = 0, cols = 0;
+
+  Matrix(const torch::Tensor& w, const torch::Tensor& s) : rows(w.size(0)), cols(w.size(1)) {
+    TORCH_CHECK(w.is_contiguous() && w.device().is_cpu(), "weights must be contiguous CPU tensors");
+    if (w.scalar_type() == torch::kChar) {
+      TORCH_CHECK(s.defined() && s.scalar_type() == torch::kFloat && s.numel() == rows, "int8 weights need row scales");
+      i8 = w.data_ptr<int8_t>();
+      scale = s.data_ptr<float>();
+    } else {
+      TORCH_CHECK(w.scalar_type() == torch::kFloat, "weights must be float32 or int8");
+      f32 = w.data_ptr<float>();
+    }
+  }
+
+  template <bool Accumulate>
+  void apply(const float* x, float* y) const {
+    if (i8) matvec<Accumulate>(i8, scale, x, y, rows, cols);
+    else matvec<Accumulate>(f32, static_cast<const float*>(nullptr), x, y, rows, cols);
+  }
+};
+
+// model.py's RMSNorm: x * rsqrt(mean(x^2) + eps), then times the weight.
+void rms_norm(const float* x, const float* w, float* out, int64_t d, float eps) {
+  float ss = 0.f;
+  for (int64_t i = 0; i < d; ++i) ss += x[i] * x[i];
+  const float r = 1.f / std::sqrt(ss / static_cast<float>(d) + eps);
+  for (int64_t i = 0; i < d; ++i) out[i] = w[i] * (x[i] * r);
+}
+
+// Rotary positions in model.py's split-halves layout: x * cos + roll(x, hd/2) * signed_sin.
+void rotate(float* x, const float* cos, const float* sin, int64_t hd) {
+  float tmp[512];
+  const int64_t half = hd / 2;
+  for (int64_t i = 0; i < hd; ++i) tmp[i] = x[i] * cos[i] + x[(i + half) % hd] * sin[i];
+  for (int64_t i = 0; i < hd; ++i) x[i] = tmp[i];
+}
+
+// One query per head over keys/values [H, max_len, hd] up to `len` positions; writes y [H * hd].
+void attend(const float* q, const float* kc, const float* vc, float* y, int64_t heads, int64_t hd,
+            int64_t max_len, int64_t len, float scale, float* scores) {
+  for (int64_t h = 0; h < heads; ++h) {
+    const float* k = kc + h * max_len * hd;
+    const float* v = vc + h * max_len * hd;
+    const float* qh = q + h * hd;
+    float top = -INFINITY;
+    for (int64_t t = 0; t < len; ++t) {
+      float s = 0.f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = 0; i < hd; ++i) s += qh[i] * k[t * hd + i];
+      scores[t] = s * scale;
+      top = std::max(top, scores[t]);
+    }
+    float total = 0.f;
+    for (int64_t t = 0; t < len; ++t) total += (scores[t] = std::exp(scores[t] - top));
+    float* yh = y + h * hd;
+    for (int64_t i = 0; i < hd; ++i) yh[i] = 0.f;
+    for (int64_t t = 0; t < len; ++t) {
+      const float p = scores[t] / total;
+#pragma omp simd
+      for (int64_t i = 0; i < hd; ++i) yh[i] += p * v[t * hd + i];
+    }
+  }
+}
+
+}  // namespace
+
+// layers: per layer [attn_norm, qkv, qkv_scale, proj, proj_scale, mlp_norm, fc, fc_scale, down, down_scale]
+// (scales undefined for float32 weights); k_cache/v_cache: [n_layers, 1, H, max_len, hd] float32.
+torch::Tensor step(int64_t token, int64_t pos, const torch::Tensor& tok_emb, const std::vector<torch::Tensor>& layers,
+                   const torch::Tensor& final_norm, const torch::Tensor& head, const torch::Tensor& head_scale,
+                   const torch::Tensor& rope_cos, const torch::Tensor& rope_sin, torch::Tensor k_cache,
+                   torch::Tensor v_cache, int64_t heads, double eps) {
+  const int64_t d = tok_emb.size(1), hd = d / heads, n_layers = k_cache.size(0), max_len = k_cache.size(3);
+  TORCH_CHECK(static_cast<int64_t>(layers.size()) == 10 * n_layers, "expected 10 tensors per layer");
+  TORCH_CHECK(pos < max_len && pos < rope_cos.size(0), "position beyond the cache");
+  TORCH_CHECK(hd <= 512, "head size above 512");
+  const int64_t ffn = layers[8].size(1);
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  std::vector<float> x(d), h(d), qkv(3 * d), y(d), gu(2 * ffn), scores(pos + 1);
+  const float* emb = tok_emb.data_ptr<float>() + token * d;
+  std::copy(emb, emb + d, x.begin());
+  const float* cos = rope_cos.data_ptr<float>() + pos * hd;
+  const float* sin = rope_sin.data_ptr<float>() + pos * hd;
+  float* kc_all = k_cache.data_ptr<float>();
+  float* vc_all = v_cache.data_ptr<float>();
+  const int64_t layer_stride = heads * max_len * hd;
+
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const torch::Tensor* p = layers.data() + 10 * l;
+    rms_norm(x.data(), p[0].data_ptr<float>(), h.data(), d, static_cast<float>(eps));
+    Matrix(p[1], p[2]).apply<false>(h.data(), qkv.data());
+    float* kc = kc_all + l * layer_stride;
+    float* vc = vc_all + l * layer_stride;
+    for (int64_t hh = 0; hh < heads; ++hh) {
+      float* q = qkv.data() + hh * hd;
+      float* k = qkv.data() + d + hh * hd;
+      const float* v = qkv.data() + 2 * d + hh * hd;
+      rotate(q, cos, sin, hd);
+      rotate(k, cos, sin, hd);
+      std::copy(k, k + hd, kc + (hh * max_len + pos) * hd);
+      std::copy(v, v + hd, vc + (hh * max_len + pos) * hd);
+    }
+    attend(qkv.data(), kc, vc, y.data(), heads, hd, max_len, pos + 1, scale, scores.data());
+    Matrix(p[3], p[4]).apply<true>(y.data(), x.data());  // x += proj(y)
+    rms_norm(x.data(), p[5].data_ptr<float>(), h.data(), d, static_cast<float>(eps));
+    Matrix(p[6], p[7]).apply<false>(h.data(), gu.data());
+    for (int64_t i = 0; i < ffn; ++i) {  // silu(gate) * up
+      const float g = gu[i];
+      gu[i] = g / (1.f + std::exp(-g)) * gu[ffn + i];
+    }
+    Matrix(p[8], p[9]).apply<true>(gu.data(), x.data());  // x += down(...)
+  }
+  rms_norm(x.data(), final_norm.data_ptr<float>(), h.data(), d, static_cast<float>(eps));
+  auto logits = torch::empty({1, head.size(0)}, torch::kFloat);
+  Matrix(head, head_scale).apply<false>(h.data(), logits.data_ptr<float>());
+  return logits;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("step", &step, "one llama-family decoding step for a single sequence");
+}
