@@ -189,3 +189,25 @@ def test_cli_runs_teaches_and_refuses_a_changed_resume(start_run, ball_reward, t
     assert "--lr 0.5 differs" in capsys.readouterr().err
     assert main(["-q", "incentivize", "--resume", str(tmp_path / "rl"), "--steps", "3"]) == 0
     assert list_checkpoints(tmp_path / "rl")[-1] == 3
+
+
+def test_story_val_loss_is_the_mean_token_loss_on_fixed_validation_windows(start_run):
+    import numpy as np
+    import torch.nn.functional as F
+
+    from tinyscale.data.shards import ShardSet
+    from tinyscale.incentivize.compare import story_val_loss
+    from tinyscale.runs import load_model
+
+    run, _ = start_run
+    model, _ = load_model(run, None, "cpu")
+    shards = json.loads((run / "run.json").read_text())["data"]["dir"]
+    got = story_val_loss(model, shards, torch.device("cpu"), tokens=256, seq_len=32)
+    assert got == story_val_loss(model, shards, torch.device("cpu"), tokens=256, seq_len=32)  # same windows
+    val = np.asarray(ShardSet.open(shards).tokens("val"), dtype=np.int64)
+    starts = np.linspace(0, len(val) - 33, 8).astype(np.int64)
+    rows = torch.from_numpy(np.stack([val[s:s + 33] for s in starts]))
+    with torch.no_grad():
+        want = F.cross_entropy(model(rows[:, :-1]).flatten(0, 1), rows[:, 1:].flatten()).item()
+    assert got == pytest.approx(want, rel=1e-5)
+    assert abs(got - math.log(model.cfg.vocab_size)) < 0.5  # an untrained model: near chance

@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -70,10 +71,14 @@ def story_val_loss(model: torch.nn.Module, data_dir: str, device: torch.device, 
                    seq_len: int = 256) -> float:
     """Loss on the validation split's plain stories (the corpus puts questions in train only)."""
     from tinyscale.data.shards import ShardSet
-    from tinyscale.train import eval_starts, windows
 
-    val = ShardSet.open(data_dir).tokens("val")
-    x, y = windows(val, eval_starts(len(val), seq_len, tokens), seq_len, device)
+    val = np.asarray(ShardSet.open(data_dir).tokens("val"), dtype=np.int64)
+    if len(val) <= seq_len:
+        raise UserError(f"{data_dir}: validation split shorter than one window of {seq_len + 1} tokens")
+    # Evenly spaced windows, the same for every model compared (no sampling noise between arms).
+    starts = np.linspace(0, len(val) - seq_len - 1, max(1, tokens // seq_len)).astype(np.int64)
+    rows = torch.from_numpy(np.stack([val[s:s + seq_len + 1] for s in starts])).to(device)
+    x, y = rows[:, :-1], rows[:, 1:]
     total, count = 0.0, 0
     for i in range(0, len(x), 16):
         logits = model(x[i:i + 16]).float()
