@@ -211,3 +211,18 @@ def test_story_val_loss_is_the_mean_token_loss_on_fixed_validation_windows(start
         want = F.cross_entropy(model(rows[:, :-1]).flatten(0, 1), rows[:, 1:].flatten()).item()
     assert got == pytest.approx(want, rel=1e-5)
     assert abs(got - math.log(model.cfg.vocab_size)) < 0.5  # an untrained model: near chance
+
+
+def test_learning_rate_warms_up_linearly_per_update(start_run):
+    from tinyscale.incentivize.policy_gradient import _step_update
+
+    cfg = _cfg(start_run, lr=1.0, warmup=4, grad_clip=0.0)
+    layer = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(layer.parameters(), lr=123.0)
+    seen = []
+    for step in (-0.5, 0, 1, 3, 10):  # rl_step: two updates per step are steps -0.5 and 0 of the first
+        _step_update(layer, opt, layer(torch.ones(1, 2)).sum(), cfg, step)
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == [0.125, 0.25, 0.5, 1.0, 1.0]
+    _step_update(layer, opt, layer(torch.ones(1, 2)).sum(), _cfg(start_run, lr=0.5, warmup=0), 0)
+    assert opt.param_groups[0]["lr"] == 0.5

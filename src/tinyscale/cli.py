@@ -631,7 +631,7 @@ def _add_incentivize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", help="world (default), world-words, or a JSONL file of {prompt, truth}")
     p.add_argument("--teach", action="store_true", help="supervised fine-tuning on the prompts' references")
     for flag, kind in (("steps", _positive_int), ("tokens", _count), ("group", _positive_int), ("kl", float),
-                       ("clip", float), ("updates", _positive_int), ("lr", float), ("prompts-per-step", _positive_int),
+                       ("clip", float), ("updates", _positive_int), ("lr", float), ("warmup", _nonnegative_int), ("prompts-per-step", _positive_int),
                        ("max-new-tokens", _positive_int), ("temperature", float), ("seed", int),
                        ("checkpoint-every", _positive_int), ("device", str), ("threads", _positive_int)):
         p.add_argument(f"--{flag}", type=kind)
