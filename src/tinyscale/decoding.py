@@ -225,24 +225,33 @@ def _native_weights(model: Transformer, int8: bool) -> dict:
     if cached is not None and cached[0] == versions:
         return cached[1]
 
+    none = torch.empty(0)
+
     def mat(layer: nn.Linear) -> list[Tensor]:
         w = layer.weight.detach().float()
-        return list(_int8_rows(w)) if int8 else [w.contiguous(), torch.empty(0)]
+        return list(_int8_rows(w)) if int8 else [w.contiguous(), none]
+
+    def vec(p: Tensor | None) -> Tensor:  # an absent bias is an empty tensor for the kernel
+        return none if p is None else p.detach().float().contiguous()
 
     layers: list[Tensor] = []
     for blk in model.blocks:
-        layers += [blk.attn_norm.weight.detach(), *mat(blk.attn.qkv), *mat(blk.attn.proj),
-                   blk.mlp_norm.weight.detach(), *mat(blk.mlp.fc), *mat(blk.mlp.proj)]
+        a, m = blk.attn, blk.mlp
+        layers += [vec(blk.attn_norm.weight), vec(getattr(blk.attn_norm, "bias", None)), *mat(a.qkv),
+                   *mat(a.proj), vec(a.proj.bias), vec(blk.mlp_norm.weight), vec(getattr(blk.mlp_norm, "bias", None)),
+                   *mat(m.fc), vec(m.fc.bias), *mat(m.proj), vec(m.proj.bias)]
     head, head_scale = mat(model.head)
+    llama = model.pos_emb is None
     weights = {"layers": layers, "tok_emb": model.tok_emb.weight.detach().contiguous(), "head": head,
-               "head_scale": head_scale, "norm": model.norm.weight.detach(),
-               "cos": model.rope_cos.contiguous(), "sin": model.rope_sin.contiguous()}
+               "head_scale": head_scale, "norm": (vec(model.norm.weight), vec(getattr(model.norm, "bias", None))),
+               "pos_emb": none if llama else vec(model.pos_emb.weight),
+               "cos": model.rope_cos.contiguous() if llama else none, "sin": model.rope_sin.contiguous() if llama else none}
     _native_cache.setdefault(model, {})[int8] = (versions, weights)
     return weights
 
 
 class NativeDecoder:
-    """``Decoder.step`` for one sequence of a llama-family model on the CPU, as one C++ call per token
+    """``Decoder.step`` for one sequence on the CPU (either family), as one C++ call per token
     (``kernels/decode_one.cpp``): float32 weights, or int8 weights with per-row scales when `int8`.
 
     At batch 1 a step is a chain of matrix-vector products plus ~20 small ops per layer, and issuing
@@ -259,11 +268,11 @@ class NativeDecoder:
 
     @staticmethod
     def available(model: Transformer, batch: int, dtype: torch.dtype) -> bool:
-        """True where the kernel applies: one row, llama family, float32 on the CPU, kernel built."""
+        """True where the kernel applies: one row, float32 on the CPU, the kernel built."""
         from tinyscale.kernels import decode_one
 
         p = model.tok_emb.weight
-        return (batch == 1 and model.cfg.family == "llama" and p.device.type == "cpu" and p.dtype == torch.float32
+        return (batch == 1 and p.device.type == "cpu" and p.dtype == torch.float32
                 and dtype == torch.float32 and isinstance(model.blocks[0].attn.qkv, nn.Linear)
                 and decode_one() is not None)
 
@@ -276,8 +285,8 @@ class NativeDecoder:
         if pos >= self.cache.max_len:
             raise ValueError(f"sequence of {pos + 1} positions exceeds the cache of {self.cache.max_len}")
         w = self.weights
-        logits = self.kernel.step(int(tok[0]), pos, w["tok_emb"], w["layers"], w["norm"], w["head"], w["head_scale"],
-                                  w["cos"], w["sin"], self.cache.k, self.cache.v, self.n_heads, self.eps)
+        logits = self.kernel.step(int(tok[0]), pos, w["tok_emb"], w["pos_emb"], w["layers"], *w["norm"], w["head"],
+                                  w["head_scale"], w["cos"], w["sin"], self.cache.k, self.cache.v, self.n_heads, self.eps)
         self.cache.pos = pos + 1
         return logits
 

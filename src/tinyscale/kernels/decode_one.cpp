@@ -1,4 +1,4 @@
-// One decoding step of a llama-family tinyscale model for a single sequence, in one call.
+// One decoding step of a tinyscale model (llama or neo family) for a single sequence, in one call.
 //
 // Why by hand: at batch 1 a step is ~8 matrix-vector products per layer plus a dozen small
 // vector ops. Issued one by one from Python each op costs a few microseconds of dispatch, which at
@@ -123,12 +123,29 @@ struct Matrix {
   }
 };
 
-// model.py's RMSNorm: x * rsqrt(mean(x^2) + eps), then times the weight.
-void rms_norm(const float* x, const float* w, float* out, int64_t d, float eps) {
-  float ss = 0.f;
-  for (int64_t i = 0; i < d; ++i) ss += x[i] * x[i];
-  const float r = 1.f / std::sqrt(ss / static_cast<float>(d) + eps);
-  for (int64_t i = 0; i < d; ++i) out[i] = w[i] * (x[i] * r);
+// model.py's norms: RMSNorm x * rsqrt(mean(x^2) + eps) * w (llama), or LayerNorm with bias (neo).
+void norm(const float* x, const torch::Tensor& w, const torch::Tensor& b, float* out, int64_t d, float eps) {
+  const float* wp = w.data_ptr<float>();
+  if (b.numel() == 0) {
+    float ss = 0.f;
+    for (int64_t i = 0; i < d; ++i) ss += x[i] * x[i];
+    const float r = 1.f / std::sqrt(ss / static_cast<float>(d) + eps);
+    for (int64_t i = 0; i < d; ++i) out[i] = wp[i] * (x[i] * r);
+    return;
+  }
+  float mean = 0.f, var = 0.f;
+  for (int64_t i = 0; i < d; ++i) mean += x[i];
+  mean /= static_cast<float>(d);
+  for (int64_t i = 0; i < d; ++i) var += (x[i] - mean) * (x[i] - mean);
+  const float r = 1.f / std::sqrt(var / static_cast<float>(d) + eps);
+  const float* bp = b.data_ptr<float>();
+  for (int64_t i = 0; i < d; ++i) out[i] = (x[i] - mean) * r * wp[i] + bp[i];
+}
+
+void add_bias(float* y, const torch::Tensor& b) {
+  if (b.numel() == 0) return;
+  const float* bp = b.data_ptr<float>();
+  for (int64_t i = 0; i < b.numel(); ++i) y[i] += bp[i];
 }
 
 // Rotary positions in model.py's split-halves layout: x * cos + roll(x, hd/2) * signed_sin.
@@ -168,58 +185,83 @@ void attend(const float* q, const float* kc, const float* vc, float* y, int64_t 
 
 }  // namespace
 
-// layers: per layer [attn_norm, qkv, qkv_scale, proj, proj_scale, mlp_norm, fc, fc_scale, down, down_scale]
-// (scales undefined for float32 weights); k_cache/v_cache: [n_layers, 1, H, max_len, hd] float32.
-torch::Tensor step(int64_t token, int64_t pos, const torch::Tensor& tok_emb, const std::vector<torch::Tensor>& layers,
-                   const torch::Tensor& final_norm, const torch::Tensor& head, const torch::Tensor& head_scale,
-                   const torch::Tensor& rope_cos, const torch::Tensor& rope_sin, torch::Tensor k_cache,
-                   torch::Tensor v_cache, int64_t heads, double eps) {
+// The MLP's nonlinearity on the first product's output h: SwiGLU (llama: h = [gate, up], 2 * ffn
+// values, result in h[0:ffn]) or GPT-Neo's tanh GELU (neo: ffn values).
+void activate(float* h, int64_t ffn, bool swiglu) {
+  for (int64_t i = 0; i < ffn; ++i) {
+    const float g = h[i];
+    if (swiglu) {
+      h[i] = g / (1.f + std::exp(-g)) * h[ffn + i];
+    } else {
+      h[i] = 0.5f * g * (1.f + std::tanh(0.7978845608028654f * (g + 0.044715f * g * g * g)));
+    }
+  }
+}
+
+constexpr int kPerLayer = 15;
+
+// layers, per layer: attn_norm weight, bias | qkv, scale | proj, scale, bias | mlp_norm weight, bias |
+// fc, scale, bias | down, scale, bias. Empty tensors mark what a family lacks (llama: biases; float32
+// weights: scales). Positions: rotary tables (llama) or, when pos_emb is not empty, learned (neo).
+// k_cache/v_cache: [n_layers, 1, H, max_len, hd] float32, written at column `pos`.
+torch::Tensor step(int64_t token, int64_t pos, const torch::Tensor& tok_emb, const torch::Tensor& pos_emb,
+                   const std::vector<torch::Tensor>& layers, const torch::Tensor& norm_w, const torch::Tensor& norm_b,
+                   const torch::Tensor& head, const torch::Tensor& head_scale, const torch::Tensor& rope_cos,
+                   const torch::Tensor& rope_sin, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
+                   double eps_) {
   const int64_t d = tok_emb.size(1), hd = d / heads, n_layers = k_cache.size(0), max_len = k_cache.size(3);
-  TORCH_CHECK(static_cast<int64_t>(layers.size()) == 10 * n_layers, "expected 10 tensors per layer");
-  TORCH_CHECK(pos < max_len && pos < rope_cos.size(0), "position beyond the cache");
+  const bool rope = pos_emb.numel() == 0;
+  TORCH_CHECK(static_cast<int64_t>(layers.size()) == kPerLayer * n_layers, "expected 15 tensors per layer");
+  TORCH_CHECK(pos < max_len && pos < (rope ? rope_cos.size(0) : pos_emb.size(0)), "position beyond the cache");
   TORCH_CHECK(hd <= 512, "head size above 512");
-  const int64_t ffn = layers[8].size(1);
-  const float scale = 1.f / std::sqrt(static_cast<float>(hd));
-  std::vector<float> x(d), h(d), qkv(3 * d), y(d), gu(2 * ffn), scores(pos + 1);
+  const int64_t ffn = layers[12].size(1);  // the down projection's input width
+  const bool swiglu = layers[9].size(0) == 2 * ffn;  // the first MLP product gives [gate, up]
+  const float scale = 1.f / std::sqrt(static_cast<float>(hd)), eps = static_cast<float>(eps_);
+  std::vector<float> x(d), h(d), qkv(3 * d), y(d), mid(layers[9].size(0)), scores(pos + 1);
   const float* emb = tok_emb.data_ptr<float>() + token * d;
   std::copy(emb, emb + d, x.begin());
-  const float* cos = rope_cos.data_ptr<float>() + pos * hd;
-  const float* sin = rope_sin.data_ptr<float>() + pos * hd;
-  float* kc_all = k_cache.data_ptr<float>();
-  float* vc_all = v_cache.data_ptr<float>();
+  if (!rope) {
+    const float* pe = pos_emb.data_ptr<float>() + pos * d;
+    for (int64_t i = 0; i < d; ++i) x[i] += pe[i];
+  }
+  const float* cos = rope ? rope_cos.data_ptr<float>() + pos * hd : nullptr;
+  const float* sin = rope ? rope_sin.data_ptr<float>() + pos * hd : nullptr;
   const int64_t layer_stride = heads * max_len * hd;
 
   for (int64_t l = 0; l < n_layers; ++l) {
-    const torch::Tensor* p = layers.data() + 10 * l;
-    rms_norm(x.data(), p[0].data_ptr<float>(), h.data(), d, static_cast<float>(eps));
-    Matrix(p[1], p[2]).apply<false>(h.data(), qkv.data());
-    float* kc = kc_all + l * layer_stride;
-    float* vc = vc_all + l * layer_stride;
+    const torch::Tensor* p = layers.data() + kPerLayer * l;
+    norm(x.data(), p[0], p[1], h.data(), d, eps);
+    Matrix(p[2], p[3]).apply<false>(h.data(), qkv.data());
+    float* kc = k_cache.data_ptr<float>() + l * layer_stride;
+    float* vc = v_cache.data_ptr<float>() + l * layer_stride;
     for (int64_t hh = 0; hh < heads; ++hh) {
       float* q = qkv.data() + hh * hd;
       float* k = qkv.data() + d + hh * hd;
       const float* v = qkv.data() + 2 * d + hh * hd;
-      rotate(q, cos, sin, hd);
-      rotate(k, cos, sin, hd);
+      if (rope) rotate(q, cos, sin, hd), rotate(k, cos, sin, hd);
       std::copy(k, k + hd, kc + (hh * max_len + pos) * hd);
       std::copy(v, v + hd, vc + (hh * max_len + pos) * hd);
     }
     attend(qkv.data(), kc, vc, y.data(), heads, hd, max_len, pos + 1, scale, scores.data());
-    Matrix(p[3], p[4]).apply<true>(y.data(), x.data());  // x += proj(y)
-    rms_norm(x.data(), p[5].data_ptr<float>(), h.data(), d, static_cast<float>(eps));
-    Matrix(p[6], p[7]).apply<false>(h.data(), gu.data());
-    for (int64_t i = 0; i < ffn; ++i) {  // silu(gate) * up
-      const float g = gu[i];
-      gu[i] = g / (1.f + std::exp(-g)) * gu[ffn + i];
-    }
-    Matrix(p[8], p[9]).apply<true>(gu.data(), x.data());  // x += down(...)
+    std::fill(h.begin(), h.end(), 0.f);
+    Matrix(p[4], p[5]).apply<true>(y.data(), h.data());  // proj(y) + bias, then into the residual
+    add_bias(h.data(), p[6]);
+    for (int64_t i = 0; i < d; ++i) x[i] += h[i];
+    norm(x.data(), p[7], p[8], h.data(), d, eps);
+    Matrix(p[9], p[10]).apply<false>(h.data(), mid.data());
+    add_bias(mid.data(), p[11]);
+    activate(mid.data(), ffn, swiglu);
+    std::fill(h.begin(), h.end(), 0.f);
+    Matrix(p[12], p[13]).apply<true>(mid.data(), h.data());
+    add_bias(h.data(), p[14]);
+    for (int64_t i = 0; i < d; ++i) x[i] += h[i];
   }
-  rms_norm(x.data(), final_norm.data_ptr<float>(), h.data(), d, static_cast<float>(eps));
+  norm(x.data(), norm_w, norm_b, h.data(), d, eps);
   auto logits = torch::empty({1, head.size(0)}, torch::kFloat);
   Matrix(head, head_scale).apply<false>(h.data(), logits.data_ptr<float>());
   return logits;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("step", &step, "one llama-family decoding step for a single sequence");
+  m.def("step", &step, "one decoding step for a single sequence");
 }
