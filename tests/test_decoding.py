@@ -109,7 +109,7 @@ def test_native_step_equals_the_pytorch_decoder(family):
     model = Transformer(ModelConfig(family=family, vocab_size=97, d_model=40, n_layers=2, n_heads=4,
                                     max_seq_len=64)).eval()
     with torch.no_grad():  # biases and norm weights away from their initial 0 and 1, so they are tested
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     assert NativeDecoder.available(model, 1, torch.float32)
