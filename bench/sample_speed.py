@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from tinyscale.generate import Decoder, generate, resolve_dtype
-from tinyscale.model import KVCache, Transformer, cache_dtype, model_config
+from tinyscale.generate import generate, resolve_dtype
+from tinyscale.model import Transformer, model_config
 from tinyscale.train import machine_info
 
 
@@ -39,11 +39,11 @@ def measure(model: Transformer, batch: int, prompt_len: int, new_tokens: int, re
 
 
 def matmul_floor(model: Transformer, batch: int, dtype: str, repeats: int = 50) -> float:
-    """Tokens/s if a decoding step were nothing but its weight matrix products (the Decoder's own
-    weights, in its layout): the bound that per-op overhead, attention and sampling come on top of."""
+    """Tokens/s if a decoding step were nothing but its weight matrix products: the bound that
+    per-op overhead, attention and sampling come on top of."""
     dt = resolve_dtype(dtype, torch.device("cpu"), batch)
-    dec = Decoder(model, KVCache(model.cfg, batch, 8, dtype=cache_dtype(torch.device("cpu"), dt)), dt)
-    mats = [w for layer in dec.layers for w in (layer[2], layer[3], layer[7], layer[9])] + [dec.head]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    mats = [m.weight.detach().to(dt).t().contiguous() for m in linears]
     xs = {w.shape[0]: torch.randn(batch, w.shape[0], dtype=dt) for w in mats}
     best = float("inf")
     with torch.inference_mode():

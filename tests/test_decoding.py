@@ -1,3 +1,4 @@
+import contextlib
 import math
 
 import numpy as np
@@ -99,9 +100,10 @@ def native_losses(model, tokens: np.ndarray, int8: bool) -> float:
 
 
 @pytest.mark.parametrize("family", ["llama", "neo"])
-def test_native_step_equals_the_pytorch_decoder(family):
+def test_native_step_equals_the_forward_pass(family):
     from tinyscale.config import ModelConfig
-    from tinyscale.decoding import Decoder, NativeDecoder
+    from tinyscale.decoding import NativeDecoder
+    from tinyscale.generate import _forward_step
     from tinyscale.model import KVCache, Transformer
 
     native_or_skip()
@@ -119,10 +121,10 @@ def test_native_step_equals_the_pytorch_decoder(family):
         caches = [KVCache(model.cfg, 1, 40), KVCache(model.cfg, 1, 40)]
         first = model(prompt, caches[0])[:, -1]
         model(prompt, caches[1])
-        decoders = Decoder(model, caches[0]), NativeDecoder(model, caches[1])
+        steps = _forward_step(model, caches[0], contextlib.nullcontext()), NativeDecoder(model, caches[1]).step
         tok = first.argmax(-1)
         for _ in range(25):
-            ref, got = (d.step(tok) for d in decoders)
+            ref, got = (step(tok, None, None) for step in steps)
             torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
             tok = ref.argmax(-1)
         torch.testing.assert_close(caches[1].k[:, :, :, :35], caches[0].k[:, :, :, :35], atol=1e-5, rtol=1e-5)

@@ -1,9 +1,11 @@
+import contextlib
+
 import pytest
 import torch
 
 from tinyscale.devices import pick_device
 from tinyscale.errors import UserError
-from tinyscale.generate import Decoder, generate, resolve_dtype, sample_next
+from tinyscale.generate import _forward_step, generate, resolve_dtype, sample_next
 from tinyscale.model import KVCache, Transformer, bf16_native, model_config
 
 
@@ -99,7 +101,7 @@ def sharpened(family: str) -> Transformer:
 
 @pytest.mark.parametrize("family", ["llama", "neo"])
 @pytest.mark.parametrize("ragged", [False, True])
-def test_decoder_step_matches_full_forward(family, ragged):
+def test_one_token_steps_match_full_forward(family, ragged):
     model = build(family)
     seq = torch.tensor([[5, 9, 2, 40, 7, 7, 1, 3], [3, 8, 1, 1, 20, 4, 6, 2]])
     pad = torch.tensor([2, 0]) if ragged else torch.tensor([0, 0])
@@ -111,10 +113,9 @@ def test_decoder_step_matches_full_forward(family, ragged):
     positions = (cols[None, :P] - pad[:, None]).clamp(min=0)
     with torch.no_grad():
         model(seq[:, :P], cache, positions, mask[:, None])
-        decoder = Decoder(model, cache)
+        step = _forward_step(model, cache, contextlib.nullcontext())
         for t in (P, P + 1):
-            got = decoder.step(seq[:, t], P - pad + (t - P) if ragged else None,
-                               key_ok[:, None, None, :] if ragged else None)
+            got = step(seq[:, t], P - pad + (t - P) if ragged else None, key_ok[:, None, None, :] if ragged else None)
             for row in range(2):  # each row alone, without its padding, recomputed from scratch
                 want = model(seq[row:row + 1, pad[row]:t + 1])[0, -1]
                 torch.testing.assert_close(got[row], want, atol=1e-5, rtol=0)

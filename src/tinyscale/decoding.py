@@ -1,24 +1,24 @@
-"""Decoding speed, kept out of model.py: the one-token step, int8 weights and the thread policy.
+"""Decoding speed, kept out of model.py: the single-sequence kernel, int8 weights and the thread policy.
 
-At the sizes this lab trains, a decoding step costs more in per-op dispatch than in arithmetic, so
-``Decoder`` runs ``Transformer.forward``'s arithmetic for one token per row with as few PyTorch ops as
-possible. ``quantize_int8`` swaps every linear layer for ``Int8Linear`` (int8 weights with one scale
-per output row, activations quantized per call), whose products run in PyTorch's int8 CPU kernels:
-4x less weight memory and, on CPUs with int8 dot products, several times faster than float32 at
-batch 32 (bench/sample_speed.py). ``decode_threads`` runs small batches on one thread, where the
-synchronisation of a second thread costs more than it computes.
+At the sizes this lab trains, a decoding step of one sequence costs more in per-op dispatch than in
+arithmetic, so ``NativeDecoder`` runs the step of ``Transformer.forward`` for one token as one call
+into a C++ kernel (``kernels/decode_one.cpp``), with float32 or int8 weights. Batches decode through
+``Transformer.forward`` itself (generate.py): there the products dominate. ``quantize_int8`` swaps
+every linear layer for ``Int8Linear`` (int8 weights with one scale per output row, activations
+quantized per call), whose products run in PyTorch's int8 CPU kernels: 4x less weight memory and, on
+CPUs with int8 dot products, faster than float32 at batch 32 (bench/sample_speed.py).
+``decode_threads`` runs small batches on one thread, where the synchronisation of a second thread
+costs more than it computes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import warnings
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tinyscale.errors import UserError
@@ -83,129 +83,6 @@ def quantize_int8(model: Transformer) -> Transformer:
     return q
 
 
-def _product(x: Tensor, w: Tensor | Int8Linear) -> Tensor:
-    return x @ w if isinstance(w, Tensor) else w(x)
-
-
-def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """Attention of one query per row and head, q [B, H, 1, hd], over keys and values [B, H, S, hd].
-
-    Written out as two batched products around a softmax: PyTorch's CPU flash-attention kernel
-    works through the keys in blocks meant for many queries, and for one query it was 5-25x slower
-    than this (1.3 ms against ~0.1 ms per layer at 32 rows and 130 keys, width 288)."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
-    if mask is not None:
-        scores = scores.masked_fill_(~mask, float("-inf"))
-    return torch.matmul(scores.softmax(dim=-1), v)
-
-
-class Decoder:
-    """Decoding steps of one token per row over a filled KVCache.
-
-    The arithmetic of ``Transformer.forward`` with T = 1, flattened to [B, C] activations: no masks
-    or position tables rebuilt per step, q/k/v rotated in one op (v through cos = 1, sin = 0), the
-    residual add fused into the projection's matrix multiply (``addmm``), and rotary tables looked
-    up once per step rather than once per layer. In float32 its logits equal the model's forward
-    within 1e-5 (tested). With ``dtype=bfloat16`` the weight matrix multiplies run in bfloat16,
-    attention in the cache's dtype, and the residual stream and norms in float32. A model from
-    ``quantize_int8`` decodes with its int8 products (then `dtype` is float32).
-    """
-
-    def __init__(self, model: Transformer, cache: KVCache, dtype: torch.dtype = torch.float32) -> None:
-        cfg = model.cfg
-        self.cache, self.dtype, self.llama = cache, dtype, cfg.family == "llama"
-        self.attn_dtype = cache.k.dtype
-        self.n_heads, self.head_dim, self.d_model, self.eps = cfg.n_heads, cfg.head_dim, cfg.d_model, cfg.norm_eps
-        self.fp32 = dtype == torch.float32
-        self.scale = 1.0 / math.sqrt(cfg.head_dim)
-
-        def mat(layer: nn.Module) -> Tensor | Int8Linear:
-            if isinstance(layer, Int8Linear):
-                return layer
-            # nn.Linear stores [out, in]; a contiguous [in, out] copy makes `x @ W` read the weights in
-            # order, which at batch 1 (a memory-bound matrix-vector product) is ~1.4x faster here.
-            return layer.weight.detach().to(dtype).t().contiguous()
-
-        def bias(layer: nn.Module) -> Tensor | None:  # Int8Linear adds its own bias
-            b = getattr(layer, "bias", None) if isinstance(layer, nn.Linear) else None
-            return None if b is None else b.detach().to(dtype)
-
-        def vec(p: Tensor | None) -> Tensor | None:
-            return None if p is None else p.detach()
-
-        self.layers = []
-        for i, blk in enumerate(model.blocks):
-            a, m = blk.attn, blk.mlp
-            self.layers.append((
-                vec(blk.attn_norm.weight), vec(getattr(blk.attn_norm, "bias", None)),
-                mat(a.qkv), mat(a.proj), bias(a.proj),
-                vec(blk.mlp_norm.weight), vec(getattr(blk.mlp_norm, "bias", None)),
-                mat(m.fc), bias(m.fc), mat(m.proj), bias(m.proj),
-                cache.k[i], cache.v[i],
-            ))
-        self.tok_emb = model.tok_emb.weight.detach()
-        self.pos_emb = None if model.pos_emb is None else model.pos_emb.weight.detach()
-        self.norm = (vec(model.norm.weight), vec(getattr(model.norm, "bias", None)))
-        self.head = mat(model.head)
-        if self.llama:  # [max_len, 3 (q, k, v), 1 (rows), 1 (heads), head_dim]; v is left as it is
-            cos, sin = model.rope_cos, model.rope_sin
-            self.cos = torch.stack((cos, cos, torch.ones_like(cos)), 1)[:, :, None, None].to(self.attn_dtype)
-            self.sin = torch.stack((sin, sin, torch.zeros_like(sin)), 1)[:, :, None, None].to(self.attn_dtype)
-
-    def _norm(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        if self.llama:
-            h = F.rms_norm(x, (self.d_model,), w, self.eps)
-        else:
-            h = F.layer_norm(x, (self.d_model,), w, b, self.eps)
-        return h if self.fp32 else h.to(self.dtype)
-
-    def _residual(self, x: Tensor, y: Tensor, w: Tensor | Int8Linear, b: Tensor | None) -> Tensor:
-        """x + y @ W.T (+ b): one fused op in float32; other products are added to the float32 stream."""
-        if self.fp32 and isinstance(w, Tensor):
-            x = torch.addmm(x, y, w)
-            return x if b is None else x.add_(b)
-        y = _product(y, w)
-        return x + (y if b is None else y + b)
-
-    def step(self, tok: Tensor, positions: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
-        """Logits [B, vocab] for tokens [B] written at cache column ``cache.pos`` (then advanced).
-
-        positions: per-row rotary/learned positions [B] (default: the column, as for unpadded rows).
-        key_mask: [B, 1, 1, >= pos + 1] booleans, True where a row may attend (padding hidden).
-        """
-        col = self.cache.pos
-        end = col + 1
-        B, H, hd = tok.shape[0], self.n_heads, self.head_dim
-        pos = col if positions is None else positions
-        x = F.embedding(tok, self.tok_emb)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb[pos]
-        if self.llama:  # per-step tables broadcasting over [3, B, H, hd]
-            cos, sin = self.cos[pos], self.sin[pos]
-            if positions is not None:  # [B, 3, 1, 1, hd] -> [3, B, 1, hd]
-                cos, sin = cos[:, :, 0].transpose(0, 1), sin[:, :, 0].transpose(0, 1)
-        mask = None if key_mask is None else key_mask[..., :end]
-        for n1w, n1b, wqkv, wo, bo, n2w, n2b, wfc, bfc, wdown, bdown, kc, vc in self.layers:
-            qkv = _product(self._norm(x, n1w, n1b), wqkv).to(self.attn_dtype).view(B, 3, H, hd).transpose(0, 1)
-            if self.llama:
-                qkv = torch.addcmul(qkv * cos, qkv.roll(hd // 2, -1), sin)
-            kc[:, :, col] = qkv[1]
-            vc[:, :, col] = qkv[2]
-            y = _attend(qkv[0, :, :, None], kc[:, :, :end], vc[:, :, :end], mask, self.scale).reshape(B, H * hd)
-            x = self._residual(x, y.to(wo.dtype) if isinstance(wo, Tensor) else y, wo, bo)
-            h = _product(self._norm(x, n2w, n2b), wfc)
-            if bfc is not None:
-                h += bfc
-            if self.llama:
-                gate, up = h.chunk(2, dim=-1)
-                h = F.silu(gate).mul_(up)
-            else:
-                h = F.gelu(h, approximate="tanh")
-            x = self._residual(x, h, wdown, bdown)
-        self.cache.pos = end
-        return _product(self._norm(x, *self.norm), self.head)
-
-
 def _int8_rows(w: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric int8 weights with one float32 scale per output row."""
     w = w.detach().float()
@@ -251,12 +128,13 @@ def _native_weights(model: Transformer, int8: bool) -> dict:
 
 
 class NativeDecoder:
-    """``Decoder.step`` for one sequence on the CPU (either family), as one C++ call per token
+    """One-token decoding steps of one sequence on the CPU (either family), one C++ call per token
     (``kernels/decode_one.cpp``): float32 weights, or int8 weights with per-row scales when `int8`.
 
     At batch 1 a step is a chain of matrix-vector products plus ~20 small ops per layer, and issuing
     those ops from Python costs about as much as the products (see the kernel's header). Use
-    ``NativeDecoder.available(model, batch)`` first; generate() falls back to ``Decoder`` otherwise.
+    ``NativeDecoder.available(model, batch, dtype)`` first; generate() uses ``Transformer.forward``
+    otherwise. Its logits equal the forward pass's within 1e-5 (tests/test_decoding.py).
     """
 
     def __init__(self, model: Transformer, cache: KVCache, int8: bool = False) -> None:

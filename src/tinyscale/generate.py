@@ -5,16 +5,15 @@ gets its own position ids (counting from its first real token) and a mask that h
 so every row computes exactly what it would alone. The cache is preallocated for prompt plus new
 tokens, and each step feeds one token per row.
 
-Speed: the prompt goes through ``Transformer.forward`` once; every later step goes through
-``decoding.Decoder``, the same arithmetic for one token per row written with as few PyTorch ops as
-possible, because at these sizes a step costs more in per-op dispatch than in arithmetic; small
-batches decode on one thread (``decoding.decode_threads``). A single sequence of a llama-family model
-on the CPU decodes with ``decoding.NativeDecoder``, the whole step in one C++ call (``kernels/``),
-where the kernel could be built; with ``dtype="int8"`` its weights are int8 with per-row scales. ``dtype="bf16"`` runs the weight matrix
-multiplies in bfloat16 (residual stream, norms and sampling stay float32), which pays off on CPUs
-with native bf16 once the batch is large enough; the cache and attention stay float32 on CPU, where
-PyTorch attends over a bf16 cache 2-5x more slowly (see model.py). ``dtype="int8"`` (CPU) runs every
-linear layer with int8 weights (``decoding.quantize_int8``).
+Speed: the prompt goes through ``Transformer.forward`` once, and so does every later step, one
+token per row, unless the batch is a single sequence on the CPU: then each step is one call into
+the C++ kernel of ``decoding.NativeDecoder`` (``kernels/decode_one.cpp``), because at one row a step
+costs more in per-op dispatch than in arithmetic (with ``dtype="int8"`` its weights are int8 with
+per-row scales). Small batches decode on one thread (``decoding.decode_threads``). ``dtype="bf16"``
+runs the weight matrix multiplies in bfloat16 under autocast, which pays off on CPUs with native
+bf16 once the batch is large enough; the cache and attention stay float32 on CPU, where PyTorch
+attends over a bf16 cache 2-5x more slowly (see model.py). ``dtype="int8"`` (CPU) at larger batches
+runs every linear layer with int8 weights and activations (``decoding.quantize_int8``).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from tinyscale.decoding import Decoder, NativeDecoder, decode_threads, quantize_int8
+from tinyscale.decoding import NativeDecoder, decode_threads, quantize_int8
 from tinyscale.devices import bf16_native, pick_device  # noqa: F401  (pick_device's former home: still importable)
 from tinyscale.errors import UserError
 from tinyscale.model import KVCache, Transformer, cache_dtype
@@ -171,17 +170,25 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
     else:
         with autocast:
             logits = model(idx, cache)[:, -1]
-    if native:  # one sequence: the whole step in one C++ call, on the caller's threads (decoding.py)
-        decoder, threads = NativeDecoder(model, cache, int8=dtype == "int8"), contextlib.nullcontext()
-    else:
-        decoder, threads = Decoder(model, cache, dt), decode_threads(B)
-    with threads:
+    step = NativeDecoder(model, cache, int8=dtype == "int8").step if native else _forward_step(model, cache, autocast)
+    # The kernel runs on the caller's threads; PyTorch ops at small batches run on one (decoding.py).
+    with contextlib.nullcontext() if native else decode_threads(B):
         for t in range(max_new_tokens):
             out[:, t] = tok = sample_next(logits, temperature, top_k, top_p, gen)
             if _finished(tok, done, eot_id) or t == max_new_tokens - 1:
                 break
-            logits = decoder.step(tok, None if positions is None else positions + t, key_ok)
+            logits = step(tok, None if positions is None else positions + t, key_ok)
     return _cut(out[:, : t + 1].tolist(), eot_id)
+
+
+def _forward_step(model: Transformer, cache: KVCache, autocast):
+    """One token per row through ``Transformer.forward``: logits [B, vocab] for tokens [B] at
+    ``cache.pos``, with per-row positions [B] and key mask [B, 1, 1, >= pos + 1] for padded rows."""
+    def step(tok: Tensor, positions: Tensor | None, key_ok: Tensor | None) -> Tensor:
+        mask = None if key_ok is None else key_ok[..., : cache.pos + 1]
+        with autocast:
+            return model(tok[:, None], cache, None if positions is None else positions[:, None], mask)[:, -1]
+    return step
 
 
 def _finished(tok: Tensor, done: Tensor, eot_id: int | None) -> bool:

@@ -2,8 +2,8 @@
 //
 // Why by hand: at batch 1 a step is ~8 matrix-vector products per layer plus a dozen small
 // vector ops. Issued one by one from Python each op costs a few microseconds of dispatch, which at
-// the widths this lab trains is as much as the arithmetic (decoding.py's Decoder spends ~1/3 of a
-// step outside its products). Here the whole step is one C++ call: the products stream each weight
+// the widths this lab trains is as much as the arithmetic (a Python decoder written op by op spent
+// ~1/3 of a step outside its products). Here the whole step is one C++ call: the products stream each weight
 // row once (memory-bound), and the norms, rotary positions, attention and SwiGLU run in registers.
 // The arithmetic is model.py's, in the same order where it matters (see decoding.NativeDecoder).
 //
