@@ -67,3 +67,21 @@ def test_duplicate_names_and_bad_yaml_are_user_errors(tmp_path):
     path.write_text("data: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_sweep(path)
+
+
+def test_launch_runs_jobs_two_at_a_time_and_returns_results_in_job_order():
+    import threading
+
+    from tinyscale.sweep import launch
+
+    both_running = threading.Barrier(2, timeout=10)  # only passes if two jobs run at the same time
+
+    def job(n: int) -> dict:
+        if n < 2:
+            both_running.wait()
+        return {"name": f"j{n}", "status": "done", "square": n * n}
+
+    results = launch([0, 1, 2, 3], job, "local", parallel=2)
+    assert [r["square"] for r in results] == [0, 1, 4, 9]
+    with pytest.raises(UserError, match="--launcher"):
+        launch([0], job, "slurm")

@@ -17,7 +17,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -197,13 +199,10 @@ def run_sweep(path: str | Path, launcher: str | None = None) -> list[dict[str, A
         raise UserError(f"{cfg.data}: shards folder of the sweep not found")
     specs = expand(cfg)
     launcher = launcher or cfg.launcher
-    total_threads = cfg.threads or os.cpu_count() or 1
-    threads = max(1, total_threads // cfg.parallel) if launcher == "local" else max(1, int(cfg.ray.num_cpus))
+    threads = threads_per_job(launcher, cfg.parallel, cfg.threads, cfg.ray)
     write_plan(cfg, sweep_dir, specs, threads)
-    if launcher == "ray":
-        results = _run_ray(cfg, sweep_dir, specs, threads)
-    else:
-        results = _run_local(cfg, sweep_dir, specs, threads)
+    job = partial(run_one, data=cfg.data, sweep_dir=str(sweep_dir.resolve()), eval_opts=cfg.eval, threads=threads)
+    results = sorted(launch(specs, job, launcher, cfg.parallel, cfg.ray, "sweep"), key=lambda r: r["name"])
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
         names = ", ".join(f"{r['name']} (see {r['log']})" for r in failed)
@@ -211,37 +210,62 @@ def run_sweep(path: str | Path, launcher: str | None = None) -> list[dict[str, A
     return results
 
 
-def _run_local(cfg: SweepConfig, sweep_dir: Path, specs: list[dict], threads: int) -> list[dict]:
-    results = []
-    with progress.bar(len(specs), "sweep") as bar, ThreadPoolExecutor(max_workers=cfg.parallel) as pool:
-        futures = [pool.submit(run_one, s, cfg.data, str(sweep_dir), cfg.eval, threads) for s in specs]
+# --- launchers: the same for training runs and for anything else made of independent jobs ---------------
+
+
+def threads_per_job(launcher: str, parallel: int, total: int | None, ray: RayOptions) -> int:
+    """Local jobs share the machine's threads (or `total`); a Ray job gets the CPUs it reserved."""
+    if launcher == "ray":
+        return max(1, int(ray.num_cpus))
+    return max(1, (total or os.cpu_count() or 1) // parallel)
+
+
+def launch(jobs: list[Any], fn: Callable[[Any], dict[str, Any]], launcher: str = "local", parallel: int = 1,
+           ray: RayOptions | None = None, label: str = "jobs") -> list[dict[str, Any]]:
+    """`fn(job)` for every job, `parallel` at a time in local threads, or as Ray tasks (`fn` then runs
+    wherever Ray puts it, so it must be picklable and touch only shared paths). `fn` returns a dict
+    with "name" and "status", shown on the progress bar. Results come back in the order of `jobs`."""
+    if launcher not in ("local", "ray"):
+        raise UserError(f"--launcher {launcher}: expected local or ray")
+    run = _launch_ray if launcher == "ray" else _launch_local
+    with progress.bar(len(jobs), label if launcher == "local" else f"{label} (ray)") as bar:
+        return run(jobs, fn, parallel, ray or RayOptions(), bar)
+
+
+def _launch_local(jobs: list[Any], fn: Callable, parallel: int, ray: RayOptions, bar: Any) -> list[dict]:
+    results: list[dict | None] = [None] * len(jobs)
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
         for fut in as_completed(futures):
-            results.append(fut.result())
-            bar.update(1, last=f"{results[-1]['name']} {results[-1]['status']}")
-    return sorted(results, key=lambda r: r["name"])
+            results[futures[fut]] = r = fut.result()
+            bar.update(1, last=f"{r['name']} {r['status']}")
+    return results  # type: ignore[return-value]
 
 
-def _run_ray(cfg: SweepConfig, sweep_dir: Path, specs: list[dict], threads: int) -> list[dict]:
+def _call(fn: Callable[[Any], dict], job: Any) -> dict:
+    return fn(job)  # ray.remote takes plain functions only, not partials
+
+
+def _launch_ray(jobs: list[Any], fn: Callable, parallel: int, opts: RayOptions, bar: Any) -> list[dict]:
     try:
         import ray
     except ImportError:
         raise UserError("the ray launcher needs Ray: pip install 'tinyscale[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=False)
+        ray.init(address=opts.address, include_dashboard=False, log_to_driver=False)
     try:
-        task = ray.remote(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)(run_one)
-        pending = [task.remote(s, cfg.data, str(sweep_dir.resolve()), cfg.eval, threads) for s in specs]
-        results = []
-        with progress.bar(len(specs), "sweep (ray)") as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                results.append(ray.get(done[0]))
-                bar.update(1, last=f"{results[-1]['name']} {results[-1]['status']}")
+        task = ray.remote(num_cpus=opts.num_cpus, num_gpus=opts.num_gpus)(_call)
+        index = {task.remote(fn, job): i for i, job in enumerate(jobs)}
+        pending, results = list(index), [None] * len(jobs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results[index[done[0]]] = r = ray.get(done[0])
+            bar.update(1, last=f"{r['name']} {r['status']}")
     finally:
         if started_here:
             ray.shutdown()
-    return sorted(results, key=lambda r: r["name"])
+    return results  # type: ignore[return-value]
 
 
 def sweep_status(path: str | Path) -> list[dict[str, Any]]:
