@@ -626,6 +626,9 @@ def _add_incentivize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=_positive_int, default=3, help="--compare: seeds per size (default 3)")
     p.add_argument("--eval-questions", type=_positive_int, default=200, help="--compare: held-out questions")
     p.add_argument("--sampled", action="store_true", help="--compare: also evaluate sampled answers (temperature 1)")
+    p.add_argument("--launcher", choices=["local", "ray"], help="--compare: one job per size (default: the sweep's, else local)")
+    p.add_argument("--parallel", type=_positive_int, help="--compare, local launcher: sizes at once (default 1)")
+    p.add_argument("--size-job", action="store_true", help=argparse.SUPPRESS)  # what each launched job runs
     p.add_argument("--reward", help="hallucination (default), required_words or module:function")
     p.add_argument("--threshold", type=float, help="hallucination: score by confidence threshold t")
     p.add_argument("--prompts", help="world (default), world-words, or a JSONL file of {prompt, truth}")
@@ -633,7 +636,9 @@ def _add_incentivize(sub: argparse._SubParsersAction) -> None:
     for flag, kind in (("steps", _positive_int), ("tokens", _count), ("group", _positive_int), ("kl", float),
                        ("clip", float), ("updates", _positive_int), ("lr", float), ("warmup", _nonnegative_int), ("prompts-per-step", _positive_int),
                        ("max-new-tokens", _positive_int), ("temperature", float), ("seed", int),
-                       ("checkpoint-every", _positive_int), ("device", str), ("threads", _positive_int)):
+                       ("checkpoint-every", _positive_int), ("device", str), ("threads", _positive_int),
+                       ("start-step", _nonnegative_int), ("prompt-count", _positive_int), ("world-seed", int),
+                       ("unanswerable", float), ("grad-clip", float), ("log-every", _positive_int)):
         p.add_argument(f"--{flag}", type=kind)
     p.set_defaults(func=_run_incentivize)
 
@@ -650,16 +655,18 @@ def _run_incentivize(args: argparse.Namespace) -> None:
     if args.resume:
         print(policy_gradient.resume(args.resume, **opts))
         return
-    if not args.runs or not args.out:
+    if not args.runs or not (args.out or args.compare):
         raise UserError("incentivize: give a starting RUN and --out (or --resume DIR)")
     try:
         cfg = policy_gradient.IncentiveConfig(start=args.runs[0], **opts)
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}") from None
-    if args.compare:
+    if args.compare and args.size_job:
+        compare.run_sizes(args.runs, args.out, cfg, args.seeds, args.eval_questions, args.sampled)
+    elif args.compare:
         summary = compare.compare(args.runs, args.out, cfg, seeds=args.seeds, questions=args.eval_questions,
-                                  sampled=args.sampled)
+                                  sampled=args.sampled, launcher=args.launcher, parallel=args.parallel)
         print(compare.table(summary), end="")
     else:
         print(policy_gradient.incentivize(cfg, args.out))

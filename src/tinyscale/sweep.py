@@ -115,7 +115,7 @@ def run_name(varied: dict[str, Any]) -> str:
     return "-".join(str(p).replace("/", "_") for p in parts) or "run"
 
 
-def _flags(options: dict[str, Any]) -> list[str]:
+def cli_flags(options: dict[str, Any]) -> list[str]:
     """Turn snake_case options into `--kebab-case value` flags; booleans become `--x` / `--no-x`."""
     out: list[str] = []
     for key, value in options.items():
@@ -141,8 +141,8 @@ def commands(spec: dict[str, Any], data: str, run_dir: Path, eval_opts: dict[str
         opts["threads"] = threads
     train = ["tinyscale", "-q", "train"]
     train += ["--resume", str(run_dir)] if resume else ["--data", data, "--out", str(run_dir)]
-    train += _flags(opts) if not resume else _flags({k: v for k, v in opts.items() if k in ("threads", "device")})
-    evaluate = ["tinyscale", "-q", "eval", str(run_dir), *_flags(eval_opts)]
+    train += cli_flags(opts) if not resume else cli_flags({k: v for k, v in opts.items() if k in ("threads", "device")})
+    evaluate = ["tinyscale", "-q", "eval", str(run_dir), *cli_flags(eval_opts)]
     return [train, evaluate]
 
 

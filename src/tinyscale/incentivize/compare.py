@@ -17,14 +17,23 @@ and metric), CMP/figure.json (per metric and arm, the points against parameters:
 sweep report draws, each metric against model size, teach and incentivize side by side) and
 CMP/compare.md (the table).
 
-Sizes run one after another in this process (a plain loop, not the sweep launchers: each arm is
-minutes on a CPU, and the arms of one size depend on each other through the token budget).
+Sizes are independent, so each is one job (`run_size`: the start's evaluation, then per seed the
+incentivize arm, the teach arm on its token budget and their evaluations, which depend on each
+other) launched through the sweep launchers, local or Ray, as the subprocess
+`tinyscale incentivize RUN --compare --size-job --out CMP ...` writing CMP/<size>/ (log in
+CMP/logs/<size>.log); the parent then merges what the jobs left on disk. A sweep folder as the one
+argument brings its launcher, `parallel`, `threads` and Ray options, and CMP defaults to
+SWEEP/incentivize, where `tinyscale report SWEEP` finds it.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 import shutil
+import subprocess
+import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +53,7 @@ from tinyscale.incentivize.policy_gradient import (
 )
 from tinyscale.incentivize.rewards import call_reward, load_reward, parse_answer
 from tinyscale.runs import list_checkpoints, load_model, load_tokenizer, read_run
+from tinyscale.sweep import RayOptions, cli_flags, launch, load_sweep, threads_per_job
 
 ARMS = ("start", "teach", "incentivize")
 METRICS = ("accuracy_answerable", "idk_answerable", "idk_unanswerable", "confident_wrong",
@@ -170,44 +180,140 @@ def _last_state(run_dir: Path) -> Path:
 
 
 def _evaluated(run_dir: Path, opts: dict[str, Any], stem: Path) -> dict[str, Any]:
-    """Greedy metrics, plus the sampled ones under `sampled_<metric>` when `opts` asks for them."""
-    out = {}
-    for prefix, temperature in (("", 0.0), ("sampled_", 1.0)) if opts.get("sampled") else (("", 0.0),):
-        path = stem.with_name(f"{stem.name}{'-t1' if temperature else ''}.json")
+    """Evaluate a run unless its answers file exists already; return its metrics (see `_read_answers`)."""
+    for path, temperature in _answer_paths(stem, opts.get("sampled", False)):
         if not path.is_file():
             kw = {k: v for k, v in opts.items() if k != "sampled"}
             write_json(path, evaluate_answers(run_dir, **kw, temperature=temperature))
-        out |= {prefix + k: v for k, v in read_json(path).items()}
+    return _read_answers(stem, opts.get("sampled", False))
+
+
+def _answer_paths(stem: Path, sampled: bool) -> list[tuple[Path, float]]:
+    """Greedy answers in STEM.json, and sampled ones (temperature 1) in STEM-t1.json when asked for."""
+    out = [(stem.with_name(f"{stem.name}.json"), 0.0)]
+    return out + [(stem.with_name(f"{stem.name}-t1.json"), 1.0)] if sampled else out
+
+
+def _read_answers(stem: Path, sampled: bool) -> dict[str, Any]:
+    """Greedy metrics, plus the sampled ones under `sampled_<metric>`."""
+    out: dict[str, Any] = {}
+    for path, temperature in _answer_paths(stem, sampled):
+        out |= {("sampled_" if temperature else "") + k: v for k, v in read_json(path).items()}
     return out
 
 
-def compare(starts: list[str], out: str | Path, base: IncentiveConfig, seeds: int = 3,
-            questions: int = 200, sampled: bool = False) -> dict[str, Any]:
-    """Run both arms for every start and seed; write and return the summary (see module doc)."""
-    out = Path(out)
-    if seeds < 1:
-        raise UserError(f"--seeds: must be positive, got {seeds}")
+def _stems(here: Path, seeds: int) -> dict[str, list[Path]]:
+    """Where each arm's evaluations of one size live, seed by seed (the start has one)."""
+    return {"start": [here / "start-answers"],
+            **{arm: [here / f"{arm}-s{seed}" / "answers" for seed in range(seeds)] for arm in ("teach", "incentivize")}}
+
+
+def run_sizes(starts: list[str], out: str | Path | None, base: IncentiveConfig, seeds: int, questions: int,
+              sampled: bool) -> None:
+    """Each start's size job in this process, one after another (what a launched job runs)."""
+    if out is None:
+        raise UserError("incentivize --size-job: give --out")
     opts = {"questions": questions, "world_seed": base.world_seed, "reward": base.reward,
             "threshold": base.threshold, "device": "cpu", "sampled": sampled}
-    results: dict[str, dict[str, list[dict]]] = {}
-    sizes: dict[str, dict[str, Any]] = {}
+    if base.threads:
+        torch.set_num_threads(base.threads)
     for run in start_runs(starts):
-        name = run.name
-        info = read_run(run)
-        sizes[name] = {"run": str(run.resolve()), "params": (info.get("params") or {}).get("total"),
-                       "non_embedding": (info.get("params") or {}).get("non_embedding")}
-        here = out / name
-        here.mkdir(parents=True, exist_ok=True)
-        results[name] = {"start": [_evaluated(run, opts, here / "start-answers")], "teach": [],
-                         "incentivize": []}
-        for seed in range(seeds):
-            progress.info(f"compare: {name}, seed {seed}")
-            rl = base.model_copy(update={"start": str(run), "seed": seed, "objective": "incentivize"})
-            used = _arm(rl, here / f"incentivize-s{seed}")
-            teach = rl.model_copy(update={"objective": "teach", "tokens": used, "steps": 10**6})
-            _arm(teach, here / f"teach-s{seed}")
-            for arm in ("teach", "incentivize"):
-                results[name][arm].append(_evaluated(here / f"{arm}-s{seed}", opts, here / f"{arm}-s{seed}" / "answers"))
+        run_size(run, Path(out), base, seeds, opts)
+
+
+def run_size(run: Path, out: Path, base: IncentiveConfig, seeds: int, opts: dict[str, Any]) -> None:
+    """One size's job, into OUT/<size>/: evaluate the start, then per seed the incentivize arm, the teach
+    arm on the tokens it used, and both evaluations. Finished arms and evaluations are kept."""
+    here = out / run.name
+    here.mkdir(parents=True, exist_ok=True)
+    _evaluated(run, opts, here / "start-answers")
+    for seed in range(seeds):
+        progress.info(f"compare: {run.name}, seed {seed}")
+        rl = base.model_copy(update={"start": str(run), "seed": seed, "objective": "incentivize"})
+        used = _arm(rl, here / f"incentivize-s{seed}")
+        _arm(rl.model_copy(update={"objective": "teach", "tokens": used, "steps": 10**6}), here / f"teach-s{seed}")
+        for arm in ("teach", "incentivize"):
+            _evaluated(here / f"{arm}-s{seed}", opts, here / f"{arm}-s{seed}" / "answers")
+
+
+def _size_done(here: Path, seeds: int, sampled: bool) -> bool:
+    return all(p.is_file() for stems in _stems(here, seeds).values() for stem in stems
+               for p, _ in _answer_paths(stem, sampled))
+
+
+def default_out(starts: list[str]) -> Path:
+    """SWEEP/incentivize when the one argument is a sweep folder; otherwise --out is needed."""
+    if len(starts) == 1 and (Path(starts[0]) / "runs").is_dir() and not (Path(starts[0]) / "run.json").is_file():
+        return Path(starts[0]) / "incentivize"
+    raise UserError("incentivize --compare: give --out (it defaults to SWEEP/incentivize only for one sweep folder)")
+
+
+def launch_plan(starts: list[str], launcher: str | None, parallel: int | None, ray: RayOptions | None,
+                threads: int | None) -> tuple[str, int, RayOptions, int]:
+    """(launcher, jobs at once, Ray options, threads per job): what is given, else the sweep's when the
+    one argument is a sweep folder with a sweep.yaml, else local, one size at a time."""
+    sweep = load_sweep(starts[0]) if len(starts) == 1 and (Path(starts[0]) / "sweep.yaml").is_file() else None
+    launcher = launcher or (sweep.launcher if sweep else "local")
+    parallel = parallel or (sweep.parallel if sweep else 1)
+    ray = ray or (sweep.ray if sweep else RayOptions())
+    return launcher, parallel, ray, threads_per_job(launcher, parallel, threads or (sweep.threads if sweep else None), ray)
+
+
+def compare(starts: list[str], out: str | Path | None, base: IncentiveConfig, seeds: int = 3,
+            questions: int = 200, sampled: bool = False, launcher: str | None = None, parallel: int | None = None,
+            ray: RayOptions | None = None) -> dict[str, Any]:
+    """Run every size's job through the sweep launchers (`run_size`, one `tinyscale incentivize
+    --size-job` subprocess per size), then write and return the summary (see module doc)."""
+    if seeds < 1:
+        raise UserError(f"--seeds: must be positive, got {seeds}")
+    runs = start_runs(starts)
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):
+        raise UserError(f"--compare: two starting runs share a folder name ({', '.join(names)})")
+    out = Path(out or default_out(starts)).resolve()
+    launcher, parallel, ray, threads = launch_plan(starts, launcher, parallel, ray, base.threads)
+    flags = job_flags(base, seeds, questions, sampled, threads)
+    jobs = [{"name": r.name, "run": str(r.resolve())} for r in runs if not _size_done(out / r.name, seeds, sampled)]
+    results = launch(jobs, partial(size_job, out=str(out), flags=flags), launcher, parallel, ray, "compare")
+    failed = [r for r in results if r["status"] == "failed"]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(runs)} sizes failed: "
+                        + ", ".join(f"{r['name']} (see {r['log']})" for r in failed))
+    return write_summary(runs, out, base, seeds, sampled)
+
+
+def job_flags(base: IncentiveConfig, seeds: int, questions: int, sampled: bool, threads: int) -> list[str]:
+    """The command-line flags that make a size's job compute what `base` says."""
+    opts = base.model_dump(exclude_defaults=True, exclude={"start", "seed", "objective", "threads"})
+    return [*cli_flags(opts), "--seeds", str(seeds), "--eval-questions", str(questions),
+            *(["--sampled"] if sampled else []), "--threads", str(threads)]
+
+
+def size_job(job: dict[str, str], out: str, flags: list[str]) -> dict[str, Any]:
+    """Run one size's job in a subprocess (its own threads; on Ray, on whichever machine runs it),
+    logging to OUT/logs/<size>.log."""
+    log_path = Path(out) / "logs" / f"{job['name']}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["tinyscale", "-q", "incentivize", job["run"], "--compare", "--size-job", "--out", out, *flags]
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write("$ " + " ".join(map(shlex.quote, cmd)) + "\n")
+        log.flush()
+        code = subprocess.run([sys.executable, "-m", "tinyscale.cli", *cmd[1:]], stdout=log,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+    if code != 0:
+        return {"name": job["name"], "status": "failed", "exit_code": code, "log": str(log_path)}
+    return {"name": job["name"], "status": "done"}
+
+
+def write_summary(runs: list[Path], out: Path, base: IncentiveConfig, seeds: int, sampled: bool) -> dict[str, Any]:
+    """Merge the sizes' evaluations on disk into compare.json, figure.json and compare.md."""
+    results, sizes = {}, {}
+    for run in runs:
+        params = read_run(run).get("params") or {}
+        sizes[run.name] = {"run": str(run.resolve()), "params": params.get("total"),
+                           "non_embedding": params.get("non_embedding")}
+        results[run.name] = {arm: [_read_answers(stem, sampled) for stem in stems]
+                             for arm, stems in _stems(out / run.name, seeds).items()}
     summary = summarize(results, sizes, base, seeds)
     write_json(out / "compare.json", summary)
     write_json(out / "figure.json", figure_data(summary))

@@ -1,0 +1,84 @@
+"""Teach versus incentivize over sizes through the sweep launchers: one job per size, merged, resumable."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from _tiny_shards import make_shards
+from tinyscale.config import ModelConfig
+from tinyscale.errors import UserError
+from tinyscale.fileio import write_json
+from tinyscale.incentivize.compare import compare, default_out
+from tinyscale.incentivize.policy_gradient import IncentiveConfig
+from tinyscale.model import Transformer
+from tinyscale.train import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A sweep folder with two randomly initialized tiny sizes (long context: world questions follow a story)."""
+    root = tmp_path_factory.mktemp("cmp")
+    shards = make_shards(root, stories=60)
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(shards / "tokenizer.json")).get_vocab_size()
+    for width in (8, 16):
+        cfg = ModelConfig(vocab_size=vocab, d_model=width, n_layers=1, n_heads=2, max_seq_len=1280)
+        torch.manual_seed(width)
+        model = Transformer(cfg)
+        run = root / "sw" / "runs" / f"d{width}"
+        total = sum(p.numel() for p in model.parameters())
+        write_json(run / "run.json", {"model": cfg.model_dump(), "data": {"dir": str(shards)},
+                                      "params": {"total": total, "non_embedding": total - vocab * width}})
+        shutil.copy(shards / "tokenizer.json", run / "tokenizer.json")
+        save_checkpoint(run, 0, model, {"step": 0})
+    return root / "sw"
+
+
+BASE = dict(steps=2, group=2, prompts_per_step=1, max_new_tokens=3, updates=1, prompt_count=12, lr=1e-3,
+            checkpoint_every=1, warmup=0, device="cpu")
+
+
+def _files(folder):
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_sizes_run_as_parallel_jobs_merge_and_resume(sweep, tmp_path):
+    out = tmp_path / "cmp"
+    base = IncentiveConfig(start=str(sweep / "runs" / "d8"), **BASE)
+    summary = compare([str(sweep)], out, base, seeds=2, questions=6, launcher="local", parallel=2)
+    rows = {(r["size"], r["arm"]): r for r in summary["rows"]}
+    assert set(rows) == {(s, a) for s in ("d8", "d16") for a in ("start", "teach", "incentivize")}
+    for (_, arm), row in rows.items():
+        assert row["accuracy_answerable"]["n"] == (1 if arm == "start" else 2)  # intervals over seeds
+        assert row["val_loss"]["lo"] <= row["val_loss"]["mean"] <= row["val_loss"]["hi"]
+    assert json.loads((out / "compare.json").read_text())["rows"] == json.loads(json.dumps(summary["rows"]))
+    figure = json.loads((out / "figure.json").read_text())
+    assert [p["params"] for p in figure["mean_reward"]["teach"]] == sorted(rows[(s, "teach")]["params"]
+                                                                          for s in ("d8", "d16"))
+    for size in ("d8", "d16"):
+        assert "incentivize RUN" not in (out / "logs" / f"{size}.log").read_text()
+        assert "--size-job" in (out / "logs" / f"{size}.log").read_text()
+        for seed in range(2):
+            rl = json.loads((out / size / f"incentivize-s{seed}" / "run.json").read_text())["config"]
+            teach = json.loads((out / size / f"teach-s{seed}" / "run.json").read_text())["config"]
+            used = json.loads((out / size / f"incentivize-s{seed}" / "metrics.jsonl").read_text().splitlines()[-1])
+            # the flags reach the job: the arm is what the base config says, for this start and seed
+            assert {k: rl[k] for k in BASE} == BASE and rl["seed"] == seed and rl["start"].endswith(size)
+            assert teach["objective"] == "teach" and teach["tokens"] == used["tokens"]
+
+    # Resume: a lost evaluation is redone, nothing else; a finished size is not even launched.
+    (out / "d8" / "teach-s1" / "answers.json").unlink()
+    before = _files(out)
+    compare([str(sweep)], out, base, seeds=2, questions=6, launcher="local", parallel=2)
+    after = _files(out)
+    changed = {p.relative_to(out).as_posix() for p in after if before.get(p) != after[p]}
+    assert changed == {"d8/teach-s1/answers.json", "logs/d8.log", "compare.json", "figure.json", "compare.md"}
+
+
+def test_out_defaults_to_the_sweep_and_is_required_otherwise(sweep):
+    assert default_out([str(sweep)]) == sweep / "incentivize"
+    with pytest.raises(UserError, match="--out"):
+        default_out([str(sweep / "runs" / "d8")])
