@@ -37,7 +37,7 @@ def sweep(tmp_path_factory):
     return root / "sw"
 
 
-BASE = dict(steps=2, group=2, prompts_per_step=1, max_new_tokens=3, updates=1, prompt_count=12, lr=1e-3,
+BASE = dict(steps=1, group=2, prompts_per_step=1, max_new_tokens=3, updates=1, prompt_count=12, lr=1e-3,
             checkpoint_every=1, warmup=0, device="cpu")
 
 
@@ -82,3 +82,23 @@ def test_out_defaults_to_the_sweep_and_is_required_otherwise(sweep):
     assert default_out([str(sweep)]) == sweep / "incentivize"
     with pytest.raises(UserError, match="--out"):
         default_out([str(sweep / "runs" / "d8")])
+
+
+def test_a_sweep_folder_brings_its_launcher_unless_one_is_given(tmp_path):
+    import yaml
+
+    from tinyscale.incentivize.compare import launch_plan
+    from tinyscale.sweep import RayOptions
+
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"data": "shards", "launcher": "ray", "parallel": 3,
+                                                         "ray": {"num_cpus": 2}}))
+    assert launch_plan([str(tmp_path)], None, None, None, None) == ("ray", 3, RayOptions(num_cpus=2), 2)
+    assert launch_plan([str(tmp_path)], "local", 1, None, 4) == ("local", 1, RayOptions(num_cpus=2), 4)
+    assert launch_plan([str(tmp_path / "runs" / "a")], None, None, None, 4) == ("local", 1, RayOptions(), 4)
+
+
+def test_cli_compare_of_a_run_without_out_is_one_line(sweep, capsys):
+    from tinyscale.cli import main
+
+    assert main(["-q", "incentivize", str(sweep / "runs" / "d8"), "--compare"]) == 2
+    assert "--out" in capsys.readouterr().err
