@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from _tiny_shards import make_shards
+from tinyscale.analysis.report import build_report
 from tinyscale.config import ModelConfig
 from tinyscale.errors import UserError
 from tinyscale.fileio import write_json
-from tinyscale.incentivize.compare import compare, default_out
+from tinyscale.incentivize.compare import ARMS, METRICS, compare, default_out, figure_data, interval
 from tinyscale.incentivize.policy_gradient import IncentiveConfig
 from tinyscale.model import Transformer
 from tinyscale.train import save_checkpoint
@@ -77,6 +78,11 @@ def test_sizes_run_as_parallel_jobs_merge_and_resume(sweep, tmp_path):
     changed = {p.relative_to(out).as_posix() for p in after if before.get(p) != after[p]}
     assert changed == {"d8/teach-s1/answers.json", "logs/d8.log", "compare.json", "figure.json", "compare.md"}
 
+    # The sweep report draws the comparison from wherever it is (here outside the sweep folder).
+    page = build_report(sweep, incentivize=out).read_text()
+    assert (sweep / "plots" / "teach_vs_incentivize.png").stat().st_size > 1000
+    assert "<td>d16</td>" in page and "not run" not in page
+
 
 def test_out_defaults_to_the_sweep_and_is_required_otherwise(sweep):
     assert default_out([str(sweep)]) == sweep / "incentivize"
@@ -102,3 +108,27 @@ def test_cli_compare_of_a_run_without_out_is_one_line(sweep, capsys):
 
     assert main(["-q", "incentivize", str(sweep / "runs" / "d8"), "--compare"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_report_section_from_the_sweep_comparison_or_not_run(tmp_path, capsys):
+    from tinyscale.cli import main
+
+    sweep = tmp_path / "sweep"
+    write_json(sweep / "runs" / "a" / "run.json", {"model": {"d_model": 8, "n_layers": 1}, "params": {"total": 10}})
+    page = build_report(sweep).read_text()
+    assert '<section id="incentivize"><h2>Teach versus incentivize</h2>' in page
+    assert "Teach versus incentivize: not run" in page
+    # A comparison by hand: two sizes, the incentivize arm lowering confident-wrong answers.
+    rows = [{"size": size, "params": params, "arm": arm,
+             **{m: interval([0.5 - (arm == "incentivize") * 0.1 * k + 0.01 * s for s in range(3 if arm != "start" else 1)])
+                for m in METRICS}}
+            for k, (size, params) in enumerate((("d8 & co", 1000), ("d16", 4000)), 1) for arm in ARMS]
+    summary = {"config": {"reward": "hallucination"}, "seeds": 3, "metrics": list(METRICS), "rows": rows}
+    write_json(sweep / "incentivize" / "compare.json", summary)
+    write_json(sweep / "incentivize" / "figure.json", figure_data(summary))
+    page = build_report(sweep).read_text()
+    section = page.split('<section id="incentivize">')[1].split("</section>")[0]
+    assert "not run" not in section and "d8 &amp; co" in section and "<td>d16</td>" in section
+    assert section.count('src="data:image/png;base64,') == 1 and "0.41 [0.385, 0.435]" in section  # t-interval, 3 seeds
+    assert main(["-q", "report", str(sweep), "--incentivize", str(tmp_path / "nope")]) == 2
+    assert "--incentivize" in capsys.readouterr().err

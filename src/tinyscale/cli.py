@@ -496,6 +496,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples if the analysis is (re)run")
     r.add_argument("--stories", type=int, default=3, help="story completions to show side by side")
     r.add_argument("--reanalyze", action="store_true", help="recompute analysis.json even if it is fresh")
+    r.add_argument("--incentivize", metavar="DIR", help="teach-vs-incentivize folder (default SWEEP/incentivize)")
     r.set_defaults(func=_run_report)
 
 
@@ -506,7 +507,7 @@ def _run_report(args: argparse.Namespace) -> None:
     if kind not in ("loss", "mc", "exact", "prob") or (kind != "loss" and not name):
         raise UserError(f"--metric {args.metric}: expected loss, loss:<skill> or mc|exact|prob:<suite>")
     out = build_report(args.sweep, metric=args.metric, size_key=args.size, n_boot=args.n_boot,
-                       max_stories=args.stories, reanalyze=args.reanalyze)
+                       max_stories=args.stories, reanalyze=args.reanalyze, incentivize=args.incentivize)
     print(f"wrote {out}")
 
 

@@ -305,3 +305,38 @@ def grades_vs_compute(rows: list[dict], path: str | Path, size_key: str = "non_e
         ax.grid(True, which="both", alpha=0.3)
     axes.flat[0].legend(fontsize=6)
     return _save(fig, path)
+
+
+COMPARE_HEADLINE = ("accuracy_answerable", "idk_unanswerable", "confident_wrong_unanswerable", "mean_reward",
+                    "val_loss")
+_ARM_STYLE = {"start": ("D", "gray", 1.0), "teach": ("s", "C0", 0.93), "incentivize": ("o", "C3", 1.07)}
+
+
+def teach_vs_incentivize(figure: dict[str, Any], path: str | Path) -> Path | None:
+    """One panel per headline metric against parameters: teach and incentivize side by side (x offset
+    a little so the error bars, 95% intervals over seeds, do not hide each other), the start in gray.
+    `figure` is the comparison's figure.json: {metric: {arm: [{params, mean, lo, hi}]}}."""
+    metrics = [m for m in COMPARE_HEADLINE if any(figure.get(m, {}).get(arm) for arm in _ARM_STYLE)]
+    if not metrics:
+        return None
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        for arm, (marker, color, shift) in _ARM_STYLE.items():
+            pts = [p for p in figure[metric].get(arm, []) if p.get("params")]
+            if not pts:
+                continue
+            x = np.array([p["params"] for p in pts], float) * shift
+            y, lo, hi = (np.array([_value(p, k) for p in pts]) for k in ("mean", "lo", "hi"))
+            err = np.nan_to_num(np.vstack([y - lo, hi - y]), nan=0.0).clip(min=0)
+            ax.errorbar(x, y, yerr=err, fmt=marker + ("--" if arm == "start" else "-"), color=color, ms=4,
+                        capsize=2, lw=1, label=arm)
+        _log_axis(ax.xaxis)
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+        ax.set_xlabel("parameters (total)", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    return _save(fig, path)

@@ -29,7 +29,7 @@ from tinyscale.runs import read_evals
 SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Loss per skill"),
             ("probes", "Probes vs size"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
             ("completions", "Completions"), ("taxonomy", "Emergence taxonomy"), ("readability", "Neurons vs size"),
-            ("reproduce", "Reproduce")]
+            ("incentivize", "Teach versus incentivize"), ("reproduce", "Reproduce")]
 METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "loss": "loss",
                 "gap": "vs no-skill baseline"}
 
@@ -247,6 +247,27 @@ def _readability_section(sweep_dir: Path) -> str:
     return img + _table(header, rows)
 
 
+def _incentivize_section(compare_dir: Path, plot_dir: Path) -> str:
+    """The figure and table of `tinyscale incentivize SWEEP --compare` (CMP/figure.json, compare.json)."""
+    if not (compare_dir / "figure.json").is_file() or not (compare_dir / "compare.json").is_file():
+        return _nodata(f"Teach versus incentivize: not run (tinyscale incentivize SWEEP --compare writes "
+                       f"{compare_dir}).")
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    summary = read_json(compare_dir / "compare.json")
+    png = plots.teach_vs_incentivize(read_json(compare_dir / "figure.json"), plot_dir / "teach_vs_incentivize.png")
+
+    def cell(v: dict) -> str:
+        return _num(v["mean"], 3) if v["n"] < 2 else f"{_num(v['mean'], 3)} [{_num(v['lo'], 3)}, {_num(v['hi'], 3)}]"
+
+    rows = [{"size": r["size"], "params": _num(r["params"]), "arm": r["arm"],
+             "cells": [cell(r[m]) for m in summary["metrics"]]} for r in summary["rows"]]
+    env = Environment(loader=PackageLoader("tinyscale.analysis", "templates"), autoescape=select_autoescape())
+    return env.get_template("incentivize.html").render(
+        png=base64.b64encode(png.read_bytes()).decode("ascii") if png else None, rows=rows,
+        metrics=summary["metrics"], seeds=summary["seeds"], reward=summary["config"]["reward"], folder=compare_dir)
+
+
 def _reproduce_section(sweep_dir: Path, report_flags: list[str]) -> str:
     study, per_run = reproduce_commands(sweep_dir, report_flags)
     parts = ["<p>The whole study (the sweep trains and evaluates every run and resumes if interrupted):</p>",
@@ -263,10 +284,11 @@ def _reproduce_section(sweep_dir: Path, report_flags: list[str]) -> str:
 # --- the page ---------------------------------------------------------------------------------
 
 
-def _flags(metric: str, size_key: str) -> list[str]:
+def _flags(metric: str, size_key: str, incentivize: str | Path | None = None) -> list[str]:
     """The report's non-default options, for the reproduce section."""
     return ([] if metric == "loss" else ["--metric", metric]) + (
-        [] if size_key == "non_embedding_params" else ["--size", size_key])
+        [] if size_key == "non_embedding_params" else ["--size", size_key]) + (
+        ["--incentivize", str(incentivize)] if incentivize else [])
 
 
 def _stale(sweep_dir: Path, analysis_path: Path) -> bool:
@@ -308,13 +330,18 @@ def check_metric(metric: str, records: list[dict]) -> None:
 
 
 def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str = "non_embedding_params",
-                 n_boot: int = 200, seed: int = 0, max_stories: int = 3, reanalyze: bool = False) -> Path:
+                 n_boot: int = 200, seed: int = 0, max_stories: int = 3, reanalyze: bool = False,
+                 incentivize: str | Path | None = None) -> Path:
     """Write SWEEP/plots/*.png and SWEEP/report.html; return the HTML's path.
 
     Reuses SWEEP/analysis.json when it is newer than every run file (and was made with the same
-    size measure), otherwise runs the analysis and writes it first.
+    size measure), otherwise runs the analysis and writes it first. `incentivize`: the teach-versus-
+    incentivize comparison folder (default SWEEP/incentivize, where `tinyscale incentivize SWEEP
+    --compare` writes it).
     """
     sweep_dir = Path(sweep_dir)
+    if incentivize and not Path(incentivize).is_dir():
+        raise UserError(f"--incentivize {incentivize}: comparison folder not found")
     records = collect_sweep(sweep_dir)
     check_metric(metric, records)
     apath = sweep_dir / "analysis.json"
@@ -338,7 +365,8 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
         "completions": _completions_section(sweep_dir, records, max_stories),
         "taxonomy": _taxonomy_section(analysis),
         "readability": _readability_section(sweep_dir),
-        "reproduce": _reproduce_section(sweep_dir, _flags(metric, size_key)),
+        "incentivize": _incentivize_section(Path(incentivize or sweep_dir / "incentivize"), plot_dir),
+        "reproduce": _reproduce_section(sweep_dir, _flags(metric, size_key, incentivize)),
     }
     sections = "\n".join(f'<section id="{key}"><h2>{_e(title)}</h2>\n{body[key]}\n</section>'
                          for key, title in SECTIONS)
