@@ -656,6 +656,8 @@ def _run_incentivize(args: argparse.Namespace) -> None:
     if args.resume:
         print(policy_gradient.resume(args.resume, **opts))
         return
+    if (args.launcher or args.parallel) and not args.compare:
+        raise UserError("incentivize: --launcher and --parallel go with --compare (one job per size)")
     if not args.runs or not (args.out or args.compare):
         raise UserError("incentivize: give a starting RUN and --out (or --resume DIR)")
     try:

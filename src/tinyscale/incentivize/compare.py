@@ -312,6 +312,7 @@ def write_summary(runs: list[Path], out: Path, base: IncentiveConfig, seeds: int
         params = read_run(run).get("params") or {}
         sizes[run.name] = {"run": str(run.resolve()), "params": params.get("total"),
                            "non_embedding": params.get("non_embedding")}
+    for run in sorted(runs, key=lambda r: (sizes[r.name]["params"] or 0, r.name)):  # the table, smallest first
         results[run.name] = {arm: [_read_answers(stem, sampled) for stem in stems]
                              for arm, stems in _stems(out / run.name, seeds).items()}
     summary = summarize(results, sizes, base, seeds)
