@@ -13,8 +13,9 @@ and differs only in the parts named by its entry in ``config.FAMILIES`` (norm, M
   projections (as GPT-Neo, the architecture of the TinyStories models).
 
 A third family built from these parts is one more ``FAMILIES`` entry, e.g. ``"gelu-rope":
-Family(norm="layernorm", mlp="gelu", positions="rotary", bias=True)`` (the single-token ``decoding.Decoder``
-and the Hugging Face export/import still know only llama and neo by name).
+Family(norm="layernorm", mlp="gelu", positions="rotary", bias=True)``; only the fast single-token
+``decoding.Decoder``, the Hugging Face export/import and the CLI's ``--family`` choices name llama and
+neo explicitly.
 
 Attention always goes through ``F.scaled_dot_product_attention`` with the usual 1/sqrt(head_dim)
 scale. (GPT-Neo itself does not scale; ``export.py`` folds the scale into the exported query weights
@@ -80,14 +81,14 @@ def count_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
     """Exact parameter count of ``Transformer(cfg)``.
 
     Non-embedding (Kaplan et al.) leaves out every vocabulary and position table: the token
-    embedding, the output head (when untied) and neo's learned positions, so tied and untied models
+    embedding, the output head (when untied) and a learned position table, so tied and untied models
     of one shape have the same non-embedding count.
     """
     d, f, V, arch = cfg.d_model, cfg.ffn_dim, cfg.vocab_size, cfg.arch
     norm = d if arch.norm == "rmsnorm" else 2 * d  # RMSNorm: weight only; LayerNorm: weight and bias
     mats = _mlp_matrices(cfg)
     attn = 4 * d * d + (d if arch.bias else 0)  # q/k/v never have a bias
-    mlp = mats * d * f + ((mats - 1) * f + d if arch.bias else 0)  # fc's bias covers its mats - 1 outputs
+    mlp = mats * d * f + ((mats - 1) * f + d if arch.bias else 0)  # biases: fc's (mats-1)*f outputs, proj's d
     body = cfg.n_layers * (2 * norm + attn + mlp) + norm
     if non_embedding:
         return body
