@@ -98,3 +98,8 @@ def test_bad_presets_and_shapes_raise_user_error():
         model_config(vocab_size=4096, max_seq_len=512, d_model=64, n_layers=2, n_heads=5)
     with pytest.raises(UserError):
         model_config(vocab_size=4096, max_seq_len=512, d_model=64)
+
+
+def test_unknown_family_is_refused_in_one_line():
+    with pytest.raises(UserError, match=r"^model config: family: .*unknown family 'gpt' \(known: llama, neo\)$"):
+        model_config(vocab_size=97, max_seq_len=32, d_model=32, n_layers=2, family="gpt")

@@ -2,9 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+@dataclass(frozen=True)
+class Family:
+    """What sets one model family apart; model.py builds every family from the same skeleton."""
+
+    norm: Literal["rmsnorm", "layernorm"]
+    mlp: Literal["swiglu", "gelu"]  # swiglu: silu(gate) * up, three matrices; gelu: two
+    positions: Literal["rotary", "learned"]  # rotary queries/keys, or a learned table added to the embedding
+    bias: bool  # on the attention output and both MLP projections; q/k/v and the head never have one
+
+
+FAMILIES: dict[str, Family] = {
+    # Llama and llama2.c
+    "llama": Family(norm="rmsnorm", mlp="swiglu", positions="rotary", bias=False),
+    # GPT-Neo, the architecture of the TinyStories models
+    "neo": Family(norm="layernorm", mlp="gelu", positions="learned", bias=True),
+}
+
+
+def _known_family(name: str) -> str:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
+    return name
+
+
+FamilyName = Annotated[str, AfterValidator(_known_family)]
 
 # Names follow the TinyStories grid (and llama2.c's 15M); the exact counts depend on the vocabulary.
 # Heads are chosen so head_dim stays within 16..64.
@@ -22,16 +50,16 @@ PRESETS: dict[str, dict] = {
 
 
 class ModelConfig(BaseModel):
-    """Shape of a decoder-only transformer (see model.py for the two families)."""
+    """Shape of a decoder-only transformer (its family is a key of FAMILIES)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    family: Literal["llama", "neo"] = "llama"
+    family: FamilyName = "llama"
     vocab_size: int = Field(4096, ge=2)
     d_model: int = Field(128, ge=8)
     n_layers: int = Field(8, ge=1)
     n_heads: int = Field(4, ge=1)
-    # Hidden width of the MLP; None picks the family default (neo: 4*d, llama: ~8/3*d rounded).
+    # Hidden width of the MLP; None picks the default of the family's MLP (gelu: 4*d, swiglu: ~8/3*d rounded).
     d_ff: int | None = None
     max_seq_len: int = Field(512, ge=1)
     tie_embeddings: bool = True
@@ -42,9 +70,14 @@ class ModelConfig(BaseModel):
     def _heads_divide_width(self) -> ModelConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if self.family == "llama" and (self.d_model // self.n_heads) % 2:
-            raise ValueError("llama family needs an even head dimension for rotary positions")
+        if self.arch.positions == "rotary" and (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"{self.family} family needs an even head dimension for rotary positions")
         return self
+
+    @property
+    def arch(self) -> Family:
+        """The parts this model's family is built from."""
+        return FAMILIES[self.family]
 
     @property
     def head_dim(self) -> int:
@@ -54,10 +87,10 @@ class ModelConfig(BaseModel):
     def ffn_dim(self) -> int:
         if self.d_ff is not None:
             return self.d_ff
-        if self.family == "neo":
-            return 4 * self.d_model
-        # SwiGLU has three matrices; 8/3*d keeps its parameter count equal to a 4*d GELU MLP.
-        return 32 * ((8 * self.d_model // 3 + 31) // 32)
+        if self.arch.mlp == "swiglu":
+            # SwiGLU has three matrices; 8/3*d keeps its parameter count equal to a 4*d GELU MLP.
+            return 32 * ((8 * self.d_model // 3 + 31) // 32)
+        return 4 * self.d_model
 
 
 class TrainConfig(BaseModel):
@@ -71,7 +104,7 @@ class TrainConfig(BaseModel):
     data: str  # shards folder (made absolute when the run starts)
     # Model shape: a preset from PRESETS, each dimension overridable.
     preset: str | None = "3M"
-    family: Literal["llama", "neo"] = "llama"
+    family: FamilyName = "llama"
     d_model: int | None = Field(None, ge=8)
     n_layers: int | None = Field(None, ge=1)
     n_heads: int | None = Field(None, ge=1)

@@ -24,11 +24,12 @@ from torch import Tensor, nn
 from tinyscale.errors import UserError
 from tinyscale.model import KVCache, Transformer
 
-# Below this many rows a decoding step runs on one intra-op thread. Measured at width 288 x 6 layers
-# on a 2-core AVX2 EPYC, new tokens/s at batch 1: 180 with one thread, 39 with two (each of ~100
-# small ops per step then waits for the other thread); on a busy machine two threads were 10x
-# slower still, at batch 32 as well as at batch 1.
-PARALLEL_MIN_BATCH = 64
+# Below this many rows a decoding step through PyTorch runs on one intra-op thread (one row on the
+# CPU normally takes the C++ kernel instead, which splits its products itself). Measured at width
+# 288 x 6 layers on a 2-core AMD EPYC with AVX2 kernels, new tokens/s with one thread vs two, through
+# Transformer.forward: 2 rows 662 vs 779, 4 rows 1,079 vs 1,168, 8 rows 1,408 vs 2,055, 32 rows
+# 2,439 vs 3,768 (int8: 3,916 vs 6,588). A step op by op at one row was 4x slower on two threads.
+PARALLEL_MIN_BATCH = 2
 
 
 @contextlib.contextmanager

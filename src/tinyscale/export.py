@@ -135,7 +135,7 @@ def export_hf(run_dir: str | Path, out: str | Path, step: int | None = None, ove
     config = hf_config(model.cfg, eot_id)
     with staged_dir(out, overwrite=overwrite) as stage:
         config.save_pretrained(str(stage))
-        if model.cfg.family == "llama":
+        if model.cfg.arch.positions == "rotary":
             # Older transformers read rope_theta at the top level; newer ones read rope_parameters.
             cfg_json = read_json(stage / "config.json")
             cfg_json.setdefault("rope_theta", model.cfg.rope_theta)

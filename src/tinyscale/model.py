@@ -1,14 +1,21 @@
 """The transformer, in one readable file.
 
-Both families share one skeleton:
+Every family shares one skeleton:
 
-    token embedding (+ learned positions for neo)
+    token embedding (+ a learned position table)
     n_layers x [ x = x + attn(norm(x));  x = x + mlp(norm(x)) ]
     final norm -> vocabulary head (optionally tied to the token embedding)
+
+and differs only in the parts named by its entry in ``config.FAMILIES`` (norm, MLP, positions, biases):
 
 - ``llama``: RMSNorm, rotary positions, SwiGLU MLP, no biases (as Llama and llama2.c).
 - ``neo``:   LayerNorm, learned absolute positions, GELU MLP, biases everywhere except the q/k/v
   projections (as GPT-Neo, the architecture of the TinyStories models).
+
+A third family built from these parts is one more ``FAMILIES`` entry, e.g. ``"gelu-rope":
+Family(norm="layernorm", mlp="gelu", positions="rotary", bias=True)``; only the fast single-token
+``decoding.Decoder``, the Hugging Face export/import and the CLI's ``--family`` choices name llama and
+neo explicitly.
 
 Attention always goes through ``F.scaled_dot_product_attention`` with the usual 1/sqrt(head_dim)
 scale. (GPT-Neo itself does not scale; ``export.py`` folds the scale into the exported query weights
@@ -22,6 +29,7 @@ token costs one small forward pass and no tensor concatenation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,27 +73,27 @@ def model_config(preset: str | None = None, *, vocab_size: int, max_seq_len: int
         raise UserError(f"model config: {where}: {err['msg']}") from None
 
 
+def _mlp_matrices(cfg: ModelConfig) -> int:
+    return 3 if cfg.arch.mlp == "swiglu" else 2  # gate, up, down / in, out
+
+
 def count_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
     """Exact parameter count of ``Transformer(cfg)``.
 
     Non-embedding (Kaplan et al.) leaves out every vocabulary and position table: the token
-    embedding, the output head (when untied) and neo's learned positions, so tied and untied models
+    embedding, the output head (when untied) and a learned position table, so tied and untied models
     of one shape have the same non-embedding count.
     """
-    d, f, V = cfg.d_model, cfg.ffn_dim, cfg.vocab_size
-    if cfg.family == "llama":
-        norm = d  # RMSNorm: weight only
-        attn = 4 * d * d
-        mlp = 3 * d * f  # gate, up, down
-    else:
-        norm = 2 * d  # LayerNorm: weight and bias
-        attn = 4 * d * d + d  # q/k/v without bias, output projection with bias
-        mlp = 2 * d * f + f + d
+    d, f, V, arch = cfg.d_model, cfg.ffn_dim, cfg.vocab_size, cfg.arch
+    norm = d if arch.norm == "rmsnorm" else 2 * d  # RMSNorm: weight only; LayerNorm: weight and bias
+    mats = _mlp_matrices(cfg)
+    attn = 4 * d * d + (d if arch.bias else 0)  # q/k/v never have a bias
+    mlp = mats * d * f + ((mats - 1) * f + d if arch.bias else 0)  # biases: fc's (mats-1)*f outputs, proj's d
     body = cfg.n_layers * (2 * norm + attn + mlp) + norm
     if non_embedding:
         return body
     tables = V * d * (1 if cfg.tie_embeddings else 2)
-    if cfg.family == "neo":
+    if arch.positions == "learned":
         tables += cfg.max_seq_len * d
     return body + tables
 
@@ -100,8 +108,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     activations, rotary positions and softmax, which are O(d_model) per token.
     """
     d, f = cfg.d_model, cfg.ffn_dim
-    mlp_mats = 3 if cfg.family == "llama" else 2
-    matmul = cfg.n_layers * (4 * d * d + mlp_mats * d * f) + cfg.vocab_size * d
+    matmul = cfg.n_layers * (4 * d * d + _mlp_matrices(cfg) * d * f) + cfg.vocab_size * d
     return float(6 * matmul + 6 * cfg.n_layers * seq_len * d)
 
 
@@ -145,10 +152,6 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
-def _norm(cfg: ModelConfig) -> nn.Module:
-    return RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.family == "llama" else nn.LayerNorm(cfg.d_model, cfg.norm_eps)
-
-
 def _apply_rotary(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     """Rotary positions in the "split halves" layout of Hugging Face Llama (so export needs no
     permutation): x * cos + cat(-x2, x1) * sin. The halves are swapped with one roll, and the minus
@@ -157,11 +160,11 @@ def _apply_rotary(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, bias: bool) -> None:
         super().__init__()
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # q, k, v stacked
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.family == "neo")
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=bias)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int,
                 mask: Tensor | None, causal: bool) -> Tensor:
@@ -187,32 +190,48 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+class SwiGLU(nn.Module):
+    """proj(silu(gate) * up); one matrix computes [gate, up] side by side (split at export)."""
+
+    def __init__(self, d_model: int, hidden: int, bias: bool) -> None:
         super().__init__()
-        self.swiglu = cfg.family == "llama"
-        f = cfg.ffn_dim
-        # llama: one matrix computes [gate, up] side by side (split at export); neo: the GELU input.
-        self.fc = nn.Linear(cfg.d_model, 2 * f if self.swiglu else f, bias=not self.swiglu)
-        self.proj = nn.Linear(f, cfg.d_model, bias=not self.swiglu)
+        self.fc = nn.Linear(d_model, 2 * hidden, bias=bias)
+        self.proj = nn.Linear(hidden, d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.fc(x)
-        if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        else:
-            h = F.gelu(h, approximate="tanh")  # GPT-Neo's "gelu_new"
-        return self.proj(h)
+        gate, up = self.fc(x).chunk(2, dim=-1)
+        return self.proj(F.silu(gate) * up)
+
+
+class GeluMLP(nn.Module):
+    """proj(gelu(fc(x))) with GPT-Neo's "gelu_new" (the tanh approximation)."""
+
+    def __init__(self, d_model: int, hidden: int, bias: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d_model, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, d_model, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+# The parts a config.Family names. Interpretability hooks rely on every MLP having `fc` and `proj`
+# (the input of `proj` is the activation) and on the state-dict names, which export maps to Hugging Face.
+NORMS: dict[str, Callable[[int, float], nn.Module]] = {"rmsnorm": RMSNorm, "layernorm": nn.LayerNorm}
+MLPS: dict[str, Callable[[int, int, bool], nn.Module]] = {"swiglu": SwiGLU, "gelu": GeluMLP}
+
+
+def _norm(cfg: ModelConfig) -> nn.Module:
+    return NORMS[cfg.arch.norm](cfg.d_model, cfg.norm_eps)
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.attn_norm = _norm(cfg)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, bias=cfg.arch.bias)
         self.mlp_norm = _norm(cfg)
-        self.mlp = MLP(cfg)
+        self.mlp = MLPS[cfg.arch.mlp](cfg.d_model, cfg.ffn_dim, bias=cfg.arch.bias)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int,
                 mask: Tensor | None, causal: bool) -> Tensor:
@@ -225,7 +244,8 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.family == "neo" else None
+        learned = cfg.arch.positions == "learned"
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model) if learned else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = _norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -233,7 +253,7 @@ class Transformer(nn.Module):
             self.head.weight = self.tok_emb.weight
         # Buffers are derived, not learned: non-persistent, so checkpoints hold weights only.
         self.register_buffer("positions", torch.arange(cfg.max_seq_len), persistent=False)
-        if cfg.family == "llama":
+        if cfg.arch.positions == "rotary":
             inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
             angles = torch.outer(torch.arange(cfg.max_seq_len).float(), inv_freq)
             angles = torch.cat((angles, angles), dim=-1)
@@ -283,7 +303,7 @@ class Transformer(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
         rope = None
-        if self.cfg.family == "llama":
+        if self.cfg.arch.positions == "rotary":
             # [T, hd] broadcasts over [B, 2, H, T, hd]; per-row positions [B, T] need [B, 1, 1, T, hd].
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]
             if positions.dim() == 2:

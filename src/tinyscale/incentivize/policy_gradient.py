@@ -394,7 +394,10 @@ def _loop(cfg: IncentiveConfig, policy: torch.nn.Module, ref: torch.nn.Module, o
 
     last: dict[str, Any] = {}
     budget = cfg.tokens or math.inf
-    with progress.bar(cfg.steps, cfg.objective, completed=step) as bar:
+    # A token budget (the teach arm of --compare) is what ends the run: the bar counts tokens then.
+    by_tokens = cfg.tokens is not None and cfg.tokens < cfg.steps * cfg.prompts_per_step * cfg.group * cfg.max_new_tokens
+    total, done = (cfg.tokens, used) if by_tokens else (cfg.steps, step)
+    with progress.bar(total, cfg.objective + (" (tokens)" if by_tokens else ""), completed=done) as bar:
         while step < cfg.steps and used < budget:
             t0 = time.perf_counter()
             if cfg.objective == "incentivize":
@@ -402,14 +405,16 @@ def _loop(cfg: IncentiveConfig, policy: torch.nn.Module, ref: torch.nn.Module, o
             else:
                 row = teach_step(cfg, policy, opt, pool, step, device)
             step += 1
-            used += row.pop("n_tokens")
+            n_tokens = row.pop("n_tokens")
+            used += n_tokens
             elapsed += time.perf_counter() - t0
             row = {"step": step, "tokens": used, **row, "elapsed_s": round(elapsed, 3)}
             last = row
             save = step % cfg.checkpoint_every == 0 or step == cfg.steps or used >= budget
             if step % cfg.log_every == 0 or save:  # a checkpoint always has its metrics line
                 append_jsonl(run_dir / "metrics.jsonl", row)
-            bar.update(1, **{k: row[k] for k in ("reward", "loss") if k in row})
+            bar.update(min(n_tokens, total - done) if by_tokens else 1, **{k: row[k] for k in ("reward", "loss") if k in row})
+            done += n_tokens if by_tokens else 1
             if save:
                 save_checkpoint(run_dir, step, policy, {"optimizer": opt.state_dict(), "step": step,
                                                         "tokens": used, "elapsed_s": elapsed})

@@ -60,7 +60,7 @@ def _pattern(model: Transformer, qkv: Tensor) -> Tensor:
     H, hd = model.cfg.n_heads, model.cfg.head_dim
     qkv = qkv.float().view(B, T, 3, H, hd).permute(0, 2, 3, 1, 4)  # [B, 3, H, T, hd] as in Attention
     q, k = qkv[:, 0], qkv[:, 1]
-    if model.cfg.family == "llama":
+    if model.cfg.arch.positions == "rotary":
         cos, sin = model.rope_cos[:T].float(), model.rope_sin[:T].float()
         q, k = _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
     scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
