@@ -307,8 +307,10 @@ def grades_vs_compute(rows: list[dict], path: str | Path, size_key: str = "non_e
     return _save(fig, path)
 
 
+# Greedy answers, then the hallucination rate of answers sampled at temperature 1 (when --sampled ran):
+# greedy decoding hides what the reward acts on, a model's whole answer distribution.
 COMPARE_HEADLINE = ("accuracy_answerable", "idk_unanswerable", "confident_wrong_unanswerable", "mean_reward",
-                    "val_loss")
+                    "val_loss", "sampled_confident_wrong_unanswerable")
 _ARM_STYLE = {"start": ("D", "gray", 1.0), "teach": ("s", "C0", 0.93), "incentivize": ("o", "C3", 1.07)}
 
 
