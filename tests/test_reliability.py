@@ -306,8 +306,11 @@ def test_bad_invocation_is_one_line_exit_2_and_touches_nothing(lab, setup, argv,
 
 def _spawn(argv: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # Ctrl-C must reach the child even when the suite itself runs as a background job, whose
+    # processes inherit an ignored SIGINT (then Python installs no KeyboardInterrupt handler).
     return subprocess.Popen([sys.executable, "-m", "tinyscale.cli", "-q", *argv], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120.0) -> None:
