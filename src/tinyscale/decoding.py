@@ -119,13 +119,18 @@ def _native_weights(model: Transformer, int8: bool) -> dict:
                    *mat(a.proj), vec(a.proj.bias), vec(blk.mlp_norm.weight), vec(getattr(blk.mlp_norm, "bias", None)),
                    *mat(m.fc), vec(m.fc.bias), *mat(m.proj), vec(m.proj.bias)]
     head, head_scale = mat(model.head)
-    llama = model.pos_emb is None
+    llama = model.cfg.arch.positions == "rotary"
     weights = {"layers": layers, "tok_emb": model.tok_emb.weight.detach().contiguous(), "head": head,
                "head_scale": head_scale, "norm": (vec(model.norm.weight), vec(getattr(model.norm, "bias", None))),
                "pos_emb": none if llama else vec(model.pos_emb.weight),
                "cos": model.rope_cos.contiguous() if llama else none, "sin": model.rope_sin.contiguous() if llama else none}
     _native_cache.setdefault(model, {})[int8] = (versions, weights)
     return weights
+
+
+# The layer recipes the kernel implements (norm, MLP, positions): it tells RMSNorm from LayerNorm by
+# the norm's bias and SwiGLU from GELU by the first MLP product's width, which holds for these two.
+KERNEL_RECIPES = {("rmsnorm", "swiglu", "rotary"), ("layernorm", "gelu", "learned")}
 
 
 class NativeDecoder:
@@ -147,11 +152,12 @@ class NativeDecoder:
 
     @staticmethod
     def available(model: Transformer, batch: int, dtype: torch.dtype) -> bool:
-        """True where the kernel applies: one row, float32 on the CPU, the kernel built."""
+        """True where the kernel applies: one row, float32 on the CPU, a recipe it knows, the kernel built."""
         from tinyscale.kernels import decode_one
 
-        p = model.tok_emb.weight
+        p, arch = model.tok_emb.weight, model.cfg.arch
         return (batch == 1 and p.device.type == "cpu" and p.dtype == torch.float32
+                and (arch.norm, arch.mlp, arch.positions) in KERNEL_RECIPES
                 and dtype == torch.float32 and isinstance(model.blocks[0].attn.qkv, nn.Linear)
                 and decode_one() is not None)
 
