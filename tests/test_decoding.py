@@ -83,7 +83,7 @@ def native_or_skip():
     kernel = decode_one()
     if kernel is None:
         assert not (shutil.which("c++") and platform.machine() == "x86_64"), "the decoding kernel did not build"
-        pytest.skip("no C++ compiler: the PyTorch decoder is used")
+        pytest.skip("no C++ compiler here: single sequences decode through the forward pass, which other tests cover")
     return kernel
 
 

@@ -86,6 +86,18 @@ def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
                                 f"{e.start + 1})") from None
 
 
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file; bad JSON or UTF-8 is an error
+    naming the file and line."""
+    for lineno, line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
 def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
     """A whole text file; a bad byte is an error naming the file and its line."""
     data = Path(path).read_bytes()

@@ -9,13 +9,12 @@ e.g. a character's first mention; see data/world/roles.py).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tinyscale.errors import UserError
-from tinyscale.fileio import read_lines
+from tinyscale.fileio import read_jsonl
 
 # Skill ids as stored in the `*.skills.bin` shards; id 0 is every character no span labels.
 SKILLS: tuple[str, ...] = ("other", "grammar", "fact", "reasoning", "tracking", "free")
@@ -67,13 +66,7 @@ def read_corpus(path: str | Path) -> Iterator[dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: corpus file not found")
-    for lineno, line in read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, obj in read_jsonl(path):
         yield validate_line(obj, f"{path}:{lineno}")
 
 

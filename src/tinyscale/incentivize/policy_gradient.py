@@ -33,7 +33,6 @@ run repeats exactly what the uninterrupted run would have done.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -47,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tinyscale import progress
 from tinyscale.errors import UserError
-from tinyscale.fileio import append_jsonl, atomic_open, read_json, write_json
+from tinyscale.fileio import append_jsonl, atomic_open, read_json, read_jsonl, write_json
 from tinyscale.generate import eot_id_of, generate, pick_device
 from tinyscale.incentivize.rewards import call_reward, load_reward, parse_answer
 from tinyscale.runs import list_checkpoints, load_model, load_tokenizer, read_run, state_path, weights_path
@@ -123,13 +122,7 @@ def read_prompt_file(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"--prompts: {path}: expected world, world-words or a JSONL file")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    for n, row in read_jsonl(path):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
             raise UserError(f"{path}:{n}: expected an object with a non-empty 'prompt' string")
         if not isinstance(row.get("truth", {}), dict):
