@@ -226,3 +226,37 @@ def test_learning_rate_warms_up_linearly_per_update(start_run):
     assert seen == [0.125, 0.25, 0.5, 1.0, 1.0]
     _step_update(layer, opt, layer(torch.ones(1, 2)).sum(), _cfg(start_run, lr=0.5, warmup=0), 0)
     assert opt.param_groups[0]["lr"] == 0.5
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--warmup", "-1"], "--warmup"),
+    (["--compare", "--parallel", "0"], "--parallel"),
+    (["--compare", "--launcher", "slurm"], "--launcher"),
+    (["--launcher", "local"], "go with --compare"),
+    (["--unanswerable", "2"], "--unanswerable"),
+    (["--prompt-count", "0"], "--prompt-count"),
+    (["--grad-clip", "-1"], "--grad-clip"),
+    (["--start-step", "99"], "no checkpoint at step 99"),
+    (["--out-inside"], "is inside the starting run"),
+    (["--out-is-start"], "is the starting run"),
+    (["--compare", "--out-inside"], "is inside the starting run"),
+    (["--compare", "--out-parent"], "contains the starting run"),
+])
+def test_bad_flags_and_outputs_fail_in_one_line_leaving_the_start_alone(start_run, tmp_path, capsys, flags, message):
+    run, prompts = start_run
+    before = _tree(run)
+    outs = {"--out-inside": run / "rl", "--out-is-start": run, "--out-parent": run.parent}
+    out = next((outs[f] for f in flags if f in outs), tmp_path / "out")
+    flags = [f for f in flags if f not in outs]
+    try:  # argparse's own checks exit, the library's return the code
+        code = main(["-q", "incentivize", str(run), "--out", str(out), "--prompts", str(prompts), *flags])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert _tree(run) == before and not (tmp_path / "out").exists()

@@ -214,7 +214,13 @@ def _run_tokenize(args: argparse.Namespace) -> None:
 
 
 def _nonnegative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else _positive_int(text)
+    try:
+        value = whole_number(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer ({e})") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

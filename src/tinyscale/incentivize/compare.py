@@ -54,6 +54,7 @@ from tinyscale.incentivize.policy_gradient import (
 from tinyscale.incentivize.rewards import call_reward, load_reward, parse_answer
 from tinyscale.runs import list_checkpoints, load_model, load_tokenizer, read_run
 from tinyscale.sweep import RayOptions, cli_flags, launch, load_sweep, threads_per_job
+from tinyscale.validate import check_output
 
 ARMS = ("start", "teach", "incentivize")
 METRICS = ("accuracy_answerable", "idk_answerable", "idk_unanswerable", "confident_wrong",
@@ -270,7 +271,10 @@ def compare(starts: list[str], out: str | Path | None, base: IncentiveConfig, se
     names = [r.name for r in runs]
     if len(set(names)) < len(names):
         raise UserError(f"--compare: two starting runs share a folder name ({', '.join(names)})")
-    out = Path(out or default_out(starts)).resolve()
+    given = out or default_out(starts)
+    for run in runs:  # a sweep's own folder may hold the comparison (SWEEP/incentivize), its runs not
+        check_output(given, {"starting run": run})
+    out = Path(given).resolve()
     launcher, parallel, ray, threads = launch_plan(starts, launcher, parallel, ray, base.threads)
     flags = job_flags(base, seeds, questions, sampled, threads)
     jobs = [{"name": r.name, "run": str(r.resolve())} for r in runs if not _size_done(out / r.name, seeds, sampled)]

@@ -50,6 +50,7 @@ from tinyscale.fileio import append_jsonl, atomic_open, read_json, read_jsonl, w
 from tinyscale.generate import eot_id_of, generate, pick_device
 from tinyscale.incentivize.rewards import call_reward, load_reward, parse_answer
 from tinyscale.runs import list_checkpoints, load_model, load_tokenizer, read_run, state_path, weights_path
+from tinyscale.validate import check_output
 
 WORLD_PROMPT_START = 100_000_000  # story indices of RL/teaching prompts: far beyond any corpus
 EVAL_PROMPT_START = 200_000_000  # and of evaluation questions: disjoint from both
@@ -296,6 +297,8 @@ class Answerer:
 def incentivize(cfg: IncentiveConfig, out: str | Path) -> dict[str, Any]:
     """Start a new fine-tuning run in `out` (must not exist or be empty); return the last metrics."""
     out = Path(out)
+    prompts_file = None if cfg.prompts in ("world", "world-words") else cfg.prompts
+    check_output(out, {"starting run": cfg.start, "prompts file": prompts_file})
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: exists and is not empty (use --resume {out} to continue that run)")
     return _run(cfg, out, resuming=False)
