@@ -9,7 +9,7 @@ Speed: the prompt goes through ``Transformer.forward`` once, and so does every l
 token per row, unless the batch is a single sequence on the CPU: then each step is one call into
 the C++ kernel of ``decoding.NativeDecoder`` (``kernels/decode_one.cpp``), because at one row a step
 costs more in per-op dispatch than in arithmetic (with ``dtype="int8"`` its weights are int8 with
-per-row scales). Small batches decode on one thread (``decoding.decode_threads``). ``dtype="bf16"``
+per-row scales); a single row without the kernel decodes on one thread (``decoding.decode_threads``). ``dtype="bf16"``
 runs the weight matrix multiplies in bfloat16 under autocast, which pays off on CPUs with native
 bf16 once the batch is large enough; the cache and attention stay float32 on CPU, where PyTorch
 attends over a bf16 cache 2-5x more slowly (see model.py). ``dtype="int8"`` (CPU) at larger batches
@@ -171,7 +171,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
         with autocast:
             logits = model(idx, cache)[:, -1]
     step = NativeDecoder(model, cache, int8=dtype == "int8").step if native else _forward_step(model, cache, autocast)
-    # The kernel runs on the caller's threads; PyTorch ops at small batches run on one (decoding.py).
+    # The kernel splits its products over the caller's threads; see decode_threads for the rest.
     with contextlib.nullcontext() if native else decode_threads(B):
         for t in range(max_new_tokens):
             out[:, t] = tok = sample_next(logits, temperature, top_k, top_p, gen)

@@ -11,6 +11,7 @@ simply absent and callers use their PyTorch paths; `TINYSCALE_NO_KERNELS=1` forc
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from functools import cache
 from pathlib import Path
@@ -26,7 +27,7 @@ def _arch_flags() -> tuple[str, list[str]]:
     one, as bench/peers does) stay within AVX2 so the comparison is fair."""
     if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "avx2":
         return "avx2", ["-march=x86-64-v3"]
-    if sys.platform == "darwin" or os.uname().machine not in ("x86_64", "AMD64"):
+    if sys.platform == "darwin" or platform.machine() not in ("x86_64", "AMD64"):
         return "default", []
     return "native", ["-march=native"]
 
@@ -41,12 +42,12 @@ def decode_one() -> ModuleType | None:
     except ImportError:  # pragma: no cover - torch always ships it
         return None
     tag, arch = _arch_flags()
-    progress.info("loading the decoding kernel (compiled on first use, about a minute)")
+    progress.info("loading the decoding kernel (the first time on a machine, it compiles: about a minute)")
     try:
         return load(name=f"tinyscale_decode_one_{tag}", sources=[str(HERE / "decode_one.cpp")],
                     extra_cflags=["-O3", "-fopenmp", "-fopenmp-simd", *arch], extra_ldflags=["-fopenmp"],
                     verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: fall back, say why once
         progress.info(f"decoding kernel unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                      "using the PyTorch decoder")
+                      "decoding through the forward pass")
         return None
