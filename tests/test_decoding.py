@@ -155,3 +155,47 @@ def test_without_the_kernel_generation_falls_back_to_the_same_tokens(trained, mo
     finally:
         monkeypatch.delenv("TINYSCALE_NO_KERNELS")
         decode_one.cache_clear()
+
+
+@pytest.mark.parametrize("family", ["llama", "neo"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_kernel_cache_decodes_batches_as_the_forward_pass_does(family, padded):
+    """Batched steps through KernelKVCache (the C++ one-query attention) give the plain cache's logits,
+    with and without left padding (a boolean key mask per row)."""
+    from tinyscale.config import ModelConfig
+    from tinyscale.decoding import KernelKVCache, new_cache
+    from tinyscale.generate import _forward_step
+    from tinyscale.model import KVCache, Transformer
+
+    native_or_skip()
+    torch.manual_seed(1)
+    model = Transformer(ModelConfig(family=family, vocab_size=97, d_model=48, n_layers=2, n_heads=3,
+                                    max_seq_len=64)).eval()
+    B, P, total = 5, 9, 40
+    caches = [KVCache(model.cfg, B, total), new_cache(model, B, total)]
+    assert isinstance(caches[1], KernelKVCache)
+    calls = []
+    kernel = caches[1].kernel
+
+    class Spy:  # counts the kernel's attention calls: the test must exercise it, not the fallback
+        def attend_cached(self, *args):
+            calls.append(1)
+            return kernel.attend_cached(*args)
+
+    caches[1].kernel = Spy()
+    idx = torch.randint(0, 97, (B, P))
+    pad = torch.tensor([0, 3, 0, 5, 1]) if padded else torch.zeros(B, dtype=torch.long)
+    cols = torch.arange(total)
+    key_ok = cols[None, :] >= pad[:, None]
+    mask = (torch.ones(P, P, dtype=torch.bool).tril() & key_ok[:, None, :P]) | torch.eye(P, dtype=torch.bool)
+    positions = (cols[None, :P] - pad[:, None]).clamp(min=0)
+    with torch.inference_mode():
+        first = [model(idx, c, positions, mask[:, None])[:, -1] for c in caches][0]
+        steps = [_forward_step(model, c, contextlib.nullcontext()) for c in caches]
+        tok = first.argmax(-1)
+        for t in range(20):
+            args = (tok, P - pad + t, key_ok[:, None, None, :] if padded else None)
+            ref, got = (step(*args) for step in steps)
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+            tok = torch.multinomial(ref.softmax(-1), 1)[:, 0]
+    assert caches[1].pos == P + 20 and len(calls) == 20 * model.cfg.n_layers

@@ -1,12 +1,14 @@
-"""Decoding speed, kept out of model.py: the single-sequence kernel, int8 weights and the thread policy.
+"""Decoding speed, kept out of model.py: the C++ kernels, int8 weights and the thread policy.
 
 At the sizes this lab trains, a decoding step of one sequence costs more in per-op dispatch than in
 arithmetic, so ``NativeDecoder`` runs the step of ``Transformer.forward`` for one token as one call
 into a C++ kernel (``kernels/decode_one.cpp``), with float32 or int8 weights. Batches decode through
-``Transformer.forward`` itself (generate.py): there the products dominate. ``quantize_int8`` swaps
-every linear layer for ``Int8Linear`` (int8 weights with one scale per output row, activations
-quantized per call), whose products run in PyTorch's int8 CPU kernels: 4x less weight memory and, on
-CPUs with int8 dot products, faster than float32 at batch 32 (bench/sample_speed.py).
+``Transformer.forward`` itself (generate.py), where the products dominate, with one exception: the
+attention of one query per row over the cache, which PyTorch's CPU flash attention handles slowly,
+runs in the kernel's ``attend_cached`` through ``KernelKVCache`` (``new_cache`` makes one).
+``quantize_int8`` swaps every linear layer for ``Int8Linear`` (int8 weights with one scale per output
+row, activations quantized per call), whose products run in PyTorch's int8 CPU kernels: 4x less weight
+memory and, on CPUs with int8 dot products, faster than float32 at batch 32 (bench/sample_speed.py).
 ``decode_threads`` runs small batches on one thread, where the synchronisation of a second thread
 costs more than it computes.
 """
@@ -22,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from tinyscale.errors import UserError
-from tinyscale.model import KVCache, Transformer
+from tinyscale.model import KVCache, Transformer, cache_dtype
 
 # Below this many rows a decoding step through PyTorch runs on one intra-op thread (one row on the
 # CPU normally takes the C++ kernel instead, which splits its products itself). Measured at width
@@ -175,3 +177,49 @@ class NativeDecoder:
         self.cache.pos = pos + 1
         return logits
 
+
+
+class KernelKVCache(KVCache):
+    """A KV cache whose one-query-per-row attention (every batched decoding step) runs in the C++
+    kernel ``attend_cached``: PyTorch's CPU flash attention spends most of such a step on a single
+    query (31% of a 32-row fp32 step, 58% at int8). Prompts, padded or not, and anything else take
+    ``model.attention``. Logits equal the plain cache's within 1e-5 (tests/test_decoding.py)."""
+
+    def __init__(self, *args, kernel, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.kernel = kernel
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        key_mask = _key_mask(mask, q.shape[0])
+        if q.shape[2] != 1 or key_mask is False or self.k.dtype != torch.float32:
+            return super().attend(layer, q, k, v, mask, causal)
+        self.update(layer, k, v)
+        y = self.kernel.attend_cached(q.float(), self.k[layer], self.v[layer], self.pos + 1,
+                                      key_mask, q.shape[-1] ** -0.5)
+        return y.to(q.dtype)
+
+
+_NO_MASK = torch.empty(0, dtype=torch.bool)
+
+
+def _key_mask(mask: Tensor | None, batch: int) -> Tensor | bool:
+    """The [B, S] boolean key mask the kernel reads, from no mask or a boolean [B, 1, 1, S] one;
+    False for any other mask (additive, or per head or query)."""
+    if mask is None:
+        return _NO_MASK
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1) or mask.shape[0] != batch:
+        return False
+    return mask[:, 0, 0]
+
+
+def new_cache(model: Transformer, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+    """A KV cache for `model` (in its cache dtype for `dtype`), with the kernel's attention for
+    decoding steps on the CPU when the kernel is built; a plain ``KVCache`` elsewhere."""
+    from tinyscale.kernels import decode_one
+
+    p = model.tok_emb.weight
+    dt = cache_dtype(p.device, dtype or p.dtype)
+    kernel = decode_one() if p.device.type == "cpu" and dt == torch.float32 else None
+    if kernel is None:
+        return KVCache(model.cfg, batch_size, max_len, p.device, dt)
+    return KernelKVCache(model.cfg, batch_size, max_len, p.device, dt, kernel=kernel)

@@ -24,10 +24,10 @@ import weakref
 import torch
 from torch import Tensor
 
-from tinyscale.decoding import NativeDecoder, decode_threads, quantize_int8
+from tinyscale.decoding import NativeDecoder, decode_threads, new_cache, quantize_int8
 from tinyscale.devices import bf16_native, pick_device  # noqa: F401  (pick_device's former home: still importable)
 from tinyscale.errors import UserError
-from tinyscale.model import KVCache, Transformer, cache_dtype
+from tinyscale.model import KVCache, Transformer
 
 # Names an end-of-text token goes by in the tokenizers we meet; the first one present wins.
 EOT_NAMES = ("<|endoftext|>", "<|eot|>", "</s>", "<eos>", "[EOS]")
@@ -149,7 +149,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
     for row, p in enumerate(prompts):
         idx[row, P - len(p):] = torch.tensor(p, dtype=torch.long)
 
-    cache = KVCache(cfg, B, total, device, cache_dtype(device, dt))
+    cache = new_cache(model, B, total, dt)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)

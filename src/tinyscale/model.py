@@ -117,6 +117,19 @@ def cache_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else dtype
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+    """softmax(q k^T / sqrt(head_dim)) v over [B, H, T, head_dim] inputs, masked or causal."""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        # On CPU, attention runs in float32 under bf16 autocast: PyTorch's CPU flash-attention
+        # backward is no faster in bfloat16 (2-3x slower on Sapphire Rapids, equal on Zen 5),
+        # and attending one query over a bf16 cache is 2-5x slower than over a float32 one
+        # (bench/train_speed.py, bench/sample_speed.py). The cache is float32 on CPU for that.
+        with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                  is_causal=causal).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
+
 class KVCache:
     """Preallocated keys and values for all layers: [n_layers, batch, n_heads, max_len, head_dim].
 
@@ -137,6 +150,12 @@ class KVCache:
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        """Store this call's keys/values for `layer` and attend with `q` over all positions so far.
+        (decoding.KernelKVCache overrides this with a kernel for one query per row.)"""
+        k, v = self.update(layer, k, v)
+        return attention(q, k, v, mask, causal)
 
 
 class RMSNorm(nn.Module):
@@ -175,18 +194,7 @@ class Attention(nn.Module):
             q, k, v = qk[:, 0], qk[:, 1], qkv[:, 2]
         else:
             q, k, v = qkv.unbind(1)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
-        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-            # On CPU, attention runs in float32 under bf16 autocast: PyTorch's CPU flash-attention
-            # backward is no faster in bfloat16 (2-3x slower on Sapphire Rapids, equal on Zen 5),
-            # and attending one query over a bf16 cache is 2-5x slower than over a float32 one
-            # (bench/train_speed.py, bench/sample_speed.py). The cache is float32 on CPU for that.
-            with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back
-                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
-                                                   is_causal=causal).to(q.dtype)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        y = attention(q, k, v, mask, causal) if cache is None else cache.attend(layer, q, k, v, mask, causal)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 

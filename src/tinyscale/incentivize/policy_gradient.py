@@ -45,6 +45,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tinyscale import progress
+from tinyscale.decoding import new_cache
 from tinyscale.errors import UserError
 from tinyscale.fileio import append_jsonl, atomic_open, read_json, read_jsonl, write_json
 from tinyscale.generate import eot_id_of, generate, pick_device
@@ -277,7 +278,7 @@ class Answerer:
         from tinyscale.generate import sample_next
 
         device = model.tok_emb.weight.device
-        cache = model.new_cache(1, len(prompt) + self.max_new)
+        cache = new_cache(model, 1, len(prompt) + self.max_new)
         logits = model(torch.tensor([prompt], device=device), cache)[:, -1].expand(group, -1)
         cache.k, cache.v = cache.k.repeat(1, group, 1, 1, 1), cache.v.repeat(1, group, 1, 1, 1)
         gen = torch.Generator(device=device).manual_seed(seed)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from tinyscale.decoding import new_cache
 from tinyscale.generate import sample_next
 from tinyscale.model import Transformer
 
@@ -97,7 +98,7 @@ class Engine:
         self.model, self.max_batch, self.max_queue, self.dtype = model, max_batch, max_queue, dtype
         self.context = model.cfg.max_seq_len
         self.device = model.tok_emb.weight.device
-        self.cache = model.new_cache(max_batch, self.context)
+        self.cache = new_cache(model, max_batch, self.context)
         self.col = 0
         self.rows: list[_Row] = []
         self.waiting: collections.deque[Job] = collections.deque()
@@ -187,7 +188,7 @@ class Engine:
     def _start(self, job: Job, new_col: int) -> None:
         """Prefill the prompt, report its echo and first tokens, and give each unfinished choice a row."""
         s, L = job.sampling, len(job.prompt)
-        tmp = self.model.new_cache(1, L)
+        tmp = new_cache(self.model, 1, L)
         h = self.model(torch.tensor([job.prompt], device=self.device), tmp, hidden=True)
         if s.echo:
             logits = self.model.head(h[0, :-1]) if L > 1 else h.new_zeros(0, self.model.cfg.vocab_size)
