@@ -159,9 +159,11 @@ def test_without_the_kernel_generation_falls_back_to_the_same_tokens(trained, mo
 
 @pytest.mark.parametrize("family", ["llama", "neo"])
 @pytest.mark.parametrize("padded", [False, True])
-def test_kernel_cache_decodes_batches_as_the_forward_pass_does(family, padded):
+@pytest.mark.parametrize("compact", [False, True])
+def test_kernel_cache_decodes_batches_as_the_forward_pass_does(family, padded, compact):
     """Batched steps through KernelKVCache (the C++ one-query attention) give the plain cache's logits,
-    with and without left padding (a boolean key mask per row)."""
+    with and without left padding (a boolean key mask per row); a float16 (compact) cache within
+    float16's rounding."""
     from tinyscale.config import ModelConfig
     from tinyscale.decoding import KernelKVCache, new_cache
     from tinyscale.generate import _forward_step
@@ -172,8 +174,10 @@ def test_kernel_cache_decodes_batches_as_the_forward_pass_does(family, padded):
     model = Transformer(ModelConfig(family=family, vocab_size=97, d_model=48, n_layers=2, n_heads=3,
                                     max_seq_len=64)).eval()
     B, P, total = 5, 9, 40
-    caches = [KVCache(model.cfg, B, total), new_cache(model, B, total)]
+    caches = [KVCache(model.cfg, B, total), new_cache(model, B, total, compact=compact)]
     assert isinstance(caches[1], KernelKVCache)
+    assert caches[1].k.dtype == (torch.float16 if compact else torch.float32)
+    tol = 3e-3 if compact else 1e-5
     calls = []
     kernel = caches[1].kernel
 
@@ -196,6 +200,6 @@ def test_kernel_cache_decodes_batches_as_the_forward_pass_does(family, padded):
         for t in range(20):
             args = (tok, P - pad + t, key_ok[:, None, None, :] if padded else None)
             ref, got = (step(*args) for step in steps)
-            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
             tok = torch.multinomial(ref.softmax(-1), 1)[:, 0]
     assert caches[1].pos == P + 20 and len(calls) == 20 * model.cfg.n_layers

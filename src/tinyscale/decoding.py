@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from tinyscale.errors import UserError
-from tinyscale.model import KVCache, Transformer, cache_dtype
+from tinyscale.model import KVCache, Transformer, attention, cache_dtype
 
 # Below this many rows a decoding step through PyTorch runs on one intra-op thread (one row on the
 # CPU normally takes the C++ kernel instead, which splits its products itself). Measured at width
@@ -183,20 +183,27 @@ class KernelKVCache(KVCache):
     """A KV cache whose one-query-per-row attention (every batched decoding step) runs in the C++
     kernel ``attend_cached``: PyTorch's CPU flash attention spends most of such a step on a single
     query (31% of a 32-row fp32 step, 58% at int8). Prompts, padded or not, and anything else take
-    ``model.attention``. Logits equal the plain cache's within 1e-5 (tests/test_decoding.py)."""
+    ``model.attention``. Logits equal the plain cache's within 1e-5 (tests/test_decoding.py).
+
+    The cache may be stored in float16 (``compact``, for int8 decoding, as llama.cpp keeps its cache
+    by default): at 32 rows and a few hundred positions, reading the cache costs more memory traffic
+    than reading int8 weights, and float16 halves it. Attention still computes in float32.
+    """
 
     def __init__(self, *args, kernel, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.kernel = kernel
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        k, v = self.update(layer, k, v)
         key_mask = _key_mask(mask, q.shape[0])
-        if q.shape[2] != 1 or key_mask is False or self.k.dtype != torch.float32:
-            return super().attend(layer, q, k, v, mask, causal)
-        self.update(layer, k, v)
-        y = self.kernel.attend_cached(q.float(), self.k[layer], self.v[layer], self.pos + 1,
-                                      key_mask, q.shape[-1] ** -0.5)
-        return y.to(q.dtype)
+        if q.shape[2] == 1 and key_mask is not False:
+            y = self.kernel.attend_cached(q.float(), self.k[layer], self.v[layer], self.pos + 1, key_mask,
+                                          q.shape[-1] ** -0.5)
+            return y.to(q.dtype)
+        if k.dtype == torch.float16:
+            k, v = k.float(), v.float()
+        return attention(q, k, v, mask, causal)
 
 
 _NO_MASK = torch.empty(0, dtype=torch.bool)
@@ -212,9 +219,10 @@ def _key_mask(mask: Tensor | None, batch: int) -> Tensor | bool:
     return mask[:, 0, 0]
 
 
-def new_cache(model: Transformer, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
-    """A KV cache for `model` (in its cache dtype for `dtype`), with the kernel's attention for
-    decoding steps on the CPU when the kernel is built; a plain ``KVCache`` elsewhere."""
+def new_cache(model: Transformer, batch_size: int, max_len: int, dtype: torch.dtype | None = None,
+              compact: bool = False) -> KVCache:
+    """A KV cache for `model` running in `dtype`: on the CPU with the kernel built, a ``KernelKVCache``
+    (in float16 if `compact`); elsewhere a plain ``KVCache``."""
     from tinyscale.kernels import decode_one
 
     p = model.tok_emb.weight
@@ -222,4 +230,4 @@ def new_cache(model: Transformer, batch_size: int, max_len: int, dtype: torch.dt
     kernel = decode_one() if p.device.type == "cpu" and dt == torch.float32 else None
     if kernel is None:
         return KVCache(model.cfg, batch_size, max_len, p.device, dt)
-    return KernelKVCache(model.cfg, batch_size, max_len, p.device, dt, kernel=kernel)
+    return KernelKVCache(model.cfg, batch_size, max_len, p.device, torch.float16 if compact else dt, kernel=kernel)

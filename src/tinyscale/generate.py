@@ -9,11 +9,13 @@ Speed: the prompt goes through ``Transformer.forward`` once, and so does every l
 token per row, unless the batch is a single sequence on the CPU: then each step is one call into
 the C++ kernel of ``decoding.NativeDecoder`` (``kernels/decode_one.cpp``), because at one row a step
 costs more in per-op dispatch than in arithmetic (with ``dtype="int8"`` its weights are int8 with
-per-row scales); a single row without the kernel decodes on one thread (``decoding.decode_threads``). ``dtype="bf16"``
+per-row scales); a single row without the kernel decodes on one thread (``decoding.decode_threads``).
+Batched steps attend over the cache in the kernel too (``decoding.KernelKVCache``). ``dtype="bf16"``
 runs the weight matrix multiplies in bfloat16 under autocast, which pays off on CPUs with native
 bf16 once the batch is large enough; the cache and attention stay float32 on CPU, where PyTorch
 attends over a bf16 cache 2-5x more slowly (see model.py). ``dtype="int8"`` (CPU) at larger batches
-runs every linear layer with int8 weights and activations (``decoding.quantize_int8``).
+runs every linear layer with int8 weights and activations (``decoding.quantize_int8``) and keeps the
+cache in float16 (half the memory traffic, which at 32 rows outweighs the int8 weights').
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
     for row, p in enumerate(prompts):
         idx[row, P - len(p):] = torch.tensor(p, dtype=torch.long)
 
-    cache = new_cache(model, B, total, dt)
+    cache = new_cache(model, B, total, dt, compact=dtype == "int8" and not native)
     gen = torch.Generator(device=device).manual_seed(seed)
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)

@@ -13,9 +13,9 @@ and differs only in the parts named by its entry in ``config.FAMILIES`` (norm, M
   projections (as GPT-Neo, the architecture of the TinyStories models).
 
 A third family built from these parts is one more ``FAMILIES`` entry, e.g. ``"gelu-rope":
-Family(norm="layernorm", mlp="gelu", positions="rotary", bias=True)``; only the fast single-token
-``decoding.Decoder``, the Hugging Face export/import and the CLI's ``--family`` choices name llama and
-neo explicitly.
+Family(norm="layernorm", mlp="gelu", positions="rotary", bias=True)``; only the C++ single-sequence
+decoder (``decoding.KERNEL_RECIPES``), the Hugging Face export/import and the CLI's ``--family``
+choices name llama and neo explicitly.
 
 Attention always goes through ``F.scaled_dot_product_attention`` with the usual 1/sqrt(head_dim)
 scale. (GPT-Neo itself does not scale; ``export.py`` folds the scale into the exported query weights

@@ -13,7 +13,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -35,9 +35,10 @@ inline float dot(const W* row, const float* x, int64_t cols) {
   return acc;
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 // Eight weights of a row as floats: loaded as they are, or widened from int8.
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 inline __m256 load8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
@@ -70,12 +71,13 @@ inline __m256 exp_nonpositive(__m256 x) {
 }
 
 // Scores of keys [t, t + 8) against q (hd a multiple of 8), one vector.
-inline __m256 scores8(const float* q, const float* k, int64_t stride, int64_t hd) {
+template <typename T>
+inline __m256 scores8(const float* q, const T* k, int64_t stride, int64_t hd) {
   __m256 a[8];
   for (int j = 0; j < 8; ++j) a[j] = _mm256_setzero_ps();
   for (int64_t i = 0; i < hd; i += 8) {
     const __m256 qv = _mm256_loadu_ps(q + i);
-    for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + j * stride + i), a[j]);
+    for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(qv, load8(k + j * stride + i), a[j]);
   }
   return hsum8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
 }
@@ -190,19 +192,33 @@ void rotate(float* x, const float* cos, const float* sin, int64_t hd) {
   for (int64_t i = 0; i < hd; ++i) x[i] = tmp[i];
 }
 
+// Prefetch rows [t, t + n) of the next head's keys or values (null: none). Each head's cache is a
+// new short memory stream, which the hardware prefetcher joins only after a few misses; asking for
+// the next head's rows while this head computes keeps the memory busy.
+template <typename T>
+inline void prefetch_rows(const T* next, int64_t stride, int64_t t, int64_t n, int64_t len, int64_t hd) {
+  if (!next) return;
+  const int64_t end = std::min(t + n, len);
+  for (int64_t r = t; r < end; ++r)
+    for (int64_t off = 0; off < hd * static_cast<int64_t>(sizeof(T)); off += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(next + r * stride) + off);
+}
+
 // Scores of the `len` keys (stride floats apart) against q, times scale; hidden keys -inf. Returns the maximum.
-float row_scores(const float* q, const float* k, int64_t stride, const bool* ok, int64_t len, int64_t hd,
-                 float scale, float* scores) {
+template <typename T>
+float row_scores(const float* q, const T* k, int64_t stride, const bool* ok, int64_t len, int64_t hd,
+                 float scale, float* scores, const T* next_k = nullptr) {
   int64_t t = 0;
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
   if (hd % 8 == 0)
     for (; t + 8 <= len; t += 8)
+      prefetch_rows(next_k, stride, t, 8, len, hd),
       _mm256_storeu_ps(scores + t, _mm256_mul_ps(scores8(q, k + t * stride, stride, hd), _mm256_set1_ps(scale)));
 #endif
   for (; t < len; ++t) {
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < hd; ++i) s += q[i] * k[t * stride + i];
+    for (int64_t i = 0; i < hd; ++i) s += q[i] * static_cast<float>(k[t * stride + i]);
     scores[t] = s * scale;
   }
   float top = -INFINITY;
@@ -217,7 +233,7 @@ float row_scores(const float* q, const float* k, int64_t stride, const bool* ok,
 float exp_shifted(float* scores, int64_t len, float top) {
   int64_t t = 0;
   float total = 0.f;
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
   __m256 acc = _mm256_setzero_ps();
   for (; t + 8 <= len; t += 8) {
     const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + t), _mm256_set1_ps(top)));
@@ -231,17 +247,51 @@ float exp_shifted(float* scores, int64_t len, float top) {
 }
 
 // One query over one head's cached keys and values: y = softmax(q k^T * scale) v.
-void attend_row(const float* q, const float* k, int64_t ks, const float* v, int64_t vs, const bool* ok, int64_t len,
-                int64_t hd, float scale, float* scores, float* y) {
-  const float top = row_scores(q, k, ks, ok, len, hd, scale, scores);
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// y = sum_t p[t] v[t] for hd = 8 * C, in registers: two keys per iteration into two sets of
+// accumulators, so the fused multiply-adds of consecutive keys do not wait on each other.
+template <int C, typename T>
+void weighted_sum(const float* p, const T* v, int64_t vs, int64_t len, float* y, const T* next_v) {
+  __m256 a[C], b[C];
+  for (int c = 0; c < C; ++c) a[c] = b[c] = _mm256_setzero_ps();
+  int64_t t = 0;
+  for (; t + 2 <= len; t += 2) {
+    if ((t & 7) == 0) prefetch_rows(next_v, vs, t, 8, len, 8 * C);
+    const __m256 p0 = _mm256_set1_ps(p[t]), p1 = _mm256_set1_ps(p[t + 1]);
+    const T *v0 = v + t * vs, *v1 = v0 + vs;
+    for (int c = 0; c < C; ++c) {
+      a[c] = _mm256_fmadd_ps(p0, load8(v0 + 8 * c), a[c]);
+      b[c] = _mm256_fmadd_ps(p1, load8(v1 + 8 * c), b[c]);
+    }
+  }
+  if (t < len)
+    for (int c = 0; c < C; ++c) a[c] = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), load8(v + t * vs + 8 * c), a[c]);
+  for (int c = 0; c < C; ++c) _mm256_storeu_ps(y + 8 * c, _mm256_add_ps(a[c], b[c]));
+}
+#endif
+
+// One query over one head's cached keys and values: y = softmax(q k^T * scale) v.
+template <typename T>
+void attend_row(const float* q, const T* k, int64_t ks, const T* v, int64_t vs, const bool* ok, int64_t len,
+                int64_t hd, float scale, float* scores, float* y, const T* next_k = nullptr,
+                const T* next_v = nullptr) {
+  const float top = row_scores(q, k, ks, ok, len, hd, scale, scores, next_k);
   const float inv = 1.f / exp_shifted(scores, len, top);
+#pragma omp simd
+  for (int64_t t = 0; t < len; ++t) scores[t] *= inv;
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+  switch (hd) {  // the head sizes this lab's presets use
+    case 16: return weighted_sum<2>(scores, v, vs, len, y, next_v);
+    case 32: return weighted_sum<4>(scores, v, vs, len, y, next_v);
+    case 48: return weighted_sum<6>(scores, v, vs, len, y, next_v);
+    case 64: return weighted_sum<8>(scores, v, vs, len, y, next_v);
+  }
+#endif
   std::fill(y, y + hd, 0.f);
   for (int64_t t = 0; t < len; ++t) {
-    if (scores[t] == 0.f) continue;  // hidden (or negligible) keys add nothing
-    const float p = scores[t] * inv;
-    const float* vt = v + t * vs;
+    const T* vt = v + t * vs;
 #pragma omp simd
-    for (int64_t i = 0; i < hd; ++i) y[i] += p * vt[i];
+    for (int64_t i = 0; i < hd; ++i) y[i] += scores[t] * static_cast<float>(vt[i]);
   }
 }
 
@@ -333,36 +383,45 @@ torch::Tensor step(int64_t token, int64_t pos, const torch::Tensor& tok_emb, con
 //
 // Why by hand: PyTorch's CPU flash attention, given one query, ran at ~5 GFLOP/s here and took 31%
 // of a 32-row fp32 decoding step (58% at int8); this streams each cached key and value once.
-torch::Tensor attend_cached(const torch::Tensor& q_, const torch::Tensor& k, const torch::Tensor& v, int64_t len,
-                            const torch::Tensor& key_ok, double scale_) {
-  const torch::Tensor q = q_.contiguous();
+template <typename T>
+void attend_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t len,
+                  const torch::Tensor& key_ok, float scale, torch::Tensor& y) {
   const int64_t B = q.size(0), H = q.size(1), hd = q.size(3);
-  TORCH_CHECK(q.scalar_type() == torch::kFloat && k.scalar_type() == torch::kFloat && v.scalar_type() == torch::kFloat,
-              "attend_cached: float32 only");
-  TORCH_CHECK(q.size(2) == 1 && k.size(0) == B && k.size(1) == H && k.size(2) >= len && k.size(3) == hd &&
-              v.sizes() == k.sizes() && k.stride(3) == 1 && v.stride(3) == 1 && len >= 1, "attend_cached: bad shapes");
-  const bool masked = key_ok.numel() > 0;
-  TORCH_CHECK(!masked || (key_ok.scalar_type() == torch::kBool && key_ok.size(0) == B && key_ok.size(1) >= len &&
-                          key_ok.stride(1) == 1), "attend_cached: key_ok must be bool [B, >= len]");
-  auto y = torch::empty({B, H, 1, hd}, torch::kFloat);
   const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  const bool* okp = masked ? key_ok.data_ptr<bool>() : nullptr;
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  const bool* okp = key_ok.numel() > 0 ? key_ok.data_ptr<bool>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const float scale = static_cast<float>(scale_);
   // Split rows x heads over the threads only when there is enough to share (as matvec does).
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, len * hd));
   at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(len);
     for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      const float* kb = kp + b * k.stride(0) + h * k.stride(1);
-      const float* vb = vp + b * v.stride(0) + h * v.stride(1);
-      const bool* ok = masked ? okp + b * key_ok.stride(0) : nullptr;
-      attend_row(qp + bh * hd, kb, k.stride(2), vb, v.stride(2), ok, len, hd, scale, scores.data(), yp + bh * hd);
+      const int64_t b = bh / H, h = bh % H, nb = (bh + 1) / H, nh = (bh + 1) % H;
+      const bool more = bh + 1 < end;
+      attend_row(qp + bh * hd, kp + b * k.stride(0) + h * k.stride(1), k.stride(2),
+                 vp + b * v.stride(0) + h * v.stride(1), v.stride(2), okp ? okp + b * key_ok.stride(0) : nullptr,
+                 len, hd, scale, scores.data(), yp + bh * hd, more ? kp + nb * k.stride(0) + nh * k.stride(1) : nullptr,
+                 more ? vp + nb * v.stride(0) + nh * v.stride(1) : nullptr);
     }
   });
+}
+
+torch::Tensor attend_cached(const torch::Tensor& q_, const torch::Tensor& k, const torch::Tensor& v, int64_t len,
+                            const torch::Tensor& key_ok, double scale) {
+  const torch::Tensor q = q_.contiguous();
+  const int64_t B = q.size(0), H = q.size(1), hd = q.size(3);
+  const bool half = k.scalar_type() == torch::kHalf;
+  TORCH_CHECK(q.scalar_type() == torch::kFloat && (half || k.scalar_type() == torch::kFloat) &&
+              v.scalar_type() == k.scalar_type(), "attend_cached: a float32 query over a float32 or float16 cache");
+  TORCH_CHECK(q.size(2) == 1 && k.size(0) == B && k.size(1) == H && k.size(2) >= len && k.size(3) == hd &&
+              v.sizes() == k.sizes() && k.stride(3) == 1 && v.stride(3) == 1 && len >= 1, "attend_cached: bad shapes");
+  TORCH_CHECK(key_ok.numel() == 0 || (key_ok.scalar_type() == torch::kBool && key_ok.size(0) == B &&
+                                      key_ok.size(1) >= len && key_ok.stride(1) == 1),
+              "attend_cached: key_ok must be bool [B, >= len]");
+  auto y = torch::empty({B, H, 1, hd}, torch::kFloat);
+  if (half) attend_heads<at::Half>(q, k, v, len, key_ok, static_cast<float>(scale), y);
+  else attend_heads<float>(q, k, v, len, key_ok, static_cast<float>(scale), y);
   return y;
 }
 
