@@ -78,9 +78,9 @@ def native_or_skip():
     import platform
     import shutil
 
-    from tinyscale.kernels import decode_one
+    from tinyscale.kernels import cpu_kernels
 
-    kernel = decode_one()
+    kernel = cpu_kernels()
     if kernel is None:
         assert not (shutil.which("c++") and platform.machine() == "x86_64"), "the decoding kernel did not build"
         pytest.skip("no C++ compiler here: single sequences decode through the forward pass, which other tests cover")
@@ -141,20 +141,20 @@ def test_native_int8_loss_within_one_percent_of_fp32(trained):
 
 
 def test_without_the_kernel_generation_falls_back_to_the_same_tokens(trained, monkeypatch):
-    from tinyscale.kernels import decode_one
+    from tinyscale.kernels import cpu_kernels
 
     native_or_skip()
     model, val = trained
     prompt = [val[:8].tolist()]
     with_kernel = generate(model, prompt, 20, temperature=0)
     monkeypatch.setenv("TINYSCALE_NO_KERNELS", "1")
-    decode_one.cache_clear()
+    cpu_kernels.cache_clear()
     try:
-        assert decode_one() is None
+        assert cpu_kernels() is None
         assert generate(model, prompt, 20, temperature=0) == with_kernel
     finally:
         monkeypatch.delenv("TINYSCALE_NO_KERNELS")
-        decode_one.cache_clear()
+        cpu_kernels.cache_clear()
 
 
 @pytest.mark.parametrize("family", ["llama", "neo"])

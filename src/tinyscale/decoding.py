@@ -146,22 +146,22 @@ class NativeDecoder:
     """
 
     def __init__(self, model: Transformer, cache: KVCache, int8: bool = False) -> None:
-        from tinyscale.kernels import decode_one
+        from tinyscale.kernels import cpu_kernels
 
-        self.kernel, self.cache = decode_one(), cache
+        self.kernel, self.cache = cpu_kernels(), cache
         self.n_heads, self.eps = model.cfg.n_heads, model.cfg.norm_eps
         self.weights = _native_weights(model, int8)
 
     @staticmethod
     def available(model: Transformer, batch: int, dtype: torch.dtype) -> bool:
         """True where the kernel applies: one row, float32 on the CPU, a recipe it knows, the kernel built."""
-        from tinyscale.kernels import decode_one
+        from tinyscale.kernels import cpu_kernels
 
         p, arch = model.tok_emb.weight, model.cfg.arch
         return (batch == 1 and p.device.type == "cpu" and p.dtype == torch.float32
                 and (arch.norm, arch.mlp, arch.positions) in KERNEL_RECIPES
                 and dtype == torch.float32 and isinstance(model.blocks[0].attn.qkv, nn.Linear)
-                and decode_one() is not None)
+                and cpu_kernels() is not None)
 
     def step(self, tok: Tensor, positions: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
         """Logits [1, vocab] for the token tok [1] at cache column ``cache.pos`` (then advanced).
@@ -223,11 +223,11 @@ def new_cache(model: Transformer, batch_size: int, max_len: int, dtype: torch.dt
               compact: bool = False) -> KVCache:
     """A KV cache for `model` running in `dtype`: on the CPU with the kernel built, a ``KernelKVCache``
     (in float16 if `compact`); elsewhere a plain ``KVCache``."""
-    from tinyscale.kernels import decode_one
+    from tinyscale.kernels import cpu_kernels
 
     p = model.tok_emb.weight
     dt = cache_dtype(p.device, dtype or p.dtype)
-    kernel = decode_one() if p.device.type == "cpu" and dt == torch.float32 else None
+    kernel = cpu_kernels() if p.device.type == "cpu" and dt == torch.float32 else None
     if kernel is None:
         return KVCache(model.cfg, batch_size, max_len, p.device, dt)
     return KernelKVCache(model.cfg, batch_size, max_len, p.device, torch.float16 if compact else dt, kernel=kernel)

@@ -184,6 +184,8 @@ class Attention(nn.Module):
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # q, k, v stacked
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=bias)
+        # Attention without a cache; kernels.causal swaps in a faster one for training on the CPU.
+        self.attention_fn: Callable[..., Tensor] = attention
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int,
                 mask: Tensor | None, causal: bool) -> Tensor:
@@ -194,7 +196,7 @@ class Attention(nn.Module):
             q, k, v = qk[:, 0], qk[:, 1], qkv[:, 2]
         else:
             q, k, v = qkv.unbind(1)
-        y = attention(q, k, v, mask, causal) if cache is None else cache.attend(layer, q, k, v, mask, causal)
+        y = self.attention_fn(q, k, v, mask, causal) if cache is None else cache.attend(layer, q, k, v, mask, causal)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 

@@ -32,9 +32,21 @@ def _arch_flags() -> tuple[str, list[str]]:
     return "native", ["-march=native"]
 
 
+SOURCES = ("module.cpp", "decode_one.cpp", "attention.cpp")
+HEADERS = ("simd.h",)
+
+
+def _headers_hash() -> str:
+    """The shared header's hash, passed as a flag: the builder tracks sources and flags, not headers."""
+    import hashlib
+
+    return hashlib.sha1(b"".join((HERE / h).read_bytes() for h in HEADERS)).hexdigest()[:12]
+
+
 @cache
-def decode_one() -> ModuleType | None:
-    """The single-sequence decoding kernel (decode_one.cpp), or None if it cannot be built here."""
+def cpu_kernels() -> ModuleType | None:
+    """The C++ kernels (decode_one.cpp: decoding; attention.cpp: causal attention for training), one
+    extension module, or None if it cannot be built here."""
     if os.environ.get("TINYSCALE_NO_KERNELS"):
         return None
     try:
@@ -42,12 +54,12 @@ def decode_one() -> ModuleType | None:
     except ImportError:  # pragma: no cover - torch always ships it
         return None
     tag, arch = _arch_flags()
-    progress.info("loading the decoding kernel (the first time on a machine, it compiles: about a minute)")
+    progress.info("loading tinyscale's C++ kernels (the first time on a machine, they compile: about a minute)")
     try:
-        return load(name=f"tinyscale_decode_one_{tag}", sources=[str(HERE / "decode_one.cpp")],
-                    extra_cflags=["-O3", "-fopenmp", "-fopenmp-simd", *arch], extra_ldflags=["-fopenmp"],
-                    verbose=False)
+        return load(name=f"tinyscale_cpu_{tag}", sources=[str(HERE / s) for s in SOURCES],
+                    extra_cflags=["-O3", "-fopenmp", "-fopenmp-simd", f"-DTINYSCALE_HEADERS={_headers_hash()}", *arch],
+                    extra_ldflags=["-fopenmp"], extra_include_paths=[str(HERE)], verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: fall back, say why once
-        progress.info(f"decoding kernel unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                      "decoding through the forward pass")
+        progress.info(f"C++ kernels unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                      "using PyTorch's operators")
         return None

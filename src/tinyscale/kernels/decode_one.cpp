@@ -13,15 +13,15 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "simd.h"
+
 namespace {
+
+using namespace tinyscale;
 
 // Products with fewer output rows than this run on one thread (a fork/join costs more).
 constexpr int64_t kParallelRows = 256;
@@ -35,41 +35,7 @@ inline float dot(const W* row, const float* x, int64_t cols) {
   return acc;
 }
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-// Eight weights of a row as floats: loaded as they are, or widened from int8.
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const at::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-inline __m256 load8(const int8_t* p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-}
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
-
-// Eight sums (a0..a7 each summed across its lanes) as one vector, in order.
-inline __m256 hsum8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
-  const __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-  const __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
-  return _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
-}
-
-// exp(x) for x <= 0 (softmax after subtracting the maximum): 2^n * p(r) with x = n ln2 + r,
-// |r| <= ln2 / 2 and p the degree-6 Taylor polynomial (relative error ~2e-7); below -87, 0.
-inline __m256 exp_nonpositive(__m256 x) {
-  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.f), _CMP_GE_OQ);
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);  // ln2 in two parts: exact n * hi
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
-  __m256 p = _mm256_set1_ps(1.f / 720);
-  for (const float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-  const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(pow2)), keep);
-}
-
+#ifdef TINYSCALE_AVX2
 // Scores of keys [t, t + 8) against q (hd a multiple of 8), one vector.
 template <typename T>
 inline __m256 scores8(const float* q, const T* k, int64_t stride, int64_t hd) {
@@ -209,7 +175,7 @@ template <typename T>
 float row_scores(const float* q, const T* k, int64_t stride, const bool* ok, int64_t len, int64_t hd,
                  float scale, float* scores, const T* next_k = nullptr) {
   int64_t t = 0;
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#ifdef TINYSCALE_AVX2
   if (hd % 8 == 0)
     for (; t + 8 <= len; t += 8)
       prefetch_rows(next_k, stride, t, 8, len, hd),
@@ -229,25 +195,8 @@ float row_scores(const float* q, const T* k, int64_t stride, const bool* ok, int
   return top;
 }
 
-// scores <- exp(scores - top); returns their sum.
-float exp_shifted(float* scores, int64_t len, float top) {
-  int64_t t = 0;
-  float total = 0.f;
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-  __m256 acc = _mm256_setzero_ps();
-  for (; t + 8 <= len; t += 8) {
-    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + t), _mm256_set1_ps(top)));
-    _mm256_storeu_ps(scores + t, e);
-    acc = _mm256_add_ps(acc, e);
-  }
-  total = hsum(acc);
-#endif
-  for (; t < len; ++t) total += (scores[t] = std::exp(scores[t] - top));
-  return total;
-}
-
 // One query over one head's cached keys and values: y = softmax(q k^T * scale) v.
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#ifdef TINYSCALE_AVX2
 // y = sum_t p[t] v[t] for hd = 8 * C, in registers: two keys per iteration into two sets of
 // accumulators, so the fused multiply-adds of consecutive keys do not wait on each other.
 template <int C, typename T>
@@ -279,7 +228,7 @@ void attend_row(const float* q, const T* k, int64_t ks, const T* v, int64_t vs, 
   const float inv = 1.f / exp_shifted(scores, len, top);
 #pragma omp simd
   for (int64_t t = 0; t < len; ++t) scores[t] *= inv;
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#ifdef TINYSCALE_AVX2
   switch (hd) {  // the head sizes this lab's presets use
     case 16: return weighted_sum<2>(scores, v, vs, len, y, next_v);
     case 32: return weighted_sum<4>(scores, v, vs, len, y, next_v);
@@ -423,9 +372,4 @@ torch::Tensor attend_cached(const torch::Tensor& q_, const torch::Tensor& k, con
   if (half) attend_heads<at::Half>(q, k, v, len, key_ok, static_cast<float>(scale), y);
   else attend_heads<float>(q, k, v, len, key_ok, static_cast<float>(scale), y);
   return y;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("step", &step, "one decoding step for a single sequence");
-  m.def("attend_cached", &attend_cached, "one query per row and head over a cached layer");
 }

@@ -1,0 +1,27 @@
+// The Python module of tinyscale's C++ kernels (one extension, compiled once; see __init__.py).
+
+#include <torch/extension.h>
+
+#include <vector>
+
+// decode_one.cpp
+torch::Tensor step(int64_t token, int64_t pos, const torch::Tensor& tok_emb, const torch::Tensor& pos_emb,
+                   const std::vector<torch::Tensor>& layers, const torch::Tensor& norm_w, const torch::Tensor& norm_b,
+                   const torch::Tensor& head, const torch::Tensor& head_scale, const torch::Tensor& rope_cos,
+                   const torch::Tensor& rope_sin, torch::Tensor k_cache, torch::Tensor v_cache, int64_t heads,
+                   double eps);
+torch::Tensor attend_cached(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t len,
+                            const torch::Tensor& key_ok, double scale);
+// attention.cpp
+std::vector<torch::Tensor> causal_attention_forward(const torch::Tensor& q, const torch::Tensor& k,
+                                                    const torch::Tensor& v);
+std::vector<torch::Tensor> causal_attention_backward(const torch::Tensor& dout, const torch::Tensor& q,
+                                                     const torch::Tensor& k, const torch::Tensor& v,
+                                                     const torch::Tensor& out, const torch::Tensor& lse);
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("step", &step, "one decoding step for a single sequence");
+  m.def("attend_cached", &attend_cached, "one query per row and head over a cached layer");
+  m.def("causal_attention_forward", &causal_attention_forward, "causal attention for training: (out, lse)");
+  m.def("causal_attention_backward", &causal_attention_backward, "gradients (dq, dk, dv) of the forward");
+}

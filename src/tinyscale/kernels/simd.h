@@ -1,0 +1,88 @@
+// Vector helpers shared by the C++ kernels: AVX2 where the build targets it, plain loops otherwise.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include <c10/util/Half.h>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define TINYSCALE_AVX2 1
+#include <immintrin.h>
+#endif
+
+namespace tinyscale {
+
+#ifdef TINYSCALE_AVX2
+// Eight values as floats: loaded as they are, or widened from float16 or int8.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const c10::Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline __m256 load8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// Eight sums (a0..a7 each summed across its lanes) as one vector, in order.
+inline __m256 hsum8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
+  const __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  const __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+  return _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20), _mm256_permute2f128_ps(h0, h1, 0x31));
+}
+
+// exp(x) for x <= 0 (softmax after subtracting the maximum): 2^n * p(r) with x = n ln2 + r,
+// |r| <= ln2 / 2 and p the degree-6 Taylor polynomial (relative error ~2e-7); below -87, 0.
+inline __m256 exp_nonpositive(__m256 x) {
+  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.f), _CMP_GE_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);  // ln2 in two parts: exact n * hi
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
+  __m256 p = _mm256_set1_ps(1.f / 720);
+  for (const float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(pow2)), keep);
+}
+#endif
+
+// The largest of x[0..len).
+inline float max_of(const float* x, int64_t len) {
+  int64_t t = 0;
+  float top = -INFINITY;
+#ifdef TINYSCALE_AVX2
+  if (len >= 8) {
+    __m256 m = _mm256_loadu_ps(x);
+    for (t = 8; t + 8 <= len; t += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + t));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    top = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+  }
+#endif
+  for (; t < len; ++t) top = std::max(top, x[t]);
+  return top;
+}
+
+// x[t] <- exp(x[t] - top) for t in [0, len), with every x[t] <= top; returns their sum.
+inline float exp_shifted(float* x, int64_t len, float top) {
+  int64_t t = 0;
+  float total = 0.f;
+#ifdef TINYSCALE_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  for (; t + 8 <= len; t += 8) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(x + t), _mm256_set1_ps(top)));
+    _mm256_storeu_ps(x + t, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  total = hsum(acc);
+#endif
+  for (; t < len; ++t) total += (x[t] = std::exp(x[t] - top));
+  return total;
+}
+
+}  // namespace tinyscale
