@@ -232,11 +232,11 @@ def forward_backward(net: torch.nn.Module, head: torch.nn.Linear, micro_batches:
 
 
 def build_model(mcfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> Transformer:
-    """The model to train. On the CPU without torch.compile its causal attention runs in the C++
-    kernel (kernels/causal.py: 1.5x faster than PyTorch's at head size 16, fwd + bwd); elsewhere, and
-    with TINYSCALE_NO_KERNELS=1, in PyTorch's scaled_dot_product_attention."""
+    """The model to train. On the CPU its causal attention runs in the C++ kernel (kernels/causal.py:
+    1.5x faster than PyTorch's at head size 16, forward + backward); elsewhere, and with
+    TINYSCALE_NO_KERNELS=1, in PyTorch's scaled_dot_product_attention."""
     model = Transformer(mcfg).to(device)
-    if device.type == "cpu" and not cfg.compile:
+    if device.type == "cpu":
         from tinyscale.kernels.causal import use_kernel_attention
 
         use_kernel_attention(model)
