@@ -23,27 +23,36 @@ namespace {
 using tinyscale::exp_shifted;
 
 #ifdef TINYSCALE_AVX2
-// s[j] = sum_d q[d] * xt[d * Tp + j] for j in [0, n rounded up to 8): 32 scores at a time in four
-// accumulators (no stores until the end of a block; a store per multiply-add halves the speed).
-void row_dots(const float* q, const float* xt, int64_t Tp, int64_t n, int64_t hd, float* s) {
+// s[r][j] = sum_d q[r][d] * xt[d * Tp + j] for R query rows and j in [0, n rounded up to 8). The
+// rows share each load of xt, and a block of scores stays in registers until its end (a store per
+// multiply-add would halve the speed): R rows x V vectors of 8 keys = 8 accumulators.
+template <int R>
+void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int64_t hd, float* const* s) {
+  constexpr int V = 8 / R;
   int64_t j = 0;
-  for (; j + 32 <= n; j += 32) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (; j + 8 * V <= n; j += 8 * V) {
+    __m256 a[R][V];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) a[r][v] = _mm256_setzero_ps();
     for (int64_t d = 0; d < hd; ++d) {
-      const __m256 qd = _mm256_broadcast_ss(q + d);
-      const float* x = xt + d * Tp + j;
-      a0 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(x), a0);
-      a1 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(x + 8), a1);
-      a2 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(x + 16), a2);
-      a3 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(x + 24), a3);
+      __m256 x[V];
+      for (int v = 0; v < V; ++v) x[v] = _mm256_loadu_ps(xt + d * Tp + j + 8 * v);
+      for (int r = 0; r < R; ++r) {
+        const __m256 qd = _mm256_broadcast_ss(q[r] + d);
+        for (int v = 0; v < V; ++v) a[r][v] = _mm256_fmadd_ps(qd, x[v], a[r][v]);
+      }
     }
-    _mm256_storeu_ps(s + j, a0), _mm256_storeu_ps(s + j + 8, a1);
-    _mm256_storeu_ps(s + j + 16, a2), _mm256_storeu_ps(s + j + 24, a3);
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) _mm256_storeu_ps(s[r] + j + 8 * v, a[r][v]);
   }
   for (; j < n; j += 8) {
-    __m256 a = _mm256_setzero_ps();
-    for (int64_t d = 0; d < hd; ++d) a = _mm256_fmadd_ps(_mm256_broadcast_ss(q + d), _mm256_loadu_ps(xt + d * Tp + j), a);
-    _mm256_storeu_ps(s + j, a);
+    __m256 a[R];
+    for (int r = 0; r < R; ++r) a[r] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < hd; ++d) {
+      const __m256 x = _mm256_loadu_ps(xt + d * Tp + j);
+      for (int r = 0; r < R; ++r) a[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[r] + d), x, a[r]);
+    }
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(s[r] + j, a[r]);
   }
 }
 
@@ -68,6 +77,25 @@ void combine(const float* w, const float* x, int64_t n, float* out) {
     for (int s = 1; s < S; ++s) sum = _mm256_add_ps(sum, a[s][c]);
     _mm256_storeu_ps(out + 8 * c, sum);
   }
+}
+
+// out[r] = sum_j w[r][j] * x[j, :] for R rows over j in [0, n), sharing each load of x; every
+// w[r][j] past that row's own keys must be 0.
+template <int C, int R>
+void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out) {
+  __m256 a[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) a[r][c] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    __m256 xj[C];
+    for (int c = 0; c < C; ++c) xj[c] = _mm256_loadu_ps(x + j * 8 * C + 8 * c);
+    for (int r = 0; r < R; ++r) {
+      const __m256 wr = _mm256_broadcast_ss(w[r] + j);
+      for (int c = 0; c < C; ++c) a[r][c] = _mm256_fmadd_ps(wr, xj[c], a[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) _mm256_storeu_ps(out[r] + 8 * c, a[r][c]);
 }
 
 // x[j, :] += w[j] * a for j in [0, n) (x row-major with 8C columns): one rank-one update.
@@ -101,10 +129,13 @@ void rank_two(const float* a0, const float* w0, const float* a1, const float* w1
     for (int i = 0; i < 8 * C; ++i) x[j * 8 * C + i] += w0[j] * a0[i] + w1[j] * a1[i];
 }
 
-void row_dots(const float* q, const float* xt, int64_t Tp, int64_t n, int64_t hd, float* s) {
-  std::fill(s, s + n, 0.f);
-  for (int64_t d = 0; d < hd; ++d)
-    for (int64_t j = 0; j < n; ++j) s[j] += q[d] * xt[d * Tp + j];
+template <int R>
+void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int64_t hd, float* const* s) {
+  for (int r = 0; r < R; ++r) {
+    std::fill(s[r], s[r] + n, 0.f);
+    for (int64_t d = 0; d < hd; ++d)
+      for (int64_t j = 0; j < n; ++j) s[r][j] += q[r][d] * xt[d * Tp + j];
+  }
 }
 
 template <int C, int S>
@@ -112,6 +143,11 @@ void combine(const float* w, const float* x, int64_t n, float* out) {
   std::fill(out, out + 8 * C, 0.f);
   for (int64_t j = 0; j < n; ++j)
     for (int i = 0; i < 8 * C; ++i) out[i] += w[j] * x[j * 8 * C + i];
+}
+
+template <int C, int R>
+void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out) {
+  for (int r = 0; r < R; ++r) combine<C, 1>(w[r], x, n, out[r]);
 }
 
 template <int C>
@@ -154,26 +190,47 @@ void check(const torch::Tensor& x, const torch::Tensor& like, const char* what) 
               "causal attention: ", what, " must be float32 [B, H, T, head_dim] with contiguous rows");
 }
 
+// Rows per combine_rows call, and sets of accumulators per combine call: R x C (S x C) accumulators
+// stay within the 16 vector registers.
+template <int C>
+constexpr int kRows = C <= 2 ? 4 : C <= 4 ? 2 : 1;
+template <int C>
+constexpr int kSets = kRows<C>;
+
 template <int C>
 void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, float* out, float* lse) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = 8 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     Head hb(T, hd);
-    std::vector<float> p(hb.Tp);
+    constexpr int R = 4;  // query rows per pass over the keys
+    const int64_t stride = hb.Tp + 8;
+    std::vector<float> p(R * stride);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       hb.load(q, k, v, b, h, scale, false);
-      for (int64_t i = 0; i < T; ++i) {
-        const int64_t n = i + 1;  // causal: keys 0..i
-        row_dots(hb.q.data() + i * hd, hb.kt.data(), hb.Tp, n, hd, p.data());
-        const float top = tinyscale::max_of(p.data(), n);
-        const float total = exp_shifted(p.data(), n, top);
-        float* o = out + ((b * T + i) * H + h) * hd;
-        combine<C, (C <= 2 ? 4 : C <= 4 ? 2 : 1)>(p.data(), hb.v.data(), n, o);
-        const float inv = 1.f / total;
-        for (int64_t d = 0; d < hd; ++d) o[d] *= inv;
-        lse[bh * T + i] = top + std::log(total);
+      for (int64_t i = 0; i < T; i += R) {
+        const float* qr[R];
+        float* sr[R];
+        for (int r = 0; r < R; ++r)  // past the last row, repeat it (computed, not used)
+          qr[r] = hb.q.data() + std::min<int64_t>(i + r, T - 1) * hd, sr[r] = p.data() + r * stride;
+        row_dots<R>(qr, hb.kt.data(), hb.Tp, std::min<int64_t>(i + R, T), hd, sr);
+        const int64_t n_group = std::min<int64_t>(i + R, T);
+        float* o[R];
+        float inv[R];
+        for (int r = 0; r < R; ++r) {
+          const int64_t row = std::min<int64_t>(i + r, T - 1), n = row + 1;  // causal: keys 0..row
+          const float top = tinyscale::max_of(sr[r], n);
+          const float total = exp_shifted(sr[r], n, top);
+          std::fill(sr[r] + n, sr[r] + n_group, 0.f);  // keys after the row: weight 0 in combine_rows
+          o[r] = out + ((b * T + row) * H + h) * hd;
+          inv[r] = 1.f / total;
+          if (i + r < T) lse[bh * T + row] = top + std::log(total);
+        }
+        for (int r = 0; r < R; r += kRows<C>)
+          combine_rows<C, kRows<C>>(sr + r, hb.v.data(), n_group, o + r);
+        for (int r = 0; r < R && i + r < T; ++r)
+          for (int64_t d = 0; d < hd; ++d) o[r][d] *= inv[r];
       }
     }
   });
@@ -187,7 +244,7 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     Head hb(T, hd);
-    std::vector<float> p(2 * hb.Tp + 8), ds(2 * hb.Tp + 8), gk(hb.Tp * hd), gv(hb.Tp * hd), qi(2 * hd);
+    std::vector<float> p(2 * (hb.Tp + 8)), ds(2 * (hb.Tp + 8)), gk(hb.Tp * hd), gv(hb.Tp * hd), qi(2 * hd);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       hb.load(q, k, v, b, h, scale, true);
@@ -198,26 +255,32 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
       // Queries in pairs: both rows' key and value gradients go into gk, gv in one pass.
       for (int64_t i = 0; i < T; i += 2) {
         const int r = i + 1 < T ? 2 : 1;
+        const int64_t i1 = i + r - 1, n_pair = i1 + 1;
+        const float* qr[2] = {hb.q.data() + i * hd, hb.q.data() + i1 * hd};
+        const float* gr[2] = {gb + i * dout.stride(2), gb + i1 * dout.stride(2)};
+        float* pr[2] = {p.data(), p.data() + hb.Tp + 8};
+        float* dr[2] = {ds.data(), ds.data() + hb.Tp + 8};
+        row_dots<2>(qr, hb.kt.data(), hb.Tp, n_pair, hd, pr);  // scores, then probabilities
+        row_dots<2>(gr, hb.vt.data(), hb.Tp, n_pair, hd, dr);  // dp_j = dO_i . v_j
         for (int k2 = 0; k2 < r; ++k2) {
           const int64_t row = i + k2, n = row + 1;
-          float *pr = p.data() + k2 * hb.Tp, *dr = ds.data() + k2 * hb.Tp;
-          const float *oi = ob + row * out.stride(2), *gi = gb + row * dout.stride(2);
-          row_dots(hb.q.data() + row * hd, hb.kt.data(), hb.Tp, n, hd, pr);  // scores -> probabilities
-          exp_shifted(pr, n, lse[bh * T + row]);
-          row_dots(gi, hb.vt.data(), hb.Tp, n, hd, dr);  // dp_j = dO_i . v_j
+          const float *oi = ob + row * out.stride(2), *gi = gr[k2];
+          exp_shifted(pr[k2], n, lse[bh * T + row]);
           float delta = 0.f;  // sum_j p_j dp_j, computed as dO_i . O_i
           for (int64_t d = 0; d < hd; ++d) delta += gi[d] * oi[d];
+          float *pk = pr[k2], *dk2 = dr[k2];
 #pragma omp simd
-          for (int64_t j = 0; j < n; ++j) dr[j] = pr[j] * (dr[j] - delta) * scale;  // d(score) incl. the scale
-          pr[n] = dr[n] = 0.f;  // the first row of a pair does not see the second row's key
-          combine<C, (C <= 2 ? 4 : C <= 4 ? 2 : 1)>(dr, hb.k.data(), n, dq + ((b * T + row) * H + h) * hd);
+          for (int64_t j = 0; j < n; ++j) dk2[j] = pk[j] * (dk2[j] - delta) * scale;  // d(score) incl. the scale
+          pk[n] = dk2[n] = 0.f;  // the first row of a pair does not see the second row's key
           for (int64_t d = 0; d < hd; ++d) qi[k2 * hd + d] = hb.q[row * hd + d] / scale;  // the unscaled query
         }
+        for (int k2 = 0; k2 < r; ++k2)  // dq_i = sum_j ds_ij k_j
+          combine<C, kSets<C>>(dr[k2], hb.k.data(), i + k2 + 1, dq + ((b * T + i + k2) * H + h) * hd);
         const float* g0 = gb + i * dout.stride(2);
         if (r == 2) {
           const float* g1 = g0 + dout.stride(2);
-          rank_two<C>(qi.data(), ds.data(), qi.data() + hd, ds.data() + hb.Tp, i + 2, gk.data());
-          rank_two<C>(g0, p.data(), g1, p.data() + hb.Tp, i + 2, gv.data());
+          rank_two<C>(qi.data(), dr[0], qi.data() + hd, dr[1], i + 2, gk.data());
+          rank_two<C>(g0, pr[0], g1, pr[1], i + 2, gv.data());
         } else {
           rank_one<C>(qi.data(), ds.data(), i + 1, gk.data());
           rank_one<C>(g0, p.data(), i + 1, gv.data());
