@@ -84,3 +84,20 @@ def test_the_trainer_uses_the_kernel_and_learns_the_same(built, tmp_path, monkey
         losses.append([r["loss"] for r in rows if "loss" in r])
     assert len(losses[0]) >= 10
     assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+
+
+def test_cross_entropy_kernel_matches_the_pytorch_version(built):
+    """The output head's per-chunk cross-entropy and gradient (kernels/loss.cpp) equal softmax_xent_grad."""
+    from tinyscale.train import softmax_xent_grad, xent_grad_fn
+
+    torch.manual_seed(0)
+    logits = torch.randn(37, 301) * 4
+    targets = torch.randint(0, 301, (37,))
+    kernel = xent_grad_fn(False, torch.device("cpu"))
+    assert kernel is not softmax_xent_grad
+    ref_loss, ref_grad = softmax_xent_grad(logits.clone(), targets, 0.125, torch.float32)
+    loss, grad = kernel(logits.clone(), targets, 0.125, torch.float32)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-7, rtol=1e-5)
+    _, grad16 = kernel(logits.clone(), targets, 0.125, torch.bfloat16)
+    assert grad16.dtype == torch.bfloat16

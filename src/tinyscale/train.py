@@ -41,6 +41,7 @@ from tinyscale import progress
 from tinyscale.config import ModelConfig, TrainConfig
 from tinyscale.errors import UserError
 from tinyscale.fileio import atomic_open, read_json, read_lines, set_file_mode, write_json
+from tinyscale.kernels import cpu_kernels
 from tinyscale.model import Transformer, bf16_native, count_params, flops_per_token, model_config
 from tinyscale.runs import checkpoint_dir, list_checkpoints, state_path, weights_path
 from tinyscale.validate import check_output, check_train, cores, os_errors, run_lock
@@ -166,9 +167,20 @@ def _compiled_xent_grad():
     return torch.compile(softmax_xent_grad, dynamic=False)
 
 
-def xent_grad_fn(compile_: bool):
-    """The chunk kernel of HeadLoss, compiled once per process when asked (one fixed shape per run,
-    plus the last, shorter chunk)."""
+def _kernel_xent_grad(kernels, logits: torch.Tensor, targets: torch.Tensor, scale: float,
+                      dtype: torch.dtype) -> tuple[float, torch.Tensor]:
+    """softmax_xent_grad in one C++ pass per row (kernels/loss.cpp); overwrites the chunk's logits."""
+    logits = logits.float().contiguous()
+    loss = kernels.softmax_xent_grad_(logits, targets.long().contiguous(), scale)
+    return loss, logits.to(dtype)
+
+
+def xent_grad_fn(compile_: bool, device: torch.device | None = None):
+    """The chunk kernel of HeadLoss: on the CPU the C++ one when it is built (1.5-3x faster than
+    either version below), else softmax_xent_grad, compiled once per process when asked (one fixed
+    shape per run, plus the last, shorter chunk)."""
+    if device is not None and device.type == "cpu" and (kernels := cpu_kernels()) is not None:
+        return functools.partial(_kernel_xent_grad, kernels)
     return _compiled_xent_grad() if compile_ else softmax_xent_grad
 
 
@@ -213,7 +225,7 @@ def lm_loss(net: torch.nn.Module, head: torch.nn.Linear, x: torch.Tensor, y: tor
     h = net(x, hidden=True).flatten(0, 1)
     dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
     chunk = max(64, (1 << 20) // head.out_features)  # ~4 MB of float32 logits per chunk
-    return HeadLoss.apply(h, head.weight, y.flatten(), dtype, chunk, xent_grad_fn(cfg.compile))
+    return HeadLoss.apply(h, head.weight, y.flatten(), dtype, chunk, xent_grad_fn(cfg.compile, h.device))
 
 
 def forward_backward(net: torch.nn.Module, head: torch.nn.Linear, micro_batches: list, cfg: TrainConfig,

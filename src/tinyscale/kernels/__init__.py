@@ -32,7 +32,7 @@ def _arch_flags() -> tuple[str, list[str]]:
     return "native", ["-march=native"]
 
 
-SOURCES = ("module.cpp", "decode_one.cpp", "attention.cpp")
+SOURCES = ("module.cpp", "decode_one.cpp", "attention.cpp", "loss.cpp")
 HEADERS = ("simd.h",)
 
 
@@ -45,8 +45,8 @@ def _headers_hash() -> str:
 
 @cache
 def cpu_kernels() -> ModuleType | None:
-    """The C++ kernels (decode_one.cpp: decoding; attention.cpp: causal attention for training), one
-    extension module, or None if it cannot be built here."""
+    """The C++ kernels (decode_one.cpp: decoding; attention.cpp: causal attention for training;
+    loss.cpp: the output head's cross-entropy), one extension module, or None if it cannot be built here."""
     if os.environ.get("TINYSCALE_NO_KERNELS"):
         return None
     try:

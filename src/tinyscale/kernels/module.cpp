@@ -18,10 +18,13 @@ std::vector<torch::Tensor> causal_attention_forward(const torch::Tensor& q, cons
 std::vector<torch::Tensor> causal_attention_backward(const torch::Tensor& dout, const torch::Tensor& q,
                                                      const torch::Tensor& k, const torch::Tensor& v,
                                                      const torch::Tensor& out, const torch::Tensor& lse);
+// loss.cpp
+double softmax_xent_grad_(torch::Tensor logits, const torch::Tensor& targets, double scale);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("step", &step, "one decoding step for a single sequence");
   m.def("attend_cached", &attend_cached, "one query per row and head over a cached layer");
   m.def("causal_attention_forward", &causal_attention_forward, "causal attention for training: (out, lse)");
+  m.def("softmax_xent_grad_", &softmax_xent_grad_, "cross-entropy of a chunk of logits; its gradient in place");
   m.def("causal_attention_backward", &causal_attention_backward, "gradients (dq, dk, dv) of the forward");
 }
