@@ -56,29 +56,6 @@ void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int
   }
 }
 
-// out[0:8C] = sum_j w[j] * x[j, 0:8C] for j in [0, n), x row-major with 8C columns. S sets of
-// accumulators take consecutive positions, so the multiply-adds do not wait on each other.
-template <int C, int S>
-void combine(const float* w, const float* x, int64_t n, float* out) {
-  __m256 a[S][C];
-  for (int s = 0; s < S; ++s)
-    for (int c = 0; c < C; ++c) a[s][c] = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + S <= n; j += S)
-    for (int s = 0; s < S; ++s) {
-      const __m256 ws = _mm256_broadcast_ss(w + j + s);
-      for (int c = 0; c < C; ++c) a[s][c] = _mm256_fmadd_ps(ws, _mm256_loadu_ps(x + (j + s) * 8 * C + 8 * c), a[s][c]);
-    }
-  for (; j < n; ++j)
-    for (int c = 0; c < C; ++c)
-      a[0][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(w + j), _mm256_loadu_ps(x + j * 8 * C + 8 * c), a[0][c]);
-  for (int c = 0; c < C; ++c) {
-    __m256 sum = a[0][c];
-    for (int s = 1; s < S; ++s) sum = _mm256_add_ps(sum, a[s][c]);
-    _mm256_storeu_ps(out + 8 * c, sum);
-  }
-}
-
 // out[r] = sum_j w[r][j] * x[j, :] for R rows over j in [0, n), sharing each load of x; every
 // w[r][j] past that row's own keys must be 0.
 template <int C, int R>
@@ -138,16 +115,9 @@ void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int
   }
 }
 
-template <int C, int S>
-void combine(const float* w, const float* x, int64_t n, float* out) {
-  std::fill(out, out + 8 * C, 0.f);
-  for (int64_t j = 0; j < n; ++j)
-    for (int i = 0; i < 8 * C; ++i) out[i] += w[j] * x[j * 8 * C + i];
-}
-
 template <int C, int R>
 void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out) {
-  for (int r = 0; r < R; ++r) combine<C, 1>(w[r], x, n, out[r]);
+  for (int r = 0; r < R; ++r) tinyscale::weighted_rows<C, 1>(w[r], x, 8 * C, n, out[r]);
 }
 
 template <int C>
@@ -190,12 +160,10 @@ void check(const torch::Tensor& x, const torch::Tensor& like, const char* what) 
               "causal attention: ", what, " must be float32 [B, H, T, head_dim] with contiguous rows");
 }
 
-// Rows per combine_rows call, and sets of accumulators per combine call: R x C (S x C) accumulators
-// stay within the 16 vector registers.
+// Rows per combine_rows call (and accumulator sets per weighted_rows call): R x C accumulators stay
+// within the 16 vector registers.
 template <int C>
 constexpr int kRows = C <= 2 ? 4 : C <= 4 ? 2 : 1;
-template <int C>
-constexpr int kSets = kRows<C>;
 
 template <int C>
 void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, float* out, float* lse) {
@@ -275,7 +243,8 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
           for (int64_t d = 0; d < hd; ++d) qi[k2 * hd + d] = hb.q[row * hd + d] / scale;  // the unscaled query
         }
         for (int k2 = 0; k2 < r; ++k2)  // dq_i = sum_j ds_ij k_j
-          combine<C, kSets<C>>(dr[k2], hb.k.data(), i + k2 + 1, dq + ((b * T + i + k2) * H + h) * hd);
+          tinyscale::weighted_rows<C, kRows<C>>(dr[k2], hb.k.data(), 8 * C, i + k2 + 1,
+                                                dq + ((b * T + i + k2) * H + h) * hd);
         const float* g0 = gb + i * dout.stride(2);
         if (r == 2) {
           const float* g1 = g0 + dout.stride(2);

@@ -158,18 +158,6 @@ void rotate(float* x, const float* cos, const float* sin, int64_t hd) {
   for (int64_t i = 0; i < hd; ++i) x[i] = tmp[i];
 }
 
-// Prefetch rows [t, t + n) of the next head's keys or values (null: none). Each head's cache is a
-// new short memory stream, which the hardware prefetcher joins only after a few misses; asking for
-// the next head's rows while this head computes keeps the memory busy.
-template <typename T>
-inline void prefetch_rows(const T* next, int64_t stride, int64_t t, int64_t n, int64_t len, int64_t hd) {
-  if (!next) return;
-  const int64_t end = std::min(t + n, len);
-  for (int64_t r = t; r < end; ++r)
-    for (int64_t off = 0; off < hd * static_cast<int64_t>(sizeof(T)); off += 64)
-      __builtin_prefetch(reinterpret_cast<const char*>(next + r * stride) + off);
-}
-
 // Scores of the `len` keys (stride floats apart) against q, times scale; hidden keys -inf. Returns the maximum.
 template <typename T>
 float row_scores(const float* q, const T* k, int64_t stride, const bool* ok, int64_t len, int64_t hd,
@@ -196,30 +184,6 @@ float row_scores(const float* q, const T* k, int64_t stride, const bool* ok, int
 }
 
 // One query over one head's cached keys and values: y = softmax(q k^T * scale) v.
-#ifdef TINYSCALE_AVX2
-// y = sum_t p[t] v[t] for hd = 8 * C, in registers: two keys per iteration into two sets of
-// accumulators, so the fused multiply-adds of consecutive keys do not wait on each other.
-template <int C, typename T>
-void weighted_sum(const float* p, const T* v, int64_t vs, int64_t len, float* y, const T* next_v) {
-  __m256 a[C], b[C];
-  for (int c = 0; c < C; ++c) a[c] = b[c] = _mm256_setzero_ps();
-  int64_t t = 0;
-  for (; t + 2 <= len; t += 2) {
-    if ((t & 7) == 0) prefetch_rows(next_v, vs, t, 8, len, 8 * C);
-    const __m256 p0 = _mm256_set1_ps(p[t]), p1 = _mm256_set1_ps(p[t + 1]);
-    const T *v0 = v + t * vs, *v1 = v0 + vs;
-    for (int c = 0; c < C; ++c) {
-      a[c] = _mm256_fmadd_ps(p0, load8(v0 + 8 * c), a[c]);
-      b[c] = _mm256_fmadd_ps(p1, load8(v1 + 8 * c), b[c]);
-    }
-  }
-  if (t < len)
-    for (int c = 0; c < C; ++c) a[c] = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), load8(v + t * vs + 8 * c), a[c]);
-  for (int c = 0; c < C; ++c) _mm256_storeu_ps(y + 8 * c, _mm256_add_ps(a[c], b[c]));
-}
-#endif
-
-// One query over one head's cached keys and values: y = softmax(q k^T * scale) v.
 template <typename T>
 void attend_row(const float* q, const T* k, int64_t ks, const T* v, int64_t vs, const bool* ok, int64_t len,
                 int64_t hd, float scale, float* scores, float* y, const T* next_k = nullptr,
@@ -228,14 +192,12 @@ void attend_row(const float* q, const T* k, int64_t ks, const T* v, int64_t vs, 
   const float inv = 1.f / exp_shifted(scores, len, top);
 #pragma omp simd
   for (int64_t t = 0; t < len; ++t) scores[t] *= inv;
-#ifdef TINYSCALE_AVX2
-  switch (hd) {  // the head sizes this lab's presets use
-    case 16: return weighted_sum<2>(scores, v, vs, len, y, next_v);
-    case 32: return weighted_sum<4>(scores, v, vs, len, y, next_v);
-    case 48: return weighted_sum<6>(scores, v, vs, len, y, next_v);
-    case 64: return weighted_sum<8>(scores, v, vs, len, y, next_v);
+  switch (hd) {  // the head sizes this lab's presets use: accumulators in registers
+    case 16: return weighted_rows<2, 2>(scores, v, vs, len, y, next_v);
+    case 32: return weighted_rows<4, 2>(scores, v, vs, len, y, next_v);
+    case 48: return weighted_rows<6, 2>(scores, v, vs, len, y, next_v);
+    case 64: return weighted_rows<8, 2>(scores, v, vs, len, y, next_v);
   }
-#endif
   std::fill(y, y + hd, 0.f);
   for (int64_t t = 0; t < len; ++t) {
     const T* vt = v + t * vs;

@@ -85,4 +85,49 @@ inline float exp_shifted(float* x, int64_t len, float top) {
   return total;
 }
 
+// Prefetch rows [t, t + n) of the next head's keys or values (null: none). Each head's cache is a
+// new short memory stream, which the hardware prefetcher joins only after a few misses; asking for
+// the next head's rows while this head computes keeps the memory busy.
+template <typename T>
+inline void prefetch_rows(const T* next, int64_t stride, int64_t t, int64_t n, int64_t len, int64_t hd) {
+  if (!next) return;
+  const int64_t end = std::min(t + n, len);
+  for (int64_t r = t; r < end; ++r)
+    for (int64_t off = 0; off < hd * static_cast<int64_t>(sizeof(T)); off += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(next + r * stride) + off);
+}
+
+// out[0:8C] = sum_j w[j] * x[j * stride + (0:8C)] for j in [0, n), x float32 or float16. S sets of
+// accumulators take consecutive rows, so the multiply-adds of consecutive rows do not wait on each
+// other (S must divide 8). `next`: rows of the next head to prefetch meanwhile, or null.
+template <int C, int S, typename T>
+void weighted_rows(const float* w, const T* x, int64_t stride, int64_t n, float* out, const T* next = nullptr) {
+#ifdef TINYSCALE_AVX2
+  __m256 a[S][C];
+  for (int s = 0; s < S; ++s)
+    for (int c = 0; c < C; ++c) a[s][c] = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + S <= n; j += S) {
+    if (j % 8 == 0) prefetch_rows(next, stride, j, 8, n, 8 * C);
+    for (int s = 0; s < S; ++s) {
+      const __m256 ws = _mm256_broadcast_ss(w + j + s);
+      for (int c = 0; c < C; ++c) a[s][c] = _mm256_fmadd_ps(ws, load8(x + (j + s) * stride + 8 * c), a[s][c]);
+    }
+  }
+  for (; j < n; ++j)
+    for (int c = 0; c < C; ++c)
+      a[0][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(w + j), load8(x + j * stride + 8 * c), a[0][c]);
+  for (int c = 0; c < C; ++c) {
+    __m256 sum = a[0][c];
+    for (int s = 1; s < S; ++s) sum = _mm256_add_ps(sum, a[s][c]);
+    _mm256_storeu_ps(out + 8 * c, sum);
+  }
+#else
+  (void)next;
+  for (int i = 0; i < 8 * C; ++i) out[i] = 0.f;
+  for (int64_t j = 0; j < n; ++j)
+    for (int i = 0; i < 8 * C; ++i) out[i] += w[j] * static_cast<float>(x[j * stride + i]);
+#endif
+}
+
 }  // namespace tinyscale
