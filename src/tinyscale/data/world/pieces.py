@@ -144,6 +144,11 @@ def adj_plan(word: str, category: str, of_person: bool) -> tuple[str, frozenset[
     return ("object" if kinds else "frame"), kinds
 
 
+# Places a trip cannot go to (the trip schema casts the recipe noun as its place only otherwise).
+NOT_A_TRIP = ("home", "corner", "land", "street", "road", "sidewalk", "kingdom", "neighborhood", "yard",
+              "backyard", "lawn", "city", "town", "village", "store", "shop", "market")
+
+
 # Facts that fit the end of any day: said after "That night," when they are about the hero.
 NIGHT_FACTS = frozenset(("tired_bed", "night_sleep", "bed_pajamas"))
 END_OF_DAY = ("tired_bed", "night_sleep", "bed_pajamas", "evening_dinner")
@@ -427,7 +432,8 @@ def _order_steps() -> tuple:
     n = log_count(len(CHORES))
     out = []
     for base, past, you, his in CHORES:
-        vals = (Val(base, "free", n), Val(past, "free", n), Val(past))
+        src = (("chore",), base)
+        vals = (Val(base, "free", n, None, None, src), Val(past, "free", n, None, None, src), Val(past))
         so_first = "So first, {A} {CHp@r} " + his + ", and then {A.he} {Vpast@r}{VC}."
         out.append(tuple((direct.replace("{you}", you).replace("{his}", his),
                           indirect.replace("{you}", you).replace("{his}", his), so_first, vals)

@@ -71,8 +71,7 @@ GIFTS: Pool = (("ball", "balls"), ("book", "books"), ("kite", "kites"), ("teddy 
                ("puzzle", "puzzles"), ("toy car", "toy cars"), ("drum", "drums"), ("hat", "hats"),
                ("doll", "dolls"), ("box of crayons", "boxes of crayons"), ("robot", "robots"))
 
-NOT_A_TRIP = ("home", "corner", "land", "street", "road", "sidewalk", "kingdom", "neighborhood", "yard",
-              "backyard", "lawn", "city", "town", "village", "store", "shop", "market")
+NOT_A_TRIP = pieces.NOT_A_TRIP
 # Lexicon categories whose nouns can play these roles (then the recipe's noun plays it).
 TOY_CATS = ("toy", "treasure")
 PET_CATS = ()  # pets come from PETS: not every animal can live in a house
@@ -83,11 +82,11 @@ def role(b: Builder, key: str, pool: Pool, cats: tuple[str, ...] = (), avoid: tu
     if cats and b.noun_fits(*cats) and b.ctx["N"].word not in avoid:
         b.ctx[key] = b.ctx["N"]
         return b.ctx["N"]
-    options = [p for p in pool if p[0] not in avoid] if avoid else pool
+    options = tuple(p for p in pool if p[0] not in avoid) if avoid else pool
     if not options:
         raise ValueError("story world: every noun of the pool is avoided")
     w, pl = b.pick(options)
-    return b.thing(key, w, pl, pool=len(options))
+    return b.thing(key, w, pl, pool=options)
 
 
 def two(b: Builder, k1: str, k2: str, pool: Pool) -> tuple[Thing, Thing]:
@@ -95,13 +94,27 @@ def two(b: Builder, k1: str, k2: str, pool: Pool) -> tuple[Thing, Thing]:
     i = int(b.rng.random() * len(pool))
     j = int(b.rng.random() * (len(pool) - 1))
     j += j >= i
-    return (b.thing(k1, *pool[i], pool=len(pool)), b.thing(k2, *pool[j], pool=len(pool) - 1))
+    rest = _without(pool, i)
+    return b.thing(k1, *pool[i], pool=pool), b.thing(k2, *pool[j], pool=rest, after=pool[i][0])
+
+
+def _without(pool: Pool, i: int) -> Pool:
+    """The pool without its item i (cached: the same few tuples for every story, so that the
+    article counts of `Builder.thing` are counted once)."""
+    key = (id(pool), i)
+    got = _WITHOUT.get(key)
+    if got is None:
+        got = _WITHOUT[key] = pool[:i] + pool[i + 1:]
+    return got
+
+
+_WITHOUT: dict[tuple[int, int], Pool] = {}
 
 
 def number(b: Builder, key: str, lo: int, hi: int) -> int:
     """A small number drawn uniformly in [lo, hi]; its word is `free`."""
     n = lo + int(b.rng.random() * (hi - lo + 1))
-    b.val(key, N[n], "free", pieces.log_count(hi - lo + 1))
+    b.ctx[key] = Val(N[n], "free", pieces.log_count(hi - lo + 1), None, None, (("number", lo, hi), N[n]))
     return n
 
 
@@ -165,8 +178,12 @@ def lost_toy(b: Builder) -> None:
     (p1, w1), (p2, w2) = b.shuffled(SPOTS)[:2]
     p2_first = b.chance(0.5)  # which place is named first; its draw is 1 of 12, the other 1 of 11
     first, second = pieces.log_count(len(SPOTS)), pieces.log_count(len(SPOTS) - 1)
-    b.ctx.update(P1=b.v.thing(w1, label=("free", second if p2_first else first)), Q1=p1,
-                 P2=b.v.thing(w2, label=("free", first if p2_first else second)), Q2=p2)
+    # Keys for the floor checker: the first place named is one of the 12, the second one of the rest.
+    k1 = ("spot",)
+    b.ctx.update(P1=b.v.thing(w1, label=("free", second if p2_first else first),
+                              src=(("spot", "after", w2) if p2_first else k1, w1)),
+                 Q1=p1, P2=b.v.thing(w2, label=("free", first if p2_first else second),
+                                     src=(k1 if p2_first else ("spot", "after", w1), w2)), Q2=p2)
     b.s("One [day|afternoon|evening|rainy morning], {A} played with the {X} [in the house|in {A.his} room"
         "|all day|for a long time|before lunch].")
     b.s(b.pick(("Later, {A} wanted to play again, but the {X} was gone!",
@@ -576,7 +593,7 @@ def helping_animal(b: Builder) -> None:
     b.use_noun("out")
     b.p()
     critter = b.pick(CRITTERS)
-    b.thing("K", critter, pool=len(CRITTERS))
+    b.thing("K", critter, pool=CRITTERS)
     b.pet("P", PET_NAMES)
     b.s("[One morning|One day|After breakfast|One windy afternoon], {A} went [for a walk|to the shop|to the "
         "park] with {M}.")
@@ -780,8 +797,8 @@ def rainy_day(b: Builder) -> None:
     # Reasoning by exclusion with world knowledge: one outdoor and one indoor toy are named in a
     # random order; it rains, so they play with the indoor one.
     (o_w, o_pl), (i_w, i_pl) = b.pick(OUTSIDE_TOYS), b.pick(INSIDE_TOYS)
-    b.thing("O", o_w, o_pl, pool=len(OUTSIDE_TOYS))
-    b.thing("I", i_w, i_pl, pool=len(INSIDE_TOYS))
+    b.thing("O", o_w, o_pl, pool=OUTSIDE_TOYS)
+    b.thing("I", i_w, i_pl, pool=INSIDE_TOYS)
     opts = ("the {O} or with the {I}", "the {I} or with the {O}")[b.chance(0.5)]
     b.s("[They could play with |{A} had an idea. They could play with |What could they do? They could "
         "play with ]" + opts + ".")

@@ -42,7 +42,7 @@ class Story:
     """
 
     __slots__ = ("text", "spans", "meta", "_refs", "_marks", "_required_at", "_first_pos", "_fact_at", "_shift",
-                 "_tags", "ctx")
+                 "_tags", "ctx", "draws")
 
     def __init__(self, text: str, spans: list[list], meta: dict[str, Any], refs: list | None = None,
                  marks: dict[str, list[tuple[int, int]]] | None = None,
@@ -58,6 +58,7 @@ class Story:
         self._shift = 0  # characters written before the body (the instruct header), not yet applied
         self._tags: list[list] = []  # role tags (`roles.story_tags`), relative to the body like the above
         self.ctx: dict[str, Any] = {}  # the schema's cast and choices (questions.py asks about them)
+        self.draws: list[tuple] | None = None  # the draws behind the floors (`make_story(draws=True)`)
 
     def record(self, story_id: str) -> dict:
         rec = {"id": story_id, "text": self.text, "meta": self.meta, "spans": self.spans}
@@ -190,10 +191,16 @@ class Builder:
             n = names[min(bisect.bisect_right(cum, self.rng.random() * cum[-1]), len(names) - 1)]
             if n.name not in self._names_taken:
                 break
-        left = cum[-1] - sum(weight.get(name, 0.0) for name in self._names_taken)
+        taken = self._names_taken
+        left = cum[-1] - sum(weight.get(name, 0.0) for name in taken)
         logp = round(math.log(weight[n.name] / left), 4)
-        self._names_taken.add(n.name)
-        c = Char(n.name, n.pronoun, self.v.forms[n.pronoun], logp)
+        # Once "girl"/"boy" is written, the name is one of that pronoun's names not yet taken.
+        left_kid = self.v.pron_weight[n.pronoun] - sum(weight.get(name, 0.0) for name in taken
+                                                      if self.v.pron_of.get(name) == n.pronoun)
+        src = (("name", "kid", tuple(sorted(name for name in taken if name in weight))), n.name)
+        taken.add(n.name)
+        c = Char(n.name, n.pronoun, self.v.forms[n.pronoun], logp, logp_kid=round(math.log(weight[n.name] / left_kid), 4),
+                 src=src)
         self.ctx[key] = c
         return c
 
@@ -201,8 +208,9 @@ class Builder:
         """A named animal; its name is drawn from `names` minus the names already in the story."""
         options = [n for n in names if n[0] not in self._names_taken]
         name, pron = self.pick(options)
+        src = (("name", "pet", tuple(n[0] for n in names if n[0] in self._names_taken)), name)
         self._names_taken.add(name)
-        c = Char(name, pron, self.v.forms[pron], pieces.log_count(len(options)))
+        c = Char(name, pron, self.v.forms[pron], pieces.log_count(len(options)), src=src)
         self.ctx[key] = c
         return c
 
@@ -218,10 +226,23 @@ class Builder:
         self.ctx[key] = c
         return c
 
-    def thing(self, key: str, word: str, plural: str | None = None, pool: int = 0,
-              mass: bool = False) -> Thing:
-        """A schema's own noun; drawn from a pool of `pool` options, its first mention is `free`."""
-        t = self.v.thing(word, plural, mass, ("free", pieces.log_count(pool)) if pool > 1 else None)
+    def thing(self, key: str, word: str, plural: str | None = None, pool: int | tuple = 0,
+              mass: bool = False, after: str = "") -> Thing:
+        """A schema's own noun; drawn uniformly from a pool (its size, or its words: then its floor
+        after "a"/"an" counts only the pool's words with that article), its first mention is `free`."""
+        sized = pool.__class__ is int
+        n = pool if sized else len(pool)
+        if n <= 1:
+            t = self.v.thing(word, plural, mass)
+        else:
+            # The checker's context key: the pool (by its first word and size; `after`: the word
+            # drawn before it, which the pool leaves out).
+            first = key if sized else pool[0] if pool[0].__class__ is str else pool[0][0]
+            src = (("pool", first, n, after), word)
+            label = ("free", pieces.log_count(n))
+            if not sized:
+                label = (*label, pieces.log_count(_art_count(self.v, pool)[self.v.article(word)]))
+            t = self.v.thing(word, plural, mass, label, src)
         self.ctx[key] = t
         return t
 
@@ -332,7 +353,7 @@ def _recipe_words(b: Builder) -> None:
     ctx = b.ctx
     ctx["V"], ctx["Vpast"], ctx["Ving"], ctx["VC"] = v.verb_vals[i]
     ctx["ADJ"] = v.adj_vals[a]
-    ctx["N"] = v.noun_thing(noun, ("free", v.logp_noun))
+    ctx["N"] = v.noun_thing(j)
     b.recipe = (verb, noun, adj)
     b.adj_kind, b.adj_objs = pieces.adj_plan(adj.word, adj.category, adj.of_person)
 
@@ -341,15 +362,19 @@ def _locate_required(b: Builder, body: str) -> dict[str, tuple[int, int]]:
     """Where each required word landed: its first `free` span with the word's own surprisal."""
     verb, noun, adj = b.recipe
     v = b.v
-    wanted = (("verb", v.logp_verb, (verb.base, verb.past, verb.ing, verb.third)),
-              ("noun", v.logp_noun, (noun.word, noun.plural)),
-              ("adjective", v.logp_adj, (adj.word,)))
-    logps = (v.logp_verb, v.logp_noun, v.logp_adj)
+    ctx = b.ctx
+    n, a = ctx["N"].label, ctx["ADJ"]
+    # A word's floor is its class's, with its article's or plus a phrasing charge (only lower),
+    # or unknown: the pools' and the chores' words (more likely) are told apart by it.
+    wanted = (("verb", ctx["V"].logp, (verb.base, verb.past, verb.ing, verb.third)),
+              ("noun", max(n[1], n[2]), (noun.word, noun.plural)),
+              ("adjective", max(a.logp, a.art_logp), (adj.word,)))
     found: dict[str, tuple[int, int]] = {}
     for span in b.page.spans:
-        if span[3] in logps and span[2] == "free":  # the logp first: it rules out most spans
+        if span[2] == "free":
+            lp = span[3]
             for kind, logp, forms in wanted:
-                if span[3] == logp and kind not in found and body[span[0]:span[1]] in forms:
+                if (lp is None or lp <= logp + 1e-6) and kind not in found and body[span[0]:span[1]] in forms:
                     found[kind] = (span[0], span[1])
                     if len(found) == 3:
                         return found
@@ -357,13 +382,31 @@ def _locate_required(b: Builder, body: str) -> dict[str, tuple[int, int]]:
     raise RuntimeError(f"story world: schema left out the required {sorted(missing)}")
 
 
+def _art_count(v: Vocab, pool: tuple) -> dict[str, int]:
+    """How many words of a pool take each article (cached per pool)."""
+    got = _ART_COUNTS.get(id(pool))
+    if got is None or got[0] is not pool:
+        counts: dict[str, int] = defaultdict(int)
+        for p in pool:
+            counts[v.article(p if p.__class__ is str else p[0])] += 1
+        got = _ART_COUNTS[id(pool)] = (pool, dict(counts))
+    return got[1]
+
+
+_ART_COUNTS: dict[int, tuple] = {}
+
+
 def story_seed(seed: int, index: int) -> int:
     """One integer per (seed, index), distinct for seeds below 2**31 and indices below 2**32."""
     return ((seed % 2**32) << 32) | (index % 2**32)
 
 
-def make_story(vocab: Vocab, seed: int, index: int, fmt: str = "plain") -> Story:
-    """Write story `index` of the corpus made with `seed` (same inputs, same story)."""
+def make_story(vocab: Vocab, seed: int, index: int, fmt: str = "plain", draws: bool = False) -> Story:
+    """Write story `index` of the corpus made with `seed` (same inputs, same story).
+
+    `draws` (tests and `floorcheck` only): also keep, in `Story.draws`, every random draw a
+    labeled word revealed, as (span index, context key, outcome, logp, counts as a visit); a
+    span's floor is the sum of its draws' logps (None if one is unknown)."""
     if not SCHEMA_FNS:
         from tinyscale.data.world import schemas  # noqa: F401 - fills SCHEMA_NAMES and SCHEMA_FNS
 
@@ -371,6 +414,8 @@ def make_story(vocab: Vocab, seed: int, index: int, fmt: str = "plain") -> Story
     draw = rng.random
     wanted = [f for f, p in _FEATURE_P_ITEMS if draw() < p]  # in the order of FEATURES
     b = Builder(vocab, rng, frozenset(wanted))
+    if draws:
+        b.page.draws = []
     _recipe_words(b)
     k = int(draw() * len(SCHEMA_NAMES))  # as `b.pick(SCHEMA_NAMES)`
     SCHEMA_FNS[k](b)
@@ -388,6 +433,7 @@ def make_story(vocab: Vocab, seed: int, index: int, fmt: str = "plain") -> Story
     story = Story(body, page.spans, meta, page.refs, dict(b.marks), b.required_at, page.first_pos, b.fact_at)
     story._tags = roles.story_tags(b.ctx, page.first_pos, b.required_at, page.spans, body)
     story.ctx = b.ctx
+    story.draws = page.draws
     if fmt == "instruct":
         _add_header(b, story)
     return story

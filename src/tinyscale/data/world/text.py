@@ -73,12 +73,16 @@ _cache: dict[str, list] = {}
 
 class Val(NamedTuple):
     """A word or phrase with its label (skill None: unlabeled) and, when the writer knows it, its
-    no-skill baseline log-probability `base` (see the module docstring)."""
+    no-skill baseline log-probability `base` (see the module docstring). `art_logp`: its floor when
+    written right after its article ("an" narrows a drawn word to the words that take "an");
+    `src`: (context key, outcome) of its draw, for the floor checker (`floorcheck`)."""
 
     text: str
     skill: str | None = None
-    logp: float = 0.0
+    logp: float | None = 0.0
     base: float | None = None
+    art_logp: float | None = None
+    src: tuple | None = None
 
 
 LOG_HALF = round(-math.log(2), 4)       # one of the two options a reasoning moment sets up
@@ -112,29 +116,37 @@ def char_base(c: Char, skill: str) -> float | None:
 
 
 class Char:
-    """A character of one story: a name (labeled or fixed like "Mom") and pronoun forms."""
+    """A character of one story: a name (labeled or fixed like "Mom") and pronoun forms.
 
-    __slots__ = ("name", "pron", "forms", "logp", "named", "mentioned", "members", "kid")
+    `logp` is the name's draw among the names it was drawn from; `logp_kid` the same draw among
+    the names of its pronoun only, the floor once "girl"/"boy" ({A.kid}) has been written before
+    the name; `src` the draw's context key for the floor checker."""
+
+    __slots__ = ("name", "pron", "forms", "logp", "named", "mentioned", "members", "kid", "logp_kid",
+                 "kid_shown", "src")
 
     def __init__(self, name: str, pron: str, forms: dict[str, str], logp: float = 0.0,
-                 named: bool = True, members: tuple[Char, ...] = ()) -> None:
+                 named: bool = True, members: tuple[Char, ...] = (), logp_kid: float | None = None,
+                 src: tuple | None = None) -> None:
         self.name, self.pron, self.forms, self.logp = name, pron, forms, logp
         self.named, self.members, self.mentioned = named, members, False
         self.kid = _KID.get(pron, "children")
+        self.logp_kid, self.kid_shown, self.src = logp_kid, False, src
 
 
 _KID = {"he": "boy", "she": "girl"}
 
 
 class Thing:
-    """A noun of one story. `label` is used on its first mention (None: unlabeled)."""
+    """A noun of one story. `label` is used on its first mention (None: unlabeled): (skill, logp)
+    or (skill, logp, logp after its article); `src` the draw's context key for the floor checker."""
 
-    __slots__ = ("word", "plural", "mass", "art", "label", "mentioned", "category")
+    __slots__ = ("word", "plural", "mass", "art", "label", "mentioned", "category", "src")
 
     def __init__(self, word: str, plural: str, art: str, mass: bool = False,
-                 label: tuple[str, float] | None = None, category: str = "") -> None:
+                 label: tuple | None = None, category: str = "", src: tuple | None = None) -> None:
         self.word, self.plural, self.art, self.mass = word, plural, art, mass
-        self.label, self.mentioned, self.category = label, False, category
+        self.label, self.mentioned, self.category, self.src = label, False, category, src
 
 
 def compile_template(tpl: str) -> list:
@@ -244,7 +256,10 @@ def template_fn(tpl: str) -> Any:
         # Methods are called as `P.parts.append(...)`, never bound to local names up front: a
         # binding makes a bound-method object on every call, which for short sentences cost more
         # than the sentence itself.
+        ops = _fuse(compile_template(tpl))
+        charges = _charges(ops)
         lines = ["def _t(P, C):",
+                 " q = 0",  # the alternatives drawn so far (see `_charges`)
                  " if P.para_start:",  # the first sentence of a paragraph
                  "  P.para_start = False",
                  "  W = 'P'",
@@ -253,10 +268,10 @@ def template_fn(tpl: str) -> Any:
                  "  P.parts.append(' ')",
                  "  W = 'S'",
                  "  S = P.pos = P.pos + 1"]
-        _gen(_fuse(compile_template(tpl)), lines, 1)
-        lines.append(" return S, P.pos")
         scope: dict[str, Any] = {"Char": Char, "Val": Val, "Thing": Thing, "val_base": val_base,
                                  "thing_base": thing_base}
+        _gen(ops, lines, 1, _START, charges, scope, tpl)
+        lines.append(" return S, P.pos")
         # A file name of its own per template, so that profiles list templates apart.
         code = compile("\n".join(lines), f"<template {len(_fn_cache)}>", "exec")
         exec(code, scope)  # noqa: S102 - code generated from our own templates
@@ -284,10 +299,12 @@ def _fuse(ops: list) -> list:
     return out
 
 
-def _gen(ops: list, lines: list[str], depth: int, before: Any = _START) -> Any:
+def _gen(ops: list, lines: list[str], depth: int, before: Any, charges: dict, scope: dict,
+         tpl: str) -> Any:
     """Append the code of `ops` to `lines`. `before` says where a name written now would stand
     (see `_where`): `_START` at the template's start, None when only known at run time; the same
-    is returned for the end of the ops."""
+    is returned for the end of the ops. `charges`: per slot op (by id), the log-probability of
+    the alternatives its word reveals, by the alternatives drawn so far (`_charges`)."""
     ind = " " * depth
     pending = 0  # literal characters appended since the last position update
     for op in ops:
@@ -302,52 +319,181 @@ def _gen(ops: list, lines: list[str], depth: int, before: Any = _START) -> Any:
         if op[0] == _ALT:
             alts = op[1]
             lines.append(f"{ind}r = int(P.rng.random() * {len(alts)})")
+            lines.append(f"{ind}q = q * {_RADIX} + r")
             ends = set()
             for i, alt in enumerate(alts):
                 head = "if" if i == 0 else "elif" if i < len(alts) - 1 else "else"
                 lines.append(f"{ind}{head} r == {i}:" if head != "else" else f"{ind}else:")
                 lines.append(f"{ind} pass")
-                ends.add(_gen(alt, lines, depth + 1, before))
+                ends.add(_gen(alt, lines, depth + 1, before, charges, scope, tpl))
             before = ends.pop() if len(ends) == 1 else None
             continue
-        if op[2] in PRONOUN_FORMS:
-            lines.append(f"{ind}P._pronoun(C[{op[1]!r}], {op[2]!r})")
-        elif op[2] is None and op[3] is None:
-            # The most common slot, dispatched inline on the value's class (one call, not two);
-            # a value (a recipe word, a fact's answer) is written inline, with no call at all.
-            # Where a name stands is known here for most slots, so `_name` need not look back.
-            mark = op[4]
-            where = "W" if before is _START else repr(before) if before is not None else "None"
-            lines += [f"{ind}v = C[{op[1]!r}]", f"{ind}k = v.__class__",
-                      f"{ind}if k is Char: P._name(v, {mark!r}, {where})",
-                      f"{ind}elif k is Val:",
-                      f"{ind} t = v[0]",
-                      f"{ind} e = P.pos + len(t)"]
-            if mark:
-                lines.append(f"{ind} P.spans.append([P.pos, e, {mark!r}, 0.0, val_base(v, {mark!r})])")
-            else:
-                lines += [f"{ind} if v[1] is not None:",
-                          f"{ind}  P.spans.append([P.pos, e, v[1], v[2], val_base(v, None)])"]
-            lines += [f"{ind} P.parts.append(t)", f"{ind} P.pos = e",
-                      # A thing, as `Page._thing` writes it without a form or an article.
-                      f"{ind}elif k is Thing:",
-                      f"{ind} t = v.word",
-                      f"{ind} e = P.pos + len(t)"]
-            if mark:
-                lines.append(f"{ind} P.spans.append([P.pos, e, {mark!r}, 0.0, thing_base(v, {mark!r})])")
-            else:
-                lines += [f"{ind} if v.label is not None and not v.mentioned:",
-                          f"{ind}  P.spans.append([P.pos, e, v.label[0], v.label[1], v.label[1]])"]
-            lines += [f"{ind} P.parts.append(t)", f"{ind} P.pos = e", f"{ind} v.mentioned = True"]
-            lines += [f"{ind}elif k is str:",  # a plain string (an answer option, a phrase): unlabeled
-                      f"{ind} P.parts.append(v)", f"{ind} P.pos += len(v)",
-                      f"{ind}else: P.slot(v, None, None, {mark!r})"]
-        else:
-            lines.append(f"{ind}P.slot(C[{op[1]!r}], {op[2]!r}, {op[3]!r}, {op[4]!r})")
+        table = charges.get(id(op))
+        if table is not None:
+            name = f"_C{len(scope)}"
+            scope[name] = table
+            lines.append(f"{ind}n0 = len(P.spans)")
+        _gen_slot(op, lines, ind, before)
+        if table is not None:
+            lines.append(f"{ind}if len(P.spans) > n0: P.charge(n0, {name}[q], {(tpl, op[1])!r}, q)")
         before = None
     if pending:
         lines.append(f"{ind}P.pos += {pending}")
     return before
+
+
+def _gen_slot(op: tuple, lines: list[str], ind: str, before: Any) -> None:
+    """The code of one slot."""
+    if op[2] in PRONOUN_FORMS:
+        lines.append(f"{ind}P._pronoun(C[{op[1]!r}], {op[2]!r})")
+    elif op[2] is None and op[3] is None:
+        # The most common slot, dispatched inline on the value's class (one call, not two);
+        # a value (a recipe word, a fact's answer) is written inline, with no call at all.
+        # Where a name stands is known here for most slots, so `_name` need not look back.
+        mark = op[4]
+        where = "W" if before is _START else repr(before) if before is not None else "None"
+        lines += [f"{ind}v = C[{op[1]!r}]", f"{ind}k = v.__class__",
+                  f"{ind}if k is Char: P._name(v, {mark!r}, {where})",
+                  f"{ind}elif k is Val:",
+                  f"{ind} t = v[0]",
+                  f"{ind} e = P.pos + len(t)"]
+        if mark:
+            lines.append(f"{ind} P.spans.append([P.pos, e, {mark!r}, 0.0, val_base(v, {mark!r})])")
+        else:
+            lines += [f"{ind} if v[1] is not None:",
+                      f"{ind}  P.spans.append([P.pos, e, v[1], v[2], val_base(v, None)])",
+                      f"{ind}  if P.draws is not None and v[5]: P.drew(v[5], v[2])"]
+        lines += [f"{ind} P.parts.append(t)", f"{ind} P.pos = e",
+                  # A thing, as `Page._thing` writes it without a form or an article.
+                  f"{ind}elif k is Thing:",
+                  f"{ind} t = v.word",
+                  f"{ind} e = P.pos + len(t)"]
+        if mark:
+            lines.append(f"{ind} P.spans.append([P.pos, e, {mark!r}, 0.0, thing_base(v, {mark!r})])")
+        else:
+            lines += [f"{ind} if v.label is not None and not v.mentioned:",
+                      f"{ind}  P.spans.append([P.pos, e, v.label[0], v.label[1], v.label[1]])",
+                      f"{ind}  if P.draws is not None and v.src: P.drew(v.src, v.label[1])"]
+        lines += [f"{ind} P.parts.append(t)", f"{ind} P.pos = e", f"{ind} v.mentioned = True"]
+        lines += [f"{ind}elif k is str:",  # a plain string (an answer option, a phrase): unlabeled
+                  f"{ind} P.parts.append(v)", f"{ind} P.pos += len(v)",
+                  f"{ind}else: P.slot(v, None, None, {mark!r})"]
+    else:
+        lines.append(f"{ind}P.slot(C[{op[1]!r}], {op[2]!r}, {op[3]!r}, {op[4]!r})")
+
+
+_RADIX = 32  # `q` numbers the path of alternatives drawn: q * _RADIX + branch, at each one
+_MAX_PATHS = 2000
+_ARTICLES = ("a ", "an ", "some ", "A ", "An ", "Some ")
+
+
+def _charges(ops: list) -> dict[int, dict[int, float | None]]:
+    """Per slot op (by id) that needs one, its charge by path: the log-probability that the word it
+    writes comes next, given the text the template wrote before it.
+
+    Every path through the alternatives is listed with its probability (each alternative is one
+    uniform draw) as the text it writes, a slot standing for one token. At a slot, the paths that
+    wrote the same text so far are the ones a reader cannot tell apart; the charge is the share of
+    them whose next token is this slot. A slot that opens the template gets None: which template
+    was drawn (and whether the plot wrote this sentence at all) is not known here. Where a name
+    slot and a pronoun slot of the same character could both come next (a name may be written as
+    its pronoun), or an article slot could be a literal article, the charge is None too."""
+    paths: list[tuple[float, list]] = []
+    if not _enum(ops, [], 0, 1.0, [], paths):
+        return _unknown_after_alt(ops)
+    texts = []
+    for w, em in paths:
+        texts.append((w, "".join(e[1] if e[0] == "lit" else _token(e[1]) for e in em), em))
+    out: dict[int, dict[int, float | None]] = {}
+    for w, text, em in texts:
+        off = 0
+        for e in em:
+            if e[0] == "lit":
+                off += len(e[1])
+                continue
+            _, op, q = e
+            tok = _token(op)
+            table = out.setdefault(id(op), {})
+            if q not in table:
+                table[q] = _charge(text[:off], op, tok, texts)
+            off += len(tok)
+    # Slots whose charge is 0 on every path need no code.
+    return {k: t for k, t in out.items() if any(c != 0.0 for c in t.values())}
+
+
+def _enum(ops: list, cont: list, q: int, w: float, em: list, out: list) -> bool:
+    """Walk every path of alternatives (False when there are too many to list)."""
+    em = list(em)
+    for i, op in enumerate(ops):
+        if op.__class__ is str:
+            em.append(("lit", op))
+        elif op[0] == _ALT:
+            n = len(op[1])
+            if n >= _RADIX:
+                return False
+            rest = [ops[i + 1:], *cont]
+            return all(_enum(alt, rest, q * _RADIX + r, w / n, em, out) for r, alt in enumerate(op[1]))
+        else:
+            em.append(("slot", op, q))
+    if cont:
+        return _enum(cont[0], cont[1:], q, w, em, out)
+    out.append((w, em))
+    return len(out) <= _MAX_PATHS
+
+
+def _token(op: tuple) -> str:
+    """A slot as one token of a path's text: a name and its "'s" form write the same first word."""
+    form = "name" if op[2] in (None, "poss") and op[3] is None else op[2]
+    return f"\x00{op[1]}.{form}.{op[3]}\x01"
+
+
+def _charge(seen: str, op: tuple, tok: str, texts: list) -> float | None:
+    if not seen:
+        return None  # the slot opens the template
+    total = hit = 0.0
+    nexts = set()
+    for w, text, _ in texts:
+        if text.startswith(seen):
+            total += w
+            rest = text[len(seen):]
+            if rest.startswith(tok):
+                hit += w
+            nexts.add(rest[:rest.index("\x01") + 1] if rest.startswith("\x00") else rest[:6])
+    key = op[1]
+    if op[2] is None or op[2] in PRONOUN_FORMS:  # a name can become a pronoun and the reverse
+        same = [t for t in nexts if t.startswith(f"\x00{key}.") and t != tok]
+        if any(t.split(".")[1] in PRONOUN_FORMS + ("name",) for t in same):
+            return None
+    if op[3] is not None and any(t.startswith(_ARTICLES) for t in nexts):
+        return None
+    return 0.0 if hit == total else round(math.log(hit / total), 4)
+
+
+def _unknown_after_alt(ops: list) -> dict[int, dict[int, float | None]]:
+    """Too many paths to list: every slot inside or after an alternative gets None."""
+    out: dict[int, dict[int, float | None]] = {}
+
+    def walk(ops: list, after: bool) -> bool:
+        for op in ops:
+            if op.__class__ is str:
+                continue
+            if op[0] == _ALT:
+                for alt in op[1]:
+                    walk(alt, True)
+                after = True
+            elif after:
+                out[id(op)] = _AnyNone()
+        return after
+
+    walk(ops, False)
+    return out
+
+
+class _AnyNone(dict):
+    """A charge table that answers None for every path."""
+
+    def __missing__(self, key: int) -> None:
+        return None
 
 
 def _where(last: str) -> str:
@@ -367,8 +513,8 @@ class Page:
     """The story being written: text parts, spans, and what the reader has seen so far."""
 
     # Slots: the generated template code reads and writes these attributes on every literal.
-    __slots__ = ("rng", "article", "parts", "spans", "pos", "introduced", "track_logp", "refs", "first_pos",
-                 "para_start", "focus", "para_chars")
+    __slots__ = ("rng", "article", "parts", "spans", "pos", "introduced", "refs", "first_pos",
+                 "para_start", "focus", "para_chars", "draws")
 
     def __init__(self, rng: random.Random, article: Any) -> None:
         self.rng = rng
@@ -377,9 +523,6 @@ class Page:
         self.spans: list[list] = []
         self.pos = 0
         self.introduced = 0  # named characters mentioned so far
-        # The label of a later mention of a name: -log(k) with k names introduced (the reader
-        # who tracks the cast narrows the name to k people).
-        self.track_logp = 0.0
         self.refs: list[tuple[int, int, Char, str]] = []  # pronouns written: (start, end, char, form)
         self.first_pos: dict[int, int] = {}  # id(char) -> offset of its first mention
         self.para_start = True
@@ -387,9 +530,28 @@ class Page:
         # sentence, as long as no other character was mentioned after it.
         self.focus: Char | None = None
         self.para_chars: list[Char] = []  # characters named in the current paragraph
+        # For the floor checker only (None when writing a corpus): every random draw a labeled
+        # word reveals, as (span index, context key, outcome, logp, counts as a visit).
+        self.draws: list[tuple] | None = None
+
+    def drew(self, src: tuple, logp: float | None, visit: bool = True) -> None:
+        """Record the draw `src` = (context key, outcome) revealed by the last span (checker only)."""
+        self.draws.append((len(self.spans) - 1, src[0], src[1], logp, visit))
+
+    def charge(self, i: int, c: float | None, key: tuple, q: int) -> None:
+        """Add the log-probability `c` of the alternatives span `i` reveals (None: unknown) to its
+        floor and its baseline (a reader without the skill pays for the phrasing as well)."""
+        sp = self.spans[i]
+        if c == 0.0:
+            return
+        sp[3] = None if c is None or sp[3] is None else round(sp[3] + c, 4)
+        sp[4] = None if c is None or sp[4] is None else round(sp[4] + c, 4)
+        if self.draws is not None:
+            self.draws.append((i, ("phrasing", key, q), None, c, False))
 
     # -- low level ------------------------------------------------------------------------------
-    def add(self, text: str, skill: str | None = None, logp: float = 0.0, base: float | None = None) -> None:
+    def add(self, text: str, skill: str | None = None, logp: float | None = 0.0,
+            base: float | None = None) -> None:
         if skill is not None:
             if base is None and skill == "free":
                 base = logp
@@ -422,6 +584,7 @@ class Page:
                 self._name(value, mark)
             elif form == "kid":  # "girl"/"boy": a word about the character, not a pronoun
                 self.first_pos.setdefault(id(value), self.pos)
+                value.kid_shown = True  # the name that follows is one of this pronoun's names
                 self.add(value.kid)
             elif form == "poss":  # "Lily's" (never "She's")
                 self._name(value, mark, None, False)
@@ -434,6 +597,9 @@ class Page:
             if art is not None:  # the article of a word not yet known: unlabeled
                 word = self.article(value.text)
                 self.add((word.capitalize() if art == "A" else word) + " ")
+                if not mark and value.art_logp is not None:  # "an" narrows the draw
+                    value = value._replace(logp=value.art_logp, src=value.src and (
+                        (*value.src[0], word), value.src[1]))
             self._val(value, mark)
         else:
             self.add(str(value))
@@ -444,6 +610,8 @@ class Page:
         if skill is not None:
             self.spans.append([self.pos, self.pos + len(text), skill, 0.0 if mark else value.logp,
                                val_base(value, mark)])
+            if not mark and value.src and self.draws is not None:
+                self.drew(value.src, value.logp)
         self.parts.append(text)
         self.pos += len(text)
 
@@ -454,18 +622,22 @@ class Page:
             parts = self.parts
             where = _where(parts[-1]) if parts else "P"
         para_chars = self.para_chars
-        if (self.focus is c and where and where != "P" and pron_ok and c.mentioned
-                and self.rng.random() < PRONOUN_RATE):
+        chose = False  # whether a draw chose between the name and its pronoun
+        if self.focus is c and where and where != "P" and pron_ok and c.mentioned:
             # The same character as the last sentence's subject, nobody else mentioned since, and
             # nobody else of the same pronoun in this paragraph: "She" is unambiguous, and its
-            # form is fixed by the referent (grammar).
+            # form is fixed by the referent (grammar); whether it is written is a draw.
             pron = c.pron
             for o in para_chars:
                 if o.pron == pron and o is not c:
                     break
             else:
-                self._pronoun(c, "He" if where == "S" else "he")
-                return
+                chose = True
+                if self.rng.random() < PRONOUN_RATE:
+                    self._pronoun(c, "He" if where == "S" else "he", LOG_PRONOUN)
+                    if self.draws is not None:
+                        self.drew(_CHOICE_PRON, LOG_PRONOUN)
+                    return
         if c not in para_chars:
             para_chars.append(c)
         if c.members:
@@ -483,32 +655,45 @@ class Page:
         else:
             pos = self.pos
             if not c.mentioned:
-                # First mention: a draw from the name list (Zipf weights, `Builder.kid`), unpredictable.
-                skill, logp = "free", c.logp
-                k = self.introduced = self.introduced + 1
-                self.track_logp = _LOG_INV[k] if k < 16 else -math.log(k)
+                # First mention: a draw from the name list (Zipf weights, `Builder.kid`); once
+                # "girl"/"boy" was written, among that pronoun's names only.
+                skill = "free"
+                logp = c.logp_kid if c.kid_shown and c.logp_kid is not None else c.logp
+                self.introduced += 1
                 self.first_pos.setdefault(id(c), pos)
             elif mark:
                 skill, logp = mark, 0.0
             else:
-                skill, logp = "tracking", self.track_logp
+                # Which of the cast the plot names here is its own choice, not a uniform draw
+                # among the k introduced (the hero is named far more often): unknown.
+                skill, logp = "tracking", None
+            base = char_base(c, skill)
+            if chose:  # the name rather than its pronoun
+                logp = None if logp is None else round(logp + LOG_NAME, 4)
+                base = None if base is None else round(base + LOG_NAME, 4)
             name = c.name
             end = self.pos = pos + len(name)
-            self.spans.append([pos, end, skill, logp, char_base(c, skill)])
+            self.spans.append([pos, end, skill, logp, base if skill != "free" else logp])
             self.parts.append(name)
+            if self.draws is not None:
+                if skill == "free" and c.src is not None:
+                    key, out = c.src
+                    self.drew(((*key, c.pron if c.kid_shown else "-"), out), logp)
+                if chose:
+                    self.drew(_CHOICE_NAME, LOG_NAME)
         c.mentioned = True
         if where:
             self.focus = c
         elif self.focus is not c:
             self.focus = None
 
-    def _pronoun(self, c: Char, form: str) -> None:
+    def _pronoun(self, c: Char, form: str, logp: float = 0.0) -> None:
         if self.focus is not c:
             self.focus = None
         word = c.forms[form]
         end = self.pos + len(word)
         self.refs.append((self.pos, end, c, form))
-        self.spans.append([self.pos, end, "grammar", 0.0, LOG_THIRD])
+        self.spans.append([self.pos, end, "grammar", logp, round(LOG_THIRD + logp, 4)])
         self.parts.append(word)
         self.pos = end
 
@@ -529,11 +714,20 @@ class Page:
         if mark:
             self.spans.append([self.pos, self.pos + len(text), mark, 0.0, thing_base(t, mark)])
         elif not t.mentioned and t.label is not None:
-            self.spans.append([self.pos, self.pos + len(text), t.label[0], t.label[1], t.label[1]])
+            label, src = t.label, t.src
+            logp = label[1]
+            if art is not None and len(label) > 2:  # "an" narrows the draw to the words taking "an"
+                logp, src = label[2], src and ((*src[0], word), src[1])
+            self.spans.append([self.pos, self.pos + len(text), label[0], logp, logp])
+            if src and self.draws is not None:
+                self.drew(src, logp)
         parts.append(text)
         self.pos += len(text)
         t.mentioned = True
 
 
 _SENTENCE_ENDS = frozenset((". ", "! ", "? "))
-_LOG_INV = [0.0, 0.0] + [round(-math.log(k), 4) for k in range(2, 16)]
+LOG_PRONOUN = round(math.log(PRONOUN_RATE), 4)  # a repeated subject written as its pronoun
+LOG_NAME = round(math.log(1 - PRONOUN_RATE), 4)  # ... or as its name again
+_CHOICE_PRON = (("pronoun-or-name",), "pronoun")
+_CHOICE_NAME = (("pronoun-or-name",), "name")
