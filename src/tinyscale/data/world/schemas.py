@@ -330,7 +330,7 @@ def sharing(b: Builder) -> None:
     b.s("{B} looked at the {X.pl}. [{B} did not have any.|{B.His} tummy was rumbling.|{B} had none "
         "at all.]")
     k = 1 + int(b.rng.random() * 2)
-    b.val("k", N[k], "free", pieces.log_count(2))
+    b.ctx["k"] = Val(N[k], "free", pieces.log_count(2), None, None, (("number", 1, 2), N[k]))
     if b.has("conflict"):
         if b.chance(0.5):
             b.feature("conflict", '"They are mine!" {A} said. {B} was sad and [went to sit in the '
@@ -344,7 +344,7 @@ def sharing(b: Builder) -> None:
                    '"Let\'s share," said {A}. {B} smiled and said, "Thank you!"',
                    '"Here, you can have some," said {A}.')),
            b.pick(("{A} asked {B} if {B.he} wanted some.", "{A} decided to share with {B}.")))
-    b.s("{A} gave {k} {X.pl} to {B}." if k > 1 else "{A} gave one {X} to {B}.")
+    b.s("{A} gave {k} {X.pl} to {B}." if k > 1 else "{A} gave {k} {X} to {B}.")  # "one" is drawn too
     # Counting: n minus k is fixed by the two numbers just written.
     m = n - k
     b.val("m", N[m], "reasoning", 0.0)
@@ -467,7 +467,8 @@ def new_friend(b: Builder) -> None:
     b.ctx.update(X=b.ctx[first], Y=b.ctx[second])
     if b.has("dialogue"):
         b.talk('The {C.kid} smiled and said, "Hi! I am {C}. What are your names?"', "")
-        b.val("XN", b.ctx["X"].name, "tracking", pieces.log_count(2), b.ctx["X"].logp)
+        b.ctx["XN"] = Val(b.ctx["X"].name, "tracking", pieces.log_count(2), b.ctx["X"].logp, None,
+                          (("one of two", "speaker"), first))
         b.talk('"I am {XN}[, and this is {Y@t},"| and this is my friend {Y@t},"] said {X@t}.', "")
     else:
         b.s("The {C.kid} said that {C.his} name was {C}, and asked for their names.")
@@ -490,7 +491,8 @@ def new_friend(b: Builder) -> None:
     first = b.chance(0.5)
     (fs, fk), (ss, sk) = (("H1", "HI"), ("H2", "OT")) if first else (("H2", "OT"), ("H1", "HI"))
     spot = b.ctx[fs]  # no-skill baseline: the spot's draw from its pool
-    b.ctx.update(FS=Val(spot.word, "tracking", pieces.log_count(2), spot.label[1] if spot.label else None),
+    b.ctx.update(FS=Val(spot.word, "tracking", pieces.log_count(2), spot.label[1] if spot.label else None, None,
+                        (("one of two", "seeker looks"), fs)),
                  FK=b.ctx[fk], SS=b.ctx[ss],
                  SK=b.ctx[sk])
     b.s("[{Y} looked behind the {FS} first and found {FK@t}!|First, {Y} looked behind the {FS}. "
@@ -551,8 +553,8 @@ def building(b: Builder) -> None:
     # Comparison: each builds a second, own tower; which is taller follows from the two counts.
     a_n = 2 + int(b.rng.random() * 4)
     b_n = b.pick([n for n in range(2, 6) if n != a_n])  # never a tie: one is taller
-    b.val("an", N[a_n], "free", pieces.log_count(4))
-    b.val("bn", N[b_n], "free", pieces.log_count(3))
+    b.ctx["an"] = Val(N[a_n], "free", pieces.log_count(4), None, None, (("number", 2, 5), N[a_n]))
+    b.ctx["bn"] = Val(N[b_n], "free", pieces.log_count(3), None, None, (("number", 2, 5, "not", N[a_n]), N[b_n]))
     b.ctx["WIN"] = b.ctx["A"] if a_n > b_n else b.ctx["B"]
     b.s("[Next|Then|After that], they each made a small {W} of their own. {A.poss} had {an} {T.pl}, and "
         "{B.poss} had {bn}.")

@@ -192,15 +192,21 @@ class Builder:
             if n.name not in self._names_taken:
                 break
         taken = self._names_taken
-        left = cum[-1] - sum(weight.get(name, 0.0) for name in taken)
-        logp = round(math.log(weight[n.name] / left), 4)
-        # Once "girl"/"boy" is written, the name is one of that pronoun's names not yet taken.
-        left_kid = self.v.pron_weight[n.pronoun] - sum(weight.get(name, 0.0) for name in taken
-                                                      if self.v.pron_of.get(name) == n.pronoun)
-        src = (("name", "kid", tuple(sorted(name for name in taken if name in weight))), n.name)
+        pron_of = self.v.pron_of
+        left = cum[-1]
+        left_kid = self.v.pron_weight[n.pronoun]  # once "girl"/"boy" is written: that pronoun's names
+        for name in taken:
+            w = weight.get(name, 0.0)
+            left -= w
+            if pron_of.get(name) == n.pronoun:
+                left_kid -= w
+        w = weight[n.name]
+        src = None
+        if self.page.draws is not None:
+            src = (("name", "kid", tuple(sorted(name for name in taken if name in weight))), n.name)
         taken.add(n.name)
-        c = Char(n.name, n.pronoun, self.v.forms[n.pronoun], logp, logp_kid=round(math.log(weight[n.name] / left_kid), 4),
-                 src=src)
+        c = Char(n.name, n.pronoun, self.v.forms[n.pronoun], round(math.log(w / left), 4),
+                 logp_kid=round(math.log(w / left_kid), 4), src=src)
         self.ctx[key] = c
         return c
 

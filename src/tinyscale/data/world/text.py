@@ -319,7 +319,8 @@ def _gen(ops: list, lines: list[str], depth: int, before: Any, charges: dict, sc
         if op[0] == _ALT:
             alts = op[1]
             lines.append(f"{ind}r = int(P.rng.random() * {len(alts)})")
-            lines.append(f"{ind}q = q * {_RADIX} + r")
+            if any(len(t) > 1 or 0 not in t for t in charges.values()):  # a charge depends on the path
+                lines.append(f"{ind}q = q * {_RADIX} + r")
             ends = set()
             for i, alt in enumerate(alts):
                 head = "if" if i == 0 else "elif" if i < len(alts) - 1 else "else"
@@ -330,12 +331,15 @@ def _gen(ops: list, lines: list[str], depth: int, before: Any, charges: dict, sc
             continue
         table = charges.get(id(op))
         if table is not None:
-            name = f"_C{len(scope)}"
-            scope[name] = table
+            if list(table) == [0]:  # no alternative drawn before it: one charge
+                value = repr(table[0])
+            else:
+                value = f"_C{len(scope)}[q]"
+                scope[value[:-3]] = table
             lines.append(f"{ind}n0 = len(P.spans)")
         _gen_slot(op, lines, ind, before)
         if table is not None:
-            lines.append(f"{ind}if len(P.spans) > n0: P.charge(n0, {name}[q], {(tpl, op[1])!r}, q)")
+            lines.append(f"{ind}if len(P.spans) > n0: P.charge(n0, {value}, {(tpl, op[1])!r}, q)")
         before = None
     if pending:
         lines.append(f"{ind}P.pos += {pending}")
@@ -546,7 +550,7 @@ class Page:
             return
         sp[3] = None if c is None or sp[3] is None else round(sp[3] + c, 4)
         sp[4] = None if c is None or sp[4] is None else round(sp[4] + c, 4)
-        if self.draws is not None:
+        if self.draws is not None and key is not None:
             self.draws.append((i, ("phrasing", key, q), None, c, False))
 
     # -- low level ------------------------------------------------------------------------------
@@ -643,15 +647,23 @@ class Page:
         if c.members:
             members = c.members
             last_i = len(members) - 1
+            n0 = len(self.spans)
             for i, m in enumerate(members):
                 if i:
                     self.add(", " if i < last_i else " and ")
                 self._name(m, mark)  # where: after the text just written
+            if chose:  # the names rather than "they": on the first name
+                self.charge(n0, LOG_NAME, None, 0)
+                if self.draws is not None:
+                    self.drew(_CHOICE_NAME, LOG_NAME)
+                    self.draws[-1] = (n0, *self.draws[-1][1:])
         elif not c.named:  # "Mom": unlabeled
             if not c.mentioned:
                 self.first_pos.setdefault(id(c), self.pos)
             self.parts.append(c.name)
             self.pos += len(c.name)
+            if chose and self.draws is not None:  # the draw was made; no labeled word shows it
+                self.draws.append((-1, _CHOICE_NAME[0], "name", LOG_NAME, True))
         else:
             pos = self.pos
             if not c.mentioned:
