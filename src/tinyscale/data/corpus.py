@@ -45,8 +45,8 @@ def validate_line(obj: Any, where: str) -> dict:
             raise UserError(f"{where}: span {span!r} is outside the text (length {n})")
         if skill not in SKILL_ID or skill == "other":
             raise UserError(f"{where}: span {span!r} has unknown skill {skill!r}")
-        if not isinstance(logp, (int, float)) or logp > 0:
-            raise UserError(f"{where}: span {span!r} has a log-probability that is not <= 0")
+        if logp is not None and (not isinstance(logp, (int, float)) or logp > 0):  # None: unknown
+            raise UserError(f"{where}: span {span!r} has a log-probability that is not <= 0 (or null)")
     _validate_tags(obj.get("tags", []), n, where)
     return obj
 

@@ -7,6 +7,7 @@ Layout of a shards folder (docs/formats.md, "Shards folder"):
     {split}.skills.bin    uint8 skill id per token (index in `corpus.SKILLS`)
     {split}.floor.bin     float32 per token: the generator's true surprisal (nats) of a span on the
                           span's first token, 0.0 on its other tokens, NaN where no span applies
+                          or the span's floor is unknown (logp null)
     {split}.base.bin      float32 per token, laid out like the floor: the span's no-skill baseline
                           surprisal (the 5th element of a span), NaN where the span has none
     meta.json             counts, dtype, skill names, tokenizer and corpus hashes
@@ -159,7 +160,7 @@ def align(texts: list[str], spans: list[list], tok_start: np.ndarray, tok_end: n
     floor = np.full(total, np.nan, dtype=np.float32)
     base = np.full(total, np.nan, dtype=np.float32)
     shift = np.cumsum([0] + [len(t) for t in texts[:-1]])
-    flat_spans = [(sp[0] + int(sh), sp[1] + int(sh), SKILL_ID[sp[2]], sp[3],
+    flat_spans = [(sp[0] + int(sh), sp[1] + int(sh), SKILL_ID[sp[2]], sp[3] if sp[3] is not None else np.nan,
                    sp[4] if len(sp) > 4 and sp[4] is not None else np.nan)
                   for story_spans, sh in zip(spans, shift, strict=True) for sp in story_spans]
     if total == 0 or not flat_spans:
@@ -184,7 +185,7 @@ def align(texts: list[str], spans: list[list], tok_start: np.ndarray, tok_end: n
     k = np.searchsorted(sp_start, anchor, side="right") - 1
     inside = (anchor < tok_end) & (k >= 0) & (anchor < sp_end[np.maximum(k, 0)])
     skills[inside] = sp_skill[k[inside]]
-    floor[inside] = 0.0
+    floor[inside] = np.where(np.isnan(sp_logp[k[inside]]), np.nan, 0.0)  # a span of unknown floor: unknown
     base[inside] = np.where(np.isnan(sp_base[k[inside]]), np.nan, 0.0)
 
     # Floor of each span: on the first token containing the span's first non-space character.
@@ -196,7 +197,7 @@ def align(texts: list[str], spans: list[list], tok_start: np.ndarray, tok_end: n
     ok = tok_start[t] <= head[found]
     t, logp, blogp = t[ok], logp[ok], blogp[ok]
     floor[t] = np.where(np.isnan(floor[t]), 0.0, floor[t])
-    np.add.at(floor, t, (-logp).astype(np.float32))
+    np.add.at(floor, t, (-logp).astype(np.float32))  # NaN (unknown) stays NaN
     base[t] = np.where(np.isnan(base[t]), 0.0, base[t])
     np.add.at(base, t, (-blogp).astype(np.float32))  # NaN (unknown) stays NaN
     return skills, floor, base

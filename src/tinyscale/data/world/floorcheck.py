@@ -7,7 +7,8 @@ once "girl" was written, the choice between a name and its pronoun...). Over man
 key:
 
 - every outcome's frequency must match exp(its logp) (exact binomial test; a key where the
-  claimed probabilities of the outcomes seen add up to more than 1 fails too);
+  claimed probabilities of the outcomes seen add up to more than 1 fails too, and so does one
+  whose outcomes were all expected often but leave probability to outcomes never drawn);
 - the mean of -logp must match the empirical entropy of the outcomes (plug-in with the
   Miller-Madow correction, and its standard error), which is what no model can beat on average.
 
@@ -40,8 +41,9 @@ def draw(n: int, seed: int = 0, vocab: Vocab | None = None, start: int = 0) -> l
 
 
 def check(n: int, seed: int = 0, vocab: Vocab | None = None, start: int = 0,
-          stories: list | None = None) -> dict[str, Any]:
-    """Draw `n` stories (or use `stories`) and compare floors with frequencies; see the module doc."""
+          stories: list | None = None, boot: int = 200) -> dict[str, Any]:
+    """Draw `n` stories (or use `stories`) and compare floors with frequencies; see the module doc.
+    `boot`: bootstrap resamples for the per-skill intervals (0: none)."""
     stories = stories if stories is not None else draw(n, seed, vocab, start)
     visits: dict[tuple, Counter] = defaultdict(Counter)
     claimed: dict[tuple, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -54,7 +56,7 @@ def check(n: int, seed: int = 0, vocab: Vocab | None = None, start: int = 0,
     n_tests = max(1, sum(len(c) for c in visits.values()))
     failures = [row for row in keys.values() if row["p_worst"] < ALPHA / n_tests or row["mass"] > 1.0 + 1e-3
                 or not row["constant"]]
-    skills, unexplained = _skill_rows(stories, keys)
+    skills, unexplained = _skill_rows(stories, keys, boot, seed)
     return {"stories": len(stories), "keys": sorted(keys.values(), key=lambda r: -r["n"]), "skills": skills,
             "failures": failures, "unexplained": unexplained, "tests": n_tests}
 
@@ -79,6 +81,15 @@ def _key_row(key: tuple, counts: Counter, logps: dict[Any, list[float]]) -> dict
         pv = stats.binomtest(c, n, min(p, 1.0)).pvalue
         if pv < p_worst:
             p_worst, worst = pv, (o, c, n * p)
+    # Outcomes the floor gives probability but that never came (a list that silently lost a
+    # word): testable where every outcome seen was expected often, so that a missing one of the
+    # same order would have come too (with rare outcomes, many unseen ones are normal).
+    rest = 1.0 - mass
+    p_min = min(math.exp(sum(v) / len(v)) for v in logps.values())
+    if rest > 1e-3 and n * p_min >= 10:
+        pv = stats.binomtest(0, n, rest).pvalue
+        if pv < p_worst:
+            p_worst, worst = pv, ("<never drawn>", 0, n * rest)
     return {"key": key, "n": n, "outcomes": len(counts), "mean_floor": mean_floor, "entropy": h_mm,
             "entropy_se": se, "p_worst": p_worst, "worst": worst, "mass": mass, "constant": constant,
             "mm": (len(counts) - 1) / (2 * n)}
