@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import sparse, stats
@@ -34,10 +34,23 @@ from tinyscale.data.world.vocab import Vocab, default_vocab
 ALPHA = 1e-3  # family-wise: divided by the number of (key, outcome) tests
 
 
-def draw(n: int, seed: int = 0, vocab: Vocab | None = None, start: int = 0) -> list:
-    """Stories start..start+n-1 with their draws (plain format)."""
+class Drawn(NamedTuple):
+    """What the checker reads of a story: its spans, its draws, its index."""
+
+    spans: list
+    draws: list
+    index: int
+
+
+def draw(n: int, seed: int = 0, vocab: Vocab | None = None, start: int = 0, light: bool = False) -> list:
+    """Stories start..start+n-1 with their draws (plain format); `light`: only what the checker
+    reads (`Drawn`), to hold many in memory."""
     vocab = vocab or default_vocab()
-    return [make_story(vocab, seed, i, draws=True) for i in range(start, start + n)]
+    out = []
+    for i in range(start, start + n):
+        st = make_story(vocab, seed, i, draws=True)
+        out.append(Drawn(st.spans, st.draws, i) if light else st)
+    return out
 
 
 def check(n: int, seed: int = 0, vocab: Vocab | None = None, start: int = 0,
@@ -183,5 +196,5 @@ def _skill_rows(stories: list, keys: dict[tuple, dict], boot: int = 200,
 def base_violations(stories: list) -> list[tuple]:
     """Spans whose no-skill baseline is above their floor (a reader without the skill cannot do
     better than the floor)."""
-    return [(st.meta["index"], sp) for st in stories for sp in st.spans
+    return [(st.index if isinstance(st, Drawn) else st.meta["index"], sp) for st in stories for sp in st.spans
             if sp[3] is not None and len(sp) > 4 and sp[4] is not None and sp[4] > sp[3] + 1e-6]

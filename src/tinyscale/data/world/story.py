@@ -367,7 +367,6 @@ def _recipe_words(b: Builder) -> None:
 def _locate_required(b: Builder, body: str) -> dict[str, tuple[int, int]]:
     """Where each required word landed: its first `free` span with the word's own surprisal."""
     verb, noun, adj = b.recipe
-    v = b.v
     ctx = b.ctx
     n, a = ctx["N"].label, ctx["ADJ"]
     # A word's floor is its class's, with its article's or plus a phrasing charge (only lower),

@@ -409,7 +409,7 @@ def _charges(ops: list) -> dict[int, dict[int, float | None]]:
     for w, em in paths:
         texts.append((w, "".join(e[1] if e[0] == "lit" else _token(e[1]) for e in em), em))
     out: dict[int, dict[int, float | None]] = {}
-    for w, text, em in texts:
+    for _w, text, em in texts:
         off = 0
         for e in em:
             if e[0] == "lit":
