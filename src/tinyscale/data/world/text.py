@@ -18,26 +18,56 @@ Sentences are written with small templates, compiled once and cached:
     {a X}  {A X}         "a"/"an"/"some" + the thing (capitalized article with "A"); also for values
     {X@r} {X@t} {X@f}    a mention the story so far determines, by reasoning / tracking / fact
 
-How each label is guaranteed (the rules live in `Page._name`, `Page._pronoun`, `Page._thing`):
-- name at the start of a sentence whose subject was also the last sentence's subject (nobody else
-  mentioned in between, nobody of the same pronoun in the paragraph): often written as the
-  pronoun instead (then `grammar`, see pronouns).
-- name, first mention: `free`, logp = -log(size of the list the name was drawn from).
-- name, later mention marked `@t` (the answer to "what are your names?", the one who holds the
-  object...): `tracking`, logp 0 — the template only uses the mark where the plot fixes the person.
-- name, other later mentions: `tracking`, logp = -log(k) for k characters introduced so far: the
-  reader who tracks the cast narrows the name to k people; when k = 1 it is determined (logp 0).
-- pronoun (he/she/they and their forms): `grammar`, logp 0 — its form is fixed by the referent's
-  pronoun, and templates only use a pronoun whose referent is the subject just mentioned. (The
-  label measures agreement: whether a name or a pronoun is written is the phrasing's choice.)
-- thing, first mention: the label it was drawn with (`free`, -log(pool size)) or none.
-- thing marked `@r/@t/@f`: that skill, logp 0 — the template is the proof (e.g. "not the dog, so
-  the {cat@r}").
-- article before a thing: `grammar`, logp 0 only when the thing itself is determined (marked);
+What a floor is. A labeled word's floor (`logp`) is the log-probability of all the random draws
+revealed at that word: the draws made since the text before it that decide this word (a name or
+its pronoun, a phrasing alternative, the list or pool and the weights it was drawn from, a plot
+branch), conditioned on what the story so far determines. A draw made earlier but hidden until
+this word (the recipe's verb, drawn first and written later) is charged to its first mention,
+conditioned on what the text before already reveals about it. Over the words that share a context
+key (what the generator conditions on at that slot), the mean floor is the conditional entropy,
+which no model beats on average; `floorcheck` checks that against the generator's own frequencies
+(tests/test_floors.py, bench/world_floors.py). Where a draw's probability is not known here the
+floor is None (unknown), never 0.
+
+What each floor includes (the rules live in `Page._name`, `Page._pronoun`, `Page._thing`,
+`_charges`, `Builder.kid/pet/thing`, `Vocab`):
+- phrasing: a word that reveals which alternative `[a|b|c]` of its template was drawn carries
+  log(share of the template's paths, among those that wrote the same text so far, whose next
+  token is this word) (`_charges`; e.g. "Then [{A.He} ran|it rained|{A.He} sat]": "He" log 2/3).
+  A labeled word that opens a template is None: which sentence the plot writes next (a template
+  drawn from a list, a feature's or a branch's sentence) is not computed. The same holds where a
+  name slot and a pronoun slot of one character, or an article slot and a literal article, could
+  both come next.
+- name rather than pronoun: a repeated subject (nobody else mentioned since, nobody of the same
+  pronoun in the paragraph) is written "She" with probability PRONOUN_RATE: the pronoun carries
+  log 0.6 (`grammar`), the name written instead log 0.4 on top of its own floor.
+- name, first mention: `free`, the Zipf draw renormalised over the names not yet in the story
+  (`Builder.kid`); after "girl"/"boy" ({A.kid}) over that pronoun's names only. A pet's name: one
+  of the pet names not taken, uniformly.
+- name, later mention marked `@t` (the plot fixes the person): `tracking`, 0 (+ the above).
+- name, other later mentions: `tracking`, None. Which of the cast the plot names is its own
+  choice, far from uniform (the hero is named most), so -log(k) for k characters was not the
+  generator's probability.
+- pronoun form (he/she/they...): `grammar`, 0 given that a pronoun of this referent stands
+  there (its form is fixed by the referent), plus the choice and phrasing above.
+- recipe verb, noun, adjective: `free`, drawn uniformly from their lexicon lists, but the text
+  before their first mention depends on them (a verb without a complement has its own lines; an
+  adjective's frame and the role a noun plays say its kind): -log(size of its class), the words
+  that would have written the same plot up to there (`Vocab`: verb by complement; adjective by
+  `pieces.adj_plan` and its frame; noun by category, frame group, mass, trip exclusion); after
+  "a"/"an" within the class's words taking that article.
+Approximations, all on the side a model cannot beat: where a class tells apart more than the text
+before reveals (two frames that read alike), and where templates drawn from one list share their
+opening words (the word after them is charged as if the template were known), the floor leaves a
+draw out, so its surprisal is lower than the exact one, never higher.
+- thing or value drawn from a pool: `free`, -log(pool size), after "a"/"an" among the pool's
+  words with that article; the second of two drawn from one pool among the rest. A number word:
+  -log(count of numbers it was drawn from).
+- thing or value marked `@r/@t/@f`: that skill, 0 — the template is the proof (e.g. "not the dog,
+  so the {cat@r}") — plus the phrasing above.
+- article before a thing: `grammar`, 0 only when the thing itself is determined (marked);
   before an undetermined noun the article depends on a word not yet known, so it stays unlabeled.
-- values (`Val`): the label they carry, e.g. a drawn number word is `free`, a count is `reasoning`.
-  The recipe's verb, noun and adjective are `free` with -log(size of their lexicon list); a fact's
-  answer is `fact`, logp 0 (the lexicon writes every phrasing with its premise before the answer).
+- a fact's answer: `fact`, 0 (the lexicon writes every phrasing with its premise before the answer).
 - In `--format instruct`, a `free` word that the header already shows becomes `tracking`, logp 0
   (it is copied, not guessed): see `story._add_header`.
 
@@ -53,7 +83,9 @@ No-skill baselines (`base`, the 5th element of a span; `baseline_logp` and the w
 - `fact` answer: -log(1 + wrong answers), the candidates the lexicon lists for the slot
   (lexicon/facts.txt: the answer and the words that fit its grammar but are wrong).
 - `grammar`: a pronoun -log 3 (he, she or they), an article before a determined noun -log 2.
-Everything else (a span whose baseline the world does not know) carries None.
+- The draws no skill decides (the phrasing, the name-or-pronoun choice) are in the baseline as in
+  the floor: a reader without the skill pays for them too, so a baseline is never above its floor.
+Everything else (a span whose baseline the world does not know, or whose floor is None) carries None.
 """
 
 from __future__ import annotations
