@@ -112,3 +112,18 @@ def test_planted_error_fails_the_check(monkeypatch, plant):
     assert res["failures"], "a draw that disagrees with its floor went unnoticed"
     want = ("chore",) if plant == "drop a chore" else ("pronoun-or-name",)
     assert any(r["key"] == want for r in res["failures"])
+
+
+def test_unknown_floor_travels_as_nan():
+    # A corpus line may carry a null floor; the shards mark its tokens unknown (NaN), not 0.
+    import numpy as np
+
+    from tinyscale.data.corpus import validate_line
+    from tinyscale.data.tokenize import align
+
+    line = {"id": "x", "text": "She ran home", "spans": [[0, 3, "grammar", None, None], [8, 12, "free", -2.0, -2.0]]}
+    validate_line(line, "line")
+    starts, ends = np.array([0, 3, 7, 8]), np.array([3, 7, 8, 12])
+    _skills, floor, base = align([line["text"]], [line["spans"]], starts, ends)
+    assert np.isnan(floor[0]) and np.isnan(base[0]) and np.isnan(floor[1])
+    assert floor[3] == 2.0 and base[3] == 2.0
