@@ -370,7 +370,9 @@ def _gen(ops: list, lines: list[str], depth: int, before: Any, charges: dict, sc
                 scope[value[:-3]] = table
             lines.append(f"{ind}n0 = len(P.spans)")
         _gen_slot(op, lines, ind, before)
-        if table is not None:
+        if table is not None and value == "None":  # unknown: set inline, the commonest case
+            lines += [f"{ind}if len(P.spans) > n0:", f"{ind} sp = P.spans[n0]", f"{ind} sp[3] = sp[4] = None"]
+        elif table is not None:
             lines.append(f"{ind}if len(P.spans) > n0: P.charge(n0, {value}, {(tpl, op[1])!r}, q)")
         before = None
     if pending:
@@ -711,7 +713,7 @@ class Page:
                 # Which of the cast the plot names here is its own choice, not a uniform draw
                 # among the k introduced (the hero is named far more often): unknown.
                 skill, logp = "tracking", None
-            base = char_base(c, skill)
+            base = LOG_HALF if skill == "reasoning" else c.logp  # `char_base`, inline
             if chose:  # the name rather than its pronoun
                 logp = None if logp is None else round(logp + LOG_NAME, 4)
                 base = None if base is None else round(base + LOG_NAME, 4)
@@ -737,7 +739,7 @@ class Page:
         word = c.forms[form]
         end = self.pos + len(word)
         self.refs.append((self.pos, end, c, form))
-        self.spans.append([self.pos, end, "grammar", logp, round(LOG_THIRD + logp, 4)])
+        self.spans.append([self.pos, end, "grammar", logp, LOG_THIRD if logp == 0.0 else round(LOG_THIRD + logp, 4)])
         self.parts.append(word)
         self.pos = end
 
