@@ -477,7 +477,9 @@ def _add_header(b: Builder, story: Story) -> None:
         s, e = sp[0], sp[1]
         sp[0], sp[1] = s + d, e + d
         if sp[2] == "free" and text[s:e] in shown:
-            sp[2], sp[3] = "tracking", 0.0  # sp[4], the baseline, stays the draw's own prior
+            # sp[4], the baseline, stays the draw's own prior; an unknown floor stays unknown (the
+            # sentence it opens was not known), a phrasing charge is left out (a lower surprisal).
+            sp[2], sp[3] = "tracking", None if sp[3] is None else 0.0
     story.text = header + text
     story._shift = d  # the debugging positions follow when read (see `Story`)
     story.meta["instruct"] = kinds
