@@ -111,3 +111,94 @@ def test_new_flags_refuse_bad_input_in_one_line(tmp_path, capsys):
         main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--eval-min-skill-tokens", "-1"])
     assert e.value.code == 2 and not (tmp_path / "r").exists()
     assert "--eval-min-skill-tokens" in capsys.readouterr().err
+
+
+# --- seeds and windows in every interval ----------------------------------------------------------
+
+
+def seeded(size: float, seed: int, loss: float, *, flops: float | None = None, windows: dict | None = None,
+           se: float = 0.002) -> dict:
+    r = rec(f"n{size:g}-s{seed}", size, flops or 6 * size * 1e7, loss, tokens=1e7, final=True)
+    r.update(point=f"n{size:g}", seed=seed, loss_se=se, windows=windows or {"set": "val", "file": None})
+    return r
+
+
+SIZES4 = (1e5, 3e5, 1e6, 3e6, 1e7)
+
+
+def law_n(n: float) -> float:
+    return 1.5 + 40 / n**0.3
+
+
+def test_seeds_that_disagree_widen_the_intervals_of_a_fit_and_of_each_point():
+    from tinyscale.analysis.analyze import analyze_records
+
+    one = [seeded(n, 0, law_n(n)) for n in SIZES4]
+    two = [seeded(n, s, law_n(n) + (0.08 if (s + i) % 2 else -0.08)) for i, n in enumerate(SIZES4) for s in (0, 1)]
+    a, b = analyze_records(one, n_boot=40), analyze_records(two, n_boot=40)
+    width = {k: r["fits"]["L(N)"]["ci"]["alpha"][1] - r["fits"]["L(N)"]["ci"]["alpha"][0] for k, r in (("one", a), ("two", b))}
+    assert width["two"] > 3 * width["one"]
+    # The point estimates are the seed means: the same law.
+    assert [p[1] for p in b["fits"]["points"]["L(N)"]] == pytest.approx([law_n(n) for n in SIZES4])
+    # Each size's noise in the taxonomy is the spread over seeds (~0.08 / sqrt 2), not the windows' 0.002.
+    size_all = next(e for e in b["taxonomy"] if e["curve"] == "all" and e["axis"] == "size")
+    assert size_all["metrics"]["loss"]["diagnostics"]["sigma"] > 0.02
+    assert b["seeds"]["per_point"] == {f"n{n:g}": 2 for n in SIZES4} and b["seeds"]["caveat"] is None
+
+
+def test_per_size_selection_is_the_seed_mean_not_the_winners_curse():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    recs = [seeded(n, s, 2.0 + 0.1 * rng.standard_normal()) for n in SIZES4 for s in range(5)]
+    fits = fit_laws(recs, n_boot=10)
+    new = np.array([p[1] for p in fits["points"]["L(N)"]])
+    old = np.array([min(r["loss"] for r in recs if r["params"] == n) for n in SIZES4])  # the former rule
+    assert old.mean() < 1.9  # min of 5 draws: ~1.16 sd below the truth
+    assert abs(new.mean() - 2.0) < 0.06 and np.all(new > old)
+
+
+def test_one_seed_study_says_so_beside_every_claim():
+    from tinyscale.analysis.analyze import analyze_records
+    from tinyscale.analysis.seeds import CAVEAT
+
+    out = analyze_records([seeded(n, 0, law_n(n)) for n in SIZES4], n_boot=10)
+    assert out["seeds"]["caveat"] == CAVEAT and out["seeds"]["max"] == 1
+    assert out["fits"]["L(N)"]["caveat"] == CAVEAT
+    assert all(e["caveat"] == CAVEAT for e in out["taxonomy"])
+    assert out["comparisons"] and all(c["caveat"] == CAVEAT for c in out["comparisons"])
+    assert "not paired" in out["seeds"]["intervals"]
+
+
+def window_file(path, per_window: "np.ndarray") -> str:  # noqa: F821
+    """val_windows/<step>.npz as the trainer writes it: one skill, 128 tokens per window."""
+    import numpy as np
+
+    sums = np.zeros((len(per_window), 1, 8), np.float32)
+    sums[:, 0, 0], sums[:, 0, 1] = 128, 128 * per_window
+    np.savez_compressed(path, sums=sums, shares=np.array([1.0]), skills=np.array(["other"]))
+    return str(path)
+
+
+def test_runs_on_shared_windows_are_compared_by_paired_differences(tmp_path):
+    import numpy as np
+
+    from tinyscale.analysis.seeds import mean_over_seeds, replicates, size_comparisons
+
+    rng = np.random.default_rng(0)
+    hard = rng.uniform(1.0, 5.0, 300)  # windows differ far more than the two models do
+    small, large = hard, hard - 0.05 + 0.01 * rng.standard_normal(300)
+    recs = []
+    for size, per_window in ((1e5, small), (1e6, large)):
+        f = window_file(tmp_path / f"{size:g}.npz", per_window)
+        recs.append(seeded(size, 0, float(per_window.mean()), windows={"set": "val", "file": f}))
+    (cmp,) = size_comparisons(mean_over_seeds(recs, "params"), replicates(recs, "params", 100), "params")
+    assert cmp["paired"] and cmp["diff"] == pytest.approx(large.mean() - small.mean())
+    paired, indep = (hi - lo for lo, hi in (cmp["ci"], cmp["ci_independent"]))
+    assert paired < indep / 5
+    assert cmp["verdict"] == "larger is better"  # treated as independent, 0.05 would be inside the noise
+    assert cmp["ci_independent"][0] < 0 < cmp["ci_independent"][1]
+    # Different windows (another evaluation set): no pairing, the independent interval stands.
+    recs[1]["windows"]["set"] = "other"
+    (cmp,) = size_comparisons(mean_over_seeds(recs, "params"), replicates(recs, "params", 50), "params")
+    assert not cmp["paired"] and cmp["ci"] == cmp["ci_independent"]
