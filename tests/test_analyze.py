@@ -202,3 +202,27 @@ def test_runs_on_shared_windows_are_compared_by_paired_differences(tmp_path):
     recs[1]["windows"]["set"] = "other"
     (cmp,) = size_comparisons(mean_over_seeds(recs, "params"), replicates(recs, "params", 50), "params")
     assert not cmp["paired"] and cmp["ci"] == cmp["ci_independent"]
+
+
+def test_report_of_a_one_seed_sweep_says_it_beside_intervals_and_classes(tmp_path):
+    import re
+
+    import numpy as np
+
+    from test_report import make_sweep
+    from tinyscale.analysis.collect import collect_sweep
+    from tinyscale.analysis.report import build_report
+    from tinyscale.analysis.seeds import CAVEAT
+
+    sweep = make_sweep(tmp_path)
+    run = next((sweep / "runs").iterdir())
+    (run / "val_windows").mkdir()
+    window_file(run / "val_windows" / "100.npz", np.full(10, 3.0))
+    recs = collect_sweep(sweep)
+    kept = [r for r in recs if r["run"] == run.name and r["step"] == 100]
+    assert kept[0]["windows"]["file"].endswith("100.npz") and len({r["point"] for r in recs}) == 4
+    page = build_report(sweep, n_boot=8).read_text()
+    for section in ("curves", "taxonomy"):  # (this sweep has no baselines: no skill intervals)
+        body = re.search(f'<section id="{section}">(.*?)</section>', page, re.S).group(1)
+        assert CAVEAT in body, section
+    assert "bigger" not in page and "larger is better" in page  # the size comparisons table
