@@ -226,3 +226,37 @@ def test_report_of_a_one_seed_sweep_says_it_beside_intervals_and_classes(tmp_pat
         body = re.search(f'<section id="{section}">(.*?)</section>', page, re.S).group(1)
         assert CAVEAT in body, section
     assert "bigger" not in page and "larger is better" in page  # the size comparisons table
+
+
+def test_trained_seeds_share_windows_and_are_analysed_as_seeds(tmp_path, monkeypatch):
+    """Four tiny runs (two sizes x two seeds) through the trainer: per-window sums kept for every
+    evaluation, reproducing its losses; seeds grouped; sizes compared with paired differences."""
+    import numpy as np
+
+    from _tiny_shards import make_shards
+    from tinyscale.analysis.analyze import analyze_records
+    from tinyscale.analysis.collect import collect_sweep
+    from tinyscale.analysis.seeds import _load_sums, _window_stats
+    from tinyscale.config import TrainConfig
+    from tinyscale.train import train
+
+    # PyTorch's operators: the C++ kernels would be compiled first where they are not built yet.
+    monkeypatch.setenv("TINYSCALE_NO_KERNELS", "1")
+    shards = make_shards(tmp_path / "data", stories=120)
+    for width in (16, 32):
+        for seed in (0, 1):
+            cfg = TrainConfig(data=str(shards), tokens=30 * 8 * 32, eval_every=15, d_model=width, n_layers=1,
+                              n_heads=2, seq_len=32, batch=8, lr=3e-3, warmup=5, threads=1, dtype="fp32", seed=seed,
+                              eval_tokens=1024, eval_min_skill_tokens=200)
+            train(cfg, tmp_path / "sweep" / "runs" / f"d{width}-s{seed}")
+    recs = collect_sweep(tmp_path / "sweep")
+    final = next(r for r in recs if r["run"] == "d32-s1" and r["final"])
+    stats = _window_stats(_load_sums(final["windows"]["file"])[0].sum(0)[None], *_load_sums(final["windows"]["file"])[1:])
+    assert stats["loss"][0] == pytest.approx(final["loss"], rel=1e-5)
+    for skill, loss in final["skill_loss"].items():
+        assert stats["skill_loss"][skill][0] == pytest.approx(loss, rel=1e-5)
+    out = analyze_records(recs, size_key="params", n_boot=30)
+    assert out["seeds"]["per_point"] == {"d16": 2, "d32": 2} and out["seeds"]["caveat"] is None
+    (overall,) = [c for c in out["comparisons"] if c["row"] == "all"]
+    assert overall["paired"] and overall["seeds"] == [2, 2] and "seeds and validation windows" in out["seeds"]["intervals"]
+    assert np.isfinite(overall["ci"]).all()
