@@ -260,3 +260,13 @@ def test_trained_seeds_share_windows_and_are_analysed_as_seeds(tmp_path, monkeyp
     (overall,) = [c for c in out["comparisons"] if c["row"] == "all"]
     assert overall["paired"] and overall["seeds"] == [2, 2] and "seeds and validation windows" in out["seeds"]["intervals"]
     assert np.isfinite(overall["ci"]).all()
+
+
+def test_csv_rows_grouped_by_run_stay_points_of_their_curve(tmp_path):
+    lines = ["run,N,D,L"]
+    for run, n in (("a", 1e6), ("b", 1e7), ("c", 1e8)):
+        lines += [f"{run},{n},{d},{1.7 + 400 / n**0.34 + 400 / d**0.28}" for d in (1e8, 1e9, 1e10)]
+    path = tmp_path / "runs.csv"
+    path.write_text("\n".join(lines) + "\n")
+    out = analyze_csv(path, params_col="N", tokens_col="D", loss_col="L", run_col="run", n_boot=5)
+    assert out["fits"]["L(N,D)"]["n_points"] == 9 and out["fits"]["L(N,D)"]["params"]["alpha"] == pytest.approx(0.34, rel=0.15)

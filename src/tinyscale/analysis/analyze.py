@@ -417,6 +417,11 @@ def analyze_csv(path: str | Path, *, params_col: str | None = None, tokens_col: 
             result["notes"] = [f"no tokens column: D = C / (6 N) derived from {flops_col!r} and {params_col!r}"]
         result["n_records"] = len(records)
         result["fits"] = fit_laws(records, "params", n_boot, seed)
+        # Rows of the same size and budget are taken as seeds of one point (there is no seed column).
+        result["seeds"] = seed_summary(records, "params")
+        for law in result["fits"].values():
+            if isinstance(law, dict) and "points" not in law:
+                law["caveat"] = result["seeds"]["caveat"]
     if has_task:
         if x_col is None or metric_col is None:
             raise UserError("--csv: per-task curves need both --x-col and --metric-col")

@@ -35,8 +35,11 @@ _N, _LOSS, _NB, _GAP = 0, 1, 5, 7
 _PROBE_METRICS = ("mc", "exact", "prob")
 
 
-def _step_key(rec: dict) -> int:
-    return rec["step"] if isinstance(rec.get("step"), int) else -1
+def _step_key(rec: dict) -> float:
+    """Where on its run's curve a record sits: the step, or for a CSV row (no step) its tokens."""
+    if isinstance(rec.get("step"), int):
+        return rec["step"]
+    return rec["tokens"] if rec.get("tokens") is not None else -1.0
 
 
 def run_points(records: list[dict], size_key: str) -> dict[str, str]:
@@ -150,8 +153,10 @@ def mean_over_seeds(records: list[dict], size_key: str, labels: dict[str, str] |
             common = {-1} if curves else set()
         last = max(common, default=None)
         for step in sorted(common):
-            m = _mean_record([c[step] for c in curves])
-            m.update(run=labels[point], point=point, final=step == last)
+            recs = [c[step] for c in curves]
+            m = _mean_record(recs)
+            # final: the last step every seed reached (or a CSV's rows, each final by itself)
+            m.update(run=labels[point], point=point, final=step == last or all(r.get("final") for r in recs))
             out.append(m)
     return out
 
