@@ -111,3 +111,162 @@ def test_new_flags_refuse_bad_input_in_one_line(tmp_path, capsys):
         main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--eval-min-skill-tokens", "-1"])
     assert e.value.code == 2 and not (tmp_path / "r").exists()
     assert "--eval-min-skill-tokens" in capsys.readouterr().err
+
+
+# --- seeds and windows in every interval ----------------------------------------------------------
+
+
+def seeded(size: float, seed: int, loss: float, *, flops: float | None = None, windows: dict | None = None,
+           se: float = 0.002) -> dict:
+    r = rec(f"n{size:g}-s{seed}", size, flops or 6 * size * 1e7, loss, tokens=1e7, final=True)
+    r.update(point=f"n{size:g}", seed=seed, loss_se=se, windows=windows or {"set": "val", "file": None})
+    return r
+
+
+SIZES4 = (1e5, 3e5, 1e6, 3e6, 1e7)
+
+
+def law_n(n: float) -> float:
+    return 1.5 + 40 / n**0.3
+
+
+def test_seeds_that_disagree_widen_the_intervals_of_a_fit_and_of_each_point():
+    from tinyscale.analysis.analyze import analyze_records
+
+    one = [seeded(n, 0, law_n(n)) for n in SIZES4]
+    two = [seeded(n, s, law_n(n) + (0.08 if (s + i) % 2 else -0.08)) for i, n in enumerate(SIZES4) for s in (0, 1)]
+    a, b = analyze_records(one, n_boot=40), analyze_records(two, n_boot=40)
+    width = {k: r["fits"]["L(N)"]["ci"]["alpha"][1] - r["fits"]["L(N)"]["ci"]["alpha"][0] for k, r in (("one", a), ("two", b))}
+    assert width["two"] > 3 * width["one"]
+    # The point estimates are the seed means: the same law.
+    assert [p[1] for p in b["fits"]["points"]["L(N)"]] == pytest.approx([law_n(n) for n in SIZES4])
+    # Each size's noise in the taxonomy is the spread over seeds (~0.08 / sqrt 2), not the windows' 0.002.
+    size_all = next(e for e in b["taxonomy"] if e["curve"] == "all" and e["axis"] == "size")
+    assert size_all["metrics"]["loss"]["diagnostics"]["sigma"] > 0.02
+    assert b["seeds"]["per_point"] == {f"n{n:g}": 2 for n in SIZES4} and b["seeds"]["caveat"] is None
+
+
+def test_per_size_selection_is_the_seed_mean_not_the_winners_curse():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    recs = [seeded(n, s, 2.0 + 0.1 * rng.standard_normal()) for n in SIZES4 for s in range(5)]
+    fits = fit_laws(recs, n_boot=10)
+    new = np.array([p[1] for p in fits["points"]["L(N)"]])
+    old = np.array([min(r["loss"] for r in recs if r["params"] == n) for n in SIZES4])  # the former rule
+    assert old.mean() < 1.9  # min of 5 draws: ~1.16 sd below the truth
+    assert abs(new.mean() - 2.0) < 0.06 and np.all(new > old)
+
+
+def test_one_seed_study_says_so_beside_every_claim():
+    from tinyscale.analysis.analyze import analyze_records
+    from tinyscale.analysis.seeds import CAVEAT
+
+    out = analyze_records([seeded(n, 0, law_n(n)) for n in SIZES4], n_boot=10)
+    assert out["seeds"]["caveat"] == CAVEAT and out["seeds"]["max"] == 1
+    assert out["fits"]["L(N)"]["caveat"] == CAVEAT
+    assert all(e["caveat"] == CAVEAT for e in out["taxonomy"])
+    assert out["comparisons"] and all(c["caveat"] == CAVEAT for c in out["comparisons"])
+    assert "not paired" in out["seeds"]["intervals"]
+
+
+def window_file(path, per_window: "np.ndarray") -> str:  # noqa: F821
+    """val_windows/<step>.npz as the trainer writes it: one skill, 128 tokens per window."""
+    import numpy as np
+
+    sums = np.zeros((len(per_window), 1, 8), np.float32)
+    sums[:, 0, 0], sums[:, 0, 1] = 128, 128 * per_window
+    np.savez_compressed(path, sums=sums, shares=np.array([1.0]), skills=np.array(["other"]))
+    return str(path)
+
+
+def test_runs_on_shared_windows_are_compared_by_paired_differences(tmp_path):
+    import numpy as np
+
+    from tinyscale.analysis.seeds import mean_over_seeds, replicates, size_comparisons
+
+    rng = np.random.default_rng(0)
+    hard = rng.uniform(1.0, 5.0, 300)  # windows differ far more than the two models do
+    small, large = hard, hard - 0.05 + 0.01 * rng.standard_normal(300)
+    recs = []
+    for size, per_window in ((1e5, small), (1e6, large)):
+        f = window_file(tmp_path / f"{size:g}.npz", per_window)
+        recs.append(seeded(size, 0, float(per_window.mean()), windows={"set": "val", "file": f}))
+    (cmp,) = size_comparisons(mean_over_seeds(recs, "params"), replicates(recs, "params", 100), "params")
+    assert cmp["paired"] and cmp["diff"] == pytest.approx(large.mean() - small.mean())
+    paired, indep = (hi - lo for lo, hi in (cmp["ci"], cmp["ci_independent"]))
+    assert paired < indep / 5
+    assert cmp["verdict"] == "larger is better"  # treated as independent, 0.05 would be inside the noise
+    assert cmp["ci_independent"][0] < 0 < cmp["ci_independent"][1]
+    # Different windows (another evaluation set): no pairing, the independent interval stands.
+    recs[1]["windows"]["set"] = "other"
+    (cmp,) = size_comparisons(mean_over_seeds(recs, "params"), replicates(recs, "params", 50), "params")
+    assert not cmp["paired"] and cmp["ci"] == cmp["ci_independent"]
+
+
+def test_report_of_a_one_seed_sweep_says_it_beside_intervals_and_classes(tmp_path):
+    import re
+
+    import numpy as np
+
+    from test_report import make_sweep
+    from tinyscale.analysis.collect import collect_sweep
+    from tinyscale.analysis.report import build_report
+    from tinyscale.analysis.seeds import CAVEAT
+
+    sweep = make_sweep(tmp_path)
+    run = next((sweep / "runs").iterdir())
+    (run / "val_windows").mkdir()
+    window_file(run / "val_windows" / "100.npz", np.full(10, 3.0))
+    recs = collect_sweep(sweep)
+    kept = [r for r in recs if r["run"] == run.name and r["step"] == 100]
+    assert kept[0]["windows"]["file"].endswith("100.npz") and len({r["point"] for r in recs}) == 4
+    page = build_report(sweep, n_boot=8).read_text()
+    for section in ("curves", "taxonomy"):  # (this sweep has no baselines: no skill intervals)
+        body = re.search(f'<section id="{section}">(.*?)</section>', page, re.S).group(1)
+        assert CAVEAT in body, section
+    assert "bigger" not in page and "larger is better" in page  # the size comparisons table
+
+
+def test_trained_seeds_share_windows_and_are_analysed_as_seeds(tmp_path, monkeypatch):
+    """Four tiny runs (two sizes x two seeds) through the trainer: per-window sums kept for every
+    evaluation, reproducing its losses; seeds grouped; sizes compared with paired differences."""
+    import numpy as np
+
+    from _tiny_shards import make_shards
+    from tinyscale.analysis.analyze import analyze_records
+    from tinyscale.analysis.collect import collect_sweep
+    from tinyscale.analysis.seeds import _load_sums, _window_stats
+    from tinyscale.config import TrainConfig
+    from tinyscale.train import train
+
+    # PyTorch's operators: the C++ kernels would be compiled first where they are not built yet.
+    monkeypatch.setenv("TINYSCALE_NO_KERNELS", "1")
+    shards = make_shards(tmp_path / "data", stories=120)
+    for width in (16, 32):
+        for seed in (0, 1):
+            cfg = TrainConfig(data=str(shards), tokens=30 * 8 * 32, eval_every=15, d_model=width, n_layers=1,
+                              n_heads=2, seq_len=32, batch=8, lr=3e-3, warmup=5, threads=1, dtype="fp32", seed=seed,
+                              eval_tokens=1024, eval_min_skill_tokens=200)
+            train(cfg, tmp_path / "sweep" / "runs" / f"d{width}-s{seed}")
+    recs = collect_sweep(tmp_path / "sweep")
+    final = next(r for r in recs if r["run"] == "d32-s1" and r["final"])
+    stats = _window_stats(_load_sums(final["windows"]["file"])[0].sum(0)[None], *_load_sums(final["windows"]["file"])[1:])
+    assert stats["loss"][0] == pytest.approx(final["loss"], rel=1e-5)
+    for skill, loss in final["skill_loss"].items():
+        assert stats["skill_loss"][skill][0] == pytest.approx(loss, rel=1e-5)
+    out = analyze_records(recs, size_key="params", n_boot=30)
+    assert out["seeds"]["per_point"] == {"d16": 2, "d32": 2} and out["seeds"]["caveat"] is None
+    (overall,) = [c for c in out["comparisons"] if c["row"] == "all"]
+    assert overall["paired"] and overall["seeds"] == [2, 2] and "seeds and validation windows" in out["seeds"]["intervals"]
+    assert np.isfinite(overall["ci"]).all()
+
+
+def test_csv_rows_grouped_by_run_stay_points_of_their_curve(tmp_path):
+    lines = ["run,N,D,L"]
+    for run, n in (("a", 1e6), ("b", 1e7), ("c", 1e8)):
+        lines += [f"{run},{n},{d},{1.7 + 400 / n**0.34 + 400 / d**0.28}" for d in (1e8, 1e9, 1e10)]
+    path = tmp_path / "runs.csv"
+    path.write_text("\n".join(lines) + "\n")
+    out = analyze_csv(path, params_col="N", tokens_col="D", loss_col="L", run_col="run", n_boot=5)
+    assert out["fits"]["L(N,D)"]["n_points"] == 9 and out["fits"]["L(N,D)"]["params"]["alpha"] == pytest.approx(0.34, rel=0.15)

@@ -94,3 +94,39 @@ def test_sweep_file_runs_every_size_on_the_same_data_and_seed(tmp_path):
     assert plan["train"]["tokens"] == BATCH * SEQ_LEN * 100 and plan["train"]["seed"] == 1
     steps = 100
     assert len(range(0, steps + 1, plan["train"]["eval_every"])) + 1 >= EVALS - 1
+
+
+def test_seeds_train_every_size_n_times_within_the_same_minutes(tmp_path):
+    s = speeds()
+    one, three = plan_tokens(15, s), plan_tokens(15, s, seeds=3)
+    # Same minutes: each of the three seeds gets about a third of the tokens (every run also pays its
+    # evaluations and process starts; the corpus, following the tokens, shrinks).
+    assert 0.25 * one < three < 0.4 * one
+    slot_b = 3 * sum(run_seconds(i, three, s) for i in range(1, len(SIZES)))
+    assert max(3 * run_seconds(0, three, s), slot_b) + stories_for(three, s.tokens_per_story) * s.data_per_story <= 15 * 60
+    plan = sweep_yaml(tmp_path / "shards", tokens=three, seed=5, seeds=3)
+    runs = plan["runs"]
+    assert len(runs) == 3 * len(SIZES) and len({r["name"] for r in runs}) == len(runs)
+    assert sorted({r["seed"] for r in runs}) == [5, 6, 7]
+    for d, n, _ in SIZES:  # every size once per seed
+        assert sorted(r["seed"] for r in runs if (r["d_model"], r["n_layers"]) == (d, n)) == [5, 6, 7]
+    assert "seed" not in sweep_yaml(tmp_path / "shards", tokens=three)["runs"][0]  # one seed: as before
+    # A demo planned with one seed does not resume as a three-seed one.
+    (tmp_path / "plan.json").write_text(json.dumps({"minutes": 15.0, "stories": None, "seed": 0}))
+    with pytest.raises(UserError, match="planned with --seeds 1; it cannot resume with --seeds 3"):
+        _check_replan(tmp_path / "plan.json", None, None, 0, seeds=3)
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "1.5", "two"])
+def test_bad_seeds_is_one_line_and_exit_2(tmp_path, capsys, bad):
+    from tinyscale.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--out", str(tmp_path / "d"), "--seeds", bad])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "--seeds" in err[0]
+    assert not (tmp_path / "d").exists()
+    from tinyscale.demo import run_demo
+
+    with pytest.raises(UserError, match="--seeds must be a whole number"):
+        run_demo(tmp_path / "d", seeds=0)

@@ -609,6 +609,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stories", type=_count, default=None,
                    help="story-world stories to generate (default: enough for one epoch of the planned tokens)")
     p.add_argument("--seed", type=int, default=0, help="seed of the story world and of every run (default 0)")
+    p.add_argument("--seeds", type=_positive_int, default=1,
+                   help="training seeds per size (default 1); the analysis then puts training noise in every "
+                        "interval. Same minutes: each run gets about 1/N of the tokens")
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     p.set_defaults(func=_run_demo)
 
@@ -617,7 +620,7 @@ def _run_demo(args: argparse.Namespace) -> None:
     from tinyscale.demo import run_demo
 
     report = run_demo(args.out, minutes=args.minutes, stories=args.stories, seed=args.seed,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, seeds=args.seeds)
     print(f"report: {report}")
 
 

@@ -9,6 +9,13 @@ constants tuned elsewhere: how fast this machine writes and tokenizes stories, t
 Data, the trainer's periodic evaluations, the final evaluation and the report are subtracted from
 the budget; the rest buys training tokens, the same number for every size. The plan is written to
 OUT/plan.json; a re-run with the same options resumes, with other options it says why it cannot.
+
+`seeds` N > 1 trains every size N times (training seeds seed, seed+1, ...), so the analysis can put
+training noise into its intervals (analysis/seeds.py). The cost: N seeds need about N times the
+training compute for the same tokens. The demo keeps its minutes and gives each run about 1/N of the
+tokens instead (evaluations and process starts are paid N times; the corpus, sized to the tokens,
+shrinks), because its promise is a whole study in the time asked for; for the same tokens per run,
+ask for about N times the --minutes.
 """
 
 from __future__ import annotations
@@ -215,8 +222,9 @@ def run_seconds(i: int, tokens: int, s: Speeds) -> float:
     return tokens * s.train_per_token[i] + (EVALS + 2) * s.eval_tokens * s.forward_per_token[i] + 2 * s.process_start
 
 
-def plan_tokens(minutes: float, s: Speeds, stories: int | None = None) -> int:
-    """Training tokens per run (the same for every size) that fit `minutes` of wall time here.
+def plan_tokens(minutes: float, s: Speeds, stories: int | None = None, seeds: int = 1) -> int:
+    """Training tokens per run (the same for every size) that fit `minutes` of wall time here, with
+    `seeds` runs of every size.
 
     Two runs train at once: the largest model occupies one slot while the smaller ones take turns
     on the other, so the training wall time is the larger of the two slots. Data (for `stories`,
@@ -230,14 +238,22 @@ def plan_tokens(minutes: float, s: Speeds, stories: int | None = None) -> int:
         left = budget - n_stories * s.data_per_story
         fits = []
         for slot in slots:
-            fixed = sum(run_seconds(i, 0, s) for i in slot)
-            fits.append((left - fixed) / sum(s.train_per_token[i] for i in slot))
+            fixed = seeds * sum(run_seconds(i, 0, s) for i in slot)
+            fits.append((left - fixed) / (seeds * sum(s.train_per_token[i] for i in slot)))
         tokens = int(min(fits))
     step = BATCH * SEQ_LEN
     return max(step * 50, tokens - tokens % step)
 
 
-def sweep_yaml(shards: Path, tokens: int, seed: int = 0) -> dict[str, Any]:
+def _runs(seed: int, seeds: int) -> list[dict[str, Any]]:
+    """The sweep's runs: every size (largest first) for each training seed; with one seed the names
+    carry no seed, as before."""
+    return [{"name": f"d{d}-l{n}" + (f"-s{seed + k}" if seeds > 1 else ""), "d_model": d, "n_layers": n,
+             "n_heads": h, **({"seed": seed + k} if seeds > 1 else {})}
+            for k in range(seeds) for d, n, h in SIZES]
+
+
+def sweep_yaml(shards: Path, tokens: int, seed: int = 0, seeds: int = 1) -> dict[str, Any]:
     steps = tokens // (BATCH * SEQ_LEN)
     return {
         "data": str(shards.resolve()),
@@ -250,20 +266,22 @@ def sweep_yaml(shards: Path, tokens: int, seed: int = 0) -> dict[str, Any]:
             "eval_every": max(1, math.ceil(steps / (EVALS - 1))), "eval_tokens": EVAL_TOKENS,
             "checkpoint_every": max(10, steps // 8), "dense_checkpoints": 8, "seed": seed,
         },
-        "runs": [{"name": f"d{d}-l{n}", "d_model": d, "n_layers": n, "n_heads": h} for d, n, h in SIZES],
+        "runs": _runs(seed, seeds),
         "eval": {"checkpoints": "last", "completions": 3, "samples": 1},
     }
 
 
-def _check_replan(plan_file: Path, minutes: float | None, stories: int | None, seed: int) -> dict | None:
+def _check_replan(plan_file: Path, minutes: float | None, stories: int | None, seed: int,
+                  seeds: int = 1) -> dict | None:
     """The plan of an earlier run of this folder, if its options match; else a clear refusal."""
     if not plan_file.is_file():
         return None
     plan = read_json(plan_file)
-    asked = {"minutes": minutes, "stories": stories, "seed": seed}
-    differ = [k for k, v in asked.items() if v is not None and plan.get(k) != v]
+    had = {"seeds": 1, **plan}  # plans from before --seeds had one
+    asked = {"minutes": minutes, "stories": stories, "seed": seed, "seeds": seeds}
+    differ = [k for k, v in asked.items() if v is not None and had.get(k) != v]
     if differ:
-        was = ", ".join(f"--{k} {plan.get(k)}" for k in differ)
+        was = ", ".join(f"--{k} {had.get(k)}" for k in differ)
         now = ", ".join(f"--{k} {asked[k]}" for k in differ)
         raise UserError(f"{plan_file.parent}: this demo was planned with {was}; it cannot resume with {now} "
                         f"(its data and runs follow the old plan): add --overwrite to start over, or use "
@@ -272,25 +290,29 @@ def _check_replan(plan_file: Path, minutes: float | None, stories: int | None, s
 
 
 def run_demo(out: str | Path = "demo", minutes: float | None = None, stories: int | None = None, seed: int = 0,
-             overwrite: bool = False) -> Path:
+             overwrite: bool = False, seeds: int = 1) -> Path:
     """Run the whole study into `out`; return the report's path. Re-running resumes where it stopped
-    (with the same options). `stories`: None writes as many as the planned training tokens need."""
+    (with the same options). `stories`: None writes as many as the planned training tokens need.
+    `seeds`: training runs per size (see the module docstring for what they cost)."""
     from tinyscale.analysis.report import build_report
     from tinyscale.sweep import run_sweep
 
     if minutes is not None and not (math.isfinite(minutes) and 0 < minutes <= 24 * 60):
         raise UserError(f"--minutes must be a number in (0, 1440], got {minutes}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"--seeds must be a whole number >= 1, got {seeds!r}")
     out = Path(out)
     if overwrite and out.exists():  # the old folder goes only once the new one is complete
         with set_aside(out, complete="sweep/report.html"):
-            return run_demo(out, minutes=minutes, stories=stories, seed=seed)
+            return run_demo(out, minutes=minutes, stories=stories, seed=seed, seeds=seeds)
     started = time.perf_counter()
-    plan = _check_replan(out / "plan.json", minutes, stories, seed) or _new_plan(out, minutes or 15.0, stories, seed)
+    plan = (_check_replan(out / "plan.json", minutes, stories, seed, seeds)
+            or _new_plan(out, minutes or 15.0, stories, seed, seeds))
     _make_data(out, plan)
     sweep_file = out / "sweep" / "sweep.yaml"
     if not sweep_file.is_file():
         with atomic_open(sweep_file) as f:
-            yaml.safe_dump(sweep_yaml(out / "shards", plan["tokens"], seed), f, sort_keys=False)
+            yaml.safe_dump(sweep_yaml(out / "shards", plan["tokens"], seed, seeds), f, sort_keys=False)
     progress.info("4/5 training and evaluating (tinyscale sweep %s)", sweep_file)
     run_sweep(sweep_file)
     progress.info("5/5 analysing and writing the report")
@@ -299,15 +321,16 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, stories: in
     return report
 
 
-def _new_plan(out: Path, minutes: float, stories: int | None, seed: int) -> dict:
+def _new_plan(out: Path, minutes: float, stories: int | None, seed: int, seeds: int = 1) -> dict:
     progress.info("1/5 measuring this machine: data, training and evaluation speed of each size")
     speeds = measure(seed)
-    tokens = plan_tokens(minutes, speeds, stories)
+    tokens = plan_tokens(minutes, speeds, stories, seeds)
     n_stories = stories or stories_for(tokens, speeds.tokens_per_story)
-    plan = {"minutes": minutes, "stories": stories, "seed": seed, "tokens": tokens, "n_stories": n_stories,
-            "measured": asdict(speeds)}
-    progress.info("planned %d stories and 4 runs of %.2fM tokens each (%s tokens/s measured, largest first)",
-                  n_stories, tokens / 1e6, " / ".join(f"{1 / t:,.0f}" for t in speeds.train_per_token))
+    plan = {"minutes": minutes, "stories": stories, "seed": seed, "seeds": seeds, "tokens": tokens,
+            "n_stories": n_stories, "measured": asdict(speeds)}
+    progress.info("planned %d stories and %d runs (%d sizes x %d seeds) of %.2fM tokens each (%s tokens/s "
+                  "measured, largest first)", n_stories, len(SIZES) * seeds, len(SIZES), seeds, tokens / 1e6,
+                  " / ".join(f"{1 / t:,.0f}" for t in speeds.train_per_token))
     write_json(out / "plan.json", plan)
     return plan
 

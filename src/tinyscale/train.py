@@ -453,7 +453,20 @@ def evaluate(model: torch.nn.Module, data: Any, cfg: TrainConfig, d: Dist) -> di
         "val_loss_by_skill": {s: v["loss"] for s, v in summary["skills"].items()},
         "val_tokens_by_skill": {s: v["tokens"] for s, v in summary["skills"].items()},
         "val": summary,
+        "_window_sums": sums.numpy(),  # not logged: `run_eval` keeps it in val_windows/ (paired analysis)
     }
+
+
+def save_window_sums(run_dir: Path, step: int, sums: np.ndarray, shares: np.ndarray) -> None:
+    """Per-window sums of one evaluation (evaluate/loss.py `window_sums`) as val_windows/<step>.npz, so
+    the analysis can resample windows jointly across seeds and runs that share them (paired
+    differences) instead of treating their errors as independent."""
+    from tinyscale.data.corpus import SKILLS
+    from tinyscale.fileio import atomic_open
+
+    with atomic_open(run_dir / "val_windows" / f"{step}.npz", "wb") as f:
+        np.savez_compressed(f, sums=sums.astype(np.float32), shares=np.asarray(shares, np.float64),
+                            skills=np.array(SKILLS[:sums.shape[1]]))
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -667,8 +680,12 @@ def _loop(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, 
     val_data = validation_data(shards, cfg)
 
     def run_eval(step: int) -> None:
+        result = evaluate(model, val_data, cfg, d)
+        sums = result.pop("_window_sums")
+        if d.main:
+            save_window_sums(run_dir, step, sums, val_data.shares)
         log({"step": step, "tokens": step * per_step, "flops": float(fpt) * step * per_step,
-             **evaluate(model, val_data, cfg, d), "elapsed_s": round(elapsed, 3)})
+             **result, "elapsed_s": round(elapsed, 3)})
 
     if start_step >= steps:
         progress.info(f"{run_dir}: already trained to step {start_step} of {steps}; nothing to do")

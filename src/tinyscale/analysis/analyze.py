@@ -1,7 +1,11 @@
 """From records to `analysis.json`: the scaling fits, the frontier and the emergence taxonomy.
 
+Seeds of one configuration are averaged first, and every interval is a bootstrap over seeds and
+validation windows with the points chosen again on each replicate (analysis/seeds.py).
+
 Which points each law is fitted to (docs/analysis.md explains why):
-    L(N)    final checkpoints; per model size the lowest loss (the size's data-unconstrained loss)
+    L(N)    final checkpoints; per model size the lowest loss over configurations, each the mean over
+            its seeds (the size's data-unconstrained loss)
     L(D)    final checkpoints per token budget when runs differ in budget (>= 3 budgets), else the
             learning curve of the largest model
     L(C)    the compute-efficient frontier: checkpoints that beat every cheaper checkpoint
@@ -21,6 +25,7 @@ from tinyscale import progress
 from tinyscale.analysis.collect import collect_sweep, csv_records, read_csv_table
 from tinyscale.analysis.emergence import classify_curve
 from tinyscale.analysis.scaling import fit_frontier, fit_parametric, fit_power_law
+from tinyscale.analysis.seeds import annotate, mean_over_seeds, replicates, seed_summary, size_comparisons
 from tinyscale.errors import UserError
 from tinyscale.fileio import write_json
 
@@ -67,58 +72,79 @@ def _points(recs: list[dict], key: str) -> list[list]:
     return [[r[key], r["loss"], r["run"]] for r in recs]
 
 
-def fit_laws(records: list[dict], size_key: str = "non_embedding_params", n_boot: int = 200,
-             seed: int = 0) -> dict[str, Any]:
-    """The four laws and the frontier; each law is its Fit JSON or {"error": reason}."""
+def _law_points(records: list[dict], size_key: str) -> dict[str, Any]:
+    """The points each law is fitted to (see the module docstring), from records averaged over seeds;
+    run on the study and again on each of its replicates, so every selection is redone there."""
     with_loss = [r for r in records if r.get("loss") and r.get(size_key)]
     finals = [r for r in with_loss if r["final"]]
-    out: dict[str, Any] = {"size_key": size_key, "points": {}}
-
-    by_n = _lowest_per_bin(finals, size_key)
-    out["points"]["L(N)"] = _points(by_n, size_key)
-    out["L(N)"] = _fit_or_error(fit_power_law, [r[size_key] for r in by_n], [r["loss"] for r in by_n],
-                                [r["run"] for r in by_n], law="L(N)", n_boot=n_boot, seed=seed,
-                                missing="no final checkpoint with a loss")
-
+    pts: dict[str, Any] = {"L(N)": _lowest_per_bin(finals, size_key)}
     trained = [r for r in finals if r.get("tokens")]
     if len({_bin(r["tokens"]) for r in trained}) >= 3:
-        by_d, d_source = _lowest_per_bin(trained, "tokens"), "final checkpoints, lowest loss per token budget"
+        pts["L(D)"], pts["d_source"] = _lowest_per_bin(trained, "tokens"), "final checkpoints, lowest loss per token budget"
     else:
         largest = max(finals, key=lambda r: r[size_key])["run"] if finals else None
-        by_d = sorted((r for r in with_loss if r["run"] == largest and r.get("tokens")), key=lambda r: r["tokens"])
-        d_source = f"learning curve of the largest model ({largest})"
+        pts["L(D)"] = sorted((r for r in with_loss if r["run"] == largest and r.get("tokens")), key=lambda r: r["tokens"])
+        pts["d_source"] = f"learning curve of the largest model ({largest})"
+    pts["computed"] = [r for r in with_loss if r.get("flops")]
+    pts["L(C)"] = pareto_frontier(pts["computed"])
+    pts["L(N,D)"] = [r for r in with_loss if r.get("tokens")]
+    return pts
+
+
+def _xy(recs: list[dict], *keys: str) -> tuple:
+    return (*([r[k] for r in recs] for k in keys), [r["loss"] for r in recs], [r["run"] for r in recs])
+
+
+def fit_laws(records: list[dict], size_key: str = "non_embedding_params", n_boot: int = 200,
+             seed: int = 0, reps: list[list[dict]] | None = None) -> dict[str, Any]:
+    """The four laws and the frontier; each law is its Fit JSON or {"error": reason}. Records are
+    averaged over seeds first (analysis/seeds.py); `reps` are replicates of the study (seeds and
+    windows resampled, built here when not given) on which every law's points are chosen again."""
+    estimate = mean_over_seeds(records, size_key)
+    reps = replicates(records, size_key, n_boot, seed) if reps is None else reps
+    pts = _law_points(estimate, size_key)
+    rep_pts = [_law_points(study, size_key) for study in reps] if reps else None
+    out: dict[str, Any] = {"size_key": size_key, "points": {}}
+
+    def resampled(law: str, *keys: str) -> list[tuple] | None:
+        return None if rep_pts is None else [_xy(p[law], *keys) for p in rep_pts]
+
+    by_n = pts["L(N)"]
+    out["points"]["L(N)"] = _points(by_n, size_key)
+    out["L(N)"] = _fit_or_error(fit_power_law, *_xy(by_n, size_key), law="L(N)", n_boot=n_boot, seed=seed,
+                                resamples=resampled("L(N)", size_key), missing="no final checkpoint with a loss")
+
+    by_d = pts["L(D)"]
     out["points"]["L(D)"] = _points(by_d, "tokens")
     # Checkpoints of one learning curve are not independent draws: resampling them would give an
     # interval that looks like one over runs but is far too narrow. One curve: no interval.
     one_curve = len({r["run"] for r in by_d}) == 1
-    out["L(D)"] = _fit_or_error(fit_power_law, [r["tokens"] for r in by_d], [r["loss"] for r in by_d],
-                                [r["run"] for r in by_d], law="L(D)", n_boot=0 if one_curve else n_boot,
-                                seed=seed, missing="no token counts")
-    out["L(D)"]["source"] = d_source + (" (one curve: no interval, its checkpoints are not independent)"
-                                        if one_curve else "")
+    out["L(D)"] = _fit_or_error(fit_power_law, *_xy(by_d, "tokens"), law="L(D)", n_boot=0 if one_curve else n_boot,
+                                seed=seed, resamples=None if one_curve else resampled("L(D)", "tokens"),
+                                missing="no token counts")
+    out["L(D)"]["source"] = pts["d_source"] + (" (one curve: no interval, its checkpoints are not independent)"
+                                               if one_curve else "")
 
-    computed = [r for r in with_loss if r.get("flops")]
-    front = pareto_frontier(computed)
+    front = pts["L(C)"]
     out["points"]["L(C)"] = _points(front, "flops")
-    out["L(C)"] = _fit_or_error(fit_power_law, [r["flops"] for r in front], [r["loss"] for r in front],
-                                [r["run"] for r in front], law="L(C)", n_boot=n_boot, seed=seed,
+    out["L(C)"] = _fit_or_error(fit_power_law, *_xy(front, "flops"), law="L(C)", n_boot=n_boot, seed=seed,
+                                resamples=resampled("L(C)", "flops"),
                                 missing="no training compute (give tokens or FLOPs)")
 
-    nd = [r for r in with_loss if r.get("tokens")]
-    law = None
+    nd, law = pts["L(N,D)"], None
     if not nd:
         out["L(N,D)"] = {"error": "no points: no token counts"}
     else:
         try:
-            law = fit_parametric([r[size_key] for r in nd], [r["tokens"] for r in nd], [r["loss"] for r in nd],
-                                 [r["run"] for r in nd], n_boot=max(n_boot // 2, 0), seed=seed)
+            rs = resampled("L(N,D)", size_key, "tokens")
+            law = fit_parametric(*_xy(nd, size_key, "tokens"), n_boot=max(n_boot // 2, 0), seed=seed,
+                                 resamples=None if rs is None else rs[:max(n_boot // 2, 0)])
             out["L(N,D)"] = law.to_json()
         except ValueError as e:
             out["L(N,D)"] = {"error": str(e)}
-    if computed:
-        out["frontier"] = fit_frontier([r[size_key] for r in computed], [r["flops"] for r in computed],
-                                       [r["loss"] for r in computed], [r["run"] for r in computed],
-                                       law=law, n_boot=n_boot, seed=seed)
+    if pts["computed"]:
+        out["frontier"] = fit_frontier(*_xy(pts["computed"], size_key, "flops"), law=law, n_boot=n_boot, seed=seed,
+                                       resamples=resampled("computed", size_key, "flops"))
     else:
         out["frontier"] = {"method": "none", "reason": "no checkpoint with training compute"}
     return out
@@ -139,7 +165,7 @@ def _metric(rec: dict, row: str, metric: str) -> tuple[float, float | None, floa
         value = rec.get("loss") if row == "all" else rec["skill_loss"].get(row)
         if value is None:
             return None
-        se = (rec.get("skill_loss_se") or {}).get(row)
+        se = rec.get("loss_se") if row == "all" else (rec.get("skill_loss_se") or {}).get(row)
         if se is None:
             n = rec.get("skill_tokens", {}).get(row) if row != "all" else sum(rec.get("skill_tokens", {}).values())
             # Per-token losses have a standard deviation about equal to their mean: se ~ loss / sqrt(n).
@@ -174,22 +200,39 @@ def size_curve(records: list[dict], row: str, metric: str, size_key: str) -> lis
     return out
 
 
-def compute_curve(records: list[dict], row: str, metric: str) -> list[tuple[float, float, float | None]]:
-    """(flops, value, noise) over training compute: in each of up to 8 log-compute bins, the checkpoint
-    with the lowest validation loss (the compute-optimal model at that budget) among those measured."""
+def _compute_bins(records: list[dict], row: str, metric: str,
+                  edges: np.ndarray | None = None) -> tuple[dict[int, tuple], np.ndarray | None]:
     recs = [r for r in records if r.get("flops") and r.get("loss") and _metric(r, row, metric)]
     if not recs:
-        return []
+        return {}, edges
     logc = np.log10([r["flops"] for r in recs])
-    edges = np.linspace(logc.min(), logc.max() + 1e-9, COMPUTE_BINS + 1)
-    out = []
+    if edges is None:
+        edges = np.linspace(logc.min(), logc.max() + 1e-9, COMPUTE_BINS + 1)
+    out = {}
     for i in range(COMPUTE_BINS):
         inside = [r for r, c in zip(recs, logc, strict=True) if edges[i] <= c < edges[i + 1]]
         if inside:
             best = min(inside, key=lambda r: r["loss"])
             v, se, _ = _metric(best, row, metric)
-            out.append((best["flops"], v, se))
-    return out
+            out[i] = (best["flops"], v, se)
+    return out, edges
+
+
+def compute_curve(records: list[dict], row: str, metric: str,
+                  reps: list[list[dict]] | None = None) -> list[tuple[float, float, float | None]]:
+    """(flops, value, noise) over training compute: in each of up to 8 log-compute bins, the checkpoint
+    with the lowest validation loss (the compute-optimal model at that budget) among those measured.
+    With `reps` (replicates of the study, analysis/seeds.py) the noise of each bin is the spread of
+    its value over them, the checkpoint chosen again on each: the selection's noise included."""
+    bins, edges = _compute_bins(records, row, metric)
+    if reps and bins:
+        values: dict[int, list[float]] = defaultdict(list)
+        for study in reps:
+            for i, (_, v, _) in _compute_bins(study, row, metric, edges)[0].items():
+                values[i].append(v)
+        bins = {i: (x, v, float(np.std(values[i], ddof=1)) if len(values[i]) >= 2 else se)
+                for i, (x, v, se) in bins.items()}
+    return [bins[i] for i in sorted(bins)]
 
 
 def _chance(records: list[dict], row: str, metric: str) -> float | None:
@@ -212,7 +255,8 @@ def _classify(curve: list[tuple], metric: str, chance: float | None) -> dict[str
     return c
 
 
-def taxonomy(records: list[dict], size_key: str = "non_embedding_params") -> list[dict[str, Any]]:
+def taxonomy(records: list[dict], size_key: str = "non_embedding_params",
+             reps: list[list[dict]] | None = None) -> list[dict[str, Any]]:
     """One row per skill / probe suite and axis, with the class under each metric side by side. A
     skill's loss is classified twice: as a loss (no baseline: never called emergent) and as its gap to
     the no-skill baseline ("gap": emergent only when it crosses below the baseline)."""
@@ -233,7 +277,7 @@ def taxonomy(records: list[dict], size_key: str = "non_embedding_params") -> lis
                 key = skill if metric in ("loss", "gap") else suite
                 if key is None:
                     continue
-                curve = size_curve(records, key, metric, size_key) if axis == "size" else compute_curve(records, key, metric)
+                curve = size_curve(records, key, metric, size_key) if axis == "size" else compute_curve(records, key, metric, reps)
                 entry["metrics"][metric] = _classify(curve, metric, _chance(records, key, metric))
             out.append(entry)
     return out
@@ -308,11 +352,36 @@ def analyze_records(records: list[dict], size_key: str = "non_embedding_params",
     if not records:
         raise UserError(f"{source}: no evaluated checkpoints to analyse")
     progress.info("fitting scaling laws to %d points (%d bootstrap resamples)", len(records), n_boot)
-    return {"format": 1, "source": source, "n_runs": len({r["run"] for r in records}), "n_records": len(records),
-            "runs": run_table(records), "fits": fit_laws(records, size_key, n_boot, seed),
-            "taxonomy": taxonomy(records, size_key), "baselines": skill_baselines(records, size_key),
-            "loss_sources": sorted({r.get("loss_source") or "none" for r in records}),
-            "settings": {"n_boot": n_boot, "seed": seed}}
+    # Seeds averaged, then one set of replicates (seeds x windows) behind every interval below.
+    seeds = seed_summary(records, size_key)
+    estimate, reps = mean_over_seeds(records, size_key), replicates(records, size_key, n_boot, seed)
+    annotate(estimate, reps)
+    result = {"format": 1, "source": source, "n_runs": len({r["run"] for r in records}), "n_records": len(records),
+              "runs": run_table(records), "fits": fit_laws(records, size_key, n_boot, seed, reps),
+              "taxonomy": taxonomy(estimate, size_key, reps), "baselines": skill_baselines(estimate, size_key),
+              "loss_sources": sorted({r.get("loss_source") or "none" for r in records}),
+              "settings": {"n_boot": n_boot, "seed": seed}}
+    return _with_seed_noise(result, seeds, size_comparisons(estimate, reps, size_key), reps)
+
+
+def _with_seed_noise(result: dict[str, Any], seeds: dict[str, Any], comparisons: list[dict],
+                     reps: list) -> dict[str, Any]:
+    """The seeds behind every claim: the study's seed counts, and beside each interval and class the
+    caveat of a study with one seed per point (training noise not measured)."""
+    paired = any(c["paired"] for c in comparisons)
+    seeds["intervals"] = (f"bootstrap over {'seeds and ' if seeds['max'] > 1 else ''}validation windows "
+                          f"({len(reps)} replicates); points chosen again on each; runs on the same "
+                          f"windows {'resampled jointly (paired)' if paired else 'without per-window losses: not paired'}")
+    result["seeds"], result["comparisons"] = seeds, comparisons
+    caveat = seeds["caveat"]
+    for law in result["fits"].values():
+        if isinstance(law, dict) and "points" not in law:
+            law["caveat"] = caveat
+    for entry in result["taxonomy"]:
+        entry["caveat"] = caveat
+    for b in result["baselines"]:
+        b["caveat"] = caveat
+    return result
 
 
 def analyze_sweep(sweep_dir: str | Path, size_key: str = "non_embedding_params", n_boot: int = 200,
@@ -348,6 +417,11 @@ def analyze_csv(path: str | Path, *, params_col: str | None = None, tokens_col: 
             result["notes"] = [f"no tokens column: D = C / (6 N) derived from {flops_col!r} and {params_col!r}"]
         result["n_records"] = len(records)
         result["fits"] = fit_laws(records, "params", n_boot, seed)
+        # Rows of the same size and budget are taken as seeds of one point (there is no seed column).
+        result["seeds"] = seed_summary(records, "params")
+        for law in result["fits"].values():
+            if isinstance(law, dict) and "points" not in law:
+                law["caveat"] = result["seeds"]["caveat"]
     if has_task:
         if x_col is None or metric_col is None:
             raise UserError("--csv: per-task curves need both --x-col and --metric-col")

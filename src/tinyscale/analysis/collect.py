@@ -15,6 +15,13 @@ A record is one run at one checkpoint, a flat dict:
     probes       {suite: {"mc", "mc_lo", "mc_hi", "exact", "exact_lo", "exact_hi",
                           "prob", "prob_se", "chance", "n"}}
     final                                     True for the last checkpoint of the run
+    loss_se                                   bootstrap standard error of `loss` (over windows), or None
+    seed, point                               the run's training seed, and the configuration it is a
+                                              seed of (everything that shapes the result but the seed):
+                                              runs with the same point are averaged (analysis/seeds.py)
+    windows {"set", "file"}                   which validation windows were measured (runs with the same
+                                              set share them) and the per-window sums of this
+                                              evaluation (the trainer's val_windows/<step>.npz), if kept
 
 Sources inside a run dir: `metrics.jsonl` lines with "val_loss" (the trainer's periodic evaluation)
 and `eval/<step>.json` (the `tinyscale eval` results). Both measure the same windows the same way
@@ -90,6 +97,9 @@ def _from_summary(val: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if _num(val.get("loss")) is not None:
         out["loss"] = val["loss"]
+        lo, hi = _num(val.get("loss_lo")), _num(val.get("loss_hi"))
+        if lo is not None and hi is not None:
+            out["loss_se"] = (hi - lo) / (2 * _Z95)
     skills = {k: v for k, v in (val.get("skills") or {}).items() if isinstance(v, dict)}
     for field, key in _SKILL_FIELDS.items():
         out[field] = {k: v[key] for k, v in skills.items() if _num(v.get(key)) is not None}
@@ -112,6 +122,30 @@ def _from_eval(result: dict[str, Any], losses: bool) -> dict[str, Any]:
     if probes:
         out["probes"] = {name: _probe_summary(s) for name, s in probes.items() if isinstance(s, dict)}
     return out
+
+
+def _point(info: dict[str, Any]) -> str:
+    """What a run is a seed of: the model and the training settings that shape its loss, without the
+    seed (and without where or how fast it ran)."""
+    model, cfg = info.get("model") or {}, info.get("config") or {}
+    keep = ("tokens", "batch", "seq_len", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "data")
+    return json.dumps({"model": model, **{k: cfg.get(k) for k in keep}}, sort_keys=True)
+
+
+def _window_set(info: dict[str, Any]) -> str:
+    """Runs with the same corpus and evaluation settings are evaluated on the very same windows."""
+    cfg, data = info.get("config") or {}, info.get("data") or {}
+    return json.dumps([data.get("corpus_sha256") or cfg.get("data"), cfg.get("seq_len"), cfg.get("eval_tokens"),
+                       cfg.get("eval_min_skill_tokens")])
+
+
+def _seed_fields(run_dir: Path, info: dict[str, Any], step: int, loss_source: str | None) -> dict[str, Any]:
+    cfg = info.get("config") or {}
+    windows: dict[str, Any] = {"set": _window_set(info), "file": None}
+    file = run_dir / "val_windows" / f"{step}.npz"
+    if loss_source is not None and file.is_file():  # the sums of the windows this record's loss measured
+        windows["file"] = str(file)
+    return {"seed": cfg.get("seed"), "point": _point(info), "windows": windows}
 
 
 def run_records(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -155,6 +189,7 @@ def run_records(run_dir: str | Path) -> list[dict[str, Any]]:
             # The trainer's loss stands where it exists unless the eval measured the very same windows.
             losses = "val_loss" not in row or _same_windows(evals[step], info)
             rec.update({k: v for k, v in _from_eval(evals[step], losses).items() if v})
+        rec.update(_seed_fields(run_dir, info, step, rec.get("loss_source")))
         records.append(rec)
     if records:
         records[-1]["final"] = True

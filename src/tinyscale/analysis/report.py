@@ -109,14 +109,45 @@ def frontier_text(fr: dict) -> str:
             f"D_opt = {fr['k_D']:.3g}·C^{fr['b']:.3g}{ci('b')} (95% bootstrap intervals over runs).")
 
 
+def seed_note(analysis: dict) -> str:
+    """The caveat of a study with one seed per point, for beside its intervals and classes."""
+    caveat = (analysis.get("seeds") or {}).get("caveat")
+    return f"{caveat}." if caveat else ""
+
+
+def _seed_html(analysis: dict) -> str:
+    note = seed_note(analysis)
+    return f'<p class="caveat"><b>{_e(note)}</b></p>' if note else ""
+
+
+def comparison_rows(analysis: dict) -> list[list[str]]:
+    """Each size against the next smaller one (larger minus smaller loss; paired where both were
+    scored on the same windows)."""
+    rows = []
+    for c in analysis.get("comparisons") or []:
+        ci = c.get("ci")
+        rows.append([f"{c['larger']} − {c['smaller']}", c["row"], f"{c['diff']:+.3f}",
+                     f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-", "paired" if c["paired"] else "independent",
+                     f"{c['seeds'][1]} / {c['seeds'][0]}", c["verdict"]])
+    return rows
+
+
 def _curves_section(records: list[dict], analysis: dict, plot_dir: Path) -> str:
     fits = analysis.get("fits", {})
     size_key = fits.get("size_key", "non_embedding_params")
     parts = [_img(plots.learning_curves(records, fits, plot_dir / "learning_curves.png", size_key),
                   "learning curves", "No checkpoint with both a validation loss and training compute.")]
+    how = (analysis.get("seeds") or {}).get("intervals", "runs")
     parts.append(f"<p>Laws fitted with the Huber loss (δ = 10⁻³) on log-loss, L-BFGS from a grid of starts; "
-                 f"intervals are 95% bootstrap intervals over runs. N = {_e(size_key)}.</p>")
+                 f"seeds averaged; intervals are 95% bootstrap intervals over runs and, within them, "
+                 f"{_e(how)}. N = {_e(size_key)}.</p>")
+    parts.append(_seed_html(analysis))
     parts.append(_table(["law", "E", "A", "α", "B", "β", "points", "bootstrap fits"], fit_rows(fits)))
+    if analysis.get("comparisons"):
+        parts.append("<p>Each size against the next smaller one: the difference of final losses (below 0: the "
+                     "larger model is better) with its 95% interval.</p>" + _seed_html(analysis))
+        parts.append(_table(["models", "loss on", "difference", "95% interval", "windows", "seeds",
+                             "verdict"], comparison_rows(analysis)))
     if (fits.get("L(D)") or {}).get("source"):
         parts.append(f"<p>L(D) points: {_e(fits['L(D)']['source'])}.</p>")
     parts.append(f"<p>{_e(frontier_text(fits.get('frontier') or {}))}</p>")
@@ -180,7 +211,7 @@ def _taxonomy_section(analysis: dict) -> str:
     return ("<p>Discontinuous metrics (exact match, multiple choice) beside continuous ones (probability of "
             "the right answer, loss): a metric can create or hide emergence. A loss alone is never called "
             "emergent; its gap to the no-skill baseline is, when it crosses below it. Hover a cell for the "
-            "reason; definitions in docs/analysis.md.</p>" + _table(header, out, raw=True))
+            "reason; definitions in docs/analysis.md.</p>" + _seed_html(analysis) + _table(header, out, raw=True))
 
 
 def _skills_section(records: list[dict], analysis: dict, plot_dir: Path, size_key: str) -> str:
@@ -194,7 +225,7 @@ def _skills_section(records: list[dict], analysis: dict, plot_dir: Path, size_ke
              "reader with everything but the skill gets), dotted: the floor (the true surprisal); bands: "
              "95% bootstrap intervals over validation windows. Below the dashed line a model uses the "
              "skill. What happened, per skill (final checkpoints):</p>",
-             "<ul>" + "".join(f"<li>{_e(b['sentence'])}</li>" for b in baselines) + "</ul>"]
+             "<ul>" + "".join(f"<li>{_e(b['sentence'])}</li>" for b in baselines) + "</ul>", _seed_html(analysis)]
     rows = [[b["skill"], r["run"], _num(r["tokens"]), _num(r["loss"], 3), _num(r["floor"], 3),
              _num(r["baseline"], 3), f"{r['gap']:+.3f} ± {1.96 * (r['gap_se'] or 0):.3f}",
              _num(r["below_from_flops"], 3)] for b in baselines for r in b["runs"]]
@@ -393,7 +424,8 @@ def summary_tables(result: dict[str, Any]) -> list:
     tables: list = []
     if "fits" in result:
         fits = Table(title=f"scaling fits, L = E + A/x^alpha [+ B/D^beta] (N = {result['fits']['size_key']})",
-                     caption=frontier_text(result["fits"].get("frontier") or {}))
+                     caption=" ".join(filter(None, (frontier_text(result["fits"].get("frontier") or {}),
+                                                    seed_note(result)))))
         for col in ("law", "coefficient", "estimate", "95% interval", "points", "bootstrap fits"):
             fits.add_column(col, justify="right" if col in ("estimate", "points", "bootstrap fits") else "left")
         for law in ("L(N)", "L(D)", "L(C)", "L(N,D)"):
@@ -410,7 +442,7 @@ def summary_tables(result: dict[str, Any]) -> list:
                              end_section=i == len(names) - 1)
         tables.append(fits)
     if result.get("taxonomy"):
-        tax = Table(title="emergence taxonomy")
+        tax = Table(title="emergence taxonomy", caption=seed_note(result) or None)
         for col in ("skill / suite", "over", *METRIC_NAMES.values()):
             tax.add_column(col)
         for r in result["taxonomy"]:

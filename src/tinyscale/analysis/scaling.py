@@ -12,7 +12,10 @@ coefficients are converted back to raw units on the way out.
 
 Uncertainty: the fit is repeated on bootstrap resamples of the *runs* (every point carries a group
 label; a resample draws groups with replacement and keeps all their points), and the 2.5 and 97.5
-percentiles of each coefficient form its 95% interval.
+percentiles of each coefficient form its 95% interval. Given `resamples` (the points chosen again
+from a replicate of the study: seeds and validation windows drawn anew, analysis/seeds.py), the
+b-th bootstrap fit draws its groups from the b-th replicate's points instead of the measured ones,
+so the interval holds the noise of training, of measurement and of the selection of the points.
 
 The compute-optimal frontier N_opt = k_N C^a, D_opt = k_D C^b comes from IsoFLOP profiles when the
 data has >= 3 model sizes at >= 2 compute levels (a parabola in log N per level, its vertex is
@@ -150,7 +153,7 @@ def _check(arrays: list[np.ndarray], what: str) -> None:
 
 
 def _fit_law_impl(law: str, xs: list[np.ndarray], y: np.ndarray, groups: np.ndarray | None, n_boot: int,
-             seed: int, delta: float, names: list[tuple[str, str]]) -> Fit:
+                  seed: int, delta: float, names: list[tuple[str, str]], resamples: list | None = None) -> Fit:
     xs = [np.asarray(x, float) for x in xs]
     y = np.asarray(y, float)
     _check([*xs, y], law)
@@ -169,12 +172,17 @@ def _fit_law_impl(law: str, xs: list[np.ndarray], y: np.ndarray, groups: np.ndar
     fit.n_groups = len(uniq)
     rng = np.random.default_rng(seed)
     members = {g: np.flatnonzero(groups == g) for g in uniq}
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.choice(uniq, size=len(uniq), replace=True)])
-        if any(len(np.unique(logx[idx, j])) < min_distinct for j in range(k)):
+    for b in range(len(resamples) if resamples is not None else n_boot):
+        lx, ly, mem, grp = logx, logy, members, uniq
+        if resamples is not None:
+            lx, ly, mem, grp = _resample_data(resamples[b], centers, k)
+            if lx is None:
+                continue
+        idx = np.concatenate([mem[g] for g in rng.choice(grp, size=len(grp), replace=True)])
+        if any(len(np.unique(lx[idx, j])) < min_distinct for j in range(k)):
             continue  # this resample cannot identify the law; skipping it is the usual convention
         # Warm start from the full-data optimum: bootstrap fits sit close to it, so one start suffices.
-        t = _fit(logx[idx], logy[idx], theta[None, :], delta, top=1)
+        t = _fit(lx[idx], ly[idx], theta[None, :], delta, top=1)
         fit.samples.append(_to_raw(t, centers, names))
     fit.n_boot = len(fit.samples)
     if fit.samples:
@@ -184,21 +192,38 @@ def _fit_law_impl(law: str, xs: list[np.ndarray], y: np.ndarray, groups: np.ndar
     return fit
 
 
+def _resample_data(data: tuple, centers: np.ndarray, k: int) -> tuple:
+    """(xs, y, groups) of one replicate -> centred log arrays and its group members (None if empty)."""
+    xs, y, groups = data
+    if not len(y):
+        return None, None, None, None
+    lx = np.stack([np.log(np.asarray(x, float)) for x in xs], axis=1)[:, :k] - centers
+    groups = np.asarray(groups)
+    grp = np.unique(groups)
+    return lx, np.log(np.asarray(y, float)), {g: np.flatnonzero(groups == g) for g in grp}, grp
+
+
 def _fit_law(*args: Any) -> Fit:
     with _one_blas_thread():
         return _fit_law_impl(*args)
 
 
 def fit_power_law(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None, *, law: str = "L(x)",
-                  n_boot: int = 200, seed: int = 0, delta: float = HUBER_DELTA) -> Fit:
-    """Fit y = E + A / x^alpha (x > 0, y > 0). Returns params E, A, log_A, alpha with 95% intervals."""
-    return _fit_law(law, [x], y, groups, n_boot, seed, delta, [("A", "alpha")])
+                  n_boot: int = 200, seed: int = 0, delta: float = HUBER_DELTA,
+                  resamples: list[tuple] | None = None) -> Fit:
+    """Fit y = E + A / x^alpha (x > 0, y > 0). Returns params E, A, log_A, alpha with 95% intervals.
+    `resamples`: (x, y, groups) of each replicate of the study, one bootstrap fit each (see above)."""
+    rs = None if resamples is None else [([x_b], y_b, g_b) for x_b, y_b, g_b in resamples]
+    return _fit_law(law, [x], y, groups, n_boot, seed, delta, [("A", "alpha")], rs)
 
 
 def fit_parametric(n: np.ndarray, d: np.ndarray, loss: np.ndarray, groups: np.ndarray | None = None, *,
-                   n_boot: int = 100, seed: int = 0, delta: float = HUBER_DELTA) -> Fit:
-    """Fit L(N, D) = E + A / N^alpha + B / D^beta as Hoffmann et al. (2022), approach 3."""
-    return _fit_law("L(N,D)", [n, d], loss, groups, n_boot, seed, delta, [("A", "alpha"), ("B", "beta")])
+                   n_boot: int = 100, seed: int = 0, delta: float = HUBER_DELTA,
+                   resamples: list[tuple] | None = None) -> Fit:
+    """Fit L(N, D) = E + A / N^alpha + B / D^beta as Hoffmann et al. (2022), approach 3.
+    `resamples`: (n, d, loss, groups) of each replicate of the study."""
+    rs = None if resamples is None else [([n_b, d_b], l_b, g_b) for n_b, d_b, l_b, g_b in resamples]
+    return _fit_law("L(N,D)", [n, d], loss, groups, n_boot, seed, delta, [("A", "alpha"), ("B", "beta")], rs)
 
 
 # --- the compute-optimal frontier -------------------------------------------------------------
@@ -273,19 +298,23 @@ def _isoflop_once(logc, logn, groups, logl, min_sizes: int) -> tuple[float, floa
 
 
 def fit_frontier(n: np.ndarray, c: np.ndarray, loss: np.ndarray, groups: np.ndarray | None = None, *,
-                 law: Fit | None = None, n_boot: int = 200, seed: int = 0, min_sizes: int = 3) -> dict[str, Any]:
+                 law: Fit | None = None, n_boot: int = 200, seed: int = 0, min_sizes: int = 3,
+                 resamples: list[tuple] | None = None) -> dict[str, Any]:
     """Compute-optimal exponents a, b (N_opt ∝ C^a, D_opt ∝ C^b) with 95% intervals.
 
     `n`, `c`, `loss` are all points (every evaluated checkpoint of every run); `groups` names each
     point's run. Falls back to the joint law `law` (a Fit from `fit_parametric`) when the IsoFLOP
     profiles cannot be formed; returns {"method": "none", "reason": ...} when neither works.
+    `resamples`: (n, c, loss, groups) of each replicate of the study; the b-th bootstrap draws its
+    runs from the b-th replicate, so the IsoFLOP optima are found again on each.
     """
     with _one_blas_thread():
-        return _fit_frontier(n, c, loss, groups, law, n_boot, seed, min_sizes)
+        return _fit_frontier(n, c, loss, groups, law, n_boot, seed, min_sizes, resamples)
 
 
 def _fit_frontier(n: np.ndarray, c: np.ndarray, loss: np.ndarray, groups: np.ndarray | None,
-                  law: Fit | None, n_boot: int, seed: int, min_sizes: int) -> dict[str, Any]:
+                  law: Fit | None, n_boot: int, seed: int, min_sizes: int,
+                  resamples: list[tuple] | None = None) -> dict[str, Any]:
     n, c, loss = (np.asarray(v, float) for v in (n, c, loss))
     groups = np.arange(len(n)) if groups is None else np.asarray(groups)
     logn, logc, logl = np.log(n), np.log(c), np.log(loss)
@@ -293,15 +322,22 @@ def _fit_frontier(n: np.ndarray, c: np.ndarray, loss: np.ndarray, groups: np.nda
     if base is not None:
         a, kn, b, kd, levels = base
         rng = np.random.default_rng(seed)
-        uniq = np.unique(groups)
-        members = {g: np.flatnonzero(groups == g) for g in uniq}
         samples = []
-        for _ in range(n_boot):
+        for rep in range(len(resamples) if resamples is not None else n_boot):
+            ln, lc, ll, g = logn, logc, logl, groups
+            if resamples is not None:
+                rn, rc, rl, rg = resamples[rep]
+                if not len(rl):
+                    continue
+                ln, lc, ll, g = np.log(np.asarray(rn, float)), np.log(np.asarray(rc, float)), \
+                    np.log(np.asarray(rl, float)), np.asarray(rg)
+            uniq = np.unique(g)
+            members = {u: np.flatnonzero(g == u) for u in uniq}
             pick = rng.choice(uniq, size=len(uniq), replace=True)
             # Relabel duplicates so a run drawn twice stays two curves rather than one zig-zag.
-            idx = np.concatenate([members[g] for g in pick])
-            lab = np.concatenate([np.full(len(members[g]), i) for i, g in enumerate(pick)])
-            r = _isoflop_once(logc[idx], logn[idx], lab, logl[idx], min_sizes)
+            idx = np.concatenate([members[u] for u in pick])
+            lab = np.concatenate([np.full(len(members[u]), i) for i, u in enumerate(pick)])
+            r = _isoflop_once(lc[idx], ln[idx], lab, ll[idx], min_sizes)
             if r is not None:
                 samples.append((r[0], r[2]))
         out = {"method": "isoflop", "a": a, "b": b, "k_N": kn, "k_D": kd, "levels": levels, "n_boot": len(samples)}
