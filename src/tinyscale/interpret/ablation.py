@@ -32,17 +32,20 @@ Batch = tuple[Tensor, list[int], Tensor]  # ids [B, T], true lengths, skill inde
 TOP = 3  # heads listed per skill
 
 
-def story_batches(stories: Sequence[TaggedStory], size: int = 8) -> list[Batch]:
-    """Story-world stories as batches, each token's skill index into `SKILLS` (-1: end-of-text)."""
+def story_batches(stories: Sequence[TaggedStory], size: int = 8, max_len: int | None = None) -> list[Batch]:
+    """Story-world stories as batches, each token's skill index into `SKILLS` (-1: end-of-text);
+    each story cut to its first `max_len` tokens (the training window: positions beyond it were
+    never trained on)."""
     out = []
     for start in range(0, len(stories), size):
         chunk = stories[start:start + size]
-        ids, lengths = pad([s.ids for s in chunk])
+        ids, lengths = pad([s.ids[:max_len] for s in chunk])
         skills = torch.full(ids.shape, -1, dtype=torch.long)
         for j, s in enumerate(chunk):
+            tags = s.tags[:max_len]
             for i, name in enumerate(SKILLS):
-                hit = torch.from_numpy((s.tags & BIT["skill:" + name]) != 0)
-                skills[j, :len(s.tags)][hit] = i
+                hit = torch.from_numpy((tags & BIT["skill:" + name]) != 0)
+                skills[j, :len(tags)][hit] = i
         out.append((ids, lengths, skills))
     return out
 

@@ -9,7 +9,7 @@ random-initialised model of the same shape, the control.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class Options:
     control: bool = True
     ablate_stories: int = 128  # stories for the head ablations (0: none)
     boot: int = 1000  # bootstrap resamples of the ablation intervals
+    window: int | None = None  # ablations read each story's first `window` tokens (the training length)
 
 
 def default_layers(model: Transformer) -> list[int]:
@@ -66,6 +67,15 @@ def val_corpus(run_dir: str | Path, corpus: str | Path | None = None) -> Path:
     if not src or not (Path(src) / "val.jsonl").is_file():
         raise UserError(f"{meta}: the corpus it was made from ({src}) has no val.jsonl; give --corpus")
     return Path(src) / "val.jsonl"
+
+
+def with_window(opts: Options, run_dir: str | Path) -> Options:
+    """`opts` with the ablation window set to the run's training sequence length (run.json), if
+    not given."""
+    if opts.window is not None or not (Path(run_dir) / "run.json").is_file():
+        return opts
+    seq_len = (read_json(Path(run_dir) / "run.json").get("config") or {}).get("seq_len")
+    return replace(opts, window=int(seq_len)) if seq_len else opts
 
 
 def random_init(model: Transformer, seed: int) -> Transformer:
@@ -209,6 +219,13 @@ def class_counts(heads: list[dict]) -> dict[str, int]:
     return out
 
 
+def _ablation(model: Transformer, batches: list, opts: Options, name: str) -> dict | None:
+    if not batches:
+        return None
+    out = ablate_heads(model, batches, boot=opts.boot, seed=opts.seed, label=f"ablate {name}")
+    return out | {"window": opts.window}
+
+
 def analyze_model(model: Transformer, path: Path, tokenizer: Any, eot_id: int, opts: Options) -> dict:
     """The numbers of one model (and of its random-init control): JSON-ready, plus the first story."""
     layers = list(opts.layers) if opts.layers else default_layers(model)
@@ -222,7 +239,7 @@ def analyze_model(model: Transformer, path: Path, tokenizer: Any, eot_id: int, o
                            "head_stories": min(got.read, opts.head_stories), "tokens": got.counts.total,
                            "base_rates": {t: float(b) for t, b in zip(TAGS, got.counts.base(), strict=True)},
                            "tags": {"skills": corpus_has(path, "spans"), "roles": corpus_has(path, "tags")}}
-    batches = story_batches(got.kept[:opts.ablate_stories], BATCH) if opts.ablate_stories else []
+    batches = story_batches(got.kept[:opts.ablate_stories], BATCH, opts.window) if opts.ablate_stories else []
     labels = [[label_neurons(st.top[layer], got.counts, seed=opts.seed, strata=got.strata,
                              positions=(st.top[layer].keys % stride).numpy()) for layer in layers]
               for st in got.streams]
@@ -237,7 +254,6 @@ def analyze_model(model: Transformer, path: Path, tokenizer: Any, eot_id: int, o
             summary["significant"] = None
         out[name] = {"summary": summary, "neurons": rows, "heads": heads,
                      "head_classes": class_counts(heads),
-                     "ablation": ablate_heads(st.model, batches, boot=opts.boot, seed=opts.seed,
-                                              label=f"ablate {name}") if batches else None}
+                     "ablation": _ablation(st.model, batches, opts, name)}
     out["first_story"] = got.kept[0] if got.kept else None
     return out

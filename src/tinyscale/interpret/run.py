@@ -12,7 +12,7 @@ from tinyscale.fileio import write_json
 from tinyscale.generate import eot_id_of
 from tinyscale.interpret import heads as heads_mod
 from tinyscale.interpret import page
-from tinyscale.interpret.analyze import Options, analyze_model, val_corpus
+from tinyscale.interpret.analyze import Options, analyze_model, val_corpus, with_window
 from tinyscale.interpret.sizes import sizes_figure, sizes_table
 from tinyscale.interpret.sweep import analyze_sweep, is_sweep
 
@@ -47,7 +47,7 @@ def interpret(path: str | Path, out: str | Path | None = None, *, step: int | No
     model, step, tokenizer, eot = load(run_dir, step)
     val = val_corpus(run_dir, corpus)
     progress.info("interpret: %s step %d on %s", run_dir, step, val)
-    data = done.get(str(run_dir)) or analyze_model(model, val, tokenizer, eot, opts)
+    data = done.get(str(run_dir)) or analyze_model(model, val, tokenizer, eot, with_window(opts, run_dir))
     first = data.pop("first_story")
     data |= {"run": str(run_dir), "step": step, "corpus": str(val), "model_config": model.cfg.model_dump()}
     if sizes is not None:
@@ -106,4 +106,5 @@ def ablation_context(model: dict | None, control: dict | None) -> dict:
               "control": [twin[(h["layer"], h["head"])][s] for s in skills] if twin else []}
              for h in model["heads"]]
     return {"ablation": {"stories": model["stories"], "boot": model["boot"], "skills": skills,
+                         "window": model.get("window"),
                          "per_skill": per_skill, "heads": heads}}
