@@ -143,7 +143,8 @@ def stream(models: Sequence[Transformer], path: Path, tokenizer: Any, eot_id: in
            layers: Sequence[int]) -> Streamed:
     """Stream the first `opts.stories` stories through every model."""
     max_len = models[0].cfg.max_seq_len
-    streams = [_Stream(m, layers, opts.top_k) for m in models]
+    # The twin streams every layer: all its neurons are the null of the trained model's (`neurons`).
+    streams = [_Stream(m, layers if i == 0 else range(m.cfg.n_layers), opts.top_k) for i, m in enumerate(models)]
     counts, strata = TagCounts(seed=opts.seed), TokenStrata()
     kept: list[TaggedStory] = []
     read = 0
@@ -240,13 +241,15 @@ def analyze_model(model: Transformer, path: Path, tokenizer: Any, eot_id: int, o
                            "base_rates": {t: float(b) for t, b in zip(TAGS, got.counts.base(), strict=True)},
                            "tags": {"skills": corpus_has(path, "spans"), "roles": corpus_has(path, "tags")}}
     batches = story_batches(got.kept[:opts.ablate_stories], BATCH, opts.window) if opts.ablate_stories else []
-    labels = [[label_neurons(st.top[layer], got.counts, seed=opts.seed, strata=got.strata,
-                             positions=(st.top[layer].keys % stride).numpy()) for layer in layers]
+    labels = [{layer: label_neurons(st.top[layer], got.counts, seed=opts.seed, strata=got.strata,
+                                    positions=(st.top[layer].keys % stride).numpy()) for layer in st.layers}
               for st in got.streams]
-    if len(labels) > 1:  # the trained model's neurons against its twin's, layer by layer
-        for lab, twin in zip(labels[0], labels[1], strict=True):
-            against_twin(lab, twin)
-    for name, st, labs in zip(("model", "control"), got.streams, labels, strict=False):
+    if len(labels) > 1:  # the trained model's neurons against every neuron of its twin
+        null_z = np.concatenate([lab.z for lab in labels[1].values()])
+        for lab in labels[0].values():
+            against_twin(lab, null_z)
+    for name, st, by_layer in zip(("model", "control"), got.streams, labels, strict=False):
+        labs = [by_layer[layer] for layer in layers]
         rows = [r for layer, lab in zip(layers, labs, strict=True) for r in neuron_rows(st, layer, lab, stride)]
         heads = head_rows(st)
         summary = summarize(rows, labs)

@@ -296,9 +296,10 @@ def label_neurons(top: StreamingTopK, counts: TagCounts, draws: int = 5000, seed
                         null_sel, selectivity(top.tags.numpy(), base))
 
 
-def against_twin(labels: NeuronLabels, twin: NeuronLabels, q: float = 0.05) -> None:
-    """Judge `labels` against the twin's within-token z (the null of a random-init model of the
-    same shape on the same tokens): sets p_value and significant (BH at q)."""
-    labels.p_value = twin_p_values(labels.z, twin.z)
+def against_twin(labels: NeuronLabels, null_z: np.ndarray, q: float = 0.05) -> None:
+    """Judge `labels` against the within-token z of the twin's neurons (the null of a random-init
+    model of the same shape on the same tokens; every layer pooled, so that its p-values can reach
+    1/(1 + all its neurons)): sets p_value and significant (BH at q)."""
+    labels.p_value = twin_p_values(labels.z, null_z)
     # Both: beyond the twin's neurons, and beyond token identity on this model's own tokens.
     labels.significant = benjamini_hochberg(labels.p_value, q) & labels.significant_perm
