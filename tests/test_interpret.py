@@ -274,7 +274,7 @@ def test_page_renders_every_section(world, tmp_path):
     html = out.read_text()
     parsed = _Sections()
     parsed.feed(html)
-    assert parsed.ids == ["summary", "neurons", "all-neurons", "heads", "sizes"]
+    assert parsed.ids == ["summary", "neurons", "all-neurons", "heads", "ablation", "sizes"]
     assert parsed.imgs == 2  # one heatmap image per layer
     assert parsed.classes.count("neuron") == 5 and parsed.classes.count("ctx") == 5 * 4
     assert "One model only" in html and "role:first_mention" in html
@@ -286,6 +286,14 @@ def test_page_renders_every_section(world, tmp_path):
     acts = [t[2] for t in n["top"]]
     assert len(acts) == 4 and acts == sorted(acts, reverse=True)
     assert "<script" not in html.lower()  # story text is escaped, nothing executable
+    # Head ablations of the trained model and its twin, per skill with intervals, in JSON and page.
+    for name in ("model", "control"):
+        abl = data[name]["ablation"]
+        assert abl["stories"] == 10 and len(abl["heads"]) == 4 and abl["tokens"]["all"] > 0
+        mean, lo, hi = abl["heads"][0]["delta"]["all"]
+        assert lo <= mean <= hi
+    assert "Every head, Δ per skill" in html and "random-init twin: same" in html
+    assert data["control"]["summary"]["significant"] is None and "significant_perm" in data["model"]["summary"]
 
 
 def test_page_without_world_tags_says_so(world, tmp_path):
@@ -335,6 +343,7 @@ def test_cli_interpret_and_bad_input(world, tmp_path, capsys):
     assert (tmp_path / "x.json").is_file()
     assert main(["-q", "interpret", str(run), "--out", str(tmp_path / "x.txt")]) == 2
     assert main(["-q", "interpret", str(run), "--layers", "5"]) == 2
+    assert main(["-q", "interpret", str(run), "--ablate-stories", "-1"]) == 2
     assert main(["-q", "interpret", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert re.search(r"must end in \.html", err) and "not a layer" in err

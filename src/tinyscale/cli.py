@@ -415,6 +415,8 @@ def _add_interpret(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, nargs="+", metavar="L", help="MLP layers (default: the next-to-last)")
     p.add_argument("--stories", type=_count, default=1000, help="validation stories streamed (default 1000)")
     p.add_argument("--top-k", type=_positive_int, default=20, help="top tokens per neuron (default 20)")
+    p.add_argument("--ablate-stories", type=int, default=128, metavar="N",
+                   help="stories for mean-ablating each head, trained and random-init (default 128; 0: none)")
     p.add_argument("--corpus", help="corpus folder or val.jsonl (default: the one the run's shards came from)")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN_OR_SWEEP/interpret.html (+ .json beside it)")
     p.set_defaults(func=_run_interpret)
@@ -424,7 +426,9 @@ def _run_interpret(args: argparse.Namespace) -> None:
     from tinyscale.interpret import interpret
     from tinyscale.interpret.analyze import Options
 
-    opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k)
+    if args.ablate_stories < 0:
+        raise UserError(f"--ablate-stories: {args.ablate_stories} is negative (0 turns the ablations off)")
+    opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k, ablate_stories=args.ablate_stories)
     out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus)
     print(f"wrote {out} and {out.with_suffix('.json')}")
 

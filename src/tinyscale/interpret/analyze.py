@@ -1,14 +1,15 @@
 """One model read against the story world's ground truth: neurons, heads, and their controls.
 
 `analyze_model` streams M validation stories through a model once (MLP activations of the chosen
-layers into per-neuron top-k lists, attention patterns of the first stories into head statistics)
-and does the same for a random-initialised model of the same shape, the control.
+layers into per-neuron top-k lists, attention patterns of the first stories into head statistics),
+mean-ablates each head on the first stories (`ablation`), and does the same for a
+random-initialised model of the same shape, the control.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,17 @@ import torch
 from tinyscale import progress
 from tinyscale.errors import UserError
 from tinyscale.fileio import read_json
+from tinyscale.interpret.ablation import ablate_heads, story_batches
 from tinyscale.interpret.heads import METRICS, HeadStats
 from tinyscale.interpret.hooks import pad, recording
-from tinyscale.interpret.neurons import NeuronLabels, StreamingTopK, TagCounts, label_neurons
+from tinyscale.interpret.neurons import (
+    NeuronLabels,
+    StreamingTopK,
+    TagCounts,
+    TokenStrata,
+    against_twin,
+    label_neurons,
+)
 from tinyscale.interpret.tags import TAGS, TaggedStory, corpus_has, read_stories
 from tinyscale.model import Transformer
 
@@ -35,6 +44,9 @@ class Options:
     head_stories: int = 64  # stories whose attention patterns make the head statistics
     seed: int = 0  # of the random-init control and the shuffled draws
     control: bool = True
+    ablate_stories: int = 128  # stories for the head ablations (0: none)
+    boot: int = 1000  # bootstrap resamples of the ablation intervals
+    window: int | None = None  # ablations read each story's first `window` tokens (the training length)
 
 
 def default_layers(model: Transformer) -> list[int]:
@@ -55,6 +67,15 @@ def val_corpus(run_dir: str | Path, corpus: str | Path | None = None) -> Path:
     if not src or not (Path(src) / "val.jsonl").is_file():
         raise UserError(f"{meta}: the corpus it was made from ({src}) has no val.jsonl; give --corpus")
     return Path(src) / "val.jsonl"
+
+
+def with_window(opts: Options, run_dir: str | Path) -> Options:
+    """`opts` with the ablation window set to the run's training sequence length (run.json), if
+    not given."""
+    if opts.window is not None or not (Path(run_dir) / "run.json").is_file():
+        return opts
+    seq_len = (read_json(Path(run_dir) / "run.json").get("config") or {}).get("seq_len")
+    return replace(opts, window=int(seq_len)) if seq_len else opts
 
 
 def random_init(model: Transformer, seed: int) -> Transformer:
@@ -109,19 +130,30 @@ def _batches(stories: Iterator[TaggedStory], size: int) -> Iterator[list[TaggedS
         yield batch
 
 
+@dataclass
+class Streamed:
+    streams: list[_Stream]
+    counts: TagCounts  # base rates
+    strata: TokenStrata  # tags per token id and position, for the within-token test
+    kept: list[TaggedStory]  # the first stories, for the ablations (the first one also for heatmaps)
+    read: int
+
+
 def stream(models: Sequence[Transformer], path: Path, tokenizer: Any, eot_id: int, opts: Options,
-           layers: Sequence[int]) -> tuple[list[_Stream], TagCounts, TaggedStory | None, int]:
-    """Stream the first `opts.stories` stories through every model; returns the streams, the tag
-    counts, the first story (for heatmaps) and the number of stories read."""
+           layers: Sequence[int]) -> Streamed:
+    """Stream the first `opts.stories` stories through every model."""
     max_len = models[0].cfg.max_seq_len
-    streams = [_Stream(m, layers, opts.top_k) for m in models]
-    counts = TagCounts(seed=opts.seed)
-    first, read = None, 0
+    # The twin streams every layer: all its neurons are the null of the trained model's (`neurons`).
+    streams = [_Stream(m, layers if i == 0 else range(m.cfg.n_layers), opts.top_k) for i, m in enumerate(models)]
+    counts, strata = TagCounts(seed=opts.seed), TokenStrata()
+    kept: list[TaggedStory] = []
+    read = 0
     with progress.bar(opts.stories, "interpret") as bar:
         for batch in _batches(read_stories(path, opts.stories, tokenizer, eot_id, max_len), BATCH):
-            first = first or batch[0]
+            kept += batch[:max(opts.ablate_stories, 1) - len(kept)]
             for s in batch:
                 counts.add(s.tags[1:])
+                strata.add(np.asarray(s.ids[1:]), np.arange(1, len(s.ids)), s.tags[1:])
             with_heads = read < opts.head_stories
             for st in streams:
                 st.add(batch, with_heads, max_len)
@@ -129,7 +161,7 @@ def stream(models: Sequence[Transformer], path: Path, tokenizer: Any, eot_id: in
             bar.update(len(batch))
     if read == 0:
         raise UserError(f"{path}: no stories to read")
-    return streams, counts, first, read
+    return Streamed(streams, counts, strata, kept, read)
 
 
 def neuron_rows(st: _Stream, layer: int, labels: NeuronLabels, stride: int) -> list[dict]:
@@ -142,7 +174,10 @@ def neuron_rows(st: _Stream, layer: int, labels: NeuronLabels, stride: int) -> l
             "layer": layer, "neuron": n, "max_act": float(labels.max_act[n]), "label": labels.label[n],
             "share": float(labels.share[n]), "base": float(labels.base[n]),
             "selectivity": _f(labels.selectivity[n]), "p_value": float(labels.p_value[n]),
-            "significant": bool(labels.significant[n]),
+            "significant": bool(labels.significant[n]), "context_tag": labels.context_tag[n],
+            "z": float(labels.z[n]), "p_perm": float(labels.p_perm[n]),
+            "significant_perm": bool(labels.significant_perm[n]),
+            "p_iid": float(labels.p_iid[n]), "significant_iid": bool(labels.significant_iid[n]),
             "distinct_tokens": len(set(top.ids[n].tolist())),
             "top": [[k // stride, k % stride, round(float(v), 5), t] for k, v, t in
                     zip(keys, top.values[n].tolist(), top.ids[n].tolist(), strict=True)],
@@ -165,7 +200,10 @@ def summarize(rows: list[dict], labels: list[NeuronLabels]) -> dict:
         "neurons": len(rows),
         "mean_selectivity": float(sel.mean()) if len(sel) else None,
         "best_selectivity": float(sel.max()) if len(sel) else None,
+        # Against the twin and within-token (see neurons.py), within-token alone, token-blind (old).
         "significant": int(sum(r["significant"] for r in rows)),
+        "significant_perm": int(sum(r["significant_perm"] for r in rows)),
+        "significant_iid": int(sum(r["significant_iid"] for r in rows)),
         "shuffled_p99": float(np.nanpercentile(null, 99)) if len(null) and not np.isnan(null).all() else None,
     }
 
@@ -182,6 +220,13 @@ def class_counts(heads: list[dict]) -> dict[str, int]:
     return out
 
 
+def _ablation(model: Transformer, batches: list, opts: Options, name: str) -> dict | None:
+    if not batches:
+        return None
+    out = ablate_heads(model, batches, boot=opts.boot, seed=opts.seed, label=f"ablate {name}")
+    return out | {"window": opts.window}
+
+
 def analyze_model(model: Transformer, path: Path, tokenizer: Any, eot_id: int, opts: Options) -> dict:
     """The numbers of one model (and of its random-init control): JSON-ready, plus the first story."""
     layers = list(opts.layers) if opts.layers else default_layers(model)
@@ -189,17 +234,29 @@ def analyze_model(model: Transformer, path: Path, tokenizer: Any, eot_id: int, o
         if not 0 <= layer < model.cfg.n_layers:
             raise UserError(f"--layers: {layer} is not a layer of this model (0..{model.cfg.n_layers - 1})")
     models = [model] + ([random_init(model, opts.seed)] if opts.control else [])
-    streams, counts, first, read = stream(models, path, tokenizer, eot_id, opts, layers)
+    got = stream(models, path, tokenizer, eot_id, opts, layers)
     stride = model.cfg.max_seq_len
-    out: dict[str, Any] = {"layers": layers, "stories": read, "top_k": opts.top_k,
-                           "head_stories": min(read, opts.head_stories), "tokens": counts.total,
-                           "base_rates": {t: float(b) for t, b in zip(TAGS, counts.base(), strict=True)},
+    out: dict[str, Any] = {"layers": layers, "stories": got.read, "top_k": opts.top_k,
+                           "head_stories": min(got.read, opts.head_stories), "tokens": got.counts.total,
+                           "base_rates": {t: float(b) for t, b in zip(TAGS, got.counts.base(), strict=True)},
                            "tags": {"skills": corpus_has(path, "spans"), "roles": corpus_has(path, "tags")}}
-    for name, st in zip(("model", "control"), streams, strict=False):
-        labels = [label_neurons(st.top[layer], counts, seed=opts.seed) for layer in layers]
-        rows = [r for layer, lab in zip(layers, labels, strict=True) for r in neuron_rows(st, layer, lab, stride)]
+    batches = story_batches(got.kept[:opts.ablate_stories], BATCH, opts.window) if opts.ablate_stories else []
+    labels = [{layer: label_neurons(st.top[layer], got.counts, seed=opts.seed, strata=got.strata,
+                                    positions=(st.top[layer].keys % stride).numpy()) for layer in st.layers}
+              for st in got.streams]
+    if len(labels) > 1:  # the trained model's neurons against every neuron of its twin
+        null_z = np.concatenate([lab.z for lab in labels[1].values()])
+        for lab in labels[0].values():
+            against_twin(lab, null_z)
+    for name, st, by_layer in zip(("model", "control"), got.streams, labels, strict=False):
+        labs = [by_layer[layer] for layer in layers]
+        rows = [r for layer, lab in zip(layers, labs, strict=True) for r in neuron_rows(st, layer, lab, stride)]
         heads = head_rows(st)
-        out[name] = {"summary": summarize(rows, labels), "neurons": rows, "heads": heads,
-                     "head_classes": class_counts(heads)}
-    out["first_story"] = first
+        summary = summarize(rows, labs)
+        if name == "control":  # a twin is not tested against itself
+            summary["significant"] = None
+        out[name] = {"summary": summary, "neurons": rows, "heads": heads,
+                     "head_classes": class_counts(heads),
+                     "ablation": _ablation(st.model, batches, opts, name)}
+    out["first_story"] = got.kept[0] if got.kept else None
     return out

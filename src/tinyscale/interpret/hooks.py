@@ -6,12 +6,16 @@ Names read as paths into the model (`L` is a layer index):
     blocks.L               the residual stream after block L
     blocks.L.attn.out      what attention adds to the stream (after its output projection)
     blocks.L.attn.pattern  attention probabilities [heads, query, key], recomputed from q and k
+    blocks.L.attn.heads    each head's output before the output projection [heads, head_dim]
     blocks.L.mlp.act       the MLP's hidden activations, one per neuron (GELU, or SwiGLU's gate x up)
     blocks.L.mlp.out       what the MLP adds to the stream
     norm                   the final normalised stream (what the vocabulary head reads)
 
     acts = activations("runs/3m", ["Once upon a time, Lily"], ["blocks.6.mlp.act"])
     acts["blocks.6.mlp.act"][0]          # [tokens, neurons] for the first text
+
+`ablating(model, {"blocks.L.attn.head.H": vector})` replaces a head's output (the slice of the
+output projection's input that head writes) by a fixed vector, e.g. its mean: mean-ablation.
 
 Attention runs through the fused `scaled_dot_product_attention`, which never forms the
 probabilities; the pattern is recomputed in a hook on the q/k/v projection as softmax(QK^T/sqrt(d))
@@ -33,14 +37,15 @@ from torch import Tensor
 from tinyscale.errors import UserError
 from tinyscale.model import Transformer, _apply_rotary
 
-_NAME = re.compile(r"^(embed|norm|blocks\.(\d+)(\.attn\.out|\.attn\.pattern|\.mlp\.act|\.mlp\.out)?)$")
+_NAME = re.compile(r"^(embed|norm|blocks\.(\d+)(\.attn\.out|\.attn\.pattern|\.attn\.heads|\.mlp\.act|\.mlp\.out)?)$")
+_HEAD = re.compile(r"^blocks\.(\d+)\.attn\.head\.(\d+)$")
 
 
 def activation_names(model: Transformer) -> list[str]:
     """Every name `record` knows for this model."""
     names = ["embed"]
     for i in range(model.cfg.n_layers):
-        names += [f"blocks.{i}.attn.pattern", f"blocks.{i}.attn.out", f"blocks.{i}.mlp.act",
+        names += [f"blocks.{i}.attn.pattern", f"blocks.{i}.attn.heads", f"blocks.{i}.attn.out", f"blocks.{i}.mlp.act",
                   f"blocks.{i}.mlp.out", f"blocks.{i}"]
     return names + ["norm"]
 
@@ -50,7 +55,7 @@ def _check(model: Transformer, names: Sequence[str]) -> None:
         m = _NAME.match(name)
         if m is None or (m.group(2) is not None and int(m.group(2)) >= model.cfg.n_layers):
             raise UserError(f"activation name {name!r}: expected embed, norm or blocks.L[.attn.out|.attn.pattern|"
-                            f".mlp.act|.mlp.out] with L < {model.cfg.n_layers}")
+                            f".attn.heads|.mlp.act|.mlp.out] with L < {model.cfg.n_layers}")
 
 
 def _pattern(model: Transformer, qkv: Tensor) -> Tensor:
@@ -90,11 +95,54 @@ def _hooks(model: Transformer, names: set[str], out: dict[str, Tensor]) -> list[
         p = f"blocks.{i}"
         add(block.attn.qkv, p + ".attn.pattern", fn=lambda y: _pattern(model, y))
         add(block.attn, p + ".attn.out")
+        if p + ".attn.heads" in names:  # the output projection's input, split into heads
+            handles.append(block.attn.proj.register_forward_pre_hook(
+                lambda m, args, name=p + ".attn.heads": keep(name, _split_heads(model, args[0]))))
         add(block.mlp.proj, p + ".mlp.act", pre=True)  # the projection's input is the activation
         add(block.mlp, p + ".mlp.out")
         add(block, p)
     add(model.norm, "norm")
     return handles
+
+
+def _split_heads(model: Transformer, y: Tensor) -> Tensor:
+    return y.unflatten(-1, (model.cfg.n_heads, model.cfg.head_dim))
+
+
+def _head(model: Transformer, name: str) -> tuple[int, int]:
+    m = _HEAD.match(name)
+    if m is None or int(m.group(1)) >= model.cfg.n_layers or int(m.group(2)) >= model.cfg.n_heads:
+        raise UserError(f"head name {name!r}: expected blocks.L.attn.head.H with L < {model.cfg.n_layers}, "
+                        f"H < {model.cfg.n_heads}")
+    return int(m.group(1)), int(m.group(2))
+
+
+@contextlib.contextmanager
+def ablating(model: Transformer, replace: dict[str, Tensor]) -> Iterator[None]:
+    """Within the block, each named head's output (`blocks.L.attn.head.H`, before the output
+    projection) is replaced by the given [head_dim] vector at every position; the model is
+    otherwise unchanged (a forward pre-hook on the layer's output projection)."""
+    by_layer: dict[int, dict[int, Tensor]] = {}
+    for name, vec in replace.items():
+        layer, head = _head(model, name)
+        by_layer.setdefault(layer, {})[head] = vec
+    hd = model.cfg.head_dim
+
+    def hook(heads: dict[int, Tensor]) -> Any:
+        def pre(m: torch.nn.Module, args: tuple) -> tuple:
+            y = args[0].clone()
+            for h, vec in heads.items():
+                y[..., h * hd:(h + 1) * hd] = vec.to(y.dtype)
+            return (y, *args[1:])
+        return pre
+
+    handles = [model.blocks[layer].attn.proj.register_forward_pre_hook(hook(heads))
+               for layer, heads in by_layer.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @contextlib.contextmanager

@@ -14,16 +14,24 @@ catch-all "no span" would label nearly every neuron); ties go to the rarer tag. 
 (`tags.UNLABELLED`) never label.
 
 Controls:
-- **shuffled tags**: the top-k tokens' tags replaced by the tags of k tokens drawn at random from
-  those seen (a permutation of tags over tokens, from a bounded reservoir sample), labelled the
-  same way (max over tags, so choosing the label is accounted for). A neuron's p-value is the share
-  of such draws whose label is at least as surprising (binomial tail of the label's count at its
-  base rate, see `label_neurons`). Significance is judged after Benjamini-Hochberg over all neurons.
-- **random init**: the whole analysis on a freshly initialised model of the same shape (`report`).
+- **within-token permutation** (the test of significance): the tags of the neuron's top-k tokens
+  permuted among the occurrences of the same token id at a similar position (log2 bucket of the
+  position in the story; `TokenStrata`), i.e. each top-k slot gets the tags of another occurrence
+  of its own token. Whatever the token's spelling decides (its word class, a name) stays, and so
+  does the earliness of a position, which a random-init model already prefers in some neurons
+  (attention averages over fewer tokens there); only what the context adds can be significant.
+  Statistic: min over tags of the tag count's permutation p-value (min-P, so choosing the tag is
+  accounted for), calibrated against the same minimum over the permutation draws. Significance
+  after Benjamini-Hochberg over all neurons. A random-init model has (close to) none.
+- **shuffled tags** (token-blind, kept for comparison): the top-k tags replaced by those of k
+  tokens drawn at random from all tokens seen (bounded reservoir sample). A random-init neuron that
+  fires on one token id passes it easily: it measures token identity, not learning (`p_iid`).
+- **random init**: the whole analysis on a freshly initialised model of the same shape (`analyze`).
 """
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,6 +141,93 @@ def shuffled_draws(sample: np.ndarray, base: np.ndarray, k: int, draws: int, see
     return sel, surprise
 
 
+def position_bucket(positions: np.ndarray) -> np.ndarray:
+    """0 for position 0 or 1, then floor(log2(position)): 2-3, 4-7, 8-15, ..."""
+    return np.floor(np.log2(np.maximum(np.asarray(positions), 1))).astype(np.int64)
+
+
+class TokenStrata:
+    """The multiset of tag bit sets of every stratum of tokens seen: a token id, and (by default)
+    the log2 bucket of its position. Memory grows with the distinct (stratum, tags) pairs, not
+    with the stream."""
+
+    BUCKETS = 64
+
+    def __init__(self, by_position: bool = True) -> None:
+        self.by_position = by_position
+        self.table: dict[int, Counter] = defaultdict(Counter)
+
+    def key(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        bucket = position_bucket(positions) if self.by_position else np.zeros(len(np.asarray(ids)), dtype=np.int64)
+        return np.asarray(ids, dtype=np.int64) * self.BUCKETS + bucket
+
+    def add(self, ids: np.ndarray, positions: np.ndarray, tags: np.ndarray) -> None:
+        pairs, n = np.unique(np.stack([self.key(ids, positions), np.asarray(tags, dtype=np.int64)], 1),
+                             axis=0, return_counts=True)
+        for (k, t), c in zip(pairs.tolist(), n.tolist(), strict=True):
+            self.table[k][t] += c
+
+    def multiset(self, key: int) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct tag bit sets of a stratum and how often each occurs."""
+        items = self.table.get(key) or {}
+        return np.array(list(items), dtype=np.int64), np.array(list(items.values()), dtype=np.int64)
+
+
+def within_token_null(strata: TokenStrata, keys: np.ndarray, draws: int, rng: np.random.Generator
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tag counts [draws, tag] of one neuron's top-k under the permutation null, and their exact
+    mean and variance [tag]: the slots of each stratum get a sample without replacement of that
+    stratum's tags (multivariate hypergeometric: a permutation of tags among its occurrences)."""
+    out = np.zeros((draws, len(TAGS)), dtype=np.int64)
+    mean, var = np.zeros(len(TAGS)), np.zeros(len(TAGS))
+    for key, c in Counter(keys.tolist()).items():
+        values, counts = strata.multiset(key)
+        bits = bit_matrix(values).astype(np.int64)
+        n = int(counts.sum())
+        c = min(c, n)
+        frac = counts @ bits / n  # share of the stratum's occurrences carrying each tag
+        mean += c * frac
+        if n > 1:
+            var += c * frac * (1 - frac) * (n - c) / (n - 1)
+        out += c * bits[0] if len(values) == 1 else rng.multivariate_hypergeometric(counts, c, size=draws) @ bits
+    return out, mean, var
+
+
+def _max_z(counts: np.ndarray, mean: np.ndarray, var: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max over usable tags of (count - mean) / sd, and the tag reaching it (-1: no tag varies)."""
+    cols = np.flatnonzero(usable & (var > 1e-12))
+    if len(cols) == 0:
+        return np.zeros(counts.shape[:-1]), np.full(counts.shape[:-1], -1)
+    z = (counts[..., cols] - mean[cols]) / np.sqrt(var[cols])
+    return z.max(-1), cols[z.argmax(-1)]
+
+
+def within_token_test(top: StreamingTopK, strata: TokenStrata, positions: np.ndarray, draws: int = 2000,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per neuron: the largest z-score of a tag's top-k count against the within-token permutation
+    (z: what the context adds beyond token identity and position), the tag giving it (-1: none
+    varies), and its permutation p-value (max-z over tags in every draw too: choosing the tag is
+    accounted for)."""
+    rng = np.random.default_rng(seed)
+    usable = np.array([t not in UNLABELLED for t in TAGS])
+    keys = strata.key(top.ids.numpy().ravel(), positions.ravel()).reshape(top.ids.shape)
+    observed = bit_matrix(top.tags.numpy()).sum(-2)
+    n = len(keys)
+    z, tag, p = np.zeros(n), np.full(n, -1), np.ones(n)
+    for i in range(n if keys.shape[1] else 0):
+        null, mean, var = within_token_null(strata, keys[i], draws, rng)
+        z[i], tag[i] = _max_z(observed[i], mean, var, usable)
+        if tag[i] >= 0:
+            p[i] = (1 + (_max_z(null, mean, var, usable)[0] >= z[i] - 1e-9).sum()) / (draws + 1)
+    return z, tag, p
+
+
+def twin_p_values(z: np.ndarray, null_z: np.ndarray) -> np.ndarray:
+    """p of each z against the z of the random-init twin's neurons: (1 + #twin >= z) / (1 + #twin)."""
+    srt = np.sort(null_z)
+    return (1 + len(srt) - np.searchsorted(srt, z - 1e-9, "left")) / (1 + len(srt))
+
+
 def benjamini_hochberg(p: np.ndarray, q: float = 0.05) -> np.ndarray:
     """Which p-values are discoveries at false discovery rate q."""
     n = len(p)
@@ -148,7 +243,12 @@ def benjamini_hochberg(p: np.ndarray, q: float = 0.05) -> np.ndarray:
 
 @dataclass
 class NeuronLabels:
-    """Per neuron: label, its share and base rate, selectivity, p-value, largest activation."""
+    """Per neuron: label, its share and base rate, selectivity, p-values, largest activation.
+
+    `z` is the within-token statistic, `context_tag` the tag it found enriched beyond token identity
+    ("" if none); `p_perm` its permutation p-value; `p_value`/`significant` the test against the
+    random-init twin's z (`against_twin`), the within-token permutation test until then (the
+    token-blind one when no strata were given); `p_iid` the token-blind shuffled-tag test."""
 
     label: list[str]
     share: np.ndarray
@@ -157,17 +257,25 @@ class NeuronLabels:
     p_value: np.ndarray
     significant: np.ndarray
     max_act: np.ndarray
+    p_iid: np.ndarray
+    significant_iid: np.ndarray
+    context_tag: list[str]
+    z: np.ndarray
+    p_perm: np.ndarray
+    significant_perm: np.ndarray
     null: np.ndarray = field(repr=False)  # best selectivity of the shuffled draws
     by_tag: np.ndarray = field(repr=False)  # [neuron, tag] selectivity (-inf: the tag cannot label)
 
 
 def label_neurons(top: StreamingTopK, counts: TagCounts, draws: int = 5000, seed: int = 0,
-                  q: float = 0.05) -> NeuronLabels:
-    """Label every neuron of a finished top-k stream and test it against shuffled tags.
+                  q: float = 0.05, strata: TokenStrata | None = None, positions: np.ndarray | None = None,
+                  perm_draws: int = 2000) -> NeuronLabels:
+    """Label every neuron of a finished top-k stream and test it: against tags permuted within
+    token ids (`strata`, with each top-k token's position) and against shuffled tags.
 
-    The test statistic is the label's surprise, not its selectivity: a common tag (function words,
-    45% of tokens) fills k random tokens now and then, a rare one (a quote opening) never, so the
-    same selectivity means more for a rarer tag."""
+    The shuffled test's statistic is the label's surprise, not its selectivity: a common tag
+    (function words, 45% of tokens) fills k random tokens now and then, a rare one (a quote
+    opening) never, so the same selectivity means more for a rarer tag."""
     base = counts.base()
     best, sel, share, surprise = best_tag(top.tags.numpy(), base)
     null_sel, null_surprise = shuffled_draws(counts.sample, base, top.values.shape[1], draws, seed)
@@ -177,5 +285,21 @@ def label_neurons(top: StreamingTopK, counts: TagCounts, draws: int = 5000, seed
         p = (1 + (null_surprise[None, :] >= surprise[:, None] - 1e-9).sum(1)) / (1 + len(null_surprise))
     finite = np.isfinite(sel)
     labels = [TAGS[b] if ok else "" for b, ok in zip(best, finite, strict=True)]
-    return NeuronLabels(labels, share, base[best], np.where(finite, sel, np.nan), p, benjamini_hochberg(p, q),
-                        top.values[:, 0].numpy(), null_sel, selectivity(top.tags.numpy(), base))
+    z, tag, p_tok = np.zeros(len(best)), np.full(len(best), -1), p
+    if strata is not None:
+        pos = positions if positions is not None else np.zeros(top.ids.shape, dtype=np.int64)
+        z, tag, p_tok = within_token_test(top, strata, np.asarray(pos), perm_draws, seed)
+    context = [TAGS[t] if t >= 0 else "" for t in tag]
+    sig = benjamini_hochberg(p_tok, q)
+    return NeuronLabels(labels, share, base[best], np.where(finite, sel, np.nan), p_tok, sig,
+                        top.values[:, 0].numpy(), p, benjamini_hochberg(p, q), context, z, p_tok, sig,
+                        null_sel, selectivity(top.tags.numpy(), base))
+
+
+def against_twin(labels: NeuronLabels, null_z: np.ndarray, q: float = 0.05) -> None:
+    """Judge `labels` against the within-token z of the twin's neurons (the null of a random-init
+    model of the same shape on the same tokens; every layer pooled, so that its p-values can reach
+    1/(1 + all its neurons)): sets p_value and significant (BH at q)."""
+    labels.p_value = twin_p_values(labels.z, null_z)
+    # Both: beyond the twin's neurons, and beyond token identity on this model's own tokens.
+    labels.significant = benjamini_hochberg(labels.p_value, q) & labels.significant_perm

@@ -12,12 +12,12 @@ from tinyscale.fileio import write_json
 from tinyscale.generate import eot_id_of
 from tinyscale.interpret import heads as heads_mod
 from tinyscale.interpret import page
-from tinyscale.interpret.analyze import Options, analyze_model, val_corpus
+from tinyscale.interpret.analyze import Options, analyze_model, val_corpus, with_window
 from tinyscale.interpret.sizes import sizes_figure, sizes_table
 from tinyscale.interpret.sweep import analyze_sweep, is_sweep
 
 SECTIONS = [("summary", "Summary"), ("neurons", "Most selective neurons"), ("all-neurons", "All neurons"),
-            ("heads", "Attention heads"), ("sizes", "Across sizes")]
+            ("heads", "Attention heads"), ("ablation", "Head ablations"), ("sizes", "Across sizes")]
 
 
 def load(run_dir: Path, step: int | None) -> tuple[Any, int, Any, int]:
@@ -47,7 +47,7 @@ def interpret(path: str | Path, out: str | Path | None = None, *, step: int | No
     model, step, tokenizer, eot = load(run_dir, step)
     val = val_corpus(run_dir, corpus)
     progress.info("interpret: %s step %d on %s", run_dir, step, val)
-    data = done.get(str(run_dir)) or analyze_model(model, val, tokenizer, eot, opts)
+    data = done.get(str(run_dir)) or analyze_model(model, val, tokenizer, eot, with_window(opts, run_dir))
     first = data.pop("first_story")
     data |= {"run": str(run_dir), "step": step, "corpus": str(val), "model_config": model.cfg.model_dump()}
     if sizes is not None:
@@ -79,6 +79,7 @@ def _page_context(data: dict, model: Any, val: Path, tokenizer: Any, eot: int, f
     tag_rows = [{"tag": t, "base": data["base_rates"][t], "best": best.get(t), "control": control.get(t),
                  "labelled": sum(r["label"] == t for r in rows)} for t in best]
     return {
+        **ablation_context(data["model"].get("ablation"), (data.get("control") or {}).get("ablation")),
         "tag_rows": tag_rows,
         "title": f"tinyscale interpret: {run_dir.name} (step {data['step']})",
         "subtitle": f"{run_dir} · corpus {val} · generated {_dt.datetime.now().isoformat(timespec='seconds')}",
@@ -89,3 +90,21 @@ def _page_context(data: dict, model: Any, val: Path, tokenizer: Any, eot: int, f
         "local_window": heads_mod.LOCAL_WINDOW, "local_min": heads_mod.LOCAL_MIN, "lift_min": heads_mod.LIFT_MIN,
         "heatmap_tokens": page.HEATMAP_TOKENS, "sizes_png": sizes_png, "sizes_header": header, "sizes_rows": table,
     }
+
+
+def ablation_context(model: dict | None, control: dict | None) -> dict:
+    """The ablation section's tables: per skill the heads that move it most (trained and twin side
+    by side), and every head's change per skill."""
+    if not model:
+        return {"ablation": None}
+    skills = [s for s in model["skills"] if model["tokens"][s]]
+    per_skill = [{"skill": s, "tokens": model["tokens"][s], "clean": model["clean_loss"][s],
+                  "clean_control": control["clean_loss"][s] if control else None,
+                  "model": model["top"][s], "control": control["top"][s] if control else []} for s in skills]
+    twin = {(h["layer"], h["head"]): h["delta"] for h in control["heads"]} if control else {}
+    heads = [{"layer": h["layer"], "head": h["head"], "model": [h["delta"][s] for s in skills],
+              "control": [twin[(h["layer"], h["head"])][s] for s in skills] if twin else []}
+             for h in model["heads"]]
+    return {"ablation": {"stories": model["stories"], "boot": model["boot"], "skills": skills,
+                         "window": model.get("window"),
+                         "per_skill": per_skill, "heads": heads}}

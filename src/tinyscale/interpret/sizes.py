@@ -11,7 +11,7 @@ from tinyscale.fileio import read_json
 
 SIZES_FILE = "interpret_sizes.json"
 HEADER = ["run", "non-embedding params", "layers", "width", "neurons", "mean selectivity", "control (random init)",
-          "significant neurons", "heads local/semantic/mixed/diffuse", "control heads"]
+          "significant neurons (beyond twin, within token)", "heads local/semantic/mixed/diffuse", "control heads"]
 
 
 def sizes_figure(rows: list[dict]) -> bytes | None:

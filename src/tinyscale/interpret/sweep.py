@@ -13,7 +13,7 @@ from typing import Any
 from tinyscale import progress
 from tinyscale.errors import UserError
 from tinyscale.fileio import read_json, write_json
-from tinyscale.interpret.analyze import Options, analyze_model, val_corpus
+from tinyscale.interpret.analyze import Options, analyze_model, val_corpus, with_window
 from tinyscale.interpret.sizes import SIZES_FILE
 
 
@@ -54,7 +54,7 @@ def analyze_sweep(sweep_dir: str | Path, opts: Options, *, step: int | None = No
             progress.info("interpret: skipping %s (%s)", run_dir.name, e)
             continue
         progress.info("interpret: %s (step %d)", run_dir.name, run_step)
-        data = analyze_model(model, val_corpus(run_dir, corpus), tokenizer, eot, opts)
+        data = analyze_model(model, val_corpus(run_dir, corpus), tokenizer, eot, with_window(opts, run_dir))
         rows.append(_row(run_dir, data, run_step))
         if keep is not None:
             keep[str(run_dir)] = data
