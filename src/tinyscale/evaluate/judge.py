@@ -36,10 +36,22 @@ from typing import Any
 import numpy as np
 
 from tinyscale import progress
-from tinyscale.endpoint import CallStats, Endpoint, RequestFailed, RequestRejected, chat, make_client, scrub
+from tinyscale.endpoint import (
+    CallStats,
+    Endpoint,
+    EndpointDown,
+    RequestFailed,
+    RequestRejected,
+    chat,
+    check_url,
+    make_client,
+    run_workers,
+    scrub,
+)
 from tinyscale.errors import UserError
-from tinyscale.fileio import append_jsonl, read_json, write_json
+from tinyscale.fileio import append_jsonl, read_json, read_lines, read_text, write_json
 from tinyscale.runs import read_evals
+from tinyscale.validate import check_writable, run_lock
 
 FORMAT = 1
 GRADES = ("grammar", "creativity", "consistency", "plot")
@@ -176,7 +188,7 @@ def load_template(path: str | os.PathLike | None = None) -> str:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--template {p}: file not found")
-    text = p.read_text("utf-8")
+    text = read_text(p)
     if "$story" not in text:
         raise UserError(f"--template {p}: no $story slot")
     return text
@@ -191,16 +203,18 @@ def cache_key(model: str, prompt: str) -> str:
 
 
 def load_cache(path: Path) -> dict[str, dict]:
-    """Cached verdicts by key; a torn last line (a kill mid-write) is ignored."""
+    """Cached verdicts by key; a torn last line (a kill mid-write) is ignored; a file that is not
+    UTF-8 text (not a cache at all) is an error naming its line."""
     cache: dict[str, dict] = {}
+    if path.is_dir():
+        raise UserError(f"--cache {path}: is a folder; give a file")
     if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                    cache[entry["key"]] = entry
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+        for _, line in read_lines(path):
+            try:
+                entry = json.loads(line)
+                cache[entry["key"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
     return cache
 
 
@@ -228,6 +242,7 @@ class _Asker:
         self.json_mode = settings.json_mode
         self.failed: Counter = Counter()
         self.rejected: RequestRejected | None = None
+        self.new: set[str] = set()  # keys answered in this session
 
     async def _ask(self, client: Any, prompt: str, rng: random.Random) -> str:
         s = self.settings
@@ -254,6 +269,7 @@ class _Asker:
                  "tries": tries, "time": time.time()}
         append_jsonl(self.cache_path, entry)
         self.cache[key] = entry
+        self.new.add(key)
 
     async def run(self, todo: dict[str, str]) -> None:
         client = make_client(self.ep)
@@ -274,8 +290,8 @@ class _Asker:
 
         try:
             with progress.bar(len(todo), "judge") as bar:
-                await asyncio.gather(*(worker(random.Random(f"{k}:{time.time_ns()}"), bar)
-                                       for k in range(self.settings.concurrency)))
+                await run_workers([worker(random.Random(f"{k}:{time.time_ns()}"), bar)
+                                   for k in range(self.settings.concurrency)])
         finally:
             await client.close()
 
@@ -343,7 +359,11 @@ def _steps(evals: dict[int, dict], spec: str, run_dir: Path) -> list[int]:
 
 def judge_run(run_dir: str | os.PathLike, ep: Endpoint, settings: JudgeSettings | None = None,
               checkpoints: str = "all") -> dict[int, dict]:
-    """Grade the completions of a run's evaluated checkpoints; write RUN/eval/judge_<step>.json."""
+    """Grade the completions of a run's evaluated checkpoints; write RUN/eval/judge_<step>.json.
+
+    The run is locked, and its eval/ folder and the cache proved writable, before any (paid) request.
+    When the endpoint stops the session (endpoint.EndpointDown), the verdicts received are kept in
+    the cache and no result file is written; a result with no verdict never replaces one with some."""
     settings = settings or JudgeSettings()
     run_dir = Path(run_dir)
     if settings.concurrency < 1:
@@ -351,11 +371,19 @@ def judge_run(run_dir: str | os.PathLike, ep: Endpoint, settings: JudgeSettings 
     for name in ("completions", "samples"):
         if (getattr(settings, name) or 1) < 1:
             raise UserError(f"--{name}: must be positive")
-    evals = read_evals(run_dir)
-    steps = _steps(evals, checkpoints, run_dir)
-    template = load_template(settings.template)
-    cache_path = Path(settings.cache) if settings.cache else run_dir / "eval" / "judge_cache.jsonl"
-    cache = load_cache(cache_path)
+    check_url(ep)
+    with run_lock(run_dir, writes="eval"):
+        evals = read_evals(run_dir)
+        steps = _steps(evals, checkpoints, run_dir)
+        template = load_template(settings.template)
+        cache_path = Path(settings.cache) if settings.cache else run_dir / "eval" / "judge_cache.jsonl"
+        cache = load_cache(cache_path)
+        check_writable(cache_path.parent)
+        return _judge_steps(run_dir, ep, settings, evals, steps, template, cache, cache_path)
+
+
+def _judge_steps(run_dir: Path, ep: Endpoint, settings: JudgeSettings, evals: dict, steps: list[int],
+                 template: str, cache: dict, cache_path: Path) -> dict[int, dict]:
     plan = {s: [(sid, k, cache_key(ep.model, p := judge_prompt(template, b, e)), p)
                 for sid, k, b, e in _items(evals[s], settings)] for s in steps}
     todo = {key: prompt for items in plan.values() for _, _, key, prompt in items if key not in cache}
@@ -363,7 +391,11 @@ def judge_run(run_dir: str | os.PathLike, ep: Endpoint, settings: JudgeSettings 
                   sum(len(v) for v in plan.values()) - len(todo))
     asker = _Asker(ep, settings, cache, cache_path)
     if todo:
-        asyncio.run(asker.run(todo))
+        try:
+            asyncio.run(asker.run(todo))
+        except EndpointDown as e:
+            raise UserError(f"{scrub(str(e), ep)}; no judge result written ({len(todo) - len(asker.new)} of "
+                            f"{len(todo)} verdicts missing; a rerun asks only for those)") from None
     if asker.rejected is not None:
         e = asker.rejected
         raise UserError(f"{ep.base_url}: the endpoint refused the request ({e.status}: {scrub(e.message, ep)})")
@@ -371,11 +403,27 @@ def judge_run(run_dir: str | os.PathLike, ep: Endpoint, settings: JudgeSettings 
             "template_sha256": hashlib.sha256(template.encode()).hexdigest(),
             "requests": asker.stats.requests, "retries": asker.stats.retries,
             "failed": dict(asker.failed), "json_mode": asker.json_mode}
-    results = {}
-    for step, items in plan.items():
-        results[step] = _checkpoint_result(step, evals[step], items, cache, settings, meta)
-        write_json(run_dir / "eval" / f"judge_{step}.json", results[step])
+    results = {step: _checkpoint_result(step, evals[step], items, cache, settings, meta)
+               for step, items in plan.items()}
+    for step, result in results.items():
+        _keep_earlier(run_dir / "eval" / f"judge_{step}.json", result, ep)
+    for step, result in results.items():
+        write_json(run_dir / "eval" / f"judge_{step}.json", result)
     return results
+
+
+def _keep_earlier(path: Path, result: dict, ep: Endpoint) -> None:
+    """Refuse to replace a result that holds verdicts with one that holds none."""
+    if result["student"]["n"] or not path.is_file():
+        return
+    try:
+        earlier = json.loads(path.read_bytes())
+        had = int(earlier["student"]["n"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if had:
+        raise UserError(f"{path}: not replaced: {ep.base_url} gave no verdict for this checkpoint, and the "
+                        f"earlier result has {had}")
 
 
 def _checkpoint_result(step: int, ev: dict, items: list, cache: dict, settings: JudgeSettings,
