@@ -160,6 +160,28 @@ def _nothing(lab: Path, d: Path) -> None:
     pass
 
 
+def _ingest_src(lab: Path, d: Path) -> None:
+    (d / "SRC" / "data").mkdir(parents=True)
+    (d / "SRC" / "data" / "train.jsonl").write_text('{"text": "a"}\n')
+    (d / "SRC" / "notes.md").write_text("notes\n")
+
+
+def _analysis_json(lab: Path, d: Path) -> None:
+    _csv(lab, d)
+    (d / "a.json").write_text('{"format": 1, "source": "x.csv", "settings": {"n_boot": 0, "seed": 0}}\n')
+
+
+def _judged_run(lab: Path, d: Path) -> None:
+    from test_judge import make_run
+
+    make_run(d, steps=(10,), stories=2)
+    (d / "cache.jsonl").write_bytes(b'{"key": "\xff\xfe"}\n' + bytes(range(256)))
+
+
+LLM = ["data", "llm", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--stories", "2", "--out", "{d}/x"]
+JUDGE = ["judge", "{d}/runs/r", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+
+
 # (id, setup, argv with {d} for the case folder, a phrase the one line must contain)
 CASES: list[tuple[str, Callable, list[str], str]] = [
     # D1: run names from a sweep file never leave runs/
@@ -281,6 +303,48 @@ CASES: list[tuple[str, Callable, list[str], str]] = [
     ("N-suite-bad-byte", _bytes("mine.jsonl", b'{"id": "\xff"}\n'), ["eval", "r1", "--suite", "{d}/mine.jsonl"],
      "mine.jsonl:1: not valid UTF-8"),
     ("N-report-metric-kind", _nothing, ["report", "r1", "--metric", "bogus"], "--metric"),
+    # issue 28's hostile probe (rows 1, 3, 8, 16, 22, 23, 24; the endpoint rows are in test_hostile_cli.py)
+    ("28.1-ingest-onto-source", _ingest_src, ["data", "ingest", "{d}/SRC", "--out", "{d}/SRC", "--overwrite"],
+     "is the source"),
+    ("28.1-ingest-parent", _ingest_src, ["data", "ingest", "{d}/SRC", "--out", "{d}", "--overwrite"],
+     "contains the source"),
+    ("28.1-ingest-not-ours", _ingest_src, ["data", "ingest", "{d}/SRC/data/train.jsonl", "--out", "c",
+                                           "--overwrite"], "not a corpus written by tinyscale data ingest"),
+    ("28.3-analyze-onto-run-json", _csv, ["analyze", "--csv", "{d}/x.csv", "--task-col", "task", "--x-col", "x",
+                                          "--metric-col", "score", "--out", "r1/run.json", "--overwrite"],
+     "not an analysis JSON"),
+    ("28.3-analyze-no-overwrite", _analysis_json, ["analyze", "--csv", "{d}/x.csv", "--task-col", "task",
+                                                   "--x-col", "x", "--metric-col", "score", "--out", "{d}/a.json"],
+     "use --overwrite"),
+    ("28.8-max-cost-nan", _nothing, [*LLM, "--max-cost", "nan", "--price-in", "1000000"], "--max-cost"),
+    ("28.8-max-cost-inf", _nothing, [*LLM, "--max-cost", "inf", "--price-in", "1"], "--max-cost"),
+    ("28.8-price-negative", _nothing, [*LLM, "--price-in", "-1000", "--max-cost", "0.01"], "--price-in"),
+    ("28.8-price-out-nan", _nothing, [*LLM, "--price-out", "nan"], "--price-out"),
+    ("28.16-ingest-latin1-jsonl", _bytes("x.jsonl", b'{"text":"caf\xe9"}\n'),
+     ["data", "ingest", "{d}/x.jsonl", "--out", "{d}/o"], "x.jsonl:1: not valid UTF-8"),
+    ("28.16-ingest-latin1-json", _bytes("x.json", b'[{"text":"caf\xe9"}]\n'),
+     ["data", "ingest", "{d}/x.json", "--out", "{d}/o"], "not valid UTF-8"),
+    ("28.16-llm-template-binary", _bytes("t.txt", bytes(range(256)) * 4),
+     [*LLM, "--template", "{d}/t.txt"], "t.txt:2: not valid UTF-8"),
+    ("28.16-judge-cache-binary", _judged_run, [*JUDGE, "--cache", "{d}/cache.jsonl"],
+     "cache.jsonl:1: not valid UTF-8"),
+    ("28.22-ingest-binary-txt", _bytes("g.txt", bytes(range(256)) * 16), ["data", "ingest", "{d}/g.txt", "--out",
+                                                                         "{d}/o"], "not valid UTF-8"),
+    ("28.22-ingest-list-record", _bytes("x.jsonl", b'[1, 2]\n'), ["data", "ingest", "{d}/x.jsonl", "--out", "{d}/o"],
+     "must be JSON objects"),
+    ("28.22-ingest-str-record", _bytes("x.jsonl", b'{"text": "a"}\n"str"\n'),
+     ["data", "ingest", "{d}/x.jsonl", "--out", "{d}/o"], "record 2 is a JSON str"),
+    ("28.22-ingest-no-field", _bytes("x.jsonl", b'{"text": "a"}\n{"body": "b"}\n'),
+     ["data", "ingest", "{d}/x.jsonl", "--out", "{d}/o"], "record 2 has no field 'text'"),
+    ("28.22-ingest-all-empty", _bytes("x.jsonl", b'{"text": ""}\n{"text": "  "}\n'),
+     ["data", "ingest", "{d}/x.jsonl", "--out", "{d}/o"], "no story found"),
+    ("28.23-llm-temperature", _nothing, [*LLM, "--temperature", "-3"], "--temperature"),
+    *[(f"28.23-llm-timeout-{v}", _nothing, [*LLM, "--timeout", v], "--timeout") for v in ("0", "-1", "nan")],
+    ("28.23-llm-concurrency", _nothing, [*LLM, "--concurrency", "100000"], "--concurrency"),
+    ("28.23-judge-timeout-nan", _judged_run, [*JUDGE, "--timeout", "nan"], "--timeout"),
+    ("28.24-ingest-hf-empty", _nothing, ["data", "ingest", "hf:", "--out", "{d}/o"], "no dataset name"),
+    ("28.24-ingest-inside-source", _ingest_src, ["data", "ingest", "{d}/SRC", "--out", "{d}/SRC/out"],
+     "is inside the source"),
 ]
 
 
