@@ -365,6 +365,22 @@ def test_bad_invocation_is_one_line_exit_2_and_touches_nothing(lab, setup, argv,
     assert snapshot(d) == before_case
 
 
+# --- output that pipes (issue 28 point 5) ------------------------------------------------------------
+
+
+def test_sample_stdout_holds_only_the_text(lab):
+    """`tinyscale sample RUN > story.txt`: log lines (here: the prompt does not leave room for 600 new
+    tokens) and the header rule go to stderr; stdout holds the text, unwrapped (COLUMNS=20)."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "COLUMNS": "20", "TINYSCALE_NO_KERNELS": "1"}
+    done = subprocess.run([sys.executable, "-m", "tinyscale.cli", "sample", str(lab / "r1"), "--prompt", "Tom",
+                           "--max-new-tokens", "600", "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "INFO" in done.stderr and "sample 1/1" in done.stderr, done.stderr
+    assert done.stdout.startswith("Tom") and done.stdout.endswith("\n"), done.stdout
+    assert not any(s in done.stdout for s in ("INFO", "sample 1/1", "\u2500")), done.stdout
+
+
 # --- faults -----------------------------------------------------------------------------------------
 
 
@@ -556,14 +572,16 @@ def test_read_only_output_is_one_line_before_the_work(lab, tmp_path, capsys, mon
     with _tmpfs(tmp_path / "ro", "8m") as ro:
         _copy_run(lab, ro, "r1")
         _csv(lab, ro)
+        _judged_run(lab, ro)  # issue 28 row 25: judge found it could not write only after paid requests
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
         monkeypatch.chdir(lab)
         for argv in (["train", "--resume", f"{ro}/r1", "--tokens", "8K"], ["eval", f"{ro}/r1"],
                      ["train", "--data", "s", "--out", f"{ro}/new", *TRAIN],
                      ["analyze", "--csv", f"{ro}/x.csv", "--task-col", "task", "--x-col", "x", "--metric-col",
-                      "score", "--out", f"{ro}/a.json"]):
+                      "score", "--out", f"{ro}/a.json"],
+                     ["judge", f"{ro}/runs/r", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]):
             code, err = call(argv, capsys)
             assert code == 2 and len(err.splitlines()) == 1 and str(ro) in err, (argv, err)
             assert "Read-only" in err, err
-            if argv[0] == "eval":  # refused up front (taking the run's lock), not after all the work
+            if argv[0] in ("eval", "judge"):  # refused up front (taking the run's lock), not after the work
                 assert "lock file" in err, err
