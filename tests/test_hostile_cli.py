@@ -177,3 +177,30 @@ def test_quiet_silences_library_loggers(tmp_path, capsys):
         assert hub.getEffectiveLevel() >= logging.ERROR
     finally:
         hub.setLevel(level)
+
+
+# row 8: the spending cap holds before each request, for data llm and judge alike
+def test_max_cost_is_enforced_before_each_request(judged, tmp_path, capsys):
+    import json
+
+    run = shutil.copytree(judged, tmp_path / "r")
+    with running(FakeConfig()) as server:
+        url = server.base_url
+        code, err = call(["data", "llm", "--base-url", url, "--model", "m", "--stories", "5", "--out",
+                          str(tmp_path / "x"), "--max-cost", "0.0001", "--price-in", "1000"], capsys)
+        assert code == 2 and "--max-cost 0.0001" in err and "no story written" in err, err
+        code, err = call(["judge", str(run), "--base-url", url, "--model", "other", "--max-cost", "0.0001",
+                          "--price-in", "1000"], capsys)
+        assert code == 2 and "--max-cost 0.0001" in err and len(err.splitlines()) == 1, err
+        assert server.state.counts["requests"] == 0  # nothing was sent that could break the cap
+        # A cap that allows some verdicts: the worst case of each request is reserved before it is sent.
+        from tinyscale.evaluate.judge import load_template
+
+        prompt = len(load_template()) + 200  # the template and a short story: above one judge prompt
+        cap = 2.5 * prompt * 1000 / 1e6
+        code, err = call(["judge", str(run), "--base-url", url, "--model", "other", "--max-cost", str(cap),
+                          "--price-in", "1000", "--concurrency", "4"], capsys)
+        assert code == 0, err
+    result = json.loads((run / "eval" / "judge_10.json").read_text())
+    assert result["judge"]["stopped_by_cost"] and 0 < result["judge"]["cost_usd"] <= cap
+    assert result["not_graded"] > 0

@@ -584,6 +584,9 @@ def _add_judge(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--no-json-mode", action="store_true", help="do not ask for response_format json_object")
     j.add_argument("--no-reference", action="store_true", help="do not grade the corpus's own endings")
     j.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    j.add_argument("--max-cost", type=float, help="stop before spending more than this many USD")
+    j.add_argument("--price-in", type=float, default=0.0, help="USD per million prompt tokens")
+    j.add_argument("--price-out", type=float, default=0.0, help="USD per million completion tokens")
     j.set_defaults(func=_run_judge)
 
 
@@ -597,7 +600,8 @@ def _run_judge(args: argparse.Namespace) -> None:
     ep = Endpoint(args.base_url, args.model, api_key_env=args.api_key_env, timeout=args.timeout)
     settings = JudgeSettings(completions=args.completions, samples=args.samples, concurrency=args.concurrency,
                              json_mode=not args.no_json_mode, template=args.template, cache=args.cache,
-                             reference=not args.no_reference)
+                             reference=not args.no_reference, max_cost=args.max_cost, price_in=args.price_in,
+                             price_out=args.price_out)
     results = judge_run(args.run, ep, settings, args.checkpoints)
     Console().print(judge_table(results))
     progress.info(f"wrote {len(results)} result(s) to {args.run}/eval/judge_<step>.json")

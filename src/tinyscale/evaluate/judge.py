@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -231,6 +232,13 @@ class JudgeSettings:
     cache: str | None = None  # default RUN/eval/judge_cache.jsonl
     n_boot: int = 1000
     seed: int = 0
+    max_cost: float | None = None  # USD for this session; prices are USD per million tokens
+    price_in: float = 0.0
+    price_out: float = 0.0
+
+
+class _OverBudget(Exception):
+    """The next request could take the session past --max-cost: no request is sent."""
 
 
 class _Asker:
@@ -243,19 +251,39 @@ class _Asker:
         self.failed: Counter = Counter()
         self.rejected: RequestRejected | None = None
         self.new: set[str] = set()  # keys answered in this session
+        self.spent = 0.0  # USD, from the endpoint's usage counts
+        self.reserved = 0.0  # the worst case of the requests in flight
+        self.stopped_by_cost = False
+
+    def _reserve(self, prompt: str) -> float:
+        """The most the request can cost (>= 1 token per character), held until it is answered;
+        raises _OverBudget, before anything is sent, when it could break --max-cost."""
+        s = self.settings
+        worst = (len(prompt) * s.price_in + s.max_tokens * s.price_out) / 1e6
+        if s.max_cost is not None and self.spent + self.reserved + worst > s.max_cost:
+            self.stopped_by_cost = True
+            raise _OverBudget
+        self.reserved += worst
+        return worst
 
     async def _ask(self, client: Any, prompt: str, rng: random.Random) -> str:
         s = self.settings
         used_json = self.json_mode
         extra = {"response_format": {"type": "json_object"}} if used_json else {}
+        worst = self._reserve(prompt)
         try:
             reply = await chat(client, self.ep, [{"role": "user", "content": prompt}], self.stats, rng,
                                temperature=s.temperature, max_tokens=s.max_tokens, **extra)
         except RequestRejected as e:
             if not (used_json and e.status in (400, 422)):
                 raise
+            reply = None
             self.json_mode = False  # an endpoint without JSON mode: ask in prose from now on
+        finally:
+            self.reserved -= worst
+        if reply is None:
             return await self._ask(client, prompt, rng)
+        self.spent += (reply.prompt_tokens * s.price_in + reply.completion_tokens * s.price_out) / 1e6
         return reply.text
 
     async def _one(self, client: Any, key: str, prompt: str, rng: random.Random) -> None:
@@ -277,10 +305,12 @@ class _Asker:
 
         async def worker(rng: random.Random, bar: Any) -> None:
             for key, prompt in queue:
-                if self.rejected:
+                if self.rejected or self.stopped_by_cost:
                     return
                 try:
                     await self._one(client, key, prompt, rng)
+                except _OverBudget:
+                    return
                 except RequestFailed as e:
                     self.failed[e.reason] += 1
                 except RequestRejected as e:
@@ -366,6 +396,12 @@ def judge_run(run_dir: str | os.PathLike, ep: Endpoint, settings: JudgeSettings 
     the cache and no result file is written; a result with no verdict never replaces one with some."""
     settings = settings or JudgeSettings()
     run_dir = Path(run_dir)
+    for name in ("max_cost", "price_in", "price_out"):  # also for callers that skip the CLI's checks
+        value = getattr(settings, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
+    if settings.max_cost is not None and not (settings.price_in or settings.price_out):
+        raise UserError("--max-cost needs --price-in and/or --price-out (USD per million tokens)")
     if settings.concurrency < 1:
         raise UserError(f"--concurrency: must be positive, got {settings.concurrency}")
     for name in ("completions", "samples"):
@@ -399,10 +435,18 @@ def _judge_steps(run_dir: Path, ep: Endpoint, settings: JudgeSettings, evals: di
     if asker.rejected is not None:
         e = asker.rejected
         raise UserError(f"{ep.base_url}: the endpoint refused the request ({e.status}: {scrub(e.message, ep)})")
+    if todo and not asker.new:
+        why = (f"--max-cost {settings.max_cost}: not enough for one more verdict" if asker.stopped_by_cost
+               else f"{ep.base_url}: no verdict received (last error: {scrub(asker.stats.last_error, ep)})")
+        raise UserError(f"{why}; no judge result written")
+    if asker.stopped_by_cost:
+        progress.info("judge: stopped at --max-cost %s ($%.4f spent); %d verdicts not asked for",
+                      settings.max_cost, asker.spent, len(todo) - len(asker.new))
     meta = {"model": ep.model, "base_url": ep.base_url,
             "template_sha256": hashlib.sha256(template.encode()).hexdigest(),
             "requests": asker.stats.requests, "retries": asker.stats.retries,
-            "failed": dict(asker.failed), "json_mode": asker.json_mode}
+            "failed": dict(asker.failed), "json_mode": asker.json_mode,
+            "cost_usd": round(asker.spent, 6), "stopped_by_cost": asker.stopped_by_cost}
     results = {step: _checkpoint_result(step, evals[step], items, cache, settings, meta)
                for step, items in plan.items()}
     for step, result in results.items():
