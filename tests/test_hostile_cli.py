@@ -162,7 +162,7 @@ def test_an_unexpected_error_is_one_line_with_a_hint(monkeypatch, tmp_path, caps
 
     monkeypatch.setattr(stats, "corpus_stats", broken)
     code, err = call(["data", "stats", str(tmp_path)], capsys)
-    assert code == 1 and err == ("tinyscale: error: RuntimeError: something broke (rerun with --debug for the "
+    assert code == 1 and err == ("tinyscale: error: RuntimeError: something broke (rerun as tinyscale --debug ... for the "
                                  "traceback)\n"), err
     with pytest.raises(RuntimeError, match="something broke"):
         main(["-q", "--debug", "data", "stats", str(tmp_path)])

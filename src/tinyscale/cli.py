@@ -752,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _hint(args: argparse.Namespace) -> str:
-    return "" if args.debug else " (rerun with --debug for the traceback)"
+    return "" if args.debug else " (rerun as tinyscale --debug ... for the traceback)"
 
 
 if __name__ == "__main__":

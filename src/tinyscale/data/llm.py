@@ -50,7 +50,7 @@ from tinyscale.endpoint import (
 )
 from tinyscale.errors import UserError
 from tinyscale.fileio import append_jsonl, atomic_open, read_json, read_text, write_json
-from tinyscale.validate import run_lock
+from tinyscale.validate import check_output, folder_with, run_lock
 
 # How the recipe names each feature in a prompt (TinyStories' wording of its feature list).
 FEATURE_TEXT = {
@@ -362,8 +362,10 @@ def generate_llm_corpus(out: str | os.PathLike, ep: Endpoint, settings: LlmSetti
     if settings.max_cost is not None and not (settings.price_in or settings.price_out):
         raise UserError("--max-cost needs --price-in and/or --price-out (USD per million tokens)")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
+    # OUT is resumed, so it may exist: but only as a folder this command made (else its train.jsonl
+    # would be replaced), and never holding or inside the template it reads.
+    check_output(out, {"prompt template": settings.template}, ours=folder_with("llm.json"),
+                 what="a folder written by tinyscale data llm")
     check_url(ep)
     template = load_template(settings.fmt, settings.template)
     record = _check_resume(out, settings, ep, template)
