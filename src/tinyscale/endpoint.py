@@ -184,9 +184,8 @@ async def chat(client: Any, ep: Endpoint, messages: list[dict], stats: CallStats
     """One chat completion with retries; raises RequestFailed, RequestRejected or EndpointDown."""
     import openai
 
-    reason = "unknown"
-    attempts = ep.max_attempts if stats.answered else min(ep.max_attempts, FIRST_ATTEMPTS)
-    for attempt in range(attempts):
+    reason, attempt = "unknown", 0
+    while True:
         stats.requests += 1
         try:
             resp = await client.chat.completions.create(model=ep.model, messages=messages, **params)
@@ -200,21 +199,23 @@ async def chat(client: Any, ep: Endpoint, messages: list[dict], stats: CallStats
             reason, wait = _classify(e)
             stats.last_error = scrub(_describe(e), ep)
         stats.reasons[reason] += 1
-        if attempt == attempts - 1:
+        attempt += 1
+        # Decided after each attempt: once any request of the session got an answer, all get them all.
+        if attempt >= (ep.max_attempts if stats.answered else min(ep.max_attempts, FIRST_ATTEMPTS)):
             break
         stats.retries += 1
-        backoff = min(ep.max_backoff, ep.backoff * 2 ** attempt) * rng.uniform(0.5, 1.0)
+        backoff = min(ep.max_backoff, ep.backoff * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.0)
         # Retry-After is honoured as a floor, with a little jitter so that waiting clients spread out.
         await asyncio.sleep(min(ep.max_backoff, wait) * rng.uniform(1.0, 1.1) if wait is not None else backoff)
     stats.failed += 1
     stats.failed_in_a_row += 1
     if not stats.answered:
-        raise EndpointDown(f"{ep.base_url}: no usable answer from the endpoint ({attempts} attempts; last error: "
+        raise EndpointDown(f"{ep.base_url}: no usable answer from the endpoint ({attempt} attempts; last error: "
                            f"{reason}: {stats.last_error})")
     if stats.failed_in_a_row >= FAILS_IN_A_ROW:
         raise EndpointDown(f"{ep.base_url}: {stats.failed_in_a_row} requests in a row failed, each after "
-                           f"{attempts} attempts (last error: {reason}: {stats.last_error})")
-    raise RequestFailed(reason, attempts)
+                           f"{attempt} attempts (last error: {reason}: {stats.last_error})")
+    raise RequestFailed(reason, attempt)
 
 
 async def run_workers(workers: list[Any]) -> None:

@@ -172,7 +172,7 @@ def check_output(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike 
         raise UserError(f"{flag} {out}: is a folder; give a file name")
     if not file and o.exists() and not o.is_dir():
         raise UserError(f"{flag} {out}: exists and is a file; give a folder")
-    present = o.is_file() or (o.is_dir() and any(o.iterdir()))
+    present = o.is_file() or (o.is_dir() and any(p.name != ".lock" for p in o.iterdir()))  # a run lock is no content
     if not present:
         return
     if ours is not None and not ours(o):
