@@ -91,14 +91,12 @@ def test_sigkill_midway_then_resume_gives_each_story_once(tmp_path):
     assert SECRET not in second.stdout + second.stderr
 
 
-def test_failures_are_recorded_and_retried_on_resume(tmp_path):
+def test_an_endpoint_that_never_answers_stops_the_session_and_a_rerun_resumes(tmp_path):
     settings = LlmSettings(stories=6, concurrency=3)
-    with running(FakeConfig(fault_rate=1.0, faults=("500",))) as server:
-        summary = generate_llm_corpus(tmp_path, _ep(server.base_url, max_attempts=2), settings)
-    assert summary["written"] == 0 and summary["missing"] == 6 and summary["failed_requests"] == 6
-    assert summary["retries"] == 6 and summary["failed_by_reason"] == {"500": 6}
-    failures = _lines(tmp_path / "failures.jsonl")
-    assert sorted(f["index"] for f in failures) == list(range(6)) and failures[0]["reason"] == "500"
+    with running(FakeConfig(fault_rate=1.0, faults=("500",))) as server, \
+            pytest.raises(UserError, match=r"no usable answer from the endpoint .*500.*6 left to write"):
+        generate_llm_corpus(tmp_path, _ep(server.base_url, max_attempts=2), settings)
+    assert not (tmp_path / "train.jsonl").exists()  # nothing produced: no empty corpus either
     with running(FakeConfig()) as server:
         summary = generate_llm_corpus(tmp_path, _ep(server.base_url), settings)
     assert summary["written"] == 6 and summary["missing"] == 0 and summary["failed_requests"] == 0

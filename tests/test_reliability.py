@@ -160,6 +160,28 @@ def _nothing(lab: Path, d: Path) -> None:
     pass
 
 
+def _ingest_src(lab: Path, d: Path) -> None:
+    (d / "SRC" / "data").mkdir(parents=True)
+    (d / "SRC" / "data" / "train.jsonl").write_text('{"text": "a"}\n')
+    (d / "SRC" / "notes.md").write_text("notes\n")
+
+
+def _analysis_json(lab: Path, d: Path) -> None:
+    _csv(lab, d)
+    (d / "a.json").write_text('{"format": 1, "source": "x.csv", "settings": {"n_boot": 0, "seed": 0}}\n')
+
+
+def _judged_run(lab: Path, d: Path) -> None:
+    from test_judge import make_run
+
+    make_run(d, steps=(10,), stories=2)
+    (d / "cache.jsonl").write_bytes(b'{"key": "\xff\xfe"}\n' + bytes(range(256)))
+
+
+LLM = ["data", "llm", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--stories", "2", "--out", "{d}/x"]
+JUDGE = ["judge", "{d}/runs/r", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+
+
 # (id, setup, argv with {d} for the case folder, a phrase the one line must contain)
 CASES: list[tuple[str, Callable, list[str], str]] = [
     # D1: run names from a sweep file never leave runs/
@@ -281,6 +303,52 @@ CASES: list[tuple[str, Callable, list[str], str]] = [
     ("N-suite-bad-byte", _bytes("mine.jsonl", b'{"id": "\xff"}\n'), ["eval", "r1", "--suite", "{d}/mine.jsonl"],
      "mine.jsonl:1: not valid UTF-8"),
     ("N-report-metric-kind", _nothing, ["report", "r1", "--metric", "bogus"], "--metric"),
+    # issue 28's hostile probe (rows 1, 3, 8, 16, 22, 23, 24; the endpoint rows are in test_hostile_cli.py)
+    ("28.1-ingest-onto-source", _ingest_src, ["data", "ingest", "{d}/SRC", "--out", "{d}/SRC", "--overwrite"],
+     "is the source"),
+    ("28.1-ingest-parent", _ingest_src, ["data", "ingest", "{d}/SRC", "--out", "{d}", "--overwrite"],
+     "contains the source"),
+    ("28.1-ingest-not-ours", _ingest_src, ["data", "ingest", "{d}/SRC/data/train.jsonl", "--out", "c",
+                                           "--overwrite"], "not a corpus written by tinyscale data ingest"),
+    ("28.3-analyze-onto-run-json", _csv, ["analyze", "--csv", "{d}/x.csv", "--task-col", "task", "--x-col", "x",
+                                          "--metric-col", "score", "--out", "r1/run.json", "--overwrite"],
+     "not an analysis JSON"),
+    ("28.3-analyze-no-overwrite", _analysis_json, ["analyze", "--csv", "{d}/x.csv", "--task-col", "task",
+                                                   "--x-col", "x", "--metric-col", "score", "--out", "{d}/a.json"],
+     "use --overwrite"),
+    ("28.7-llm-into-a-corpus", _nothing, ["data", "llm", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                                          "--stories", "2", "--out", "c"], "not a folder written by tinyscale data llm"),
+    ("28.7-llm-onto-template", _bytes("t.txt", b"$verb $noun $adjective\n"), [*LLM[:-1], "{d}/t.txt", "--template",
+                                                                          "{d}/t.txt"], "is the prompt template"),
+    ("28.8-max-cost-nan", _nothing, [*LLM, "--max-cost", "nan", "--price-in", "1000000"], "--max-cost"),
+    ("28.8-max-cost-inf", _nothing, [*LLM, "--max-cost", "inf", "--price-in", "1"], "--max-cost"),
+    ("28.8-price-negative", _nothing, [*LLM, "--price-in", "-1000", "--max-cost", "0.01"], "--price-in"),
+    ("28.8-price-out-nan", _nothing, [*LLM, "--price-out", "nan"], "--price-out"),
+    ("28.16-ingest-latin1-jsonl", _bytes("x.jsonl", b'{"text":"caf\xe9"}\n'),
+     ["data", "ingest", "{d}/x.jsonl", "--out", "{d}/o"], "x.jsonl:1: not valid UTF-8"),
+    ("28.16-ingest-latin1-json", _bytes("x.json", b'[{"text":"caf\xe9"}]\n'),
+     ["data", "ingest", "{d}/x.json", "--out", "{d}/o"], "not valid UTF-8"),
+    ("28.16-llm-template-binary", _bytes("t.txt", bytes(range(256)) * 4),
+     [*LLM, "--template", "{d}/t.txt"], "t.txt:2: not valid UTF-8"),
+    ("28.16-judge-cache-binary", _judged_run, [*JUDGE, "--cache", "{d}/cache.jsonl"],
+     "cache.jsonl:1: not valid UTF-8"),
+    ("28.22-ingest-binary-txt", _bytes("g.txt", bytes(range(256)) * 16), ["data", "ingest", "{d}/g.txt", "--out",
+                                                                         "{d}/o"], "not valid UTF-8"),
+    ("28.22-ingest-list-record", _bytes("x.jsonl", b'[1, 2]\n'), ["data", "ingest", "{d}/x.jsonl", "--out", "{d}/o"],
+     "must be JSON objects"),
+    ("28.22-ingest-str-record", _bytes("x.jsonl", b'{"text": "a"}\n"str"\n'),
+     ["data", "ingest", "{d}/x.jsonl", "--out", "{d}/o"], "record 2 is a JSON str"),
+    ("28.22-ingest-no-field", _bytes("x.jsonl", b'{"text": "a"}\n{"body": "b"}\n'),
+     ["data", "ingest", "{d}/x.jsonl", "--out", "{d}/o"], "record 2 has no field 'text'"),
+    ("28.22-ingest-all-empty", _bytes("x.jsonl", b'{"text": ""}\n{"text": "  "}\n'),
+     ["data", "ingest", "{d}/x.jsonl", "--out", "{d}/o"], "no story found"),
+    ("28.23-llm-temperature", _nothing, [*LLM, "--temperature", "-3"], "--temperature"),
+    *[(f"28.23-llm-timeout-{v}", _nothing, [*LLM, "--timeout", v], "--timeout") for v in ("0", "-1", "nan")],
+    ("28.23-llm-concurrency", _nothing, [*LLM, "--concurrency", "100000"], "--concurrency"),
+    ("28.23-judge-timeout-nan", _judged_run, [*JUDGE, "--timeout", "nan"], "--timeout"),
+    ("28.24-ingest-hf-empty", _nothing, ["data", "ingest", "hf:", "--out", "{d}/o"], "no dataset name"),
+    ("28.24-ingest-inside-source", _ingest_src, ["data", "ingest", "{d}/SRC", "--out", "{d}/SRC/out"],
+     "is inside the source"),
 ]
 
 
@@ -299,6 +367,22 @@ def test_bad_invocation_is_one_line_exit_2_and_touches_nothing(lab, setup, argv,
     assert phrase in err, err
     assert snapshot(lab, skip="cases") == before
     assert snapshot(d) == before_case
+
+
+# --- output that pipes (issue 28 point 5) ------------------------------------------------------------
+
+
+def test_sample_stdout_holds_only_the_text(lab):
+    """`tinyscale sample RUN > story.txt`: log lines (here: the prompt does not leave room for 600 new
+    tokens) and the header rule go to stderr; stdout holds the text, unwrapped (COLUMNS=20)."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "COLUMNS": "20", "TINYSCALE_NO_KERNELS": "1"}
+    done = subprocess.run([sys.executable, "-m", "tinyscale.cli", "sample", str(lab / "r1"), "--prompt", "Tom",
+                           "--max-new-tokens", "600", "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "INFO" in done.stderr and "sample 1/1" in done.stderr, done.stderr
+    assert done.stdout.startswith("Tom") and done.stdout.endswith("\n"), done.stdout
+    assert not any(s in done.stdout for s in ("INFO", "sample 1/1", "\u2500")), done.stdout
 
 
 # --- faults -----------------------------------------------------------------------------------------
@@ -492,14 +576,16 @@ def test_read_only_output_is_one_line_before_the_work(lab, tmp_path, capsys, mon
     with _tmpfs(tmp_path / "ro", "8m") as ro:
         _copy_run(lab, ro, "r1")
         _csv(lab, ro)
+        _judged_run(lab, ro)  # issue 28 row 25: judge found it could not write only after paid requests
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
         monkeypatch.chdir(lab)
         for argv in (["train", "--resume", f"{ro}/r1", "--tokens", "8K"], ["eval", f"{ro}/r1"],
                      ["train", "--data", "s", "--out", f"{ro}/new", *TRAIN],
                      ["analyze", "--csv", f"{ro}/x.csv", "--task-col", "task", "--x-col", "x", "--metric-col",
-                      "score", "--out", f"{ro}/a.json"]):
+                      "score", "--out", f"{ro}/a.json"],
+                     ["judge", f"{ro}/runs/r", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]):
             code, err = call(argv, capsys)
             assert code == 2 and len(err.splitlines()) == 1 and str(ro) in err, (argv, err)
             assert "Read-only" in err, err
-            if argv[0] == "eval":  # refused up front (taking the run's lock), not after all the work
+            if argv[0] in ("eval", "judge"):  # refused up front (taking the run's lock), not after the work
                 assert "lock file" in err, err

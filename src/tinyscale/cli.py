@@ -351,10 +351,13 @@ def _run_sample(args: argparse.Namespace) -> None:
     texts = complete(model, tokenizer, args.prompt, n=args.n, max_new_tokens=min(args.max_new_tokens, room),
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                      dtype=args.dtype)
-    console = Console(highlight=False)
+    # The header rule is a log line (stderr); stdout gets the text alone, unwrapped, so that
+    # `tinyscale sample RUN > story.txt` holds the story and nothing else (samples end with a blank line).
+    console = Console(highlight=False, stderr=True)
     for i, text in enumerate(texts, 1):
         console.print(Rule(f"sample {i}/{len(texts)} · step {step}"))
-        console.print(text, markup=False)
+        sys.stdout.write(text + ("\n\n" if i < len(texts) else "\n"))
+        sys.stdout.flush()
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -456,6 +459,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples over runs")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", metavar="FILE", help="also write the JSON here")
+    a.add_argument("--overwrite", action="store_true", help="replace an earlier analysis JSON at --out")
     a.set_defaults(func=_run_analyze)
 
 
@@ -465,16 +469,16 @@ def _run_analyze(args: argparse.Namespace) -> None:
     from tinyscale.analysis.analyze import analyze_csv, analyze_sweep
     from tinyscale.analysis.report import summary_tables
     from tinyscale.fileio import write_json
-    from tinyscale.validate import check_output, check_writable
+    from tinyscale.validate import check_output, check_writable, json_with
 
     if args.n_boot < 0:
         raise UserError(f"--n-boot: must be >= 0, got {args.n_boot}")
     if (args.sweep is None) == (args.csv is None):
         raise UserError("analyze: give a sweep folder or --csv FILE (one of the two)")
     if args.out:  # checked before the work: never onto an input, a folder or a read-only place
-        check_output(args.out, {"CSV file": args.csv, "sweep folder": args.sweep})
-        if Path(args.out).is_dir():
-            raise UserError(f"--out {args.out}: is a folder; give a file name for the JSON")
+        check_output(args.out, {"CSV file": args.csv, "sweep folder": args.sweep}, file=True,
+                     overwrite=args.overwrite, ours=json_with("format", "source", "settings"),
+                     what="an analysis JSON written by tinyscale analyze")
         check_writable(Path(args.out).resolve().parent)
     if args.csv:
         result = analyze_csv(args.csv, params_col=args.params_col, tokens_col=args.tokens_col,
@@ -584,22 +588,27 @@ def _add_judge(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--no-json-mode", action="store_true", help="do not ask for response_format json_object")
     j.add_argument("--no-reference", action="store_true", help="do not grade the corpus's own endings")
     j.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    j.add_argument("--max-cost", type=float, help="stop before spending more than this many USD")
+    j.add_argument("--price-in", type=float, default=0.0, help="USD per million prompt tokens")
+    j.add_argument("--price-out", type=float, default=0.0, help="USD per million completion tokens")
     j.set_defaults(func=_run_judge)
 
 
 def _run_judge(args: argparse.Namespace) -> None:
     from rich.console import Console
 
+    from tinyscale import progress
     from tinyscale.endpoint import Endpoint
     from tinyscale.evaluate.judge import JudgeSettings, judge_run, judge_table
 
     ep = Endpoint(args.base_url, args.model, api_key_env=args.api_key_env, timeout=args.timeout)
     settings = JudgeSettings(completions=args.completions, samples=args.samples, concurrency=args.concurrency,
                              json_mode=not args.no_json_mode, template=args.template, cache=args.cache,
-                             reference=not args.no_reference)
+                             reference=not args.no_reference, max_cost=args.max_cost, price_in=args.price_in,
+                             price_out=args.price_out)
     results = judge_run(args.run, ep, settings, args.checkpoints)
     Console().print(judge_table(results))
-    print(f"wrote {len(results)} result(s) to {args.run}/eval/judge_<step>.json")
+    progress.info(f"wrote {len(results)} result(s) to {args.run}/eval/judge_<step>.json")
 
 
 # --- demo -------------------------------------------------------------------------------------
@@ -710,6 +719,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tinyscale", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     for add in COMMANDS:
         add(sub)
@@ -727,13 +737,29 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         sys.stderr.write(f"tinyscale: error: {e}\n")
         return 2
+    except UnicodeDecodeError as e:  # a file read without a path-naming helper: still bad input, one line
+        sys.stderr.write(f"tinyscale: error: an input is not valid UTF-8 (byte {e.object[e.start:e.start + 1]!r} "
+                         f"at offset {e.start}){_hint(args)}\n")
+        if args.debug:
+            raise
+        return 2
     except OSError as e:  # read-only or full disk, permissions: one line naming the path
         sys.stderr.write(f"tinyscale: error: {describe_os_error(e)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("tinyscale: interrupted\n")
         return 130
+    except Exception as e:  # a bug or an unforeseen input: one line, the traceback only on request
+        if args.debug:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        sys.stderr.write(f"tinyscale: error: {type(e).__name__}{': ' + first if first else ''}{_hint(args)}\n")
+        return 1
     return 0
+
+
+def _hint(args: argparse.Namespace) -> str:
+    return "" if args.debug else " (rerun as tinyscale --debug ... for the traceback)"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,15 @@ Shared by `data llm` (story writing) and `judge` (grading). The official async c
 this module adds what both stages need and the client does not report: how many retries and failures
 happened and why, Retry-After honoured with exponential backoff and jitter, malformed bodies treated
 as retryable, and the API key kept out of every message (it is read from the environment only).
+
+When to give up (the same for every command that calls an endpoint):
+- until the endpoint has answered one request in this session, a request gets `FIRST_ATTEMPTS` (2)
+  attempts, and a request that still fails stops the session: a wrong URL, a dead server, an
+  endpoint that answers only errors or garbage is reported in about a second, not after hours;
+- after that, each request gets `Endpoint.max_attempts` (6) attempts with backoff, and
+  `FAILS_IN_A_ROW` (5) requests failing one after another (every attempt of each) stop the session.
+Stopping raises `EndpointDown`, whose message names the endpoint and the last error; the commands
+turn it into one line and a non-zero exit, keeping what was finished before.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from tinyscale.errors import UserError
 
 # A key is required by the client even for local servers that ignore it.
 NO_KEY = "not-needed"
+FIRST_ATTEMPTS = 2  # attempts per request until the endpoint has answered once
+FAILS_IN_A_ROW = 5  # failed requests in a row (after their retries) that stop a session
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,9 @@ class CallStats:
     reasons: Counter = field(default_factory=Counter)  # one count per failed attempt, by reason
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    answered: int = 0  # requests that got a usable reply
+    failed_in_a_row: int = 0
+    last_error: str = ""  # the last failure, said in words (for the message that stops a session)
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,10 @@ class RequestFailed(Exception):
     def __init__(self, reason: str, attempts: int) -> None:
         super().__init__(reason)
         self.reason, self.attempts = reason, attempts
+
+
+class EndpointDown(Exception):
+    """The session stops: the endpoint never answered, or FAILS_IN_A_ROW requests failed in a row."""
 
 
 class RequestRejected(Exception):
@@ -80,9 +98,14 @@ def make_client(ep: Endpoint):
         from openai import AsyncOpenAI
     except ImportError:
         raise UserError("this command needs the openai client: pip install 'tinyscale[llm]'") from None
+    check_url(ep)
+    return AsyncOpenAI(api_key=ep.key(), base_url=ep.base_url, timeout=ep.timeout, max_retries=0)
+
+
+def check_url(ep: Endpoint) -> None:
+    """Refuse a --base-url that is not http(s) before any folder is made or request sent."""
     if not ep.base_url.startswith(("http://", "https://")):
         raise UserError(f"--base-url {ep.base_url}: expected an http:// or https:// URL")
-    return AsyncOpenAI(api_key=ep.key(), base_url=ep.base_url, timeout=ep.timeout, max_retries=0)
 
 
 def scrub(text: str, ep: Endpoint) -> str:
@@ -119,6 +142,23 @@ def _retry_after(err: Any) -> float | None:
     return None
 
 
+def _describe(err: Exception) -> str:
+    """The error in a few words, with its root cause (the client says only "Connection error.")."""
+    cause = err
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__
+    text = str(err).strip() or type(err).__name__
+    if cause is not err and str(cause).strip() and _is_connection(err):
+        text += f" ({str(cause).strip()})"
+    return " ".join(text.split())[:200]
+
+
+def _is_connection(err: Exception) -> bool:
+    import openai
+
+    return isinstance(err, openai.APIConnectionError)
+
+
 def _classify(err: Exception) -> tuple[str, float | None]:
     """(reason, Retry-After seconds) for a retryable error; raise RequestRejected for a final one."""
     import openai
@@ -141,26 +181,53 @@ def _classify(err: Exception) -> tuple[str, float | None]:
 
 async def chat(client: Any, ep: Endpoint, messages: list[dict], stats: CallStats, rng: random.Random,
                **params: Any) -> Reply:
-    """One chat completion with retries; raises RequestFailed or RequestRejected."""
+    """One chat completion with retries; raises RequestFailed, RequestRejected or EndpointDown."""
     import openai
 
-    reason = "unknown"
-    for attempt in range(ep.max_attempts):
+    reason, attempt = "unknown", 0
+    while True:
         stats.requests += 1
         try:
             resp = await client.chat.completions.create(model=ep.model, messages=messages, **params)
             reply = _reply(resp)
             stats.prompt_tokens += reply.prompt_tokens
             stats.completion_tokens += reply.completion_tokens
+            stats.answered += 1
+            stats.failed_in_a_row = 0
             return reply
         except (openai.OpenAIError, _Malformed, ValueError) as e:
             reason, wait = _classify(e)
+            stats.last_error = scrub(_describe(e), ep)
         stats.reasons[reason] += 1
-        if attempt == ep.max_attempts - 1:
+        attempt += 1
+        # Decided after each attempt: once any request of the session got an answer, all get them all.
+        if attempt >= (ep.max_attempts if stats.answered else min(ep.max_attempts, FIRST_ATTEMPTS)):
             break
         stats.retries += 1
-        backoff = min(ep.max_backoff, ep.backoff * 2 ** attempt) * rng.uniform(0.5, 1.0)
+        backoff = min(ep.max_backoff, ep.backoff * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.0)
         # Retry-After is honoured as a floor, with a little jitter so that waiting clients spread out.
         await asyncio.sleep(min(ep.max_backoff, wait) * rng.uniform(1.0, 1.1) if wait is not None else backoff)
     stats.failed += 1
-    raise RequestFailed(reason, ep.max_attempts)
+    stats.failed_in_a_row += 1
+    if not stats.answered:
+        raise EndpointDown(f"{ep.base_url}: no usable answer from the endpoint ({attempt} attempts; last error: "
+                           f"{reason}: {stats.last_error})")
+    if stats.failed_in_a_row >= FAILS_IN_A_ROW:
+        raise EndpointDown(f"{ep.base_url}: {stats.failed_in_a_row} requests in a row failed, each after "
+                           f"{attempt} attempts (last error: {reason}: {stats.last_error})")
+    raise RequestFailed(reason, attempt)
+
+
+async def run_workers(workers: list[Any]) -> None:
+    """Run coroutines together; the first that raises (EndpointDown, a full disk) cancels the others,
+    so that no request is left retrying in the background, and its error is raised."""
+    tasks = [asyncio.ensure_future(w) for w in workers]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            raise t.exception()

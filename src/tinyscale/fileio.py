@@ -109,9 +109,13 @@ def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
 
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
-    """Append one line; a line is written with a single write() so a crash leaves whole lines."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj) + "\n")
+    """Append one line; a line is written with a single write() so a crash leaves whole lines.
+    A full or read-only disk is one line naming the file (a write error carries no path itself)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(obj) + "\n")
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def _alive(pid: int) -> bool:

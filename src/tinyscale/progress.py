@@ -1,8 +1,10 @@
 """One progress helper for the whole library.
 
 Library code never prints: it wraps long loops in `track(...)` or `bar(...)` and reports with
-`info(...)`. The CLI calls `enable()` once, which renders bars with rich on stderr; in tests and
-notebooks nothing is shown unless enabled.
+`info(...)`. The CLI calls `enable()` once, which renders bars and log lines with rich on stderr
+(never stdout: stdout carries only a command's product, so that it can be piped or redirected);
+in tests and notebooks nothing is shown unless enabled. `enable(False)` (the CLI's -q) also quiets
+the libraries that log on their own (the Hugging Face hub's retries, HTTP clients).
 """
 
 from __future__ import annotations
@@ -15,16 +17,33 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 log = logging.getLogger("tinyscale")
 _enabled = False
+# Libraries that log warnings by themselves (retries, deprecations): silenced to errors under -q.
+QUIET_LOGGERS = ("huggingface_hub", "datasets", "fsspec", "urllib3", "httpx", "openai", "filelock")
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def enable(verbose: bool = True) -> None:
     """Show bars and log lines on stderr (called by the CLI)."""
     global _enabled
     _enabled = verbose
+    if not verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        import os
+
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when the hub client is first imported
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DATASETS_VERBOSITY", "error")
     if verbose and not log.handlers:
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False, show_time=False, markup=False)
+        handler = RichHandler(show_path=False, show_time=False, markup=False, console=_stderr_console())
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
@@ -70,7 +89,7 @@ def bar(total: float | None, desc: str, completed: float = 0) -> Iterator[_Bar]:
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
     ]
-    with Progress(*columns, transient=False) as progress:
+    with Progress(*columns, transient=False, console=_stderr_console()) as progress:
         task = progress.add_task(desc, total=total, completed=completed, status="")
         yield _Bar(progress, task)
 

@@ -3,10 +3,12 @@
 - `LIMITS`: the range of every numeric flag, by command. `check_args` applies it to the parsed
   command line before any work starts, so NaN, infinities, negative counts and sizes that would take
   hours or all memory are refused with one line that names the limit.
-- `check_output`: an output path may never be, contain or sit inside one of the command's inputs
-  (`--overwrite` would otherwise replace the input with the output).
+- `check_output`: the one output-placement rule of every verb: an output path may never be, contain
+  or sit inside one of the command's inputs (`--overwrite` would otherwise replace the input with
+  the output), nor replace an existing file or folder that the verb did not write itself.
 - `check_name`: a name read from a file (a sweep's run names) must stay inside its folder.
-- `run_lock`: one process at a time trains, resumes or evaluates a run.
+- `run_lock`: one process at a time writes into a run or a shared output folder (train, eval,
+  judge, data llm, incentivize).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,9 @@ def _limits() -> dict[str, dict[str, Limit]]:
     fraction = Limit(0.0, 1.0, hi_open=True)
     temperature = Limit(0.0, 100.0)
     n_boot = Limit(0, 100_000, why=" (bootstrap resamples: each refits every law)")
+    money = Limit(0.0)  # USD, or USD per million tokens: finite and never negative, or the cap is off
+    timeout = Limit(0.0, 3600.0, lo_open=True, why=" (seconds per request)")
+    requests = Limit(1, 256, why=" (requests in flight to one endpoint)")
     return {
         "data world": {"stories": Limit(1, 10**9), "seed": Limit(-(2**63), 2**63 - 1), "val_fraction": fraction},
         "tokenize": {"vocab_size": Limit(1, 2**20), "workers": cpu},
@@ -89,6 +94,12 @@ def _limits() -> dict[str, dict[str, Limit]]:
         "analyze": {"n_boot": n_boot, "seed": seed},
         "report": {"n_boot": n_boot, "stories": Limit(0, 100)},
         "demo": {"minutes": Limit(0.0, 7 * 24 * 60.0, lo_open=True), "stories": Limit(1, 10**9)},
+        "data llm": {"stories": Limit(1, 10**9), "concurrency": requests, "max_cost": money, "price_in": money,
+                     "price_out": money, "seed": seed, "temperature": Limit(0.0, 2.0), "max_tokens": Limit(1, 2**20),
+                     "timeout": timeout, "val_fraction": fraction},
+        "data ingest": {"val_fraction": fraction, "limit": Limit(1, 10**12)},
+        "judge": {"concurrency": requests, "completions": Limit(1, 10**6), "samples": Limit(1, 10**4),
+                  "timeout": timeout, "max_cost": money, "price_in": money, "price_out": money},
     }
 
 
@@ -133,10 +144,18 @@ def check_train(opts: Mapping[str, Any]) -> None:
 
 
 def check_output(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None],
-                 flag: str = "--out") -> None:
-    """Refuse an output path that is, contains or sits inside an input (`inputs`: description -> path)."""
+                 flag: str = "--out", *, file: bool = False, overwrite: bool | None = None,
+                 ours: Callable[[Path], bool] | None = None, what: str = "") -> None:
+    """The output-placement rule of every verb, checked before any work (`inputs`: description -> path).
+
+    Always: `out` may not be, contain or sit inside an input (an `--overwrite` would replace the input).
+    `file`: `out` is one file; an existing folder there is refused. `overwrite` (None: the verb has no
+    such flag and builds folders elsewhere): an existing file, or a non-empty folder, is replaced only
+    with --overwrite. `ours(path)`: whether an existing file or folder is the verb's own output
+    (`what` names it in the message); anything else is never replaced, with or without --overwrite.
+    """
     o = Path(out).resolve()
-    for what, path in inputs.items():
+    for desc, path in inputs.items():
         if path is None:
             continue
         i = Path(path).resolve()
@@ -148,7 +167,38 @@ def check_output(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike 
             where = "is inside"
         else:
             continue
-        raise UserError(f"{flag} {out}: {where} the {what} {path}; choose a path outside it")
+        raise UserError(f"{flag} {out}: {where} the {desc} {path}; choose a path outside it")
+    if file and o.is_dir():
+        raise UserError(f"{flag} {out}: is a folder; give a file name")
+    if not file and o.exists() and not o.is_dir():
+        raise UserError(f"{flag} {out}: exists and is a file; give a folder")
+    present = o.is_file() or (o.is_dir() and any(p.name != ".lock" for p in o.iterdir()))  # a run lock is no content
+    if not present:
+        return
+    if ours is not None and not ours(o):
+        kind, whose = "file" if file else "folder", what or "this command's output"
+        raise UserError(f"{flag} {out}: an existing {kind} that is not {whose}; it is never replaced "
+                        "(choose another path)")
+    if overwrite is False:
+        raise UserError(f"{flag} {out}: exists (use --overwrite to replace it)")
+
+
+def json_with(*keys: str) -> Callable[[Path], bool]:
+    """An `ours` test for check_output: the file is a JSON object holding `keys` (what the verb writes)."""
+    def test(path: Path) -> bool:
+        import json
+
+        try:
+            obj = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return False
+        return isinstance(obj, dict) and all(k in obj for k in keys)
+    return test
+
+
+def folder_with(marker: str) -> Callable[[Path], bool]:
+    """An `ours` test for check_output: the folder holds `marker`, a file only the verb writes."""
+    return lambda path: (path / marker).is_file()
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=,-]*$")
@@ -166,24 +216,33 @@ def check_name(name: Any, where: str) -> str:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str | os.PathLike, writes: str | None = None) -> Iterator[None]:
-    """Hold RUN/.lock while this process trains, resumes or evaluates the run; refuse if another does.
+def run_lock(run_dir: str | os.PathLike, writes: str | None = None, *, create: bool = False,
+             kind: str = "run") -> Iterator[None]:
+    """Hold FOLDER/.lock while this process writes into a run (train, resume, eval, judge, incentivize)
+    or a shared output folder (data llm); refuse at once if another process holds it.
 
-    `writes`: a subfolder the command will write, checked for writability now rather than after the work.
+    `writes`: a subfolder the command will write, checked for writability now rather than after the
+    work (or after paid requests). `create`: make the folder first (an output folder that a rerun
+    resumes). `kind`: "run" or "output" (how the folder is named in messages).
     """
     from filelock import FileLock, Timeout
 
     run_dir = Path(run_dir)
+    if create:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"{run_dir}: exists and is not a folder")
+        with os_errors(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
     if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: run folder not found")
+        raise UserError(f"{run_dir}: {kind} folder not found")
     lock = FileLock(str(run_dir / ".lock"), timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        raise UserError(f"{run_dir}: another tinyscale process is training, resuming or evaluating this run; "
-                        f"wait for it to finish") from None
+        raise UserError(f"{run_dir}: another tinyscale process is writing into this {kind} folder "
+                        f"(training, evaluating, judging or generating); wait for it to finish") from None
     except OSError as e:
-        raise UserError(f"{run_dir / '.lock'}: cannot create the run's lock file ({e.strerror})") from None
+        raise UserError(f"{run_dir / '.lock'}: cannot create the {kind}'s lock file ({e.strerror})") from None
     try:
         if writes:
             check_writable(run_dir / writes)

@@ -15,7 +15,11 @@ val/valid/validation/dev (or test, when there is no other) to val. A source with
 split is divided by `--val-fraction`, a hash of the story's position. `--limit N` caps the stories
 taken from each split of the source (a source without splits counts as one). Text is normalised
 (mojibake such as `â€™` repaired by ftfy, line ends unified, outer blanks stripped); empty records are
-skipped and counted. Nothing is held in memory but the current chunk or batch.
+skipped and counted. Files must be UTF-8 (a bad byte is an error naming the file and where), records
+JSON objects holding the text field (anything else is an error naming the record), and a source that
+yields no story at all is an error. `--out` may not be, contain or sit inside the source, and
+`--overwrite` replaces only a folder that an earlier ingest wrote (it holds ingest.json). Nothing is
+held in memory but the current chunk or batch.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from tinyscale import progress
 from tinyscale.data.world import encode_record, is_val
 from tinyscale.data.world.story import FEATURE_TITLE
 from tinyscale.errors import UserError
-from tinyscale.fileio import staged_dir, write_json
+from tinyscale.fileio import read_lines, staged_dir, write_json
+from tinyscale.validate import check_output, folder_with
 
 EOT = "<|endoftext|>"
 CHUNK = 1 << 20  # characters read at a time
@@ -64,10 +69,30 @@ def normalize(text: str) -> str:
 # --- readers: each yields raw records (dicts) --------------------------------------------------------
 
 
+def _utf8(path: Path, e: UnicodeDecodeError, offset: int) -> UserError:
+    """The error for a bad byte met while reading `path` by chunks (`offset`: the chunk's first character)."""
+    return UserError(f"{path}: not valid UTF-8 (byte {e.object[e.start]:#04x} near character {offset + e.start:,}); "
+                     "convert it to UTF-8 first")
+
+
+def _chunks(f: Any, path: Path) -> Iterator[str]:
+    """A text file's characters, CHUNK at a time; a bad byte is one error naming the file."""
+    offset = 0
+    while True:
+        try:
+            chunk = f.read(CHUNK)
+        except UnicodeDecodeError as e:
+            raise _utf8(path, e, offset) from None
+        if not chunk:
+            return
+        offset += len(chunk)
+        yield chunk
+
+
 def _read_eot(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8") as f:
         rest, separated = "", False
-        while chunk := f.read(CHUNK):
+        for chunk in _chunks(f, path):
             parts = (rest + chunk).split(EOT)
             rest = parts.pop()
             separated = separated or bool(parts)
@@ -80,13 +105,12 @@ def _read_eot(path: Path) -> Iterator[dict]:
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, line in read_lines(path):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
 
 
 def _read_json_array(path: Path) -> Iterator[Any]:
@@ -94,7 +118,8 @@ def _read_json_array(path: Path) -> Iterator[Any]:
     and the "all data" files are hundreds of MB each, so objects are decoded from a moving buffer."""
     dec = json.JSONDecoder()
     with open(path, encoding="utf-8") as f:
-        buf, pos = f.read(CHUNK).lstrip(), 1
+        chunks = _chunks(f, path)
+        buf, pos = next(chunks, "").lstrip(), 1
         if not buf.startswith("["):
             raise UserError(f"{path}: expected a JSON array")
         while True:
@@ -107,7 +132,7 @@ def _read_json_array(path: Path) -> Iterator[Any]:
                     raise json.JSONDecodeError("end of buffer", buf, pos)
                 obj, pos = dec.raw_decode(buf, pos)
             except json.JSONDecodeError as e:
-                more = f.read(CHUNK)
+                more = next(chunks, "")
                 if not more:
                     raise UserError(f"{path}: not valid JSON near character {e.pos} of a record") from None
                 buf, pos = buf[pos:] + more, 0
@@ -118,9 +143,11 @@ def _read_json_array(path: Path) -> Iterator[Any]:
 
 
 def _read_json(path: Path) -> Iterator[Any]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         head = f.read(64).lstrip()
-    return _read_json_array(path) if head.startswith("[") else _read_jsonl(path)
+    if not head.startswith(b"["):
+        return _read_jsonl(path)
+    return _read_json_array(path)
 
 
 def _read_parquet(path: Path) -> Iterator[dict]:
@@ -150,6 +177,8 @@ READERS = {".txt": _read_eot, ".jsonl": _read_jsonl, ".json": _read_json, ".parq
 
 def _streams(source: str) -> Iterator[tuple[str | None, str, Iterator[Any]]]:
     if source.startswith("hf:"):
+        if not source[3:].strip():
+            raise UserError(f"{source}: no dataset name after hf: (e.g. hf:roneneldan/TinyStories)")
         yield from _hf_streams(source[3:], on_disk=False)
         return
     path = Path(source)
@@ -232,7 +261,14 @@ class _Writer:
 
     def add(self, raw: Any, field: str, where: str, split: str | None) -> bool:
         """Write one record (to `split`, or by hash when None); False when it was empty."""
-        value = raw.get(field) if isinstance(raw, dict) else None
+        self.stats["records"] += 1
+        if not isinstance(raw, dict):
+            raise UserError(f"{where}: record {self.stats['records']:,} is a JSON {type(raw).__name__}, "
+                            "not an object with a text field")
+        if field not in raw:
+            raise UserError(f"{where}: record {self.stats['records']:,} has no field {field!r} "
+                            f"(fields: {', '.join(map(str, raw))[:200]})")
+        value = raw[field]
         if value is not None and not isinstance(value, str):
             raise UserError(f"{where}: field {field!r} is not text ({type(value).__name__})")
         text = normalize(value or "")
@@ -269,6 +305,8 @@ def ingest(source: str | os.PathLike, out: str | os.PathLike, *, text_field: str
     if limit is not None and limit <= 0:
         raise UserError(f"--limit: must be positive, got {limit}")
     source = str(source)
+    check_output(out, {} if source.startswith("hf:") else {"source": source},
+                 ours=folder_with("ingest.json"), what="a corpus written by tinyscale data ingest")
     streams = list(_streams(source))  # reads nothing yet: the readers are generators
     kept, route = _routes(streams)
     taken: Counter = Counter()
@@ -287,6 +325,9 @@ def ingest(source: str | os.PathLike, out: str | os.PathLike, *, text_field: str
                 field = field or _text_field(raw, text_field, where)
                 taken[hint] += w.add(raw, field, where, split)
         stats = w.stats
+        if not stats["stories"]:
+            raise UserError(f"{source}: no story found ({stats['records']:,} records, {stats['skipped_empty']:,} "
+                            "empty); nothing written")
         summary = {"source": source, "stories": {"train": stats["train"], "val": stats["val"]},
                    "skipped_empty": stats["skipped_empty"], "normalized": stats["normalized"],
                    "skipped_splits": stats["skipped_splits"], "kept_source_splits": kept,

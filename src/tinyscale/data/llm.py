@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -35,9 +36,21 @@ from typing import Any
 from tinyscale import progress
 from tinyscale.data.world import FEATURES, HEADER_KINDS, default_vocab, encode_record, is_val
 from tinyscale.data.world.story import FEATURE_P, FEATURE_TITLE
-from tinyscale.endpoint import CallStats, Endpoint, RequestFailed, RequestRejected, chat, make_client, scrub
+from tinyscale.endpoint import (
+    CallStats,
+    Endpoint,
+    EndpointDown,
+    RequestFailed,
+    RequestRejected,
+    chat,
+    check_url,
+    make_client,
+    run_workers,
+    scrub,
+)
 from tinyscale.errors import UserError
-from tinyscale.fileio import append_jsonl, atomic_open, read_json, write_json
+from tinyscale.fileio import append_jsonl, atomic_open, read_json, read_text, write_json
+from tinyscale.validate import check_output, folder_with, run_lock
 
 # How the recipe names each feature in a prompt (TinyStories' wording of its feature list).
 FEATURE_TEXT = {
@@ -76,7 +89,7 @@ def load_template(fmt: str, path: str | os.PathLike | None = None) -> str:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--template {p}: file not found")
-    text = p.read_text("utf-8")
+    text = read_text(p)
     for slot in ("$verb", "$noun", "$adjective"):
         if slot not in text:
             raise UserError(f"--template {p}: no {slot} slot (a story prompt needs $verb, $noun and $adjective)")
@@ -324,13 +337,16 @@ class _Session:
         t0 = time.perf_counter()
         try:
             with progress.bar(self.settings.stories, "llm stories", completed=len(self.done)) as bar:
-                await asyncio.gather(*(self.worker(client, bar, r, t0) for r in rngs))
+                await run_workers([self.worker(client, bar, r, t0) for r in rngs])
         finally:
             await client.close()
 
 
 def generate_llm_corpus(out: str | os.PathLike, ep: Endpoint, settings: LlmSettings) -> dict[str, Any]:
-    """Write (or resume) OUT as described in the module docstring; return the session's summary."""
+    """Write (or resume) OUT as described in the module docstring; return the session's summary.
+
+    OUT is locked for the session (two writers would ask for, pay for and append every story twice).
+    A session that wrote nothing while stories were missing is an error, never a success."""
     if settings.stories <= 0:
         raise UserError(f"--stories: must be positive, got {settings.stories}")
     if settings.fmt not in ("plain", "instruct"):
@@ -339,30 +355,55 @@ def generate_llm_corpus(out: str | os.PathLike, ep: Endpoint, settings: LlmSetti
         raise UserError(f"--concurrency: must be positive, got {settings.concurrency}")
     if not 0.0 <= settings.val_fraction < 1.0:
         raise UserError(f"--val-fraction: must be in [0, 1), got {settings.val_fraction}")
+    for name in ("max_cost", "price_in", "price_out"):  # also for callers that skip the CLI's checks
+        value = getattr(settings, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
     if settings.max_cost is not None and not (settings.price_in or settings.price_out):
         raise UserError("--max-cost needs --price-in and/or --price-out (USD per million tokens)")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
+    # OUT is resumed, so it may exist: but only as a folder this command made (else its train.jsonl
+    # would be replaced), and never holding or inside the template it reads.
+    check_output(out, {"prompt template": settings.template}, ours=folder_with("llm.json"),
+                 what="a folder written by tinyscale data llm")
+    check_url(ep)
     template = load_template(settings.fmt, settings.template)
     record = _check_resume(out, settings, ep, template)
-    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out, create=True, kind="output"):
+        return _generate(out, ep, settings, template, record)
+
+
+def _generate(out: Path, ep: Endpoint, settings: LlmSettings, template: str, record: dict) -> dict[str, Any]:
     write_json(out / "llm.json", record)
     done = _load_stories(out / "stories.jsonl")
     session = _Session(out, settings, ep, template, done)
     progress.info("data llm: %d of %d stories already written in %s", len(done), settings.stories, out)
-    asyncio.run(session.run())
-    splits = write_splits(out, done, settings)
+    down = None
+    try:
+        asyncio.run(session.run())
+    except EndpointDown as e:
+        down = str(e)
+    # train/val come from every story written so far (stories.jsonl only grows, so they never shrink);
+    # with no story at all, none are written: an empty corpus would look like a finished one.
+    splits = write_splits(out, done, settings) if done else None
     summary = _summary(session, splits)
     write_json(out / "llm.json", {**record, "summary": summary})
+    left = f"{summary['written_now']} stories written now, {summary['missing']} left to write (rerun to resume)"
+    if down is not None:
+        raise UserError(f"{scrub(down, ep)}; {left}")
     if session.rejected is not None:
         e = session.rejected
         raise UserError(f"{ep.base_url}: the endpoint refused the request ({e.status}: "
-                        f"{scrub(e.message, ep)}); {summary['missing']} stories left to write")
+                        f"{scrub(e.message, ep)}); {left}")
+    if summary["missing"] and not session.new:
+        why = (f"--max-cost {settings.max_cost}: reached (${session.spent:.4f} spent) before another story"
+               if session.stopped_by_cost else
+               f"{ep.base_url}: every request failed (last error: {scrub(session.stats.last_error, ep)})")
+        raise UserError(f"{why}; no story written, {summary['missing']} missing")
     return summary
 
 
-def _summary(session: _Session, splits: dict[str, int]) -> dict[str, Any]:
+def _summary(session: _Session, splits: dict[str, int] | None) -> dict[str, Any]:
     s, stats, done = session.settings, session.stats, session.done
     flags: Counter = Counter(f for i, r in done.items() if i < s.stories for f in r["meta"]["flags"])
     wanted = [i for i in done if i < s.stories]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -36,10 +37,22 @@ from typing import Any
 import numpy as np
 
 from tinyscale import progress
-from tinyscale.endpoint import CallStats, Endpoint, RequestFailed, RequestRejected, chat, make_client, scrub
+from tinyscale.endpoint import (
+    CallStats,
+    Endpoint,
+    EndpointDown,
+    RequestFailed,
+    RequestRejected,
+    chat,
+    check_url,
+    make_client,
+    run_workers,
+    scrub,
+)
 from tinyscale.errors import UserError
-from tinyscale.fileio import append_jsonl, read_json, write_json
+from tinyscale.fileio import append_jsonl, read_json, read_lines, read_text, write_json
 from tinyscale.runs import read_evals
+from tinyscale.validate import check_writable, run_lock
 
 FORMAT = 1
 GRADES = ("grammar", "creativity", "consistency", "plot")
@@ -176,7 +189,7 @@ def load_template(path: str | os.PathLike | None = None) -> str:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--template {p}: file not found")
-    text = p.read_text("utf-8")
+    text = read_text(p)
     if "$story" not in text:
         raise UserError(f"--template {p}: no $story slot")
     return text
@@ -191,16 +204,18 @@ def cache_key(model: str, prompt: str) -> str:
 
 
 def load_cache(path: Path) -> dict[str, dict]:
-    """Cached verdicts by key; a torn last line (a kill mid-write) is ignored."""
+    """Cached verdicts by key; a torn last line (a kill mid-write) is ignored; a file that is not
+    UTF-8 text (not a cache at all) is an error naming its line."""
     cache: dict[str, dict] = {}
+    if path.is_dir():
+        raise UserError(f"--cache {path}: is a folder; give a file")
     if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                    cache[entry["key"]] = entry
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
+        for _, line in read_lines(path):
+            try:
+                entry = json.loads(line)
+                cache[entry["key"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
     return cache
 
 
@@ -217,6 +232,13 @@ class JudgeSettings:
     cache: str | None = None  # default RUN/eval/judge_cache.jsonl
     n_boot: int = 1000
     seed: int = 0
+    max_cost: float | None = None  # USD for this session; prices are USD per million tokens
+    price_in: float = 0.0
+    price_out: float = 0.0
+
+
+class _OverBudget(Exception):
+    """The next request could take the session past --max-cost: no request is sent."""
 
 
 class _Asker:
@@ -228,19 +250,40 @@ class _Asker:
         self.json_mode = settings.json_mode
         self.failed: Counter = Counter()
         self.rejected: RequestRejected | None = None
+        self.new: set[str] = set()  # keys answered in this session
+        self.spent = 0.0  # USD, from the endpoint's usage counts
+        self.reserved = 0.0  # the worst case of the requests in flight
+        self.stopped_by_cost = False
+
+    def _reserve(self, prompt: str) -> float:
+        """The most the request can cost (>= 1 token per character), held until it is answered;
+        raises _OverBudget, before anything is sent, when it could break --max-cost."""
+        s = self.settings
+        worst = (len(prompt) * s.price_in + s.max_tokens * s.price_out) / 1e6
+        if s.max_cost is not None and self.spent + self.reserved + worst > s.max_cost:
+            self.stopped_by_cost = True
+            raise _OverBudget
+        self.reserved += worst
+        return worst
 
     async def _ask(self, client: Any, prompt: str, rng: random.Random) -> str:
         s = self.settings
         used_json = self.json_mode
         extra = {"response_format": {"type": "json_object"}} if used_json else {}
+        worst = self._reserve(prompt)
         try:
             reply = await chat(client, self.ep, [{"role": "user", "content": prompt}], self.stats, rng,
                                temperature=s.temperature, max_tokens=s.max_tokens, **extra)
         except RequestRejected as e:
             if not (used_json and e.status in (400, 422)):
                 raise
+            reply = None
             self.json_mode = False  # an endpoint without JSON mode: ask in prose from now on
+        finally:
+            self.reserved -= worst
+        if reply is None:
             return await self._ask(client, prompt, rng)
+        self.spent += (reply.prompt_tokens * s.price_in + reply.completion_tokens * s.price_out) / 1e6
         return reply.text
 
     async def _one(self, client: Any, key: str, prompt: str, rng: random.Random) -> None:
@@ -254,6 +297,7 @@ class _Asker:
                  "tries": tries, "time": time.time()}
         append_jsonl(self.cache_path, entry)
         self.cache[key] = entry
+        self.new.add(key)
 
     async def run(self, todo: dict[str, str]) -> None:
         client = make_client(self.ep)
@@ -261,10 +305,12 @@ class _Asker:
 
         async def worker(rng: random.Random, bar: Any) -> None:
             for key, prompt in queue:
-                if self.rejected:
+                if self.rejected or self.stopped_by_cost:
                     return
                 try:
                     await self._one(client, key, prompt, rng)
+                except _OverBudget:
+                    return
                 except RequestFailed as e:
                     self.failed[e.reason] += 1
                 except RequestRejected as e:
@@ -274,8 +320,8 @@ class _Asker:
 
         try:
             with progress.bar(len(todo), "judge") as bar:
-                await asyncio.gather(*(worker(random.Random(f"{k}:{time.time_ns()}"), bar)
-                                       for k in range(self.settings.concurrency)))
+                await run_workers([worker(random.Random(f"{k}:{time.time_ns()}"), bar)
+                                   for k in range(self.settings.concurrency)])
         finally:
             await client.close()
 
@@ -343,19 +389,37 @@ def _steps(evals: dict[int, dict], spec: str, run_dir: Path) -> list[int]:
 
 def judge_run(run_dir: str | os.PathLike, ep: Endpoint, settings: JudgeSettings | None = None,
               checkpoints: str = "all") -> dict[int, dict]:
-    """Grade the completions of a run's evaluated checkpoints; write RUN/eval/judge_<step>.json."""
+    """Grade the completions of a run's evaluated checkpoints; write RUN/eval/judge_<step>.json.
+
+    The run is locked, and its eval/ folder and the cache proved writable, before any (paid) request.
+    When the endpoint stops the session (endpoint.EndpointDown), the verdicts received are kept in
+    the cache and no result file is written; a result with no verdict never replaces one with some."""
     settings = settings or JudgeSettings()
     run_dir = Path(run_dir)
+    for name in ("max_cost", "price_in", "price_out"):  # also for callers that skip the CLI's checks
+        value = getattr(settings, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
+    if settings.max_cost is not None and not (settings.price_in or settings.price_out):
+        raise UserError("--max-cost needs --price-in and/or --price-out (USD per million tokens)")
     if settings.concurrency < 1:
         raise UserError(f"--concurrency: must be positive, got {settings.concurrency}")
     for name in ("completions", "samples"):
         if (getattr(settings, name) or 1) < 1:
             raise UserError(f"--{name}: must be positive")
-    evals = read_evals(run_dir)
-    steps = _steps(evals, checkpoints, run_dir)
-    template = load_template(settings.template)
-    cache_path = Path(settings.cache) if settings.cache else run_dir / "eval" / "judge_cache.jsonl"
-    cache = load_cache(cache_path)
+    check_url(ep)
+    with run_lock(run_dir, writes="eval"):
+        evals = read_evals(run_dir)
+        steps = _steps(evals, checkpoints, run_dir)
+        template = load_template(settings.template)
+        cache_path = Path(settings.cache) if settings.cache else run_dir / "eval" / "judge_cache.jsonl"
+        cache = load_cache(cache_path)
+        check_writable(cache_path.parent)
+        return _judge_steps(run_dir, ep, settings, evals, steps, template, cache, cache_path)
+
+
+def _judge_steps(run_dir: Path, ep: Endpoint, settings: JudgeSettings, evals: dict, steps: list[int],
+                 template: str, cache: dict, cache_path: Path) -> dict[int, dict]:
     plan = {s: [(sid, k, cache_key(ep.model, p := judge_prompt(template, b, e)), p)
                 for sid, k, b, e in _items(evals[s], settings)] for s in steps}
     todo = {key: prompt for items in plan.values() for _, _, key, prompt in items if key not in cache}
@@ -363,19 +427,47 @@ def judge_run(run_dir: str | os.PathLike, ep: Endpoint, settings: JudgeSettings 
                   sum(len(v) for v in plan.values()) - len(todo))
     asker = _Asker(ep, settings, cache, cache_path)
     if todo:
-        asyncio.run(asker.run(todo))
+        try:
+            asyncio.run(asker.run(todo))
+        except EndpointDown as e:
+            raise UserError(f"{scrub(str(e), ep)}; no judge result written ({len(todo) - len(asker.new)} of "
+                            f"{len(todo)} verdicts missing; a rerun asks only for those)") from None
     if asker.rejected is not None:
         e = asker.rejected
         raise UserError(f"{ep.base_url}: the endpoint refused the request ({e.status}: {scrub(e.message, ep)})")
+    if todo and not asker.new:
+        why = (f"--max-cost {settings.max_cost}: not enough for one more verdict" if asker.stopped_by_cost
+               else f"{ep.base_url}: no verdict received (last error: {scrub(asker.stats.last_error, ep)})")
+        raise UserError(f"{why}; no judge result written")
+    if asker.stopped_by_cost:
+        progress.info("judge: stopped at --max-cost %s ($%.4f spent); %d verdicts not asked for",
+                      settings.max_cost, asker.spent, len(todo) - len(asker.new))
     meta = {"model": ep.model, "base_url": ep.base_url,
             "template_sha256": hashlib.sha256(template.encode()).hexdigest(),
             "requests": asker.stats.requests, "retries": asker.stats.retries,
-            "failed": dict(asker.failed), "json_mode": asker.json_mode}
-    results = {}
-    for step, items in plan.items():
-        results[step] = _checkpoint_result(step, evals[step], items, cache, settings, meta)
-        write_json(run_dir / "eval" / f"judge_{step}.json", results[step])
+            "failed": dict(asker.failed), "json_mode": asker.json_mode,
+            "cost_usd": round(asker.spent, 6), "stopped_by_cost": asker.stopped_by_cost}
+    results = {step: _checkpoint_result(step, evals[step], items, cache, settings, meta)
+               for step, items in plan.items()}
+    for step, result in results.items():
+        _keep_earlier(run_dir / "eval" / f"judge_{step}.json", result, ep)
+    for step, result in results.items():
+        write_json(run_dir / "eval" / f"judge_{step}.json", result)
     return results
+
+
+def _keep_earlier(path: Path, result: dict, ep: Endpoint) -> None:
+    """Refuse to replace a result that holds verdicts with one that holds none."""
+    if result["student"]["n"] or not path.is_file():
+        return
+    try:
+        earlier = json.loads(path.read_bytes())
+        had = int(earlier["student"]["n"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if had:
+        raise UserError(f"{path}: not replaced: {ep.base_url} gave no verdict for this checkpoint, and the "
+                        f"earlier result has {had}")
 
 
 def _checkpoint_result(step: int, ev: dict, items: list, cache: dict, settings: JudgeSettings,

@@ -1,0 +1,206 @@
+"""Issue 28's hostile probe of the CLI: the rows about endpoints, locks and escaping errors.
+
+The rows that need no endpoint are in the bad-input table of test_reliability.py (ids "28.N-...").
+Endpoints here are tests/fake_openai_server.py on 127.0.0.1 or a closed port (9); every case is
+bounded by short timeouts and the rule of endpoint.py: a request gets 2 attempts until the endpoint
+has answered once, then a failure stops the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from fake_openai_server import FakeConfig, running
+from test_judge import make_run
+from tinyscale.cli import main
+from tinyscale.errors import UserError
+
+DEAD = "http://127.0.0.1:9/v1"  # nothing listens on the discard port: connection refused at once
+FAULTS = ("dead", "500", "malformed", "drop", "timeout")
+
+
+def call(argv: list[str], capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        code = main(["-q", *argv])
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(params=FAULTS)
+def bad_endpoint(request):
+    """(base URL, server state or None) of an endpoint that never gives a usable answer."""
+    if request.param == "dead":
+        yield DEAD, None
+        return
+    with running(FakeConfig(fault_rate=1.0, faults=(request.param,), slow_seconds=1.5)) as server:
+        yield server.base_url, server.state
+
+
+def _one_line_naming(err: str, url: str) -> None:
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert url in err and "last error" in err, err
+
+
+# rows 20 and 21: an endpoint that is dead, answers 500s, garbage, dropped connections or too slowly
+def test_data_llm_stops_at_once_on_an_endpoint_that_never_answers(bad_endpoint, tmp_path, capsys):
+    url, _ = bad_endpoint
+    out = tmp_path / "x"
+    t0 = time.monotonic()
+    code, err = call(["data", "llm", "--base-url", url, "--model", "m", "--stories", "2000", "--concurrency", "16",
+                      "--timeout", "0.5", "--out", str(out)], capsys)
+    assert code == 2 and time.monotonic() - t0 < 15, err
+    _one_line_naming(err, url)
+    assert "0 stories written now, 2000 left" in err, err
+    assert not (out / "train.jsonl").exists()  # nothing produced: no corpus that looks finished
+
+
+# rows 4 and 21: a judged run keeps its results when a later judge reaches nothing
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory) -> Path:
+    run = make_run(tmp_path_factory.mktemp("judged"), steps=(10,), stories=2)
+    with running(FakeConfig()) as server:
+        assert main(["-q", "judge", str(run), "--base-url", server.base_url, "--model", "j"]) == 0
+    return run
+
+
+def test_judge_on_an_endpoint_that_never_answers_keeps_the_earlier_result(judged, bad_endpoint, tmp_path, capsys):
+    url, _ = bad_endpoint
+    run = shutil.copytree(judged, tmp_path / "r")
+    before = _files(run)
+    code, err = call(["judge", str(run), "--base-url", url, "--model", "other", "--timeout", "0.5"], capsys)
+    assert code == 2, err
+    _one_line_naming(err, url)
+    assert "no judge result written" in err, err
+    after = _files(run)
+    assert {k: v for k, v in after.items() if k != "eval/judge_cache.jsonl"} == \
+        {k: v for k, v in before.items() if k != "eval/judge_cache.jsonl"}
+
+
+def test_a_result_with_no_verdict_never_replaces_one_with_verdicts(judged, tmp_path):
+    from tinyscale.evaluate.judge import _keep_earlier
+
+    path = shutil.copytree(judged, tmp_path / "r") / "eval" / "judge_10.json"
+    empty = {"student": {"n": 0}}
+    with pytest.raises(UserError, match="not replaced"):
+        _keep_earlier(path, empty, type("E", (), {"base_url": DEAD})())
+    _keep_earlier(path, {"student": {"n": 3}}, None)  # a result with verdicts may replace it
+
+
+# the other half of the rule: after the endpoint answered, FAILS_IN_A_ROW failed requests stop it
+def test_requests_failing_in_a_row_stop_the_session_with_the_last_error():
+    from tinyscale.endpoint import FAILS_IN_A_ROW, CallStats, Endpoint, EndpointDown, RequestFailed, chat
+
+    class Client:  # every reply is a body that is not JSON
+        class chat:  # noqa: N801 - the client's own attribute names
+            class completions:  # noqa: N801
+                @staticmethod
+                async def create(**kw):
+                    raise ValueError("Expecting value: line 1 column 1 (char 0)")
+
+    ep = Endpoint(DEAD, "m", max_attempts=2, backoff=0.0)
+    stats = CallStats(answered=3)
+
+    async def ask() -> None:
+        await chat(Client, ep, [{"role": "user", "content": "x"}], stats, random.Random(0))
+
+    for _ in range(FAILS_IN_A_ROW - 1):
+        with pytest.raises(RequestFailed):
+            asyncio.run(ask())
+    with pytest.raises(EndpointDown, match=rf"{FAILS_IN_A_ROW} requests in a row failed.*last error: malformed"):
+        asyncio.run(ask())
+
+
+# row 7: two writers of one output folder (or run) at once
+def test_data_llm_and_judge_take_the_folder_lock(judged, tmp_path, capsys):
+    from filelock import FileLock
+
+    out = tmp_path / "x"
+    out.mkdir()
+    run = shutil.copytree(judged, tmp_path / "r")
+    with running(FakeConfig()) as server:
+        url = server.base_url
+        for folder, argv in ((out, ["data", "llm", "--base-url", url, "--model", "m", "--stories", "3", "--out",
+                                    str(out)]),
+                             (run, ["judge", str(run), "--base-url", url, "--model", "other"])):
+            with FileLock(str(folder / ".lock"), timeout=0):
+                code, err = call(argv, capsys)
+            assert code == 2 and "another tinyscale process" in err and len(err.splitlines()) == 1, err
+        assert server.state.counts["requests"] == 0  # refused before anything was asked (or paid for)
+
+
+# row 25: a full disk while appending names the file
+def test_append_on_a_full_disk_is_one_line_naming_the_file():
+    from tinyscale.fileio import append_jsonl
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    with pytest.raises(UserError, match="/dev/full: cannot write"):
+        append_jsonl("/dev/full", {"a": 1})
+
+
+# point 6: any exception that escapes a verb is one line and a hint; --debug shows the traceback
+def test_an_unexpected_error_is_one_line_with_a_hint(monkeypatch, tmp_path, capsys):
+    import tinyscale.data.stats as stats
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something broke\nsecond line")
+
+    monkeypatch.setattr(stats, "corpus_stats", broken)
+    code, err = call(["data", "stats", str(tmp_path)], capsys)
+    assert code == 1 and err == ("tinyscale: error: RuntimeError: something broke (rerun as tinyscale --debug ... for the "
+                                 "traceback)\n"), err
+    with pytest.raises(RuntimeError, match="something broke"):
+        main(["-q", "--debug", "data", "stats", str(tmp_path)])
+
+
+# row 24: -q silences the libraries that log by themselves (the hub client's retries)
+def test_quiet_silences_library_loggers(tmp_path, capsys):
+    hub = logging.getLogger("huggingface_hub")
+    level = hub.level
+    try:
+        call(["data", "stats", str(tmp_path / "none")], capsys)
+        assert hub.getEffectiveLevel() >= logging.ERROR
+    finally:
+        hub.setLevel(level)
+
+
+# row 8: the spending cap holds before each request, for data llm and judge alike
+def test_max_cost_is_enforced_before_each_request(judged, tmp_path, capsys):
+    import json
+
+    run = shutil.copytree(judged, tmp_path / "r")
+    with running(FakeConfig()) as server:
+        url = server.base_url
+        code, err = call(["data", "llm", "--base-url", url, "--model", "m", "--stories", "5", "--out",
+                          str(tmp_path / "x"), "--max-cost", "0.0001", "--price-in", "1000"], capsys)
+        assert code == 2 and "--max-cost 0.0001" in err and "no story written" in err, err
+        code, err = call(["judge", str(run), "--base-url", url, "--model", "other", "--max-cost", "0.0001",
+                          "--price-in", "1000"], capsys)
+        assert code == 2 and "--max-cost 0.0001" in err and len(err.splitlines()) == 1, err
+        assert server.state.counts["requests"] == 0  # nothing was sent that could break the cap
+        # A cap that allows some verdicts: the worst case of each request is reserved before it is sent.
+        from tinyscale.evaluate.judge import load_template
+
+        prompt = len(load_template()) + 200  # the template and a short story: above one judge prompt
+        cap = 2.5 * prompt * 1000 / 1e6
+        code, err = call(["judge", str(run), "--base-url", url, "--model", "other", "--max-cost", str(cap),
+                          "--price-in", "1000", "--concurrency", "4"], capsys)
+        assert code == 0, err
+    result = json.loads((run / "eval" / "judge_10.json").read_text())
+    assert result["judge"]["stopped_by_cost"] and 0 < result["judge"]["cost_usd"] <= cap
+    assert result["not_graded"] > 0
