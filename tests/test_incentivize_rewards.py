@@ -1,6 +1,5 @@
 """Answer parsing and every reward, on written examples."""
 
-import math
 
 import pytest
 
