@@ -114,3 +114,14 @@ def test_summary_pairs_arms_by_question_and_marks_what_excludes_zero():
     results["small"]["teach"][0]["outcomes"] = {k: v[1:] for k, v in results["small"]["teach"][0]["outcomes"].items()}
     s2 = summarize(results, {"small": {"params": 100}}, IncentiveConfig(start="x"), seeds=3)
     assert {r["arm"]: r for r in s2["rows"]}["start"]["accuracy_answerable"]["mean"] == 1.0
+
+
+def test_an_evaluation_without_outcomes_asks_to_be_redone():
+    from tinyscale.errors import UserError
+
+    answerable = [True, False]
+    old = {"accuracy_answerable": 0.5, "val_loss": 1.0, "path": "cmp/s/start-answers"}  # the former format
+    results = {"s": {"start": [old], "teach": [_evaluation(["correct", "idk"], answerable, [1.0])],
+                     "incentivize": [_evaluation(["correct", "idk"], answerable, [1.0])]}}
+    with pytest.raises(UserError, match="cmp/s/start-answers: no outcomes .*delete"):
+        summarize(results, {"s": {"params": 1}}, IncentiveConfig(start="x"), seeds=1)

@@ -220,7 +220,7 @@ def _read_answers(stem: Path, sampled: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for path, temperature in _answer_paths(stem, sampled):
         out |= {("sampled_" if temperature else "") + k: v for k, v in read_json(path).items()}
-    return out
+    return out | {"path": str(stem)}
 
 
 def _stems(here: Path, seeds: int) -> dict[str, list[Path]]:
@@ -374,8 +374,8 @@ def size_stats(arms: dict[str, list[dict]], prefixes: list[str]) -> dict[str, tu
         for ev in evs:
             missing = [k for k in (*keys, "val_windows") if k not in ev]
             if missing:
-                raise UserError(f"an evaluation of {ev.get('path', 'this comparison')} has no {missing[0]} (written by an "
-                                "older tinyscale): delete its answers*.json files to evaluate it again")
+                raise UserError(f"{ev.get('path', 'an evaluation')}: no {missing[0]} (written by an older tinyscale): "
+                                "delete its answers*.json files to evaluate it again")
     ids = sorted(set.intersection(*(set(ev[k]["id"]) for evs in arms.values() for ev in evs for k in keys)))
     if not ids:
         raise UserError("the comparison's evaluations share no question")
