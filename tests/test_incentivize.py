@@ -176,6 +176,47 @@ def test_grouped_log_probs_and_sampling_match_the_plain_ones(start_run):
     assert greedy == plain
 
 
+def test_ratio_and_kl_use_log_probs_at_the_sampling_temperature(start_run, ball_reward, tmp_path, monkeypatch):
+    """A fixed prompt and answer on a tiny model: the logits of a plain forward pass, divided by T and
+    normalized by hand, give the ratio and k3 KL that the loop's functions compute; and the loop
+    scores its rollouts at the temperature it sampled them at."""
+    from tinyscale.incentivize import policy_gradient as pg
+
+    torch.manual_seed(3)
+    cfg = ModelConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, max_seq_len=16)
+    old, new, ref = Transformer(cfg), Transformer(cfg), Transformer(cfg)
+    prompt, answer, T = [1, 2, 3], [4, 5], 0.5
+
+    def by_hand(model):  # log pi_T(answer token | prefix) from the logits, written out
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + answer[:-1]]))[0, len(prompt) - 1:].double() / T
+        lse = torch.log(torch.exp(logits - logits.max(-1, keepdim=True).values).sum(-1)) + logits.max(-1).values
+        return torch.stack([logits[k, t] - lse[k] for k, t in enumerate(answer)])
+
+    hand = {name: by_hand(m) for name, m in (("old", old), ("new", new), ("ref", ref))}
+    got = {name: pg.group_logps(m, [prompt], [[answer]], torch.device("cpu"), T)[0][0].detach().double()
+           for name, m in (("old", old), ("new", new), ("ref", ref))}
+    for name in hand:
+        assert torch.allclose(got[name], hand[name], atol=1e-5), name
+    untempered = pg.group_logps(new, [prompt], [[answer]], torch.device("cpu"))[0][0].double()
+    assert not torch.allclose(untempered, hand["new"], atol=1e-3)  # T matters here
+    ratio = torch.exp(hand["new"] - hand["old"])
+    d = hand["ref"] - hand["new"]
+    kl = torch.exp(d) - d - 1
+    adv, clip, beta = 1.5, 0.2, 0.1
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+    loss, stats = pg.policy_loss(got["new"][None], got["old"][None], got["ref"][None], torch.tensor([adv]),
+                                 torch.ones(1, 2, dtype=torch.float64), clip, beta)
+    assert float(loss) == pytest.approx(float((-surrogate + beta * kl).mean()), rel=1e-5)
+    assert stats["kl"] == pytest.approx(float(kl.mean()), rel=1e-5)
+    # The loop asks for every log-probability at its sampling temperature.
+    seen = []
+    plain = pg.group_logps
+    monkeypatch.setattr(pg, "group_logps", lambda *a: seen.append(a[4]) or plain(*a))
+    incentivize(_cfg(start_run, steps=1, temperature=0.7, updates=2), tmp_path / "t07")
+    assert seen == [0.7] * 4  # reference, old policy, then one per update
+
+
 def test_cli_runs_teaches_and_refuses_a_changed_resume(start_run, ball_reward, tmp_path, capsys):
     run, prompts = start_run
     common = ["--prompts", str(prompts), "--reward", "ball_reward:pays", "--group", "4", "--prompts-per-step", "2",

@@ -11,7 +11,7 @@ from tinyscale.analysis.report import build_report
 from tinyscale.config import ModelConfig
 from tinyscale.errors import UserError
 from tinyscale.fileio import write_json
-from tinyscale.incentivize.compare import ARMS, METRICS, compare, default_out, figure_data, interval
+from tinyscale.incentivize.compare import compare, default_out, figure_data, summarize
 from tinyscale.incentivize.policy_gradient import IncentiveConfig
 from tinyscale.model import Transformer
 from tinyscale.train import save_checkpoint
@@ -118,17 +118,27 @@ def test_report_section_from_the_sweep_comparison_or_not_run(tmp_path, capsys):
     page = build_report(sweep).read_text()
     assert '<section id="incentivize"><h2>Teach versus incentivize</h2>' in page
     assert "Teach versus incentivize: not run" in page
-    # A comparison by hand: two sizes, the incentivize arm lowering confident-wrong answers.
-    rows = [{"size": size, "params": params, "arm": arm,
-             **{m: interval([0.5 - (arm == "incentivize") * 0.1 * k + 0.01 * s for s in range(3 if arm != "start" else 1)])
-                for m in METRICS}}
-            for k, (size, params) in enumerate((("d8 & co", 1000), ("d16", 4000)), 1) for arm in ARMS]
-    summary = {"config": {"reward": "hallucination"}, "seeds": 3, "metrics": list(METRICS), "rows": rows}
+    # A comparison by hand: two sizes, the incentivize arm saying "I don't know" where the others answer wrong.
+    answerable = [i % 2 == 0 for i in range(40)]
+
+    def ev(wrong_share):
+        verdicts = ["correct" if a else ("wrong" if i < 40 * wrong_share else "idk") for i, a in enumerate(answerable)]
+        return {"outcomes": {"id": list(range(40)), "answerable": answerable, "verdict": verdicts,
+                             "reward": [0.0] * 40}, "val_windows": [1.0, 1.1], "val_loss": 1.05}
+
+    results = {size: {"start": [ev(1.0)], "teach": [ev(1.0)] * 3, "incentivize": [ev(0.0)] * 3}
+               for size in ("d8 & co", "d16")}
+    sizes = {"d8 & co": {"params": 1000}, "d16": {"params": 4000}}
+    summary = summarize(results, sizes, IncentiveConfig(start="x"), seeds=3)
     write_json(sweep / "incentivize" / "compare.json", summary)
     write_json(sweep / "incentivize" / "figure.json", figure_data(summary))
     page = build_report(sweep).read_text()
     section = page.split('<section id="incentivize">')[1].split("</section>")[0]
     assert "not run" not in section and "d8 &amp; co" in section and "<td>d16</td>" in section
-    assert section.count('src="data:image/png;base64,') == 1 and "0.41 [0.385, 0.435]" in section  # t-interval, 3 seeds
+    assert section.count('src="data:image/png;base64,') == 1 and "bootstrap over seeds x questions" in section
+    # The paired differences, the sure ones marked: confident-wrong on unanswerable questions 1 -> 0.
+    row = section.split("<td>d16</td><td>confident_wrong_unanswerable</td>")[1].split("</tr>")[0]
+    assert row.count("✓</b>") == 2 and "<th>teach - incentivize</th>" in section  # not teach - start
+    assert section.count("✓</b></td>") == 2 * 2 * 3  # sizes x pairs (not teach - start) x metrics (confident_wrong*, idk_unanswerable)
     assert main(["-q", "report", str(sweep), "--incentivize", str(tmp_path / "nope")]) == 2
     assert "--incentivize" in capsys.readouterr().err

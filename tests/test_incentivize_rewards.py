@@ -1,6 +1,5 @@
 """Answer parsing and every reward, on written examples."""
 
-import math
 
 import pytest
 
@@ -20,11 +19,15 @@ KITE = ["kite"]
     (" probably the ball", KITE, "wrong_hedged"),
     (" I don't know", KITE, "idk"),
     (" I do not know.", [], "idk"),
-    (" I’m not sure", [], "idk"),  # curly apostrophe; a hedge with no answer is an abstention
+    (" I’m not sure", [], "hedge_only"),  # curly apostrophe; a hedge with no answer is not an abstention
+    (" maybe", KITE, "hedge_only"),  # a bare hedge: no answer, no "I don't know"
+    (" Probably.", [], "hedge_only"),
+    (" I don't know, maybe", [], "idk"),  # the abstention is said
     (" The story does not say", [], "idk"),
     (" I don't know, maybe a kite", KITE, "correct_hedged"),  # content after the phrases is judged
     (" Spot", [], "wrong"),  # any answer to an unanswerable question is wrong
-    ("", KITE, "wrong"),  # silence is not an abstention
+    ("", KITE, "no_answer"),  # silence is not an abstention, nor a confident wrong answer
+    (" .", [], "no_answer"),
     (" four years old", ["four"], "correct"),
     (" the kite\nQ: What was the name of the kite? A: Spot", KITE, "correct"),  # first line only
     (" the kite and the ball", KITE, "wrong"),
@@ -41,6 +44,18 @@ def test_hallucination_default_table():
     assert hallucination("", " I don't know", {"answers": []}) == 0.0
 
 
+def test_non_answers_cost_more_than_saying_i_dont_know():
+    """A bare hedge or silence must not be a cheaper abstention than "I don't know" (the policy would
+    learn the shortcut), nor count as a hallucination."""
+    for truth in ({"answers": KITE}, {"answers": []}):
+        idk = hallucination("", " I don't know", truth)
+        for non_answer in (" maybe", " probably", " not sure", ""):
+            v = parse_answer(non_answer, truth["answers"])
+            assert v.non_answer and not v.idk and not v.confident_wrong
+            assert hallucination("", " a ball", truth) < hallucination("", non_answer, truth) == -1.0 < idk
+            assert load_reward("hallucination", threshold=0.5)("", non_answer, truth) == -1.0  # -t/(1-t)
+
+
 def test_hallucination_threshold_and_custom_table():
     fn = load_reward("hallucination", threshold=0.75)
     truth = {"answers": KITE}
@@ -50,6 +65,7 @@ def test_hallucination_threshold_and_custom_table():
     assert fn("", " ball", truth) == pytest.approx(-3.0)  # -t/(1-t)
     table = {"correct": 2.0, "correct_hedged": 1.0, "idk": -0.5, "wrong_hedged": -1.0, "wrong": -3.0}
     assert hallucination("", " I don't know", truth, table=table) == -0.5
+    assert hallucination("", " maybe", truth, table=table) == -1.0  # a verdict it leaves out: the default
     with pytest.raises(UserError, match="--threshold"):
         load_reward("hallucination", threshold=1.5)
 
@@ -75,32 +91,19 @@ def test_user_reward_and_bad_specs(tmp_path, monkeypatch):
 
 
 def test_metrics_on_written_answers():
-    from tinyscale.incentivize.compare import _answer_metrics, interval
+    from tinyscale.incentivize.compare import _answer_metrics
 
     items = [{"prompt": "", "truth": {"answerable": True, "answers": KITE}},
              {"prompt": "", "truth": {"answerable": True, "answers": KITE}},
              {"prompt": "", "truth": {"answerable": False, "answers": []}},
+             {"prompt": "", "truth": {"answerable": False, "answers": []}},
+             {"prompt": "", "truth": {"answerable": False, "answers": []}},
              {"prompt": "", "truth": {"answerable": False, "answers": []}}]
-    m = _answer_metrics(items, [" a kite", " I don't know", " Spot", " I don't know"], hallucination)
+    m = _answer_metrics(items, [" a kite", " I don't know", " Spot", " I don't know", " maybe", ""], hallucination)
     assert m["accuracy_answerable"] == 0.5 and m["idk_answerable"] == 0.5
-    assert m["idk_unanswerable"] == 0.5 and m["confident_wrong_unanswerable"] == 0.5
-    assert m["confident_wrong"] == 0.25 and m["mean_reward"] == pytest.approx((1 + 0 - 4 + 0) / 4)
-    iv = interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(2) = 4.303
-    assert iv["mean"] == 2.0 and iv["hi"] == pytest.approx(2 + 4.303 / math.sqrt(3), rel=1e-4)
-
-
-def test_summary_table_and_figure_data():
-    from tinyscale.incentivize.compare import METRICS, figure_data, summarize, table
-    from tinyscale.incentivize.policy_gradient import IncentiveConfig
-
-    def res(x):
-        return {m: x for m in METRICS}
-
-    results = {"small": {"start": [res(0.1)], "teach": [res(0.2), res(0.4)], "incentivize": [res(0.3)] * 2},
-               "big": {"start": [res(0.5)], "teach": [res(0.6)] * 2, "incentivize": [res(0.7)] * 2}}
-    sizes = {"small": {"params": 100}, "big": {"params": 1000}}
-    s = summarize(results, sizes, IncentiveConfig(start="x"), seeds=2)
-    md = table(s)
-    assert "| small | 100 | teach | 0.300 [" in md and "| big | 1,000 | start | 0.500 |" in md
-    pts = figure_data(s)["accuracy_answerable"]["teach"]
-    assert [p["params"] for p in pts] == [100, 1000] and pts[0]["mean"] == pytest.approx(0.3)
+    assert m["idk_unanswerable"] == 0.25 and m["confident_wrong_unanswerable"] == 0.25
+    assert m["confident_wrong"] == pytest.approx(1 / 6)  # the empty answer is not a confident wrong one
+    assert m["hedge_only"] == pytest.approx(1 / 6) and m["no_answer"] == pytest.approx(1 / 6)
+    assert m["mean_reward"] == pytest.approx((1 + 0 - 4 + 0 - 1 - 1) / 6)
+    assert m["outcomes"]["verdict"] == ["correct", "idk", "wrong", "idk", "hedge_only", "no_answer"]
+    assert m["outcomes"]["id"] == list(range(6)) and m["outcomes"]["answerable"] == [True] * 2 + [False] * 4

@@ -289,14 +289,22 @@ def _incentivize_section(compare_dir: Path, plot_dir: Path) -> str:
     png = plots.teach_vs_incentivize(read_json(compare_dir / "figure.json"), plot_dir / "teach_vs_incentivize.png")
 
     def cell(v: dict) -> str:
-        return _num(v["mean"], 3) if v["n"] < 2 else f"{_num(v['mean'], 3)} [{_num(v['lo'], 3)}, {_num(v['hi'], 3)}]"
+        return f"{_num(v['mean'], 3)} [{_num(v['lo'], 3)}, {_num(v['hi'], 3)}]"
 
     rows = [{"size": r["size"], "params": _num(r["params"]), "arm": r["arm"],
              "cells": [cell(r[m]) for m in summary["metrics"]]} for r in summary["rows"]]
+    pairs = list(dict.fromkeys(d["pair"] for d in summary.get("differences", [])))
+    by_size: dict[str, dict[str, dict]] = {}
+    for d in summary.get("differences", []):
+        by_size.setdefault(d["size"], {})[d["pair"]] = d
+    diffs = [{"size": size, "metric": m, "cells": [{"text": cell(ds[p][m]), "sure": ds[p][m]["excludes_zero"]}
+                                                   for p in pairs]}
+             for size, ds in by_size.items() for m in summary["metrics"]]
     env = Environment(loader=PackageLoader("tinyscale.analysis", "templates"), autoescape=select_autoescape())
     return env.get_template("incentivize.html").render(
-        png=base64.b64encode(png.read_bytes()).decode("ascii") if png else None, rows=rows,
-        metrics=summary["metrics"], seeds=summary["seeds"], reward=summary["config"]["reward"], folder=compare_dir)
+        png=base64.b64encode(png.read_bytes()).decode("ascii") if png else None, rows=rows, pairs=pairs,
+        diffs=diffs, metrics=summary["metrics"], seeds=summary["seeds"], reward=summary["config"]["reward"],
+        intervals=summary.get("intervals", "95%"), folder=compare_dir)
 
 
 def _reproduce_section(sweep_dir: Path, report_flags: list[str]) -> str:

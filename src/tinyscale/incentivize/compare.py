@@ -6,16 +6,19 @@ For every starting run (a size) and seed:
 - incentivize: `policy_gradient` with the reward, never shown a reference answer;
 - teach: supervised fine-tuning on reference answers (unanswerable questions taught "I don't know"),
   stopped when it has used as many reference tokens as the incentivize arm sampled.
-Both are evaluated, with the start, on held-out questions (phrasings never used in training, stories
-never seen) by greedy decoding: accuracy on answerable questions, "I don't know" rate on answerable
-and unanswerable ones, confident-wrong rate (wrong and unhedged), mean reward, and the fluency
-cost: validation loss on plain stories. Every arm is a run folder and every evaluation a JSON file
-beside it, so an interrupted comparison resumes where it stopped.
+Both are evaluated, with the start, on the same held-out questions (phrasings never used in
+training, stories never seen) by greedy decoding: accuracy on answerable questions, "I don't know"
+rate on answerable and unanswerable ones, confident-wrong rate (wrong and unhedged), the two
+non-answers (a bare hedge; nothing), mean reward, and the fluency cost: validation loss on plain
+stories. Every evaluation keeps its per-question outcomes (and per-window losses), so the arms are
+compared paired, question by question and seed by seed (`stats`). Every arm is a run folder and
+every evaluation a JSON file beside it, so an interrupted comparison resumes where it stopped.
 
-Writes CMP/compare.json (every value, and the mean with a 95% t-interval over seeds per size, arm
-and metric), CMP/figure.json (per metric and arm, the points against parameters: the figure the
-sweep report draws, each metric against model size, teach and incentivize side by side) and
-CMP/compare.md (the table).
+Writes CMP/compare.json (every value; per size, arm and metric the mean with its 95% interval, a
+bootstrap over seeds x questions or Wilson for one evaluation; per size and metric the paired
+differences teach - incentivize, incentivize - start, teach - start with their intervals),
+CMP/figure.json (per metric and arm, the points against parameters: the figure the sweep report
+draws) and CMP/compare.md (the tables).
 
 Sizes are independent, so each is one job (`run_size`: the start's evaluation, then per seed the
 incentivize arm, the teach arm on its token budget and their evaluations, which depend on each
@@ -52,35 +55,39 @@ from tinyscale.incentivize.policy_gradient import (
     resume,
 )
 from tinyscale.incentivize.rewards import call_reward, load_reward, parse_answer
+from tinyscale.incentivize.stats import PAIRS, RESAMPLES, compare_arms, draws
 from tinyscale.runs import list_checkpoints, load_model, load_tokenizer, read_run
 from tinyscale.sweep import RayOptions, cli_flags, launch, load_sweep, threads_per_job
 from tinyscale.validate import check_output
 
 ARMS = ("start", "teach", "incentivize")
-METRICS = ("accuracy_answerable", "idk_answerable", "idk_unanswerable", "confident_wrong",
-           "confident_wrong_unanswerable", "mean_reward", "val_loss")
-# Two-sided 95% Student t quantiles by degrees of freedom (few seeds: the normal 1.96 would be too narrow).
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def interval(values: list[float]) -> dict[str, Any]:
-    """Mean and 95% t-interval over seeds."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return {"mean": mean, "lo": mean, "hi": mean, "n": n, "values": values}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = _T95.get(n - 1, 1.96) * sd / math.sqrt(n)
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "values": values}
+# Per-question proportions: metric -> (the questions it is over, the verdicts it counts).
+PROPORTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "accuracy_answerable": ("answerable", ("correct", "correct_hedged")),
+    "idk_answerable": ("answerable", ("idk",)),
+    "idk_unanswerable": ("unanswerable", ("idk",)),
+    "confident_wrong": ("all", ("wrong",)),
+    "confident_wrong_unanswerable": ("unanswerable", ("wrong",)),
+    "hedge_only": ("all", ("hedge_only",)),
+    "no_answer": ("all", ("no_answer",)),
+}
+METRICS = (*PROPORTIONS, "mean_reward", "val_loss")
 
 
 # --- evaluation -----------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def story_val_loss(model: torch.nn.Module, data_dir: str, device: torch.device, tokens: int = 32_768,
                    seq_len: int = 256) -> float:
     """Loss on the validation split's plain stories (the corpus puts questions in train only)."""
+    return float(np.mean(story_val_losses(model, data_dir, device, tokens, seq_len)))
+
+
+@torch.no_grad()
+def story_val_losses(model: torch.nn.Module, data_dir: str, device: torch.device, tokens: int = 32_768,
+                     seq_len: int = 256) -> list[float]:
+    """Mean token loss of each fixed validation window (their mean is `story_val_loss`): the windows
+    are the units the comparison's intervals resample, paired across arms."""
     from tinyscale.data.shards import ShardSet
 
     val = np.asarray(ShardSet.open(data_dir).tokens("val"), dtype=np.int64)
@@ -90,12 +97,11 @@ def story_val_loss(model: torch.nn.Module, data_dir: str, device: torch.device, 
     starts = np.linspace(0, len(val) - seq_len - 1, max(1, tokens // seq_len)).astype(np.int64)
     rows = torch.from_numpy(np.stack([val[s:s + seq_len + 1] for s in starts])).to(device)
     x, y = rows[:, :-1], rows[:, 1:]
-    total, count = 0.0, 0
+    out: list[float] = []
     for i in range(0, len(x), 16):
         logits = model(x[i:i + 16]).float()
-        total += float(F.cross_entropy(logits.flatten(0, 1), y[i:i + 16].flatten(), reduction="sum"))
-        count += y[i:i + 16].numel()
-    return total / count
+        out += F.cross_entropy(logits.transpose(1, 2), y[i:i + 16], reduction="none").mean(dim=1).tolist()
+    return out
 
 
 def evaluate_answers(run_dir: str | Path, questions: int = 200, world_seed: int = 0, reward: str = "hallucination",
@@ -113,12 +119,17 @@ def evaluate_answers(run_dir: str | Path, questions: int = 200, world_seed: int 
     ans = Answerer(tok, 8)
     fn = load_reward(reward, threshold)
     items = question_set(default_vocab(), world_seed, EVAL_PROMPT_START, questions, templates="heldout")
-    items = [it for it in items if len(tok.encode(it["prompt"]).ids) <= model.cfg.max_seq_len - ans.max_new]
+    # Each question keeps its index in the set: the arms' answers are paired by it.
+    items = [{**it, "id": i} for i, it in enumerate(items)
+             if len(tok.encode(it["prompt"]).ids) <= model.cfg.max_seq_len - ans.max_new]
     texts = []
     for i in range(0, len(items), batch):
         chunk = [tok.encode(it["prompt"]).ids for it in items[i:i + batch]]
         texts += [ans.text(c) for c in ans.sample(model, chunk, temperature=temperature, seed=i)]
-    val = {"val_loss": story_val_loss(model, read_run(run_dir)["data"]["dir"], dev)} if temperature == 0 else {}
+    val = {}
+    if temperature == 0:
+        windows = story_val_losses(model, read_run(run_dir)["data"]["dir"], dev)
+        val = {"val_loss": float(np.mean(windows)), "val_windows": windows}
     return _answer_metrics(items, texts, fn) | val | {
         "step": step, "temperature": temperature,
         "examples": [{"question": it["prompt"].rsplit("\n", 1)[-1], "answer": t, "truth": it["truth"]}
@@ -126,23 +137,32 @@ def evaluate_answers(run_dir: str | Path, questions: int = 200, world_seed: int 
 
 
 def _answer_metrics(items: list[dict], texts: list[str], fn: Any) -> dict[str, Any]:
-    verdicts = [parse_answer(t, it["truth"]["answers"]) for it, t in zip(items, texts, strict=True)]
-    yes = [v for v, it in zip(verdicts, items, strict=True) if it["truth"]["answerable"]]
-    no = [v for v, it in zip(verdicts, items, strict=True) if not it["truth"]["answerable"]]
-
-    def share(vs: list, pred: Any) -> float:
-        return sum(map(pred, vs)) / len(vs) if vs else float("nan")
-
-    return {
-        "questions": len(items), "answerable": len(yes), "unanswerable": len(no),
-        "accuracy_answerable": share(yes, lambda v: v.verdict.startswith("correct")),
-        "idk_answerable": share(yes, lambda v: v.idk),
-        "idk_unanswerable": share(no, lambda v: v.idk),
-        "confident_wrong": share(verdicts, lambda v: v.confident_wrong),
-        "confident_wrong_unanswerable": share(no, lambda v: v.confident_wrong),
-        "mean_reward": sum(call_reward(fn, it["prompt"], t, it["truth"]) for it, t in zip(items, texts, strict=True))
-        / max(1, len(items)),
+    """The metrics of a set of answers, and the per-question outcomes they come from (`outcomes`:
+    columns id, answerable, verdict, reward; an item without "id" is numbered by position)."""
+    outcomes = {
+        "id": [it.get("id", i) for i, it in enumerate(items)],
+        "answerable": [bool(it["truth"]["answerable"]) for it in items],
+        "verdict": [parse_answer(t, it["truth"]["answers"]).verdict for it, t in zip(items, texts, strict=True)],
+        "reward": [call_reward(fn, it["prompt"], t, it["truth"]) for it, t in zip(items, texts, strict=True)],
     }
+    n_yes = sum(outcomes["answerable"])
+    return {"questions": len(items), "answerable": n_yes, "unanswerable": len(items) - n_yes,
+            **metrics_of(outcomes), "outcomes": outcomes}
+
+
+def metric_columns(outcomes: dict[str, list]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per metric (but val_loss), the per-question values and the mask of the questions it is over."""
+    yes = np.array(outcomes["answerable"], dtype=bool)
+    subsets = {"answerable": yes, "unanswerable": ~yes, "all": np.ones_like(yes)}
+    verdicts = np.array(outcomes["verdict"], dtype=object)
+    out = {m: (np.isin(verdicts, counted).astype(float), subsets[over]) for m, (over, counted) in PROPORTIONS.items()}
+    out["mean_reward"] = (np.array(outcomes["reward"], dtype=float), subsets["all"])
+    return out
+
+
+def metrics_of(outcomes: dict[str, list]) -> dict[str, float]:
+    """Each metric's value: the mean of its per-question values over its questions (nan if none)."""
+    return {m: float(v[mask].mean()) if mask.any() else float("nan") for m, (v, mask) in metric_columns(outcomes).items()}
 
 
 # --- the comparison ---------------------------------------------------------------------------------------
@@ -200,7 +220,7 @@ def _read_answers(stem: Path, sampled: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for path, temperature in _answer_paths(stem, sampled):
         out |= {("sampled_" if temperature else "") + k: v for k, v in read_json(path).items()}
-    return out
+    return out | {"path": str(stem)}
 
 
 def _stems(here: Path, seeds: int) -> dict[str, list[Path]]:
@@ -328,35 +348,95 @@ def write_summary(runs: list[Path], out: Path, base: IncentiveConfig, seeds: int
 
 
 def summarize(results: dict, sizes: dict, base: IncentiveConfig, seeds: int) -> dict[str, Any]:
+    """Per size: each arm's metrics with intervals (rows), and the paired differences between arms
+    (differences), from the evaluations' per-question outcomes (see `stats`)."""
     first = next(iter(results.values()))["start"][0]
-    metrics = list(METRICS) + [f"sampled_{m}" for m in METRICS if f"sampled_{m}" in first]
-    rows = []
+    prefixes = [""] + (["sampled_"] if "sampled_outcomes" in first else [])
+    metrics = [p + m for p in prefixes for m in METRICS if not (p and m == "val_loss")]
+    rows, differences = [], []
     for name, arms in results.items():
-        for arm in ARMS:
-            rows.append({"size": name, **sizes[name], "arm": arm,
-                         **{m: interval([r[m] for r in arms[arm]]) for m in metrics}})
-    return {"config": base.model_dump(), "seeds": seeds, "metrics": metrics, "rows": rows}
+        stats = size_stats(arms, prefixes)
+        rows += [{"size": name, **sizes[name], "arm": arm, **{m: stats[m][0][arm] for m in metrics}} for arm in ARMS]
+        differences += [{"size": name, **sizes[name], "pair": f"{a} - {b}", **{m: stats[m][1][f"{a} - {b}"] for m in metrics}}
+                        for a, b in PAIRS]
+    return {"config": base.model_dump(), "seeds": seeds, "metrics": metrics, "rows": rows,
+            "differences": differences,
+            "intervals": f"95%: percentile bootstrap over seeds x questions ({RESAMPLES} paired resamples; "
+                         "validation windows for val_loss), Wilson for a proportion from one evaluation"}
+
+
+def size_stats(arms: dict[str, list[dict]], prefixes: list[str]) -> dict[str, tuple[dict, dict]]:
+    """For one size: metric -> (per-arm intervals, paired differences). Answers are paired by question
+    id (the ids every evaluation of the size answered), all metrics on the same resamples."""
+    n_seeds = max(len(evs) for evs in arms.values())
+    keys = [p + "outcomes" for p in prefixes]
+    for evs in arms.values():
+        for ev in evs:
+            missing = [k for k in (*keys, "val_windows") if k not in ev]
+            if missing:
+                raise UserError(f"{ev.get('path', 'an evaluation')}: no {missing[0]} (written by an older tinyscale): "
+                                "delete its answers*.json files to evaluate it again")
+    ids = sorted(set.intersection(*(set(ev[k]["id"]) for evs in arms.values() for ev in evs for k in keys)))
+    if not ids:
+        raise UserError("the comparison's evaluations share no question")
+    out: dict[str, tuple[dict, dict]] = {}
+    for prefix, key in zip(prefixes, keys, strict=True):
+        cols = {arm: [metric_columns(_restrict(ev[key], ids)) for ev in evs] for arm, evs in arms.items()}
+        strata = np.array(_restrict(arms["start"][0][key], ids)["answerable"])
+        seed_idx, counts = draws(n_seeds, strata)
+        for m in METRICS[:-1]:
+            mask = cols["start"][0][m][1]
+            values = {arm: np.stack([c[m][0] for c in cs]) for arm, cs in cols.items()}
+            out[prefix + m] = compare_arms(values, mask, m in PROPORTIONS, seed_idx, counts)
+    windows = {arm: np.array([ev["val_windows"] for ev in evs]) for arm, evs in arms.items()}
+    seed_idx, counts = draws(n_seeds, np.zeros(windows["start"].shape[1]))
+    out["val_loss"] = compare_arms(windows, np.ones(windows["start"].shape[1]), False, seed_idx, counts)
+    return out
+
+
+def _restrict(outcomes: dict[str, list], ids: list[int]) -> dict[str, list]:
+    """The outcomes of the questions `ids`, in that order."""
+    pos = {q: i for i, q in enumerate(outcomes["id"])}
+    return {k: [v[pos[q]] for q in ids] for k, v in outcomes.items()}
+
+
+def _cell(v: dict[str, Any], star: bool = False) -> str:
+    mark = "**" if star and v.get("excludes_zero") else ""
+    return f"{mark}{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]{mark}"
 
 
 def table(summary: dict[str, Any]) -> str:
-    """Markdown: one row per size and arm, each metric as mean [95% interval]."""
+    """Markdown: one row per size and arm, each metric as mean [95% interval]; then per size and
+    metric the paired differences, in bold where the interval excludes 0."""
     head = "| size | params | arm | " + " | ".join(summary["metrics"]) + " |"
     lines = [head, "|" + "---|" * (3 + len(summary["metrics"]))]
     for r in summary["rows"]:
-        cells = []
+        lines.append(f"| {r['size']} | {r['params']:,} | {r['arm']} | " + " | ".join(_cell(r[m]) for m in summary["metrics"]) + " |")
+    pairs = [f"{a} - {b}" for a, b in PAIRS]
+    lines += ["", f"Intervals: {summary['intervals']}."
+              + (" One seed: training noise not measured." if summary["seeds"] == 1 else ""),
+              "", "Paired differences (bold: the 95% interval excludes 0)", "",
+              "| size | metric | " + " | ".join(pairs) + " |", "|" + "---|" * (2 + len(pairs))]
+    by_size: dict[str, dict[str, dict]] = {}
+    for d in summary["differences"]:
+        by_size.setdefault(d["size"], {})[d["pair"]] = d
+    for size, diffs in by_size.items():
         for m in summary["metrics"]:
-            v = r[m]
-            cells.append(f"{v['mean']:.3f}" if v["n"] < 2 else f"{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]")
-        lines.append(f"| {r['size']} | {r['params']:,} | {r['arm']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {size} | {m} | " + " | ".join(_cell(diffs[p][m], star=True) for p in pairs) + " |")
     return "\n".join(lines) + "\n"
 
 
 def figure_data(summary: dict[str, Any]) -> dict[str, Any]:
-    """For the sweep report: per metric and arm, points (params, mean, lo, hi) ordered by size."""
-    out: dict[str, Any] = {}
+    """For the sweep report: per metric and arm, points (params, mean, lo, hi) ordered by size; under
+    "differences", per metric and pair, the same with `excludes_zero`."""
+    out: dict[str, Any] = {"differences": {}}
     for m in summary["metrics"]:
         out[m] = {}
         for arm in ARMS:
             pts = sorted((r["params"], r[m]["mean"], r[m]["lo"], r[m]["hi"]) for r in summary["rows"] if r["arm"] == arm)
             out[m][arm] = [{"params": p, "mean": a, "lo": lo, "hi": hi} for p, a, lo, hi in pts]
+        out["differences"][m] = {
+            f"{a} - {b}": [{"params": d["params"], **{k: d[m][k] for k in ("mean", "lo", "hi", "excludes_zero")}}
+                           for d in sorted(summary.get("differences", []), key=lambda d: d["params"] or 0)
+                           if d["pair"] == f"{a} - {b}"] for a, b in PAIRS}
     return out

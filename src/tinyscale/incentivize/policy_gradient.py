@@ -14,7 +14,12 @@ Incentivize, one step (GRPO-style, Shao et al. 2024):
    update has ratio 1 and clipping matters from the second on) and KL the k3 estimator
    exp(ref - logp) - (ref - logp) - 1 of the divergence from the starting model (frozen), which is
    unbiased, always >= 0 and needs only the sampled tokens. Token terms are averaged per completion,
-   then over completions.
+   then over completions. All three log-probabilities are taken at the sampling temperature T
+   (log_softmax(logits / T)): the rollouts are drawn from that distribution, so it is the one whose
+   ratio makes the surrogate an importance-weighted policy gradient, and the k3 estimate is unbiased
+   only for the distribution that drew the tokens. (Untempered log-probabilities at T != 1 would
+   weight the update by the wrong ratio and give a KL that is not 0 at the start.) Sampling at T
+   stays a choice: T < 1 explores less, and the tempered policy is the one that is optimized.
 
 Teach, one step: cross-entropy on the reference answers of `prompts_per_step * group` prompts
 (the same prompt pool), so both arms can be run from the same start on the same token budget.
@@ -175,8 +180,9 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
 
 
 def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]],
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of each completion token given its prompt: [B, Tc] and its mask [B, Tc]."""
+                     device: torch.device, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each completion token given its prompt, at `temperature` (log_softmax of
+    logits / T): [B, Tc] and its mask [B, Tc]."""
     lens = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
     L, Tc = max(lens), max(len(c) for c in completions)
     x = torch.zeros(len(prompts), L, dtype=torch.long)
@@ -191,13 +197,14 @@ def completion_logps(model: torch.nn.Module, prompts: list[list[int]], completio
     mask = torch.tensor([[1.0 if j < len(c) else 0.0 for j in range(Tc)] for c in completions], device=device)
     targets = torch.tensor([[c[j] if j < len(c) else 0 for j in range(Tc)] for c in completions], device=device)
     logits = model.head(h[rows, cols]).float()
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    logp = torch.log_softmax(logits / temperature, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
     return logp * mask, mask
 
 
 def group_logps(model: torch.nn.Module, prompts: list[list[int]], groups: list[list[list[int]]],
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`completion_logps` for a group of completions per prompt, computing each prompt once.
+                device: torch.device, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`completion_logps` for a group of completions per prompt, computing each prompt once, at
+    `temperature` (the rollouts' sampling temperature: see the module doc).
 
     A row packs a prompt, then completions side by side, each padded to the longest: [prompt | pad |
     c_1 | c_2 | ...]. The attention mask lets a completion token see the prompt and the earlier
@@ -237,7 +244,7 @@ def group_logps(model: torch.nn.Module, prompts: list[list[int]], groups: list[l
     mask = torch.tensor([[1.0 if k < len(c) else 0.0 for k in range(Tc)] for c in comps], device=device)
     targets = torch.tensor([[c[k] if k < len(c) else 0 for k in range(Tc)] for c in comps], device=device)
     logits = model.head(h[row_of, torch.tensor(src, device=device)]).float()
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    logp = torch.log_softmax(logits / temperature, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
     return logp * mask, mask
 
 
@@ -446,9 +453,10 @@ def rl_step(cfg: IncentiveConfig, policy: torch.nn.Module, ref: torch.nn.Module,
     completions = [c for g in groups for c in g]
     t_roll = time.perf_counter() - t0
     heads = [it["ids"] for it in items]
+    T = cfg.temperature  # the distribution the rollouts came from (module doc)
     with torch.no_grad():
-        ref_logp, mask = group_logps(ref, heads, groups, device)
-        old_logp, _ = group_logps(policy, heads, groups, device)
+        ref_logp, mask = group_logps(ref, heads, groups, device, T)
+        old_logp, _ = group_logps(policy, heads, groups, device, T)
     ref_mean = ((ref_logp * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
     texts = [ans.text(c) for c in completions]
     truths = [items[i // cfg.group]["truth"] for i in range(len(prompts))]
@@ -457,7 +465,7 @@ def rl_step(cfg: IncentiveConfig, policy: torch.nn.Module, ref: torch.nn.Module,
     adv = group_advantages(rewards.view(cfg.prompts_per_step, cfg.group)).flatten().to(device)
     stats: dict[str, float] = {}
     for j in range(cfg.updates):
-        logp, _ = group_logps(policy, heads, groups, device)
+        logp, _ = group_logps(policy, heads, groups, device, T)
         loss, stats = policy_loss(logp, old_logp, ref_logp, adv, mask, cfg.clip, cfg.kl)
         norm = _step_update(policy, opt, loss, cfg, step + (j + 1) / cfg.updates - 1)
     n_tokens = sum(len(c) for c in completions)
@@ -470,6 +478,7 @@ def rl_step(cfg: IncentiveConfig, policy: torch.nn.Module, ref: torch.nn.Module,
         verdicts = [parse_answer(x, t["answers"]) for x, t in zip(texts, truths, strict=True)]
         row["idk"] = round(sum(v.idk for v in verdicts) / len(verdicts), 4)
         row["confident_wrong"] = round(sum(v.confident_wrong for v in verdicts) / len(verdicts), 4)
+        row["non_answer"] = round(sum(v.non_answer for v in verdicts) / len(verdicts), 4)
     return row
 
 

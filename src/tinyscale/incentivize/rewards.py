@@ -1,8 +1,9 @@
 """Rewards: plain functions `(prompt, completion, truth) -> float`, and the answer parser they use.
 
     hallucination     the talk's table: +1 correct, +0.5 correct but hedged, 0 "I don't know",
-                      -2 hedged and wrong, -4 unhedged and wrong (or a confidence threshold t:
-                      correct +1, "I don't know" 0, wrong -t/(1-t), as Kalai et al. score it)
+                      -2 hedged and wrong, -4 unhedged and wrong, and -1 for a non-answer (a bare
+                      hedge such as "maybe", or nothing at all); or a confidence threshold t:
+                      correct +1, "I don't know" 0, anything else -t/(1-t), as Kalai et al. score it
     required_words    share of the prompt's required words in the completion, plus a fluency term
                       from the starting model's log-likelihood, so that listing the words does not pay
     module:function   any importable function with the same signature
@@ -44,8 +45,14 @@ HEDGE_PHRASES: tuple[str, ...] = (
 FILLER_WORDS = frozenset({"a", "an", "the", "some", "it", "was", "is", "it's", "its", "his", "her", "their",
                           "named", "called", "years", "old", "and", "but", "so", "i"})
 
-DEFAULT_TABLE: dict[str, float] = {"correct": 1.0, "correct_hedged": 0.5, "idk": 0.0, "wrong_hedged": -2.0,
-                                   "wrong": -4.0}
+# The two non-answers, `hedge_only` (a hedge and nothing else: "maybe", "probably", "I'm not sure")
+# and `no_answer` (an empty line), are neither an abstention nor a claim. They score -1: below "I
+# don't know" (0), so that neither is a cheaper way to abstain than saying so (a policy that scored 0
+# for "maybe" or for silence would learn that shortcut instead of the phrase the reader can trust),
+# and above a wrong answer (they assert nothing false), so that a model is not pushed from silence
+# into a guess.
+DEFAULT_TABLE: dict[str, float] = {"correct": 1.0, "correct_hedged": 0.5, "idk": 0.0, "hedge_only": -1.0,
+                                   "no_answer": -1.0, "wrong_hedged": -2.0, "wrong": -4.0}
 VERDICTS = tuple(DEFAULT_TABLE)
 
 
@@ -86,23 +93,29 @@ class Verdict:
 
     @property
     def confident_wrong(self) -> bool:
+        """An unhedged wrong answer (a hallucination); an empty answer is `no_answer`, not this."""
         return self.verdict == "wrong"
+
+    @property
+    def non_answer(self) -> bool:
+        return self.verdict in ("hedge_only", "no_answer")
 
 
 def parse_answer(completion: str, answers: list[str] | tuple[str, ...]) -> Verdict:
-    """Classify an answer: correct or wrong, hedged or not, or "I don't know".
+    """Classify an answer: correct or wrong, hedged or not, "I don't know", or a non-answer.
 
     An answer with content after the abstention and hedge phrases are removed is judged on that
-    content (so "I don't know, maybe a kite" is a hedged answer "kite"). An empty answer (the model
-    said nothing) counts as wrong: abstaining must be said, or silence would earn the reward of
-    "I don't know" for free.
+    content (so "I don't know, maybe a kite" is a hedged answer "kite"). Without content: an
+    abstention phrase (IDK_PHRASES) makes it "idk"; a hedge alone ("maybe", "I'm not sure") is
+    `hedge_only`, and an empty answer `no_answer`: abstaining must be said in one of the listed
+    phrasings, or a bare "maybe" or silence would pass for it.
     """
     text = _normalize(completion.split("\n", 1)[0])
     text, idk = _strip_phrases(text, IDK_PHRASES)
     text, hedged = _strip_phrases(text, HEDGE_PHRASES)
     core = " ".join(w for w in text.split() if w not in FILLER_WORDS)
     if not core:
-        return Verdict("idk" if idk or hedged else "wrong", "")
+        return Verdict("idk" if idk else "hedge_only" if hedged else "no_answer", "")
     ok = core in {core_answer(a) for a in answers}
     return Verdict(("correct" if ok else "wrong") + ("_hedged" if hedged else ""), core)
 
@@ -111,13 +124,15 @@ def hallucination(prompt: str, completion: str, truth: dict, table: dict[str, fl
                   threshold: float | None = None) -> float:
     """The talk's reward for answers: the explicit signal is "answer correctly", the induced
     incentive "know what you don't know". With `threshold` t, hedging is ignored: correct +1,
-    "I don't know" 0, wrong -t/(1-t) (answering pays only when the chance of being right exceeds t)."""
+    "I don't know" 0, anything else (a wrong answer, a bare hedge, silence) -t/(1-t): answering pays
+    only when the chance of being right exceeds t, and only the said abstention is free. A `table`
+    gives a value per verdict; verdicts it leaves out keep DEFAULT_TABLE's."""
     v = parse_answer(completion, truth.get("answers", ()))
     if threshold is not None:
         if v.idk:
             return 0.0
         return 1.0 if v.verdict.startswith("correct") else -threshold / (1.0 - threshold)
-    return float((table or DEFAULT_TABLE)[v.verdict])
+    return float({**DEFAULT_TABLE, **(table or {})}[v.verdict])
 
 
 def required_words(prompt: str, completion: str, truth: dict, fluency: float = 0.25) -> float:
