@@ -13,7 +13,8 @@ A record is one run at one checkpoint, a flat dict:
     skill_gap, skill_gap_se, skill_gap_hi      loss - baseline over the tokens with a baseline, its
                                               standard error and the upper end of its 95% interval
     probes       {suite: {"mc", "mc_lo", "mc_hi", "exact", "exact_lo", "exact_hi",
-                          "prob", "prob_se", "chance", "n"}}
+                          "prob", "prob_se", "chance", "n", "p_choice", "logp", "cut"}}
+    world_probes {suite: the same fields}     the story world's in-distribution sets (evaluate/run.py)
     final                                     True for the last checkpoint of the run
 
 Sources inside a run dir: `metrics.jsonl` lines with "val_loss" (the trainer's periodic evaluation)
@@ -71,6 +72,8 @@ def _probe_summary(s: dict[str, Any]) -> dict[str, Any]:
         r = s.get(metric) or {}
         out[metric], out[f"{metric}_lo"], out[f"{metric}_hi"] = _num(r.get("acc")), _num(r.get("lo")), _num(r.get("hi"))
     out["prob"] = _num(s.get("p_answer"))
+    # continuous metrics beside the accuracies: the answer's share among the options, its log-probability
+    out["p_choice"], out["logp"], out["cut"] = _num(s.get("p_choice")), _num(s.get("logp_answer")), s.get("cut")
     ps = [it["p"] for it in s.get("items") or [] if _num(it.get("p")) is not None]
     if len(ps) >= 2:  # standard error of the mean probability, from the per-probe values
         mean = sum(ps) / len(ps)
@@ -111,6 +114,9 @@ def _from_eval(result: dict[str, Any], losses: bool) -> dict[str, Any]:
     probes = result.get("probes") or {}
     if probes:
         out["probes"] = {name: _probe_summary(s) for name, s in probes.items() if isinstance(s, dict)}
+    world = result.get("world_probes") or {}
+    if world:
+        out["world_probes"] = {name: _probe_summary(s) for name, s in world.items() if isinstance(s, dict)}
     return out
 
 
@@ -145,7 +151,7 @@ def run_records(run_dir: str | Path) -> list[dict[str, Any]]:
             tokens = 0.0
         flops = _num(row.get("flops")) or (tokens * fpt if tokens is not None and fpt else None)
         rec = {**base, "step": step, "tokens": tokens, "flops": flops, "loss": _num(row.get("val_loss")),
-               **{field: {} for field in _SKILL_FIELDS}, "probes": {}, "final": False,
+               **{field: {} for field in _SKILL_FIELDS}, "probes": {}, "world_probes": {}, "final": False,
                "loss_source": "trainer" if "val_loss" in row else None}
         rec["skill_loss"] = {k: v for k, v in (row.get("val_loss_by_skill") or {}).items() if _num(v) is not None}
         rec["skill_tokens"] = dict(row.get("val_tokens_by_skill") or {})
