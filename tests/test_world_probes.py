@@ -151,3 +151,50 @@ def test_no_world_probes_on_other_data_or_when_asked(world_run, tmp_path):
     assert load_world_probes(other, None) == ({}, None)
     with pytest.raises(UserError, match="needs story-world data"):
         load_world_probes(other, 3)
+
+
+# --- analysis and report: both families against size and compute, with chance ------------------------
+
+
+def _family(acc: float, chance: float, n: int = 100) -> dict:
+    lo, hi = max(0.0, acc - 0.09), min(1.0, acc + 0.09)
+    return {"n": n, "chance": chance, "mc": {"acc": acc, "k": round(acc * n), "n": n, "lo": lo, "hi": hi},
+            "exact": {"acc": 0.0, "k": 0, "n": n, "lo": 0.0, "hi": 0.04}, "p_answer": acc / 2,
+            "p_choice": acc, "logp_answer": -1.0, "cut": 0, "items": []}
+
+
+def make_probe_sweep(root):
+    """Four fake runs: in-distribution facts climb from chance to 0.95, the hand-written suite stays flat."""
+    sweep = root / "sweep"
+    for rank, width in enumerate((16, 32, 64, 128)):
+        run = sweep / "runs" / f"d{width}"
+        (run / "eval").mkdir(parents=True)
+        n = 12 * width * width
+        (run / "run.json").write_text(json.dumps({
+            "config": {"seq_len": 64}, "model": {"family": "llama", "d_model": width, "n_layers": 1, "n_heads": 2},
+            "params": {"total": n + 512 * width, "non_embedding": n}, "flops_per_token": 6 * n, "data": {}}))
+        loss = 3.0 / (rank + 1)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 100, "tokens": 1e5, "flops": 6e5 * n, "val_loss": loss,
+                                                       "val_loss_by_skill": {"fact": loss},
+                                                       "val_tokens_by_skill": {"fact": 2000}}) + "\n")
+        (run / "eval" / "100.json").write_text(json.dumps({
+            "format": 1, "step": 100, "loss": {"val": {"tokens": 9000, "loss": loss, "skills": {}}},
+            "probes": {"facts": _family(0.30 + 0.01 * (rank % 2), 0.25)},
+            "world_probes": {"facts": _family([0.28, 0.30, 0.80, 0.95][rank], 0.27)}, "completions": []}))
+    return sweep
+
+
+def test_analysis_states_the_gap_and_the_report_draws_both(tmp_path):
+    from tinyscale.analysis.analyze import analyze_sweep
+    from tinyscale.analysis.report import build_report
+
+    sweep = make_probe_sweep(tmp_path)
+    (entry,) = analyze_sweep(sweep, n_boot=10)["probes_in_out"]
+    assert entry["suite"] == "facts" and entry["chance"] == {"world": 0.27, "suite": 0.25}
+    assert [round(r["gap"], 2) for r in entry["rows"]] == [-0.02, -0.01, 0.5, 0.64]
+    assert entry["classes"]["world"]["size"] == "emergent" and entry["classes"]["suite"]["size"] == "flat"
+    assert "gap world - suite" in entry["sentence"]
+    page = build_report(sweep, n_boot=10).read_text()
+    section = page.split('<section id="probes_io">', 1)[1].split("</section>", 1)[0]
+    assert "data:image/png;base64," in section and "+0.64" in section and "0.27 / 0.25" in section
+    assert (sweep / "plots" / "probes_in_out.png").stat().st_size > 1000
