@@ -259,6 +259,7 @@ def probes_in_out(records: list[dict], path: str | Path, size_key: str = "non_em
             ax.set_xlabel(xlabel, fontsize=8)
             ax.grid(True, which="both", alpha=0.3)
         top.set_title(suite)
+        bottom.tick_params(axis="x", labelrotation=30, labelsize=7)
     axes[0, 0].set_ylabel("multiple-choice accuracy")
     axes[0, 0].legend(fontsize=6)
     return _save(fig, path)
