@@ -120,6 +120,11 @@ def test_continuous_metrics_beside_the_accuracy():
     assert p1["chance"] == pytest.approx(1 / 3) and p1["cut"] is False and out["cut"] == 0
     assert out["p_choice"] == pytest.approx(sum(math.exp(i["logp_norm"]) for i in out["items"]) / 4)
     assert out["logp_answer"] == pytest.approx(sum(i["logp"] for i in out["items"]) / 4)
+    # accuracy free of the option-length bias: only probes whose options have equal token counts
+    mixed = [*PROBES, Probe("p5", "the dog", "ran", ("sat on", "ran ."), "verb", "world")]
+    out = summarize(mixed, score_probes(Bigram(), mixed, codec(), max_len=16))
+    assert out["items"][4]["tokens"] == [1, 2, 2] and out["mc_same_length"]["n"] == 4
+    assert out["mc_same_length"]["k"] == 3 and out["mc"]["n"] == 5
 
 
 def test_a_prompt_longer_than_the_context_keeps_its_last_tokens():

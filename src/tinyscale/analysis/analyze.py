@@ -257,11 +257,12 @@ def probes_in_out(records: list[dict], size_key: str = "non_embedding_params") -
     for name in names:
         fams = {"world": world, "suite": records}
         curves = {fam: {p[0]: p for p in size_curve(recs, name, "mc", size_key)} for fam, recs in fams.items()}
+        same = {p[0]: p[1] for p in size_curve(world, name, "mc_same_length", size_key)}
         rows = []
         for size in sorted(set(curves["world"]) & set(curves["suite"])):
             w, s = curves["world"][size][1], curves["suite"][size][1]
             rows.append({"size": size, "world": w, "world_se": curves["world"][size][2], "suite": s,
-                         "suite_se": curves["suite"][size][2], "gap": w - s})
+                         "suite_se": curves["suite"][size][2], "gap": w - s, "world_same_length": same.get(size)})
         classes = {fam: {axis: _classify(size_curve(recs, name, "mc", size_key) if axis == "size"
                                          else compute_curve(recs, name, "mc"), "mc", _chance(recs, name, "mc"))
                          for axis in ("size", "compute")} for fam, recs in fams.items()}

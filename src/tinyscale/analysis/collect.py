@@ -13,7 +13,8 @@ A record is one run at one checkpoint, a flat dict:
     skill_gap, skill_gap_se, skill_gap_hi      loss - baseline over the tokens with a baseline, its
                                               standard error and the upper end of its 95% interval
     probes       {suite: {"mc", "mc_lo", "mc_hi", "exact", "exact_lo", "exact_hi",
-                          "prob", "prob_se", "chance", "n", "p_choice", "logp", "cut"}}
+                          "prob", "prob_se", "chance", "n", "p_choice", "logp", "cut",
+                          "mc_same_length" (+ _lo, _hi: over probes with equal-length options)}}
     world_probes {suite: the same fields}     the story world's in-distribution sets (evaluate/run.py)
     final                                     True for the last checkpoint of the run
 
@@ -68,7 +69,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def _probe_summary(s: dict[str, Any]) -> dict[str, Any]:
     """One suite of an eval result -> the flat probe fields of a record."""
     out: dict[str, Any] = {"chance": _num(s.get("chance")), "n": s.get("n")}
-    for metric in ("mc", "exact"):
+    for metric in ("mc", "exact", "mc_same_length"):
         r = s.get(metric) or {}
         out[metric], out[f"{metric}_lo"], out[f"{metric}_hi"] = _num(r.get("acc")), _num(r.get("lo")), _num(r.get("hi"))
     out["prob"] = _num(s.get("p_answer"))

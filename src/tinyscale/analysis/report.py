@@ -399,11 +399,11 @@ def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, 
     figure = _img(plots.probes_in_out(records, plot_dir / "probes_in_out.png", size_key), "probes in and out",
                   "No run has both probe families at a known compute.")
     sentences = "<ul>" + "".join(f"<li>{_e(e['sentence'])}</li>" for e in entries) + "</ul>"
-    rows = [[e["suite"], _num(r["size"]), f"{r['world']:.2f}", f"{r['suite']:.2f}", f"{r['gap']:+.2f}",
-             f"{e['chance']['world']:.2f} / {e['chance']['suite']:.2f}"]
+    rows = [[e["suite"], _num(r["size"]), f"{r['world']:.2f}", _num(r.get("world_same_length"), 2),
+             f"{r['suite']:.2f}", f"{r['gap']:+.2f}", f"{e['chance']['world']:.2f} / {e['chance']['suite']:.2f}"]
             for e in entries for r in e["rows"]]
-    table = _table(["suite", size_key.replace("_", " "), "in distribution", "hand-written", "gap",
-                    "chance (world / suite)"], rows)
+    table = _table(["suite", size_key.replace("_", " "), "in distribution", "(options of equal length)",
+                    "hand-written", "gap", "chance (world / suite)"], rows)
     classes = _table(["suite", "in distribution: size", "compute", "hand-written: size", "compute"],
                      [[e["suite"], *(e["classes"][f][a] or "—" for f in ("world", "suite")
                                      for a in ("size", "compute"))] for e in entries])

@@ -20,7 +20,9 @@ Each probe is scored three ways, from one batched forward pass per option:
   mc     multiple choice: is the answer's summed log-probability the highest of all options?
   exact  does the greedy continuation start with the answer's word(s)?
   p      the probability the model gives the answer: exp(summed log-probability), continuous.
-and with two continuous metrics beside the accuracies: `logp` (the answer's summed log-probability)
+`mc_same_length` is the multiple-choice accuracy over the probes whose options all have the same
+number of tokens (a summed log-probability favours short options before anything is learned), and
+two continuous metrics sit beside the accuracies: `logp` (the answer's summed log-probability)
 and `logp_norm` (the same, normalised over the options: log of the answer's share of the options'
 probability mass; its exp, `p_choice`, is 1 for a sure right choice and 1/options at indifference).
 
@@ -190,6 +192,7 @@ class ProbeScore:
     logps: tuple[float, ...]  # summed log-probability of each option, answer first
     exact: bool
     cut: bool = False  # the prompt was longer than the context: its first tokens were dropped
+    tokens: tuple[int, ...] = ()  # tokens of each option, answer first
 
     @property
     def mc(self) -> bool:
@@ -275,11 +278,12 @@ def score_probes(model: torch.nn.Module, probes: Sequence[Probe], codec: Codec, 
     flat = _score_sequences(model, seqs, torch.device(device), batch_tokens)
     scores, i = [], 0
     for probe, cut in zip(probes, cuts, strict=True):
+        sizes = tuple(n for _, n in seqs[i: i + len(probe.options)])
         rows = flat[i: i + len(probe.options)]
         i += len(probe.options)
         total, greedy, after = rows[0]
         scores.append(ProbeScore(probe.id, probe.kind, probe.style, tuple(r[0] for r in rows),
-                                 exact=greedy and not codec.continues_word(after), cut=cut))
+                                 exact=greedy and not codec.continues_word(after), cut=cut, tokens=sizes))
     return scores
 
 
@@ -303,6 +307,7 @@ def _rate(k: int, n: int) -> dict:
 
 def _summary(scores: Sequence[ProbeScore], chances: Sequence[float]) -> dict:
     n = len(scores)
+    same = [s for s in scores if len(set(s.tokens)) == 1]
     return {
         "n": n,
         "chance": sum(chances) / n,
@@ -312,6 +317,10 @@ def _summary(scores: Sequence[ProbeScore], chances: Sequence[float]) -> dict:
         "logp_answer": sum(s.logp for s in scores) / n,
         "p_choice": sum(math.exp(s.logp_norm) for s in scores) / n,
         "cut": sum(s.cut for s in scores),
+        # Summed log-probabilities favour options of fewer tokens before anything is learned (a word
+        # frequent in the corpus is often one token, a rare wrong option several): accuracy on the
+        # probes whose options all have the same number of tokens is free of that bias.
+        "mc_same_length": _rate(sum(s.mc for s in same), len(same)),
     }
 
 
@@ -328,7 +337,7 @@ def summarize(probes: Sequence[Probe], scores: Sequence[ProbeScore]) -> dict:
     out["items"] = [
         {"id": s.id, "kind": s.kind, "style": s.style, "mc": s.mc, "exact": s.exact, "p": s.p,
          "pred": by_id[s.id].options[s.pred], "logps": list(s.logps), "logp": s.logp, "logp_norm": s.logp_norm,
-         "chance": chance[s.id], "cut": s.cut}
+         "chance": chance[s.id], "cut": s.cut, "tokens": list(s.tokens)}
         for s in scores
     ]
     return out
