@@ -320,7 +320,8 @@ def _summary(scores: Sequence[ProbeScore], chances: Sequence[float]) -> dict:
         # Summed log-probabilities favour options of fewer tokens before anything is learned (a word
         # frequent in the corpus is often one token, a rare wrong option several): accuracy on the
         # probes whose options all have the same number of tokens is free of that bias.
-        "mc_same_length": _rate(sum(s.mc for s in same), len(same)),
+        "mc_same_length": _rate(sum(s.mc for s in same), len(same)) if same else
+        {"acc": None, "k": 0, "n": 0, "lo": None, "hi": None},
     }
 
 
