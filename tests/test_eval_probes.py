@@ -14,6 +14,7 @@ from tinyscale.evaluate.probes import (
     Probe,
     builtin_suite_path,
     load_suite,
+    read_items,
     read_suite,
     score_probes,
     summarize,
@@ -110,6 +111,41 @@ def test_summary_counts_and_intervals():
     assert [i["pred"] for i in out["items"]] == ["bed", "bed", "sat", "cat ran"]
 
 
+def test_continuous_metrics_beside_the_accuracy():
+    """logp is the answer's log-probability; logp_norm its share of the options' mass; chance exact."""
+    out = summarize(PROBES, score_probes(Bigram(), PROBES, codec(), max_len=16))
+    p1 = out["items"][0]
+    assert p1["logp"] == pytest.approx(math.log(0.5), abs=1e-6)
+    assert p1["logp_norm"] == pytest.approx(math.log(0.5 / (0.5 + 0.3 + 0.1)), abs=1e-6)
+    assert p1["chance"] == pytest.approx(1 / 3) and p1["cut"] is False and out["cut"] == 0
+    assert out["p_choice"] == pytest.approx(sum(math.exp(i["logp_norm"]) for i in out["items"]) / 4)
+    assert out["logp_answer"] == pytest.approx(sum(i["logp"] for i in out["items"]) / 4)
+    # accuracy free of the option-length bias: only probes whose options have equal token counts
+    mixed = [*PROBES, Probe("p5", "the dog", "ran", ("sat on", "ran ."), "verb", "world")]
+    out = summarize(mixed, score_probes(Bigram(), mixed, codec(), max_len=16))
+    assert out["items"][4]["tokens"] == [1, 2, 2] and out["mc_same_length"]["n"] == 4
+    assert out["mc_same_length"]["k"] == 3 and out["mc"]["n"] == 5
+
+
+def test_a_prompt_longer_than_the_context_keeps_its_last_tokens():
+    """The bigram model only sees the last token: a prompt cut to the context scores exactly as the
+    short prompt, and the cut is counted; an option that alone does not fit is refused."""
+    long = Probe("long", " ".join(["the dog ran ."] * 10) + " the cat sat on", "bed", ("mat", "the"), "place", "world")
+    short = Probe("short", "sat on", "bed", ("mat", "the"), "place", "world")
+    a, b = score_probes(Bigram(), [long, short], codec(), max_len=4)
+    assert a.cut and not b.cut and a.logps == pytest.approx(b.logps, abs=1e-6)
+    assert summarize([long, short], [a, b])["cut"] == 1
+    with pytest.raises(UserError, match="longer than the context"):
+        score_probes(Bigram(), [Probe("x", "the", "cat ran", ("dog", "mat"), "k", "world")], codec(), max_len=2)
+
+
+def test_one_wrong_option_and_meta_are_accepted():
+    (probe,) = read_items([{**GOOD, "wrong": ["sky"], "meta": {"story": 3}}], "mem")
+    assert probe.chance == 0.5 and probe.meta == {"story": 3}
+    with pytest.raises(UserError, match="not unique"):
+        read_items([GOOD, GOOD], "mem")
+
+
 def test_wilson_interval_matches_the_formula():
     z = 1.959963984540054
     for k, n in [(0, 10), (3, 10), (60, 64), (10, 10)]:
@@ -161,8 +197,9 @@ GOOD = {"id": "x1", "prompt": "The cat sat on the", "answer": "mat", "wrong": ["
     (json.dumps([1, 2]), "expected a JSON object"),
     (json.dumps({**GOOD, "answer": ""}), "'answer' must be a non-empty string"),
     (json.dumps({k: v for k, v in GOOD.items() if k != "prompt"}), "'prompt' must be a non-empty string"),
-    (json.dumps({**GOOD, "wrong": ["sky"]}), "2 to 5 wrong answers"),
-    (json.dumps({**GOOD, "wrong": ["a", "b", "c", "d", "e", "f"]}), "2 to 5 wrong answers"),
+    (json.dumps({**GOOD, "wrong": []}), "1 to 5 wrong answers"),
+    (json.dumps({**GOOD, "wrong": ["a", "b", "c", "d", "e", "f"]}), "1 to 5 wrong answers"),
+    (json.dumps({**GOOD, "meta": [1]}), "'meta' must be a JSON object"),
     (json.dumps({**GOOD, "wrong": ["mat", "sky"]}), "not distinct"),
     (json.dumps({**GOOD, "wrong": ["sky", 3]}), "wrong answer 3"),
     (json.dumps({**GOOD, "answer": " mat"}), "leading or trailing spaces"),

@@ -112,7 +112,7 @@ def test_cli_bad_input_is_one_line_exit_2(run_dir, capsys, args, problem):
 
 def test_bad_suite_line_reported_through_cli(run_dir, tmp_path, capsys):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"id": "a", "prompt": "p", "answer": "x", "wrong": ["y"], "kind": "k",
+    path.write_text(json.dumps({"id": "a", "prompt": "p", "answer": "x", "wrong": [], "kind": "k",
                                 "style": "world"}) + "\n")
     assert main(["-q", "eval", str(run_dir), "--suite", str(path), "--device", "cpu"]) == 2
     assert f"{path}:1: field 'wrong'" in capsys.readouterr().err

@@ -535,6 +535,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--suite", action="append", default=None, metavar="NAME_OR_PATH",
                    help="facts, reasoning, tracking, grammar or a .jsonl file (repeatable; default: the four)")
     e.add_argument("--no-suites", action="store_true", help="skip the probe suites")
+    e.add_argument("--world-probes", type=int, default=None, metavar="N",
+                   help="items per in-distribution probe set of the story world (default: 200 when the run's "
+                        "data is the story world; 0: none)")
     e.add_argument("--completions", type=int, default=8, metavar="M", help="validation stories to complete (0: none)")
     e.add_argument("--samples", type=_positive_int, default=2, metavar="K", help="completions per story")
     e.add_argument("--temperature", type=float, default=0.8, help="for the completions (0 = greedy)")
@@ -566,7 +569,7 @@ def _run_eval(args: argparse.Namespace) -> None:
         results = evaluate_run(args.run, args.checkpoints, [] if args.no_suites else args.suite, args.device,
                                max_tokens=args.max_tokens or None, completions=args.completions,
                                samples=args.samples, temperature=args.temperature, seed=args.seed,
-                               data_dir=args.data)
+                               data_dir=args.data, world_probes=args.world_probes)
     console = Console()
     for table in eval_tables(results):
         console.print(table)

@@ -283,6 +283,52 @@ def taxonomy(records: list[dict], size_key: str = "non_embedding_params",
     return out
 
 
+# --- probes in and out of distribution ---------------------------------------------------------
+
+
+def _world_view(records: list[dict]) -> list[dict]:
+    """The records with their in-distribution sets where the suites stand (for the curve helpers)."""
+    return [{**r, "probes": r.get("world_probes") or {}} for r in records]
+
+
+def probes_in_out(records: list[dict], size_key: str = "non_embedding_params") -> list[dict[str, Any]]:
+    """Per probe skill measured both ways: multiple-choice accuracy of the story world's own sets
+    ("world": in distribution) and of the hand-written suites ("suite": new phrasing) per model size,
+    each classed over size and compute with its exact chance, and the gap (world - suite) per size."""
+    world = _world_view(records)
+    names = sorted({s for r in world for s in r["probes"]} & {s for r in records for s in r["probes"]})
+    out = []
+    for name in names:
+        fams = {"world": world, "suite": records}
+        curves = {fam: {p[0]: p for p in size_curve(recs, name, "mc", size_key)} for fam, recs in fams.items()}
+        same = {p[0]: p[1] for p in size_curve(world, name, "mc_same_length", size_key)}
+        rows = []
+        for size in sorted(set(curves["world"]) & set(curves["suite"])):
+            w, s = curves["world"][size][1], curves["suite"][size][1]
+            rows.append({"size": size, "world": w, "world_se": curves["world"][size][2], "suite": s,
+                         "suite_se": curves["suite"][size][2], "gap": w - s, "world_same_length": same.get(size)})
+        classes = {fam: {axis: _classify(size_curve(recs, name, "mc", size_key) if axis == "size"
+                                         else compute_curve(recs, name, "mc"), "mc", _chance(recs, name, "mc"))
+                         for axis in ("size", "compute")} for fam, recs in fams.items()}
+        entry = {"suite": name, "skill": SUITE_SKILL.get(name),
+                 "chance": {fam: _chance(recs, name, "mc") for fam, recs in fams.items()}, "rows": rows,
+                 "classes": {fam: {axis: c["label"] for axis, c in v.items()} for fam, v in classes.items()}}
+        entry["sentence"] = _in_out_sentence(entry)
+        out.append(entry)
+    return out
+
+
+def _in_out_sentence(e: dict) -> str:
+    if not e["rows"]:
+        return f"{e['suite']}: no model measured both ways"
+    gaps = ", ".join(f"{r['gap']:+.2f}" for r in e["rows"])
+    first, last = e["rows"][0], e["rows"][-1]
+    return (f"{e['suite']}: in-distribution accuracy {first['world']:.2f} -> {last['world']:.2f} "
+            f"(chance {e['chance']['world']:.2f}, {e['classes']['world']['size']} over size), hand-written "
+            f"{first['suite']:.2f} -> {last['suite']:.2f} (chance {e['chance']['suite']:.2f}, "
+            f"{e['classes']['suite']['size']}); gap world - suite by size, smallest first: {gaps}")
+
+
 # --- entry points -----------------------------------------------------------------------------
 
 
@@ -359,6 +405,7 @@ def analyze_records(records: list[dict], size_key: str = "non_embedding_params",
     result = {"format": 1, "source": source, "n_runs": len({r["run"] for r in records}), "n_records": len(records),
               "runs": run_table(records), "fits": fit_laws(records, size_key, n_boot, seed, reps),
               "taxonomy": taxonomy(estimate, size_key, reps), "baselines": skill_baselines(estimate, size_key),
+              "probes_in_out": probes_in_out(estimate, size_key),
               "loss_sources": sorted({r.get("loss_source") or "none" for r in records}),
               "settings": {"n_boot": n_boot, "seed": seed}}
     return _with_seed_noise(result, seeds, size_comparisons(estimate, reps, size_key), reps)

@@ -13,7 +13,9 @@ A record is one run at one checkpoint, a flat dict:
     skill_gap, skill_gap_se, skill_gap_hi      loss - baseline over the tokens with a baseline, its
                                               standard error and the upper end of its 95% interval
     probes       {suite: {"mc", "mc_lo", "mc_hi", "exact", "exact_lo", "exact_hi",
-                          "prob", "prob_se", "chance", "n"}}
+                          "prob", "prob_se", "chance", "n", "p_choice", "logp", "cut",
+                          "mc_same_length" (+ _lo, _hi: over probes with equal-length options)}}
+    world_probes {suite: the same fields}     the story world's in-distribution sets (evaluate/run.py)
     final                                     True for the last checkpoint of the run
     loss_se                                   bootstrap standard error of `loss` (over windows), or None
     seed, point                               the run's training seed, and the configuration it is a
@@ -74,10 +76,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def _probe_summary(s: dict[str, Any]) -> dict[str, Any]:
     """One suite of an eval result -> the flat probe fields of a record."""
     out: dict[str, Any] = {"chance": _num(s.get("chance")), "n": s.get("n")}
-    for metric in ("mc", "exact"):
+    for metric in ("mc", "exact", "mc_same_length"):
         r = s.get(metric) or {}
         out[metric], out[f"{metric}_lo"], out[f"{metric}_hi"] = _num(r.get("acc")), _num(r.get("lo")), _num(r.get("hi"))
     out["prob"] = _num(s.get("p_answer"))
+    # continuous metrics beside the accuracies: the answer's share among the options, its log-probability
+    out["p_choice"], out["logp"], out["cut"] = _num(s.get("p_choice")), _num(s.get("logp_answer")), s.get("cut")
     ps = [it["p"] for it in s.get("items") or [] if _num(it.get("p")) is not None]
     if len(ps) >= 2:  # standard error of the mean probability, from the per-probe values
         mean = sum(ps) / len(ps)
@@ -121,6 +125,9 @@ def _from_eval(result: dict[str, Any], losses: bool) -> dict[str, Any]:
     probes = result.get("probes") or {}
     if probes:
         out["probes"] = {name: _probe_summary(s) for name, s in probes.items() if isinstance(s, dict)}
+    world = result.get("world_probes") or {}
+    if world:
+        out["world_probes"] = {name: _probe_summary(s) for name, s in world.items() if isinstance(s, dict)}
     return out
 
 
@@ -179,7 +186,7 @@ def run_records(run_dir: str | Path) -> list[dict[str, Any]]:
             tokens = 0.0
         flops = _num(row.get("flops")) or (tokens * fpt if tokens is not None and fpt else None)
         rec = {**base, "step": step, "tokens": tokens, "flops": flops, "loss": _num(row.get("val_loss")),
-               **{field: {} for field in _SKILL_FIELDS}, "probes": {}, "final": False,
+               **{field: {} for field in _SKILL_FIELDS}, "probes": {}, "world_probes": {}, "final": False,
                "loss_source": "trainer" if "val_loss" in row else None}
         rec["skill_loss"] = {k: v for k, v in (row.get("val_loss_by_skill") or {}).items() if _num(v) is not None}
         rec["skill_tokens"] = dict(row.get("val_tokens_by_skill") or {})

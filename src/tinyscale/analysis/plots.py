@@ -218,6 +218,53 @@ def probes_vs_size(records: list[dict], path: str | Path, size_key: str = "non_e
     return _save(fig, path)
 
 
+def _mc_errorbar(ax: Any, x: list, summaries: list[dict], style: str, color: str, label: str) -> None:
+    y = np.array([_value(p, "mc") for p in summaries])
+    lo = np.array([_value(p, "mc_lo") for p in summaries])
+    hi = np.array([_value(p, "mc_hi") for p in summaries])
+    err = np.nan_to_num(np.vstack([y - lo, hi - y]), nan=0.0).clip(min=0)
+    ax.errorbar(np.array(x, float), y, yerr=err, fmt=style, ms=4, capsize=2, color=color, label=label)
+
+
+def probes_in_out(records: list[dict], path: str | Path, size_key: str = "non_embedding_params") -> Path | None:
+    """Multiple-choice accuracy of the story world's own probe sets (in distribution) and of the
+    hand-written suites (new phrasing), per suite: over model size (final checkpoints, 95% Wilson
+    intervals) and over training compute (every evaluated checkpoint, one line per run), each with
+    its exact chance level."""
+    both = [r for r in records if r.get("world_probes") and r["probes"] and r.get("flops")]
+    suites = sorted({s for r in both for s in r["world_probes"]} & {s for r in both for s in r["probes"]})
+    if not suites:
+        return None
+    fig, axes = plt.subplots(2, len(suites), figsize=(3.4 * len(suites), 6.2), squeeze=False)
+    fams = (("world_probes", "o-", "C0", "in distribution (world)"), ("probes", "s--", "C1", "hand-written suite"))
+    for col, suite in enumerate(suites):
+        rs = [r for r in both if suite in r["world_probes"] and suite in r["probes"]]
+        finals = sorted((r for r in rs if r["final"] and r.get(size_key)), key=lambda r: r[size_key])
+        top, bottom = axes[0, col], axes[1, col]
+        for key, style, color, label in fams:
+            if finals:
+                _mc_errorbar(top, [r[size_key] for r in finals], [r[key][suite] for r in finals], style, color, label)
+            for i, run in enumerate(sorted(_by_run(rs).values(), key=lambda v: v[0].get(size_key) or 0)):
+                run = sorted(run, key=lambda r: r["flops"])
+                bottom.plot([r["flops"] for r in run], [_value(r[key][suite], "mc") for r in run], style, ms=3,
+                            color=color, alpha=0.35 + 0.65 * (i + 1) / len(_by_run(rs)), label=label if i == 0 else None)
+            chance = rs[0][key][suite].get("chance")
+            for ax in (top, bottom):
+                if chance is not None:
+                    ax.axhline(chance, color=color, ls=":", lw=1, label=f"chance {chance:.2f}" if ax is top else None)
+        for ax, xlabel in ((top, size_key.replace("_", "-").replace("params", "parameters")),
+                           (bottom, "training FLOPs (each run's checkpoints)")):
+            _log_axis(ax.xaxis)
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.grid(True, which="both", alpha=0.3)
+        top.set_title(suite)
+        bottom.tick_params(axis="x", labelrotation=30, labelsize=7)
+    axes[0, 0].set_ylabel("multiple-choice accuracy")
+    axes[0, 0].legend(fontsize=6)
+    return _save(fig, path)
+
+
 def metric_value(rec: dict, metric: str) -> float | None:
     """A record's value of a metric spec: "loss", "loss:<skill>" or "<mc|exact|prob>:<suite>"."""
     kind, _, name = metric.partition(":")

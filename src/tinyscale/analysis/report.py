@@ -27,7 +27,7 @@ from tinyscale.fileio import atomic_open, read_json
 from tinyscale.runs import read_evals
 
 SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Loss per skill"),
-            ("probes", "Probes vs size"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
+            ("probes", "Probes vs size"), ("probes_io", "Probes in and out of distribution"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
             ("completions", "Completions"), ("taxonomy", "Emergence taxonomy"), ("readability", "Neurons vs size"),
             ("incentivize", "Teach versus incentivize"), ("reproduce", "Reproduce")]
 METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "loss": "loss",
@@ -398,6 +398,7 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
                                                                                    size_key),
         "probes": _img(plots.probes_vs_size(records, plot_dir / "probes.png", size_key), "probe accuracy",
                        "No probe results (run tinyscale eval on the runs)."),
+        "probes_io": _probes_in_out_section(records, analysis, plot_dir, size_key),
         "heatmap": _img(plots.heatmap(records, metric, plot_dir / "heatmap.png"), f"{metric} heatmap",
                         f"No final values of {metric} with a known width and depth."),
         "grades": _grades_section(sweep_dir, plot_dir, size_key),
@@ -420,6 +421,32 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
     with atomic_open(out, "w", encoding="utf-8") as f:
         f.write(page)
     return out
+
+
+def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, size_key: str) -> str:
+    """The world's own probe sets (in distribution) beside the hand-written suites (new phrasing):
+    the figure, one sentence per suite, and per size both accuracies and their gap."""
+    entries = analysis.get("probes_in_out") or []
+    if not entries:
+        return _nodata("No in-distribution probe results: `tinyscale eval` scores the story world's own probe "
+                       "sets when a run's data is the story world.")
+    intro = ("<p>Multiple-choice accuracy on probes cut from held-out stories of the world, in its own phrasing "
+             "(<em>in distribution</em>; wrong options known by construction), beside the hand-written suites "
+             "phrased unlike the world (<em>new phrasing</em>); dotted lines: each family's exact chance "
+             "(mean of 1 / options). The gap (in distribution − hand-written) separates knowing the world's "
+             "facts from carrying them to new phrasing.</p>")
+    figure = _img(plots.probes_in_out(records, plot_dir / "probes_in_out.png", size_key), "probes in and out",
+                  "No run has both probe families at a known compute.")
+    sentences = "<ul>" + "".join(f"<li>{_e(e['sentence'])}</li>" for e in entries) + "</ul>"
+    rows = [[e["suite"], _num(r["size"]), f"{r['world']:.2f}", _num(r.get("world_same_length"), 2),
+             f"{r['suite']:.2f}", f"{r['gap']:+.2f}", f"{e['chance']['world']:.2f} / {e['chance']['suite']:.2f}"]
+            for e in entries for r in e["rows"]]
+    table = _table(["suite", size_key.replace("_", " "), "in distribution", "(options of equal length)",
+                    "hand-written", "gap", "chance (world / suite)"], rows)
+    classes = _table(["suite", "in distribution: size", "compute", "hand-written: size", "compute"],
+                     [[e["suite"], *(e["classes"][f][a] or "—" for f in ("world", "suite")
+                                     for a in ("size", "compute"))] for e in entries])
+    return intro + figure + sentences + table + classes
 
 
 # --- tables for the terminal ------------------------------------------------------------------

@@ -99,10 +99,10 @@ def _mean_dict(recs: list[dict], field: str, how=_mean) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _mean_probes(recs: list[dict]) -> dict[str, dict]:
+def _mean_probes(recs: list[dict], key: str = "probes") -> dict[str, dict]:
     out = {}
-    for suite in set.intersection(*(set(r.get("probes") or {}) for r in recs)):
-        ps = [r["probes"][suite] for r in recs]
+    for suite in set.intersection(*(set(r.get(key) or {}) for r in recs)):
+        ps = [r[key][suite] for r in recs]
         p = dict(ps[0])
         for metric in _PROBE_METRICS:
             p[metric] = _mean([q.get(metric) for q in ps])
@@ -131,7 +131,7 @@ def _mean_record(recs: list[dict]) -> dict:
     for field in ("skill_loss_se", "skill_gap_se"):
         m[field] = _mean_dict(recs, field, how=_se_of_mean)
     m["skill_gap_hi"] = {s: g + Z95 * m["skill_gap_se"][s] for s, g in m["skill_gap"].items() if s in m["skill_gap_se"]}
-    m["probes"] = _mean_probes(recs)
+    m["probes"], m["world_probes"] = _mean_probes(recs), _mean_probes(recs, "world_probes")
     return m
 
 

@@ -7,12 +7,24 @@ A suite is a JSONL file, one probe per line:
 
 The answer (and each wrong option) is the continuation of the prompt, scored with a leading space.
 `style` is "world" when the probe reads like the story world's own sentences and "novel" when it is
-phrased unlike any of them, so a model that learned the skill (not the template) passes both.
+phrased unlike any of them, so a model that learned the skill (not the template) passes both. A
+probe has 1 to 5 wrong options, so its chance level is exactly 1 / (number of options). An optional
+`meta` object is carried along untouched (the story world's own probe sets, `data/world/probes.py`,
+record there the story and the span each item was cut from).
+
+A prompt longer than the model's context keeps its last tokens (the words nearest the answer matter
+most; the trained windows start mid-story too): the item's `cut` flag and the summary's `cut` count
+say how many were shortened. An option that alone does not fit is refused (UserError).
 
 Each probe is scored three ways, from one batched forward pass per option:
   mc     multiple choice: is the answer's summed log-probability the highest of all options?
   exact  does the greedy continuation start with the answer's word(s)?
   p      the probability the model gives the answer: exp(summed log-probability), continuous.
+`mc_same_length` is the multiple-choice accuracy over the probes whose options all have the same
+number of tokens (a summed log-probability favours short options before anything is learned), and
+two continuous metrics sit beside the accuracies: `logp` (the answer's summed log-probability)
+and `logp_norm` (the same, normalised over the options: log of the answer's share of the options'
+probability mass; its exp, `p_choice`, is 1 for a sure right choice and 1/options at indifference).
 
 Greedy exact match is read off the same teacher-forced pass: greedy decoding writes the answer's
 tokens exactly when each of them is the argmax given the prompt and the answer tokens before it, and
@@ -35,7 +47,7 @@ from tinyscale.fileio import read_text
 
 SUITES: tuple[str, ...] = ("facts", "reasoning", "tracking", "grammar")
 STYLES: tuple[str, ...] = ("world", "novel")
-_FIELDS = {"id", "prompt", "answer", "wrong", "kind", "style"}
+_FIELDS = {"id", "prompt", "answer", "wrong", "kind", "style", "meta"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,7 @@ class Probe:
     wrong: tuple[str, ...]
     kind: str
     style: str
+    meta: dict | None = None
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -78,8 +91,8 @@ def validate_probe(obj: object, where: str) -> Probe:
         raise UserError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(_FIELDS))})")
     pid, prompt, answer, kind = (_text(obj, k, where) for k in ("id", "prompt", "answer", "kind"))
     wrong = obj.get("wrong")
-    if not isinstance(wrong, list) or not 2 <= len(wrong) <= 5:
-        raise UserError(f"{where}: field 'wrong' must be a list of 2 to 5 wrong answers")
+    if not isinstance(wrong, list) or not 1 <= len(wrong) <= 5:
+        raise UserError(f"{where}: field 'wrong' must be a list of 1 to 5 wrong answers")
     for w in wrong:
         if not isinstance(w, str) or not w.strip() or w != w.strip():
             raise UserError(f"{where}: wrong answer {w!r} must be a non-empty string without outer spaces")
@@ -88,7 +101,20 @@ def validate_probe(obj: object, where: str) -> Probe:
     style = obj.get("style")
     if style not in STYLES:
         raise UserError(f"{where}: field 'style' must be one of {', '.join(STYLES)}, got {style!r}")
-    return Probe(pid, prompt, answer, tuple(wrong), kind, style)
+    meta = obj.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise UserError(f"{where}: field 'meta' must be a JSON object")
+    return Probe(pid, prompt, answer, tuple(wrong), kind, style, meta)
+
+
+def read_items(items: Sequence[object], source: str) -> list[Probe]:
+    """Validate probes given as decoded objects (an in-memory set); ids must be unique."""
+    probes = [validate_probe(obj, f"{source}[{i}]") for i, obj in enumerate(items)]
+    if not probes:
+        raise UserError(f"{source}: no probes")
+    if len({p.id for p in probes}) != len(probes):
+        raise UserError(f"{source}: probe ids are not unique")
+    return probes
 
 
 def read_suite(path: str | Path) -> list[Probe]:
@@ -165,6 +191,8 @@ class ProbeScore:
     style: str
     logps: tuple[float, ...]  # summed log-probability of each option, answer first
     exact: bool
+    cut: bool = False  # the prompt was longer than the context: its first tokens were dropped
+    tokens: tuple[int, ...] = ()  # tokens of each option, answer first
 
     @property
     def mc(self) -> bool:
@@ -176,14 +204,26 @@ class ProbeScore:
         return math.exp(self.logps[0])
 
     @property
+    def logp(self) -> float:
+        return self.logps[0]
+
+    @property
+    def logp_norm(self) -> float:
+        """log of the answer's share of the options' probability mass (0 = a sure right choice)."""
+        top = max(self.logps)
+        return self.logps[0] - top - math.log(sum(math.exp(lp - top) for lp in self.logps))
+
+    @property
     def pred(self) -> int:
         return max(range(len(self.logps)), key=lambda i: self.logps[i])
 
 
-def _sequences(probes: Sequence[Probe], codec: Codec, max_len: int) -> list[tuple[list[int], int]]:
-    """(token ids of prompt+option, number of option tokens) for every option of every probe, in order."""
-    out = []
+def _sequences(probes: Sequence[Probe], codec: Codec, max_len: int) -> tuple[list[tuple[list[int], int]], list[bool]]:
+    """(token ids of prompt+option, number of option tokens) for every option of every probe, in order;
+    and per probe whether its prompt had to be cut to fit `max_len`."""
+    out, cut = [], []
     for probe in probes:
+        cut.append(False)
         prompt = ([codec.bos_id] if codec.bos_id is not None else []) + codec.encode(probe.prompt)
         for option in probe.options:
             cont = codec.encode(" " + option)
@@ -191,8 +231,9 @@ def _sequences(probes: Sequence[Probe], codec: Codec, max_len: int) -> list[tupl
                 raise UserError(f"probe {probe.id}: option {option!r} is empty or longer than the context")
             # Keep the end of a prompt that does not fit: the words nearest the answer matter most.
             ids = (prompt + cont)[-max_len:]
+            cut[-1] = cut[-1] or len(prompt) + len(cont) > max_len
             out.append((ids, len(cont)))
-    return out
+    return out, cut
 
 
 @torch.no_grad()
@@ -233,15 +274,16 @@ def _score_sequences(model: torch.nn.Module, seqs: list[tuple[list[int], int]], 
 def score_probes(model: torch.nn.Module, probes: Sequence[Probe], codec: Codec, *, max_len: int,
                  device: torch.device | str = "cpu", batch_tokens: int = 8192) -> list[ProbeScore]:
     """Score every probe (multiple choice, greedy exact match, probability of the answer)."""
-    seqs = _sequences(probes, codec, max_len)
+    seqs, cuts = _sequences(probes, codec, max_len)
     flat = _score_sequences(model, seqs, torch.device(device), batch_tokens)
     scores, i = [], 0
-    for probe in probes:
+    for probe, cut in zip(probes, cuts, strict=True):
+        sizes = tuple(n for _, n in seqs[i: i + len(probe.options)])
         rows = flat[i: i + len(probe.options)]
         i += len(probe.options)
         total, greedy, after = rows[0]
         scores.append(ProbeScore(probe.id, probe.kind, probe.style, tuple(r[0] for r in rows),
-                                 exact=greedy and not codec.continues_word(after)))
+                                 exact=greedy and not codec.continues_word(after), cut=cut, tokens=sizes))
     return scores
 
 
@@ -265,12 +307,21 @@ def _rate(k: int, n: int) -> dict:
 
 def _summary(scores: Sequence[ProbeScore], chances: Sequence[float]) -> dict:
     n = len(scores)
+    same = [s for s in scores if len(set(s.tokens)) == 1]
     return {
         "n": n,
         "chance": sum(chances) / n,
         "mc": _rate(sum(s.mc for s in scores), n),
         "exact": _rate(sum(s.exact for s in scores), n),
         "p_answer": sum(s.p for s in scores) / n,
+        "logp_answer": sum(s.logp for s in scores) / n,
+        "p_choice": sum(math.exp(s.logp_norm) for s in scores) / n,
+        "cut": sum(s.cut for s in scores),
+        # Summed log-probabilities favour options of fewer tokens before anything is learned (a word
+        # frequent in the corpus is often one token, a rare wrong option several): accuracy on the
+        # probes whose options all have the same number of tokens is free of that bias.
+        "mc_same_length": _rate(sum(s.mc for s in same), len(same)) if same else
+        {"acc": None, "k": 0, "n": 0, "lo": None, "hi": None},
     }
 
 
@@ -286,7 +337,8 @@ def summarize(probes: Sequence[Probe], scores: Sequence[ProbeScore]) -> dict:
     by_id = {p.id: p for p in probes}
     out["items"] = [
         {"id": s.id, "kind": s.kind, "style": s.style, "mc": s.mc, "exact": s.exact, "p": s.p,
-         "pred": by_id[s.id].options[s.pred], "logps": list(s.logps)}
+         "pred": by_id[s.id].options[s.pred], "logps": list(s.logps), "logp": s.logp, "logp_norm": s.logp_norm,
+         "chance": chance[s.id], "cut": s.cut, "tokens": list(s.tokens)}
         for s in scores
     ]
     return out

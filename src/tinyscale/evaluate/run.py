@@ -1,5 +1,12 @@
 """Evaluate the checkpoints of a run: loss per skill, probe suites, story completions.
 
+Probes come in two families, written under separate keys of each result: `probes` (the hand-written
+suites, phrased unlike the story world: "ood phrasing") and, when the run's data is the story world
+(its shards' `corpus` folder holds the world's `world.json`), `world_probes` (the world's own
+in-distribution sets, `data/world/probes.py`: held-out stories cut before a labeled word). Both are
+scored within the context the run was trained at (its `seq_len`, never more than the model's
+`max_seq_len`): a longer prompt keeps its last tokens and is counted in the summary's `cut`.
+
     evaluate_run("runs/3M", checkpoints="all")   # writes runs/3M/eval/<step>.json for each step
     load_eval("runs/3M")                           # {step: result}, for the analysis and the report
 
@@ -26,6 +33,7 @@ FORMAT = 1
 # Tokens per split for the loss when the run does not say (its `eval_tokens`, which the trainer's
 # periodic evaluation used: by default `tinyscale eval` measures exactly the same windows).
 DEFAULT_MAX_TOKENS = 32768
+WORLD_PROBES = 200  # items per in-distribution set when the run's data is the story world
 
 
 def eval_dir(run_dir: str | Path) -> Path:
@@ -96,11 +104,49 @@ def load_suites(specs: list[str] | None) -> dict[str, list]:
     return suites
 
 
+def world_of(shards) -> tuple[Path, dict] | None:
+    """The story-world corpus behind a shard set (its folder and world.json), or None for other data."""
+    from tinyscale.fileio import read_json
+
+    corpus = shards.meta.get("corpus")
+    for folder in (Path(corpus), shards.dir / corpus) if corpus else ():
+        path = folder / "world.json"
+        if path.is_file():
+            world = read_json(path)
+            if isinstance(world, dict) and world.get("generator") == "tinyscale story world":
+                return folder, world
+    return None
+
+
+def load_world_probes(shards, per_skill: int | None) -> tuple[dict[str, list], dict | None]:
+    """The in-distribution probe sets of a story-world run ({} and None when the data is not the world
+    or per_skill is 0; None per_skill: WORLD_PROBES items per set)."""
+    from tinyscale.data.world import SCHEMAS, default_vocab
+    from tinyscale.data.world.holdout import parse_hold_outs
+    from tinyscale.data.world.probes import START, world_probes
+    from tinyscale.evaluate.probes import read_items
+
+    if per_skill is not None and per_skill < 0:
+        raise UserError(f"--world-probes: must be 0 or more, got {per_skill}")
+    found = world_of(shards) if per_skill != 0 else None
+    if found is None:
+        if per_skill:
+            raise UserError(f"{shards.dir}: --world-probes needs story-world data (no world.json in its corpus)")
+        return {}, None
+    folder, world = found
+    n = per_skill or WORLD_PROBES
+    vocab, fmt, seed = default_vocab(), world.get("format", "plain"), int(world.get("seed", 0))
+    holds = parse_hold_outs(list(world.get("hold_out") or []), vocab, fmt, tuple(SCHEMAS))
+    sets = world_probes(vocab, seed, n, fmt=fmt, holds=holds)
+    settings = {"corpus": str(folder), "seed": seed, "format": fmt, "start": START, "per_skill": n}
+    return {name: read_items(items, f"world probes {name}") for name, items in sets.items()}, settings
+
+
 class _Prepared:
     """Everything that does not depend on the weights, built once per evaluation."""
 
     def __init__(self, info: dict, model, shards, suites: dict[str, list], max_tokens: int, completions: int,
-                 seed: int, seq_len: int | None) -> None:
+                 seed: int, seq_len: int | None, world: tuple[dict[str, list], dict | None] = ({}, None)) -> None:
         from tinyscale.evaluate.completions import pick_stories
         from tinyscale.evaluate.loss import MIN_SKILL_TOKENS, loss_windows
         from tinyscale.evaluate.probes import Codec
@@ -117,6 +163,9 @@ class _Prepared:
                                   base=shards.base(s), min_skill_tokens=min_skill)
                      for s in ("val", "ood") if s in shards.splits]
         self.suites = suites
+        self.world, self.world_settings = world
+        # Probes are scored within the context the run was trained at (never beyond max_seq_len).
+        self.probe_len = _seq_len(info, self.max_len)
         split = "val"
         # Leave the model room to write: a prompt may use at most 3/4 of the context.
         self.cuts = pick_stories(split, shards.tokens(split), shards.eot_id, self.tokenizer, completions, seed,
@@ -135,28 +184,39 @@ def _evaluate_one(model, prep: _Prepared, device: torch.device, *, samples: int,
     seconds["loss"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    probes = {name: summarize(ps, score_probes(model, ps, prep.codec, max_len=prep.max_len, device=device))
+    probes = {name: summarize(ps, score_probes(model, ps, prep.codec, max_len=prep.probe_len, device=device))
               for name, ps in prep.suites.items()}
     seconds["probes"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    world = {name: summarize(ps, score_probes(model, ps, prep.codec, max_len=prep.probe_len, device=device))
+             for name, ps in prep.world.items()}
+    seconds["world_probes"] = time.perf_counter() - t0
+    cut = {f"{name}{tag}": r["cut"] for tag, fam in (("", probes), (" (world)", world)) for name, r in fam.items()
+           if r["cut"]}
+    if cut:
+        progress.info("probes: %s prompt(s) longer than the %d-token context kept their last tokens",
+                      ", ".join(f"{n} {k}" for k, n in cut.items()), prep.probe_len)
 
     t0 = time.perf_counter()
     stories = complete_stories(model, prep.cuts, prep.tokenizer, samples=samples, temperature=temperature,
                                seed=seed, eot_id=prep.eot_id, max_seq_len=prep.max_len)
     seconds["completions"] = time.perf_counter() - t0
-    return {"loss": loss, "probes": probes, "completions": stories, "seconds": seconds}
+    return {"loss": loss, "probes": probes, "world_probes": world, "completions": stories, "seconds": seconds}
 
 
 def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last", suites: list[str] | None = None,
                  device: str = "auto", *, max_tokens: int | None = None, completions: int = 8,
                  samples: int = 2, temperature: float = 0.8, seed: int = 0, batch_size: int = 8,
                  data_dir: str | Path | None = None, seq_len: int | None = None,
-                 write: bool = True) -> dict[int, dict]:
+                 write: bool = True, world_probes: int | None = None) -> dict[int, dict]:
     """Evaluate the selected checkpoints of a run and (by default) write RUN/eval/<step>.json for each.
 
     suites: built-in names and/or JSONL paths (None: the four built-in suites; [] for none).
     max_tokens: validation tokens for the loss (None: the run's own `eval_tokens`, so that the result
     equals the trainer's periodic evaluation of the same checkpoint).
     completions: stories to complete (0 for none), each `samples` times at `temperature`.
+    world_probes: items per in-distribution set (None: WORLD_PROBES when the data is the story world,
+    none otherwise; 0: none).
     """
     from safetensors.torch import load_model as load_weights
 
@@ -176,9 +236,11 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
     shards = ShardSet.open(_data_dir(run_dir, info, data_dir))
     _check_tokenizer(run_dir, shards)
     model, _ = load_model(run_dir, steps[0], device=str(dev))
-    prep = _Prepared(info, model, shards, probe_suites, max_tokens, completions, seed, seq_len)
-    progress.info("eval %s: %d checkpoint(s), %s, %d suite(s), %d stories", run_dir, len(steps),
-                  ", ".join(f"{d.split} {d.n_tokens} tokens" for d in prep.loss), len(prep.suites), len(prep.cuts))
+    world = load_world_probes(shards, world_probes)
+    prep = _Prepared(info, model, shards, probe_suites, max_tokens, completions, seed, seq_len, world)
+    progress.info("eval %s: %d checkpoint(s), %s, %d suite(s), %d world probe set(s), %d stories", run_dir,
+                  len(steps), ", ".join(f"{d.split} {d.n_tokens} tokens" for d in prep.loss), len(prep.suites),
+                  len(prep.world), len(prep.cuts))
 
     results: dict[int, dict] = {}
     for step in progress.track(steps, "eval"):
@@ -193,7 +255,8 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
                   "data": str(shards.dir),
                   "settings": {"max_tokens": max_tokens, "seq_len": prep.seq_len, "completions": len(prep.cuts),
                                "samples": samples, "temperature": temperature, "seed": seed,
-                               "device": str(dev), "suites": list(prep.suites)}}
+                               "device": str(dev), "suites": list(prep.suites), "probe_context": prep.probe_len,
+                               "world_probes": prep.world_settings}}
         result.update(_evaluate_one(model, prep, dev, samples=samples, temperature=temperature, seed=seed,
                                     batch_size=batch_size))
         result["seconds"]["total"] = time.perf_counter() - t0
@@ -308,4 +371,24 @@ def eval_tables(results: dict[int, dict]) -> list:
                           *[f"{results[s]['probes'][name][f'by_{field}'][g]['mc']['acc']:.2f}" for s in steps],
                           end_section=i == len(groups) - 1)
         tables.append(t)
-    return tables
+    world = _world_table(results)
+    return tables + ([world] if world is not None else [])
+
+
+def _world_table(results: dict[int, dict]):
+    """Multiple-choice accuracy of the in-distribution sets beside the hand-written suite of the same
+    name, one row per checkpoint (None when there are no world probes)."""
+    steps = sorted(results)
+    first = results[steps[0]]
+    names = list(first.get("world_probes") or {})
+    if not names:
+        return None
+    t = _table("multiple-choice accuracy: in-distribution (story world) / hand-written suite (new phrasing)",
+               "step", [f"{n} (chance {first['world_probes'][n]['chance']:.2f}"
+                        + (f" / {first['probes'][n]['chance']:.2f})" if n in first["probes"] else ")")
+                        for n in names])
+    for s in steps:
+        r = results[s]
+        t.add_row(_step(r), *[f"{r['world_probes'][n]['mc']['acc']:.2f}"
+                              + (f" / {r['probes'][n]['mc']['acc']:.2f}" if n in r["probes"] else "") for n in names])
+    return t

@@ -1,0 +1,200 @@
+"""The story world's in-distribution probe sets: deterministic, right by construction, balanced, read by
+the scorer, and scored by `tinyscale eval` beside the hand-written suites."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tinyscale.data.world import SCHEMAS, default_vocab, make_story
+from tinyscale.data.world.holdout import parse_hold_outs
+from tinyscale.data.world.probes import SETS, START, balance, world_probes, write_world_probes
+from tinyscale.errors import UserError
+from tinyscale.evaluate.probes import load_suite
+
+N = 60
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return default_vocab()
+
+
+@pytest.fixture(scope="module")
+def sets(vocab):
+    return world_probes(vocab, seed=0, per_skill=N)
+
+
+def test_deterministic_per_seed(vocab, sets):
+    assert world_probes(vocab, seed=0, per_skill=N) == sets
+    other = world_probes(vocab, seed=1, per_skill=N)
+    assert [i["prompt"] for i in other["facts"]] != [i["prompt"] for i in sets["facts"]]
+    assert all(len(items) == N for items in sets.values())
+    # never a corpus story: every item comes from the held-out index range
+    assert min(i["meta"]["story"] for items in sets.values() for i in items) >= START
+
+
+def _span_of(item):
+    start = int(item["id"].rsplit("-", 1)[1])
+    return start, make_story(default_vocab(), 0, item["meta"]["story"])
+
+
+def test_answers_and_options_are_right_by_construction(vocab, sets):
+    facts = {f.key: f for f in vocab.facts}
+    for name, items in sets.items():
+        for it in items:
+            start, story = _span_of(it)
+            span = next(sp for sp in story.spans if sp[0] == start)
+            # the prompt is the story up to the word, the answer the labeled word itself (determined)
+            assert story.text[:start] == it["prompt"] + " "
+            assert story.text[span[0]:span[1]] == it["answer"] and span[2] == SETS[name] and span[3] == 0.0
+            assert it["answer"] not in it["wrong"] and len(set(it["wrong"])) == len(it["wrong"]) >= 1
+            if name == "facts":
+                assert it["answer"] == facts[it["kind"]].answer
+                assert sorted(it["wrong"]) == sorted(facts[it["kind"]].wrong)
+            elif name == "grammar":
+                forms = [f for p in ("he", "she", "they") for f in vocab.forms[p].values()]
+                assert {it["answer"], *it["wrong"]} <= set(forms) and len(it["wrong"]) == 2
+            elif name == "tracking":  # every wrong name was introduced before the answer
+                assert all(w in it["prompt"] for w in it["wrong"])
+    kinds = {i["kind"] for i in sets["reasoning"]}
+    assert {"exclusion", "counting", "order"} <= kinds
+
+
+def test_answers_are_balanced(vocab):
+    big = world_probes(vocab, seed=0, per_skill=300, sets=("reasoning", "tracking"))
+    reasoning = balance(big["reasoning"])
+    # the world names a moment's two options in a random order: the answer is first about half the time
+    assert reasoning["named_first"]["of"] >= 100 and 0.35 <= reasoning["named_first"]["share"] <= 0.65
+    # the right name is not simply the one mentioned last
+    assert 0.1 <= balance(big["tracking"])["named_last"]["share"] <= 0.6
+    # chance per set is exact: the mean of 1 / options
+    assert reasoning["chance"] == pytest.approx(sum(1 / (1 + len(i["wrong"])) for i in big["reasoning"]) / 300)
+
+
+def test_held_out_compositions_are_skipped(vocab):
+    holds = parse_hold_outs(["schema:lost_toy"], vocab, "plain", tuple(SCHEMAS))
+    items = world_probes(vocab, seed=0, per_skill=30, holds=holds, sets=("reasoning",))["reasoning"]
+    assert all(make_story(vocab, 0, i["meta"]["story"]).meta["schema"] != "lost_toy" for i in items)
+    with pytest.raises(UserError, match="unknown set"):
+        world_probes(vocab, sets=("fact",))
+
+
+def test_written_sets_are_read_by_the_scorer(vocab, tmp_path):
+    manifest = write_world_probes(tmp_path / "wp", vocab, seed=0, per_skill=10)
+    assert set(manifest["sets"]) == set(SETS)
+    for name in SETS:
+        suite, probes = load_suite(str(tmp_path / "wp" / f"{name}.jsonl"))
+        assert suite == name and len(probes) == 10 and all(p.style == "world" for p in probes)
+        assert probes[0].meta["story"] >= START
+
+
+# --- tinyscale eval on story-world data --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world_run(tmp_path_factory):
+    """A tiny untrained model on real story-world shards (the corpus folder holds world.json)."""
+    from safetensors.torch import save_model
+
+    from tinyscale.config import ModelConfig
+    from tinyscale.data.shards import ShardSet
+    from tinyscale.data.tokenize import tokenize_corpus
+    from tinyscale.data.world import write_world_corpus
+    from tinyscale.model import Transformer
+
+    root = tmp_path_factory.mktemp("worldrun")
+    write_world_corpus(root / "corpus", stories=40, seed=0, val_fraction=0.2)
+    tokenize_corpus(root / "corpus", root / "shards", vocab_size=300, workers=1)
+    shards = ShardSet.open(root / "shards")
+    cfg = ModelConfig(vocab_size=shards.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=64)
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    save_model(Transformer(cfg), str(run / "checkpoints" / "step_00000005.safetensors"))
+    torch.save({}, run / "checkpoints" / "step_00000005.state.pt")
+    shutil.copy(shards.dir / "tokenizer.json", run / "tokenizer.json")
+    info = {"config": {"data": str(shards.dir), "seq_len": 48}, "model": cfg.model_dump(),
+            "data": {"dir": str(shards.dir), "eot_id": shards.eot_id, "vocab_size": shards.vocab_size}}
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+def test_eval_writes_both_families_within_the_trained_context(world_run):
+    from tinyscale.evaluate import evaluate_run, load_eval
+
+    results = evaluate_run(world_run, suites=["facts"], device="cpu", max_tokens=128, completions=0,
+                           world_probes=6)
+    r = results[5]
+    assert set(r["probes"]) == {"facts"} and set(r["world_probes"]) == set(SETS)
+    assert r["settings"]["probe_context"] == 48  # the run's seq_len, below the model's 64
+    assert r["settings"]["world_probes"]["per_skill"] == 6 and r["settings"]["world_probes"]["start"] == START
+    for s in r["world_probes"].values():
+        assert s["n"] == 6 and 0 <= s["mc"]["acc"] <= 1
+        assert s["chance"] == pytest.approx(sum(i["chance"] for i in s["items"]) / 6)
+        assert all(i["chance"] == pytest.approx(1 / len(i["logps"])) and i["logp_norm"] <= 0 for i in s["items"])
+    # story prompts are longer than 48 tokens: kept to their last tokens, and counted
+    assert sum(s["cut"] for s in r["world_probes"].values()) > 0
+    assert load_eval(world_run)[5]["world_probes"]["facts"]["n"] == 6
+
+
+def test_no_world_probes_on_other_data_or_when_asked(world_run, tmp_path):
+    from _tiny_shards import make_shards
+    from tinyscale.data.shards import ShardSet
+    from tinyscale.evaluate import evaluate_run
+    from tinyscale.evaluate.run import load_world_probes
+
+    r = evaluate_run(world_run, suites=[], device="cpu", max_tokens=64, completions=0, world_probes=0, write=False)
+    assert r[5]["world_probes"] == {} and r[5]["settings"]["world_probes"] is None
+    other = ShardSet.open(make_shards(tmp_path, stories=30))  # a corpus without world.json
+    assert load_world_probes(other, None) == ({}, None)
+    with pytest.raises(UserError, match="needs story-world data"):
+        load_world_probes(other, 3)
+
+
+# --- analysis and report: both families against size and compute, with chance ------------------------
+
+
+def _family(acc: float, chance: float, n: int = 100) -> dict:
+    lo, hi = max(0.0, acc - 0.09), min(1.0, acc + 0.09)
+    return {"n": n, "chance": chance, "mc": {"acc": acc, "k": round(acc * n), "n": n, "lo": lo, "hi": hi},
+            "exact": {"acc": 0.0, "k": 0, "n": n, "lo": 0.0, "hi": 0.04}, "p_answer": acc / 2,
+            "p_choice": acc, "logp_answer": -1.0, "cut": 0, "items": []}
+
+
+def make_probe_sweep(root):
+    """Four fake runs: in-distribution facts climb from chance to 0.95, the hand-written suite stays flat."""
+    sweep = root / "sweep"
+    for rank, width in enumerate((16, 32, 64, 128)):
+        run = sweep / "runs" / f"d{width}"
+        (run / "eval").mkdir(parents=True)
+        n = 12 * width * width
+        (run / "run.json").write_text(json.dumps({
+            "config": {"seq_len": 64}, "model": {"family": "llama", "d_model": width, "n_layers": 1, "n_heads": 2},
+            "params": {"total": n + 512 * width, "non_embedding": n}, "flops_per_token": 6 * n, "data": {}}))
+        loss = 3.0 / (rank + 1)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 100, "tokens": 1e5, "flops": 6e5 * n, "val_loss": loss,
+                                                       "val_loss_by_skill": {"fact": loss},
+                                                       "val_tokens_by_skill": {"fact": 2000}}) + "\n")
+        (run / "eval" / "100.json").write_text(json.dumps({
+            "format": 1, "step": 100, "loss": {"val": {"tokens": 9000, "loss": loss, "skills": {}}},
+            "probes": {"facts": _family(0.30 + 0.01 * (rank % 2), 0.25)},
+            "world_probes": {"facts": _family([0.28, 0.30, 0.80, 0.95][rank], 0.27)}, "completions": []}))
+    return sweep
+
+
+def test_analysis_states_the_gap_and_the_report_draws_both(tmp_path):
+    from tinyscale.analysis.analyze import analyze_sweep
+    from tinyscale.analysis.report import build_report
+
+    sweep = make_probe_sweep(tmp_path)
+    (entry,) = analyze_sweep(sweep, n_boot=10)["probes_in_out"]
+    assert entry["suite"] == "facts" and entry["chance"] == {"world": 0.27, "suite": 0.25}
+    assert [round(r["gap"], 2) for r in entry["rows"]] == [-0.02, -0.01, 0.5, 0.64]
+    assert entry["classes"]["world"]["size"] == "emergent" and entry["classes"]["suite"]["size"] == "flat"
+    assert "gap world - suite" in entry["sentence"]
+    page = build_report(sweep, n_boot=10).read_text()
+    section = page.split('<section id="probes_io">', 1)[1].split("</section>", 1)[0]
+    assert "data:image/png;base64," in section and "+0.64" in section and "0.27 / 0.25" in section
+    assert (sweep / "plots" / "probes_in_out.png").stat().st_size > 1000
