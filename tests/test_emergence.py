@@ -1,4 +1,8 @@
-"""Every class of the emergence taxonomy on constructed curves, and the rules' edges."""
+"""The emergence taxonomy on constructed curves: a break in trend is emergence, a crossing on trend
+is not, noise is flat; and the demo's within-run tracking curve (a stored fixture)."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,6 +10,7 @@ import pytest
 from tinyscale.analysis.emergence import CLASSES, INSUFFICIENT, classify_curve
 
 SIZES = np.logspace(5, 8, 7)  # seven model sizes, 10^5 .. 10^8 parameters
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def label(y, **kw):
@@ -18,6 +23,7 @@ def label(y, **kw):
     ("inverse", [0.80, 0.74, 0.70, 0.62, 0.55, 0.50, 0.45], {"chance": 0.25, "noise": 0.02}),
     ("u_shaped", [0.80, 0.65, 0.45, 0.40, 0.50, 0.68, 0.82], {"chance": 0.25, "noise": 0.02}),
     ("emergent", [0.25, 0.26, 0.24, 0.27, 0.60, 0.80, 0.90], {"chance": 0.25, "noise": 0.02}),
+    ("smooth_crossing", [0.25, 0.50, 0.60, 0.70, 0.75, 0.80, 0.85], {"chance": 0.25, "noise": 0.02}),
     ("not_correlated", [0.50, 0.80, 0.40, 0.90, 0.45, 0.85, 0.50], {"chance": 0.25, "noise": 0.02}),
 ])
 def test_each_class_on_a_constructed_curve(name, y, kw):
@@ -26,8 +32,43 @@ def test_each_class_on_a_constructed_curve(name, y, kw):
     assert result.label == name, result.reason
 
 
-def test_rise_then_dip_is_u_shaped_too():
-    assert label([0.3, 0.5, 0.7, 0.8, 0.7, 0.5, 0.35], noise=0.02) == "u_shaped"
+def test_a_smooth_power_law_crossing_the_baseline_is_a_smooth_crossing_not_emergence():
+    loss = 50.0 * SIZES ** -0.25  # 2.81 .. 0.50 nats, a straight line in log-log
+    result = classify_curve(SIZES, loss, baseline=1.5, noise=0.01, higher_is_better=False)
+    assert result.label == "smooth_crossing", result.reason
+    assert result.break_x is None
+    # The same law with a floor: still on trend.
+    floored = 0.3 + 50.0 * SIZES ** -0.25
+    assert label(floored, floor=0.3, baseline=1.5, noise=0.01, higher_is_better=False) == "smooth_crossing"
+    # An accuracy whose error rate is a power law from chance crosses chance on trend too.
+    acc = 1 - 0.75 * (SIZES / SIZES[0]) ** -0.3
+    assert label(acc, chance=0.25, noise=0.01) == "smooth_crossing"
+
+
+@pytest.mark.parametrize("mid", [10 ** 6.0, 10 ** 6.5, 10 ** 7.0])
+def test_a_sigmoid_in_log_x_is_emergent_with_its_break_within_one_grid_step(mid):
+    x = np.logspace(5, 8, 13)  # a quarter decade per step
+    acc = 0.25 + 0.75 / (1 + np.exp(-8 * (np.log10(x) - np.log10(mid))))
+    result = classify_curve(x, acc, chance=0.25, noise=0.02)
+    assert result.label == "emergent", result.reason
+    step = np.log10(x[1] / x[0])
+    assert abs(np.log10(result.break_x) - np.log10(mid)) <= step + 1e-9, (result.break_x, mid)
+
+
+def test_a_loss_that_drops_off_its_trend_is_emergent_even_without_a_baseline():
+    stuck_then_drop = [3.0, 3.0, 3.01, 2.99, 2.5, 2.2, 2.1]
+    result = classify_curve(SIZES, stuck_then_drop, higher_is_better=False, baseline=2.98, noise=0.01)
+    assert result.label == "emergent" and result.break_x == pytest.approx(SIZES[4])
+    assert label(stuck_then_drop, higher_is_better=False, noise=0.01) == "emergent"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pure_noise_is_flat(seed):
+    rng = np.random.default_rng(seed)
+    y = 0.5 + rng.normal(0, 0.03, 8)
+    assert classify_curve(np.logspace(5, 8, 8), y, noise=0.03).label == "flat"
+    loss = 2.0 + rng.normal(0, 0.02, 8)
+    assert classify_curve(np.logspace(5, 8, 8), loss, noise=0.02, higher_is_better=False).label == "flat"
 
 
 def test_flat_when_the_changes_are_within_the_noise():
@@ -36,8 +77,10 @@ def test_flat_when_the_changes_are_within_the_noise():
     assert label(y, noise=0.001) != "flat"  # the same curve is not flat when measured precisely
 
 
-def test_near_chance_everywhere_is_flat_even_if_precise():
+def test_near_chance_everywhere_is_flat_even_if_precise_and_far_below_is_not():
     assert label([0.50, 0.51, 0.50, 0.52, 0.51, 0.50, 0.52], chance=0.5, noise=0.001) == "flat"
+    # Two-sided: far below chance is not "at chance".
+    assert label([0.50, 0.40, 0.30, 0.22, 0.15, 0.10, 0.05], chance=0.5, noise=0.01) == "inverse"
 
 
 def test_a_jump_within_the_noise_is_not_emergence():
@@ -46,20 +89,15 @@ def test_a_jump_within_the_noise_is_not_emergence():
     assert label(y, chance=0.25, noise=0.06) == "flat"
 
 
-def test_early_rise_is_smooth_not_emergent():
-    # Above chance already at the second-smallest size: the smaller half is not near chance.
-    assert label([0.25, 0.50, 0.60, 0.70, 0.75, 0.80, 0.85], chance=0.25, noise=0.02) == "smooth"
+def test_accelerating_curvature_of_four_points_is_not_called_a_break():
+    # Two moving points are a slope, not a trend: a bend at the third of four points is not a break.
+    assert label([3.15, 1.74, 0.43, 0.40], higher_is_better=False, noise=0.004, baseline=1.06) != "emergent"
 
 
 def test_losses_are_oriented_lower_is_better():
     falling = [3.2, 3.0, 2.85, 2.7, 2.6, 2.5, 2.45]
     assert label(falling, higher_is_better=False) == "smooth"
     assert label(falling[::-1], higher_is_better=False) == "inverse"
-    # A loss stuck for the smaller half, then dropping through its no-skill baseline, is emergence.
-    stuck_then_drop = [3.0, 3.0, 3.01, 2.99, 2.5, 2.2, 2.1]
-    assert label(stuck_then_drop, higher_is_better=False, baseline=2.98, noise=0.01) == "emergent"
-    # Without a baseline no curve is called emergent: "stuck" could be stuck anywhere.
-    assert label(stuck_then_drop, higher_is_better=False, noise=0.01) != "emergent"
 
 
 def test_init_plateau_then_fall_to_the_baseline_is_learned_prior_not_emergence():
@@ -71,12 +109,9 @@ def test_init_plateau_then_fall_to_the_baseline_is_learned_prior_not_emergence()
     assert "never below" in result.reason
 
 
-def test_fall_through_the_baseline_is_emergent():
-    y = [7.62, 5.0, 4.1, 4.02, 3.2, 2.1, 1.5]  # at or above 4.0 for the smaller half, then far below
-    assert label(y, higher_is_better=False, baseline=4.0, noise=0.05) == "emergent"
-    # The same fall, but already below the baseline in the smaller half: the skill was there early.
-    early = [4.5, 3.5, 3.0, 2.6, 2.2, 1.9, 1.5]
-    assert label(early, higher_is_better=False, baseline=4.0, noise=0.05) == "smooth"
+def test_a_loss_below_its_baseline_from_the_start_is_smooth_not_a_crossing():
+    early = [3.5, 3.0, 2.6, 2.25, 1.95, 1.7, 1.45]  # below the baseline 4.0 everywhere
+    assert label(early, higher_is_better=False, baseline=4.0, noise=0.02) == "smooth"
 
 
 def test_dip_below_chance_that_recovers_is_u_shaped():
@@ -111,3 +146,13 @@ def test_unsorted_input_and_too_few_points():
     assert classify_curve([1e6, 1e7], [0.3, 0.9]).label == INSUFFICIENT
     with pytest.raises(ValueError):
         classify_curve([1, 2, 3], [1, 2])
+
+
+def test_the_demo_tracking_learning_curve_has_a_phase_change():
+    """d96-l5's tracking loss over its own training (stored from the demo): a phase change."""
+    data = json.loads((FIXTURES / "demo_d96_tracking.json").read_text())
+    curve = data["skills"]["tracking"]
+    result = classify_curve(curve["step"], curve["loss"], noise=curve["loss_se"], floor=curve["floor"],
+                            baseline=curve["baseline"], higher_is_better=False)
+    assert result.label == "emergent", result.reason
+    assert data["expected_break_step"][0] <= result.break_x <= data["expected_break_step"][1]
