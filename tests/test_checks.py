@@ -3,11 +3,17 @@ report's Checks box, one stderr line); a clean study gives none."""
 
 import json
 
-from test_report import make_sweep
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from tinyscale.analysis.checks import (chance_checks, context_checks, fit_checks, loss_floor_checks, run_checks,
-                                       trained_context)
+from test_report import make_sweep
+from tinyscale.analysis.checks import (
+    chance_checks,
+    context_checks,
+    fit_checks,
+    loss_floor_checks,
+    run_checks,
+    trained_context,
+)
 from tinyscale.cli import main
 
 
