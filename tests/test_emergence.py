@@ -156,3 +156,54 @@ def test_the_demo_tracking_learning_curve_has_a_phase_change():
                             baseline=curve["baseline"], higher_is_better=False)
     assert result.label == "emergent", result.reason
     assert data["expected_break_step"][0] <= result.break_x <= data["expected_break_step"][1]
+
+
+# --- the classes inside an analysis -------------------------------------------------------------
+
+
+def _record(step: int, tracking: float, prob: float | None = None, mc: float | None = None) -> dict:
+    probes = {} if prob is None else {"tracking": {"prob": prob, "prob_se": 0.01, "mc": mc, "mc_lo": mc - 0.04,
+                                                   "mc_hi": mc + 0.04, "chance": 0.5, "n": 200}}
+    return {"run": "big", "step": step, "flops": step * 1e9, "tokens": step * 1e3, "loss": 2.0, "final": False,
+            "skill_loss": {"tracking": tracking}, "skill_loss_se": {"tracking": 0.02},
+            "skill_tokens": {"tracking": 10000}, "skill_floor": {"tracking": 0.4},
+            "skill_baseline": {"tracking": 3.9}, "skill_gap": {}, "skill_gap_se": {}, "skill_gap_hi": {},
+            "probes": probes}
+
+
+def test_a_learning_curve_with_a_drop_is_a_phase_change_at_its_step():
+    from tinyscale.analysis.analyze import learning_curves
+
+    steps = [1, 2, 4, 540, 1080, 1620, 2160, 2700, 3240, 3780, 4320]
+    loss = [7.6, 7.5, 7.3, 4.68, 4.43, 4.31, 4.25, 3.0, 2.5, 2.3, 2.2]  # init (left out), plateau, drop
+    (curve,) = learning_curves([_record(s, v) for s, v in zip(steps, loss, strict=True)])
+    assert curve["label"] == "emergent", curve["reason"]
+    assert curve["break_step"] == 2700 and curve["break_flops"] == 2700 * 1e9
+    assert curve["x"][0] == 540  # the first 5% of the run (leaving the initialisation) is not classed
+    smooth = [4.68 * (s / 540) ** -0.25 for s in steps]
+    (curve,) = learning_curves([_record(s, v) for s, v in zip(steps, smooth, strict=True)])
+    assert curve["label"] == "smooth_crossing" and curve["break_step"] is None
+
+
+def test_each_discontinuous_class_sits_beside_its_continuous_control():
+    from tinyscale.analysis.analyze import metric_control
+
+    mc = {"label": "emergent"}
+    assert metric_control({"mc": mc, "prob": {"label": "smooth"}}) == (
+        "discontinuous mc emergent; continuous prob smooth: the break is the metric's, the continuous measure has none")
+    assert metric_control({"mc": mc, "prob": {"label": "emergent"}}).endswith("the continuous measure breaks too")
+    assert metric_control({"mc": mc}) is None
+
+
+def test_csv_logprob_column_is_classed_beside_the_metric(tmp_path):
+    from tinyscale.analysis.analyze import analyze_csv
+
+    lines = ["task,N,acc,lp"]
+    for i, n in enumerate(np.logspace(6, 9, 7)):
+        acc = 0.25 if i < 4 else 0.9  # exact-match style jump...
+        lines.append(f"t,{n},{acc},{-3.0 * (n / 1e6) ** -0.3}")  # ...while the log-probability is a power law
+    path = tmp_path / "tasks.csv"
+    path.write_text("\n".join(lines) + "\n")
+    (task,) = analyze_csv(path, task_col="task", x_col="N", metric_col="acc", chance=0.25, logprob_col="lp")["tasks"]
+    assert task["label"] == "emergent" and task["control"]["metric"] == "logprob"
+    assert task["control"]["label"] == "smooth", task["control"]["reason"]

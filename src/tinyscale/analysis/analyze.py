@@ -137,6 +137,9 @@ def _metric(rec: dict, row: str, metric: str) -> tuple[float, float | None, floa
         gap = (rec.get("skill_gap") or {}).get(row)
         return None if gap is None else (gap, (rec.get("skill_gap_se") or {}).get(row), 0.0)
     if metric == "loss":
+        base, gap = (rec.get("skill_baseline") or {}).get(row), (rec.get("skill_gap") or {}).get(row)
+        if base is not None and gap is not None:  # on the tokens whose baseline is known, as drawn
+            return base + gap, (rec.get("skill_gap_se") or {}).get(row), None
         value = rec.get("loss") if row == "all" else rec["skill_loss"].get(row)
         if value is None:
             return None
