@@ -195,7 +195,7 @@ def test_each_discontinuous_class_sits_beside_its_continuous_control():
     assert metric_control({"mc": mc}) is None
 
 
-def test_csv_logprob_column_is_classed_beside_the_metric(tmp_path):
+def test_csv_logprob_column_is_classed_beside_the_metric(tmp_path, capsys):
     from tinyscale.analysis.analyze import analyze_csv
 
     lines = ["task,N,acc,lp"]
@@ -207,3 +207,9 @@ def test_csv_logprob_column_is_classed_beside_the_metric(tmp_path):
     (task,) = analyze_csv(path, task_col="task", x_col="N", metric_col="acc", chance=0.25, logprob_col="lp")["tasks"]
     assert task["label"] == "emergent" and task["control"]["metric"] == "logprob"
     assert task["control"]["label"] == "smooth", task["control"]["reason"]
+    from tinyscale.cli import main
+
+    assert main(["-q", "analyze", "--csv", str(path), "--task-col", "task", "--x-col", "N", "--metric-col", "acc",
+                 "--chance", "0.25", "--logprob-col", "lp"]) == 0
+    out = capsys.readouterr().out
+    assert "log-prob control" in out and "smooth" in out
