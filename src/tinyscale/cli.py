@@ -526,11 +526,15 @@ def _run_report(args: argparse.Namespace) -> None:
     out = build_report(args.sweep, metric=args.metric, size_key=args.size, n_boot=args.n_boot,
                        max_stories=args.stories, reanalyze=args.reanalyze, incentivize=args.incentivize)
     print(f"wrote {out}")
-    analysis = Path(args.sweep) / "analysis.json"
-    if analysis.is_file():
-        from tinyscale.fileio import read_json
+    _warn_sweep_checks(Path(args.sweep))
 
-        found = read_json(analysis)
+
+def _warn_sweep_checks(sweep: Path) -> None:
+    """The checks stored in SWEEP/analysis.json (written or reused by the report), as one line."""
+    from tinyscale.fileio import read_json
+
+    if (sweep / "analysis.json").is_file():
+        found = read_json(sweep / "analysis.json")
         _warn_checks(found.get("checks") if isinstance(found, dict) else None)
 
 
@@ -636,6 +640,7 @@ def _run_demo(args: argparse.Namespace) -> None:
     report = run_demo(args.out, minutes=args.minutes, stories=args.stories, seed=args.seed,
                       overwrite=args.overwrite)
     print(f"report: {report}")
+    _warn_sweep_checks(Path(report).parent)
 
 
 # --- incentivize -------------------------------------------------------------------------------
