@@ -292,7 +292,9 @@ def learning_curves(records: list[dict]) -> list[dict[str, Any]]:
         if not recs:
             continue
         recs = [r for r in recs if r["step"] >= LEARNING_START * recs[-1]["step"]]
-        names = [("loss", s) for s in sorted({s for r in recs for s in r["skill_loss"]})]
+        # The overall loss too: a break there as well (the learning-rate decay speeds up every loss
+        # late in a run) says the skill's break is the schedule's, not the skill's.
+        names = [("loss", "all")] + [("loss", s) for s in sorted({s for r in recs for s in r["skill_loss"]})]
         names += [(m, s) for s in sorted({s for r in recs for s in r["probes"]}) for m in ("mc", "exact", "prob", "logprob")]
         for metric, key in names:
             pts = [(r["step"], *m[:2], r.get("flops")) for r in recs if (m := _metric(r, key, metric))]

@@ -46,6 +46,10 @@ def _num(v: Any, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
+def _sci(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3g}"
+
+
 def _nodata(text: str) -> str:
     return f'<p class="nodata">{_e(text)}</p>'
 
@@ -194,10 +198,13 @@ def _phase_table(curves: list[dict]) -> str:
     found = [c for c in curves if c.get("label") == "emergent"]
     if not found:
         return f"<p>Within runs: no phase change in {len(curves)} learning curves (metric vs step).</p>"
+    overall = {c["run"]: c for c in curves if c["curve"] == "all" and c["metric"] == "loss"}
     rows = [[c["run"], c["curve"], METRIC_NAMES.get(c["metric"], c["metric"]), _num(c.get("break_step")),
-             _num(c.get("break_flops"), 3), c.get("reason", "")] for c in found]
+             _sci(c.get("break_flops")), _label_text(overall.get(c["run"])), c.get("reason", "")] for c in found]
     return (f"<p>Within runs: phase changes in {len(found)} of {len(curves)} learning curves (metric vs "
-            f"step, from 5% of each run):</p>" + _table(["run", "curve", "metric", "step", "FLOPs", "reason"], rows))
+            f"step, from 5% of each run). Where the run's overall loss breaks too, the learning-rate decay "
+            f"(which speeds up every loss late in a run) may be the cause rather than the skill:</p>"
+            + _table(["run", "curve", "metric", "step", "FLOPs", "run's overall loss", "reason"], rows))
 
 
 def checks_box(analysis: dict) -> str:
@@ -461,7 +468,7 @@ def summary_tables(result: dict[str, Any]) -> list:
         for col in ("run", "curve", "metric", "step", "FLOPs"):
             ph.add_column(col)
         for c in phases:
-            ph.add_row(c["run"], c["curve"], c["metric"], _num(c.get("break_step")), _num(c.get("break_flops"), 3))
+            ph.add_row(c["run"], c["curve"], c["metric"], _num(c.get("break_step")), _sci(c.get("break_flops")))
         tables.append(ph)
     if result.get("tasks"):
         tasks = Table(title="per-task curves")
