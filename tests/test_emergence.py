@@ -235,3 +235,12 @@ def test_csv_logprob_column_is_classed_beside_the_metric(tmp_path, capsys):
                  "--chance", "0.25", "--logprob-col", "lp"]) == 0
     out = capsys.readouterr().out
     assert "log-prob control" in out and "smooth" in out
+
+
+def test_flat_for_half_the_axis_then_a_tenfold_fall_within_a_decade_is_emergent_not_smooth():
+    # The example: monotone (rank correlation 1) yet not predictable from the smaller scales.
+    x = np.logspace(5, 9, 9)
+    y = [10.0, 9.99, 9.98, 9.97, 9.96, 6.0, 1.0, 0.98, 0.97]
+    result = classify_curve(x, y, higher_is_better=False)
+    assert result.label == "emergent", result.reason
+    assert result.break_x == pytest.approx(x[5])
