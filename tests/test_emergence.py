@@ -164,7 +164,6 @@ def _fixture_records(data: dict) -> list[dict]:
     return out
 
 
-@pytest.mark.skipif(not (FIXTURES / "demo_d96_tracking.json").is_file(), reason="demo fixture not stored yet")
 def test_the_demo_tracking_learning_curve_has_a_phase_change():
     """d96-l5's tracking loss over its own training (stored from the demo): a phase change, found
     within one evaluation interval of where the drop is half done."""
