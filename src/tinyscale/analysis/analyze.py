@@ -20,7 +20,7 @@ import numpy as np
 from tinyscale import progress
 from tinyscale.analysis.checks import run_checks
 from tinyscale.analysis.collect import collect_sweep, csv_records, read_csv_table, sweep_runs
-from tinyscale.analysis.emergence import classify_curve
+from tinyscale.analysis.emergence import INSUFFICIENT, classify_curve
 from tinyscale.analysis.scaling import fit_frontier, fit_parametric, fit_power_law
 from tinyscale.errors import UserError
 from tinyscale.fileio import write_json
@@ -233,8 +233,11 @@ DISCRETE, CONTINUOUS = ("exact", "mc"), ("prob", "logprob", "loss")
 def metric_control(metrics: dict[str, dict]) -> str | None:
     """One sentence setting the class on a discontinuous metric beside the same curve's class on a
     continuous one (Schaeffer et al. 2023: a metric can create a break the ability does not have)."""
-    disc = [(m, c["label"]) for m in DISCRETE if (c := metrics.get(m)) and c.get("label")]
-    cont = [(m, c["label"]) for m in CONTINUOUS if (c := metrics.get(m)) and c.get("label")]
+    def classed(c: dict | None) -> bool:
+        return bool(c) and c.get("label") not in (None, INSUFFICIENT)
+
+    disc = [(m, metrics[m]["label"]) for m in DISCRETE if classed(metrics.get(m))]
+    cont = [(m, metrics[m]["label"]) for m in CONTINUOUS if classed(metrics.get(m))]
     if not disc or not cont:
         return None
     say = lambda pairs: ", ".join(f"{m} {label}" for m, label in pairs)  # noqa: E731
@@ -292,8 +295,8 @@ def learning_curves(records: list[dict]) -> list[dict[str, Any]]:
         if not recs:
             continue
         recs = [r for r in recs if r["step"] >= LEARNING_START * recs[-1]["step"]]
-        # The overall loss too: a break there as well (the learning-rate decay speeds up every loss
-        # late in a run) says the skill's break is the schedule's, not the skill's.
+        # The overall loss too: with the unlabeled tokens' loss (`other`), it is the control for the
+        # learning-rate decay, which speeds up every loss late in a run.
         names = [("loss", "all")] + [("loss", s) for s in sorted({s for r in recs for s in r["skill_loss"]})]
         names += [(m, s) for s in sorted({s for r in recs for s in r["probes"]}) for m in ("mc", "exact", "prob", "logprob")]
         for metric, key in names:

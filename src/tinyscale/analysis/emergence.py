@@ -181,17 +181,17 @@ def _hinge_design(lx: np.ndarray, knot: float) -> np.ndarray:
     return np.column_stack([np.ones_like(lx), lx, np.maximum(0.0, lx - knot)])
 
 
-def _hinge_fit(lx: np.ndarray, t: np.ndarray, st: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Best continuous broken stick over knots at interior points: (knot, coefficients, covariance)."""
+def _hinge_fit(lx: np.ndarray, t: np.ndarray, st: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Best continuous broken stick over knots at interior points: (knot index, coefficients, covariance)."""
     w = 1.0 / st**2
     best = None
-    for knot in lx[1:-2]:  # at least two points after the knot to set its slope
-        a = _hinge_design(lx, knot)
+    for i in range(1, len(lx) - 2):  # at least two points after the knot to set its slope
+        a = _hinge_design(lx, lx[i])
         cov = np.linalg.pinv(a.T @ (a * w[:, None]))
         beta = cov @ (a.T @ (w * t))
         chi2 = float(np.sum(w * (t - a @ beta) ** 2))
         if best is None or chi2 < best[0]:
-            best = (chi2, float(knot), beta, cov)
+            best = (chi2, i, beta, cov)
     assert best is not None
     return best[1], best[2], best[3]
 
@@ -209,14 +209,14 @@ def _hinge_break(c: _Curve) -> tuple[float, float] | None:
         beta, _, _ = _wls(lx, t, st)
         err_line += ((beta[0] + beta[1] * c.lx[i] - c.t[i]) / c.st[i]) ** 2
         knot, hb, _ = _hinge_fit(lx, t, st)
-        err_hinge += ((_hinge_design(c.lx[i:i + 1], knot) @ hb)[0] - c.t[i]) ** 2 / c.st[i] ** 2
+        err_hinge += ((_hinge_design(c.lx[i:i + 1], lx[knot]) @ hb)[0] - c.t[i]) ** 2 / c.st[i] ** 2
     knot, hb, hcov = _hinge_fit(c.lx, c.t, c.st)
-    after = c.lx >= knot
+    after = c.lx >= c.lx[knot]
     # Towards better, and improving after the knot (a worsening curve that slows down is no emergence)
     bends_better = (hb[2] < -Z * math.sqrt(max(hcov[2, 2], 0.0)) and hb[1] + hb[2] < 0
                     and c.y[-1] - c.y[after][0] > Z * math.hypot(c.sigma[-1], c.sigma[after][0]))
     ratio = err_hinge / err_line if err_line > 0 else 1.0
-    return (float(math.exp(knot)), ratio) if bends_better and ratio <= HINGE_GAIN else None
+    return (float(c.x[knot]), ratio) if bends_better and ratio <= HINGE_GAIN else None
 
 
 # --- the rules --------------------------------------------------------------------------------

@@ -198,13 +198,17 @@ def _phase_table(curves: list[dict]) -> str:
     found = [c for c in curves if c.get("label") == "emergent"]
     if not found:
         return f"<p>Within runs: no phase change in {len(curves)} learning curves (metric vs step).</p>"
+    # The control: the same run's loss on the unlabeled tokens (`other`, which holds none of the
+    # skills), else its overall loss. A break there too points at the learning-rate schedule.
     overall = {c["run"]: c for c in curves if c["curve"] == "all" and c["metric"] == "loss"}
+    overall.update({c["run"]: c for c in curves if c["curve"] == "other" and c["metric"] == "loss"})
     rows = [[c["run"], c["curve"], METRIC_NAMES.get(c["metric"], c["metric"]), _num(c.get("break_step")),
              _sci(c.get("break_flops")), _label_text(overall.get(c["run"])), c.get("reason", "")] for c in found]
     return (f"<p>Within runs: phase changes in {len(found)} of {len(curves)} learning curves (metric vs "
-            f"step, from 5% of each run). Where the run's overall loss breaks too, the learning-rate decay "
-            f"(which speeds up every loss late in a run) may be the cause rather than the skill:</p>"
-            + _table(["run", "curve", "metric", "step", "FLOPs", "run's overall loss", "reason"], rows))
+            f"step, from 5% of each run). Where the run's loss on the unlabeled tokens (or its overall loss) "
+            f"breaks too, the learning-rate decay (which speeds up every loss late in a run) may be the "
+            f"cause rather than the skill:</p>"
+            + _table(["run", "curve", "metric", "step", "FLOPs", "control: unlabeled tokens", "reason"], rows))
 
 
 def checks_box(analysis: dict) -> str:
