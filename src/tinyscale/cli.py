@@ -454,6 +454,8 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--chance", type=float, help="chance level of the per-task metric (all tasks)")
     a.add_argument("--chance-col", metavar="COL", help="CSV column of each task's chance level")
     a.add_argument("--lower-is-better", action="store_true", help="the per-task metric is a loss")
+    a.add_argument("--logprob-col", metavar="COL",
+                   help="CSV column of the log-probability of the right answer, classed beside the metric")
     a.add_argument("--size", choices=["non_embedding_params", "params"], default="non_embedding_params",
                    help="parameter count used as N for a sweep")
     a.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples over runs")
@@ -485,7 +487,7 @@ def _run_analyze(args: argparse.Namespace) -> None:
                              loss_col=args.loss_col, flops_col=args.flops_col, run_col=args.run_col,
                              task_col=args.task_col, x_col=args.x_col, metric_col=args.metric_col,
                              chance=args.chance, chance_col=args.chance_col,
-                             lower_is_better=args.lower_is_better,
+                             lower_is_better=args.lower_is_better, logprob_col=args.logprob_col,
                              n_boot=args.n_boot, seed=args.seed)
     else:
         result = analyze_sweep(args.sweep, size_key=args.size, n_boot=args.n_boot, seed=args.seed)
@@ -499,6 +501,15 @@ def _run_analyze(args: argparse.Namespace) -> None:
     where = [p for p in (None if args.csv else f"{args.sweep}/analysis.json", args.out) if p]
     if where:
         console.print(f"wrote {', '.join(where)}", markup=False)
+    _warn_checks(result.get("checks"))
+
+
+def _warn_checks(checks: dict | None) -> None:
+    """One line on stderr when the analysis found impossible measurements (stdout is the product)."""
+    from tinyscale.analysis.checks import summary_line
+
+    if line := summary_line(checks):
+        sys.stderr.write(f"tinyscale: {line}\n")
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -523,6 +534,16 @@ def _run_report(args: argparse.Namespace) -> None:
     out = build_report(args.sweep, metric=args.metric, size_key=args.size, n_boot=args.n_boot,
                        max_stories=args.stories, reanalyze=args.reanalyze, incentivize=args.incentivize)
     print(f"wrote {out}")
+    _warn_sweep_checks(Path(args.sweep))
+
+
+def _warn_sweep_checks(sweep: Path) -> None:
+    """The checks stored in SWEEP/analysis.json (written or reused by the report), as one line."""
+    from tinyscale.fileio import read_json
+
+    if (sweep / "analysis.json").is_file():
+        found = read_json(sweep / "analysis.json")
+        _warn_checks(found.get("checks") if isinstance(found, dict) else None)
 
 
 # --- eval -------------------------------------------------------------------------------------
@@ -638,6 +659,7 @@ def _run_demo(args: argparse.Namespace) -> None:
     report = run_demo(args.out, minutes=args.minutes, stories=args.stories, seed=args.seed,
                       overwrite=args.overwrite, seeds=args.seeds)
     print(f"report: {report}")
+    _warn_sweep_checks(Path(report).parent)
 
 
 # --- incentivize -------------------------------------------------------------------------------

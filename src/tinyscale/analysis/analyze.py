@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from tinyscale import progress
-from tinyscale.analysis.collect import collect_sweep, csv_records, read_csv_table
-from tinyscale.analysis.emergence import classify_curve
+from tinyscale.analysis.checks import run_checks
+from tinyscale.analysis.collect import collect_sweep, csv_records, read_csv_table, sweep_runs
+from tinyscale.analysis.emergence import INSUFFICIENT, classify_curve
 from tinyscale.analysis.scaling import fit_frontier, fit_parametric, fit_power_law
 from tinyscale.analysis.seeds import annotate, mean_over_seeds, replicates, seed_summary, size_comparisons
 from tinyscale.errors import UserError
@@ -162,6 +163,9 @@ def _metric(rec: dict, row: str, metric: str) -> tuple[float, float | None, floa
         gap = (rec.get("skill_gap") or {}).get(row)
         return None if gap is None else (gap, (rec.get("skill_gap_se") or {}).get(row), 0.0)
     if metric == "loss":
+        base, gap = (rec.get("skill_baseline") or {}).get(row), (rec.get("skill_gap") or {}).get(row)
+        if base is not None and gap is not None:  # on the tokens whose baseline is known, as drawn
+            return base + gap, (rec.get("skill_gap_se") or {}).get(row), None
         value = rec.get("loss") if row == "all" else rec["skill_loss"].get(row)
         if value is None:
             return None
@@ -174,8 +178,8 @@ def _metric(rec: dict, row: str, metric: str) -> tuple[float, float | None, floa
     probe = rec["probes"].get(row)
     if not probe or probe.get(metric) is None:
         return None
-    if metric == "prob":
-        return probe["prob"], probe.get("prob_se"), None
+    if metric in ("prob", "logprob"):  # continuous: the Schaeffer control of mc / exact
+        return probe[metric], probe.get(f"{metric}_se"), None
     lo, hi = probe.get(f"{metric}_lo"), probe.get(f"{metric}_hi")
     se = (hi - lo) / (2 * 1.96) if lo is not None and hi is not None else None
     chance = probe.get("chance") if metric == "mc" else 0.0
@@ -242,24 +246,57 @@ def _chance(records: list[dict], row: str, metric: str) -> float | None:
     return None
 
 
-def _classify(curve: list[tuple], metric: str, chance: float | None) -> dict[str, Any]:
+def _reference(records: list[dict], skill: str, field: str) -> float | None:
+    """A skill's floor or no-skill baseline (the same for every run: it is the data's)."""
+    for r in records:
+        if (v := (r.get(field) or {}).get(skill)) is not None:
+            return float(v)
+    return None
+
+
+def _classify(curve: list[tuple], metric: str, chance: float | None, floor: float | None = None,
+              baseline: float | None = None) -> dict[str, Any]:
     if not curve:
         return {"label": None, "reason": "not measured"}
     x, y, se = zip(*curve, strict=True)
     noise = None if any(s is None for s in se) else np.maximum(np.array(se, float), 1e-6)
-    if metric == "gap":  # the gap's baseline is 0 by definition; lower is better
-        c = classify_curve(x, y, baseline=0.0, noise=noise, higher_is_better=False).to_json()
+    if metric == "loss":  # lower is better, bounded by the floor; the baseline tells a crossing
+        c = classify_curve(x, y, floor=floor, baseline=baseline, noise=noise, higher_is_better=False).to_json()
+    elif metric == "logprob":  # log-probability of the right answer: at most 0
+        c = classify_curve(x, y, noise=noise, ceiling=0.0).to_json()
     else:
-        c = classify_curve(x, y, chance=chance, noise=noise, higher_is_better=metric != "loss").to_json()
+        c = classify_curve(x, y, chance=chance, noise=noise).to_json()
     c["x"], c["y"] = list(x), list(y)
     return c
 
 
+DISCRETE, CONTINUOUS = ("exact", "mc"), ("prob", "logprob", "loss")
+
+
+def metric_control(metrics: dict[str, dict]) -> str | None:
+    """One sentence setting the class on a discontinuous metric beside the same curve's class on a
+    continuous one (Schaeffer et al. 2023: a metric can create a break the ability does not have)."""
+    def classed(c: dict | None) -> bool:
+        return bool(c) and c.get("label") not in (None, INSUFFICIENT)
+
+    disc = [(m, metrics[m]["label"]) for m in DISCRETE if classed(metrics.get(m))]
+    cont = [(m, metrics[m]["label"]) for m in CONTINUOUS if classed(metrics.get(m))]
+    if not disc or not cont:
+        return None
+    say = lambda pairs: ", ".join(f"{m} {label}" for m, label in pairs)  # noqa: E731
+    verdict = ""
+    if any(label == "emergent" for _, label in disc) and not any(label == "emergent" for _, label in cont):
+        verdict = ": the break is the metric's, the continuous measure has none"
+    elif any(label == "emergent" for _, label in cont):
+        verdict = ": the continuous measure breaks too"
+    return f"discontinuous {say(disc)}; continuous {say(cont)}{verdict}"
+
+
 def taxonomy(records: list[dict], size_key: str = "non_embedding_params",
              reps: list[list[dict]] | None = None) -> list[dict[str, Any]]:
-    """One row per skill / probe suite and axis, with the class under each metric side by side. A
-    skill's loss is classified twice: as a loss (no baseline: never called emergent) and as its gap to
-    the no-skill baseline ("gap": emergent only when it crosses below the baseline)."""
+    """One row per skill / probe suite and axis, with the class under each metric side by side and
+    `control`: the discontinuous metrics' classes beside the continuous ones'. A skill's loss is
+    classed with its floor (the trend's bound) and no-skill baseline (learned prior vs crossing)."""
     skills = sorted({s for r in records for s in r["skill_loss"]})
     suites = sorted({s for r in records for s in r["probes"]})
     rows: list[tuple[str, str | None, str | None]] = [("all", None, "all")]
@@ -271,14 +308,19 @@ def taxonomy(records: list[dict], size_key: str = "non_embedding_params",
     rows += [(s, None, s) for s in skills if s not in paired]
     out = []
     for name, suite, skill in rows:
+        floor = _reference(records, skill, "skill_floor") if skill else None
+        base = _reference(records, skill, "skill_baseline") if skill else None
         for axis in ("size", "compute"):
             entry: dict[str, Any] = {"curve": name, "suite": suite, "skill": skill, "axis": axis, "metrics": {}}
-            for metric in ("exact", "mc", "prob", "loss", "gap"):
-                key = skill if metric in ("loss", "gap") else suite
+            for metric in ("exact", "mc", "prob", "logprob", "loss"):
+                key = skill if metric == "loss" else suite
                 if key is None:
                     continue
                 curve = size_curve(records, key, metric, size_key) if axis == "size" else compute_curve(records, key, metric, reps)
-                entry["metrics"][metric] = _classify(curve, metric, _chance(records, key, metric))
+                if metric == "logprob" and not curve:
+                    continue  # only suites that measure it
+                entry["metrics"][metric] = _classify(curve, metric, _chance(records, key, metric), floor, base)
+            entry["control"] = metric_control(entry["metrics"])
             out.append(entry)
     return out
 
@@ -327,6 +369,38 @@ def _in_out_sentence(e: dict) -> str:
             f"(chance {e['chance']['world']:.2f}, {e['classes']['world']['size']} over size), hand-written "
             f"{first['suite']:.2f} -> {last['suite']:.2f} (chance {e['chance']['suite']:.2f}, "
             f"{e['classes']['suite']['size']}); gap world - suite by size, smallest first: {gaps}")
+
+
+LEARNING_START = 0.05  # a learning curve is classed from 5% of its run's steps (past init and warmup)
+
+
+def learning_curves(records: list[dict]) -> list[dict[str, Any]]:
+    """Each run's learning curves (metric vs step) classed like the curves over scale: a within-run
+    `emergent` is a phase change, `break_step` (and `break_flops`) where it leaves the trend. The
+    first 5% of a run is left out: leaving the random initialisation (a plateau at ln V, then a fall
+    to the unigram level) is a break of every curve and not a skill appearing."""
+    out = []
+    for run in sorted({r["run"] for r in records}):
+        recs = sorted((r for r in records if r["run"] == run and r.get("step")), key=lambda r: r["step"])
+        if not recs:
+            continue
+        recs = [r for r in recs if r["step"] >= LEARNING_START * recs[-1]["step"]]
+        # The overall loss too: with the unlabeled tokens' loss (`other`), it is the control for the
+        # learning-rate decay, which speeds up every loss late in a run.
+        names = [("loss", "all")] + [("loss", s) for s in sorted({s for r in recs for s in r["skill_loss"]})]
+        names += [(m, s) for s in sorted({s for r in recs for s in r["probes"]}) for m in ("mc", "exact", "prob", "logprob")]
+        for metric, key in names:
+            pts = [(r["step"], *m[:2], r.get("flops")) for r in recs if (m := _metric(r, key, metric))]
+            if len(pts) < 3:
+                continue
+            floor = _reference(recs, key, "skill_floor") if metric == "loss" else None
+            base = _reference(recs, key, "skill_baseline") if metric == "loss" else None
+            c = _classify([p[:3] for p in pts], metric, _chance(recs, key, metric), floor, base)
+            flops = dict((p[0], p[3]) for p in pts)
+            c["break_step"] = c.get("break_x")
+            c["break_flops"] = flops.get(c["break_step"]) if c["break_step"] is not None else None
+            out.append({"run": run, "curve": key, "metric": metric, **c})
+    return out
 
 
 # --- entry points -----------------------------------------------------------------------------
@@ -392,7 +466,7 @@ def run_table(records: list[dict]) -> list[dict[str, Any]]:
 
 
 def analyze_records(records: list[dict], size_key: str = "non_embedding_params", n_boot: int = 200,
-                    seed: int = 0, source: str = "") -> dict[str, Any]:
+                    seed: int = 0, source: str = "", run_dirs: list[Path] | None = None) -> dict[str, Any]:
     if size_key not in SIZE_KEYS:
         raise UserError(f"--size {size_key}: expected one of {', '.join(SIZE_KEYS)}")
     if not records:
@@ -404,11 +478,19 @@ def analyze_records(records: list[dict], size_key: str = "non_embedding_params",
     annotate(estimate, reps)
     result = {"format": 1, "source": source, "n_runs": len({r["run"] for r in records}), "n_records": len(records),
               "runs": run_table(records), "fits": fit_laws(records, size_key, n_boot, seed, reps),
-              "taxonomy": taxonomy(estimate, size_key, reps), "baselines": skill_baselines(estimate, size_key),
-              "probes_in_out": probes_in_out(estimate, size_key),
+              "baselines": skill_baselines(estimate, size_key), "probes_in_out": probes_in_out(estimate, size_key),
               "loss_sources": sorted({r.get("loss_source") or "none" for r in records}),
               "settings": {"n_boot": n_boot, "seed": seed}}
+    result.update(claims(records, estimate, reps, result["fits"], size_key, run_dirs))
     return _with_seed_noise(result, seeds, size_comparisons(estimate, reps, size_key), reps)
+
+
+def claims(records: list[dict], estimate: list[dict], reps: list, fits: dict[str, Any], size_key: str,
+           run_dirs: list[Path] | None = None) -> dict[str, Any]:
+    """The emergence classes (over scale on the seed-averaged points, within each run on its own
+    curves) and the invariant checks (every run's own records), in one place."""
+    return {"taxonomy": taxonomy(estimate, size_key, reps), "learning_curves": learning_curves(records),
+            "checks": run_checks(records, fits, run_dirs)}
 
 
 def _with_seed_noise(result: dict[str, Any], seeds: dict[str, Any], comparisons: list[dict],
@@ -435,7 +517,8 @@ def analyze_sweep(sweep_dir: str | Path, size_key: str = "non_embedding_params",
                   seed: int = 0, write: bool = True) -> dict[str, Any]:
     """Analyse a sweep folder; writes SWEEP/analysis.json (atomically) unless write=False."""
     sweep_dir = Path(sweep_dir)
-    result = analyze_records(collect_sweep(sweep_dir), size_key, n_boot, seed, source=str(sweep_dir))
+    result = analyze_records(collect_sweep(sweep_dir), size_key, n_boot, seed, source=str(sweep_dir),
+                             run_dirs=sweep_runs(sweep_dir))
     if write:
         write_json(sweep_dir / "analysis.json", result)
     return result
@@ -445,14 +528,16 @@ def analyze_csv(path: str | Path, *, params_col: str | None = None, tokens_col: 
                 loss_col: str | None = None, flops_col: str | None = None, run_col: str | None = None,
                 task_col: str | None = None, x_col: str | None = None, metric_col: str | None = None,
                 chance: float | None = None, chance_col: str | None = None, lower_is_better: bool = False,
-                n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
+                logprob_col: str | None = None, n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
     """Scaling fits (params/tokens/flops/loss columns) and per-task taxonomy (task/x/metric) of a CSV.
     Without a tokens column, D = C / (6N) is derived from the flops column (and said so in `notes`);
-    `chance_col` gives each task its own chance level (MMLU 0.25 and GSM8K 0 in one file)."""
+    `chance_col` gives each task its own chance level (MMLU 0.25 and GSM8K 0 in one file);
+    `logprob_col`, the log-probability of the right answer, is classed beside the metric (its control)."""
     has_fit, has_task = params_col is not None or loss_col is not None, x_col is not None or metric_col is not None
     if not has_fit and not has_task:
         raise UserError("--csv: give --params-col and --loss-col (fits) and/or --x-col and --metric-col (taxonomy)")
     result: dict[str, Any] = {"format": 1, "source": str(path), "settings": {"n_boot": n_boot, "seed": seed}}
+    records: list[dict] = []
     if has_fit:
         if params_col is None or loss_col is None:
             raise UserError("--csv: scaling fits need both --params-col and --loss-col")
@@ -474,24 +559,38 @@ def analyze_csv(path: str | Path, *, params_col: str | None = None, tokens_col: 
             raise UserError("--csv: per-task curves need both --x-col and --metric-col")
         if chance is not None and chance_col is not None:
             raise UserError("--csv: give --chance or --chance-col, not both")
-        rows = read_csv_table(path, {"task": task_col, "x": x_col, "metric": metric_col, "chance": chance_col},
-                              numeric={"x", "metric", "chance"})
-        tasks: dict[str, list[tuple[float, float]]] = defaultdict(list)
-        chances: dict[str, set[float]] = defaultdict(set)
-        for r in rows:
-            tasks[r.get("task", "all")].append((r["x"], r["metric"]))
-            if "chance" in r:
-                chances[r.get("task", "all")].add(r["chance"])
-        result["tasks"] = []
-        for task, pts in tasks.items():
-            if len(chances.get(task, ())) > 1:
-                raise UserError(f"{path}: task {task!r} has several chance levels in {chance_col!r}: "
-                                f"{', '.join(f'{c:g}' for c in sorted(chances[task]))}")
-            task_chance = next(iter(chances[task])) if chances.get(task) else chance
-            by_x: dict[float, list[float]] = defaultdict(list)
-            for x, y in pts:  # repeated x (seeds, several evaluations) are averaged
-                by_x[x].append(y)
-            xs, ys = tuple(sorted(by_x)), tuple(float(np.mean(by_x[x])) for x in sorted(by_x))
-            c = classify_curve(xs, ys, chance=task_chance, higher_is_better=not lower_is_better).to_json()
-            result["tasks"].append({"task": task, **c, "chance": task_chance, "x": list(xs), "y": list(ys)})
+        rows = read_csv_table(path, {"task": task_col, "x": x_col, "metric": metric_col, "chance": chance_col,
+                                     "logprob": logprob_col}, numeric={"x", "metric", "chance", "logprob"})
+        result["tasks"] = _csv_tasks(rows, path, chance, chance_col, lower_is_better)
+    result["checks"] = run_checks(records, result.get("fits"))
     return result
+
+
+def _mean_by_x(pts: list[tuple[float, float]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    by_x: dict[float, list[float]] = defaultdict(list)
+    for x, y in pts:  # repeated x (seeds, several evaluations) are averaged
+        by_x[x].append(y)
+    return tuple(sorted(by_x)), tuple(float(np.mean(by_x[x])) for x in sorted(by_x))
+
+
+def _csv_tasks(rows: list[dict], path: str | Path, chance: float | None, chance_col: str | None,
+               lower_is_better: bool) -> list[dict[str, Any]]:
+    tasks: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        tasks[r.get("task", "all")].append(r)
+    out = []
+    for task, task_rows in tasks.items():
+        chances = {r["chance"] for r in task_rows if "chance" in r}
+        if len(chances) > 1:
+            raise UserError(f"{path}: task {task!r} has several chance levels in {chance_col!r}: "
+                            f"{', '.join(f'{c:g}' for c in sorted(chances))}")
+        task_chance = next(iter(chances)) if chances else chance
+        xs, ys = _mean_by_x([(r["x"], r["metric"]) for r in task_rows])
+        c = classify_curve(xs, ys, chance=task_chance, higher_is_better=not lower_is_better).to_json()
+        entry = {"task": task, **c, "chance": task_chance, "x": list(xs), "y": list(ys)}
+        if any("logprob" in r for r in task_rows):
+            lx, ly = _mean_by_x([(r["x"], r["logprob"]) for r in task_rows])
+            control = classify_curve(lx, ly, ceiling=0.0).to_json()
+            entry["control"] = {"metric": "logprob", **control, "x": list(lx), "y": list(ly)}
+        out.append(entry)
+    return out

@@ -30,8 +30,8 @@ SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Los
             ("probes", "Probes vs size"), ("probes_io", "Probes in and out of distribution"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
             ("completions", "Completions"), ("taxonomy", "Emergence taxonomy"), ("readability", "Neurons vs size"),
             ("incentivize", "Teach versus incentivize"), ("reproduce", "Reproduce")]
-METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "loss": "loss",
-                "gap": "vs no-skill baseline"}
+METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "logprob": "log p(answer)",
+                "loss": "loss"}
 
 
 def _e(x: Any) -> str:
@@ -44,6 +44,10 @@ def _num(v: Any, digits: int = 4) -> str:
     if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e15):
         return f"{int(v):,}"
     return f"{v:.{digits}g}"
+
+
+def _sci(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3g}"
 
 
 def _nodata(text: str) -> str:
@@ -195,23 +199,62 @@ def _cls_cell(c: dict | None) -> str:
     label = c.get("label")
     if label is None:
         return f"<td title=\"{_e(c.get('reason', ''))}\">—</td>"
-    return f"<td class=\"{_e(label)}\" title=\"{_e(c.get('reason', ''))}\">{_e(label)}</td>"
+    where = f" at {_num(c['break_x'], 3)}" if c.get("break_x") is not None else ""
+    return f"<td class=\"{_e(label)}\" title=\"{_e(c.get('reason', ''))}\">{_e(label)}{_e(where)}</td>"
 
 
 def _taxonomy_section(analysis: dict) -> str:
     rows = analysis.get("taxonomy") or []
     if not any(c.get("label") for r in rows for c in r["metrics"].values()):
         return _nodata("No curve with enough points (3 sizes or compute levels) to classify.")
-    metrics = ("exact", "mc", "prob", "loss", "gap")
+    metrics = [m for m in METRIC_NAMES if any(m in r["metrics"] for r in rows)]
     out = []
     for r in rows:
         cells = "".join(_cls_cell(r["metrics"].get(m)) for m in metrics)
-        out.append([f"<td>{_e(r['curve'])}</td><td>{_e(r['axis'])}</td>{cells}"])
-    header = ["skill / suite", "over", *(METRIC_NAMES[m] for m in metrics)]
-    return ("<p>Discontinuous metrics (exact match, multiple choice) beside continuous ones (probability of "
-            "the right answer, loss): a metric can create or hide emergence. A loss alone is never called "
-            "emergent; its gap to the no-skill baseline is, when it crosses below it. Hover a cell for the "
-            "reason; definitions in docs/analysis.md.</p>" + _seed_html(analysis) + _table(header, out, raw=True))
+        out.append([f"<td>{_e(r['curve'])}</td><td>{_e(r['axis'])}</td>{cells}<td>{_e(r.get('control') or '')}</td>"])
+    header = ["skill / suite", "over", *(METRIC_NAMES[m] for m in metrics), "metric control"]
+    intro = ("<p>Emergent means a break in trend: the larger scales leave the power law fitted to the smaller "
+             "ones by more than the noise (the x of the break is given); <i>smooth_crossing</i> crosses the chance "
+             "level or no-skill baseline on its trend. Discontinuous metrics (exact match, multiple choice) sit "
+             "beside continuous ones (probability of the right answer, loss): a metric can create or hide a "
+             "break (the last column says which). Hover a cell for the reason; definitions in "
+             "docs/analysis.md.</p>")
+    return intro + _seed_html(analysis) + _table(header, out, raw=True) + _phase_table(analysis.get("learning_curves") or [])
+
+
+def _phase_table(curves: list[dict]) -> str:
+    """Within-run phase changes: learning curves classed emergent, with the step of the break."""
+    if not curves:
+        return ""
+    found = [c for c in curves if c.get("label") == "emergent"]
+    if not found:
+        return f"<p>Within runs: no phase change in {len(curves)} learning curves (metric vs step).</p>"
+    # The control: the same run's loss on the unlabeled tokens (`other`, which holds none of the
+    # skills), else its overall loss. A break there too points at the learning-rate schedule.
+    overall = {c["run"]: c for c in curves if c["curve"] == "all" and c["metric"] == "loss"}
+    overall.update({c["run"]: c for c in curves if c["curve"] == "other" and c["metric"] == "loss"})
+    rows = [[c["run"], c["curve"], METRIC_NAMES.get(c["metric"], c["metric"]), _num(c.get("break_step")),
+             _sci(c.get("break_flops")), _label_text(overall.get(c["run"])), c.get("reason", "")] for c in found]
+    return (f"<p>Within runs: phase changes in {len(found)} of {len(curves)} learning curves (metric vs "
+            f"step, from 5% of each run). Where the run's loss on the unlabeled tokens (or its overall loss) "
+            f"breaks too, the learning-rate decay (which speeds up every loss late in a run) may be the "
+            f"cause rather than the skill:</p>"
+            + _table(["run", "curve", "metric", "step", "FLOPs", "control: unlabeled tokens", "reason"], rows))
+
+
+def checks_box(analysis: dict) -> str:
+    """The box at the top of the page: every violated invariant, or "no violations"."""
+    checks = analysis.get("checks") or {}
+    found = checks.get("violations") or []
+    ran = ", ".join(checks.get("checked") or []) or "none"
+    notes = "".join(f"<li>not checked: {_e(n)}</li>" for n in checks.get("not_checked") or [])
+    if not found:
+        return (f'<div class="checks ok"><b>Checks</b>: no violations ({_e(ran)}).'
+                f'{"<ul>" + notes + "</ul>" if notes else ""}</div>')
+    items = "".join(f"<li>{_e(v['message'])}</li>" for v in found)
+    return (f'<div class="checks bad"><b>Checks</b>: {len(found)} impossible measurement(s): these numbers '
+            f'contradict themselves, and the claims that rest on them do not hold.<ul>{items}{notes}</ul>'
+            f'<p>Checked: {_e(ran)}.</p></div>')
 
 
 def _skills_section(records: list[dict], analysis: dict, plot_dir: Path, size_key: str) -> str:
@@ -387,7 +430,8 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
     analysis = None if reanalyze or _stale(sweep_dir, apath) else read_json(apath)
     if not records:  # nothing evaluated yet: the page still renders, every section saying so
         analysis = {"runs": [], "fits": {}, "taxonomy": [], "n_runs": 0, "n_records": 0}
-    elif not isinstance(analysis, dict) or (analysis.get("fits") or {}).get("size_key") != size_key:
+    elif (not isinstance(analysis, dict) or (analysis.get("fits") or {}).get("size_key") != size_key
+          or "checks" not in analysis):
         analysis = analyze_sweep(sweep_dir, size_key=size_key, n_boot=n_boot, seed=seed)
     plot_dir = sweep_dir / "plots"
     progress.info("drawing figures into %s", plot_dir)
@@ -415,7 +459,7 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
         title=_e(f"tinyscale study: {sweep_dir.resolve().name}"),
         subtitle=_e(f"{analysis.get('n_runs', 0)} runs, {analysis.get('n_records', 0)} evaluated checkpoints; "
                     f"generated {_dt.datetime.now().isoformat(timespec='seconds')} from {sweep_dir}"),
-        nav=" ".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in SECTIONS),
+        nav=" ".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in SECTIONS), checks=checks_box(analysis),
         sections=sections)
     out = sweep_dir / "report.html"
     with atomic_open(out, "w", encoding="utf-8") as f:
@@ -452,6 +496,12 @@ def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, 
 # --- tables for the terminal ------------------------------------------------------------------
 
 
+def _label_text(c: dict | None) -> str:
+    if not c or not c.get("label"):
+        return "-"
+    return c["label"] + (f" at {_num(c['break_x'], 3)}" if c.get("break_x") is not None else "")
+
+
 def summary_tables(result: dict[str, Any]) -> list:
     """Rich tables: fitted coefficients with 95% intervals, and the taxonomy (or per-task classes)."""
     from rich.table import Table
@@ -477,17 +527,25 @@ def summary_tables(result: dict[str, Any]) -> list:
                              end_section=i == len(names) - 1)
         tables.append(fits)
     if result.get("taxonomy"):
-        tax = Table(title="emergence taxonomy", caption=seed_note(result) or None)
+        tax = Table(title="emergence taxonomy (emergent: a break in trend, at x)", caption=seed_note(result) or None)
         for col in ("skill / suite", "over", *METRIC_NAMES.values()):
             tax.add_column(col)
         for r in result["taxonomy"]:
-            tax.add_row(r["curve"], r["axis"], *((r["metrics"].get(m) or {}).get("label") or "-" for m in METRIC_NAMES))
+            tax.add_row(r["curve"], r["axis"], *(_label_text(r["metrics"].get(m)) for m in METRIC_NAMES))
         tables.append(tax)
+    phases = [c for c in result.get("learning_curves") or [] if c.get("label") == "emergent"]
+    if phases:
+        ph = Table(title="phase changes within runs")
+        for col in ("run", "curve", "metric", "step", "FLOPs"):
+            ph.add_column(col)
+        for c in phases:
+            ph.add_row(c["run"], c["curve"], c["metric"], _num(c.get("break_step")), _sci(c.get("break_flops")))
+        tables.append(ph)
     if result.get("tasks"):
         tasks = Table(title="per-task curves")
-        for col in ("task", "points", "class", "reason"):
+        for col in ("task", "points", "class", "log-prob control", "reason"):
             tasks.add_column(col)
         for t in result["tasks"]:
-            tasks.add_row(str(t["task"]), str(len(t["x"])), t["label"], t["reason"])
+            tasks.add_row(str(t["task"]), str(len(t["x"])), _label_text(t), _label_text(t.get("control")), t["reason"])
         tables.append(tasks)
     return tables
