@@ -82,13 +82,21 @@ def _probe_summary(s: dict[str, Any]) -> dict[str, Any]:
     out["prob"] = _num(s.get("p_answer"))
     # continuous metrics beside the accuracies: the answer's share among the options, its log-probability
     out["p_choice"], out["logp"], out["cut"] = _num(s.get("p_choice")), _num(s.get("logp_answer")), s.get("cut")
-    ps = [it["p"] for it in s.get("items") or [] if _num(it.get("p")) is not None]
-    if len(ps) >= 2:  # standard error of the mean probability, from the per-probe values
-        mean = sum(ps) / len(ps)
-        out["prob_se"] = math.sqrt(sum((p - mean) ** 2 for p in ps) / (len(ps) - 1) / len(ps))
-    else:
-        out["prob_se"] = None
+    # the taxonomy's continuous control of mc / exact (log-probability of the answer, at most 0)
+    out["logprob"] = out["logp"]
+    items = s.get("items") or []
+    out["prob_se"] = _se_of_mean([it.get("p") for it in items])
+    out["logprob_se"] = _se_of_mean([it.get("logp") for it in items])
     return out
+
+
+def _se_of_mean(values: list[Any]) -> float | None:
+    """Standard error of the mean of the per-probe values (None with fewer than two)."""
+    xs = [x for x in values if _num(x) is not None]
+    if len(xs) < 2:
+        return None
+    mean = sum(xs) / len(xs)
+    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
 
 
 _SKILL_FIELDS = {"skill_loss": "loss", "skill_tokens": "tokens", "skill_loss_se": "loss_se",

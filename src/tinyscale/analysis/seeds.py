@@ -32,7 +32,7 @@ CAVEAT = "one seed: training noise not measured"
 Z95 = 1.959964
 # Columns of the trainer's per-window sums (evaluate/loss.py `window_sums`).
 _N, _LOSS, _NB, _GAP = 0, 1, 5, 7
-_PROBE_METRICS = ("mc", "exact", "prob")
+_PROBE_METRICS = ("mc", "exact", "prob", "logprob")
 
 
 def _step_key(rec: dict) -> float:
@@ -106,8 +106,8 @@ def _mean_probes(recs: list[dict], key: str = "probes") -> dict[str, dict]:
         p = dict(ps[0])
         for metric in _PROBE_METRICS:
             p[metric] = _mean([q.get(metric) for q in ps])
-            if metric == "prob":
-                p["prob_se"] = _se_of_mean([q.get("prob_se") for q in ps])
+            if metric in ("prob", "logprob"):  # continuous: a standard error, no interval
+                p[f"{metric}_se"] = _se_of_mean([q.get(f"{metric}_se") for q in ps])
                 continue
             halves = [(q[f"{metric}_hi"] - q[f"{metric}_lo"]) / (2 * Z95) if q.get(f"{metric}_hi") is not None
                       and q.get(f"{metric}_lo") is not None else None for q in ps]
@@ -228,8 +228,8 @@ def window_draws(records: list[dict], n_boot: int, rng: np.random.Generator) -> 
 
 
 def _probe_se(p: dict, metric: str) -> float | None:
-    if metric == "prob":
-        return p.get("prob_se")
+    if metric in ("prob", "logprob"):
+        return p.get(f"{metric}_se")
     lo, hi = p.get(f"{metric}_lo"), p.get(f"{metric}_hi")
     return (hi - lo) / (2 * Z95) if lo is not None and hi is not None else None
 
@@ -313,8 +313,8 @@ def annotate(estimate: list[dict], reps: list[list[dict]]) -> None:
             for suite, p in (r.get("probes") or {}).items():
                 for m in _PROBE_METRICS:
                     if p.get(m) is not None and (s := _spread([(q["probes"].get(suite) or {}).get(m) for q in same])):
-                        if m == "prob":
-                            p["prob_se"] = s[0]
+                        if m in ("prob", "logprob"):
+                            p[f"{m}_se"] = s[0]
                         else:
                             p[f"{m}_lo"], p[f"{m}_hi"] = s[1], s[2]
         r["noise"] = "bootstrap over seeds and windows" if r.get("seeds", 1) > 1 else "bootstrap over windows"
