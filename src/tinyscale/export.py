@@ -50,7 +50,8 @@ def _neo_weights(model: Transformer) -> dict[str, Tensor]:
     cfg, sd = model.cfg, model.state_dict()
     out = {
         "transformer.wte.weight": sd["tok_emb.weight"],
-        "transformer.wpe.weight": sd["pos_emb.weight"],
+        # Only the trained positions: max_position_embeddings is the trained context (runs.load_model).
+        "transformer.wpe.weight": sd["pos_emb.weight"][: cfg.max_seq_len],
         "transformer.ln_f.weight": sd["norm.weight"],
         "transformer.ln_f.bias": sd["norm.bias"],
     }

@@ -187,11 +187,14 @@ def _sequences(probes: Sequence[Probe], codec: Codec, max_len: int) -> list[tupl
         prompt = ([codec.bos_id] if codec.bos_id is not None else []) + codec.encode(probe.prompt)
         for option in probe.options:
             cont = codec.encode(" " + option)
-            if not cont or len(cont) >= max_len:
-                raise UserError(f"probe {probe.id}: option {option!r} is empty or longer than the context")
-            # Keep the end of a prompt that does not fit: the words nearest the answer matter most.
-            ids = (prompt + cont)[-max_len:]
-            out.append((ids, len(cont)))
+            if not cont:
+                raise UserError(f"probe {probe.id}: option {option!r} is empty")
+            # A probe is scored only within the model's trained context: cutting it would score
+            # another question, and positions beyond the context were never trained.
+            if len(prompt) + len(cont) > max_len:
+                raise UserError(f"probe {probe.id}: prompt + option {option!r} are {len(prompt) + len(cont)} "
+                                f"tokens, more than the model's trained context of {max_len}")
+            out.append((prompt + cont, len(cont)))
     return out
 
 
