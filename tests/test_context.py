@@ -165,3 +165,23 @@ def test_old_run_without_context_uses_its_seq_len(runs, tmp_path):
     del info["context"]
     (run / "run.json").write_text(json.dumps(info))
     assert load_model(run)[0].cfg.max_seq_len == 32
+
+
+def test_report_shows_quality_figures_beside_the_completions(tmp_path):
+    from tinyscale.analysis.report import _completions_section
+
+    corpus = {"stories": 1000, "vocab_share": 1.0, "repeat_rate": 0.061, "eot_share": 1.0}
+    for name, share, rate in (("small", 0.8123, 0.25), ("large", 0.9876, 0.05)):
+        (tmp_path / "runs" / name / "eval").mkdir(parents=True)
+        (tmp_path / "runs" / name / "run.json").write_text("{}")
+        (tmp_path / "runs" / name / "eval" / "40.json").write_text(json.dumps({
+            "step": 40, "completions": [{"id": "val:9", "prompt": "Tom ran.", "ending": " He fell.",
+                                         "completions": [f" {name} text"], "prompt_cut_tokens": 7}],
+            "completion_quality": {"context": 320, "temperature": 0.8, "completions": 1, "vocab_share": share,
+                                   "repeat_rate": rate, "eot_share": 0.5, "repeat_window": 3, "corpus": corpus}}))
+    html = _completions_section(tmp_path, [{"run": "small", "params": 10}, {"run": "large", "params": 99}], 3)
+    table = html[:html.index("<h3>")]
+    assert table.index("small") < table.index("large") < table.index("corpus (validation stories)")
+    for figure in ("0.812", "0.988", "0.25", "0.05", "0.061", "320", "0.8", ">40<"):
+        assert figure in table, figure
+    assert "without its first 7 tokens" in html and "large text" in html

@@ -116,7 +116,9 @@ def trained_context(info: dict[str, Any], run_dir: str | Path = "run") -> int:
     """The context a run's model was trained at: run.json "context" (written since it exists), else
     the training config's `seq_len` (older runs), else the start run's (older `incentivize` runs),
     else the model's `max_seq_len`; never more than `max_seq_len`."""
-    limit = int(info["model"].get("max_seq_len", 512))
+    limit = info["model"].get("max_seq_len", 512)
+    if not isinstance(limit, int) or limit < 1:
+        raise UserError(f"{Path(run_dir) / 'run.json'}: model.max_seq_len must be a positive integer, got {limit!r}")
     value = info.get("context")
     if value is None:
         value = (info.get("config") or {}).get("seq_len")
