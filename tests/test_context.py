@@ -65,11 +65,11 @@ def test_run_records_its_context_and_loading_exposes_it(runs):
 def test_sample_refuses_a_prompt_or_budget_beyond_the_trained_context(runs, capsys):
     run = str(runs["neo"])
     tok = load_tokenizer(run)
-    prompt = "Once upon a time, Lily had a red ball. Lily loved the ball very much. One day the ball was lost."
+    prompt = "Once upon a time, Lily"
     n = len(tok.encode(prompt).ids)
-    assert 20 < n < 32
+    assert 4 < n < 24
     base = ["-q", "sample", run, "--device", "cpu", "--temperature", "0"]
-    for argv in ([*base, "--prompt", prompt + " " + prompt],  # longer than the context alone
+    for argv in ([*base, "--prompt", " ".join([prompt] * 4)],  # longer than the context alone
                  [*base, "--prompt", prompt, "--max-new-tokens", str(32 - n + 1)]):
         capsys.readouterr()
         assert main(argv) == 2
@@ -96,7 +96,7 @@ def test_export_writes_the_trained_context(runs, tmp_path):
 
 def test_probes_longer_than_the_context_are_refused(runs, tmp_path, capsys):
     suite = tmp_path / "long.jsonl"
-    long_prompt = "Once upon a time, Lily had a red ball and a big kite and a small cat and a happy dog. " * 3
+    long_prompt = ("Once upon a time, Lily had a red ball and a big kite and a small cat and a happy dog. " * 3).strip()
     suite.write_text(json.dumps({"id": "long-1", "prompt": long_prompt, "answer": "ball", "wrong": ["kite", "cat"],
                                  "kind": "thing", "style": "novel"}) + "\n")
     code = main(["-q", "eval", str(runs["llama"]), "--device", "cpu", "--suite", str(suite), "--completions", "0"])
