@@ -161,7 +161,8 @@ def quality(stories: list[dict], vocabulary: set[str]) -> dict:
 def _story_texts(tokens: np.ndarray, eot_id: int, tokenizer, stride: int, limit: int | None = None) -> list[str]:
     """Decoded text of the tokens, in pieces of `stride` stories cut at end-of-text tokens (at most
     `limit` pieces)."""
-    cuts = np.flatnonzero(np.asarray(tokens) == eot_id)[::stride][: None if limit is None else limit + 1]
+    eots = np.flatnonzero(np.asarray(tokens) == eot_id)
+    cuts = np.unique(np.concatenate([eots[::stride], eots[-1:]]))[: None if limit is None else limit + 1]
     pieces = [np.asarray(tokens[a:b], dtype=np.int64).tolist() for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
     return tokenizer.decode_batch(pieces) if pieces else []
 
