@@ -4,6 +4,10 @@
 family) or `GPTNeoForCausalLM` (neo) and computes the same logits as our model, so tools built on
 transformers (lm-evaluation-harness, TransformerLens, vLLM) can use it. `transformers` is an optional
 dependency (the `hf` extra), imported only here.
+
+The exported model's context (`max_position_embeddings`, the tokenizer's `model_max_length`) is the
+context the run was trained at, not the room its position tables may have: `runs.load_model` gives
+the model that context, and a learned position table is written with the trained rows only.
 """
 
 from __future__ import annotations
