@@ -127,16 +127,20 @@ def test_continuous_metrics_beside_the_accuracy():
     assert out["mc_same_length"]["k"] == 3 and out["mc"]["n"] == 5
 
 
-def test_a_prompt_longer_than_the_context_keeps_its_last_tokens():
-    """The bigram model only sees the last token: a prompt cut to the context scores exactly as the
-    short prompt, and the cut is counted; an option that alone does not fit is refused."""
+def test_a_prompt_longer_than_the_context_is_refused_or_cut_only_when_asked():
+    """A user's probe past the trained context is one error; the world's own sets (cut_prompts) keep
+    the last tokens: the bigram model only sees the last token, so a prompt cut to the context scores
+    exactly as the short prompt, and the cut is counted; an option that alone does not fit is refused."""
     long = Probe("long", " ".join(["the dog ran ."] * 10) + " the cat sat on", "bed", ("mat", "the"), "place", "world")
     short = Probe("short", "sat on", "bed", ("mat", "the"), "place", "world")
-    a, b = score_probes(Bigram(), [long, short], codec(), max_len=4)
+    with pytest.raises(UserError, match="probe long: .*trained context of 4"):
+        score_probes(Bigram(), [long, short], codec(), max_len=4)
+    a, b = score_probes(Bigram(), [long, short], codec(), max_len=4, cut_prompts=True)
     assert a.cut and not b.cut and a.logps == pytest.approx(b.logps, abs=1e-6)
     assert summarize([long, short], [a, b])["cut"] == 1
     with pytest.raises(UserError, match="longer than the context"):
-        score_probes(Bigram(), [Probe("x", "the", "cat ran", ("dog", "mat"), "k", "world")], codec(), max_len=2)
+        score_probes(Bigram(), [Probe("x", "the", "cat ran", ("dog", "mat"), "k", "world")], codec(), max_len=2,
+                     cut_prompts=True)
 
 
 def test_one_wrong_option_and_meta_are_accepted():

@@ -30,7 +30,7 @@ def run_dir(tmp_path_factory):
         save_model(Transformer(cfg), str(run / "checkpoints" / f"step_{step:08d}.safetensors"))
         torch.save({}, run / "checkpoints" / f"step_{step:08d}.state.pt")
     shutil.copy(shards.dir / "tokenizer.json", run / "tokenizer.json")
-    info = {"config": {"data": str(shards.dir), "seq_len": 64}, "model": cfg.model_dump(),
+    info = {"config": {"data": str(shards.dir), "seq_len": 128}, "model": cfg.model_dump(),
             "data": {"dir": str(shards.dir), "eot_id": shards.eot_id, "vocab_size": shards.vocab_size}}
     (run / "run.json").write_text(json.dumps(info))
     return run

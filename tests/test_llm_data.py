@@ -211,8 +211,9 @@ def test_against_tinyscale_serve_with_a_tiny_model(tmp_path):
 
     shards = make_shards(tmp_path / "data", stories=200)
     run = tmp_path / "run"
-    train(TrainConfig(data=str(shards), tokens=20 * 8 * 32, d_model=32, n_layers=2, n_heads=2, seq_len=32,
-                      batch=8, eval_every=0, checkpoint_every=20, threads=1, dtype="fp32"), run)
+    # The server's context is the trained one: a TinyStories prompt (~380 tokens here) + 40 must fit it.
+    train(TrainConfig(data=str(shards), tokens=20 * 2 * 512, d_model=32, n_layers=2, n_heads=2, seq_len=512,
+                      batch=2, eval_every=0, checkpoint_every=20, threads=1, dtype="fp32"), run)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": SRC}
     serve = subprocess.Popen([sys.executable, "-m", "tinyscale.cli", "-q", "serve", str(run), "--port", str(port),

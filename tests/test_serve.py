@@ -138,7 +138,7 @@ def test_16_concurrent_streams_match_16_sequential_and_take_less_time(server):
     # and end at different steps, so rows join, move and leave the batch while others run.
     rng = random.Random(0)
     prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12))) for _ in range(16)]
-    kw = dict(model="story", max_tokens=48, temperature=0, stream=True)
+    kw = dict(model="story", max_tokens=20, temperature=0, stream=True)  # + the longest prompt (42) fits 64
 
     async def one(aclient, prompt):
         return "".join([c.choices[0].text async for c in await aclient.completions.create(prompt=prompt, **kw)])
@@ -217,9 +217,27 @@ def test_malformed_oversized_and_unknown_requests(server, client):
     assert client.completions.create(model="story", prompt="x", max_tokens=2).choices  # still serving
 
 
+def test_the_trained_context_is_advertised_and_enforced(server, client):
+    """The run trained at seq_len 64 in a model with 128 positions: the server is a 64-token model."""
+    assert client.models.retrieve("story").model_extra["max_model_len"] == 64
+    ids = [5] * 60
+    assert len(client.completions.create(model="story", prompt=ids, max_tokens=4, temperature=0,
+                                         extra_body={"ignore_eos": True}).choices[0].text) > 0
+    for body in ({"model": "story", "prompt": ids, "max_tokens": 5},  # 65 positions
+                 {"model": "story", "prompt": [5] * 65, "max_tokens": 0, "echo": True}):
+        r = post(server, "/v1/completions", body)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == "context_length_exceeded" and "context of 64 tokens" in err["message"]
+    # Without max_tokens, a chat answer fills the context and no more.
+    chat = client.chat.completions.create(model="story", messages=[{"role": "user", "content": "Tell me a story."}],
+                                          temperature=0, extra_body={"ignore_eos": True})
+    assert chat.usage.prompt_tokens + chat.usage.completion_tokens == 64
+
+
 def test_tokenize_and_detokenize_round_trip(server):
     r = post(server, "/tokenize", {"prompt": "Tom had a cat.", "add_special_tokens": False}).json()
-    assert r["count"] == len(r["tokens"]) and r["max_model_len"] == 128
+    assert r["count"] == len(r["tokens"]) and r["max_model_len"] == 64  # trained at 64 in a 128-position model
     assert post(server, "/detokenize", {"tokens": r["tokens"]}).json()["prompt"] == "Tom had a cat."
     with_start = post(server, "/tokenize", {"prompt": "Tom had a cat."}).json()["tokens"]
     assert with_start[1:] == r["tokens"]

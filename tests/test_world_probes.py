@@ -108,14 +108,14 @@ def world_run(tmp_path_factory):
     write_world_corpus(root / "corpus", stories=40, seed=0, val_fraction=0.2)
     tokenize_corpus(root / "corpus", root / "shards", vocab_size=300, workers=1)
     shards = ShardSet.open(root / "shards")
-    cfg = ModelConfig(vocab_size=shards.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=64)
+    cfg = ModelConfig(vocab_size=shards.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=160)
     run = root / "run"
     (run / "checkpoints").mkdir(parents=True)
     torch.manual_seed(0)
     save_model(Transformer(cfg), str(run / "checkpoints" / "step_00000005.safetensors"))
     torch.save({}, run / "checkpoints" / "step_00000005.state.pt")
     shutil.copy(shards.dir / "tokenizer.json", run / "tokenizer.json")
-    info = {"config": {"data": str(shards.dir), "seq_len": 48}, "model": cfg.model_dump(),
+    info = {"config": {"data": str(shards.dir), "seq_len": 128}, "model": cfg.model_dump(),
             "data": {"dir": str(shards.dir), "eot_id": shards.eot_id, "vocab_size": shards.vocab_size}}
     (run / "run.json").write_text(json.dumps(info))
     return run
@@ -128,13 +128,13 @@ def test_eval_writes_both_families_within_the_trained_context(world_run):
                            world_probes=6)
     r = results[5]
     assert set(r["probes"]) == {"facts"} and set(r["world_probes"]) == set(SETS)
-    assert r["settings"]["probe_context"] == 48  # the run's seq_len, below the model's 64
+    assert r["settings"]["probe_context"] == 128  # the run's seq_len, below the model's 160
     assert r["settings"]["world_probes"]["per_skill"] == 6 and r["settings"]["world_probes"]["start"] == START
     for s in r["world_probes"].values():
         assert s["n"] == 6 and 0 <= s["mc"]["acc"] <= 1
         assert s["chance"] == pytest.approx(sum(i["chance"] for i in s["items"]) / 6)
         assert all(i["chance"] == pytest.approx(1 / len(i["logps"])) and i["logp_norm"] <= 0 for i in s["items"])
-    # story prompts are longer than 48 tokens: kept to their last tokens, and counted
+    # story prompts are longer than 128 tokens: kept to their last tokens, and counted
     assert sum(s["cut"] for s in r["world_probes"].values()) > 0
     assert load_eval(world_run)[5]["world_probes"]["facts"]["n"] == 6
 

@@ -239,7 +239,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--n-layers", type=_positive_int)
     m.add_argument("--n-heads", type=_positive_int)
     m.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None)
-    m.add_argument("--max-seq-len", type=_positive_int, help="model context (default max(512, seq-len))")
+    m.add_argument("--max-seq-len", type=_positive_int, help="model positions (default: --seq-len; the run is used within --seq-len, the context it trains at)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--tokens", type=_count, help="training tokens, e.g. 20M (steps = ceil(tokens / "
                                                   "(batch * seq-len * grad-accum)))")
@@ -322,7 +322,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     s.add_argument("--top-k", type=_positive_int, default=None)
     s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--max-new-tokens", type=_positive_int, default=200)
+    s.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                   help="default: 200, or what fits the trained context after the prompt; "
+                        "prompt + this must fit the context the run was trained at")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="default: the last one")
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
@@ -332,23 +334,34 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_run_sample)
 
 
+def _sample_budget(args: argparse.Namespace, prompt_tokens: int, context: int) -> int:
+    """New tokens for `sample`: a model is used only within its trained context, so a prompt or an
+    explicit --max-new-tokens beyond it is refused; the default shrinks to what fits."""
+    room = context - prompt_tokens
+    if room < 1:
+        raise UserError(f"--prompt: {prompt_tokens} tokens leave no room in the model's trained context of "
+                        f"{context} tokens")
+    if args.max_new_tokens is None:
+        return min(200, room)
+    if args.max_new_tokens > room:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens}: the prompt's {prompt_tokens} tokens + "
+                        f"{args.max_new_tokens} exceed the model's trained context of {context} (at most {room})")
+    return args.max_new_tokens
+
+
 def _run_sample(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.rule import Rule
 
-    from tinyscale import progress, runs
+    from tinyscale import runs
     from tinyscale.devices import pick_device
     from tinyscale.generate import complete
 
     device = pick_device(args.device)
     model, step = runs.load_model(args.run, args.checkpoint, device=str(device))
     tokenizer = runs.load_tokenizer(args.run)
-    room = model.cfg.max_seq_len - max(1, len(tokenizer.encode(args.prompt).ids))
-    if room < 1:
-        raise UserError(f"--prompt: longer than the model's context of {model.cfg.max_seq_len} tokens")
-    if args.max_new_tokens > room:
-        progress.info(f"--max-new-tokens: {args.max_new_tokens} does not fit the context; using {room}")
-    texts = complete(model, tokenizer, args.prompt, n=args.n, max_new_tokens=min(args.max_new_tokens, room),
+    budget = _sample_budget(args, max(1, len(tokenizer.encode(args.prompt).ids)), model.cfg.max_seq_len)
+    texts = complete(model, tokenizer, args.prompt, n=args.n, max_new_tokens=budget,
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                      dtype=args.dtype)
     # The header rule is a log line (stderr); stdout gets the text alone, unwrapped, so that

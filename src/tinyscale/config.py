@@ -109,7 +109,7 @@ class TrainConfig(BaseModel):
     n_layers: int | None = Field(None, ge=1)
     n_heads: int | None = Field(None, ge=1)
     tie_embeddings: bool = True
-    max_seq_len: int | None = Field(None, ge=1)  # None: max(512, seq_len)
+    max_seq_len: int | None = Field(None, ge=1)  # None: seq_len (the context the model is trained at)
     # Budget and batch. `batch` is the global number of sequences per micro-step (split over DDP
     # ranks), so one step sees batch * seq_len * grad_accum tokens whatever the number of processes.
     tokens: int = Field(20_000_000, ge=1)

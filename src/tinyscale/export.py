@@ -4,6 +4,10 @@
 family) or `GPTNeoForCausalLM` (neo) and computes the same logits as our model, so tools built on
 transformers (lm-evaluation-harness, TransformerLens, vLLM) can use it. `transformers` is an optional
 dependency (the `hf` extra), imported only here.
+
+The exported model's context (`max_position_embeddings`, the tokenizer's `model_max_length`) is the
+context the run was trained at, not the room its position tables may have: `runs.load_model` gives
+the model that context, and a learned position table is written with the trained rows only.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def _neo_weights(model: Transformer) -> dict[str, Tensor]:
     cfg, sd = model.cfg, model.state_dict()
     out = {
         "transformer.wte.weight": sd["tok_emb.weight"],
-        "transformer.wpe.weight": sd["pos_emb.weight"],
+        # Only the trained positions: max_position_embeddings is the trained context (runs.load_model).
+        "transformer.wpe.weight": sd["pos_emb.weight"][: cfg.max_seq_len],
         "transformer.ln_f.weight": sd["norm.weight"],
         "transformer.ln_f.bias": sd["norm.bias"],
     }

@@ -60,8 +60,9 @@ def _check_options(prompts: list[list[int]], max_new_tokens: int, temperature: f
         raise UserError(f"--top-p: must be in (0, 1], got {top_p}")
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > max_seq_len:
+        # A model is used only within the context it was trained at (runs.load_model sets max_seq_len to it).
         raise UserError(f"generate: prompt of {longest} tokens + {max_new_tokens} new tokens exceeds "
-                        f"the model's context of {max_seq_len}")
+                        f"the model's trained context of {max_seq_len}")
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

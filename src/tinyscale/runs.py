@@ -1,6 +1,7 @@
 """Run directories: where a training run's config, metrics and checkpoints live (docs/formats.md, "Run folder").
 
-    RUN/run.json                          resolved config; "model" holds the ModelConfig dict
+    RUN/run.json                          resolved config; "model" holds the ModelConfig dict,
+                                          "context" the sequence length it was trained at
     RUN/tokenizer.json                    copy of the tokenizer the run was trained with
     RUN/metrics.jsonl                     one JSON object per logged step
     RUN/checkpoints/step_00000100.safetensors   model weights (float32)
@@ -111,19 +112,50 @@ def load_tokenizer(run_dir: str | Path):
         raise UserError(f"{path}: not a valid tokenizer ({e})") from None
 
 
+def trained_context(info: dict[str, Any], run_dir: str | Path = "run") -> int:
+    """The context a run's model was trained at: run.json "context" (written since it exists), else
+    the training config's `seq_len` (older runs), else the start run's (older `incentivize` runs),
+    else the model's `max_seq_len`; never more than `max_seq_len`."""
+    limit = info["model"].get("max_seq_len", 512)
+    if not isinstance(limit, int) or limit < 1:
+        raise UserError(f"{Path(run_dir) / 'run.json'}: model.max_seq_len must be a positive integer, got {limit!r}")
+    value = info.get("context")
+    if value is None:
+        value = (info.get("config") or {}).get("seq_len")
+    start = (info.get("start") or {}).get("run")
+    if value is None and start and (Path(start) / "run.json").is_file():
+        value = trained_context(read_run(start), start)
+    if value is None:
+        return limit
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"{Path(run_dir) / 'run.json'}: context must be a positive integer, got {value!r}")
+    return min(value, limit)
+
+
 def load_model(run_dir: str | Path, step: int | None = None, device: str = "cpu"):
-    """Return (model in eval mode, step) for a checkpoint of a run (the last one by default)."""
+    """Return (model in eval mode, step) for a checkpoint of a run (the last one by default).
+
+    The model's `cfg.max_seq_len` is the context the run was trained at (`trained_context`), which
+    every user of the model (generate, sample, eval, probes, serve, export, interpret, incentivize)
+    reads as its limit: positions beyond it were never trained, and what a model writes there is
+    noise (a run trained at 128 tokens with room for 512 wrote word salad past 128). The weights
+    keep their stored shape (a learned position table keeps its rows; export writes only the
+    trained ones), so a checkpoint loads whatever `max_seq_len` it was built with.
+    """
     from safetensors.torch import load_model as load_weights
 
     from tinyscale.model import Transformer
 
     info = read_run(run_dir)
     step = resolve_step(run_dir, step)
-    model = Transformer(model_config(run_dir, info))
+    cfg = model_config(run_dir, info)
+    context = trained_context(info, run_dir)
+    model = Transformer(cfg)
     path = weights_path(run_dir, step)
     try:
         # save_model/load_model handle tied embeddings (shared tensors), which save_file refuses.
         load_weights(model, str(path), device=device)
     except Exception as e:
         raise UserError(f"{path}: cannot load checkpoint ({e})") from None
+    model.cfg = cfg.model_copy(update={"max_seq_len": context})
     return model.to(device).eval(), step

@@ -285,7 +285,8 @@ def resolve(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     """Fill in the defaults that depend on other options or on the machine; run.json stores the result."""
     updates: dict[str, Any] = {"data": str(Path(cfg.data).resolve())}
     if cfg.max_seq_len is None:
-        updates["max_seq_len"] = max(512, cfg.seq_len)
+        # The model's context is what it trains at: positions past seq_len would never be trained.
+        updates["max_seq_len"] = cfg.seq_len
     if cfg.min_lr is None:
         updates["min_lr"] = cfg.lr / 10
     if cfg.dtype == "auto":
@@ -529,6 +530,8 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, stored: dict | None = 
             "model": mcfg.model_dump(),
             "params": {"total": count_params(mcfg), "non_embedding": count_params(mcfg, non_embedding=True)},
             "flops_per_token": flops_per_token(mcfg, cfg.seq_len),
+            # The context the model was trained at, and so the one it is used within (runs.load_model).
+            "context": cfg.seq_len,
             "data": data_info,
             "code": {"tinyscale": tinyscale.__version__, "torch": torch.__version__, "git": git_commit()},
             "machine": machine_info(d.device),

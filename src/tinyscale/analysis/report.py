@@ -167,12 +167,14 @@ def _curves_section(records: list[dict], analysis: dict, plot_dir: Path) -> str:
 def _completions_section(sweep_dir: Path, records: list[dict], max_stories: int) -> str:
     size = {r["run"]: r.get("params") or 0 for r in records}
     by_run: list[tuple[str, list[dict]]] = []
+    finals: dict[str, dict] = {}
     for run_dir in sweep_runs(sweep_dir):
         evals = read_evals(run_dir)
         if evals:
             comps = evals[max(evals)].get("completions") or []
             if comps:
                 by_run.append((run_dir.name, comps))
+                finals[run_dir.name] = evals[max(evals)]
     if not by_run:
         return _nodata("No story completions in the evaluation results (tinyscale eval writes them).")
     by_run.sort(key=lambda rc: (size.get(rc[0], 0), rc[0]))
@@ -180,17 +182,43 @@ def _completions_section(sweep_dir: Path, records: list[dict], max_stories: int)
     for _, comps in by_run:
         for c in comps:
             stories.setdefault(str(c.get("id")), c)
-    parts = ["<p>The same story beginnings completed by every model (final checkpoint), smallest first.</p>"]
+    parts = ["<p>The same story beginnings completed by every model (final checkpoint), smallest first, "
+             "each within the context it was trained at (prompt + completion fit it; a prompt that does not "
+             "fit beside the completion loses its first tokens).</p>", _quality_table(by_run, finals, size)]
     for sid, story in list(stories.items())[:max_stories]:
         rows = [[f"<td><i>original</i></td><td></td><td class=\"text\">{_e(story.get('ending', ''))}</td>"]]
         for run, comps in by_run:
             match = next((c for c in comps if str(c.get("id")) == sid), None)
             texts = (match or {}).get("completions") or []
             cell = "<hr>".join(_e(t) for t in texts) if texts else "<i>—</i>"
+            cut = (match or {}).get("prompt_cut_tokens")
+            if cut:
+                cell = f"<i>(saw the beginning without its first {cut} tokens)</i> " + cell
             rows.append([f"<td>{_e(run)}</td><td class=\"num\">{_num(size.get(run))}</td><td class=\"text\">{cell}</td>"])
         parts.append(f"<h3>story {_e(sid)}</h3><div class=\"story\">{_e(story.get('prompt', ''))}</div>")
         parts.append(_table(["model", "parameters", "completion"], rows, raw=True))
     return "\n".join(parts)
+
+
+def _quality_table(by_run: list[tuple[str, list[dict]]], finals: dict[str, dict], size: dict) -> str:
+    """Per model: checkpoint, context, temperature and the quality figures of its completions
+    (evaluate/completions.py), with the corpus's own stories as the reference row."""
+    rows, ref, window = [], None, None
+    for run, _ in by_run:
+        q = finals[run].get("completion_quality") or {}
+        ref, window = ref or q.get("corpus"), window or q.get("repeat_window")
+        rows.append([f"<td>{_e(run)}</td>"] + [f'<td class="num">{_num(v, 3)}</td>' for v in (
+            size.get(run), finals[run].get("step"), q.get("context"), q.get("temperature"), q.get("completions"),
+            q.get("vocab_share"), q.get("repeat_rate"), q.get("eot_share"))])
+    if ref:
+        rows.append(["<td><i>corpus (validation stories)</i></td>"] + [f'<td class="num">{_num(v, 3)}</td>' for v in (
+            None, None, None, None, ref.get("stories"), ref.get("vocab_share"), ref.get("repeat_rate"),
+            ref.get("eot_share"))])
+    note = ("<p>Vocabulary share: completion words found among the training corpus's words; repeated words: "
+            f"words equal to one of the {_e(window or 3)} words before them; ended: completions that wrote "
+            "the end-of-text token within their budget.</p>")
+    return _table(["model", "parameters", "checkpoint", "context", "temperature", "completions",
+                   "vocabulary share", "repeated words", "ended"], rows, raw=True) + note
 
 
 def _cls_cell(c: dict | None) -> str:

@@ -12,9 +12,11 @@ probe has 1 to 5 wrong options, so its chance level is exactly 1 / (number of op
 `meta` object is carried along untouched (the story world's own probe sets, `data/world/probes.py`,
 record there the story and the span each item was cut from).
 
-A prompt longer than the model's context keeps its last tokens (the words nearest the answer matter
-most; the trained windows start mid-story too): the item's `cut` flag and the summary's `cut` count
-say how many were shortened. An option that alone does not fit is refused (UserError).
+A probe longer than the model's trained context is refused (UserError, one line): a suite is the
+user's question, and cutting it would score another one. The story world's own sets (prefixes of
+held-out stories, `cut_prompts=True`) keep their last tokens instead (the words nearest the answer
+matter most; the trained windows start mid-story too): the item's `cut` flag and the summary's `cut`
+count say how many were shortened. An option that alone does not fit is always refused.
 
 Each probe is scored three ways, from one batched forward pass per option:
   mc     multiple choice: is the answer's summed log-probability the highest of all options?
@@ -218,9 +220,10 @@ class ProbeScore:
         return max(range(len(self.logps)), key=lambda i: self.logps[i])
 
 
-def _sequences(probes: Sequence[Probe], codec: Codec, max_len: int) -> tuple[list[tuple[list[int], int]], list[bool]]:
+def _sequences(probes: Sequence[Probe], codec: Codec, max_len: int,
+               cut_prompts: bool) -> tuple[list[tuple[list[int], int]], list[bool]]:
     """(token ids of prompt+option, number of option tokens) for every option of every probe, in order;
-    and per probe whether its prompt had to be cut to fit `max_len`."""
+    and per probe whether its prompt had to be cut to fit `max_len` (only with `cut_prompts`)."""
     out, cut = [], []
     for probe in probes:
         cut.append(False)
@@ -229,7 +232,12 @@ def _sequences(probes: Sequence[Probe], codec: Codec, max_len: int) -> tuple[lis
             cont = codec.encode(" " + option)
             if not cont or len(cont) >= max_len:
                 raise UserError(f"probe {probe.id}: option {option!r} is empty or longer than the context")
-            # Keep the end of a prompt that does not fit: the words nearest the answer matter most.
+            if len(prompt) + len(cont) > max_len and not cut_prompts:
+                # A user's probe is scored only within the trained context: cutting it would score
+                # another question, and positions beyond the context were never trained.
+                raise UserError(f"probe {probe.id}: prompt + option {option!r} are {len(prompt) + len(cont)} "
+                                f"tokens, more than the model's trained context of {max_len}")
+            # The world's own sets (story prefixes) keep their last tokens, counted as cut.
             ids = (prompt + cont)[-max_len:]
             cut[-1] = cut[-1] or len(prompt) + len(cont) > max_len
             out.append((ids, len(cont)))
@@ -272,9 +280,11 @@ def _score_sequences(model: torch.nn.Module, seqs: list[tuple[list[int], int]], 
 
 
 def score_probes(model: torch.nn.Module, probes: Sequence[Probe], codec: Codec, *, max_len: int,
-                 device: torch.device | str = "cpu", batch_tokens: int = 8192) -> list[ProbeScore]:
-    """Score every probe (multiple choice, greedy exact match, probability of the answer)."""
-    seqs, cuts = _sequences(probes, codec, max_len)
+                 device: torch.device | str = "cpu", batch_tokens: int = 8192,
+                 cut_prompts: bool = False) -> list[ProbeScore]:
+    """Score every probe (multiple choice, greedy exact match, probability of the answer). A probe
+    longer than `max_len` is refused, or with `cut_prompts` keeps its prompt's last tokens."""
+    seqs, cuts = _sequences(probes, codec, max_len, cut_prompts)
     flat = _score_sequences(model, seqs, torch.device(device), batch_tokens)
     scores, i = [], 0
     for probe, cut in zip(probes, cuts, strict=True):

@@ -167,14 +167,15 @@ class _Prepared:
         # Probes are scored within the context the run was trained at (never beyond max_seq_len).
         self.probe_len = _seq_len(info, self.max_len)
         split = "val"
-        # Leave the model room to write: a prompt may use at most 3/4 of the context.
-        self.cuts = pick_stories(split, shards.tokens(split), shards.eot_id, self.tokenizer, completions, seed,
-                                 max_prompt_tokens=3 * self.max_len // 4) if completions else []
+        # Prompts that do not fit the trained context beside a completion are cut when completing.
+        self.cuts = pick_stories(split, shards.tokens(split), shards.eot_id, self.tokenizer, completions,
+                                 seed) if completions else []
+        self.vocabulary, self.reference = _corpus_words(shards, self.tokenizer) if self.cuts else (set(), {})
 
 
 def _evaluate_one(model, prep: _Prepared, device: torch.device, *, samples: int, temperature: float,
                   seed: int, batch_size: int) -> dict[str, Any]:
-    from tinyscale.evaluate.completions import complete_stories
+    from tinyscale.evaluate.completions import REPEAT_WINDOW, complete_stories, quality
     from tinyscale.evaluate.loss import skill_losses
     from tinyscale.evaluate.probes import score_probes, summarize
 
@@ -188,7 +189,8 @@ def _evaluate_one(model, prep: _Prepared, device: torch.device, *, samples: int,
               for name, ps in prep.suites.items()}
     seconds["probes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    world = {name: summarize(ps, score_probes(model, ps, prep.codec, max_len=prep.probe_len, device=device))
+    world = {name: summarize(ps, score_probes(model, ps, prep.codec, max_len=prep.probe_len, device=device,
+                                              cut_prompts=True))
              for name, ps in prep.world.items()}
     seconds["world_probes"] = time.perf_counter() - t0
     cut = {f"{name}{tag}": r["cut"] for tag, fam in (("", probes), (" (world)", world)) for name, r in fam.items()
@@ -198,10 +200,24 @@ def _evaluate_one(model, prep: _Prepared, device: torch.device, *, samples: int,
                       ", ".join(f"{n} {k}" for k, n in cut.items()), prep.probe_len)
 
     t0 = time.perf_counter()
-    stories = complete_stories(model, prep.cuts, prep.tokenizer, samples=samples, temperature=temperature,
-                               seed=seed, eot_id=prep.eot_id, max_seq_len=prep.max_len)
+    stories, settings = complete_stories(model, prep.cuts, prep.tokenizer, samples=samples,
+                                         temperature=temperature, seed=seed, eot_id=prep.eot_id, context=prep.max_len)
     seconds["completions"] = time.perf_counter() - t0
-    return {"loss": loss, "probes": probes, "world_probes": world, "completions": stories, "seconds": seconds}
+    # What a reader needs beside the texts: how they were sampled and how they compare with the corpus.
+    figures = {**quality(stories, prep.vocabulary), **settings, "temperature": temperature,
+               "repeat_window": REPEAT_WINDOW, "vocabulary_words": len(prep.vocabulary), "corpus": prep.reference}
+    return {"loss": loss, "probes": probes, "world_probes": world, "completions": stories,
+            "completion_quality": figures, "seconds": seconds}
+
+
+def _corpus_words(shards, tokenizer) -> tuple[set[str], dict]:
+    """The corpus vocabulary (training split, else validation) and the validation stories' own
+    quality figures (evaluate/completions.py)."""
+    from tinyscale.evaluate.completions import corpus_reference, corpus_vocabulary
+
+    source = "train" if "train" in shards.splits else "val"
+    vocabulary = corpus_vocabulary(shards.tokens(source), shards.eot_id, tokenizer)
+    return vocabulary, corpus_reference(shards.tokens("val"), shards.eot_id, tokenizer, vocabulary)
 
 
 def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last", suites: list[str] | None = None,

@@ -349,6 +349,7 @@ def _run(cfg: IncentiveConfig, run_dir: Path, resuming: bool) -> dict[str, Any]:
     if done:
         step, used, elapsed = _load_state(run_dir, done[-1], policy, opt, device)
     info = {"kind": "incentivize", "config": cfg.model_dump(), "model": start["model"],
+            "context": policy.cfg.max_seq_len,  # the start's trained context (runs.load_model)
             "params": start.get("params"), "data": start.get("data"),
             "start": {"run": str(Path(cfg.start).resolve()), "step": start_step}}
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -241,8 +241,9 @@ def _max_tokens(requested: int | None, prompts: list[list[int]], backend: Backen
     if requested is None:
         requested = backend.context - longest
     if longest + requested > backend.context:
-        raise APIError(400, f"prompt of {longest} tokens + max_tokens {requested} exceeds the model's context of "
-                       f"{backend.context} tokens", param="max_tokens", code="context_length_exceeded")
+        # The context is the one the model was trained at (runs.load_model): nothing past it was learned.
+        raise APIError(400, f"prompt of {longest} tokens + max_tokens {requested} exceeds the model's trained "
+                       f"context of {backend.context} tokens", param="max_tokens", code="context_length_exceeded")
     return requested
 
 
