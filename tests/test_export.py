@@ -78,8 +78,9 @@ def test_cli_sample_and_export(tmp_path, capsys):
     run, _, _ = make_run(tmp_path, "neo", True)
     argv = ["-q", "sample", str(run), "--prompt", "Once upon a time", "-n", "3", "--max-new-tokens", "8"]
     assert main(argv) == 0
-    printed = capsys.readouterr().out
-    assert printed.count("Once upon a time") == 3 and "sample 3/3" in printed
+    out = capsys.readouterr()
+    printed = out.out  # the stories; the header rules go to stderr
+    assert printed.count("Once upon a time") == 3 and "sample 3/3" in out.err and "sample" not in printed
     assert main(argv) == 0 and capsys.readouterr().out == printed  # same seed, same stories
     assert main(["-q", "sample", str(run), "--checkpoint", "9"]) == 2
     assert "no checkpoint at step 9" in capsys.readouterr().err

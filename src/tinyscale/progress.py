@@ -45,8 +45,9 @@ def enable(verbose: bool = True) -> None:
 
         handler = RichHandler(show_path=False, show_time=False, markup=False, console=_stderr_console())
         log.addHandler(handler)
-        log.setLevel(logging.INFO)
         log.propagate = False
+    # -q after an earlier verbose call in the same process (tests, notebooks): info lines stop too.
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def info(msg: str, *args: Any) -> None:
