@@ -18,6 +18,7 @@ turn it into one line and a non-zero exit, keeping what was finished before.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 from collections import Counter
@@ -101,6 +102,17 @@ def make_client(ep: Endpoint):
     check_url(ep)
     return AsyncOpenAI(api_key=ep.key(), base_url=ep.base_url, timeout=ep.timeout, max_retries=0)
 
+
+
+def check_money(settings: Any) -> None:
+    """The spending cap's inputs (`max_cost`, `price_in`, `price_out` of a settings object): each
+    finite and >= 0, and a cap only with a price to count it by."""
+    for name in ("max_cost", "price_in", "price_out"):
+        value = getattr(settings, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
+    if settings.max_cost is not None and not (settings.price_in or settings.price_out):
+        raise UserError("--max-cost needs --price-in and/or --price-out (USD per million tokens)")
 
 def check_url(ep: Endpoint) -> None:
     """Refuse a --base-url that is not http(s) before any folder is made or request sent."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import os
 import random
 import re
@@ -43,6 +42,7 @@ from tinyscale.endpoint import (
     RequestFailed,
     RequestRejected,
     chat,
+    check_money,
     check_url,
     make_client,
     run_workers,
@@ -355,12 +355,7 @@ def generate_llm_corpus(out: str | os.PathLike, ep: Endpoint, settings: LlmSetti
         raise UserError(f"--concurrency: must be positive, got {settings.concurrency}")
     if not 0.0 <= settings.val_fraction < 1.0:
         raise UserError(f"--val-fraction: must be in [0, 1), got {settings.val_fraction}")
-    for name in ("max_cost", "price_in", "price_out"):  # also for callers that skip the CLI's checks
-        value = getattr(settings, name)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise UserError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
-    if settings.max_cost is not None and not (settings.price_in or settings.price_out):
-        raise UserError("--max-cost needs --price-in and/or --price-out (USD per million tokens)")
+    check_money(settings)  # also for callers that skip the CLI's checks
     out = Path(out)
     # OUT is resumed, so it may exist: but only as a folder this command made (else its train.jsonl
     # would be replaced), and never holding or inside the template it reads.

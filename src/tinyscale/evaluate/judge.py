@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import os
 import random
 import re
@@ -44,6 +43,7 @@ from tinyscale.endpoint import (
     RequestFailed,
     RequestRejected,
     chat,
+    check_money,
     check_url,
     make_client,
     run_workers,
@@ -396,12 +396,7 @@ def judge_run(run_dir: str | os.PathLike, ep: Endpoint, settings: JudgeSettings 
     the cache and no result file is written; a result with no verdict never replaces one with some."""
     settings = settings or JudgeSettings()
     run_dir = Path(run_dir)
-    for name in ("max_cost", "price_in", "price_out"):  # also for callers that skip the CLI's checks
-        value = getattr(settings, name)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise UserError(f"--{name.replace('_', '-')}: must be a finite number >= 0, got {value}")
-    if settings.max_cost is not None and not (settings.price_in or settings.price_out):
-        raise UserError("--max-cost needs --price-in and/or --price-out (USD per million tokens)")
+    check_money(settings)  # also for callers that skip the CLI's checks
     if settings.concurrency < 1:
         raise UserError(f"--concurrency: must be positive, got {settings.concurrency}")
     for name in ("completions", "samples"):
