@@ -32,6 +32,18 @@ def test_a_loss_below_its_floor_beyond_three_errors_is_flagged():
     assert loss_floor_checks([rec(2.0, 2.1, se=None)]) and not loss_floor_checks([rec(2.0, 2.05, se=None)])
 
 
+def test_the_floor_is_compared_on_the_tokens_whose_floor_is_known():
+    """Tracking: only some tokens have a known floor. The skill's whole loss (3.5) is far above the
+    floor of the known ones (0.04), yet the loss on those very tokens is below it: flagged; and a
+    whole loss below that floor with the known tokens above it is not."""
+    hidden = {**rec(3.5, 0.04), "skill_excess": {"free": -0.03}, "skill_excess_se": {"free": 0.005},
+              "skill_floor_tokens": {"free": 3000}}
+    (v,) = loss_floor_checks([hidden])
+    assert "0.030 nats" in v["message"] and v["excess"] == -0.03
+    fine = {**rec(0.01, 0.04), "skill_excess": {"free": 0.2}, "skill_excess_se": {"free": 0.01}}
+    assert not loss_floor_checks([fine])
+
+
 def test_an_accuracy_below_exact_chance_is_flagged_by_a_binomial_test():
     low = {"mc": 0.10, "chance": 0.5, "n": 40}
     (v,) = chance_checks([rec(3, 2, facts=low)])
@@ -103,7 +115,8 @@ def test_a_planted_floor_violation_reaches_the_box_and_one_stderr_line(tmp_path,
     lines = [json.loads(line) for line in metrics.read_text().splitlines()]
     last = lines[-1]
     last["val"] = {"loss": last["val_loss"], "skills": {"free": {"tokens": 12000, "loss": 2.461, "loss_se": 0.022,
-                                                                 "floor": 2.616}}}
+                                                                 "floor": 2.616, "floor_tokens": 12000,
+                                                                 "excess": -0.155, "excess_se": 0.022}}}
     metrics.write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert main(["-q", "analyze", str(sweep), "--n-boot", "5"]) == 0
     out, err = capsys.readouterr()
@@ -115,7 +128,7 @@ def test_a_planted_floor_violation_reaches_the_box_and_one_stderr_line(tmp_path,
     assert sum("warning" in line for line in err.splitlines()) == 1
     page = (sweep / "report.html").read_text()
     box = page[page.index('<div class="checks'):page.index("</div>")]
-    assert "checks bad" in box and "run d64-l3 step 100 skill free: loss 2.461 is below its floor 2.616" in box
+    assert "checks bad" in box and "run d64-l3 step 100 skill free: loss is below its floor by 0.155 nats (7.0 standard errors)" in box
     assert page.index('<div class="checks') < page.index("<nav>")  # at the top
 
 

@@ -45,16 +45,31 @@ def loss_floor_checks(records: list[dict]) -> list[dict[str, Any]]:
             loss = (r.get("skill_loss") or {}).get(skill)
             if loss is None or floor is None:
                 continue
-            se = (r.get("skill_loss_se") or {}).get(skill)
-            if se is None:
-                n = (r.get("skill_tokens") or {}).get(skill)
-                se = loss / math.sqrt(n) if n else None  # per-token losses: sd about their mean
-            if se is not None and loss < floor - SE_LIMIT * se:
+            excess, se = _excess(r, skill, loss, floor)
+            if se is not None and excess < -SE_LIMIT * se:
                 where = f"run {r['run']} step {r.get('step')} skill {skill}"
-                out.append(_violation("loss_below_floor", where, f"{where}: loss {loss:.3f} is below its floor "
-                                      f"{floor:.3f} by {(floor - loss) / se:.1f} standard errors",
-                                      loss=loss, floor=floor, se=se))
+                out.append(_violation("loss_below_floor", where, f"{where}: loss is below its floor by "
+                                      f"{-excess:.3f} nats ({-excess / se:.1f} standard errors) on the tokens "
+                                      f"whose floor is known", loss=loss, floor=floor, excess=excess, se=se))
     return out
+
+
+def _excess(r: dict, skill: str, loss: float, floor: float) -> tuple[float, float | None]:
+    """Loss minus floor on the same tokens (where only some of a skill's tokens have a known floor,
+    e.g. tracking, comparing the skill's whole loss with their floor would mix two sets of tokens),
+    and its standard error; older records without it: the skill's loss against its floor."""
+    excess = (r.get("skill_excess") or {}).get(skill)
+    if excess is not None:
+        se = (r.get("skill_excess_se") or {}).get(skill)
+        if se is None:
+            n = (r.get("skill_floor_tokens") or {}).get(skill)
+            se = max(loss, 1e-3) / math.sqrt(n) if n else None
+        return excess, se
+    se = (r.get("skill_loss_se") or {}).get(skill)
+    if se is None:
+        n = (r.get("skill_tokens") or {}).get(skill)
+        se = loss / math.sqrt(n) if n else None  # per-token losses: sd about their mean
+    return loss - floor, se
 
 
 def chance_checks(records: list[dict]) -> list[dict[str, Any]]:

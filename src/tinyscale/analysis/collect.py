@@ -101,7 +101,8 @@ def _se_of_mean(values: list[Any]) -> float | None:
 
 _SKILL_FIELDS = {"skill_loss": "loss", "skill_tokens": "tokens", "skill_loss_se": "loss_se",
                  "skill_floor": "floor", "skill_baseline": "baseline", "skill_gap": "gap", "skill_gap_se": "gap_se",
-                 "skill_gap_hi": "gap_hi"}
+                 "skill_gap_hi": "gap_hi", "skill_excess": "excess", "skill_excess_se": "excess_se",
+                 "skill_floor_tokens": "floor_tokens"}
 
 
 def _from_summary(val: dict[str, Any]) -> dict[str, Any]:

@@ -185,7 +185,7 @@ def summarize_sums(sums: np.ndarray, shares: np.ndarray, n_boot: int = N_BOOT, s
         for key, (num, den) in stats.items():
             d = s[:, den].sum()
             row[key] = _num(s[:, num].sum() / d) if d else None
-            if boot is not None and key in ("loss", "gap") and d:
+            if boot is not None and key in ("loss", "gap", "excess") and d:
                 b = boot[:, :, sid]
                 with np.errstate(invalid="ignore", divide="ignore"):
                     vals = b[..., num].sum(1) / b[..., den].sum(1)
