@@ -151,6 +151,8 @@ def test_quality_figures_on_hand_made_text(shards):
     q = quality(stories, vocab)
     assert q["completions"] == 3 and q["eot_share"] == pytest.approx(2 / 3)
     assert q["vocab_share"] == pytest.approx(5 / 7) and q["repeat_rate"] == pytest.approx(1 / 7)
+    # 1 repeat in 7 words: a wide interval that holds the rate (too few words to compare with a corpus)
+    assert 0 < q["repeat_rate_lo"] < 1 / 7 < q["repeat_rate_hi"] < 1 and q["repeat_rate_hi"] > 0.4
     from tinyscale.data.shards import ShardSet
 
     s = ShardSet.open(shards)

@@ -223,7 +223,7 @@ def stories_for(tokens: int, tokens_per_story: float) -> int:
 
 def run_seconds(i: int, tokens: int, s: Speeds) -> float:
     """Wall time of size i's run: training, its periodic evaluations, the final `tinyscale eval`
-    (the loss again, probes and three completions: counted as two more evaluations) and two
+    (the loss again, probes, world probe sets and twelve completions: counted as two more evaluations) and two
     process starts."""
     return tokens * s.train_per_token[i] + (EVALS + 2) * s.eval_tokens * s.forward_per_token[i] + 2 * s.process_start
 
@@ -273,7 +273,7 @@ def sweep_yaml(shards: Path, tokens: int, seed: int = 0, seeds: int = 1) -> dict
             "checkpoint_every": max(10, steps // 8), "dense_checkpoints": 8, "seed": seed,
         },
         "runs": _runs(seed, seeds),
-        "eval": {"checkpoints": "last", "completions": 3, "samples": 1},
+        "eval": {"checkpoints": "last", "completions": 12, "samples": 1},
     }
 
 

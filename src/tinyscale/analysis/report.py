@@ -207,15 +207,19 @@ def _quality_table(by_run: list[tuple[str, list[dict]]], finals: dict[str, dict]
     for run, _ in by_run:
         q = finals[run].get("completion_quality") or {}
         ref, window = ref or q.get("corpus"), window or q.get("repeat_window")
-        rows.append([f"<td>{_e(run)}</td>"] + [f'<td class="num">{_num(v, 3)}</td>' for v in (
+        cells = [f'<td class="num">{_num(v, 3)}</td>' for v in (
             size.get(run), finals[run].get("step"), q.get("context"), q.get("temperature"), q.get("completions"),
-            q.get("vocab_share"), q.get("repeat_rate"), q.get("eot_share"))])
+            q.get("vocab_share"), q.get("repeat_rate"), q.get("eot_share"))]
+        if q.get("repeat_rate_lo") is not None:  # the interval beside the rate
+            cells[6] = (f'<td class="num">{_num(q["repeat_rate"], 3)} [{_num(q["repeat_rate_lo"], 3)}, '
+                        f'{_num(q["repeat_rate_hi"], 3)}]</td>')
+        rows.append([f"<td>{_e(run)}</td>"] + cells)
     if ref:
         rows.append(["<td><i>corpus (validation stories)</i></td>"] + [f'<td class="num">{_num(v, 3)}</td>' for v in (
             None, None, None, None, ref.get("stories"), ref.get("vocab_share"), ref.get("repeat_rate"),
             ref.get("eot_share"))])
     note = ("<p>Vocabulary share: completion words found among the training corpus's words; repeated words: "
-            f"words equal to one of the {_e(window or 3)} words before them; ended: completions that wrote "
+            f"words equal to one of the {_e(window or 3)} words before them (95% Wilson interval over words); ended: completions that wrote "
             "the end-of-text token within their budget.</p>")
     return _table(["model", "parameters", "checkpoint", "context", "temperature", "completions",
                    "vocabulary share", "repeated words", "ended"], rows, raw=True) + note

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from tinyscale.errors import UserError
+from tinyscale.evaluate.probes import wilson
 
 # The end of a sentence: . ! or ? (possibly inside a closing quote) followed by white space.
 _SENTENCE_END = re.compile(r"[.!?][\"”’']?(?=\s)")
@@ -153,8 +154,12 @@ def quality(stories: list[dict], vocabulary: set[str]) -> dict:
     texts = [t for s in stories for t in s["completions"]]
     ended = [e for s in stories for e in s.get("ended", [])]
     share, n_words = vocab_share(texts, vocabulary)
+    rate = repeated_word_rate(texts)
+    # A Wilson interval over words (neighbouring words are not independent, so it is a rough one):
+    # a few completions cannot tell a model's repetition from the corpus's without it.
+    lo, hi = wilson(round(rate * n_words), n_words) if rate is not None and n_words else (None, None)
     return {"completions": len(texts), "words": n_words, "vocab_share": share,
-            "repeat_rate": repeated_word_rate(texts),
+            "repeat_rate": rate, "repeat_rate_lo": lo, "repeat_rate_hi": hi,
             "eot_share": sum(ended) / len(ended) if ended else None}
 
 
