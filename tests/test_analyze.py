@@ -229,7 +229,7 @@ def test_report_of_a_one_seed_sweep_says_it_beside_intervals_and_classes(tmp_pat
     assert "bigger" not in page and "larger is better" in page  # the size comparisons table
 
 
-def test_trained_seeds_share_windows_and_are_analysed_as_seeds(tmp_path, monkeypatch):
+def test_trained_seeds_share_windows_and_are_analysed_as_seeds(tmp_path, monkeypatch, request):
     """Four tiny runs (two sizes x two seeds) through the trainer: per-window sums kept for every
     evaluation, reproducing its losses; seeds grouped; sizes compared with paired differences."""
     import numpy as np
@@ -239,10 +239,15 @@ def test_trained_seeds_share_windows_and_are_analysed_as_seeds(tmp_path, monkeyp
     from tinyscale.analysis.collect import collect_sweep
     from tinyscale.analysis.seeds import _load_sums, _window_stats
     from tinyscale.config import TrainConfig
+    from tinyscale.kernels import cpu_kernels
     from tinyscale.train import train
 
     # PyTorch's operators: the C++ kernels would be compiled first where they are not built yet.
+    # `cpu_kernels` remembers its answer: forget it after this test, or every later test in the
+    # process would run without the kernels.
     monkeypatch.setenv("TINYSCALE_NO_KERNELS", "1")
+    cpu_kernels.cache_clear()
+    request.addfinalizer(cpu_kernels.cache_clear)
     shards = make_shards(tmp_path / "data", stories=120)
     for width in (16, 32):
         for seed in (0, 1):
