@@ -20,20 +20,12 @@ import pytest
 
 from fake_openai_server import FakeConfig, running
 from test_judge import make_run
+from test_reliability import call
 from tinyscale.cli import main
 from tinyscale.errors import UserError
 
 DEAD = "http://127.0.0.1:9/v1"  # nothing listens on the discard port: connection refused at once
 FAULTS = ("dead", "500", "malformed", "drop", "timeout")
-
-
-def call(argv: list[str], capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        code = main(["-q", *argv])
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
 
 
 def _files(root: Path) -> dict[str, str]:
