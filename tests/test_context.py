@@ -104,6 +104,21 @@ def test_probes_longer_than_the_context_are_refused(runs, tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and "probe long-1" in err and "trained context of 32" in err
 
 
+def test_builtin_probes_longer_than_the_context_are_left_out_and_counted(runs):
+    """A model with a short context is still probed on the built-in items it can read; the rest are
+    counted, never cut (a user's own file is refused instead: the test above)."""
+    from tinyscale.evaluate import evaluate_run
+    from tinyscale.evaluate.probes import load_suite
+
+    total = len(load_suite("facts")[1])
+    r = evaluate_run(runs["llama"], suites=["facts"], device="cpu", max_tokens=64, completions=0, write=False)
+    (res,) = r.values()
+    left = res["settings"]["probes_left_out"].get("facts", 0)
+    assert left > 0
+    kept = res["probes"]["facts"]["n"] if "facts" in res["probes"] else 0
+    assert kept + left == total and res["probes"].get("facts", {}).get("cut", 0) == 0
+
+
 def test_eval_completions_fit_the_context_and_record_quality(runs):
     from tinyscale.evaluate import evaluate_run
 

@@ -242,6 +242,8 @@ CASES: list[tuple[str, Callable, list[str], str]] = [
     ("T-dmodel-neg-export", _run_json({"d_model": -3}), ["export", "{d}/r", "--out", "{d}/e"], "model.d_model"),
     ("T-sample-temp-nan", _nothing, ["sample", "r1", "--temperature", "nan"], "--temperature"),
     ("T-eval-temp-nan", _nothing, ["eval", "r1", "--temperature", "nan"], "--temperature"),
+    ("21-world-probes-negative", _nothing, ["eval", "r1", "--world-probes", "-1"], "--world-probes: must be 0 to"),
+    ("21-world-probes-huge", _nothing, ["eval", "r1", "--world-probes", "1000000000000"], "--world-probes: must be 0 to"),
     ("T-analyze-csv-bad-byte", _bad_csv, ["analyze", "--csv", "{d}/x.csv", "--params-col", "params",
                                           "--tokens-col", "tokens", "--loss-col", "loss"], "x.csv:3"),
     ("T-analyze-out-folder", _existing_dir, ["analyze", "--csv", "{d}/x.csv", "--task-col", "task", "--x-col",

@@ -12,8 +12,9 @@ probe has 1 to 5 wrong options, so its chance level is exactly 1 / (number of op
 `meta` object is carried along untouched (the story world's own probe sets, `data/world/probes.py`,
 record there the story and the span each item was cut from).
 
-A probe longer than the model's trained context is refused (UserError, one line): a suite is the
-user's question, and cutting it would score another one. The story world's own sets (prefixes of
+A probe of a user's file longer than the model's trained context is refused (UserError, one line):
+cutting it would score another question. Built-in suite items that do not fit are left out by
+`tinyscale eval` and counted (`settings.probes_left_out`), so a short-context model is still probed. The story world's own sets (prefixes of
 held-out stories, `cut_prompts=True`) keep their last tokens instead (the words nearest the answer
 matter most; the trained windows start mid-story too): the item's `cut` flag and the summary's `cut`
 count say how many were shortened. An option that alone does not fit is always refused.

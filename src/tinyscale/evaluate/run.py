@@ -104,6 +104,39 @@ def load_suites(specs: list[str] | None) -> dict[str, list]:
     return suites
 
 
+def builtin_names(specs: list[str] | None) -> set[str]:
+    """The suites given by built-in name (names are unique among the selected suites)."""
+    from tinyscale.evaluate.probes import SUITES
+
+    return {s for s in (specs if specs is not None else SUITES) if s in SUITES}
+
+
+def _fitting(suites: dict[str, list], builtin: set[str] | frozenset[str], codec,
+             max_len: int) -> tuple[dict[str, list], dict[str, int]]:
+    """The suites with the built-in items longer than the trained context left out (a model with a
+    short context is still probed on what it can read; counted in `settings.probes_left_out`). A
+    user's own file is not filtered: its too-long item is refused when scored."""
+    kept, left = {}, {}
+    for name, probes in suites.items():
+        if name not in builtin:
+            kept[name] = probes
+            continue
+        fit = [p for p in probes if _probe_tokens(p, codec) <= max_len]
+        if len(fit) < len(probes):
+            left[name] = len(probes) - len(fit)
+        if fit:
+            kept[name] = fit
+    if left:
+        progress.info("built-in probes longer than the %d-token context left out: %s", max_len,
+                      ", ".join(f"{n} {k}" for n, k in left.items()))
+    return kept, left
+
+
+def _probe_tokens(probe, codec) -> int:
+    prompt = len(codec.encode(probe.prompt)) + (codec.bos_id is not None)
+    return prompt + max(len(codec.encode(" " + o)) for o in probe.options)
+
+
 def world_of(shards) -> tuple[Path, dict] | None:
     """The story-world corpus behind a shard set (its folder and world.json), or None for other data."""
     from tinyscale.fileio import read_json
@@ -118,6 +151,9 @@ def world_of(shards) -> tuple[Path, dict] | None:
     return None
 
 
+MAX_WORLD_PROBES = 100_000  # items per skill: each is a story written and scored (more is hours)
+
+
 def load_world_probes(shards, per_skill: int | None) -> tuple[dict[str, list], dict | None]:
     """The in-distribution probe sets of a story-world run ({} and None when the data is not the world
     or per_skill is 0; None per_skill: WORLD_PROBES items per set)."""
@@ -126,8 +162,8 @@ def load_world_probes(shards, per_skill: int | None) -> tuple[dict[str, list], d
     from tinyscale.data.world.probes import START, world_probes
     from tinyscale.evaluate.probes import read_items
 
-    if per_skill is not None and per_skill < 0:
-        raise UserError(f"--world-probes: must be 0 or more, got {per_skill}")
+    if per_skill is not None and not 0 <= per_skill <= MAX_WORLD_PROBES:
+        raise UserError(f"--world-probes: must be 0 to {MAX_WORLD_PROBES} per skill, got {per_skill}")
     found = world_of(shards) if per_skill != 0 else None
     if found is None:
         if per_skill:
@@ -146,7 +182,8 @@ class _Prepared:
     """Everything that does not depend on the weights, built once per evaluation."""
 
     def __init__(self, info: dict, model, shards, suites: dict[str, list], max_tokens: int, completions: int,
-                 seed: int, seq_len: int | None, world: tuple[dict[str, list], dict | None] = ({}, None)) -> None:
+                 seed: int, seq_len: int | None, world: tuple[dict[str, list], dict | None] = ({}, None),
+                 builtin: frozenset[str] | set[str] = frozenset()) -> None:
         from tinyscale.evaluate.completions import pick_stories
         from tinyscale.evaluate.loss import MIN_SKILL_TOKENS, loss_windows
         from tinyscale.evaluate.probes import Codec
@@ -162,10 +199,10 @@ class _Prepared:
         self.loss = [loss_windows(s, shards.tokens(s), shards.skills(s), shards.floor(s), self.seq_len, max_tokens,
                                   base=shards.base(s), min_skill_tokens=min_skill)
                      for s in ("val", "ood") if s in shards.splits]
-        self.suites = suites
         self.world, self.world_settings = world
         # Probes are scored within the context the run was trained at (never beyond max_seq_len).
         self.probe_len = _seq_len(info, self.max_len)
+        self.suites, self.left_out = _fitting(suites, builtin, self.codec, self.probe_len)
         split = "val"
         # Prompts that do not fit the trained context beside a completion are cut when completing.
         self.cuts = pick_stories(split, shards.tokens(split), shards.eot_id, self.tokenizer, completions,
@@ -253,7 +290,8 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
     _check_tokenizer(run_dir, shards)
     model, _ = load_model(run_dir, steps[0], device=str(dev))
     world = load_world_probes(shards, world_probes)
-    prep = _Prepared(info, model, shards, probe_suites, max_tokens, completions, seed, seq_len, world)
+    prep = _Prepared(info, model, shards, probe_suites, max_tokens, completions, seed, seq_len, world,
+                     builtin_names(suites))
     progress.info("eval %s: %d checkpoint(s), %s, %d suite(s), %d world probe set(s), %d stories", run_dir,
                   len(steps), ", ".join(f"{d.split} {d.n_tokens} tokens" for d in prep.loss), len(prep.suites),
                   len(prep.world), len(prep.cuts))
@@ -272,6 +310,7 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
                   "settings": {"max_tokens": max_tokens, "seq_len": prep.seq_len, "completions": len(prep.cuts),
                                "samples": samples, "temperature": temperature, "seed": seed,
                                "device": str(dev), "suites": list(prep.suites), "probe_context": prep.probe_len,
+                               "probes_left_out": prep.left_out,
                                "world_probes": prep.world_settings}}
         result.update(_evaluate_one(model, prep, dev, samples=samples, temperature=temperature, seed=seed,
                                     batch_size=batch_size))
