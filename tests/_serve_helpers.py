@@ -21,7 +21,7 @@ TEXT = ["Once upon a time there was a little dog named Tom.", "Lily liked to pla
 
 
 def make_run(root: Path, name: str = "tiny", *, d_model: int = 32, n_layers: int = 2, context: int = 128,
-             seed: int = 0) -> Path:
+             seed: int = 0, vocab: int = 300) -> Path:
     """A run folder as the trainer writes it (run.json, tokenizer.json, one complete checkpoint), with
     random weights whose norms are perturbed so that no output hides behind init values."""
     from safetensors.torch import save_model
@@ -32,7 +32,7 @@ def make_run(root: Path, name: str = "tiny", *, d_model: int = 32, n_layers: int
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                       show_progress=False))
     run = root / name

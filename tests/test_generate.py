@@ -151,3 +151,11 @@ def test_sampler_never_picks_masked_tokens():
     logits[:, 3] = 5.0  # token 1 has mass ~0.0067: still sampled sometimes, tokens 0, 2, 4 never
     picks = sample_next(logits, 1.0, generator=gen)
     assert set(picks.tolist()) == {1, 3}
+
+
+def test_a_temperature_or_top_p_that_underflows_float32_is_greedy():
+    """Issue 28 row 12: 5e-324 made the scaled logits infinite and the draw returned id = vocab size."""
+    logits = torch.tensor([[0.1, 2.0, -1.0, 0.5], [3.0, 0.0, 0.0, 0.0]])
+    gen = torch.Generator().manual_seed(0)
+    for t, p in ((5e-324, None), (1e-45, None), (1.0, 1e-300), (1e-40, 1e-300)):
+        assert sample_next(logits, t, None, p, gen).tolist() == [1, 0], (t, p)

@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(trained, tmp_path_factory):
-    s = Server([trained], tmp_path_factory.mktemp("logs"), "--dtype", "fp32", "--max-batch", "16", key=KEY)
+    s = Server([trained], tmp_path_factory.mktemp("logs"), "--max-batch", "16", key=KEY)  # fp32: the default
     yield s
     s.stop()
     assert KEY not in s.logs()  # after every request of this module, including the refused ones
@@ -59,8 +59,11 @@ def post(server, path: str, body, **kw) -> requests.Response:
     return requests.post(server.base + path, json=body, headers=headers, timeout=60, **kw)
 
 
-def test_models_lists_the_run_by_folder_name(client):
+def test_models_lists_the_run_by_folder_name_and_the_exact_default_precision(client):
     assert [m.id for m in client.models.list().data] == ["story"]
+    assert client.models.list().data[0].model_extra["dtype"] == "fp32"  # started without --dtype
+    done = client.completions.create(model="story", prompt="Tom", max_tokens=2)
+    assert done.system_fingerprint.endswith("-fp32")
 
 
 def test_requests_without_the_key_get_401(server):
@@ -189,7 +192,20 @@ ERRORS = [
     ({"model": "story", "prompt": "x", "max_tokens": "many"}, 400, "max_tokens"),
     ({"model": "story", "prompt": "x", "logprobs": 50}, 400, "logprobs"),
     ({"model": "story", "prompt": "x", "stop": [""]}, 400, "stop"),
-    ({"model": "story", "prompt": "x", "presence_penalty": 1}, 400, "presence_penalty"),
+    ({"model": "story", "prompt": "x", "presence_penalty": 3}, 400, "presence_penalty"),
+    ({"model": "story", "prompt": "x", "logit_bias": {"abc": 1}}, 400, "logit_bias"),
+    ({"model": "story", "prompt": "x", "logit_bias": {"5": 500}}, 400, "logit_bias"),
+    ({"model": "story", "prompt": "x", "logit_bias": {"100000": 1}}, 400, "logit_bias"),
+    ({"model": "story", "prompt": "x", "repetition_penalty": 1.2, "repeat_penalty": 1.1}, 400, "repeat_penalty"),
+    ({"model": "story", "prompt": "x", "stop": "s" * 257}, 400, "stop"),
+    ({"model": "story", "prompt": "x", "stop": ["s" * 270_000] * 15, "stream": True}, 400, "stop"),  # row 9
+    ({"model": "story", "prompt": "a\ud800b"}, 400, "prompt"),  # row 13: lone surrogates
+    ({"model": "\ud800", "prompt": "x"}, 400, "model"),
+    ({"model": "story", "prompt": "x", "stop": "\udc80"}, 400, "stop"),
+    ({"model": "story", "prompt": [5] * 600, "max_tokens": None}, 400, "max_tokens"),  # row 11
+    ({"model": "story", "prompt": [[7] * 50] * 16, "max_tokens": 0, "echo": True, "logprobs": 20, "n": 16},
+     400, "prompt"),  # row 10: a 5 KB request asking for a 7 MB answer
+    ({"model": "story", "prompt": "x", "tools": [{"type": "function"}]}, 400, "tools"),
     ({"prompt": "x"}, 400, "model"),
 ]
 
@@ -220,7 +236,7 @@ def test_malformed_oversized_and_unknown_requests(server, client):
 def test_the_trained_context_is_advertised_and_enforced(server, client):
     """The run trained at seq_len 64 in a model with 128 positions: the server is a 64-token model."""
     assert client.models.retrieve("story").model_extra["max_model_len"] == 64
-    ids = [5] * 60
+    ids = [5] * 59  # read after the end-of-text token the server puts first: 60 positions
     assert len(client.completions.create(model="story", prompt=ids, max_tokens=4, temperature=0,
                                          extra_body={"ignore_eos": True}).choices[0].text) > 0
     for body in ({"model": "story", "prompt": ids, "max_tokens": 5},  # 65 positions
@@ -233,6 +249,76 @@ def test_the_trained_context_is_advertised_and_enforced(server, client):
     chat = client.chat.completions.create(model="story", messages=[{"role": "user", "content": "Tell me a story."}],
                                           temperature=0, extra_body={"ignore_eos": True})
     assert chat.usage.prompt_tokens + chat.usage.completion_tokens == 64
+
+
+# Issue 28 point 3: vLLM's documented extra parameters (Completions and Chat "Extra Parameters", v0.6),
+# llama.cpp's sampling fields, and OpenAI fields the server has no use for. Each must be honoured or
+# answered with a 400 naming it: never accepted and ignored.
+IMPLEMENTED = {"top_k": 5, "min_p": 0.05, "repetition_penalty": 1.3, "repeat_penalty": 1.3, "repeat_last_n": 16,
+               "presence_penalty": 0.5, "frequency_penalty": 0.5, "logit_bias": {"5": 2.0}, "min_tokens": 1,
+               "ignore_eos": True, "seed": 3, "user": "u", "best_of": 1}
+REFUSED = {"use_beam_search": True, "length_penalty": 1.1, "stop_token_ids": [5], "include_stop_str_in_output": True,
+           "skip_special_tokens": False, "spaces_between_special_tokens": False, "truncate_prompt_tokens": 4,
+           "allowed_token_ids": [5], "prompt_logprobs": 1, "add_special_tokens": False, "response_format":
+           {"type": "json_object"}, "guided_json": {}, "guided_regex": "a+", "guided_choice": ["a"],
+           "guided_grammar": "root ::= 'a'", "guided_decoding_backend": "outlines", "guided_whitespace_pattern": " ",
+           "priority": 1, "logits_processors": ["x"], "return_tokens_as_token_ids": True, "bad_words": ["cat"],
+           "structured_outputs": {}, "cache_salt": "s", "suffix": "end", "tools": [], "tool_choice": "auto",
+           "functions": [], "function_call": "auto", "parallel_tool_calls": False, "mirostat": 2, "tfs_z": 0.9,
+           "typical_p": 0.9, "penalize_nl": True, "n_predict": 4, "grammar": "x", "json_schema": {},
+           "dry_multiplier": 0.8, "xtc_probability": 0.5, "cache_prompt": True, "samplers": ["top_k"]}
+CHAT_REFUSED = {"echo": True, "add_generation_prompt": False, "continue_final_message": True, "documents": [],
+                "chat_template": "{{ x }}", "chat_template_kwargs": {}, "mm_processor_kwargs": {},
+                "request_id": "r", "store": True, "metadata": {"a": "b"}, "reasoning_effort": "low",
+                "modalities": ["text"], "audio": {}, "prediction": {}, "service_tier": "auto",
+                "web_search_options": {}}
+
+
+@pytest.mark.parametrize("route,field,value,honoured", [
+    *[("/v1/completions", k, v, True) for k, v in IMPLEMENTED.items()],
+    *[("/v1/chat/completions", k, v, True) for k, v in IMPLEMENTED.items() if k != "best_of"],
+    *[("/v1/completions", k, v, False) for k, v in REFUSED.items()],
+    *[("/v1/chat/completions", k, v, False) for k, v in (REFUSED | CHAT_REFUSED).items() if k != "suffix"],
+], ids=lambda x: x if isinstance(x, str) else None)
+def test_every_field_is_honoured_or_refused_by_name(server, route, field, value, honoured):
+    body = {"model": "story", "max_tokens": 2, field: value}
+    body |= {"prompt": "Once"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "Hi"}]}
+    r = post(server, route, body)
+    if honoured:
+        assert r.status_code == 200, r.text
+    else:
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == field and "not supported" in r.json()["error"]["message"]
+
+
+def test_logit_bias_and_min_tokens_change_what_is_generated(server):
+    """The sampling extensions act (their arithmetic is in test_serve_penalties.py): a +100 bias makes one
+    token the only choice; min_tokens holds the end-of-text back; the logprobs stay the model's own."""
+    eot = post(server, "/tokenize", {"prompt": "<|endoftext|>", "add_special_tokens": False}).json()["tokens"][0]
+    base = {"model": "story", "prompt": "Tom", "temperature": 0, "max_tokens": 6, "logprobs": 1}
+    forced = post(server, "/v1/completions", base | {"logit_bias": {"7": 100}, "ignore_eos": True}).json()
+    assert forced["choices"][0]["logprobs"]["tokens"] == [post(server, "/detokenize", {"tokens": [7]}).json()["prompt"]] * 6
+    plain = post(server, "/v1/completions", base | {"ignore_eos": True}).json()
+    assert forced["choices"][0]["logprobs"]["token_logprobs"][0] <= plain["choices"][0]["logprobs"]["token_logprobs"][0]
+    ends = post(server, "/v1/completions", base | {"logit_bias": {str(eot): 100}}).json()["choices"][0]
+    assert ends["text"] == "" and ends["finish_reason"] == "stop"
+    held = post(server, "/v1/completions", base | {"logit_bias": {str(eot): 100}, "min_tokens": 3}).json()["choices"][0]
+    assert len(held["logprobs"]["tokens"]) == 3 and held["finish_reason"] == "stop"
+
+
+def test_text_and_token_id_prompts_are_read_alike(server, client):
+    """Both start after the end-of-text token (added unless the prompt has it), hidden from echo (point 4)."""
+    text = "Mia looked for it"
+    ids = post(server, "/tokenize", {"prompt": text, "add_special_tokens": False}).json()["tokens"]
+    kw = dict(model="story", max_tokens=5, temperature=0, echo=True, logprobs=1)
+    by_text, by_ids = (client.completions.create(prompt=p, **kw).choices[0] for p in (text, ids))
+    assert by_text.text == by_ids.text and by_text.text.startswith(text)
+    assert by_text.logprobs.token_logprobs == by_ids.logprobs.token_logprobs
+    assert by_ids.logprobs.token_logprobs[0] is not None  # the first prompt token is read after the start token
+    with_start = post(server, "/tokenize", {"prompt": text}).json()["tokens"]
+    given = client.completions.create(prompt=with_start, **kw).choices[0]  # the start given: not doubled
+    assert given.text == "<|endoftext|>" + by_text.text
+    assert given.logprobs.token_logprobs[1:] == by_text.logprobs.token_logprobs
 
 
 def test_tokenize_and_detokenize_round_trip(server):
@@ -268,7 +354,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory):
     root = tmp_path_factory.mktemp("busy")
-    s = Server([make_run(root, "slow", context=512)], root, "--dtype", "fp32", "--max-batch", "1", "--max-queue", "1")
+    s = Server([make_run(root, "slow", context=512)], root, "--max-batch", "1", "--max-queue", "1")
     yield s
     s.stop()
 
@@ -308,6 +394,27 @@ def test_a_client_that_disconnects_frees_its_row(busy):
     assert _stats(busy)["cancelled"] == before + 1 and _stats(busy)["running"] == 0
 
 
+def test_a_non_streaming_client_that_disconnects_frees_its_row_within_a_step(busy):
+    """Point 2: rows decoded for ~7.5 s after the socket closed; now the next step drops them."""
+    import socket
+
+    before = _stats(busy)["cancelled"]
+    body = json.dumps(_long(max_tokens=500)).encode()
+    sock = socket.create_connection(("127.0.0.1", busy.port), timeout=10)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    deadline = time.monotonic() + 20
+    while _stats(busy)["running"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert _stats(busy)["running"] == 1
+    sock.close()
+    closed = time.monotonic()
+    while _stats(busy)["cancelled"] == before and time.monotonic() < closed + 20:
+        time.sleep(0.005)
+    assert _stats(busy)["cancelled"] == before + 1 and _stats(busy)["running"] == 0
+    assert time.monotonic() - closed < 1.0
+
+
 def test_sigterm_drains_running_requests_then_exits_0(busy):
     body = _long() | {"stream": True, "stream_options": {"include_usage": True}}
     with requests.post(busy.base + "/v1/completions", json=body, stream=True, timeout=60) as r:
@@ -323,3 +430,20 @@ def test_sigterm_drains_running_requests_then_exits_0(busy):
     assert events[-1]["usage"]["completion_tokens"] == 200  # the request in flight ran to its end
     assert events[-2]["choices"][0]["finish_reason"] == "length"
     assert code["exit"] == 0
+
+
+def test_tokenizer_routes_need_a_model_name_when_the_tokenizers_differ(tmp_path):
+    """Point 4: without `model`, /tokenize answered with the first model's tokenizer, wrong for the second."""
+    s = Server([make_run(tmp_path, "a"), make_run(tmp_path, "b", vocab=280)], tmp_path)
+    try:
+        for path, body in (("/tokenize", {"prompt": "Once upon"}), ("/detokenize", {"tokens": [5, 6]})):
+            r = requests.post(s.base + path, json=body, timeout=10)
+            assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
+        assert requests.get(s.base + "/tokenizer_info", timeout=10).status_code == 400
+        a, b = (requests.post(s.base + "/tokenize", json={"prompt": "Once upon a time", "model": m}, timeout=10).json()
+                for m in ("a", "b"))
+        assert a["tokens"] != b["tokens"]
+        info = requests.get(s.base + "/tokenizer_info", params={"model": "b"}, timeout=10)
+        assert info.status_code == 200 and info.json()["eos_token"] == "<|endoftext|>"
+    finally:
+        s.stop()

@@ -79,7 +79,7 @@ def setup(tmp_path_factory):
     tasks.mkdir()
     (tasks / "mc.yaml").write_text(MC_TASK.format(items=root / "items.jsonl"))
     (tasks / "gen.yaml").write_text(GEN_TASK.format(items=root / "items.jsonl"))
-    server = Server([run, hf], root, "--dtype", "fp32", "--name", "tiny-run", "--name", "tiny-hf")
+    server = Server([run, hf], root, "--name", "tiny-run", "--name", "tiny-hf")  # as docs/serve.md: no --dtype
     yield run, server, tasks, items
     server.stop()
 

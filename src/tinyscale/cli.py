@@ -328,9 +328,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="default: the last one")
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    s.add_argument("--dtype", choices=["auto", "fp32", "bf16", "int8"], default="auto",
-                   help="auto: bf16 matmuls where native and faster (CPU with AVX-512 BF16 or AMX: batches of 4 or more);"
-                        " int8: int8 weights (CPU)")
+    s.add_argument("--dtype", choices=["fp32", "auto", "bf16", "int8"], default="fp32",
+                   help="fp32 (default): exact; auto: bf16 matmuls where native and faster (CPU with AVX-512 BF16 "
+                        "or AMX: batches of 4 or more); int8: int8 weights (CPU). All but fp32 change the text")
     s.set_defaults(func=_run_sample)
 
 
@@ -412,7 +412,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-batch", type=_positive_int, default=32, help="sequences decoded together")
     s.add_argument("--max-queue", type=_positive_int, default=128,
                    help="requests that may wait for the batch; beyond it the answer is 429")
-    s.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto")
+    s.add_argument("--dtype", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="fp32 (default): exact; bf16 or auto (bf16 where native) are faster and change "
+                        "log-probabilities and text; /v1/models and each answer's system_fingerprint say which")
     s.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
     s.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the model (default: all cores)")
     s.set_defaults(func=_run_serve)

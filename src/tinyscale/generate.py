@@ -70,9 +70,13 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     """Pick one token per row from logits [B, V]; temperature 0 means greedy."""
     if temperature == 0:
         return logits.argmax(dim=-1)
+    greedy = logits.argmax(dim=-1)
     logits = logits.float()
     if temperature != 1:
         logits = logits / temperature
+    # A temperature so small that the largest logit overflows float32 (5e-324, say) is the limit it
+    # tends to, greedy; without this the softmax is NaN and the draw lands past the vocabulary.
+    overflow = torch.isposinf(logits).any(dim=-1)
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -81,6 +85,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
         probs = sorted_logits.softmax(dim=-1)
         # Keep the smallest prefix whose mass reaches top_p: drop a token once the mass before it does.
         drop = probs.cumsum(dim=-1) - probs >= top_p
+        drop[:, 0] = False  # the most likely token always stays (a top_p that rounds to 0 in float32 is greedy)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     # Inverse-CDF sampling: a uniform draw u in [0, total) picks the first token whose cumulative mass
@@ -89,7 +94,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     # u < total exactly because rand() < 1 and rounding x * (1 - 2**-24) never reaches x.
     cdf = logits.softmax(dim=-1).cumsum_(dim=-1)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
+    return torch.where(overflow, greedy, torch.searchsorted(cdf, u, right=True).squeeze(-1))
 
 
 # Batch from which `dtype="auto"` picks bfloat16 on a CPU with native bf16 (AVX-512 BF16 or AMX).

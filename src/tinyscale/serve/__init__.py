@@ -41,7 +41,7 @@ def _api_key(env_var: str | None) -> str | None:
 
 def serve(paths: list[str], *, names: list[str] | None = None, host: str = "127.0.0.1", port: int = 8000,
           api_key_env: str | None = None, checkpoint: int | None = None, max_batch: int = 32,
-          max_queue: int = 128, dtype: str = "auto", device: str = "auto", threads: int | None = None,
+          max_queue: int = 128, dtype: str = "fp32", device: str = "auto", threads: int | None = None,
           quiet: bool = False) -> None:
     """Serve the models in `paths` (run folders or exported folders) until SIGTERM or Ctrl-C."""
     try:
@@ -61,20 +61,24 @@ def serve(paths: list[str], *, names: list[str] | None = None, host: str = "127.
         raise UserError("--max-batch and --max-queue must be positive")
     key = _api_key(api_key_env)
     _check_port(host, port)
+    import torch
+
     dev = pick_device(device)
     if threads is not None:
-        import torch
-
         torch.set_num_threads(threads)
-    dt = resolve_dtype(dtype, dev, max_batch)  # one dtype whatever the batch, so answers do not depend on load
+    # One dtype whatever the batch, so answers do not depend on load. fp32 unless asked: bf16 moves echoed
+    # log-probabilities by up to 0.2 nats and changes greedy text (issue 28), which a user sees.
+    dt = resolve_dtype(dtype, dev, max_batch)
+    dtype_name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dt]
     backends: dict[str, Backend] = {}
     for i, path in enumerate(paths):
         served = load_served(path, names[i] if names else None, checkpoint, dev)
         if served.name in backends:
             raise UserError(f"{path}: the model name '{served.name}' is already used (give --name)")
         engine = Engine(served.model, max_batch, max_queue, dt)
-        backends[served.name] = Backend(served, engine, Vocab(served.tokenizer), eot_id_of(served.tokenizer))
-        progress.info(f"model '{served.name}': {served.source}, context {engine.context}, {dt}, {dev}")
+        backends[served.name] = Backend(served, engine, Vocab(served.tokenizer), eot_id_of(served.tokenizer),
+                                        dtype_name)
+        progress.info(f"model '{served.name}': {served.source}, context {engine.context}, {dtype_name}, {dev}")
     if key is not None:
         progress.info(f"API key required (read from ${api_key_env})")
     app = create_app(backends, key, MAX_BODY_BYTES)

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import signal
 import time
 import uuid
@@ -22,8 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tinyscale.serve.choices import Choice, Vocab, chat_logprobs, legacy_logprobs
 from tinyscale.serve.engine import Engine, Job, QueueFull, Sampling
 from tinyscale.serve.loading import Served
+from tinyscale.serve.penalties import Penalties
 from tinyscale.serve.schemas import (
     ERRORS,
+    MAX_STOP_CHARS,
     MAX_STOPS,
     ChatRequest,
     CompletionRequest,
@@ -39,6 +42,10 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['con
                  "{% if add_generation_prompt %}Assistant:{% endif %}")
 CHAT_STOPS = ["\nUser:", "\nSystem:", "\nDeveloper:"]
 RETRY_AFTER_S = 1
+# Token entries one request may ask for: sum over prompts of n x (echoed + new tokens) x (1 + logprobs).
+# Each is ~25 bytes of JSON built on the event loop, so this keeps an answer under ~6 MB and a
+# 30 KB request from blocking every other client for seconds (one lm-eval log-likelihood: ~1,000).
+MAX_RESPONSE_ENTRIES = 250_000
 
 
 class APIError(Exception):
@@ -61,6 +68,7 @@ class Backend:
     engine: Engine
     vocab: Vocab
     eot: int | None
+    dtype: str = "fp32"
 
     @property
     def context(self) -> int:
@@ -174,12 +182,21 @@ class Run:
                 self.pending -= 1
             yield choice
 
-    async def wait(self) -> None:
-        try:
+    async def wait(self, request: Request) -> None:
+        """Collect every choice; a client that disconnects first frees its rows at the next step."""
+        async def drain() -> None:
             async for _ in self.updates():
                 pass
+
+        done, gone = asyncio.ensure_future(drain()), asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            done.cancel()
+            gone.cancel()
             self.close()
+        if done.done() and not done.cancelled():
+            done.result()  # an engine error becomes the request's 500
 
     def usage(self) -> dict:
         done = sum(len(c.tokens) for c in self.choices)
@@ -187,12 +204,21 @@ class Run:
                 "total_tokens": self.prompt_tokens + done}
 
 
+async def _disconnected(request: Request) -> None:
+    """Return when the client closes the connection (the body was read, so receive() waits for that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 # --- request checks --------------------------------------------------------------------------------
 
 
 def _backend(request: Request, model: str | None) -> Backend:
     backends: dict[str, Backend] = request.app.state.backends
-    if model is None:
+    if model is None:  # only the tokenizer routes, where the field is optional
+        if request.app.state.tokenizers_differ:
+            raise APIError(400, f"model: required here, since the served models' tokenizers differ "
+                           f"({', '.join(backends)})", param="model")
         return next(iter(backends.values()))
     if model not in backends:
         raise APIError(404, f"model '{model}' not found (serving: {', '.join(backends)})", param="model",
@@ -206,13 +232,17 @@ def _check_ids(ids: list[int], backend: Backend, param: str) -> None:
         raise APIError(400, f"token id {bad[0]} is outside the vocabulary of {backend.vocab.size}", param=param)
 
 
-def _encode_text(text: str, backend: Backend) -> tuple[list[int], bool]:
-    """Token ids of a text prompt, starting with the end-of-text token (tinyscale's models read every
-    story after one); the flag says it was added, so echo leaves it out."""
-    ids = backend.vocab.tokenizer.encode(text, add_special_tokens=False).ids
-    if backend.eot is None:
+def _with_start(ids: list[int], backend: Backend) -> tuple[list[int], bool]:
+    """The prompt as the model reads it: after an end-of-text token (tinyscale's models read every story
+    after one). Added unless the prompt already starts with it; the flag says it was added, so that
+    echo leaves it out. Text and token-id prompts are treated alike."""
+    if backend.eot is None or ids[:1] == [backend.eot]:
         return ids, False
     return [backend.eot, *ids], True
+
+
+def _encode_text(text: str, backend: Backend) -> tuple[list[int], bool]:
+    return _with_start(backend.vocab.tokenizer.encode(text, add_special_tokens=False).ids, backend)
 
 
 def _prompts(prompt, backend: Backend) -> tuple[list[list[int]], list[bool]]:
@@ -222,24 +252,26 @@ def _prompts(prompt, backend: Backend) -> tuple[list[list[int]], list[bool]]:
         prompt = [prompt]
     if not prompt:
         raise APIError(400, "prompt is empty", param="prompt")
+    if len(prompt) > backend.engine.max_queue:
+        raise APIError(400, f"at most {backend.engine.max_queue} prompts per request", param="prompt")
     out, skip = [], []
     for p in prompt:
-        ids, added = _encode_text(p, backend) if isinstance(p, str) else (list(p), False)
         if not isinstance(p, str):
-            _check_ids(ids, backend, "prompt")
-        if not ids:
+            if not p:
+                raise APIError(400, "prompt is empty (a list of no token ids)", param="prompt")
+            _check_ids(p, backend, "prompt")
+        ids, added = _encode_text(p, backend) if isinstance(p, str) else _with_start(list(p), backend)
+        if not ids:  # "" still holds the start token; only a model without one reads nothing here
             raise APIError(400, "prompt is empty", param="prompt")
         out.append(ids)
         skip.append(added)
-    if len(out) > backend.engine.max_queue:
-        raise APIError(400, f"at most {backend.engine.max_queue} prompts per request", param="prompt")
     return out, skip
 
 
 def _max_tokens(requested: int | None, prompts: list[list[int]], backend: Backend) -> int:
     longest = max(len(p) for p in prompts)
-    if requested is None:
-        requested = backend.context - longest
+    if requested is None:  # what fits; a prompt that leaves no room for one token is refused below
+        requested = max(backend.context - longest, 1)
     if longest + requested > backend.context:
         # The context is the one the model was trained at (runs.load_model): nothing past it was learned.
         raise APIError(400, f"prompt of {longest} tokens + max_tokens {requested} exceeds the model's trained "
@@ -249,22 +281,54 @@ def _max_tokens(requested: int | None, prompts: list[list[int]], backend: Backen
 
 def _stops(stop, extra: list[str] = ()) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if len(stops) > MAX_STOPS or any(not s for s in stops):
-        raise APIError(400, f"stop: give at most {MAX_STOPS} non-empty strings", param="stop")
+    if len(stops) > MAX_STOPS or any(not 0 < len(s) <= MAX_STOP_CHARS for s in stops):
+        raise APIError(400, f"stop: give at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} "
+                       "characters", param="stop")
     return stops + list(extra)
+
+
+def _check_size(prompts: list[list[int]], skip: list[bool], n: int, max_tokens: int, echo: bool,
+                logprobs: int | None) -> None:
+    echoed = sum(len(p) - s for p, s in zip(prompts, skip, strict=True)) if echo else 0
+    entries = n * (echoed + len(prompts) * max_tokens) * (1 + (logprobs or 0))
+    if entries > MAX_RESPONSE_ENTRIES:
+        raise APIError(400, f"the answer would hold {entries:,} token entries (n x (echoed + new tokens) x "
+                       f"(1 + logprobs), over all prompts); at most {MAX_RESPONSE_ENTRIES:,} per request: "
+                       "split it into several requests", param="prompt", code="response_too_large")
 
 
 def _sampling(body, backend: Backend, max_tokens: int, logprobs: int | None, echo: bool) -> Sampling:
     if body.n > backend.engine.max_batch:
         raise APIError(400, f"n: at most {backend.engine.max_batch} (the server's --max-batch)", param="n")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name):
-            raise APIError(400, f"{name}: not supported (only 0)", param=name)
-    if body.logit_bias:
-        raise APIError(400, "logit_bias: not supported", param="logit_bias")
     return Sampling(max_tokens=max_tokens, temperature=body.temperature,
-                    top_p=body.top_p if body.top_p < 1 else None, top_k=body.top_k, seed=body.seed,
-                    logprobs=logprobs, echo=echo, stop_id=None if body.ignore_eos else backend.eot)
+                    top_p=body.top_p if body.top_p < 1 else None, top_k=body.top_k if body.top_k and body.top_k > 0 else None,
+                    seed=body.seed, logprobs=logprobs, echo=echo, stop_id=None if body.ignore_eos else backend.eot,
+                    penalties=_penalties(body, backend))
+
+
+def _penalties(body, backend: Backend) -> Penalties:
+    if body.repetition_penalty != 1 and body.repeat_penalty != 1:
+        raise APIError(400, "repetition_penalty and repeat_penalty: give one of them (vLLM's and llama.cpp's names)",
+                       param="repeat_penalty")
+    repetition, window = body.repetition_penalty, -1
+    if body.repeat_penalty != 1:
+        repetition, window = body.repeat_penalty, body.repeat_last_n
+    return Penalties(logit_bias=_logit_bias(body.logit_bias, backend), repetition=repetition, window=window,
+                     presence=body.presence_penalty, frequency=body.frequency_penalty, min_tokens=body.min_tokens,
+                     min_p=body.min_p)
+
+
+def _logit_bias(bias: dict[str, float] | None, backend: Backend) -> dict[int, float] | None:
+    if not bias:
+        return None
+    out = {}
+    for key, value in bias.items():
+        if not key.isdigit() or not math.isfinite(value) or not -100 <= value <= 100:
+            raise APIError(400, f"logit_bias: keys are token ids and values in [-100, 100], got {key!r}: {value}",
+                           param="logit_bias")
+        out[int(key)] = value
+    _check_ids(list(out), backend, "logit_bias")
+    return out
 
 
 def _sse(chunks: AsyncIterator[dict], run: Run, usage: bool, head: dict) -> StreamingResponse:
@@ -283,9 +347,13 @@ def _sse(chunks: AsyncIterator[dict], run: Run, usage: bool, head: dict) -> Stre
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def _head(kind: str, model: str) -> dict:
+def _head(kind: str, b: Backend) -> dict:
+    """The fields every answer starts with; `system_fingerprint` names the numeric precision served."""
+    from tinyscale import __version__
+
     prefix = "cmpl" if kind == "text_completion" else "chatcmpl"
-    return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()), "model": model}
+    return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
+            "model": b.served.name, "system_fingerprint": f"tinyscale-{__version__}-{b.dtype}"}
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -311,25 +379,27 @@ async def get_model(model: str, request: Request) -> dict:
 
 def _model_card(b: Backend) -> dict:
     return {"id": b.served.name, "object": "model", "created": int(time.time()), "owned_by": "tinyscale",
-            "max_model_len": b.context}
+            "max_model_len": b.context, "dtype": b.dtype}
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     b = _backend(request, body.model)
-    if body.suffix:
-        raise APIError(400, "suffix: not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of: only equal to n is supported", param="best_of")
     prompts, skip = _prompts(body.prompt, b)
-    sampling = _sampling(body, b, _max_tokens(body.max_tokens, prompts, b), body.logprobs, body.echo)
+    max_tokens = _max_tokens(body.max_tokens, prompts, b)
+    _check_size(prompts, skip, body.n, max_tokens, body.echo, body.logprobs)
+    sampling = _sampling(body, b, max_tokens, body.logprobs, body.echo)
     run = Run(b, prompts, skip, body.n, sampling, _stops(body.stop))
-    head = _head("text_completion", body.model)
+    head = _head("text_completion", b)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return _sse(_completion_chunks(run, body), run, usage, head)
-    await run.wait()
-    return head | {"choices": [_completion_choice(c, body) for c in run.choices], "usage": run.usage()}
+    await run.wait(request)
+    # Built in a worker thread: a large answer (up to MAX_RESPONSE_ENTRIES) must not stall other clients.
+    choices = await asyncio.to_thread(lambda: [_completion_choice(c, body) for c in run.choices])
+    return head | {"choices": choices, "usage": run.usage()}
 
 
 def _completion_choice(c: Choice, body: CompletionRequest) -> dict:
@@ -367,18 +437,20 @@ async def _completion_chunks(run: Run, body: CompletionRequest) -> AsyncIterator
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
     b = _backend(request, body.model)
-    ids, _ = _encode_text(render_chat(body), b)
+    ids, _ = _encode_text(render_chat(body), b)  # the start token is always added: the transcript is text
     if not ids:
         raise APIError(400, "messages render to an empty prompt", param="messages")
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     top = (body.top_logprobs or 0) if body.logprobs else None
-    sampling = _sampling(body, b, _max_tokens(requested, [ids], b), top, False)
+    max_tokens = _max_tokens(requested, [ids], b)
+    _check_size([ids], [True], body.n, max_tokens, False, top)
+    sampling = _sampling(body, b, max_tokens, top, False)
     run = Run(b, [ids], [True], body.n, sampling, _stops(body.stop, CHAT_STOPS))
-    head = _head("chat.completion.chunk" if body.stream else "chat.completion", body.model)
+    head = _head("chat.completion.chunk" if body.stream else "chat.completion", b)
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return _sse(_chat_chunks(run, body), run, usage, head)
-    await run.wait()
+    await run.wait(request)
     choices = [{"index": c.index, "message": {"role": "assistant", "content": c.text},
                 "logprobs": chat_logprobs(c.tokens, c.vocab) if body.logprobs else None, "finish_reason": c.finish}
                for c in run.choices]
@@ -457,7 +529,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
         where = [str(p) for p in first.get("loc", ())[1:]]
         param = ".".join(where) or None
-        return error_response(400, f"{param + ': ' if param else ''}{first.get('msg', 'invalid')}", param=param)
+        message = first.get("msg", "invalid")
+        if first.get("type") == "extra_forbidden":  # a field of OpenAI, vLLM or llama.cpp that is not implemented
+            message = "not supported by tinyscale serve (see docs/serve.md for the fields it implements)"
+        return error_response(400, f"{param + ': ' if param else ''}{message}", param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -486,12 +561,22 @@ def _document_errors_as_400(app: FastAPI) -> None:
     app.openapi = openapi
 
 
+def _tokenizer_identity(tokenizer) -> str:
+    """What decides the server's ids and text: the tokenizer less the parts it never uses (it encodes
+    without special tokens, so an export's added post-processor, padding and truncation do not count)."""
+    spec = json.loads(tokenizer.to_str())
+    for unused in ("post_processor", "padding", "truncation"):
+        spec.pop(unused, None)
+    return json.dumps(spec, sort_keys=True)
+
+
 def create_app(backends: dict[str, Backend], api_key: str | None, max_body: int) -> FastAPI:
     from tinyscale import __version__
 
     app = FastAPI(title="tinyscale", version=__version__,
                   description="An OpenAI-compatible server for tinyscale models (completions, chat, tokenize).")
     app.state.backends = backends
+    app.state.tokenizers_differ = len({_tokenizer_identity(b.vocab.tokenizer) for b in backends.values()}) > 1
     app.include_router(router)
     _install_error_handlers(app)
     _document_errors_as_400(app)

@@ -21,6 +21,9 @@ class Vocab:
         self.tokenizer = tokenizer
         self.size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.piece = lru_cache(maxsize=None)(self._piece)
+        # A byte-level decoder (tinyscale's) decodes a concatenation as the concatenation of its parts
+        # split at whole characters, so texts grow in pieces; any other decoder is decoded whole.
+        self.splits = type(tokenizer.decoder).__name__ == "ByteLevel"
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -29,8 +32,33 @@ class Vocab:
         return self.decode([token_id])
 
     def offsets(self, ids: list[int], base: int = 0) -> list[int]:
-        """Character offset of each token in decode(ids), plus `base` (prefix decodes: exact for split characters)."""
-        return [base + len(self.decode(ids[:i])) for i in range(len(ids))]
+        """Character offset of each token in decode(ids), plus `base`: the length of the text before it,
+        so a character split over tokens counts at the token that completes it. Linear in len(ids)."""
+        text = Text(self)
+        out = []
+        for token_id in ids:
+            out.append(base + len(text.value))
+            text.add(token_id)
+        return out
+
+
+class Text:
+    """decode(ids) of a growing list of ids, in time linear in their number: the part that ends on a
+    whole character is kept decoded, and only the tokens after it are decoded again."""
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.vocab, self.ids, self.value = vocab, [], ""
+        self.stable_chars, self._stable_ids = 0, 0  # value[:stable_chars] == decode(ids[:_stable_ids]), final
+
+    def add(self, token_id: int) -> None:
+        self.ids.append(token_id)
+        if not self.vocab.splits:
+            self.value = self.vocab.decode(self.ids)
+            return
+        tail = self.vocab.decode(self.ids[self._stable_ids:])
+        self.value = self.value[: self.stable_chars] + tail
+        if not tail.endswith(PARTIAL):
+            self.stable_chars, self._stable_ids = len(self.value), len(self.ids)
 
 
 class Choice:
@@ -41,6 +69,8 @@ class Choice:
         self.echo: list[Token] = []
         self.tokens: list[Token] = []
         self.text = ""
+        self._decoded = Text(vocab)
+        self._longest_stop = max((len(s) for s in stops), default=0)
         self.finish: str | None = None
         self.sent_chars = 0  # text already streamed
         self.sent_tokens = 0  # tokens whose log-probabilities were already streamed
@@ -52,8 +82,12 @@ class Choice:
     def add(self, token: Token) -> bool:
         """Append a token; True when a stop string completed (the text is cut before it)."""
         self.tokens.append(token)
-        text = self.vocab.decode([t.id for t in self.tokens])
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        # Only a stop that ends past the text fixed before this token can be new: look back that far
+        # and no further, so matching stays linear in the text (stops are at most MAX_STOP_CHARS long).
+        since = max(0, self._decoded.stable_chars - self._longest_stop + 1)
+        self._decoded.add(token.id)
+        text = self._decoded.value
+        hits = [i for i in (text.find(s, since) for s in self.stops) if i >= 0]
         if hits:
             self.text = text[: min(hits)]
             self._drop_tokens_past_text()

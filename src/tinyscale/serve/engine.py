@@ -32,6 +32,7 @@ from torch import Tensor
 from tinyscale.decoding import new_cache
 from tinyscale.generate import sample_next
 from tinyscale.model import Transformer
+from tinyscale.serve.penalties import Penalties, adjust
 
 log = logging.getLogger("tinyscale.serve")
 
@@ -50,6 +51,7 @@ class Sampling:
     logprobs: int | None = None  # alternatives per token to report (None: no log-probabilities)
     echo: bool = False  # report the prompt's log-probabilities
     stop_id: int | None = None  # the end-of-text token (None: generate max_tokens regardless)
+    penalties: Penalties = field(default_factory=Penalties)
 
 
 @dataclass
@@ -83,6 +85,7 @@ class _Row:
     next_token: int  # sampled, not yet fed
     produced: int  # tokens sampled so far
     generator: torch.Generator | None
+    generated: list[int] = field(default_factory=list)  # kept only when a penalty needs it
 
     @property
     def feeds_left(self) -> int:
@@ -230,9 +233,10 @@ class Engine:
         alive = []
         for i, row in enumerate(rows):
             s = row.job.sampling
-            tok = greedy[i] if s.temperature == 0 else int(
-                sample_next(logits[i:i + 1], s.temperature, s.top_k, s.top_p, row.generator)[0])
+            tok = greedy[i] if s.temperature == 0 and not s.penalties.active else self._pick(row, logits[i:i + 1])
             row.next_token, row.produced = tok, row.produced + 1
+            if s.penalties.active:
+                row.generated.append(tok)
             if s.stop_id is not None and tok == s.stop_id:  # the end-of-text token ends the text unseen
                 row.job.emit(("done", row.choice, "stop"))
                 alive.append(False)
@@ -247,6 +251,13 @@ class Engine:
             else:
                 alive.append(True)
         return alive
+
+    @staticmethod
+    def _pick(row: _Row, logits: Tensor) -> int:
+        s = row.job.sampling
+        if s.penalties.active:
+            logits = adjust(logits, s.penalties, row.job.prompt, row.generated, s.temperature, s.stop_id)
+        return int(sample_next(logits, s.temperature, s.top_k, s.top_p, row.generator)[0])
 
     def _step(self) -> None:
         """Feed every row its pending token (one forward call for the batch) and sample the next."""

@@ -1,42 +1,70 @@
 """Request bodies of the OpenAI-compatible API (pydantic models; FastAPI turns them into the OpenAPI schema).
 
-Fields follow the OpenAI API. Extensions shared with vLLM: `top_k`, `ignore_eos`, and the
-`/tokenize` / `/detokenize` bodies that lm-evaluation-harness's remote tokenizer sends. Fields the
-server accepts but cannot honour (penalties, best_of > n, suffix, logit_bias) are rejected with a 400
-rather than silently ignored.
+Fields follow the OpenAI API, plus the sampling extensions vLLM and llama.cpp users send (`top_k`,
+`min_p`, `repetition_penalty`, `repeat_penalty` / `repeat_last_n`, `min_tokens`, `ignore_eos`) and the
+`/tokenize` / `/detokenize` bodies that lm-evaluation-harness's remote tokenizer sends. Every body
+forbids unknown fields: a field the server does not implement (`tools`, `response_format`,
+`guided_json`, ...) is answered with a 400 naming it, never silently ignored (see
+`tests/test_serve.py`, which enumerates vLLM's extra parameters).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import StrictStr as _StrictStr
 
 MAX_LOGPROBS = 20
 MAX_STOPS = 16
+MAX_STOP_CHARS = 256  # per stop string: stop matching looks back this far at each new token
 
+
+def _no_lone_surrogates(text: str) -> str:
+    """JSON may escape half of a UTF-16 pair ("\\ud800"); such a string has no UTF-8 form to tokenize or echo."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone UTF-16 surrogate (not valid Unicode text)") from None
+    return text
+
+
+StrictStr = Annotated[_StrictStr, AfterValidator(_no_lone_surrogates)]
 TokenIds = list[StrictInt]
 Prompt = StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
 Stop = StrictStr | list[StrictStr] | None
 
 
-class StreamOptions(BaseModel):
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Body):
     include_usage: StrictBool = False
 
 
-class _Sampling(BaseModel):
+class _Sampling(_Body):
     model: StrictStr
     temperature: float = Field(1.0, ge=0, le=100)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: StrictInt | None = Field(None, ge=1, description="sample among the k most likely tokens (extension)")
+    top_k: StrictInt | None = Field(None, ge=-1, description="sample among the k most likely tokens; -1 or 0: all (extension)")
+    min_p: float = Field(0.0, ge=0, le=1, description="drop tokens less likely than min_p times the most likely (extension)")
     n: StrictInt = Field(1, ge=1, le=1024, description="choices per prompt (at most the server's --max-batch)")
     stop: Stop = None
     seed: StrictInt | None = Field(None, ge=0, le=2**62)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float = Field(0.0, ge=-2, le=2, description="only 0 is supported")
-    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="only 0 is supported")
-    logit_bias: dict[str, float] | None = Field(None, description="not supported")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="subtracted once from each token already generated")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="subtracted per occurrence in the generated text")
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="vLLM's: logits of tokens in the prompt or "
+                                      "generated text divided by it (if positive) or multiplied (extension)")
+    repeat_penalty: float = Field(1.0, gt=0, le=10, description="llama.cpp's: the same over the last "
+                                  "repeat_last_n tokens (extension)")
+    repeat_last_n: StrictInt = Field(64, ge=-1, le=2**20, description="window of repeat_penalty; -1: all, 0: off")
+    logit_bias: dict[StrictStr, float] | None = Field(None, description="token id -> bias in [-100, 100], "
+                                                      "added to its logit")
+    min_tokens: StrictInt = Field(0, ge=0, le=1_000_000, description="no end-of-text before this many tokens "
+                                  "(extension)")
     ignore_eos: StrictBool = Field(False, description="do not stop at the end-of-text token (extension)")
     user: StrictStr | None = None
 
@@ -47,18 +75,24 @@ class CompletionRequest(_Sampling):
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: StrictBool = False
     best_of: StrictInt | None = Field(None, ge=1, le=1024, description="only equal to n is supported")
-    suffix: StrictStr | None = Field(None, description="not supported")
 
 
-class TextPart(BaseModel):
+class TextPart(_Body):
     type: Literal["text"]
     text: StrictStr
 
 
-class Message(BaseModel):
+class Message(_Body):
     role: Literal["system", "developer", "user", "assistant"]
     content: StrictStr | list[TextPart]
     name: StrictStr | None = None
+    # What the openai client puts in an assistant message it returned, so that a reply can be sent back
+    # as history: accepted when empty, refused (400) when they carry something the server cannot do.
+    refusal: None = None
+    tool_calls: None = None
+    function_call: None = None
+    audio: None = None
+    annotations: list[None] | None = Field(None, max_length=0)
 
 
 class ChatRequest(_Sampling):
@@ -69,14 +103,14 @@ class ChatRequest(_Sampling):
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
-class TokenizeRequest(BaseModel):
-    model: StrictStr | None = None
+class TokenizeRequest(_Body):
+    model: StrictStr | None = Field(None, description="required when the served models' tokenizers differ")
     prompt: StrictStr
-    add_special_tokens: StrictBool = Field(True, description="start with the end-of-text token, as text prompts do")
+    add_special_tokens: StrictBool = Field(True, description="start with the end-of-text token, as prompts do")
 
 
-class DetokenizeRequest(BaseModel):
-    model: StrictStr | None = None
+class DetokenizeRequest(_Body):
+    model: StrictStr | None = Field(None, description="required when the served models' tokenizers differ")
     tokens: TokenIds
 
 
