@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import random
 import shutil
@@ -196,3 +197,89 @@ def test_max_cost_is_enforced_before_each_request(judged, tmp_path, capsys):
     result = json.loads((run / "eval" / "judge_10.json").read_text())
     assert result["judge"]["stopped_by_cost"] and 0 < result["judge"]["cost_usd"] <= cap
     assert result["not_graded"] > 0
+
+
+# --- incentivize: locks, failed runs, full disks (rows 5, 6, 17) -------------------------------------------
+
+RL_FLAGS = ["--group", "2", "--prompts-per-step", "1", "--max-new-tokens", "2", "--threads", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory) -> tuple[Path, Path]:
+    """(run, prompts): a tiny random-init start (context 64) and prompts that fit it."""
+    from test_incentivize import make_start_run
+
+    return make_start_run(tmp_path_factory.mktemp("start"))
+
+
+def _rl(start, out: Path, *flags: str) -> list[str]:
+    run, prompts = start
+    return ["incentivize", str(run), "--out", str(out), "--prompts", str(prompts), *RL_FLAGS, *flags]
+
+
+# row 6: two incentivize runs, resumes or comparisons into one folder at once
+def test_incentivize_and_compare_take_their_folder_lock(start, tmp_path, capsys):
+    from filelock import FileLock
+
+    rl, new, cmp = tmp_path / "rl", tmp_path / "new", tmp_path / "cmp"
+    assert call(_rl(start, rl, "--steps", "1"), capsys)[0] == 0
+    for folder, argv in ((rl, ["incentivize", "--resume", str(rl), "--steps", "2"]),
+                         (new, _rl(start, new)),  # a new run whose folder another process has just locked
+                         (cmp, _rl(start, cmp, "--compare", "--steps", "1")),
+                         (cmp / start[0].name, _rl(start, cmp, "--compare", "--size-job", "--steps", "1"))):
+        folder.mkdir(parents=True, exist_ok=True)
+        before = _files(folder)
+        with FileLock(str(folder / ".lock"), timeout=0):
+            code, err = call(argv, capsys)
+        assert code == 2 and "another tinyscale process" in err and len(err.splitlines()) == 1, (argv, err)
+        assert folder.is_dir() and _files(folder) == before
+
+
+def _disk_full(*args, **kwargs):
+    """What torch.save raises when the disk fills under it (its C++ writer's message)."""
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                       "data/0: file write failed")
+
+
+# rows 5 and 17: a run that fails (a full disk at its first checkpoint, a reward that breaks) leaves no
+# new folder behind, and a failed resume leaves the run at its last good checkpoint
+def test_a_failed_checkpoint_is_one_line_and_leaves_no_new_run(start, tmp_path, capsys, monkeypatch):
+    import torch
+
+    from tinyscale.runs import list_checkpoints, state_path, weights_path
+
+    rl = tmp_path / "rl"
+    assert call(_rl(start, rl, "--steps", "1"), capsys)[0] == 0
+    checkpoints = _files(rl / "checkpoints")
+    monkeypatch.setattr(torch, "save", _disk_full)
+    code, err = call(_rl(start, tmp_path / "new", "--steps", "1"), capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "step_00000001.state.pt: cannot write checkpoint (PytorchStreamWriter failed writing file" in err, err
+    assert not (tmp_path / "new").exists()  # so the same --out works next time
+    shards = json.loads((start[0] / "run.json").read_text())["data"]["dir"]
+    code, err = call(["train", "--data", shards, "--out", str(tmp_path / "t"), "--preset", "100K", "--batch", "2",
+                      "--seq-len", "32", "--tokens", "64", "--threads", "1"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "cannot write checkpoint" in err, err
+    assert not (tmp_path / "t").exists()
+    code, err = call(["incentivize", "--resume", str(rl), "--steps", "2"], capsys)
+    assert code == 2 and f"{state_path(rl, 2)}: cannot write checkpoint" in err, err
+    assert _files(rl / "checkpoints") == checkpoints and not weights_path(rl, 2).exists()  # no half checkpoint
+    monkeypatch.undo()
+    assert call(["incentivize", "--resume", str(rl), "--steps", "2"], capsys)[0] == 0
+    assert list_checkpoints(rl)[-1] == 2
+
+
+# row 17 on a real full disk (a small tmpfs, where the test may mount one)
+def test_incentivize_on_a_full_disk_is_one_line_and_leaves_nothing_half_written(start, tmp_path, capsys):
+    from test_reliability import _fill, _tmpfs
+
+    with _tmpfs(tmp_path / "disk", "2m") as disk:
+        for leave in (600_000, 200_000, 20_000):  # fails at a later checkpoint, the first, the run files
+            _fill(disk, leave)
+            out = disk / f"o{leave}"
+            code, err = call(_rl(start, out, "--steps", "8", "--checkpoint-every", "1"), capsys)
+            assert code == 2 and len(err.splitlines()) == 1 and str(disk) in err, (leave, err)
+            left = [p.name for p in disk.rglob("*") if p.name != "filler"]
+            assert not [n for n in left if n.endswith((".partial", ".tmp"))], left
+            assert not out.exists() or (out / "checkpoints").is_dir(), left  # resumable or gone
+            shutil.rmtree(out, ignore_errors=True)

@@ -64,8 +64,12 @@ def test_clipped_ratio_and_loss_by_hand():
 
 @pytest.fixture(scope="module")
 def start_run(tmp_path_factory):
-    """A randomly initialized tiny model as a run folder (what `train` leaves behind)."""
-    root = tmp_path_factory.mktemp("start")
+    return make_start_run(tmp_path_factory.mktemp("start"))
+
+
+def make_start_run(root):
+    """(run, prompts file): a randomly initialized tiny model as a run folder (what `train` leaves
+    behind, context 64) and four short prompts whose reward pays for the word "upon"."""
     shards = make_shards(root, stories=120)
     from tokenizers import Tokenizer
 

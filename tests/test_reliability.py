@@ -178,8 +178,18 @@ def _judged_run(lab: Path, d: Path) -> None:
     (d / "cache.jsonl").write_bytes(b'{"key": "\xff\xfe"}\n' + bytes(range(256)))
 
 
+def _reward(name: str, source: str) -> Callable[[Path, Path], None]:
+    """A reward module NAME.py (importable: the case folder is on sys.path) and prompts that fit r1."""
+    def setup(lab: Path, d: Path) -> None:
+        (d / f"{name}.py").write_text(source)
+        (d / "p.jsonl").write_text(json.dumps({"prompt": "Once upon a time, Lily had a", "truth": {}}) + "\n")
+    return setup
+
+
 LLM = ["data", "llm", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--stories", "2", "--out", "{d}/x"]
 JUDGE = ["judge", "{d}/runs/r", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+RL = ["incentivize", "r1", "--out", "{d}/o", "--prompts", "{d}/p.jsonl", "--steps", "2", "--group", "2",
+      "--prompts-per-step", "1", "--max-new-tokens", "2", "--threads", "1", "--device", "cpu"]
 
 
 # (id, setup, argv with {d} for the case folder, a phrase the one line must contain)
@@ -348,6 +358,55 @@ CASES: list[tuple[str, Callable, list[str], str]] = [
     *[(f"28.23-llm-timeout-{v}", _nothing, [*LLM, "--timeout", v], "--timeout") for v in ("0", "-1", "nan")],
     ("28.23-llm-concurrency", _nothing, [*LLM, "--concurrency", "100000"], "--concurrency"),
     ("28.23-judge-timeout-nan", _judged_run, [*JUDGE, "--timeout", "nan"], "--timeout"),
+    # issue 28 rows 2, 5, 18, 19, 23: interpret's output, incentivize's rewards and limits, serve's limits
+    ("28.2-interpret-onto-run-json", _nothing, ["interpret", "r1", "--out", "r1/run.html", "--stories", "20"],
+     "r1/run.json: an existing file that is not the numbers of a tinyscale interpret page"),
+    ("28.2-interpret-onto-shards-meta", _nothing, ["interpret", "r1", "--out", "s/meta.html"],
+     "s/meta.json: an existing file that is not the numbers"),
+    ("28.2-interpret-onto-a-page", _bytes("mine.html", b"<html><title>notes</title></html>\n"),
+     ["interpret", "r1", "--out", "{d}/mine.html"], "not a page written by tinyscale interpret"),
+    ("28.2-interpret-onto-corpus", _bytes("v.json", b'{"text": "a"}\n'),
+     ["interpret", "r1", "--corpus", "{d}/v.json", "--out", "{d}/v.html"], "is the corpus file"),
+    ("28.5-reward-nan", _reward("r28_nan", "def f(prompt, completion, truth):\n    return float('nan')\n"),
+     [*RL, "--reward", "r28_nan:f"], "--reward r28_nan:f: returned nan for completion"),
+    ("28.5-lr-inf", _nothing, ["incentivize", "r1", "--out", "{d}/o", "--lr", "inf"], "--lr: must be a finite"),
+    ("28.18-reward-raises", _reward("r28_raise", "def f(prompt, completion, truth):\n    return {}['nope']\n"),
+     [*RL, "--reward", "r28_raise:f"], "--reward r28_raise:f: raised KeyError: 'nope' (at cases/28.18-reward-raises/"
+                                       "r28_raise.py:2)"),
+    ("28.18-reward-import-raises", _reward("r28_imp", "import os\nraise ValueError('broken')\n"),
+     [*RL, "--reward", "r28_imp:f"], "importing r28_imp raised ValueError: broken (at "),
+    ("28.18-reward-syntax-error", _reward("r28_syn", "def f(:\n    pass\n"), [*RL, "--reward", "r28_syn:f"],
+     "--reward r28_syn:f: importing r28_syn raised SyntaxError"),
+    ("28.18-reward-arguments", _reward("r28_args", "def f(prompt):\n    return 1.0\n"),
+     [*RL, "--reward", "r28_args:f"], "must take (prompt, completion, truth); its signature is (prompt)"),
+    ("28.18-reward-text", _reward("r28_text", "def f(prompt, completion, truth):\n    return 'high'\n"),
+     [*RL, "--reward", "r28_text:f"], "--reward r28_text:f: returned str 'high', expected a number"),
+    ("28.19-prompt-count", _nothing, ["incentivize", "r1", "--steps", "1", "--prompt-count", "1000000000000",
+                                      "--out", "{d}/o"], "--prompt-count: must be >= 1 and <= 100,000"),
+    ("28.19-eval-questions", _nothing, ["incentivize", "r1", "--compare", "--eval-questions", "1000000000",
+                                        "--out", "{d}/o"], "--eval-questions: must be"),
+    ("28.19-temperature-underflow", _nothing, ["incentivize", "r1", "--temperature", "1e-45", "--out", "{d}/o"],
+     "--temperature: must be >= 0.001"),
+    ("28.19-steps", _nothing, ["incentivize", "r1", "--steps", "1e12", "--out", "{d}/o"], "--steps: must be"),
+    ("28.19-group-x-prompts", _nothing, ["incentivize", "r1", "--group", "1000", "--prompts-per-step", "1000",
+                                         "--out", "{d}/o"], "completions per step"),
+    ("28.19-updates", _nothing, ["incentivize", "r1", "--updates", "1e9", "--out", "{d}/o"], "--updates: must be"),
+    ("28.19-seed-negative", _nothing, ["incentivize", "r1", "--seed", "-1", "--out", "{d}/o"], "--seed: must be"),
+    ("28.19-seeds", _nothing, ["incentivize", "r1", "--compare", "--seeds", "100000", "--out", "{d}/o"], "--seeds"),
+    ("28.19-kl-nan", _nothing, ["incentivize", "r1", "--kl", "nan", "--out", "{d}/o"], "--kl: must be a finite"),
+    ("28.23-incentivize-threads", _nothing, ["incentivize", "r1", "--threads", "1000", "--out", "{d}/o"],
+     "CPU cores"),
+    ("28.23-serve-threads", _nothing, ["serve", "r1", "--threads", "1000"], "CPU cores"),
+    *[(f"28.14-serve-port-{v}", _nothing, ["serve", "r1", "--port", v], "--port: must be >= 1 and <= 65,535")
+      for v in ("70000", "-1", "0")],
+    ("28.15-serve-max-batch", _nothing, ["serve", "r1", "--max-batch", "1000000"], "KV cache"),
+    ("28.15-serve-max-queue", _nothing, ["serve", "r1", "--max-queue", "1000000000"], "--max-queue: must be"),
+    ("28.23-interpret-top-k", _nothing, ["interpret", "r1", "--top-k", "100000"], "--top-k: must be"),
+    ("28.23-interpret-ablate", _nothing, ["interpret", "r1", "--ablate-stories", "1000000000"],
+     "--ablate-stories: must be"),
+    ("28.23-interpret-ablate-negative", _nothing, ["interpret", "r1", "--ablate-stories", "-1"],
+     "--ablate-stories: must be >= 0"),
+    ("28.23-interpret-stories", _nothing, ["interpret", "r1", "--stories", "1e12"], "--stories: must be"),
     ("28.24-ingest-hf-empty", _nothing, ["data", "ingest", "hf:", "--out", "{d}/o"], "no dataset name"),
     ("28.24-ingest-inside-source", _ingest_src, ["data", "ingest", "{d}/SRC", "--out", "{d}/SRC/out"],
      "is inside the source"),
@@ -361,6 +420,8 @@ def test_bad_invocation_is_one_line_exit_2_and_touches_nothing(lab, setup, argv,
     d.mkdir()
     setup(lab, d)
     monkeypatch.chdir(lab)
+    monkeypatch.syspath_prepend(str(d))  # a case's own reward module (incentivize --reward module:function)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # importing it leaves no __pycache__ in the case
     before, before_case = snapshot(lab, skip="cases"), snapshot(d)
     code, err = call([a.replace("{d}", str(d.relative_to(lab))) for a in argv], capsys)
     assert code == 2, err

@@ -444,8 +444,6 @@ def _run_interpret(args: argparse.Namespace) -> None:
     from tinyscale.interpret import interpret
     from tinyscale.interpret.analyze import Options
 
-    if args.ablate_stories < 0:
-        raise UserError(f"--ablate-stories: {args.ablate_stories} is negative (0 turns the ablations off)")
     opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k, ablate_stories=args.ablate_stories)
     out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus)
     print(f"wrote {out} and {out.with_suffix('.json')}")

@@ -372,8 +372,17 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
     except Exception as e:  # OSError, or safetensors' own error on a full disk
         tmp.unlink(missing_ok=True)
         raise UserError(f"{path}: cannot write checkpoint ({getattr(e, 'strerror', None) or e})") from None
-    with atomic_open(state_path(run_dir, step), "wb") as f:
-        torch.save(state, f)
+    try:
+        with atomic_open(state_path(run_dir, step), "wb") as f:
+            torch.save(state, f)
+    except BaseException as e:
+        path.unlink(missing_ok=True)  # weights without a state file are no checkpoint: leave none
+        if not isinstance(e, RuntimeError):
+            raise
+        # torch.save reports a failed write (a full disk) as a RuntimeError from its C++ writer
+        # ("PytorchStreamWriter failed writing file", "unexpected pos"): one line naming the file.
+        reason = str(e).split("] .", 1)[-1].strip().splitlines()[0] if str(e).strip() else "write failed"
+        raise UserError(f"{state_path(run_dir, step)}: cannot write checkpoint ({reason}; is the disk full?)") from None
 
 
 def kept_checkpoints(saved: list[int], every: int, dense: int) -> set[int]:
@@ -537,7 +546,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, stored: dict | None = 
             "machine": machine_info(d.device),
         }
         d.barrier()  # every rank has checked the input before rank 0 writes anything
-        with _owned(run_dir, resuming, d.main), os_errors(run_dir):
+        with owned_run(run_dir, resuming, d.main), os_errors(run_dir):
             last = _train_locked(cfg, mcfg, shards, run_dir, d, info, stored)
         # Rank 0 hosts the rendezvous store: were it to exit while another rank is still finishing,
         # that rank would abort ("terminate called without an active exception"). So all finish first.
@@ -548,10 +557,10 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, stored: dict | None = 
 
 
 @contextlib.contextmanager
-def _owned(run_dir: Path, resuming: bool, main: bool):
-    """Rank 0 holds the run's lock while it trains. A new run's folder is created here (after every
-    input is checked) and removed again if the run fails before its first checkpoint, so the same
-    --out can be used again."""
+def owned_run(run_dir: Path, resuming: bool, main: bool = True):
+    """Rank 0 holds the run's lock while it trains (train, and incentivize's runs). A new run's folder
+    is created here (after every input is checked) and removed again if the run fails before its
+    first checkpoint, so the same --out can be used again; a resumed run keeps its checkpoints."""
     if not main:
         yield
         return

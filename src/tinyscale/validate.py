@@ -25,6 +25,14 @@ from typing import Any
 from tinyscale.errors import UserError
 
 SEED_MAX = 2**63 - 1
+# incentivize: world prompts or held-out questions made (and encoded) before any step (about 1 ms each).
+PROMPTS_MAX = 100_000
+# incentivize's lowest sampling temperature (see its LIMITS entry); 0 is not one: the rollouts need spread.
+TEMPERATURE_MIN = 1e-3
+# serve: sequences in one decoding batch, each with a KV cache of the model's context.
+SERVE_MAX_BATCH = 4096
+# incentivize: completions in one step's batch (group x prompts-per-step).
+COMPLETIONS_PER_STEP_MAX = 4096
 # Tokens in one micro-batch (batch * seq-len): activations grow with it; beyond this, use --grad-accum.
 MICRO_BATCH_TOKENS_MAX = 2**20
 
@@ -100,6 +108,41 @@ def _limits() -> dict[str, dict[str, Limit]]:
         "data ingest": {"val_fraction": fraction, "limit": Limit(1, 10**12)},
         "judge": {"concurrency": requests, "completions": Limit(1, 10**6), "samples": Limit(1, 10**4),
                   "timeout": timeout, "max_cost": money, "price_in": money, "price_out": money},
+        "incentivize": _incentivize_limits(cpu),
+        "interpret": {"stories": Limit(1, 10**9), "top_k": Limit(1, 1000, why=" (top tokens kept per neuron, for "
+                                                                            "every neuron at once)"),
+                      "ablate_stories": Limit(0, 100_000, why=" (stories run once per head ablated, trained and "
+                                                              "random-init)")},
+        "serve": {"port": Limit(1, 65535, why=" (a TCP port)"), "threads": cpu,
+                  "max_batch": Limit(1, SERVE_MAX_BATCH, why=" (sequences decoded together: each holds a KV cache "
+                                                             "of the model's whole context in memory)"),
+                  "max_queue": Limit(1, 100_000, why=" (requests waiting for the batch, held in memory)")},
+    }
+
+
+def _incentivize_limits(cpu: Limit) -> dict[str, Limit]:
+    """The fine-tuning flags (and the config read back from a run's run.json on --resume)."""
+    many = Limit(1, 10**9)
+    return {
+        "steps": many, "tokens": Limit(1, 10**13), "checkpoint_every": many, "log_every": many,
+        "warmup": Limit(0, 10**9), "start_step": Limit(0, 10**15), "threads": cpu,
+        "group": Limit(2, 1024, why=" (completions per prompt, sampled and scored together)"),
+        "prompts_per_step": Limit(1, 1024, why=" (prompts per step, all their completions in one batch)"),
+        "updates": Limit(1, 1000, why=" (optimizer steps per sampled batch)"),
+        "max_new_tokens": Limit(1, 2**20),
+        "prompt_count": Limit(1, PROMPTS_MAX, why=" (world prompts are generated and encoded before the first step)"),
+        "eval_questions": Limit(1, PROMPTS_MAX, why=" (held-out questions answered by every arm of every seed)"),
+        "seeds": Limit(1, 100, why=" (two fine-tuning runs per seed and size)"),
+        "parallel": Limit(1, cores(), why=" (the CPU cores of this machine: one size job per core)"),
+        "lr": Limit(0.0, lo_open=True), "kl": Limit(0.0), "clip": Limit(0.0, lo_open=True),
+        "grad_clip": Limit(0.0, 1e6), "unanswerable": Limit(0.0, 1.0),
+        "threshold": Limit(0.0, 1.0, lo_open=True, hi_open=True),
+        # Sampling divides float32 logits by it: a tiny one (1e-45) overflows them to inf and NaN.
+        "temperature": Limit(TEMPERATURE_MIN, 100.0, why=" (below it sampling is greedy in all but name, and float32 "
+                                                                     "logits overflow)"),
+        # The rollouts' generator seeds are derived from it ((seed * 1,000,003 + step) * 64 + prompt) and
+        # must stay below 2**64; numpy's per-step prompt draws need it >= 0.
+        "seed": Limit(0, 2**32 - 1), "world_seed": Limit(-(2**63), 2**63 - 1),
     }
 
 
@@ -121,6 +164,8 @@ def check_args(args: Any) -> None:
     check_values(command, vars(args))
     if command == "train":
         check_train(vars(args))
+    if command == "incentivize":
+        check_incentivize(vars(args))
     if command == "analyze" and args.chance is not None:
         if args.lower_is_better:
             Limit(0.0).check("--chance", args.chance)
@@ -138,6 +183,16 @@ def check_train(opts: Mapping[str, Any]) -> None:
     lr, min_lr = opts.get("lr"), opts.get("min_lr")
     if lr is not None and min_lr is not None and min_lr > lr:
         raise UserError(f"--min-lr {min_lr}: above --lr {lr} (the schedule decays from lr to min-lr)")
+
+
+def check_incentivize(opts: Mapping[str, Any]) -> None:
+    """The fine-tuning options' ranges (flags, or run.json on --resume) and the size of a step's batch."""
+    check_values("incentivize", opts)
+    group, prompts = opts.get("group"), opts.get("prompts_per_step")
+    if group and prompts and group * prompts > COMPLETIONS_PER_STEP_MAX:
+        raise UserError(f"--group {group} x --prompts-per-step {prompts}: {group * prompts:,} completions per step, "
+                        f"over the limit of {COMPLETIONS_PER_STEP_MAX:,} (sampled, scored and back-propagated "
+                        "as one batch)")
 
 
 # --- paths ---------------------------------------------------------------------------------------------
@@ -193,6 +248,17 @@ def json_with(*keys: str) -> Callable[[Path], bool]:
         except (OSError, ValueError):
             return False
         return isinstance(obj, dict) and all(k in obj for k in keys)
+    return test
+
+
+def text_with(marker: str) -> Callable[[Path], bool]:
+    """An `ours` test for check_output: the file's first 4 KB hold `marker` (a page's own title)."""
+    def test(path: Path) -> bool:
+        try:
+            with open(path, "rb") as f:
+                return marker.encode() in f.read(4096)
+        except OSError:
+            return False
     return test
 
 

@@ -58,7 +58,7 @@ from tinyscale.incentivize.rewards import call_reward, load_reward, parse_answer
 from tinyscale.incentivize.stats import PAIRS, RESAMPLES, compare_arms, draws
 from tinyscale.runs import list_checkpoints, load_model, load_tokenizer, read_run
 from tinyscale.sweep import RayOptions, cli_flags, launch, load_sweep, threads_per_job
-from tinyscale.validate import check_output
+from tinyscale.validate import check_output, run_lock
 
 ARMS = ("start", "teach", "incentivize")
 # Per-question proportions: metric -> (the questions it is over, the verdicts it counts).
@@ -246,15 +246,15 @@ def run_size(run: Path, out: Path, base: IncentiveConfig, seeds: int, opts: dict
     """One size's job, into OUT/<size>/: evaluate the start, then per seed the incentivize arm, the teach
     arm on the tokens it used, and both evaluations. Finished arms and evaluations are kept."""
     here = out / run.name
-    here.mkdir(parents=True, exist_ok=True)
-    _evaluated(run, opts, here / "start-answers")
-    for seed in range(seeds):
-        progress.info(f"compare: {run.name}, seed {seed}")
-        rl = base.model_copy(update={"start": str(run), "seed": seed, "objective": "incentivize"})
-        used = _arm(rl, here / f"incentivize-s{seed}")
-        _arm(rl.model_copy(update={"objective": "teach", "tokens": used, "steps": 10**6}), here / f"teach-s{seed}")
-        for arm in ("teach", "incentivize"):
-            _evaluated(here / f"{arm}-s{seed}", opts, here / f"{arm}-s{seed}" / "answers")
+    with run_lock(here, create=True, kind="output"):  # one job per size folder (and OUT's by the parent)
+        _evaluated(run, opts, here / "start-answers")
+        for seed in range(seeds):
+            progress.info(f"compare: {run.name}, seed {seed}")
+            rl = base.model_copy(update={"start": str(run), "seed": seed, "objective": "incentivize"})
+            used = _arm(rl, here / f"incentivize-s{seed}")
+            _arm(rl.model_copy(update={"objective": "teach", "tokens": used, "steps": 10**6}), here / f"teach-s{seed}")
+            for arm in ("teach", "incentivize"):
+                _evaluated(here / f"{arm}-s{seed}", opts, here / f"{arm}-s{seed}" / "answers")
 
 
 def _size_done(here: Path, seeds: int, sampled: bool) -> bool:
@@ -297,13 +297,14 @@ def compare(starts: list[str], out: str | Path | None, base: IncentiveConfig, se
     out = Path(given).resolve()
     launcher, parallel, ray, threads = launch_plan(starts, launcher, parallel, ray, base.threads)
     flags = job_flags(base, seeds, questions, sampled, threads)
-    jobs = [{"name": r.name, "run": str(r.resolve())} for r in runs if not _size_done(out / r.name, seeds, sampled)]
-    results = launch(jobs, partial(size_job, out=str(out), flags=flags), launcher, parallel, ray, "compare")
-    failed = [r for r in results if r["status"] == "failed"]
-    if failed:
-        raise UserError(f"{len(failed)} of {len(runs)} sizes failed: "
-                        + ", ".join(f"{r['name']} (see {r['log']})" for r in failed))
-    return write_summary(runs, out, base, seeds, sampled)
+    with run_lock(out, create=True, kind="output"):  # a second comparison into the same folder is refused
+        jobs = [{"name": r.name, "run": str(r.resolve())} for r in runs if not _size_done(out / r.name, seeds, sampled)]
+        results = launch(jobs, partial(size_job, out=str(out), flags=flags), launcher, parallel, ray, "compare")
+        failed = [r for r in results if r["status"] == "failed"]
+        if failed:
+            raise UserError(f"{len(failed)} of {len(runs)} sizes failed: "
+                            + ", ".join(f"{r['name']} (see {r['log']})" for r in failed))
+        return write_summary(runs, out, base, seeds, sampled)
 
 
 def job_flags(base: IncentiveConfig, seeds: int, questions: int, sampled: bool, threads: int) -> list[str]:

@@ -56,7 +56,7 @@ from tinyscale.fileio import append_jsonl, atomic_open, read_json, read_jsonl, w
 from tinyscale.generate import eot_id_of, generate, pick_device
 from tinyscale.incentivize.rewards import call_reward, load_reward, parse_answer
 from tinyscale.runs import list_checkpoints, load_model, load_tokenizer, read_run, state_path, weights_path
-from tinyscale.validate import check_output
+from tinyscale.validate import check_incentivize, check_output, cores, os_errors
 
 WORLD_PROMPT_START = 100_000_000  # story indices of RL/teaching prompts: far beyond any corpus
 EVAL_PROMPT_START = 200_000_000  # and of evaluation questions: disjoint from both
@@ -307,7 +307,7 @@ def incentivize(cfg: IncentiveConfig, out: str | Path) -> dict[str, Any]:
     out = Path(out)
     prompts_file = None if cfg.prompts in ("world", "world-words") else cfg.prompts
     check_output(out, {"starting run": cfg.start, "prompts file": prompts_file})
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):  # a lock alone is no run
         raise UserError(f"{out}: exists and is not empty (use --resume {out} to continue that run)")
     return _run(cfg, out, resuming=False)
 
@@ -316,23 +316,30 @@ def resume(run_dir: str | Path, **overrides: Any) -> dict[str, Any]:
     """Continue from the newest checkpoint; only RESUMABLE_CHANGES may differ."""
     run_dir = Path(run_dir)
     info = read_json(run_dir / "run.json") if run_dir.is_dir() else None
-    if not isinstance(info, dict) or info.get("kind") != "incentivize":
+    if not isinstance(info, dict) or info.get("kind") != "incentivize" or not isinstance(info.get("config"), dict):
         raise UserError(f"{run_dir}: not an incentivize run folder")
     stored = info["config"]
     for key, value in overrides.items():
         if value is not None and key not in RESUMABLE_CHANGES and stored.get(key) != value:
             raise UserError(f"--resume {run_dir}: --{key.replace('_', '-')} {value} differs from the run's "
                             f"{stored.get(key)}; start a new run with --out instead")
+    merged = {**stored, **{k: v for k, v in overrides.items() if v is not None}}
+    if overrides.get("threads") is None and (merged.get("threads") or 0) > cores():
+        merged["threads"] = None  # started on a larger machine: use this one's cores (as train does)
     try:
-        cfg = IncentiveConfig(**{**stored, **{k: v for k, v in overrides.items() if v is not None}})
+        cfg = IncentiveConfig(**merged)
     except ValidationError as e:
         raise UserError(f"{run_dir / 'run.json'}: invalid config ({str(e).splitlines()[-1].strip()})") from None
     return _run(cfg, run_dir, resuming=True)
 
 
 def _run(cfg: IncentiveConfig, run_dir: Path, resuming: bool) -> dict[str, Any]:
-    from tinyscale.train import truncate_metrics
+    """Everything is read and checked first; then, holding the run's lock (`train.owned_run`: a new
+    run that fails before its first checkpoint leaves no folder, a failed resume its last good
+    checkpoint), the run files are written and the loop runs."""
+    from tinyscale.train import owned_run
 
+    check_incentivize(cfg.model_dump())  # flags, and a config read back from run.json
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
     device = pick_device(cfg.device)
     start = read_run(cfg.start)
@@ -344,21 +351,28 @@ def _run(cfg: IncentiveConfig, run_dir: Path, resuming: bool) -> dict[str, Any]:
     ans = Answerer(tok, cfg.max_new_tokens)
     pool = _encode_prompts(load_prompts(cfg), tok, policy.cfg.max_seq_len - cfg.max_new_tokens, cfg.objective)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    step, used, elapsed = 0, 0, 0.0
-    done = list_checkpoints(run_dir) if resuming else []
-    if done:
-        step, used, elapsed = _load_state(run_dir, done[-1], policy, opt, device)
     info = {"kind": "incentivize", "config": cfg.model_dump(), "model": start["model"],
             "context": policy.cfg.max_seq_len,  # the start's trained context (runs.load_model)
             "params": start.get("params"), "data": start.get("data"),
             "start": {"run": str(Path(cfg.start).resolve()), "step": start_step}}
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with owned_run(run_dir, resuming), os_errors(run_dir):
+        step, used, elapsed = 0, 0, 0.0
+        done = list_checkpoints(run_dir) if resuming else []
+        if done:
+            step, used, elapsed = _load_state(run_dir, done[-1], policy, opt, device)
+        _write_run_files(run_dir, info, Path(cfg.start), step if done else -1)
+        policy.train()
+        return _loop(cfg, policy, ref, opt, pool, ans, reward, run_dir, device, step, used, elapsed)
+
+
+def _write_run_files(run_dir: Path, info: dict[str, Any], start: Path, keep_metrics: int) -> None:
+    """run.json, the start's tokenizer, and the metrics up to the checkpoint the run goes on from."""
+    from tinyscale.train import truncate_metrics
+
+    truncate_metrics(run_dir / "metrics.jsonl", keep_metrics)  # first: a damaged file stops before any write
     write_json(run_dir / "run.json", info)
-    with atomic_open(run_dir / "tokenizer.json", "wb") as f, open(Path(cfg.start) / "tokenizer.json", "rb") as src:
+    with atomic_open(run_dir / "tokenizer.json", "wb") as f, open(start / "tokenizer.json", "rb") as src:
         shutil.copyfileobj(src, f)
-    truncate_metrics(run_dir / "metrics.jsonl", step if done else -1)
-    policy.train()
-    return _loop(cfg, policy, ref, opt, pool, ans, reward, run_dir, device, step, used, elapsed)
 
 
 def _encode_prompts(items: list[dict], tok: Any, max_len: int, objective: str) -> list[dict]:

@@ -19,10 +19,16 @@ line).
 from __future__ import annotations
 
 import importlib
+import inspect
+import math
+import os
 import re
+import sysconfig
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from tinyscale.errors import UserError
@@ -165,22 +171,89 @@ def load_reward(spec: str, threshold: float | None = None, table: dict[str, floa
         raise UserError(f"--reward: expected {', '.join(BUILTIN)} or module:function, got {spec!r}")
     try:
         fn = getattr(importlib.import_module(module), name)
-    except ImportError as e:
+    except ModuleNotFoundError as e:
+        if e.name is None or not module.startswith(e.name):  # a module that theirs imports is missing
+            raise UserError(f"--reward {spec}: importing {module} raised {_failure(e)}") from None
         raise UserError(f"--reward: cannot import {module!r} ({e})") from None
     except AttributeError:
         raise UserError(f"--reward: {module!r} has no function {name!r}") from None
+    except Exception as e:  # the module itself fails to import: the user's error, in one line
+        raise UserError(f"--reward {spec}: importing {module} raised {_failure(e)}") from None
     if not callable(fn):
         raise UserError(f"--reward: {spec} is not a function")
-    return fn
+    _check_signature(spec, fn)
+    return UserReward(spec, fn)
+
+
+def _check_signature(spec: str, fn: Callable) -> None:
+    """Refuse a function that cannot be called as (prompt, completion, truth) before any work."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have no signature to read: let the call decide
+        return
+    try:
+        sig.bind("prompt", "completion", {})
+    except TypeError:
+        raise UserError(f"--reward {spec}: must take (prompt, completion, truth); its signature is {sig}") from None
+
+
+@dataclass(frozen=True)
+class UserReward:
+    """A module:function reward. Its exceptions are the user's code failing, not tinyscale's: they are
+    reported as one line naming the reward and the line of their file where it failed."""
+
+    spec: str
+    fn: Callable[..., Any]
+
+    def __call__(self, prompt: str, completion: str, truth: dict) -> Any:
+        try:
+            return self.fn(prompt, completion, truth)
+        except Exception as e:
+            raise UserError(f"--reward {self.spec}: raised {_failure(e)}") from None
+
+
+def _failure(e: BaseException) -> str:
+    """'ValueError: message (at mod.py:12)': the exception and the innermost line of the user's code."""
+    first = (str(e.msg if isinstance(e, SyntaxError) else e).strip().splitlines() or [""])[0][:200]
+    where = _user_line(e)
+    return f"{type(e).__name__}{': ' + first if first else ''}{f' (at {where})' if where else ''}"
+
+
+def _user_line(e: BaseException) -> str | None:
+    """FILE:LINE of the innermost frame outside tinyscale, the standard library and installed packages
+    (the user's own code; else the innermost frame); for a SyntaxError, the line that does not parse."""
+    if isinstance(e, SyntaxError) and e.filename:
+        return f"{_short(e.filename)}:{e.lineno}"
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith("<")]
+    if not frames:
+        return None
+    paths = sysconfig.get_paths()
+    library = tuple({str(Path(__file__).parents[1]), paths["stdlib"], paths["purelib"], paths["platlib"]})
+    own = [f for f in frames if not f.filename.startswith(library)]
+    f = (own or frames)[-1]
+    return f"{_short(f.filename)}:{f.lineno}"
+
+
+def _short(filename: str) -> str:
+    rel = os.path.relpath(filename) if os.path.isabs(filename) else filename
+    return filename if rel.startswith("..") else rel
 
 
 def call_reward(fn: Reward, prompt: str, completion: str, truth: dict[str, Any]) -> float:
     """Call a reward and check it returned a finite number (a user's function may not)."""
     r = fn(prompt, completion, truth)
+    name = f"--reward {fn.spec}" if isinstance(fn, UserReward) else "--reward"
     try:
+        if isinstance(r, str | bytes):  # float("1.5") would pass: text is not a score
+            raise TypeError
         value = float(r)
     except (TypeError, ValueError):
-        raise UserError(f"--reward: returned {type(r).__name__}, expected a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise UserError(f"--reward: returned {value} for completion {completion!r}")
+        raise UserError(f"{name}: returned {type(r).__name__} {_clip(r)}, expected a number") from None
+    if not math.isfinite(value):
+        raise UserError(f"{name}: returned {value} for completion {_clip(completion)}")
     return value
+
+
+def _clip(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -15,7 +15,9 @@ from tinyscale.interpret import page
 from tinyscale.interpret.analyze import Options, analyze_model, val_corpus, with_window
 from tinyscale.interpret.sizes import sizes_figure, sizes_table
 from tinyscale.interpret.sweep import analyze_sweep, is_sweep
+from tinyscale.validate import check_output, json_with, text_with
 
+TITLE = "tinyscale interpret:"  # how the page's <title> starts: what marks a page as interpret's own
 SECTIONS = [("summary", "Summary"), ("neurons", "Most selective neurons"), ("all-neurons", "All neurons"),
             ("heads", "Attention heads"), ("ablation", "Head ablations"), ("sizes", "Across sizes")]
 
@@ -39,6 +41,7 @@ def interpret(path: str | Path, out: str | Path | None = None, *, step: int | No
     out = Path(out) if out else path / "interpret.html"
     if out.suffix != ".html":
         raise UserError(f"--out: {out} must end in .html (the numbers go beside it as .json)")
+    check_out(out, corpus)
     sizes, done = None, {}
     run_dir = path
     if is_sweep(path):
@@ -55,6 +58,15 @@ def interpret(path: str | Path, out: str | Path | None = None, *, step: int | No
     write_json(out.with_suffix(".json"), data)
     context = _page_context(data, model, val, tokenizer, eot, first, show, run_dir, sizes)
     return page.render(context, out)
+
+
+def check_out(out: Path, corpus: str | Path | None) -> None:
+    """The page and the JSON beside it replace only files that interpret wrote (never RUN/run.json or
+    SHARDS/meta.json), and are never a corpus file given with --corpus."""
+    inputs = {"corpus file": corpus if corpus and Path(corpus).is_file() else None}
+    check_output(out, inputs, file=True, ours=text_with(f"<title>{TITLE}"), what="a page written by tinyscale interpret")
+    check_output(out.with_suffix(".json"), inputs, file=True, ours=json_with("run", "step", "model_config", "layers"),
+                 what="the numbers of a tinyscale interpret page (written beside the .html)")
 
 
 def _page_context(data: dict, model: Any, val: Path, tokenizer: Any, eot: int, first: Any, show: int,
@@ -81,7 +93,7 @@ def _page_context(data: dict, model: Any, val: Path, tokenizer: Any, eot: int, f
     return {
         **ablation_context(data["model"].get("ablation"), (data.get("control") or {}).get("ablation")),
         "tag_rows": tag_rows,
-        "title": f"tinyscale interpret: {run_dir.name} (step {data['step']})",
+        "title": f"{TITLE} {run_dir.name} (step {data['step']})",
         "subtitle": f"{run_dir} · corpus {val} · generated {_dt.datetime.now().isoformat(timespec='seconds')}",
         "sections": SECTIONS, "layers": data["layers"], "stories": data["stories"], "tokens": data["tokens"],
         "top_k": data["top_k"], "head_stories": data["head_stories"], "tags": data["tags"],
