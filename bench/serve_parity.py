@@ -21,26 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _serve_helpers import Server  # noqa: E402
+from _serve_helpers import MC_TASK, Server  # noqa: E402
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 NAMES = ["Lily", "Tom", "Ben", "Mia", "Sam", "Anna", "Max", "Sue"]
 THINGS = ["ball", "cat", "dog", "kite", "cake", "tree", "boat", "doll", "hat", "book"]
-TASK = """task: parity_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {items}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "<|endoftext|>{{{{prompt}}}}"
-doc_to_choice: "{{{{[answer] + wrong}}}}"
-doc_to_target: 0
-metric_list:
-  - metric: acc
-"""
-
-
 def write_task(root: Path, n: int) -> Path:
     import json
 
@@ -53,7 +38,7 @@ def write_task(root: Path, n: int) -> Path:
                                  f"{name} loved the", "answer": thing, "wrong": wrong, "kind": "tracking", "style": "world"}))
     (root / "items.jsonl").write_text("\n".join(lines) + "\n")
     (root / "tasks").mkdir()
-    (root / "tasks" / "mc.yaml").write_text(TASK.format(items=root / "items.jsonl"))
+    (root / "tasks" / "mc.yaml").write_text(MC_TASK.format(items=root / "items.jsonl"))
     return root / "tasks"
 
 
@@ -81,12 +66,12 @@ def theirs(run: Path, tasks: Path, dtype: str, root: Path) -> tuple[list[list[fl
         model_args = {"model": "m", "base_url": server.base + "/v1/completions", "num_concurrent": 4,
                       "max_length": requests.get(server.base + "/v1/models", timeout=10).json()["data"][0]
                       ["max_model_len"], "max_retries": 1, "timeout": 120}
-        out = lm_eval.simple_evaluate(model="local-completions", model_args=model_args, tasks=["parity_mc"],
+        out = lm_eval.simple_evaluate(model="local-completions", model_args=model_args, tasks=["tiny_stories_mc"],
                                       log_samples=True, task_manager=TaskManager(include_path=str(tasks),
                                                                                  include_defaults=False))
     finally:
         server.stop()
-    samples = sorted(out["samples"]["parity_mc"], key=lambda s: s["doc_id"])
+    samples = sorted(out["samples"]["tiny_stories_mc"], key=lambda s: s["doc_id"])
     return [[r[0][0] for r in s["resps"]] for s in samples], served
 
 

@@ -20,6 +20,22 @@ TEXT = ["Once upon a time there was a little dog named Tom.", "Lily liked to pla
         "Ben had a red kite. He flew it high in the sky."] * 20
 
 
+# An lm-eval multiple-choice task over a JSONL of story items ({items}: its path); the bench reuses it.
+MC_TASK = """task: tiny_stories_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {items}
+test_split: test
+output_type: multiple_choice
+# Stories begin after the end-of-text token; tinyscale's scorer starts every prompt with it too.
+doc_to_text: "<|endoftext|>{{{{prompt}}}}"
+doc_to_choice: "{{{{[answer] + wrong}}}}"
+doc_to_target: 0
+metric_list:
+  - metric: acc
+"""
+
 def make_run(root: Path, name: str = "tiny", *, d_model: int = 32, n_layers: int = 2, context: int = 128,
              seed: int = 0, vocab: int = 300) -> Path:
     """A run folder as the trainer writes it (run.json, tokenizer.json, one complete checkpoint), with

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from _serve_helpers import Server, make_run
+from _serve_helpers import MC_TASK, Server, make_run
 
 lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")
@@ -20,21 +20,6 @@ pytest.importorskip("fastapi")
 
 NAMES = ["Lily", "Tom", "Ben", "Mia", "Sam", "Anna"]
 THINGS = ["ball", "cat", "dog", "kite", "cake", "tree", "boat"]
-
-MC_TASK = """task: tiny_stories_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {items}
-test_split: test
-output_type: multiple_choice
-# Stories begin after the end-of-text token; tinyscale's scorer starts every prompt with it too.
-doc_to_text: "<|endoftext|>{{{{prompt}}}}"
-doc_to_choice: "{{{{[answer] + wrong}}}}"
-doc_to_target: 0
-metric_list:
-  - metric: acc
-"""
 
 GEN_TASK = """task: tiny_stories_gen
 dataset_path: json
