@@ -321,6 +321,20 @@ def test_text_and_token_id_prompts_are_read_alike(server, client):
     assert given.logprobs.token_logprobs[1:] == by_text.logprobs.token_logprobs
 
 
+def test_underflowing_temperature_or_top_p_is_greedy_and_lone_surrogates_are_400(server):
+    """Issue 28 rows 12 and 13: both were 500s (a token id = vocabulary size; a UnicodeEncodeError)."""
+    greedy = post(server, "/v1/completions", {"model": "story", "prompt": "Tom", "max_tokens": 8, "temperature": 0})
+    for extra in ({"temperature": 5e-324}, {"top_p": 1e-300}, {"temperature": 1e-45, "top_p": 1e-300}):
+        r = post(server, "/v1/completions", {"model": "story", "prompt": "Tom", "max_tokens": 8, "seed": 1} | extra)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"], extra
+    for path, body, param in (("/tokenize", {"prompt": "a\udc80b"}, "prompt"),
+                              ("/v1/chat/completions", {"model": "story", "messages": [{"role": "user",
+                                                                                     "content": "a\ud800"}]},
+                               "messages.0.content")):
+        r = post(server, path, body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
 def test_tokenize_and_detokenize_round_trip(server):
     r = post(server, "/tokenize", {"prompt": "Tom had a cat.", "add_special_tokens": False}).json()
     assert r["count"] == len(r["tokens"]) and r["max_model_len"] == 64  # trained at 64 in a 128-position model

@@ -527,7 +527,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
-        where = [str(p) for p in first.get("loc", ())[1:]]
+        # pydantic adds the branch of a union to the location ("str", "function-after[...]"): not a field
+        where = [str(p) for p in first.get("loc", ())[1:] if isinstance(p, int) or p not in _TYPE_TAGS and
+                 not any(c in str(p) for c in "[(")]
         param = ".".join(where) or None
         message = first.get("msg", "invalid")
         if first.get("type") == "extra_forbidden":  # a field of OpenAI, vLLM or llama.cpp that is not implemented
@@ -543,6 +545,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def internal(request: Request, e: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
         return error_response(500, f"internal error: {type(e).__name__}", kind="server_error")
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 def _document_errors_as_400(app: FastAPI) -> None:
