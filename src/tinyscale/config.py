@@ -111,7 +111,7 @@ class TrainConfig(BaseModel):
     data: str = Field(description="shards folder written by `tinyscale tokenize`")  # made absolute at the start
     # Model shape: a preset from PRESETS, each dimension overridable.
     preset: str | None = Field("3M", description="size preset, e.g. 1M, 3M, 8M, 28M, 33M, 21M-1L")
-    family: FamilyName = Field("llama", description="model family (config.FAMILIES)")
+    family: FamilyName = Field("llama", description="architecture: norm, MLP and positions (tinyscale.config.FAMILIES)")
     d_model: int | None = Field(None, ge=8, le=2**15, description="width (default: the preset's)")
     n_layers: int | None = Field(None, ge=1, le=1024, description="layers (default: the preset's)")
     n_heads: int | None = Field(None, ge=1, le=1024, description="attention heads (default: the preset's)")

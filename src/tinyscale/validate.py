@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 # incentivize: world prompts or held-out questions made (and encoded) before any step (about 1 ms each).
 PROMPTS_MAX = 100_000
-# incentivize's lowest sampling temperature (see its LIMITS entry); 0 is not one: the rollouts need spread.
+# incentivize's lowest sampling temperature (see its limits() entry); 0 is not one: the rollouts need spread.
 TEMPERATURE_MIN = 1e-3
 # serve: sequences in one decoding batch, each with a KV cache of the model's context.
 SERVE_MAX_BATCH = 4096
@@ -178,7 +178,7 @@ def _flag(dest: str) -> str:
 
 
 def check_values(command: str, values: Mapping[str, Any]) -> None:
-    """Apply LIMITS[command] to the options in `values` (None means "not given")."""
+    """Apply limits()[command] to the options in `values` (None means "not given")."""
     for dest, limit in limits().get(command, {}).items():
         value = values.get(dest)
         if value is not None:
