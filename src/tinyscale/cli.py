@@ -11,9 +11,15 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from tinyscale.errors import UserError
-from tinyscale.validate import check_args, describe_os_error, whole_number
+from tinyscale.validate import check_args, check_values, describe_os_error, whole_number
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +49,65 @@ def _count(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = whole_number(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer ({e})") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def config_flags(parser: argparse.ArgumentParser, model: type[BaseModel], groups: dict[str | None, list[str]],
+                 special: dict[str, dict[str, Any]] | None = None) -> None:
+    """One flag per field of the pydantic `model`, in argument groups (`groups`: title -> fields; None:
+    the parser's own options). The flag is the field's name in kebab case (`special[name]["flag"]`
+    renames it), the help its Field description plus its default, the metavar json_schema_extra's
+    "metavar"; a bool is --x/--no-x, a Literal gives choices, an int is a whole number (1e3 included;
+    positive or non-negative as its ge says), a float a float. `special` adds or replaces argparse
+    keywords (a token-count parser, choices). Every default is None: an omitted flag leaves the
+    config's own default, or a --config YAML's value, in place (tests/test_options.py checks that
+    every field of TrainConfig has its flag).
+    """
+    special = special or {}
+    for title, names in groups.items():
+        target = parser if title is None else parser.add_argument_group(title)
+        for name in names:
+            kwargs = {**_flag_kwargs(model.model_fields[name]), **special.get(name, {})}
+            target.add_argument(kwargs.pop("flag", "--" + name.replace("_", "-")), dest=name, default=None, **kwargs)
+
+
+def _flag_kwargs(field: FieldInfo) -> dict[str, Any]:
+    """argparse keywords for one config field (see config_flags)."""
+    kind = field.annotation
+    if get_origin(kind) in (Union, UnionType):  # X | None: None is the absent flag
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    help_text = (field.description or "").replace("%", "%%")
+    if not field.is_required() and field.default is not None and "default" not in help_text:
+        help_text += f" (default {field.default})"
+    kwargs: dict[str, Any] = {"help": help_text or None}
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if "metavar" in extra:
+        kwargs["metavar"] = extra["metavar"]
+    if kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif get_origin(kind) is Literal:
+        kwargs["choices"] = list(get_args(kind))
+    elif kind is int:
+        kwargs["type"] = _int_parser(field)
+    elif kind is float:
+        kwargs["type"] = float
+    return kwargs
+
+
+def _int_parser(field: FieldInfo) -> Callable[[str], int]:
+    """The parser of an int field: refuses, as it parses, what the field's lower bound (if 0 or 1) refuses."""
+    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt") if hasattr(m, k)}
+    least = bounds["ge"] if "ge" in bounds else bounds["gt"] + 1 if "gt" in bounds else None
+    return int if least is None or least < 0 else _positive_int if least >= 1 else _nonnegative_int
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -213,61 +278,30 @@ def _run_tokenize(args: argparse.Namespace) -> None:
 # --- train ------------------------------------------------------------------------------------
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = whole_number(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer ({e})") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+# How `tinyscale train --help` groups TrainConfig's fields after --data (each field is one flag).
+_TRAIN_GROUPS: dict[str | None, list[str]] = {
+    "model": ["preset", "family", "d_model", "n_layers", "n_heads", "tie_embeddings", "max_seq_len"],
+    "optimisation": ["tokens", "batch", "seq_len", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "beta1",
+                     "beta2", "grad_clip", "seed"],
+    "bookkeeping": ["log_every", "eval_every", "eval_tokens", "eval_min_skill_tokens", "checkpoint_every",
+                    "dense_checkpoints"],
+    "execution": ["dtype", "compile", "device", "threads"],
+}
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from tinyscale.config import FAMILIES, TrainConfig
+
     p = sub.add_parser("train", help="train a model on token shards (or --resume a run)",
                        description="Every option defaults to tinyscale.config.TrainConfig; with --resume, "
                                    "options default to the run's own and only --tokens, --device, --threads, "
                                    "--compile and --data may change.")
-    p.add_argument("--data", help="shards folder written by `tinyscale tokenize`")
+    config_flags(p, TrainConfig, {None: ["data"]})
     p.add_argument("--out", help="new run folder")
     p.add_argument("--resume", metavar="RUN", help="continue this run from its newest checkpoint")
     p.add_argument("--config", metavar="YAML", help="TrainConfig options as YAML (flags override it)")
-    m = p.add_argument_group("model")
-    m.add_argument("--preset", help="size preset, e.g. 1M, 3M, 8M, 28M, 33M, 21M-1L (default 3M)")
-    m.add_argument("--family", choices=["llama", "neo"])
-    m.add_argument("--d-model", type=_positive_int)
-    m.add_argument("--n-layers", type=_positive_int)
-    m.add_argument("--n-heads", type=_positive_int)
-    m.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None)
-    m.add_argument("--max-seq-len", type=_positive_int, help="model positions (default: --seq-len; the run is used within --seq-len, the context it trains at)")
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--tokens", type=_count, help="training tokens, e.g. 20M (steps = ceil(tokens / "
-                                                  "(batch * seq-len * grad-accum)))")
-    o.add_argument("--batch", type=_positive_int, help="sequences per micro-step, over all processes")
-    o.add_argument("--seq-len", type=_positive_int)
-    o.add_argument("--grad-accum", type=_positive_int)
-    o.add_argument("--lr", type=float)
-    o.add_argument("--min-lr", type=float, help="end of the cosine decay (default lr/10)")
-    o.add_argument("--warmup", type=_nonnegative_int, help="linear warmup steps")
-    o.add_argument("--weight-decay", type=float)
-    o.add_argument("--beta1", type=float)
-    o.add_argument("--beta2", type=float)
-    o.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
-    o.add_argument("--seed", type=int)
-    b = p.add_argument_group("bookkeeping")
-    b.add_argument("--log-every", type=_positive_int, help="steps between metrics lines")
-    b.add_argument("--eval-every", type=_nonnegative_int, help="steps between evaluations (0: at the end)")
-    b.add_argument("--eval-tokens", type=_count, help="validation tokens per evaluation (evenly spaced windows)")
-    b.add_argument("--eval-min-skill-tokens", type=_nonnegative_int, metavar="N",
-                   help="add windows until every labeled skill has N validation tokens (default 2000)")
-    b.add_argument("--checkpoint-every", type=_positive_int)
-    b.add_argument("--dense-checkpoints", type=_nonnegative_int, metavar="STEP",
-                   help="also keep checkpoints at steps 1, 2, 4, ... up to STEP")
-    e = p.add_argument_group("execution")
-    e.add_argument("--dtype", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast where supported")
-    e.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
-    e.add_argument("--device", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
-    e.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores)")
+    config_flags(p, TrainConfig, _TRAIN_GROUPS, special={"family": {"choices": list(FAMILIES)},
+                                                         "tokens": {"type": _count}, "eval_tokens": {"type": _count}})
     p.set_defaults(func=_run_train)
 
 
@@ -286,17 +320,7 @@ def _run_train(args: argparse.Namespace) -> None:
         if not args.out:
             raise UserError("--out: required for a new run (or use --resume RUN)")
         if args.config:
-            import yaml
-
-            from tinyscale.fileio import read_text
-
-            try:
-                base = yaml.safe_load(read_text(args.config)) or {}
-            except (OSError, yaml.YAMLError) as e:
-                raise UserError(f"{args.config}: cannot read YAML ({str(e).splitlines()[0]})") from None
-            if not isinstance(base, dict):
-                raise UserError(f"{args.config}: expected a mapping of train options")
-            opts = {**base, **opts}
+            opts = {**_train_yaml(args.config), **opts}
         if "data" not in opts:
             raise UserError("--data: required for a new run")
         try:
@@ -309,6 +333,25 @@ def _run_train(args: argparse.Namespace) -> None:
     if last:
         shown = {k: last[k] for k in ("step", "tokens", "loss", "val_loss") if k in last}
         print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
+
+
+def _train_yaml(path: str) -> dict[str, Any]:
+    """The options of a --config file, their ranges checked as the flags' are (the same message)."""
+    import yaml
+
+    from tinyscale.fileio import read_text
+
+    try:
+        base = yaml.safe_load(read_text(path)) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(base, dict):
+        raise UserError(f"{path}: expected a mapping of train options")
+    try:
+        check_values("train", base)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    return base
 
 
 # --- sample / export -------------------------------------------------------------------------

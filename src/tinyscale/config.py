@@ -34,6 +34,9 @@ def _known_family(name: str) -> str:
 
 FamilyName = Annotated[str, AfterValidator(_known_family)]
 
+# The largest seed any verb takes: a signed 64-bit integer.
+SEED_MAX = 2**63 - 1
+
 # Names follow the TinyStories grid (and llama2.c's 15M); the exact counts depend on the vocabulary.
 # Heads are chosen so head_dim stays within 16..64.
 PRESETS: dict[str, dict] = {
@@ -96,48 +99,60 @@ class ModelConfig(BaseModel):
 class TrainConfig(BaseModel):
     """Everything that decides what a training run computes; stored resolved in run.json "config".
 
-    Field names are the `tinyscale train` flags in snake_case (`--grad-accum` is `grad_accum`).
+    This is the one declaration of the training options: `tinyscale train` makes its flags from these
+    fields (the name in kebab case, `description` as the help, the default in the help) and
+    `validate.limits()["train"]` its ranges from their ge/gt/le/lt, so the command line, a `--config`
+    or sweep YAML and `TrainConfig(...)` in Python accept the same values. An upper limit (`le`) keeps
+    a run within memory and time; `why` in `json_schema_extra` says what it protects in the message.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str  # shards folder (made absolute when the run starts)
+    data: str = Field(description="shards folder written by `tinyscale tokenize`")  # made absolute at the start
     # Model shape: a preset from PRESETS, each dimension overridable.
-    preset: str | None = "3M"
-    family: FamilyName = "llama"
-    d_model: int | None = Field(None, ge=8)
-    n_layers: int | None = Field(None, ge=1)
-    n_heads: int | None = Field(None, ge=1)
-    tie_embeddings: bool = True
-    max_seq_len: int | None = Field(None, ge=1)  # None: seq_len (the context the model is trained at)
+    preset: str | None = Field("3M", description="size preset, e.g. 1M, 3M, 8M, 28M, 33M, 21M-1L")
+    family: FamilyName = Field("llama", description="architecture: norm, MLP and positions (tinyscale.config.FAMILIES)")
+    d_model: int | None = Field(None, ge=8, le=2**15, description="width (default: the preset's)")
+    n_layers: int | None = Field(None, ge=1, le=1024, description="layers (default: the preset's)")
+    n_heads: int | None = Field(None, ge=1, le=1024, description="attention heads (default: the preset's)")
+    tie_embeddings: bool = Field(True, description="share the input embedding with the output head")
+    max_seq_len: int | None = Field(None, ge=1, le=2**20, description="model positions (default: --seq-len; the run "
+                                    "is used within --seq-len, the context it trains at)")
     # Budget and batch. `batch` is the global number of sequences per micro-step (split over DDP
     # ranks), so one step sees batch * seq_len * grad_accum tokens whatever the number of processes.
-    tokens: int = Field(20_000_000, ge=1)
-    batch: int = Field(32, ge=1)
-    seq_len: int = Field(256, ge=1)
-    grad_accum: int = Field(1, ge=1)
+    tokens: int = Field(20_000_000, ge=1, le=10**13, description="training tokens, e.g. 20M (steps = ceil(tokens / "
+                        "(batch * seq-len * grad-accum)))")
+    batch: int = Field(32, ge=1, le=2**20, description="sequences per micro-step, over all processes")
+    seq_len: int = Field(256, ge=1, le=2**20, description="tokens per training sequence (the context trained at)")
+    grad_accum: int = Field(1, ge=1, le=2**16, description="micro-steps per optimizer step")
     # AdamW with linear warmup then cosine decay to min_lr.
-    lr: float = Field(1e-3, gt=0)
-    min_lr: float | None = Field(None, ge=0)  # None: lr / 10
-    warmup: int = Field(100, ge=0)  # steps
-    weight_decay: float = Field(0.1, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
-    grad_clip: float = Field(1.0, ge=0)  # 0 turns clipping off
-    seed: int = 0
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
+    min_lr: float | None = Field(None, ge=0, description="end of the cosine decay (default lr/10)")
+    warmup: int = Field(100, ge=0, le=10**9, description="linear warmup steps")
+    weight_decay: float = Field(0.1, ge=0, le=10.0, description="AdamW weight decay")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2")
+    grad_clip: float = Field(1.0, ge=0, le=1e6, description="max gradient norm (0: off)")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the initialisation and the batch order")
     # Bookkeeping, in optimizer steps.
-    log_every: int = Field(10, ge=1)
-    eval_every: int = Field(250, ge=0)  # 0: evaluate only at the end
-    eval_tokens: int = Field(65_536, ge=1)
+    log_every: int = Field(10, ge=1, le=10**9, description="steps between metrics lines")
+    eval_every: int = Field(250, ge=0, le=10**9, description="steps between evaluations (0: at the end)")
+    eval_tokens: int = Field(65_536, ge=1, le=2**30, description="validation tokens per evaluation (evenly spaced "
+                             "windows)")
     # Validation windows are added until every labeled skill has this many tokens (evaluate/loss.py).
-    eval_min_skill_tokens: int = Field(2000, ge=0)
-    checkpoint_every: int = Field(500, ge=1)
-    dense_checkpoints: int = Field(0, ge=0)  # also keep steps 1, 2, 4, ... up to this one
+    eval_min_skill_tokens: int = Field(
+        2000, ge=0, le=2**30, description="add windows until every labeled skill has N validation tokens",
+        json_schema_extra={"metavar": "N", "why": " (validation tokens scored at every evaluation)"})
+    checkpoint_every: int = Field(500, ge=1, le=10**9, description="steps between checkpoints")
+    dense_checkpoints: int = Field(0, ge=0, le=10**9, description="also keep checkpoints at steps 1, 2, 4, ... up "
+                                   "to STEP", json_schema_extra={"metavar": "STEP"})
     # Execution: these may change when a run is resumed.
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the hardware has it
-    compile: bool = False
-    device: str = "auto"
-    threads: int | None = Field(None, ge=1)  # None: all cores (split between local DDP ranks)
+    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast where supported")
+    compile: bool = Field(False, description="torch.compile")
+    device: str = Field("auto", description="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    # At most this machine's cores: validate.limits() adds that bound, which no static Field can hold.
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores, split between local "
+                                "DDP ranks)")
 
     @property
     def tokens_per_step(self) -> int:

@@ -1,8 +1,9 @@
 """Checks that keep bad input from costing data, time or memory, in one place.
 
-- `LIMITS`: the range of every numeric flag, by command. `check_args` applies it to the parsed
-  command line before any work starts, so NaN, infinities, negative counts and sizes that would take
-  hours or all memory are refused with one line that names the limit.
+- `limits()`: the range of every numeric flag, by command (`train`'s derived from TrainConfig's
+  field constraints, its one declaration). `check_args` applies it to the parsed command line before
+  any work starts, so NaN, infinities, negative counts and sizes that would take hours or all memory
+  are refused with one line that names the limit.
 - `check_output`: the one output-placement rule of every verb: an output path may never be, contain
   or sit inside one of the command's inputs (`--overwrite` would otherwise replace the input with
   the output), nor replace an existing file or folder that the verb did not write itself.
@@ -20,19 +21,25 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinyscale.errors import UserError
 
-SEED_MAX = 2**63 - 1
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
 # incentivize: world prompts or held-out questions made (and encoded) before any step (about 1 ms each).
 PROMPTS_MAX = 100_000
-# incentivize's lowest sampling temperature (see its LIMITS entry); 0 is not one: the rollouts need spread.
+# incentivize's lowest sampling temperature (see its limits() entry); 0 is not one: the rollouts need spread.
 TEMPERATURE_MIN = 1e-3
 # serve: sequences in one decoding batch, each with a KV cache of the model's context.
 SERVE_MAX_BATCH = 4096
 # incentivize: completions in one step's batch (group x prompts-per-step).
 COMPLETIONS_PER_STEP_MAX = 4096
+# eval: items per skill of the story world's probe sets; each is a story written and scored (more is hours).
+WORLD_PROBES_MAX = 100_000
+# demo: training seeds per size; every size is trained once per seed.
+DEMO_SEEDS_MAX = 100
 # Tokens in one micro-batch (batch * seq-len): activations grow with it; beyond this, use --grad-accum.
 MICRO_BATCH_TOKENS_MAX = 2**20
 
@@ -52,6 +59,10 @@ class Limit:
     why: str = ""  # what the upper limit protects, said in the message
 
     def check(self, flag: str, value: Any) -> None:
+        if isinstance(value, list | tuple):  # a flag taking several numbers (nargs): each must be in range
+            for item in value:
+                self.check(flag, item)
+            return
         if isinstance(value, bool) or not isinstance(value, int | float):
             return
         if not math.isfinite(value):
@@ -73,35 +84,51 @@ class Limit:
         return " and ".join(parts)
 
 
-def _limits() -> dict[str, dict[str, Limit]]:
+def field_limits(model: type[BaseModel]) -> dict[str, Limit]:
+    """The ranges declared on a pydantic model's fields (Field's ge/gt/le/lt; json_schema_extra "why")."""
+    out = {}
+    for name, field in model.model_fields.items():
+        bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+        if bounds:
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            out[name] = Limit(bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt")),
+                              lo_open="gt" in bounds, hi_open="lt" in bounds, why=str(extra.get("why", "")))
+    return out
+
+
+def limits() -> dict[str, dict[str, Limit]]:
+    """The range of every numeric option, by command ("data world" for a subcommand's)."""
+    from tinyscale.config import SEED_MAX, TrainConfig
+
     cpu = Limit(1, cores(), why=" (the CPU cores of this machine)")
+    train = field_limits(TrainConfig)
     seed = Limit(0, SEED_MAX)
     fraction = Limit(0.0, 1.0, hi_open=True)
     temperature = Limit(0.0, 100.0)
     n_boot = Limit(0, 100_000, why=" (bootstrap resamples: each refits every law)")
+    step = Limit(0)  # a checkpoint's step (which steps exist is checked against the run)
     money = Limit(0.0)  # USD, or USD per million tokens: finite and never negative, or the cap is off
     timeout = Limit(0.0, 3600.0, lo_open=True, why=" (seconds per request)")
     requests = Limit(1, 256, why=" (requests in flight to one endpoint)")
     return {
-        "data world": {"stories": Limit(1, 10**9), "seed": Limit(-(2**63), 2**63 - 1), "val_fraction": fraction},
+        "data world": {"stories": Limit(1, 10**9), "seed": Limit(-(2**63), 2**63 - 1), "val_fraction": fraction,
+                       "qa": Limit(0.0, 1.0), "qa_unanswerable": Limit(0.0, 1.0)},
         "tokenize": {"vocab_size": Limit(1, 2**20), "workers": cpu},
-        "train": {
-            "d_model": Limit(8, 2**15), "n_layers": Limit(1, 1024), "n_heads": Limit(1, 1024),
-            "max_seq_len": Limit(1, 2**20), "tokens": Limit(1, 10**13), "batch": Limit(1, 2**20),
-            "seq_len": Limit(1, 2**20), "grad_accum": Limit(1, 2**16), "lr": Limit(0.0, lo_open=True),
-            "min_lr": Limit(0.0), "warmup": Limit(0, 10**9), "weight_decay": Limit(0.0, 10.0),
-            "beta1": fraction, "beta2": fraction, "grad_clip": Limit(0.0, 1e6), "seed": seed,
-            "log_every": Limit(1, 10**9), "eval_every": Limit(0, 10**9), "eval_tokens": Limit(1, 2**30),
-            "checkpoint_every": Limit(1, 10**9), "dense_checkpoints": Limit(0, 10**9), "threads": cpu,
-        },
+        "train": {**train, "threads": cpu},
         "sample": {"n": Limit(1, 1024, why=" (completions run as one batch)"), "temperature": temperature,
                    "top_k": Limit(1, 2**20), "top_p": Limit(0.0, 1.0, lo_open=True),
-                   "max_new_tokens": Limit(1, 2**20), "seed": seed},
+                   "max_new_tokens": Limit(1, 2**20), "seed": seed, "checkpoint": step},
         "eval": {"completions": Limit(0, 10_000), "samples": Limit(1, 100), "temperature": temperature,
-                 "max_tokens": Limit(1, 2**30), "seed": seed, "threads": cpu},
-        "analyze": {"n_boot": n_boot, "seed": seed},
+                 "max_tokens": Limit(1, 2**30), "seed": seed, "threads": cpu,
+                 "world_probes": Limit(0, WORLD_PROBES_MAX, why=" (items per skill: each is a story written "
+                                                                 "and scored)")},
+        "export": {"checkpoint": step},
+        "analyze": {"n_boot": n_boot, "seed": seed, "chance": Limit(0.0)},  # its upper limit: check_args
         "report": {"n_boot": n_boot, "stories": Limit(0, 100)},
-        "demo": {"minutes": Limit(0.0, 7 * 24 * 60.0, lo_open=True), "stories": Limit(1, 10**9)},
+        "demo": {"minutes": Limit(0.0, 7 * 24 * 60.0, lo_open=True), "stories": Limit(1, 10**9),
+                 "seeds": Limit(1, DEMO_SEEDS_MAX, why=" (every size is trained once per seed)"),
+                 # The runs are seeded seed, seed + 1, ... (one per --seeds), each a train seed.
+                 "seed": Limit(0, SEED_MAX - DEMO_SEEDS_MAX)},
         "data llm": {"stories": Limit(1, 10**9), "concurrency": requests, "max_cost": money, "price_in": money,
                      "price_out": money, "seed": seed, "temperature": Limit(0.0, 2.0), "max_tokens": Limit(1, 2**20),
                      "timeout": timeout, "val_fraction": fraction},
@@ -109,11 +136,11 @@ def _limits() -> dict[str, dict[str, Limit]]:
         "judge": {"concurrency": requests, "completions": Limit(1, 10**6), "samples": Limit(1, 10**4),
                   "timeout": timeout, "max_cost": money, "price_in": money, "price_out": money},
         "incentivize": _incentivize_limits(cpu),
-        "interpret": {"stories": Limit(1, 10**9), "top_k": Limit(1, 1000, why=" (top tokens kept per neuron, for "
-                                                                            "every neuron at once)"),
+        "interpret": {"stories": Limit(1, 10**9), "checkpoint": step, "layers": Limit(0, train["n_layers"].hi - 1),
+                      "top_k": Limit(1, 1000, why=" (top tokens kept per neuron, for every neuron at once)"),
                       "ablate_stories": Limit(0, 100_000, why=" (stories run once per head ablated, trained and "
                                                               "random-init)")},
-        "serve": {"port": Limit(1, 65535, why=" (a TCP port)"), "threads": cpu,
+        "serve": {"port": Limit(1, 65535, why=" (a TCP port)"), "threads": cpu, "checkpoint": step,
                   "max_batch": Limit(1, SERVE_MAX_BATCH, why=" (sequences decoded together: each holds a KV cache "
                                                              "of the model's whole context in memory)"),
                   "max_queue": Limit(1, 100_000, why=" (requests waiting for the batch, held in memory)")},
@@ -151,8 +178,8 @@ def _flag(dest: str) -> str:
 
 
 def check_values(command: str, values: Mapping[str, Any]) -> None:
-    """Apply LIMITS[command] to the options in `values` (None means "not given")."""
-    for dest, limit in _limits().get(command, {}).items():
+    """Apply limits()[command] to the options in `values` (None means "not given")."""
+    for dest, limit in limits().get(command, {}).items():
         value = values.get(dest)
         if value is not None:
             limit.check(_flag(dest), value)
@@ -161,16 +188,13 @@ def check_values(command: str, values: Mapping[str, Any]) -> None:
 def check_args(args: Any) -> None:
     """Validate a parsed command line before the command starts any work."""
     command = args.cmd + (f" {args.data_cmd}" if args.cmd == "data" else "")
+    if command == "analyze" and not args.lower_is_better:  # a score's chance level is at most 1
+        Limit(0.0, 1.0, why=" (a score; use --lower-is-better for a loss)").check("--chance", args.chance)
     check_values(command, vars(args))
     if command == "train":
         check_train(vars(args))
     if command == "incentivize":
         check_incentivize(vars(args))
-    if command == "analyze" and args.chance is not None:
-        if args.lower_is_better:
-            Limit(0.0).check("--chance", args.chance)
-        else:
-            Limit(0.0, 1.0, why=" (a score; use --lower-is-better for a loss)").check("--chance", args.chance)
 
 
 def check_train(opts: Mapping[str, Any]) -> None:

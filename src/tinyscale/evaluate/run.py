@@ -28,6 +28,7 @@ from tinyscale import progress
 from tinyscale.errors import UserError
 from tinyscale.fileio import write_json
 from tinyscale.runs import read_evals
+from tinyscale.validate import check_values
 
 FORMAT = 1
 # Tokens per split for the loss when the run does not say (its `eval_tokens`, which the trainer's
@@ -151,9 +152,6 @@ def world_of(shards) -> tuple[Path, dict] | None:
     return None
 
 
-MAX_WORLD_PROBES = 100_000  # items per skill: each is a story written and scored (more is hours)
-
-
 def load_world_probes(shards, per_skill: int | None) -> tuple[dict[str, list], dict | None]:
     """The in-distribution probe sets of a story-world run ({} and None when the data is not the world
     or per_skill is 0; None per_skill: WORLD_PROBES items per set)."""
@@ -162,8 +160,7 @@ def load_world_probes(shards, per_skill: int | None) -> tuple[dict[str, list], d
     from tinyscale.data.world.probes import START, world_probes
     from tinyscale.evaluate.probes import read_items
 
-    if per_skill is not None and not 0 <= per_skill <= MAX_WORLD_PROBES:
-        raise UserError(f"--world-probes: must be 0 to {MAX_WORLD_PROBES} per skill, got {per_skill}")
+    check_values("eval", {"world_probes": per_skill})  # the range `tinyscale eval` checks (validate.py)
     found = world_of(shards) if per_skill != 0 else None
     if found is None:
         if per_skill:
