@@ -189,3 +189,18 @@ def test_report_of_a_sweep_with_nothing_evaluated_renders_every_section(tmp_path
     for key, _ in SECTIONS:
         assert f'<section id="{key}">' in page
     assert "No runs with an evaluated checkpoint." in page
+
+
+def test_every_page_template_ships_in_the_package():
+    """pyproject's package-data globs cover every template file (a wheel without one renders no page)."""
+    import glob
+
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tinyscale"]
+    package = root / "src" / "tinyscale"
+    shipped = {Path(p) for pattern in patterns for p in glob.glob(pattern, root_dir=package, recursive=True)}
+    templates = {p.relative_to(package) for p in package.glob("*/templates/**/*") if p.is_file()}
+    assert {Path("analysis/templates/report.html"), Path("analysis/templates/report/completions.html"),
+            Path("interpret/templates/interpret.html")} <= templates
+    assert templates <= shipped, templates - shipped

@@ -2,20 +2,23 @@
 
 The PNGs are written under SWEEP/plots/ and embedded in SWEEP/report.html as base64, so the page can
 be mailed or archived alone. Every section renders from whatever exists; a section without data says
-so instead of failing. Text from runs (story completions, names) is escaped with html.escape.
+so instead of failing. This module computes each section's numbers and texts; the markup lives in
+templates/report.html and templates/report/*.html, rendered by Jinja2 with autoescaping, so text
+from runs (story completions, names, commands) reaches the page escaped.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
+import functools
 import math
 import shlex
-from importlib import resources
 from pathlib import Path
-from string import Template
 from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 
 from tinyscale import progress
 from tinyscale.analysis import plots
@@ -32,10 +35,26 @@ SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Los
             ("incentivize", "Teach versus incentivize"), ("reproduce", "Reproduce")]
 METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "logprob": "log p(answer)",
                 "loss": "loss"}
+PARAM_COLUMNS = ("width", "depth", "heads", "params", "non_embedding_params", "tokens", "flops", "loss")
 
 
-def _e(x: Any) -> str:
-    return html.escape(str(x))
+@functools.cache
+def _env() -> Environment:
+    """The one environment of the page: every template autoescaped, whatever its name; an undefined
+    name is an error rather than an empty cell."""
+    return Environment(loader=PackageLoader("tinyscale.analysis", "templates"), autoescape=True,
+                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, undefined=StrictUndefined)
+
+
+def _render(template: str, **context: Any) -> Markup:
+    # Markup: the output of an autoescaped template of ours, every value in it already escaped, so
+    # the page template places it as it is (escaping it again would show the tags as text).
+    return Markup(_env().get_template(template).render(**context))
+
+
+def _macros() -> Any:
+    """templates/report/macros.html; its macros return Markup (autoescaped) when called from here."""
+    return _env().get_template("report/macros.html").module
 
 
 def _num(v: Any, digits: int = 4) -> str:
@@ -50,37 +69,31 @@ def _sci(v: float | None) -> str:
     return "—" if v is None else f"{v:.3g}"
 
 
-def _nodata(text: str) -> str:
-    return f'<p class="nodata">{_e(text)}</p>'
+def _b64(png: Path | bytes | None) -> str | None:
+    """A figure (its file or its bytes) as base64 text for a data: URL; None when there is none."""
+    if png is None:
+        return None
+    return base64.b64encode(png if isinstance(png, bytes) else png.read_bytes()).decode("ascii")
 
 
-def _img(path: Path | None, alt: str, missing: str) -> str:
-    if path is None:
-        return _nodata(missing)
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<p><img alt="{_e(alt)}" src="data:image/png;base64,{data}"></p>'
+def _nodata(text: str) -> Markup:
+    return _macros().nodata(text)
 
 
-def _table(header: list[str], rows: list[list[str]], raw: bool = False) -> str:
-    """rows hold HTML when raw=True (already escaped), plain text otherwise."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(c if raw else f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _figure(png: Path | None, alt: str, missing: str) -> Markup:
+    return _macros().figure(_b64(png), alt, missing)
 
 
 # --- sections ---------------------------------------------------------------------------------
 
 
-def _params_section(analysis: dict) -> str:
+def _params_section(analysis: dict) -> Markup:
     runs = sorted(analysis.get("runs", []), key=lambda r: r.get("params") or 0)
     if not runs:
         return _nodata("No runs with an evaluated checkpoint.")
-    rows = [[f"<td>{_e(r['run'])}</td>", f"<td>{_e(r.get('family') or '—')}</td>"]
-            + [f'<td class="num">{_num(r.get(k))}</td>' for k in
-               ("width", "depth", "heads", "params", "non_embedding_params", "tokens", "flops", "loss")]
-            for r in runs]
-    header = ["run", "family", "width", "depth", "heads", "parameters", "non-embedding", "tokens", "FLOPs", "final loss"]
-    return _table(header, rows, raw=True)
+    return _render("report/params.html", rows=[
+        {"run": r["run"], "family": r.get("family") or "—", "nums": [_num(r.get(k)) for k in PARAM_COLUMNS]}
+        for r in runs])
 
 
 def _interval(fit: dict, key: str) -> str:
@@ -119,11 +132,6 @@ def seed_note(analysis: dict) -> str:
     return f"{caveat}." if caveat else ""
 
 
-def _seed_html(analysis: dict) -> str:
-    note = seed_note(analysis)
-    return f'<p class="caveat"><b>{_e(note)}</b></p>' if note else ""
-
-
 def comparison_rows(analysis: dict) -> list[list[str]]:
     """Each size against the next smaller one (larger minus smaller loss; paired where both were
     scored on the same windows)."""
@@ -136,36 +144,22 @@ def comparison_rows(analysis: dict) -> list[list[str]]:
     return rows
 
 
-def _curves_section(records: list[dict], analysis: dict, plot_dir: Path) -> str:
+def _curves_section(records: list[dict], analysis: dict, plot_dir: Path) -> Markup:
     fits = analysis.get("fits", {})
     size_key = fits.get("size_key", "non_embedding_params")
-    parts = [_img(plots.learning_curves(records, fits, plot_dir / "learning_curves.png", size_key),
-                  "learning curves", "No checkpoint with both a validation loss and training compute.")]
-    how = (analysis.get("seeds") or {}).get("intervals", "runs")
-    parts.append(f"<p>Laws fitted with the Huber loss (δ = 10⁻³) on log-loss, L-BFGS from a grid of starts; "
-                 f"seeds averaged; intervals are 95% bootstrap intervals over runs and, within them, "
-                 f"{_e(how)}. N = {_e(size_key)}.</p>")
-    parts.append(_seed_html(analysis))
-    parts.append(_table(["law", "E", "A", "α", "B", "β", "points", "bootstrap fits"], fit_rows(fits)))
-    if analysis.get("comparisons"):
-        parts.append("<p>Each size against the next smaller one: the difference of final losses (below 0: the "
-                     "larger model is better) with its 95% interval.</p>" + _seed_html(analysis))
-        parts.append(_table(["models", "loss on", "difference", "95% interval", "windows", "seeds",
-                             "verdict"], comparison_rows(analysis)))
-    if (fits.get("L(D)") or {}).get("source"):
-        parts.append(f"<p>L(D) points: {_e(fits['L(D)']['source'])}.</p>")
-    parts.append(f"<p>{_e(frontier_text(fits.get('frontier') or {}))}</p>")
-    law_png = plots.law_fits(fits, plot_dir / "law_fits.png")
-    if law_png:
-        parts.append(_img(law_png, "L(N) and L(D)", ""))
-    front_png = plots.frontier_plot(fits, plot_dir / "frontier.png")
-    if front_png:
-        parts.append(_img(front_png, "compute-optimal frontier", ""))
-    return "\n".join(parts)
+    extra = [(plots.law_fits(fits, plot_dir / "law_fits.png"), "L(N) and L(D)"),
+             (plots.frontier_plot(fits, plot_dir / "frontier.png"), "compute-optimal frontier")]
+    return _render(
+        "report/curves.html", size_key=size_key, caveat=seed_note(analysis), fits=fit_rows(fits),
+        curves_png=_b64(plots.learning_curves(records, fits, plot_dir / "learning_curves.png", size_key)),
+        how=(analysis.get("seeds") or {}).get("intervals", "runs"),
+        comparisons=comparison_rows(analysis) if analysis.get("comparisons") else [],
+        ld_source=(fits.get("L(D)") or {}).get("source"), frontier=frontier_text(fits.get("frontier") or {}),
+        figures=[{"png": _b64(png), "alt": alt} for png, alt in extra if png])
 
 
-def _completions_section(sweep_dir: Path, records: list[dict], max_stories: int) -> str:
-    size = {r["run"]: r.get("params") or 0 for r in records}
+def _final_completions(sweep_dir: Path) -> tuple[list[tuple[str, list[dict]]], dict[str, dict]]:
+    """(run, its final checkpoint's completions) for every run that has some, and those results."""
     by_run: list[tuple[str, list[dict]]] = []
     finals: dict[str, dict] = {}
     for run_dir in sweep_runs(sweep_dir):
@@ -175,6 +169,12 @@ def _completions_section(sweep_dir: Path, records: list[dict], max_stories: int)
             if comps:
                 by_run.append((run_dir.name, comps))
                 finals[run_dir.name] = evals[max(evals)]
+    return by_run, finals
+
+
+def _completions_section(sweep_dir: Path, records: list[dict], max_stories: int) -> Markup:
+    size = {r["run"]: r.get("params") or 0 for r in records}
+    by_run, finals = _final_completions(sweep_dir)
     if not by_run:
         return _nodata("No story completions in the evaluation results (tinyscale eval writes them).")
     by_run.sort(key=lambda rc: (size.get(rc[0], 0), rc[0]))
@@ -182,150 +182,101 @@ def _completions_section(sweep_dir: Path, records: list[dict], max_stories: int)
     for _, comps in by_run:
         for c in comps:
             stories.setdefault(str(c.get("id")), c)
-    parts = ["<p>The same story beginnings completed by every model (final checkpoint), smallest first, "
-             "each within the context it was trained at (prompt + completion fit it; a prompt that does not "
-             "fit beside the completion loses its first tokens).</p>", _quality_table(by_run, finals, size)]
+    shown = []
     for sid, story in list(stories.items())[:max_stories]:
-        rows = [[f"<td><i>original</i></td><td></td><td class=\"text\">{_e(story.get('ending', ''))}</td>"]]
+        rows = []
         for run, comps in by_run:
-            match = next((c for c in comps if str(c.get("id")) == sid), None)
-            texts = (match or {}).get("completions") or []
-            cell = "<hr>".join(_e(t) for t in texts) if texts else "<i>—</i>"
-            cut = (match or {}).get("prompt_cut_tokens")
-            if cut:
-                cell = f"<i>(saw the beginning without its first {cut} tokens)</i> " + cell
-            rows.append([f"<td>{_e(run)}</td><td class=\"num\">{_num(size.get(run))}</td><td class=\"text\">{cell}</td>"])
-        parts.append(f"<h3>story {_e(sid)}</h3><div class=\"story\">{_e(story.get('prompt', ''))}</div>")
-        parts.append(_table(["model", "parameters", "completion"], rows, raw=True))
-    return "\n".join(parts)
+            match = next((c for c in comps if str(c.get("id")) == sid), None) or {}
+            rows.append({"run": run, "size": _num(size.get(run)), "texts": match.get("completions") or [],
+                         "cut": match.get("prompt_cut_tokens")})
+        shown.append({"id": sid, "prompt": story.get("prompt", ""), "ending": story.get("ending", ""), "rows": rows})
+    quality, window = _quality_rows(by_run, finals, size)
+    return _render("report/completions.html", quality=quality, window=window, stories=shown)
 
 
-def _quality_table(by_run: list[tuple[str, list[dict]]], finals: dict[str, dict], size: dict) -> str:
+def _quality_rows(by_run: list[tuple[str, list[dict]]], finals: dict[str, dict], size: dict) -> tuple[list[dict], Any]:
     """Per model: checkpoint, context, temperature and the quality figures of its completions
-    (evaluate/completions.py), with the corpus's own stories as the reference row."""
+    (evaluate/completions.py), with the corpus's own stories as the reference row; and the window
+    of the repeated-words figure."""
     rows, ref, window = [], None, None
     for run, _ in by_run:
         q = finals[run].get("completion_quality") or {}
         ref, window = ref or q.get("corpus"), window or q.get("repeat_window")
-        cells = [f'<td class="num">{_num(v, 3)}</td>' for v in (
-            size.get(run), finals[run].get("step"), q.get("context"), q.get("temperature"), q.get("completions"),
-            q.get("vocab_share"), q.get("repeat_rate"), q.get("eot_share"))]
+        cells = [_num(v, 3) for v in (size.get(run), finals[run].get("step"), q.get("context"), q.get("temperature"),
+                                      q.get("completions"), q.get("vocab_share"), q.get("repeat_rate"),
+                                      q.get("eot_share"))]
         if q.get("repeat_rate_lo") is not None:  # the interval beside the rate
-            cells[6] = (f'<td class="num">{_num(q["repeat_rate"], 3)} [{_num(q["repeat_rate_lo"], 3)}, '
-                        f'{_num(q["repeat_rate_hi"], 3)}]</td>')
-        rows.append([f"<td>{_e(run)}</td>"] + cells)
+            cells[6] = f"{_num(q['repeat_rate'], 3)} [{_num(q['repeat_rate_lo'], 3)}, {_num(q['repeat_rate_hi'], 3)}]"
+        rows.append({"run": run, "cells": cells})
     if ref:
-        rows.append(["<td><i>corpus (validation stories)</i></td>"] + [f'<td class="num">{_num(v, 3)}</td>' for v in (
+        rows.append({"run": None, "cells": [_num(v, 3) for v in (
             None, None, None, None, ref.get("stories"), ref.get("vocab_share"), ref.get("repeat_rate"),
-            ref.get("eot_share"))])
-    note = ("<p>Vocabulary share: completion words found among the training corpus's words; repeated words: "
-            f"words equal to one of the {_e(window or 3)} words before them (95% Wilson interval over words); ended: completions that wrote "
-            "the end-of-text token within their budget.</p>")
-    return _table(["model", "parameters", "checkpoint", "context", "temperature", "completions",
-                   "vocabulary share", "repeated words", "ended"], rows, raw=True) + note
+            ref.get("eot_share"))]})
+    return rows, window or 3
 
 
-def _cls_cell(c: dict | None) -> str:
+def _cls_cell(c: dict | None) -> dict:
+    """A taxonomy cell: its class (the label), its tooltip (the reason) and its text."""
     if not c:
-        return "<td>—</td>"
+        return {"label": None, "reason": None, "text": "—"}
     label = c.get("label")
-    if label is None:
-        return f"<td title=\"{_e(c.get('reason', ''))}\">—</td>"
-    where = f" at {_num(c['break_x'], 3)}" if c.get("break_x") is not None else ""
-    return f"<td class=\"{_e(label)}\" title=\"{_e(c.get('reason', ''))}\">{_e(label)}{_e(where)}</td>"
+    where = f" at {_num(c['break_x'], 3)}" if label is not None and c.get("break_x") is not None else ""
+    return {"label": label, "reason": c.get("reason", ""), "text": "—" if label is None else f"{label}{where}"}
 
 
-def _taxonomy_section(analysis: dict) -> str:
+def _taxonomy_section(analysis: dict) -> Markup:
     rows = analysis.get("taxonomy") or []
     if not any(c.get("label") for r in rows for c in r["metrics"].values()):
         return _nodata("No curve with enough points (3 sizes or compute levels) to classify.")
     metrics = [m for m in METRIC_NAMES if any(m in r["metrics"] for r in rows)]
-    out = []
-    for r in rows:
-        cells = "".join(_cls_cell(r["metrics"].get(m)) for m in metrics)
-        out.append([f"<td>{_e(r['curve'])}</td><td>{_e(r['axis'])}</td>{cells}<td>{_e(r.get('control') or '')}</td>"])
-    header = ["skill / suite", "over", *(METRIC_NAMES[m] for m in metrics), "metric control"]
-    intro = ("<p>Emergent means a break in trend: the larger scales leave the power law fitted to the smaller "
-             "ones by more than the noise (the x of the break is given); <i>smooth_crossing</i> crosses the chance "
-             "level or no-skill baseline on its trend. Discontinuous metrics (exact match, multiple choice) sit "
-             "beside continuous ones (probability of the right answer, loss): a metric can create or hide a "
-             "break (the last column says which). Hover a cell for the reason; definitions in "
-             "docs/analysis.md.</p>")
-    return intro + _seed_html(analysis) + _table(header, out, raw=True) + _phase_table(analysis.get("learning_curves") or [])
+    return _render("report/taxonomy.html", caveat=seed_note(analysis), metrics=[METRIC_NAMES[m] for m in metrics],
+                   rows=[{"curve": r["curve"], "axis": r["axis"], "control": r.get("control") or "",
+                          "cells": [_cls_cell(r["metrics"].get(m)) for m in metrics]} for r in rows],
+                   phases=_phases(analysis.get("learning_curves") or []))
 
 
-def _phase_table(curves: list[dict]) -> str:
-    """Within-run phase changes: learning curves classed emergent, with the step of the break."""
+def _phases(curves: list[dict]) -> dict | None:
+    """Within-run phase changes: learning curves classed emergent, with the step of the break
+    (None when no learning curve was classed)."""
     if not curves:
-        return ""
+        return None
     found = [c for c in curves if c.get("label") == "emergent"]
-    if not found:
-        return f"<p>Within runs: no phase change in {len(curves)} learning curves (metric vs step).</p>"
     # The control: the same run's loss on the unlabeled tokens (`other`, which holds none of the
     # skills), else its overall loss. A break there too points at the learning-rate schedule.
     overall = {c["run"]: c for c in curves if c["curve"] == "all" and c["metric"] == "loss"}
     overall.update({c["run"]: c for c in curves if c["curve"] == "other" and c["metric"] == "loss"})
     rows = [[c["run"], c["curve"], METRIC_NAMES.get(c["metric"], c["metric"]), _num(c.get("break_step")),
              _sci(c.get("break_flops")), _label_text(overall.get(c["run"])), c.get("reason", "")] for c in found]
-    return (f"<p>Within runs: phase changes in {len(found)} of {len(curves)} learning curves (metric vs "
-            f"step, from 5% of each run). Where the run's loss on the unlabeled tokens (or its overall loss) "
-            f"breaks too, the learning-rate decay (which speeds up every loss late in a run) may be the "
-            f"cause rather than the skill:</p>"
-            + _table(["run", "curve", "metric", "step", "FLOPs", "control: unlabeled tokens", "reason"], rows))
+    return {"curves": len(curves), "rows": rows}
 
 
-def checks_box(analysis: dict) -> str:
+def checks_box(analysis: dict) -> Markup:
     """The box at the top of the page: every violated invariant, or "no violations"."""
     checks = analysis.get("checks") or {}
-    found = checks.get("violations") or []
-    ran = ", ".join(checks.get("checked") or []) or "none"
-    notes = "".join(f"<li>not checked: {_e(n)}</li>" for n in checks.get("not_checked") or [])
-    if not found:
-        return (f'<div class="checks ok"><b>Checks</b>: no violations ({_e(ran)}).'
-                f'{"<ul>" + notes + "</ul>" if notes else ""}</div>')
-    items = "".join(f"<li>{_e(v['message'])}</li>" for v in found)
-    return (f'<div class="checks bad"><b>Checks</b>: {len(found)} impossible measurement(s): these numbers '
-            f'contradict themselves, and the claims that rest on them do not hold.<ul>{items}{notes}</ul>'
-            f'<p>Checked: {_e(ran)}.</p></div>')
+    return _render("report/checks.html", violations=[v["message"] for v in checks.get("violations") or []],
+                   ran=", ".join(checks.get("checked") or []) or "none", notes=checks.get("not_checked") or [])
 
 
-def _skills_section(records: list[dict], analysis: dict, plot_dir: Path, size_key: str) -> str:
-    fig = _img(plots.skill_losses(records, plot_dir / "skill_losses.png", size_key), "loss per skill",
-               "No validation loss per skill in the runs' metrics.")
+def _skills_section(records: list[dict], analysis: dict, plot_dir: Path, size_key: str) -> Markup:
     baselines = analysis.get("baselines") or []
-    if not baselines:
-        return fig + _nodata("No no-skill baselines (no labels, or shards written without .base.bin): "
-                             "per-skill curves are shown without them.")
-    parts = [fig, "<p>Loss on each skill's tokens against compute; dashed: the no-skill baseline (what a "
-             "reader with everything but the skill gets), dotted: the floor (the true surprisal); bands: "
-             "95% bootstrap intervals over validation windows. Below the dashed line a model uses the "
-             "skill. What happened, per skill (final checkpoints):</p>",
-             "<ul>" + "".join(f"<li>{_e(b['sentence'])}</li>" for b in baselines) + "</ul>", _seed_html(analysis)]
     rows = [[b["skill"], r["run"], _num(r["tokens"]), _num(r["loss"], 3), _num(r["floor"], 3),
              _num(r["baseline"], 3), f"{r['gap']:+.3f} ± {1.96 * (r['gap_se'] or 0):.3f}",
              _num(r["below_from_flops"], 3)] for b in baselines for r in b["runs"]]
-    parts.append(_table(["skill", "run", "tokens", "loss", "floor", "baseline", "gap (95%)",
-                         "below baseline from FLOPs"], rows))
-    return "\n".join(parts)
+    return _render("report/skills.html", png=_b64(plots.skill_losses(records, plot_dir / "skill_losses.png", size_key)),
+                   sentences=[b["sentence"] for b in baselines], caveat=seed_note(analysis), rows=rows)
 
 
-def _grades_section(sweep_dir: Path, plot_dir: Path, size_key: str) -> str:
+def _grades_section(sweep_dir: Path, plot_dir: Path, size_key: str) -> Markup:
     from tinyscale.evaluate.judge import judge_records, width_depth_table
 
     rows = judge_records(sweep_dir)
     if not rows:
         return _nodata("No teacher's grades (run tinyscale judge on the runs against an LLM endpoint).")
-    parts = [_img(plots.grades_vs_compute(rows, plot_dir / "grades.png", size_key), "grades vs compute",
-                  "No judged checkpoint with training compute."),
-             "<p>Mean grade out of 10 of each model's story completions (95% bootstrap intervals over "
-             "stories), and of the corpus's own endings of the same beginnings (dashed).</p>"]
     table = width_depth_table(sweep_dir, "consistency")
-    if table["rows"]:
-        parts.append("<p>Consistency at each run's last judged checkpoint, depth × width (as in the paper):</p>")
-        parts.append(_table(["layers \\ width", *map(str, table["widths"])],
-                            [[str(d), *(_num(v, 3) for v in row)] for d, row in zip(table["depths"], table["rows"],
-                                                                                       strict=True)]))
-    return "\n".join(parts)
+    return _render("report/grades.html", png=_b64(plots.grades_vs_compute(rows, plot_dir / "grades.png", size_key)),
+                   header=["layers \\ width", *map(str, table["widths"])],
+                   rows=[[str(d), *(_num(v, 3) for v in row)] for d, row in zip(table["depths"], table["rows"],
+                                                                                 strict=True)])
 
 
 def reproduce_commands(sweep_dir: Path, report_flags: list[str] | None = None) -> tuple[list[str], list[str]]:
@@ -342,24 +293,21 @@ def reproduce_commands(sweep_dir: Path, report_flags: list[str] | None = None) -
     return study, per_run
 
 
-def _readability_section(sweep_dir: Path) -> str:
+def _readability_section(sweep_dir: Path) -> Markup:
     from tinyscale.interpret import readability  # torch-free: reads SWEEP/interpret_sizes.json
 
     found = readability(sweep_dir)
     if found is None or found[0] is None:
         return _nodata("No neuron readability yet (run tinyscale interpret on the sweep).")
     png, header, rows = found
-    img = f'<p><img alt="selectivity vs size" src="data:image/png;base64,{base64.b64encode(png).decode()}"></p>'
-    return img + _table(header, rows)
+    return _render("report/readability.html", png=_b64(png), header=header, rows=rows)
 
 
-def _incentivize_section(compare_dir: Path, plot_dir: Path) -> str:
+def _incentivize_section(compare_dir: Path, plot_dir: Path) -> Markup:
     """The figure and table of `tinyscale incentivize SWEEP --compare` (CMP/figure.json, compare.json)."""
     if not (compare_dir / "figure.json").is_file() or not (compare_dir / "compare.json").is_file():
         return _nodata(f"Teach versus incentivize: not run (tinyscale incentivize SWEEP --compare writes "
                        f"{compare_dir}).")
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
     summary = read_json(compare_dir / "compare.json")
     png = plots.teach_vs_incentivize(read_json(compare_dir / "figure.json"), plot_dir / "teach_vs_incentivize.png")
 
@@ -375,24 +323,14 @@ def _incentivize_section(compare_dir: Path, plot_dir: Path) -> str:
     diffs = [{"size": size, "metric": m, "cells": [{"text": cell(ds[p][m]), "sure": ds[p][m]["excludes_zero"]}
                                                    for p in pairs]}
              for size, ds in by_size.items() for m in summary["metrics"]]
-    env = Environment(loader=PackageLoader("tinyscale.analysis", "templates"), autoescape=select_autoescape())
-    return env.get_template("incentivize.html").render(
-        png=base64.b64encode(png.read_bytes()).decode("ascii") if png else None, rows=rows, pairs=pairs,
-        diffs=diffs, metrics=summary["metrics"], seeds=summary["seeds"], reward=summary["config"]["reward"],
-        intervals=summary.get("intervals", "95%"), folder=compare_dir)
+    return _render("report/incentivize.html", png=_b64(png), rows=rows, pairs=pairs, diffs=diffs,
+                   metrics=summary["metrics"], seeds=summary["seeds"], reward=summary["config"]["reward"],
+                   intervals=summary.get("intervals", "95%"), folder=compare_dir)
 
 
-def _reproduce_section(sweep_dir: Path, report_flags: list[str]) -> str:
+def _reproduce_section(sweep_dir: Path, report_flags: list[str]) -> Markup:
     study, per_run = reproduce_commands(sweep_dir, report_flags)
-    parts = ["<p>The whole study (the sweep trains and evaluates every run and resumes if interrupted):</p>",
-             f"<pre>{_e(chr(10).join(study))}</pre>"]
-    if per_run:
-        parts.append("<p>The exact commands of every run, from sweep.json:</p>")
-        parts.append(f"<pre>{_e(chr(10).join(per_run))}</pre>")
-    else:
-        parts.append(_nodata("No sweep.json in this folder: per-run commands unknown (each run.json holds "
-                             "its resolved configuration)."))
-    return "\n".join(parts)
+    return _render("report/reproduce.html", study=study, per_run=per_run)
 
 
 # --- the page ---------------------------------------------------------------------------------
@@ -458,25 +396,48 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
         raise UserError(f"--incentivize {incentivize}: comparison folder not found")
     records = collect_sweep(sweep_dir)
     check_metric(metric, records)
+    analysis = _analysis(sweep_dir, records, reanalyze, size_key=size_key, n_boot=n_boot, seed=seed)
+    plot_dir = sweep_dir / "plots"
+    progress.info("drawing figures into %s", plot_dir)
+    body = _sections(sweep_dir, records, analysis, plot_dir, metric=metric, size_key=size_key,
+                     max_stories=max_stories, incentivize=incentivize)
+    page = _env().get_template("report.html").render(
+        title=f"tinyscale study: {sweep_dir.resolve().name}",
+        subtitle=(f"{analysis.get('n_runs', 0)} runs, {analysis.get('n_records', 0)} evaluated checkpoints; "
+                  f"generated {_dt.datetime.now().isoformat(timespec='seconds')} from {sweep_dir}"),
+        checks=checks_box(analysis), sections=[{"key": k, "title": t, "html": body[k]} for k, t in SECTIONS])
+    out = sweep_dir / "report.html"
+    with atomic_open(out, "w", encoding="utf-8") as f:
+        f.write(page)
+    return out
+
+
+def _analysis(sweep_dir: Path, records: list[dict], reanalyze: bool, *, size_key: str, n_boot: int,
+              seed: int) -> dict:
+    """SWEEP/analysis.json when it is fresh and made with `size_key`, else a new analysis."""
     apath = sweep_dir / "analysis.json"
     analysis = None if reanalyze or _stale(sweep_dir, apath) else read_json(apath)
     if not records:  # nothing evaluated yet: the page still renders, every section saying so
-        analysis = {"runs": [], "fits": {}, "taxonomy": [], "n_runs": 0, "n_records": 0}
-    elif (not isinstance(analysis, dict) or (analysis.get("fits") or {}).get("size_key") != size_key
-          or "checks" not in analysis):
+        return {"runs": [], "fits": {}, "taxonomy": [], "n_runs": 0, "n_records": 0}
+    if (not isinstance(analysis, dict) or (analysis.get("fits") or {}).get("size_key") != size_key
+            or "checks" not in analysis):
         analysis = analyze_sweep(sweep_dir, size_key=size_key, n_boot=n_boot, seed=seed)
-    plot_dir = sweep_dir / "plots"
-    progress.info("drawing figures into %s", plot_dir)
-    body = {
+    return analysis
+
+
+def _sections(sweep_dir: Path, records: list[dict], analysis: dict, plot_dir: Path, *, metric: str,
+              size_key: str, max_stories: int, incentivize: str | Path | None) -> dict[str, Markup]:
+    """Each section's HTML by its key in SECTIONS (drawing its figures into plot_dir)."""
+    return {
         "params": _params_section(analysis),
         "curves": _curves_section(records, analysis, plot_dir),
         "skills": _nodata(NO_LABELS) if _unlabeled(records) else _skills_section(records, analysis, plot_dir,
                                                                                    size_key),
-        "probes": _img(plots.probes_vs_size(records, plot_dir / "probes.png", size_key), "probe accuracy",
-                       "No probe results (run tinyscale eval on the runs)."),
+        "probes": _figure(plots.probes_vs_size(records, plot_dir / "probes.png", size_key), "probe accuracy",
+                          "No probe results (run tinyscale eval on the runs)."),
         "probes_io": _probes_in_out_section(records, analysis, plot_dir, size_key),
-        "heatmap": _img(plots.heatmap(records, metric, plot_dir / "heatmap.png"), f"{metric} heatmap",
-                        f"No final values of {metric} with a known width and depth."),
+        "heatmap": _figure(plots.heatmap(records, metric, plot_dir / "heatmap.png"), f"{metric} heatmap",
+                           f"No final values of {metric} with a known width and depth."),
         "grades": _grades_section(sweep_dir, plot_dir, size_key),
         "completions": _completions_section(sweep_dir, records, max_stories),
         "taxonomy": _taxonomy_section(analysis),
@@ -484,45 +445,23 @@ def build_report(sweep_dir: str | Path, *, metric: str = "loss", size_key: str =
         "incentivize": _incentivize_section(Path(incentivize or sweep_dir / "incentivize"), plot_dir),
         "reproduce": _reproduce_section(sweep_dir, _flags(metric, size_key, incentivize)),
     }
-    sections = "\n".join(f'<section id="{key}"><h2>{_e(title)}</h2>\n{body[key]}\n</section>'
-                         for key, title in SECTIONS)
-    template = Template(resources.files("tinyscale.analysis").joinpath("templates/report.html").read_text("utf-8"))
-    page = template.substitute(
-        title=_e(f"tinyscale study: {sweep_dir.resolve().name}"),
-        subtitle=_e(f"{analysis.get('n_runs', 0)} runs, {analysis.get('n_records', 0)} evaluated checkpoints; "
-                    f"generated {_dt.datetime.now().isoformat(timespec='seconds')} from {sweep_dir}"),
-        nav=" ".join(f'<a href="#{k}">{_e(t)}</a>' for k, t in SECTIONS), checks=checks_box(analysis),
-        sections=sections)
-    out = sweep_dir / "report.html"
-    with atomic_open(out, "w", encoding="utf-8") as f:
-        f.write(page)
-    return out
 
 
-def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, size_key: str) -> str:
+def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, size_key: str) -> Markup:
     """The world's own probe sets (in distribution) beside the hand-written suites (new phrasing):
     the figure, one sentence per suite, and per size both accuracies and their gap."""
     entries = analysis.get("probes_in_out") or []
     if not entries:
         return _nodata("No in-distribution probe results: `tinyscale eval` scores the story world's own probe "
                        "sets when a run's data is the story world.")
-    intro = ("<p>Multiple-choice accuracy on probes cut from held-out stories of the world, in its own phrasing "
-             "(<em>in distribution</em>; wrong options known by construction), beside the hand-written suites "
-             "phrased unlike the world (<em>new phrasing</em>); dotted lines: each family's exact chance "
-             "(mean of 1 / options). The gap (in distribution − hand-written) separates knowing the world's "
-             "facts from carrying them to new phrasing.</p>")
-    figure = _img(plots.probes_in_out(records, plot_dir / "probes_in_out.png", size_key), "probes in and out",
-                  "No run has both probe families at a known compute.")
-    sentences = "<ul>" + "".join(f"<li>{_e(e['sentence'])}</li>" for e in entries) + "</ul>"
     rows = [[e["suite"], _num(r["size"]), f"{r['world']:.2f}", _num(r.get("world_same_length"), 2),
              f"{r['suite']:.2f}", f"{r['gap']:+.2f}", f"{e['chance']['world']:.2f} / {e['chance']['suite']:.2f}"]
             for e in entries for r in e["rows"]]
-    table = _table(["suite", size_key.replace("_", " "), "in distribution", "(options of equal length)",
-                    "hand-written", "gap", "chance (world / suite)"], rows)
-    classes = _table(["suite", "in distribution: size", "compute", "hand-written: size", "compute"],
-                     [[e["suite"], *(e["classes"][f][a] or "—" for f in ("world", "suite")
-                                     for a in ("size", "compute"))] for e in entries])
-    return intro + figure + sentences + table + classes
+    classes = [[e["suite"], *(e["classes"][f][a] or "—" for f in ("world", "suite") for a in ("size", "compute"))]
+               for e in entries]
+    return _render("report/probes_io.html", size_key=size_key, sentences=[e["sentence"] for e in entries],
+                   png=_b64(plots.probes_in_out(records, plot_dir / "probes_in_out.png", size_key)),
+                   rows=rows, classes=classes)
 
 
 # --- tables for the terminal ------------------------------------------------------------------
