@@ -17,7 +17,8 @@ from tinyscale.cli import main
 from tinyscale.config import TrainConfig
 from tinyscale.data.corpus import SKILLS
 from tinyscale.runs import list_checkpoints, load_model, state_path
-from tinyscale.train import batch_starts, kept_checkpoints, lr_at, train, windows
+from tinyscale.train import batch_starts, lr_at, train, windows
+from tinyscale.training.checkpoints import kept_checkpoints
 
 TINY = dict(d_model=32, n_layers=2, n_heads=2, seq_len=32, batch=8, lr=3e-3, warmup=5, threads=1, dtype="fp32")
 TINY_FLAGS = ["--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--seq-len", "32", "--batch", "8",
@@ -222,7 +223,7 @@ def test_divergence_stops_with_one_line_and_keeps_finite_checkpoints(shards, tmp
 
 @pytest.mark.parametrize("chunk,compiled", [(7, False), (64, False), (1000, False), (16, True)])
 def test_fused_head_loss_matches_cross_entropy(chunk, compiled):
-    from tinyscale.train import HeadLoss, xent_grad_fn
+    from tinyscale.training.head_loss import HeadLoss, xent_grad_fn
 
     g = torch.Generator().manual_seed(0)
     h = torch.randn(50, 16, generator=g, requires_grad=True)
