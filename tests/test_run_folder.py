@@ -1,5 +1,6 @@
-"""A run's folder through kill -9 (train and incentivize, as real subprocesses): hidden until its
-first checkpoint, published then, locked while it is written, and a rerun into the same folder works."""
+"""A run's folder (training/run_folder.py): hidden until its first checkpoint, published then, locked
+while it is written; through kill -9 (train and incentivize as real subprocesses) a rerun into the
+same folder works."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import pytest
 
 from _tiny_shards import make_shards
 from tinyscale.cli import main
+from tinyscale.errors import UserError
 from tinyscale.runs import list_checkpoints
-
-pytestmark = pytest.mark.slow
+from tinyscale.training.checkpoints import Retention
+from tinyscale.training.run_folder import check_new_out, open_run
 
 TRAIN = ["--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--seq-len", "32", "--batch", "8",
          "--threads", "1", "--dtype", "fp32", "--eval-every", "0", "--log-every", "1"]
@@ -80,6 +82,7 @@ def _check_killed_before_first_checkpoint(out: Path, stage: Path, pid: int, resu
     assert code == 2 and len(err.splitlines()) == 1 and "never reached its first checkpoint" in err, err
 
 
+@pytest.mark.slow
 def test_train_killed_at_step_1_leaves_a_hidden_folder_and_the_rerun_starts_clean(tmp_path, capsys):
     shards = make_shards(tmp_path / "data")
     out = tmp_path / "r"
@@ -111,6 +114,7 @@ def test_train_killed_at_step_1_leaves_a_hidden_folder_and_the_rerun_starts_clea
     assert list_checkpoints(out)[-1] == 8 and _steps(out) == list(range(1, 9))  # one clean run
 
 
+@pytest.mark.slow
 def test_incentivize_killed_at_step_1_leaves_a_hidden_folder_and_the_rerun_starts_clean(tmp_path, capsys,
                                                                                         monkeypatch):
     from test_incentivize import make_start_run
@@ -133,3 +137,71 @@ def test_incentivize_killed_at_step_1_leaves_a_hidden_folder_and_the_rerun_start
 
     assert _call([*new, "--steps", "2"], capsys)[0] == 0  # the same --out again
     assert _stages(out) == [] and list_checkpoints(out) == [2] and _steps(out) == [1, 2]
+
+
+# --- the manager itself, in this process ----------------------------------------------------------------
+
+
+def _held(folder: Path) -> bool:
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(folder / ".lock"), timeout=0)
+    try:  # another open file description: refused while this process holds the run's lock too
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def _model_and_optimizer():
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("existing", [False, True])  # an empty --out made beforehand is used as well
+def test_a_new_run_appears_locked_at_its_first_checkpoint(tmp_path, existing):
+    import torch
+
+    out = tmp_path / "r"
+    if existing:
+        out.mkdir()
+    model, opt = _model_and_optimizer()
+    with open_run(out, new=True, retention=Retention(every=5)) as run:
+        assert not out.exists() and run.path.name.startswith(".r.") and _held(run.path)
+        run.begin({"config": {}}, tmp_path / "no-tokenizer.json", 0)
+        run.log({"step": 1, "loss": 1.0})
+        run.save(1, model, opt, torch.device("cpu"), tokens=10, elapsed_s=0.5)
+        assert run.path == out and _stages(out) == [] and _held(out)
+        assert list_checkpoints(out) == [1] and _steps(out) == [1]
+    assert not _held(out)
+    model2, opt2 = _model_and_optimizer()
+    with open_run(out, new=False, retention=Retention(every=5)) as run:
+        step, state = run.load_newest(model2, opt2, torch.device("cpu"))
+    assert step == 1 and state["tokens"] == 10 and state["elapsed_s"] == 0.5
+    assert torch.equal(model2.weight, model.weight)
+
+
+def test_a_new_run_that_fails_leaves_nothing_before_its_first_checkpoint_and_its_checkpoint_after(tmp_path):
+    import torch
+
+    out = tmp_path / "r"
+    model, opt = _model_and_optimizer()
+    with pytest.raises(KeyboardInterrupt), open_run(out, new=True, retention=Retention(every=5)) as run:
+        run.log({"step": 1, "loss": 1.0})
+        raise KeyboardInterrupt
+    assert sorted(tmp_path.iterdir()) == []
+    with pytest.raises(UserError), open_run(out, new=True, retention=Retention(every=5)) as run:
+        run.save(1, model, opt, torch.device("cpu"), tokens=10, elapsed_s=0.5)
+        raise UserError("diverged at step 2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"] and list_checkpoints(out) == [1]
+
+
+def test_the_current_folder_is_no_new_run_folder(tmp_path, monkeypatch):
+    (tmp_path / "r").mkdir()
+    monkeypatch.chdir(tmp_path / "r")
+    for out in (".", "../r"):
+        with pytest.raises(UserError, match="current folder"):
+            check_new_out(Path(out))

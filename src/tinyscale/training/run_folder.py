@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +117,8 @@ def open_run(out: Path, new: bool, retention: Retention, main: bool = True) -> I
         with run_lock(out):
             yield RunFolder(out, out, retention)
         return
+    if out.name in ("", ".", ".."):  # name the folder itself: its hidden twin is named after it
+        out = Path(os.path.abspath(out))
     _take_empty_out(out)
     _remove_stale_stages(out)
     try:
@@ -133,11 +136,18 @@ def open_run(out: Path, new: bool, retention: Retention, main: bool = True) -> I
 
 
 def check_new_out(out: Path) -> None:
-    """A new run's folder must not exist yet, or be empty (a lock file alone is no run)."""
+    """A new run's folder must not exist yet, or be empty (a lock file alone is no run), and not hold
+    the current folder: the run is built beside it and moved there at its first checkpoint."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is a file, not a folder for a new run")
-    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
+    if not out.is_dir():
+        return
+    if any(p.name != ".lock" for p in out.iterdir()):
         raise UserError(f"{out}: exists and is not empty (use --resume {out} to continue that run)")
+    cwd = Path.cwd().resolve()
+    if out.resolve() == cwd or out.resolve() in cwd.parents:
+        raise UserError(f"--out {out}: is (or holds) the current folder; give the run a folder of its own, "
+                        "which appears at its first checkpoint")
 
 
 def _take_empty_out(out: Path) -> None:
