@@ -23,7 +23,7 @@ from tinyscale.training.run_folder import check_new_out, open_run
 
 TRAIN = ["--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--seq-len", "32", "--batch", "8",
          "--threads", "1", "--dtype", "fp32", "--eval-every", "0", "--log-every", "1"]
-LONG = ["--tokens", str(5000 * 8 * 32)]  # far more steps than the test waits for
+LONG = ["--tokens", str(100_000 * 8 * 32)]  # far more steps than the test waits for
 
 
 def _spawn(argv: list[str], pythonpath: Path | None = None) -> subprocess.Popen:
@@ -87,11 +87,12 @@ def test_train_killed_at_step_1_leaves_a_hidden_folder_and_the_rerun_starts_clea
     shards = make_shards(tmp_path / "data")
     out = tmp_path / "r"
     new = ["train", "--data", str(shards), "--out", str(out), *TRAIN]
-    first = _spawn([*new, *LONG, "--checkpoint-every", "1000"])
+    first = _spawn([*new, *LONG, "--checkpoint-every", "100000"])
     try:
         _wait_for(lambda: any(1 in _steps(s) for s in _stages(out)), first)
-        code, err = _call([*new, "--tokens", "256"], capsys)  # a second run into the same folder meanwhile
-        assert code == 2 and "another tinyscale process" in err and len(err.splitlines()) == 1, err
+        for argv in ([*new, "--tokens", "256"], ["train", "--resume", str(out)]):  # meanwhile, into r
+            code, err = _call(argv, capsys)
+            assert code == 2 and "another tinyscale process" in err and len(err.splitlines()) == 1, err
         stage = _kill_after_step_1(first, out)
     finally:
         first.kill()
@@ -109,9 +110,10 @@ def test_train_killed_at_step_1_leaves_a_hidden_folder_and_the_rerun_starts_clea
     finally:
         second.kill()
         second.wait()
-    assert list_checkpoints(out)[0] == 2
-    assert _call(["train", "--resume", str(out), "--tokens", str(8 * 8 * 32)], capsys)[0] == 0
-    assert list_checkpoints(out)[-1] == 8 and _steps(out) == list(range(1, 9))  # one clean run
+    reached = list_checkpoints(out)[-1]  # the run went on training while the test looked
+    assert list_checkpoints(out)[0] == 2 and reached % 2 == 0
+    assert _call(["train", "--resume", str(out), "--tokens", str((reached + 4) * 8 * 32)], capsys)[0] == 0
+    assert list_checkpoints(out)[-1] == reached + 4 and _steps(out) == list(range(1, reached + 5))  # one clean run
 
 
 @pytest.mark.slow
@@ -127,7 +129,7 @@ def test_incentivize_killed_at_step_1_leaves_a_hidden_folder_and_the_rerun_start
     new = ["incentivize", str(run), "--out", str(out), "--prompts", str(prompts), "--reward", "ball_reward:pays",
            "--group", "4", "--prompts-per-step", "2", "--max-new-tokens", "3", "--threads", "1", "--device", "cpu",
            "--log-every", "1"]
-    first = _spawn([*new, "--steps", "5000", "--checkpoint-every", "1000"], pythonpath=tmp_path)
+    first = _spawn([*new, "--steps", "5000", "--checkpoint-every", "100000"], pythonpath=tmp_path)
     try:
         stage = _kill_after_step_1(first, out)
     finally:

@@ -212,7 +212,10 @@ def resume_config(run_dir: Path, overrides: dict[str, Any], resumable: tuple[str
     info = read_json(run_dir / "run.json") if run_dir.is_dir() else None
     wrong_kind = kind is not None and isinstance(info, dict) and info.get("kind") != kind
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict) or wrong_kind:
-        if not run_dir.exists() and stages_of(run_dir):
+        if not run_dir.exists() and (stages := stages_of(run_dir)):
+            if any(_stage_in_use(stage, run_dir) for stage in stages):
+                raise UserError(f"{run_dir}: another tinyscale process is starting this run; it appears "
+                                "at its first checkpoint")
             raise UserError(f"{run_dir}: this run never reached its first checkpoint, so there is nothing to "
                             "resume; start it again with the same --out")
         what = f"an {kind} run folder" if kind else "a tinyscale run folder (no run.json with a config)"
