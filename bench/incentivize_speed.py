@@ -23,7 +23,7 @@ import torch
 
 from tinyscale.incentivize.policy_gradient import Answerer, group_logps, policy_loss
 from tinyscale.model import Transformer, count_params, model_config
-from tinyscale.train import machine_info
+from tinyscale.training.provenance import machine_info
 
 
 def _best(fn, reps: int) -> float:

@@ -19,7 +19,7 @@ import torch
 
 from tinyscale.generate import generate, resolve_dtype
 from tinyscale.model import Transformer, model_config
-from tinyscale.train import machine_info
+from tinyscale.training.provenance import machine_info
 
 
 def measure(model: Transformer, batch: int, prompt_len: int, new_tokens: int, repeats: int,

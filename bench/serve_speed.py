@@ -121,7 +121,7 @@ def main() -> None:
 
     import torch
 
-    from tinyscale.train import machine_info
+    from tinyscale.training.provenance import machine_info
 
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or make_random_run(Path(tmp))

@@ -29,7 +29,8 @@ import torch
 
 from tinyscale.config import TrainConfig
 from tinyscale.model import bf16_native, flops_per_token, model_config
-from tinyscale.train import machine_info, timing_step
+from tinyscale.train import timing_step
+from tinyscale.training.provenance import machine_info
 
 SHAPES = {"64x8": dict(d_model=64, n_layers=8, n_heads=4, batch=32),
           "288x6": dict(d_model=288, n_layers=6, n_heads=6, batch=16)}

@@ -23,7 +23,7 @@ from tinyscale.incentivize.policy_gradient import (
 )
 from tinyscale.model import Transformer
 from tinyscale.runs import list_checkpoints, weights_path
-from tinyscale.train import save_checkpoint
+from tinyscale.training.checkpoints import save_checkpoint
 
 
 def test_group_advantages_by_hand():

@@ -14,7 +14,7 @@ from tinyscale.fileio import write_json
 from tinyscale.incentivize.compare import compare, default_out, figure_data, summarize
 from tinyscale.incentivize.policy_gradient import IncentiveConfig
 from tinyscale.model import Transformer
-from tinyscale.train import save_checkpoint
+from tinyscale.training.checkpoints import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def test_the_trainer_uses_the_kernel_and_learns_the_same(built, tmp_path, monkey
 
 def test_cross_entropy_kernel_matches_the_pytorch_version(built):
     """The output head's per-chunk cross-entropy and gradient (kernels/loss.cpp) equal softmax_xent_grad."""
-    from tinyscale.train import softmax_xent_grad, xent_grad_fn
+    from tinyscale.training.head_loss import softmax_xent_grad, xent_grad_fn
 
     torch.manual_seed(0)
     logits = torch.randn(37, 301) * 4

@@ -17,7 +17,8 @@ from tinyscale.cli import main
 from tinyscale.config import TrainConfig
 from tinyscale.data.corpus import SKILLS
 from tinyscale.runs import list_checkpoints, load_model, state_path
-from tinyscale.train import batch_starts, kept_checkpoints, lr_at, train, windows
+from tinyscale.train import batch_starts, lr_at, train, windows
+from tinyscale.training.checkpoints import kept_checkpoints
 
 TINY = dict(d_model=32, n_layers=2, n_heads=2, seq_len=32, batch=8, lr=3e-3, warmup=5, threads=1, dtype="fp32")
 TINY_FLAGS = ["--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--seq-len", "32", "--batch", "8",
@@ -106,9 +107,11 @@ def test_periodic_evaluation_equals_tinyscale_eval(run):
 
 def test_checkpoints_kept_and_loadable(run):
     out, cfg = run
-    steps = list_checkpoints(out)
-    assert steps == sorted(kept_checkpoints(list(range(10, 61, 10)) + [1, 2, 4], 10, 4))
-    assert {1, 2, 4, 60} <= set(steps)
+    # Written: 1, 2, 4 (dense up to 4), every 10th step and the last; pruned after each save to the
+    # newest, the dense set and the multiples of 10 nearest to each power of two up to twice the
+    # newest (10 for 1-8, 20 for 16, 30 for 32, 60 for 64). So 40 went when 50 was saved (the 64
+    # slot was then 60, not yet saved; 40 was kept only as the newest), and 50 when 60 was.
+    assert list_checkpoints(out) == [1, 2, 4, 10, 20, 30, 60]
     model, step = load_model(out)
     assert step == 60
     x = torch.tensor(np.asarray(windows_of_val(out, cfg)))
@@ -215,14 +218,17 @@ def test_divergence_stops_with_one_line_and_keeps_finite_checkpoints(shards, tmp
                       "--lr", "1e30", "--warmup", "0", "--grad-clip", "0", "--checkpoint-every", "1",
                       "--eval-every", "0"], capsys)
     assert code == 2 and "diverged" in err and len(err.strip().splitlines()) == 1
-    for step in list_checkpoints(out):
+    steps = list_checkpoints(out)
+    assert steps, "the run diverged before its first checkpoint: nothing here was tested"
+    assert f"last good checkpoint: step {steps[-1]}" in err
+    for step in steps:
         weights = load_file(str(out / "checkpoints" / f"step_{step:08d}.safetensors"))
         assert all(torch.isfinite(t).all() for t in weights.values())
 
 
 @pytest.mark.parametrize("chunk,compiled", [(7, False), (64, False), (1000, False), (16, True)])
 def test_fused_head_loss_matches_cross_entropy(chunk, compiled):
-    from tinyscale.train import HeadLoss, xent_grad_fn
+    from tinyscale.training.head_loss import HeadLoss, xent_grad_fn
 
     g = torch.Generator().manual_seed(0)
     h = torch.randn(50, 16, generator=g, requires_grad=True)

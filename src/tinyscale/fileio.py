@@ -137,13 +137,30 @@ def _clean_stale(out: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)  # killed after the replace: the old one is garbage
         else:
             os.replace(old, out)  # killed between the renames: the old folder is still the last complete one
-    prefix = f".{out.name}."
-    for stage in out.parent.glob(f"{glob.escape(prefix)}*.partial"):
-        middle = stage.name[len(prefix):-len(".partial")].split(".")
-        # Ours are .NAME.<pid>.<random>.partial; older ones (.NAME.<random>.partial) have no owner.
-        if len(middle) == 2 and middle[0].isdigit() and _alive(int(middle[0])):
-            continue
-        shutil.rmtree(stage, ignore_errors=True)
+    for stage in stages_of(out):
+        if not stage_owner_alive(stage, out):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def stages_of(out: Path) -> list[Path]:
+    """The staging folders (`make_stage`) of `out` that exist now, whoever made them."""
+    return sorted(out.parent.glob(f"{glob.escape(f'.{out.name}.')}*.partial"))
+
+
+def stage_owner_alive(stage: Path, out: Path) -> bool:
+    """Whether the process that made `stage` (a staging folder of `out`) is still running."""
+    middle = stage.name[len(f".{out.name}."):-len(".partial")].split(".")
+    # Ours are .NAME.<pid>.<random>.partial; older ones (.NAME.<random>.partial) have no owner.
+    return len(middle) == 2 and middle[0].isdigit() and _alive(int(middle[0]))
+
+
+def make_stage(out: Path) -> Path:
+    """A new hidden folder .NAME.<pid>.<random>.partial beside `out`, where `out` is built before it
+    appears (the pid tells a later run whether its builder is still alive)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
+    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+    return stage
 
 
 @contextlib.contextmanager
@@ -170,9 +187,7 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         if out.resolve() == cwd or out.resolve() in cwd.parents:
             raise UserError(f"{out}: contains the current folder; --overwrite would replace it")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
-        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+        stage = make_stage(out)
     except OSError as e:
         raise UserError(f"{out}: cannot write there ({e.strerror})") from None
     try:

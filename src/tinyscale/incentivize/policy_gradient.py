@@ -27,11 +27,13 @@ Teach, one step: cross-entropy on the reference answers of `prompts_per_step * g
 The loop is written here, by hand, rather than with TRL's GRPOTrainer through the Hugging Face
 export: at story length a step is mostly reading the prompt, and this loop reads each prompt once per
 group (`Answerer.sample_group`, `group_logps`), where `transformers.generate` reads it once per row
-(4x fewer rollout tokens/s on the 3M preset, `bench/incentivize_speed.py`); and the run folder and
-exact resume are the trainer's own, which TRL would need wrapping for.
+(docs/incentivize.md, "Why not TRL", has the measurement); and the run folder and exact resume are
+the trainer's own, which TRL would need wrapping for.
 
-Run folder, as `train` writes it (see runs.py): run.json ("model" is the starting model's shape, so
-`sample`, `eval` and `export` work on the result), tokenizer.json, metrics.jsonl, checkpoints/.
+Run folder, as `train` writes it (runs.py), through the trainer's run manager
+(training/run_folder.py: hidden until its first checkpoint, locked, resumed from the newest good
+checkpoint): run.json ("model" is the starting model's shape, so `sample`, `eval` and `export` work
+on the result), tokenizer.json, metrics.jsonl, checkpoints/.
 Every step's prompts and samples are drawn from generators seeded with (seed, step), so a resumed
 run repeats exactly what the uninterrupted run would have done.
 """
@@ -40,23 +42,24 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from tinyscale import progress
 from tinyscale.decoding import new_cache
 from tinyscale.errors import UserError
-from tinyscale.fileio import append_jsonl, atomic_open, read_json, read_jsonl, write_json
+from tinyscale.fileio import read_jsonl
 from tinyscale.generate import eot_id_of, generate, pick_device
 from tinyscale.incentivize.rewards import call_reward, load_reward, parse_answer
-from tinyscale.runs import list_checkpoints, load_model, load_tokenizer, read_run, state_path, weights_path
-from tinyscale.validate import check_incentivize, check_output, cores, os_errors
+from tinyscale.runs import load_model, load_tokenizer, read_run
+from tinyscale.training.checkpoints import Retention
+from tinyscale.training.run_folder import RunFolder, check_new_out, open_run, resume_config
+from tinyscale.validate import check_incentivize, check_output, os_errors
 
 WORLD_PROMPT_START = 100_000_000  # story indices of RL/teaching prompts: far beyond any corpus
 EVAL_PROMPT_START = 200_000_000  # and of evaluation questions: disjoint from both
@@ -95,7 +98,7 @@ class IncentiveConfig(BaseModel):
     seed: int = 0
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(25, ge=1)
-    dense_checkpoints: int = 0  # (read by train.prune_checkpoints)
+    dense_checkpoints: int = 0  # also keep (and write) checkpoints at 1, 2, 4, ... up to this step
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
 
@@ -307,38 +310,21 @@ def incentivize(cfg: IncentiveConfig, out: str | Path) -> dict[str, Any]:
     out = Path(out)
     prompts_file = None if cfg.prompts in ("world", "world-words") else cfg.prompts
     check_output(out, {"starting run": cfg.start, "prompts file": prompts_file})
-    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):  # a lock alone is no run
-        raise UserError(f"{out}: exists and is not empty (use --resume {out} to continue that run)")
+    check_new_out(out)
     return _run(cfg, out, resuming=False)
 
 
 def resume(run_dir: str | Path, **overrides: Any) -> dict[str, Any]:
     """Continue from the newest checkpoint; only RESUMABLE_CHANGES may differ."""
     run_dir = Path(run_dir)
-    info = read_json(run_dir / "run.json") if run_dir.is_dir() else None
-    if not isinstance(info, dict) or info.get("kind") != "incentivize" or not isinstance(info.get("config"), dict):
-        raise UserError(f"{run_dir}: not an incentivize run folder")
-    stored = info["config"]
-    for key, value in overrides.items():
-        if value is not None and key not in RESUMABLE_CHANGES and stored.get(key) != value:
-            raise UserError(f"--resume {run_dir}: --{key.replace('_', '-')} {value} differs from the run's "
-                            f"{stored.get(key)}; start a new run with --out instead")
-    merged = {**stored, **{k: v for k, v in overrides.items() if v is not None}}
-    if overrides.get("threads") is None and (merged.get("threads") or 0) > cores():
-        merged["threads"] = None  # started on a larger machine: use this one's cores (as train does)
-    try:
-        cfg = IncentiveConfig(**merged)
-    except ValidationError as e:
-        raise UserError(f"{run_dir / 'run.json'}: invalid config ({str(e).splitlines()[-1].strip()})") from None
+    cfg, _ = resume_config(run_dir, overrides, RESUMABLE_CHANGES, IncentiveConfig, kind="incentivize")
     return _run(cfg, run_dir, resuming=True)
 
 
 def _run(cfg: IncentiveConfig, run_dir: Path, resuming: bool) -> dict[str, Any]:
-    """Everything is read and checked first; then, holding the run's lock (`train.owned_run`: a new
-    run that fails before its first checkpoint leaves no folder, a failed resume its last good
-    checkpoint), the run files are written and the loop runs."""
-    from tinyscale.train import owned_run
-
+    """Everything is read and checked first; then, holding the run's folder (`open_run`: a new run
+    stays hidden until its first checkpoint, a failed resume keeps its last good checkpoint), the run
+    files are written and the loop runs."""
     check_incentivize(cfg.model_dump())  # flags, and a config read back from run.json
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
     device = pick_device(cfg.device)
@@ -355,24 +341,13 @@ def _run(cfg: IncentiveConfig, run_dir: Path, resuming: bool) -> dict[str, Any]:
             "context": policy.cfg.max_seq_len,  # the start's trained context (runs.load_model)
             "params": start.get("params"), "data": start.get("data"),
             "start": {"run": str(Path(cfg.start).resolve()), "step": start_step}}
-    with owned_run(run_dir, resuming), os_errors(run_dir):
-        step, used, elapsed = 0, 0, 0.0
-        done = list_checkpoints(run_dir) if resuming else []
-        if done:
-            step, used, elapsed = _load_state(run_dir, done[-1], policy, opt, device)
-        _write_run_files(run_dir, info, Path(cfg.start), step if done else -1)
+    retention = Retention(cfg.checkpoint_every, cfg.dense_checkpoints)
+    with open_run(run_dir, not resuming, retention) as run, os_errors(run_dir):
+        step, state = run.load_newest(policy, opt, device) if resuming else (0, {})
+        run.begin(info, Path(cfg.start) / "tokenizer.json", step)
         policy.train()
-        return _loop(cfg, policy, ref, opt, pool, ans, reward, run_dir, device, step, used, elapsed)
-
-
-def _write_run_files(run_dir: Path, info: dict[str, Any], start: Path, keep_metrics: int) -> None:
-    """run.json, the start's tokenizer, and the metrics up to the checkpoint the run goes on from."""
-    from tinyscale.train import truncate_metrics
-
-    truncate_metrics(run_dir / "metrics.jsonl", keep_metrics)  # first: a damaged file stops before any write
-    write_json(run_dir / "run.json", info)
-    with atomic_open(run_dir / "tokenizer.json", "wb") as f, open(start / "tokenizer.json", "rb") as src:
-        shutil.copyfileobj(src, f)
+        return _loop(cfg, policy, ref, opt, pool, ans, reward, run, device, step,
+                     int(state.get("tokens", 0)), float(state.get("elapsed_s", 0.0)))
 
 
 def _encode_prompts(items: list[dict], tok: Any, max_len: int, objective: str) -> list[dict]:
@@ -392,25 +367,9 @@ def _encode_prompts(items: list[dict], tok: Any, max_len: int, objective: str) -
     return out
 
 
-def _load_state(run_dir: Path, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                device: torch.device) -> tuple[int, int, float]:
-    from safetensors.torch import load_model as load_weights
-
-    try:
-        load_weights(model, str(weights_path(run_dir, step)), device=str(device))
-        state = torch.load(state_path(run_dir, step), map_location=device, weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-    except Exception as e:  # a damaged checkpoint: name the file, never a traceback
-        raise UserError(f"{weights_path(run_dir, step)}: cannot load checkpoint ({e})") from None
-    progress.info(f"resuming {run_dir} from step {step}")
-    return int(state["step"]), int(state["tokens"]), float(state.get("elapsed_s", 0.0))
-
-
 def _loop(cfg: IncentiveConfig, policy: torch.nn.Module, ref: torch.nn.Module, opt: torch.optim.Optimizer,
-          pool: list[dict], ans: Answerer, reward: Any, run_dir: Path, device: torch.device, step: int,
+          pool: list[dict], ans: Answerer, reward: Any, run: RunFolder, device: torch.device, step: int,
           used: int, elapsed: float) -> dict[str, Any]:
-    from tinyscale.train import prune_checkpoints, save_checkpoint
-
     last: dict[str, Any] = {}
     budget = cfg.tokens or math.inf
     # A token budget (the teach arm of --compare) is what ends the run: the bar counts tokens then.
@@ -429,15 +388,13 @@ def _loop(cfg: IncentiveConfig, policy: torch.nn.Module, ref: torch.nn.Module, o
             elapsed += time.perf_counter() - t0
             row = {"step": step, "tokens": used, **row, "elapsed_s": round(elapsed, 3)}
             last = row
-            save = step % cfg.checkpoint_every == 0 or step == cfg.steps or used >= budget
+            save = run.retention.due(step, step == cfg.steps or used >= budget)
             if step % cfg.log_every == 0 or save:  # a checkpoint always has its metrics line
-                append_jsonl(run_dir / "metrics.jsonl", row)
+                run.log(row)
             bar.update(min(n_tokens, total - done) if by_tokens else 1, **{k: row[k] for k in ("reward", "loss") if k in row})
             done += n_tokens if by_tokens else 1
             if save:
-                save_checkpoint(run_dir, step, policy, {"optimizer": opt.state_dict(), "step": step,
-                                                        "tokens": used, "elapsed_s": elapsed})
-                prune_checkpoints(run_dir, cfg)  # type: ignore[arg-type]  # reads the two fields it needs
+                run.save(step, policy, opt, device, used, elapsed)
     return last
 
 
