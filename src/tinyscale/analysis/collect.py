@@ -44,7 +44,7 @@ from typing import Any
 
 from tinyscale.errors import UserError
 from tinyscale.fileio import read_json, read_lines, read_text
-from tinyscale.runs import read_evals
+from tinyscale.runs import read_evals, sweep_runs
 
 _Z95 = 1.959964
 
@@ -210,19 +210,6 @@ def run_records(run_dir: str | Path) -> list[dict[str, Any]]:
     if records:
         records[-1]["final"] = True
     return records
-
-
-def sweep_runs(sweep_dir: str | Path) -> list[Path]:
-    """Run dirs of a sweep: SWEEP/runs/*/ with a run.json (a single run dir is also accepted)."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise UserError(f"{sweep_dir}: sweep folder not found")
-    if (sweep_dir / "run.json").is_file():
-        return [sweep_dir]
-    runs = sorted(p for p in (sweep_dir / "runs").glob("*") if (p / "run.json").is_file())
-    if not runs:
-        raise UserError(f"{sweep_dir}: no runs found (expected {sweep_dir / 'runs'}/<name>/run.json)")
-    return runs
 
 
 def collect_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
