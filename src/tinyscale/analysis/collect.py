@@ -15,7 +15,7 @@ A record is one run at one checkpoint, a flat dict:
     probes       {suite: {"mc", "mc_lo", "mc_hi", "exact", "exact_lo", "exact_hi",
                           "prob", "prob_se", "chance", "n", "p_choice", "logp", "cut",
                           "mc_same_length" (+ _lo, _hi: over probes with equal-length options)}}
-    world_probes {suite: the same fields}     the story world's in-distribution sets (evaluate/run.py)
+    world_probes {suite: the same fields}     the story world's in-distribution sets (evaluate/results.py)
     final                                     True for the last checkpoint of the run
     loss_se                                   bootstrap standard error of `loss` (over windows), or None
     seed, point                               the run's training seed, and the configuration it is a
