@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tinyscale.interpret.analyze import Options, analyze_model, val_corpus
+from tinyscale.interpret.one_model import Options, analyze_model, load_run_model, val_corpus
 
 
 def _setup(work: Path, stories: int):
@@ -45,9 +45,7 @@ def main() -> None:
     ap.add_argument("--no-control", action="store_true", help="skip the random-init control model")
     args = ap.parse_args()
     if args.run:
-        from tinyscale.interpret.run import load
-
-        model, _, tok, _ = load(Path(args.run), None)
+        model, _, tok, _ = load_run_model(Path(args.run), None)
         path = val_corpus(args.run)
     else:
         model, tok, path = _setup(Path(args.work) / f"{args.stories}-stories", args.stories)

@@ -83,10 +83,10 @@ def test_near_chance_everywhere_is_flat_even_if_precise_and_far_below_is_not():
     assert label([0.50, 0.40, 0.30, 0.22, 0.15, 0.10, 0.05], chance=0.5, noise=0.01) == "inverse"
 
 
-def test_a_jump_within_the_noise_is_not_emergence():
-    y = [0.25, 0.26, 0.24, 0.27, 0.33, 0.34, 0.35]
-    assert label(y, chance=0.25, noise=0.01) == "emergent"
-    assert label(y, chance=0.25, noise=0.06) == "flat"
+def test_the_same_jump_is_emergent_beyond_the_noise_and_flat_within_it():
+    y = [0.25, 0.26, 0.24, 0.27, 0.33, 0.34, 0.35]  # a jump of 0.06 after the fourth size
+    assert label(y, chance=0.25, noise=0.01) == "emergent"  # six times the noise
+    assert label(y, chance=0.25, noise=0.06) == "flat"  # within it
 
 
 def test_accelerating_curvature_of_four_points_is_not_called_a_break():

@@ -11,7 +11,6 @@ from safetensors.torch import save_model
 
 from tinyscale.errors import UserError
 from tinyscale.interpret import activations, interpret, readability
-from tinyscale.interpret.analyze import Options
 from tinyscale.interpret.heads import HeadStats, head_class
 from tinyscale.interpret.neurons import (
     StreamingTopK,
@@ -20,6 +19,7 @@ from tinyscale.interpret.neurons import (
     label_neurons,
     selectivity,
 )
+from tinyscale.interpret.one_model import Options
 from tinyscale.interpret.tags import BIT, TAGS, tag_names, token_tags
 from tinyscale.interpret.wordclass import classify_text
 from tinyscale.model import Transformer, model_config

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from tinyscale.interpret.analyze import Options, analyze_model
 from tinyscale.interpret.neurons import (
     StreamingTopK,
     TagCounts,
@@ -13,6 +12,7 @@ from tinyscale.interpret.neurons import (
     label_neurons,
     twin_p_values,
 )
+from tinyscale.interpret.one_model import Options, analyze_model
 from tinyscale.interpret.tags import BIT
 from tinyscale.model import Transformer, model_config
 

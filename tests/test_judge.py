@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 
 from fake_openai_server import FakeConfig, running
+from tinyscale.analysis.grades import judge_records, width_depth_table
 from tinyscale.cli import main
 from tinyscale.endpoint import Endpoint
-from tinyscale.evaluate.judge import (
-    JudgeSettings,
-    judge_records,
-    judge_run,
-    load_judge,
-    parse_verdict,
-    width_depth_table,
-)
+from tinyscale.evaluate.judge import JudgeSettings, judge_run, load_judge, parse_verdict
 
 G = ("grammar", "creativity", "consistency", "plot")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyscale.data.shards import ShardSet, windows
+from tinyscale.data.shards import ShardSet, eval_window_starts
 from tinyscale.data.tokenize import tokenize_corpus
 from tinyscale.errors import UserError
 
@@ -110,8 +110,8 @@ def test_corrupt_meta_and_content(copy):
 
 
 @pytest.mark.parametrize("n,seq", [(10, 3), (11, 5), (1000, 64), (65, 64)])
-def test_windows_cover_each_target_once(n, seq):
-    starts = windows(n, seq)
+def test_eval_windows_cover_each_target_once(n, seq):
+    starts = eval_window_starts(n, seq)
     targets = np.concatenate([np.arange(s + 1, s + seq + 1) for s in starts])
     assert len(np.unique(targets)) == len(targets)  # non-overlapping
     assert targets.max() <= n - 1  # every window has its targets inside the split
@@ -119,6 +119,6 @@ def test_windows_cover_each_target_once(n, seq):
     assert targets.min() == 1
 
 
-def test_windows_too_short():
+def test_eval_windows_too_short():
     with pytest.raises(UserError, match="needs at least 65 tokens"):
-        windows(64, 64)
+        eval_window_starts(64, 64)

@@ -143,7 +143,7 @@ def test_no_world_probes_on_other_data_or_when_asked(world_run, tmp_path):
     from _tiny_shards import make_shards
     from tinyscale.data.shards import ShardSet
     from tinyscale.evaluate import evaluate_run
-    from tinyscale.evaluate.run import load_world_probes
+    from tinyscale.evaluate.results import load_world_probes
 
     r = evaluate_run(world_run, suites=[], device="cpu", max_tokens=64, completions=0, world_probes=0, write=False)
     assert r[5]["world_probes"] == {} and r[5]["settings"]["world_probes"] is None

@@ -485,7 +485,7 @@ def _add_interpret(sub: argparse._SubParsersAction) -> None:
 
 def _run_interpret(args: argparse.Namespace) -> None:
     from tinyscale.interpret import interpret
-    from tinyscale.interpret.analyze import Options
+    from tinyscale.interpret.one_model import Options
 
     opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k, ablate_stories=args.ablate_stories)
     out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus)
@@ -631,7 +631,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     from rich.console import Console
 
     from tinyscale.evaluate import evaluate_run
-    from tinyscale.evaluate.run import eval_tables
+    from tinyscale.evaluate.results import eval_tables
     from tinyscale.validate import run_lock
 
     if args.completions < 0:

@@ -159,3 +159,16 @@ def load_model(run_dir: str | Path, step: int | None = None, device: str = "cpu"
         raise UserError(f"{path}: cannot load checkpoint ({e})") from None
     model.cfg = cfg.model_copy(update={"max_seq_len": context})
     return model.to(device).eval(), step
+
+
+def sweep_runs(sweep_dir: str | Path) -> list[Path]:
+    """Run dirs of a sweep: SWEEP/runs/*/ with a run.json (a single run dir is also accepted)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir}: sweep folder not found")
+    if (sweep_dir / "run.json").is_file():
+        return [sweep_dir]
+    found = sorted(p for p in (sweep_dir / "runs").glob("*") if (p / "run.json").is_file())
+    if not found:
+        raise UserError(f"{sweep_dir}: no runs found (expected {sweep_dir / 'runs'}/<name>/run.json)")
+    return found

@@ -23,12 +23,13 @@ import numpy as np
 
 from tinyscale import progress
 from tinyscale.analysis.checks import run_checks
-from tinyscale.analysis.collect import collect_sweep, csv_records, read_csv_table, sweep_runs
+from tinyscale.analysis.collect import collect_sweep, csv_records, read_csv_table
 from tinyscale.analysis.emergence import INSUFFICIENT, classify_curve
 from tinyscale.analysis.scaling import fit_frontier, fit_parametric, fit_power_law
 from tinyscale.analysis.seeds import annotate, mean_over_seeds, replicates, seed_summary, size_comparisons
 from tinyscale.errors import UserError
 from tinyscale.fileio import write_json
+from tinyscale.runs import sweep_runs
 
 SIZE_KEYS = ("non_embedding_params", "params")
 # Probe suites and the skill label whose loss measures the same ability (same row in the taxonomy).

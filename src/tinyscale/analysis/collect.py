@@ -15,7 +15,7 @@ A record is one run at one checkpoint, a flat dict:
     probes       {suite: {"mc", "mc_lo", "mc_hi", "exact", "exact_lo", "exact_hi",
                           "prob", "prob_se", "chance", "n", "p_choice", "logp", "cut",
                           "mc_same_length" (+ _lo, _hi: over probes with equal-length options)}}
-    world_probes {suite: the same fields}     the story world's in-distribution sets (evaluate/run.py)
+    world_probes {suite: the same fields}     the story world's in-distribution sets (evaluate/results.py)
     final                                     True for the last checkpoint of the run
     loss_se                                   bootstrap standard error of `loss` (over windows), or None
     seed, point                               the run's training seed, and the configuration it is a
@@ -44,7 +44,7 @@ from typing import Any
 
 from tinyscale.errors import UserError
 from tinyscale.fileio import read_json, read_lines, read_text
-from tinyscale.runs import read_evals
+from tinyscale.runs import read_evals, sweep_runs
 
 _Z95 = 1.959964
 
@@ -210,19 +210,6 @@ def run_records(run_dir: str | Path) -> list[dict[str, Any]]:
     if records:
         records[-1]["final"] = True
     return records
-
-
-def sweep_runs(sweep_dir: str | Path) -> list[Path]:
-    """Run dirs of a sweep: SWEEP/runs/*/ with a run.json (a single run dir is also accepted)."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise UserError(f"{sweep_dir}: sweep folder not found")
-    if (sweep_dir / "run.json").is_file():
-        return [sweep_dir]
-    runs = sorted(p for p in (sweep_dir / "runs").glob("*") if (p / "run.json").is_file())
-    if not runs:
-        raise UserError(f"{sweep_dir}: no runs found (expected {sweep_dir / 'runs'}/<name>/run.json)")
-    return runs
 
 
 def collect_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:

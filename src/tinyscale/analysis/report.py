@@ -23,11 +23,11 @@ from markupsafe import Markup
 from tinyscale import progress
 from tinyscale.analysis import plots
 from tinyscale.analysis.analyze import analyze_sweep
-from tinyscale.analysis.collect import collect_sweep, sweep_runs
+from tinyscale.analysis.collect import collect_sweep
 from tinyscale.data.corpus import SKILLS
 from tinyscale.errors import UserError
 from tinyscale.fileio import atomic_open, read_json
-from tinyscale.runs import read_evals
+from tinyscale.runs import read_evals, sweep_runs
 
 SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Loss per skill"),
             ("probes", "Probes vs size"), ("probes_io", "Probes in and out of distribution"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
@@ -267,7 +267,7 @@ def _skills_section(records: list[dict], analysis: dict, plot_dir: Path, size_ke
 
 
 def _grades_section(sweep_dir: Path, plot_dir: Path, size_key: str) -> Markup:
-    from tinyscale.evaluate.judge import judge_records, width_depth_table
+    from tinyscale.analysis.grades import judge_records, width_depth_table
 
     rows = judge_records(sweep_dir)
     if not rows:

@@ -160,7 +160,7 @@ class ShardSet:
         return f"ShardSet({str(self.dir)!r}, vocab={self.vocab_size}, {counts})"
 
 
-def windows(n_tokens: int, seq_len: int) -> list[int]:
+def eval_window_starts(n_tokens: int, seq_len: int) -> list[int]:
     """Start offsets of non-overlapping evaluation windows over a split of `n_tokens` tokens.
 
     Window `s` feeds tokens[s : s+seq_len] and predicts tokens[s+1 : s+seq_len+1]; windows are

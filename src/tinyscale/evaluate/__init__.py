@@ -4,6 +4,6 @@
     results = evaluate_run("runs/3M", checkpoints="all")   # {step: result}, also RUN/eval/<step>.json
 """
 
-from tinyscale.evaluate.run import DEFAULT_MAX_TOKENS, evaluate_run, load_eval
+from tinyscale.evaluate.results import DEFAULT_MAX_TOKENS, evaluate_run, load_eval
 
 __all__ = ["DEFAULT_MAX_TOKENS", "evaluate_run", "load_eval"]

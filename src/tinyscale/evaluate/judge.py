@@ -8,8 +8,7 @@ writer's age group (A: 3 or under ... F: 13-16). The corpus's own ending of each
 the same way, as the reference a perfect student would get.
 
     judge_run("runs/3M", Endpoint(url, "gpt-4o"))   # writes runs/3M/eval/judge_<step>.json
-    judge_records("sweeps/s1")                       # rows for "grades against compute"
-    width_depth_table("sweeps/s1", "consistency")    # the paper's width x depth table
+    load_judge("runs/3M")                            # {step: result}; analysis/grades.py reads a sweep's
 
 Verdicts are asked for as JSON (response_format json_object, dropped when the endpoint refuses it)
 and parsed tolerantly otherwise (`parse_verdict`). An answer that cannot be parsed is asked once more,
@@ -494,42 +493,6 @@ def load_judge(run_dir: str | os.PathLike) -> dict[int, dict]:
                 raise UserError(f"{path}: not a format-{FORMAT} judge result")
             out[int(m.group(1))] = result
     return dict(sorted(out.items()))
-
-
-def judge_records(sweep_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """One row per judged checkpoint of every run of a sweep (or of one run): the run's size, width,
-    depth, tokens and training FLOPs, with the mean grades [95% interval] of its completions and of
-    the reference endings. This is what "grades against compute" plots."""
-    from tinyscale.analysis.collect import run_records, sweep_runs
-
-    rows = []
-    for run in sweep_runs(sweep_dir):
-        judged = load_judge(run)
-        if not judged:
-            continue
-        by_step = {r["step"]: r for r in run_records(run)}
-        for step, res in judged.items():
-            rec = by_step.get(step, {})
-            rows.append({"run": run.name, "step": step, "final": step == max(judged),
-                         **{k: rec.get(k) for k in ("width", "depth", "params", "non_embedding_params",
-                                                    "tokens", "flops")},
-                         "grades": res["student"]["grades"], "age_groups": res["student"]["age_groups"],
-                         "unparsed": res["student"]["unparsed"],
-                         "reference": (res.get("reference") or {}).get("grades")})
-    return rows
-
-
-def width_depth_table(sweep_dir: str | os.PathLike, grade: str = "consistency") -> dict[str, Any]:
-    """The paper's table: mean `grade` at each run's last judged checkpoint, rows by depth (layers),
-    columns by width (d_model). Cells are None where no run has that shape."""
-    if grade not in GRADES:
-        raise UserError(f"grade {grade!r}: expected one of {', '.join(GRADES)}")
-    finals = [r for r in judge_records(sweep_dir) if r["final"] and r["width"] and r["depth"]]
-    widths = sorted({r["width"] for r in finals})
-    depths = sorted({r["depth"] for r in finals})
-    cells = {(r["depth"], r["width"]): r["grades"][grade]["mean"] for r in finals}
-    return {"grade": grade, "widths": widths, "depths": depths,
-            "rows": [[cells.get((d, w)) for w in widths] for d in depths]}
 
 
 def judge_table(results: dict[int, dict]):

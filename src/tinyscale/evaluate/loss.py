@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyscale.data.corpus import SKILLS
-from tinyscale.data.shards import windows
+from tinyscale.data.shards import eval_window_starts
 
 MIN_SKILL_TOKENS = 2000
 N_BOOT = 200
@@ -59,7 +59,7 @@ def select_windows(skills: np.ndarray, seq_len: int, max_tokens: int,
                    min_skill_tokens: int = MIN_SKILL_TOKENS) -> np.ndarray:
     """Start offsets of the evaluation windows (ascending, deterministic); see the module docstring."""
     n = len(skills)
-    starts = np.asarray(windows(n, seq_len), dtype=np.int64)
+    starts = np.asarray(eval_window_starts(n, seq_len), dtype=np.int64)
     keep = max(1, max_tokens // seq_len)
     chosen = np.zeros(len(starts), dtype=bool)
     chosen[np.unique(np.linspace(0, len(starts) - 1, min(keep, len(starts))).round().astype(int))] = True

@@ -6,7 +6,9 @@
 
 Modules: `hooks` (named activations), `wordclass` and `tags` (ground truth per token), `neurons`
 (streamed top-k, labels, selectivity, controls), `heads` (attention statistics and classes),
-`analyze` (one model), `sweep` (across sizes), `sizes` (its figure and table), `page` (HTML).
+`ablation` (head ablations), `one_model` (one model read, with its random twin), `across_sizes`
+(every model of a sweep), `sizes_figure` (their figure and table), `page` (HTML), `write` (the
+`interpret` verb: the page and its numbers).
 """
 
 from typing import Any
@@ -19,9 +21,9 @@ def __getattr__(name: str) -> Any:
     if name in ("activations", "activation_names"):
         from tinyscale.interpret import hooks as module
     elif name == "interpret":
-        from tinyscale.interpret import run as module
+        from tinyscale.interpret import write as module
     elif name == "readability":
-        from tinyscale.interpret import sizes as module
+        from tinyscale.interpret import sizes_figure as module
     else:
         raise AttributeError(f"module 'tinyscale.interpret' has no attribute {name!r}")
     return getattr(module, name)

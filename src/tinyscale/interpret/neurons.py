@@ -26,7 +26,7 @@ Controls:
 - **shuffled tags** (token-blind, kept for comparison): the top-k tags replaced by those of k
   tokens drawn at random from all tokens seen (bounded reservoir sample). A random-init neuron that
   fires on one token id passes it easily: it measures token identity, not learning (`p_iid`).
-- **random init**: the whole analysis on a freshly initialised model of the same shape (`analyze`).
+- **random init**: the whole analysis on a freshly initialised model of the same shape (`one_model`).
 """
 
 from __future__ import annotations

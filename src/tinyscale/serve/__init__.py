@@ -51,7 +51,7 @@ def serve(paths: list[str], *, names: list[str] | None = None, host: str = "127.
     except ImportError as e:
         raise UserError(f"serve: needs fastapi and uvicorn (pip install 'tinyscale[serve]'): {e}") from None
     from tinyscale.generate import eot_id_of, pick_device, resolve_dtype
-    from tinyscale.serve.choices import Vocab
+    from tinyscale.serve.choices import TokenDecoder
     from tinyscale.serve.engine import Engine
     from tinyscale.serve.loading import load_served
 
@@ -76,7 +76,7 @@ def serve(paths: list[str], *, names: list[str] | None = None, host: str = "127.
         if served.name in backends:
             raise UserError(f"{path}: the model name '{served.name}' is already used (give --name)")
         engine = Engine(served.model, max_batch, max_queue, dt)
-        backends[served.name] = Backend(served, engine, Vocab(served.tokenizer), eot_id_of(served.tokenizer),
+        backends[served.name] = Backend(served, engine, TokenDecoder(served.tokenizer), eot_id_of(served.tokenizer),
                                         dtype_name)
         progress.info(f"model '{served.name}': {served.source}, context {engine.context}, {dtype_name}, {dev}")
     if key is not None:

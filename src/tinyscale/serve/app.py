@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tinyscale.serve.choices import Choice, Vocab, chat_logprobs, legacy_logprobs
+from tinyscale.serve.choices import Choice, TokenDecoder, chat_logprobs, legacy_logprobs
 from tinyscale.serve.engine import Engine, Job, QueueFull, Sampling
 from tinyscale.serve.loading import Served
 from tinyscale.serve.penalties import Penalties
@@ -66,7 +66,7 @@ def error_response(status: int, message: str, *, param: str | None = None, code:
 class Backend:
     served: Served
     engine: Engine
-    vocab: Vocab
+    vocab: TokenDecoder
     eot: int | None
     dtype: str = "fp32"
 

@@ -14,7 +14,7 @@ from tinyscale.serve.engine import Token
 PARTIAL = "\ufffd"  # what the byte-level decoder shows for a character whose bytes are not all there yet
 
 
-class Vocab:
+class TokenDecoder:
     """Token id <-> text for one tokenizer; special tokens are shown, not skipped."""
 
     def __init__(self, tokenizer) -> None:
@@ -46,7 +46,7 @@ class Text:
     """decode(ids) of a growing list of ids, in time linear in their number: the part that ends on a
     whole character is kept decoded, and only the tokens after it are decoded again."""
 
-    def __init__(self, vocab: Vocab) -> None:
+    def __init__(self, vocab: TokenDecoder) -> None:
         self.vocab, self.ids, self.value = vocab, [], ""
         self.stable_chars, self._stable_ids = 0, 0  # value[:stable_chars] == decode(ids[:_stable_ids]), final
 
@@ -64,7 +64,7 @@ class Text:
 class Choice:
     """The generated part of one choice (the echoed prompt, if any, is kept apart in `echo`)."""
 
-    def __init__(self, index: int, vocab: Vocab, stops: list[str]) -> None:
+    def __init__(self, index: int, vocab: TokenDecoder, stops: list[str]) -> None:
         self.index, self.vocab, self.stops = index, vocab, stops
         self.echo: list[Token] = []
         self.tokens: list[Token] = []
@@ -110,7 +110,7 @@ class Choice:
         return text[self.sent_chars:] if len(text) > self.sent_chars else ""
 
 
-def legacy_logprobs(tokens: list[Token], offsets: list[int], vocab: Vocab) -> dict:
+def legacy_logprobs(tokens: list[Token], offsets: list[int], vocab: TokenDecoder) -> dict:
     """The completions layout lm-evaluation-harness reads: parallel lists, one entry per token."""
     def top(t: Token) -> dict[str, float] | None:
         if t.logprob is None or t.top is None:
@@ -122,7 +122,7 @@ def legacy_logprobs(tokens: list[Token], offsets: list[int], vocab: Vocab) -> di
             "top_logprobs": [top(t) for t in tokens], "text_offset": offsets}
 
 
-def chat_logprobs(tokens: list[Token], vocab: Vocab) -> dict:
+def chat_logprobs(tokens: list[Token], vocab: TokenDecoder) -> dict:
     """The chat completions layout: one object per generated token with its top alternatives."""
     def entry(token_id: int, logprob: float) -> dict:
         piece = vocab.piece(token_id)

@@ -4,9 +4,9 @@
     make_story(default_vocab(), seed=0, index=7)                   # any single story, alone
 
 Modules: `lexicon` (vocabulary and facts), `vocab` (pools), `text` (templates, fragments, labels),
-`pieces` (openings, required words, morals), `schemas` (plots), `story` (recipe, meta, instruct
-header), `holdout` (held-out compositions), `floorcheck` (the floors against the generator's own
-frequencies).
+`pieces` (openings, required words, morals), `builder` (what a plot is written with), `schemas`
+(plots), `story` (recipe, meta, instruct header), `holdout` (held-out compositions), `floorcheck`
+(the floors against the generator's own frequencies).
 """
 
 from __future__ import annotations

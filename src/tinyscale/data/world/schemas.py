@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tinyscale.data.world import pieces, story
-from tinyscale.data.world.story import Builder
+from tinyscale.data.world import pieces
+from tinyscale.data.world.builder import Builder
 from tinyscale.data.world.text import Thing, Val
 
 N = pieces.NUMBERS
@@ -846,5 +846,3 @@ SCHEMAS: dict[str, Callable[[Builder], None]] = {
     "race": race,
     "rainy_day": rainy_day,
 }
-story.SCHEMA_NAMES = tuple(SCHEMAS)
-story.SCHEMA_FNS = tuple(SCHEMAS.values())

@@ -6,15 +6,14 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any
 
-from tinyscale import progress, runs
+from tinyscale import progress
 from tinyscale.errors import UserError
 from tinyscale.fileio import write_json
-from tinyscale.generate import eot_id_of
 from tinyscale.interpret import heads as heads_mod
 from tinyscale.interpret import page
-from tinyscale.interpret.analyze import Options, analyze_model, val_corpus, with_window
-from tinyscale.interpret.sizes import sizes_figure, sizes_table
-from tinyscale.interpret.sweep import analyze_sweep, is_sweep
+from tinyscale.interpret.across_sizes import analyze_sizes, is_sweep
+from tinyscale.interpret.one_model import Options, analyze_model, load_run_model, val_corpus, with_window
+from tinyscale.interpret.sizes_figure import sizes_figure, sizes_table
 from tinyscale.validate import check_output, json_with, text_with
 
 TITLE = "tinyscale interpret:"  # how the page's <title> starts: what marks a page as interpret's own
@@ -22,20 +21,10 @@ SECTIONS = [("summary", "Summary"), ("neurons", "Most selective neurons"), ("all
             ("heads", "Attention heads"), ("ablation", "Head ablations"), ("sizes", "Across sizes")]
 
 
-def load(run_dir: Path, step: int | None) -> tuple[Any, int, Any, int]:
-    """Model, step, tokenizer and end-of-text id of a run."""
-    model, step = runs.load_model(run_dir, step)
-    tokenizer = runs.load_tokenizer(run_dir)
-    eot = eot_id_of(tokenizer)
-    if eot is None:
-        raise UserError(f"{run_dir / 'tokenizer.json'}: no end-of-text token")
-    return model, step, tokenizer, eot
-
-
 def interpret(path: str | Path, out: str | Path | None = None, *, step: int | None = None,
               opts: Options | None = None, corpus: str | Path | None = None, show: int = 24) -> Path:
     """Write OUT.html and OUT.json (default: PATH/interpret.html) for a run or a sweep folder;
-    return the HTML's path. On a sweep, every model is summarised (`sweep`) and the largest one
+    return the HTML's path. On a sweep, every model is summarised (`across_sizes`) and the largest one
     is shown in detail."""
     path, opts = Path(path), opts or Options()
     out = Path(out) if out else path / "interpret.html"
@@ -45,9 +34,9 @@ def interpret(path: str | Path, out: str | Path | None = None, *, step: int | No
     sizes, done = None, {}
     run_dir = path
     if is_sweep(path):
-        sizes = analyze_sweep(path, opts, step=step, corpus=corpus, keep=done)
+        sizes = analyze_sizes(path, opts, step=step, corpus=corpus, keep=done)
         run_dir = Path(max(sizes, key=lambda r: r["non_embedding_params"] or 0)["dir"])
-    model, step, tokenizer, eot = load(run_dir, step)
+    model, step, tokenizer, eot = load_run_model(run_dir, step)
     val = val_corpus(run_dir, corpus)
     progress.info("interpret: %s step %d on %s", run_dir, step, val)
     data = done.get(str(run_dir)) or analyze_model(model, val, tokenizer, eot, with_window(opts, run_dir))

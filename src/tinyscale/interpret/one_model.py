@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinyscale import progress
+from tinyscale import progress, runs
 from tinyscale.errors import UserError
 from tinyscale.fileio import read_json
+from tinyscale.generate import eot_id_of
 from tinyscale.interpret.ablation import ablate_heads, story_batches
 from tinyscale.interpret.heads import METRICS, HeadStats
 from tinyscale.interpret.hooks import pad, recording
@@ -47,6 +48,16 @@ class Options:
     ablate_stories: int = 128  # stories for the head ablations (0: none)
     boot: int = 1000  # bootstrap resamples of the ablation intervals
     window: int | None = None  # ablations read each story's first `window` tokens (the training length)
+
+
+def load_run_model(run_dir: Path, step: int | None) -> tuple[Transformer, int, Any, int]:
+    """Model, step, tokenizer and end-of-text id of a run's checkpoint (the last one by default)."""
+    model, step = runs.load_model(run_dir, step)
+    tokenizer = runs.load_tokenizer(run_dir)
+    eot = eot_id_of(tokenizer)
+    if eot is None:
+        raise UserError(f"{run_dir / 'tokenizer.json'}: no end-of-text token")
+    return model, step, tokenizer, eot
 
 
 def default_layers(model: Transformer) -> list[int]:

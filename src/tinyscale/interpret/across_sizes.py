@@ -1,7 +1,7 @@
 """Across sizes: the neurons' mean selectivity and the head classes of every model of a sweep, each
 next to a random-initialised model of the same shape. Is readability higher in smaller models?
 
-`analyze_sweep` writes SWEEP/interpret_sizes.json; `sizes.readability(SWEEP)` turns it into the
+`analyze_sizes` writes SWEEP/interpret_sizes.json; `sizes_figure.readability(SWEEP)` turns it into the
 figure (PNG bytes) and table rows the sweep's report shows.
 """
 
@@ -13,8 +13,9 @@ from typing import Any
 from tinyscale import progress
 from tinyscale.errors import UserError
 from tinyscale.fileio import read_json, write_json
-from tinyscale.interpret.analyze import Options, analyze_model, val_corpus, with_window
-from tinyscale.interpret.sizes import SIZES_FILE
+from tinyscale.interpret.one_model import Options, analyze_model, load_run_model, val_corpus, with_window
+from tinyscale.interpret.sizes_figure import SIZES_FILE
+from tinyscale.runs import sweep_runs
 
 
 def is_sweep(path: Path) -> bool:
@@ -38,18 +39,15 @@ def _row(run_dir: Path, data: dict, step: int) -> dict[str, Any]:
     }
 
 
-def analyze_sweep(sweep_dir: str | Path, opts: Options, *, step: int | None = None,
+def analyze_sizes(sweep_dir: str | Path, opts: Options, *, step: int | None = None,
                   corpus: str | Path | None = None, keep: dict[str, dict] | None = None) -> list[dict]:
     """One row per run of the sweep (its last checkpoint); also written to SWEEP/interpret_sizes.json.
     `keep`, if given, receives each run's full analysis by run folder (the page reuses one)."""
-    from tinyscale.analysis.collect import sweep_runs
-    from tinyscale.interpret.run import load  # run.py imports this module: no import circle at load time
-
     sweep_dir = Path(sweep_dir)
     rows = []
     for run_dir in sweep_runs(sweep_dir):
         try:
-            model, run_step, tokenizer, eot = load(run_dir, step)
+            model, run_step, tokenizer, eot = load_run_model(run_dir, step)
         except UserError as e:  # a run without a checkpoint yet is left out, not fatal
             progress.info("interpret: skipping %s (%s)", run_dir.name, e)
             continue
