@@ -77,12 +77,12 @@ def test_a_completion_past_the_trained_context_is_flagged(tmp_path):
     comp = {"id": "val:7", "prompt": "Once", "ending": " x", "completions": ["a b"], "prompt_tokens": 100,
             "completion_tokens": [40]}
     past = _run(tmp_path, "past", {"config": {"seq_len": 128}}, comp)
-    within = _run(tmp_path, "within", {"trained_context": 256, "config": {"seq_len": 128}}, comp)
+    within = _run(tmp_path, "within", {"context": 256, "config": {"seq_len": 128}}, comp)  # run.json's own key
     found, notes = context_checks([past, within])
     assert [v["where"] for v in found] == ["run past step 100 story val:7"] and not notes
     assert found[0]["trained_context"] == 128 and "100 + completion 40" in found[0]["message"]
-    assert trained_context({"trained_context": 256, "config": {"seq_len": 128}}) == 256
-    unknown = _run(tmp_path, "unknown", {}, comp)
+    assert trained_context({"model": {"max_seq_len": 512}, "context": 256, "config": {"seq_len": 128}}) == 256
+    unknown = _run(tmp_path, "unknown", {"model": None}, comp)  # no model entry: nothing says the context
     assert context_checks([unknown]) == ([], ["run unknown: trained context unknown, completions not checked"])
 
 

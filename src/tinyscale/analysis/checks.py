@@ -8,7 +8,7 @@
     fit_out_of_range        a fitted exponent <= 0 or above 3, or an irreducible loss E < 0 or above the
                             smallest loss the fit was given
     completion_past_context a story completion whose prompt + completion tokens exceed the context the
-                            run was trained at (run.json `trained_context`, else the config's seq_len):
+                            run was trained at (run.json `context`, read as the run loaders read it):
                             every position past it was never trained
 
 `run_checks` returns {"violations": [...], "checked": [...], "not_checked": [...]}; each violation is
@@ -24,6 +24,8 @@ from typing import Any
 
 from scipy.stats import binom
 
+from tinyscale import runs
+from tinyscale.errors import UserError
 from tinyscale.runs import read_evals
 
 SE_LIMIT = 3.0             # standard errors below a floor that count as impossible
@@ -115,9 +117,12 @@ def fit_checks(fits: dict[str, Any], records: list[dict]) -> list[dict[str, Any]
 
 
 def trained_context(info: dict[str, Any]) -> int | None:
-    """The context a run was trained at: run.json `trained_context`, else its config's seq_len."""
-    v = info.get("trained_context") or (info.get("config") or {}).get("seq_len")
-    return int(v) if isinstance(v, int | float) and v > 0 else None
+    """The context a run was trained at, as the run loaders read it (`runs.trained_context`: run.json
+    `context`, else older runs' fallbacks); None when run.json cannot say."""
+    try:
+        return runs.trained_context(info)
+    except (KeyError, TypeError, AttributeError, UserError):
+        return None
 
 
 def _counts(comp: dict[str, Any], tokenizer) -> list[tuple[int, int]]:

@@ -22,27 +22,16 @@ questions are resampled).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
+
+from tinyscale.evaluate.probes import wilson  # the one Wilson interval of the project
 
 RESAMPLES = 4000  # the 2.5% tail then holds 100 resamples: its percentile moves by < 0.005 between rng seeds
 BOOTSTRAP_SEED = 20240601
 Z95 = 1.959963984540054
 PAIRS = (("teach", "incentivize"), ("incentivize", "start"), ("teach", "start"))
-
-
-def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion successes / n (95% by default)."""
-    if n <= 0:
-        return math.nan, math.nan
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # At 0 or n successes the bound is exactly 0 or 1 (the formula gets there up to rounding).
-    return (0.0 if successes <= 0 else max(0.0, center - half)), (1.0 if successes >= n else min(1.0, center + half))
 
 
 def draws(n_seeds: int, strata: np.ndarray, resamples: int = RESAMPLES,
@@ -97,7 +86,7 @@ def compare_arms(arms: dict[str, np.ndarray], mask: np.ndarray, proportion: bool
     for arm, v in arms.items():
         mean = point(v, mask)
         if proportion and len(v) == 1:
-            lo, hi, method = *wilson(float((v[0] * mask).sum()), int(mask.sum())), "wilson"
+            lo, hi, method = *wilson(round(float((v[0] * mask).sum())), int(mask.sum())), "wilson"
         else:
             (lo, hi), method = percentile_interval(samples[arm]), "bootstrap"
         per_seed = ((v * mask).sum(axis=1) / mask.sum()).tolist()
