@@ -206,6 +206,14 @@ ERRORS = [
     ({"model": "story", "prompt": [[7] * 50] * 16, "max_tokens": 0, "echo": True, "logprobs": 20, "n": 16},
      400, "prompt"),  # row 10: a 5 KB request asking for a 7 MB answer
     ({"model": "story", "prompt": "x", "tools": [{"type": "function"}]}, 400, "tools"),
+    ({"model": "story", "prompt": "x", "min_p": 2}, 400, "min_p"),
+    ({"model": "story", "prompt": "x", "top_k": -3}, 400, "top_k"),
+    ({"model": "story", "prompt": "x", "repetition_penalty": 0}, 400, "repetition_penalty"),
+    ({"model": "story", "prompt": "x", "repeat_penalty": 11}, 400, "repeat_penalty"),
+    ({"model": "story", "prompt": "x", "repeat_last_n": -5}, 400, "repeat_last_n"),
+    ({"model": "story", "prompt": "x", "min_tokens": -1}, 400, "min_tokens"),
+    ({"model": "story", "prompt": "x", "frequency_penalty": "nan"}, 400, "frequency_penalty"),
+    ({"model": "story", "prompt": "x", "logit_bias": {"5": "nan"}}, 400, "logit_bias"),
     ({"prompt": "x"}, 400, "model"),
 ]
 
