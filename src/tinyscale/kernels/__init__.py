@@ -4,62 +4,94 @@ Built at first use rather than at install: building at install time would make p
 package against a torch inside an isolated build environment (a download of several GB, and
 possibly a different torch from the one that runs it). `torch.utils.cpp_extension.load` compiles
 against the torch that is running, once per machine and instruction set (~30-60 s), into
-`TORCH_EXTENSIONS_DIR` (default ~/.cache/torch_extensions). Without a C++ compiler the kernels are
-simply absent and callers use their PyTorch paths; `TINYSCALE_NO_KERNELS=1` forces that.
+`TORCH_EXTENSIONS_DIR` (default ~/.cache/torch_extensions), under a name that carries a hash of the
+CPU's vector-ISA flags and the compiler flags (cpu.py), so a shared cache never hands one CPU a
+binary built for another. Where simd.h has no vector path for the CPU, the kernels are used only if
+they measure faster than PyTorch (choice.py). Any failure to build or load them (no compiler, a
+missing file, a broken binary) leaves callers on their PyTorch paths, with one line saying why;
+`TINYSCALE_KERNELS=on|off` (or `TINYSCALE_NO_KERNELS=1`) forces the choice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import platform
-import sys
+import shutil
 from functools import cache
 from pathlib import Path
 from types import ModuleType
 
 from tinyscale import progress
+from tinyscale.kernels import choice, cpu
 
 HERE = Path(__file__).resolve().parent
-
-
-def _arch_flags() -> tuple[str, list[str]]:
-    """Target the CPU at hand; under ATEN_CPU_CAPABILITY=avx2 (an AVX2 machine emulated on a wider
-    one, as bench/peers does) stay within AVX2 so the comparison is fair."""
-    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() == "avx2":
-        return "avx2", ["-march=x86-64-v3"]
-    if sys.platform == "darwin" or platform.machine() not in ("x86_64", "AMD64"):
-        return "default", []
-    return "native", ["-march=native"]
-
-
 SOURCES = ("module.cpp", "decode_one.cpp", "attention.cpp", "loss.cpp")
 HEADERS = ("simd.h",)
+CFLAGS = ("-O3", "-fopenmp", "-fopenmp-simd")
 
 
 def _headers_hash() -> str:
     """The shared header's hash, passed as a flag: the builder tracks sources and flags, not headers."""
-    import hashlib
-
     return hashlib.sha1(b"".join((HERE / h).read_bytes() for h in HEADERS)).hexdigest()[:12]
+
+
+def _ninja_on_path() -> None:
+    """torch runs `ninja` from PATH: a virtual environment's `tinyscale` started without activating
+    the environment has the pip-installed ninja (a dependency) off it."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+
+
+def _why(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+
+
+def build(name: str, cflags: list[str]) -> ModuleType | None:
+    """The extension `name` compiled with `cflags` (the first time) and loaded; None, with one line
+    saying why, if anything fails."""
+    progress.info("loading tinyscale's C++ kernels (the first time on a machine, they compile: about a minute)")
+    try:
+        from torch.utils.cpp_extension import load
+
+        _ninja_on_path()
+        return load(name=name, sources=[str(HERE / s) for s in SOURCES],
+                    extra_cflags=[*cflags, f"-DTINYSCALE_HEADERS={_headers_hash()}"],
+                    extra_ldflags=["-fopenmp"], extra_include_paths=[str(HERE)], verbose=False)
+    except Exception as e:  # no compiler, no ninja, a missing file, a failed build, a broken binary
+        progress.info(f"C++ kernels unavailable ({_why(e)}); using PyTorch's operators")
+        return None
+
+
+def _wins(module: ModuleType) -> bool:
+    """choice.decide for a CPU without a vector path, saying what was decided and why."""
+    try:
+        use, timings, fresh = choice.decide(Path(module.__file__).parent, lambda: choice.measure(module))
+    except Exception as e:
+        progress.info(f"C++ kernels off: measuring them failed ({_why(e)}); using PyTorch's operators")
+        return False
+    figures = ", ".join(f"{k} {t[0] * 1e3:.2f} vs {t[1] * 1e3:.2f} ms" for k, t in timings.items())
+    progress.info(f"C++ kernels {'on' if use else 'off'}: no vector path for this CPU, and "
+                  f"{'they measure' if fresh else 'they measured'} {figures} against PyTorch's operators "
+                  "(TINYSCALE_KERNELS=on|off forces either)")
+    return use
 
 
 @cache
 def cpu_kernels() -> ModuleType | None:
     """The C++ kernels (decode_one.cpp: decoding; attention.cpp: causal attention for training;
-    loss.cpp: the output head's cross-entropy), one extension module, or None if it cannot be built here."""
-    if os.environ.get("TINYSCALE_NO_KERNELS"):
+    loss.cpp: the output head's cross-entropy), one extension module, or None where they cannot be
+    built here, are switched off, or (without a vector path) measure slower than PyTorch."""
+    how = choice.mode()
+    if how == "off":
         return None
-    try:
-        from torch.utils.cpp_extension import load
-    except ImportError:  # pragma: no cover - torch always ships it
-        return None
-    tag, arch = _arch_flags()
-    progress.info("loading tinyscale's C++ kernels (the first time on a machine, they compile: about a minute)")
-    try:
-        return load(name=f"tinyscale_cpu_{tag}", sources=[str(HERE / s) for s in SOURCES],
-                    extra_cflags=["-O3", "-fopenmp", "-fopenmp-simd", f"-DTINYSCALE_HEADERS={_headers_hash()}", *arch],
-                    extra_ldflags=["-fopenmp"], extra_include_paths=[str(HERE)], verbose=False)
-    except Exception as e:  # no compiler, no ninja, a failed build: fall back, say why once
-        progress.info(f"C++ kernels unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                      "using PyTorch's operators")
-        return None
+    plat = cpu.detect()
+    tag, arch = cpu.arch_flags(plat)
+    cflags = [*CFLAGS, *arch]
+    module = build(cpu.cache_name(plat, tag, cflags), cflags)
+    if module is None or how == "on" or cpu.has_vector_path(plat, arch):
+        return module
+    return module if _wins(module) else None
