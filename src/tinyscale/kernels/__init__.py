@@ -70,10 +70,10 @@ def _wins(module: ModuleType) -> bool:
     """choice.decide for a CPU without a vector path, saying what was decided and why."""
     try:
         use, timings, fresh = choice.decide(Path(module.__file__).parent, lambda: choice.measure(module))
+        figures = ", ".join(f"{k} {t[0] * 1e3:.2f} vs {t[1] * 1e3:.2f} ms" for k, t in timings.items())
     except Exception as e:
         progress.info(f"C++ kernels off: measuring them failed ({_why(e)}); using PyTorch's operators")
         return False
-    figures = ", ".join(f"{k} {t[0] * 1e3:.2f} vs {t[1] * 1e3:.2f} ms" for k, t in timings.items())
     progress.info(f"C++ kernels {'on' if use else 'off'}: no vector path for this CPU, and "
                   f"{'they measure' if fresh else 'they measured'} {figures} against PyTorch's operators "
                   "(TINYSCALE_KERNELS=on|off forces either)")

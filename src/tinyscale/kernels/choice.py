@@ -55,17 +55,19 @@ def measure(kernels) -> dict[str, list[float]]:
     """[kernel seconds, PyTorch seconds] for training attention (causal, head size 16, 128 positions,
     forward) and the head's loss (cross-entropy and its gradient for a chunk of 64 rows over a
     4096-token vocabulary), each against the PyTorch operator it replaces."""
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(3, 2, 4, 128, 16, generator=gen).unbind(0)
-    logits = torch.randn(64, 4096, generator=gen)
-    targets = torch.randint(0, 4096, (64,), generator=gen)
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    return {
-        "attention": _best_of([lambda: kernels.causal_attention_forward(q, k, v),
-                               lambda: sdpa(q, k, v, is_causal=True)]),
-        "loss": _best_of([lambda: kernels.softmax_xent_grad_(logits.clone(), targets, 1.0),
-                          lambda: _cross_entropy_grad(logits, targets)]),
-    }
+    # The first use may come under inference mode (sampling) or autocast (training in bf16).
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = torch.randn(3, 2, 4, 128, 16, generator=gen).unbind(0)
+        logits = torch.randn(64, 4096, generator=gen)
+        targets = torch.randint(0, 4096, (64,), generator=gen)
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        return {
+            "attention": _best_of([lambda: kernels.causal_attention_forward(q, k, v),
+                                   lambda: sdpa(q, k, v, is_causal=True)]),
+            "loss": _best_of([lambda: kernels.softmax_xent_grad_(logits.clone(), targets, 1.0),
+                              lambda: _cross_entropy_grad(logits, targets)]),
+        }
 
 
 def _cross_entropy_grad(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
