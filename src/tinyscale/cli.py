@@ -113,6 +113,14 @@ def _int_parser(field: FieldInfo) -> Callable[[str], int]:
 # --- data -------------------------------------------------------------------------------------
 
 
+def _add_file_format(p: argparse.ArgumentParser) -> None:
+    """--file-format, on every verb that writes a corpus (--format already names plain/instruct)."""
+    from tinyscale.data.corpus import FILE_FORMATS
+
+    p.add_argument("--file-format", choices=FILE_FORMATS, default=FILE_FORMATS[0],
+                   help="how the split files are stored (default jsonl; parquet needs pyarrow)")
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="make or inspect corpora")
     dsub = data.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)
@@ -130,6 +138,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    help="share of train stories followed by two 'Q: ... A: ...' lines (default 0)")
     w.add_argument("--qa-unanswerable", type=float, default=0.3, metavar="SHARE",
                    help="share of those questions about something the story never says (answer: I don't know)")
+    _add_file_format(w)
     w.set_defaults(func=_run_data_world)
 
     s = dsub.add_parser("stats", help="summarise a corpus folder")
@@ -145,7 +154,7 @@ def _run_data_world(args: argparse.Namespace) -> None:
 
     write_world_corpus(args.out, stories=args.stories, seed=args.seed, val_fraction=args.val_fraction,
                        fmt=args.format, hold_out=args.hold_out, overwrite=args.overwrite, qa=args.qa,
-                       qa_unanswerable=args.qa_unanswerable)
+                       qa_unanswerable=args.qa_unanswerable, file_format=args.file_format)
 
 
 def _run_data_stats(args: argparse.Namespace) -> None:
@@ -179,6 +188,7 @@ def _add_data_llm(dsub: argparse._SubParsersAction) -> None:
     g.add_argument("--template", help="prompt template file ($verb $noun $adjective $features)")
     g.add_argument("--val-fraction", type=float, default=0.05)
     g.add_argument("--keep-flagged", action="store_true", help="keep flagged stories in train/val")
+    _add_file_format(g)
     g.set_defaults(func=_run_data_llm)
 
 
@@ -192,7 +202,7 @@ def _run_data_llm(args: argparse.Namespace) -> None:
     settings = LlmSettings(stories=args.stories, seed=args.seed, fmt=args.format, template=args.template,
                            temperature=args.temperature, max_tokens=args.max_tokens, concurrency=args.concurrency,
                            val_fraction=args.val_fraction, keep_flagged=args.keep_flagged, max_cost=args.max_cost,
-                           price_in=args.price_in, price_out=args.price_out)
+                           price_in=args.price_in, price_out=args.price_out, file_format=args.file_format)
     print(json.dumps(generate_llm_corpus(args.out, ep, settings), indent=2))
 
 
@@ -204,6 +214,7 @@ def _add_data_ingest(dsub: argparse._SubParsersAction) -> None:
     i.add_argument("--val-fraction", type=float, default=0.05, help="when the source has no validation split")
     i.add_argument("--limit", type=_count, help="at most N stories per split")
     i.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    _add_file_format(i)
     i.set_defaults(func=_run_data_ingest)
 
 
@@ -213,7 +224,8 @@ def _run_data_ingest(args: argparse.Namespace) -> None:
     from tinyscale.data.ingest import ingest
 
     print(json.dumps(ingest(args.source, args.out, text_field=args.text_field, val_fraction=args.val_fraction,
-                            limit=args.limit, overwrite=args.overwrite), indent=2))
+                            limit=args.limit, overwrite=args.overwrite, file_format=args.file_format),
+                     indent=2))
 
 
 # --- sweep ------------------------------------------------------------------------------------
