@@ -130,9 +130,10 @@ def repeated_scores(model: Transformer, eot_id: int, seed: int = 0) -> dict[str,
 
 
 @torch.no_grad()
-def lookup_scores(model: Transformer, stories: list[MentionStory]) -> tuple[list[list[float | None]], float | None,
-                                                                            int]:
-    """Entity-lookup score per layer and head, the uniform floor, and the later mentions read."""
+def lookup_scores(model: Transformer, stories: list[MentionStory], before: int = 0) -> tuple[list[list[float | None]],
+                                                                                             float | None, int]:
+    """Entity-lookup score per layer and head, the uniform floor, and the later mentions read; with
+    `before` = 1 the query is the token before each later mention (where the name is predicted)."""
     stats = [LookupStats.zeros(model.cfg.n_heads) for _ in range(model.cfg.n_layers)]
     names = [f"blocks.{i}.attn.pattern" for i in range(model.cfg.n_layers)]
     for start in range(0, len(stories), BATCH):
@@ -143,7 +144,7 @@ def lookup_scores(model: Transformer, stories: list[MentionStory]) -> tuple[list
         for i, st in enumerate(stats):
             pat = acts[f"blocks.{i}.attn.pattern"].cpu()
             for j, s in enumerate(chunk):
-                st.add(pat[j, :, :lengths[j], :lengths[j]], [(f, later) for _, f, later in s.mentions])
+                st.add(pat[j, :, :lengths[j], :lengths[j]], [(f, [q - before for q in later]) for _, f, later in s.mentions])
     results = [st.result() for st in stats]
     return [r[0] for r in results], results[0][1], stats[0].queries
 
@@ -152,10 +153,13 @@ def score_heads(model: Transformer, stories: list[MentionStory], eot_id: int, se
     """Every head's four scores (rows in layer, head order) and how many later mentions were read."""
     rep = repeated_scores(model, eot_id, seed)
     lookup, base, queries = lookup_scores(model, stories) if stories else (None, None, 0)
+    pred, pred_base, _ = lookup_scores(model, stories, before=1) if stories else (None, None, 0)
     rows = []
     for layer in range(model.cfg.n_layers):
         for h in range(model.cfg.n_heads):
             row = {"layer": layer, "head": h, **{k: float(v[layer, h]) for k, v in rep.items()}}
             row["entity_lookup"] = lookup[layer][h] if lookup else None
+            row["entity_lookup_before"] = pred[layer][h] if pred else None
             rows.append(row)
-    return {"heads": rows, "entity_lookup_base": base, "later_mentions": queries, "repeat_len": repeat_len(model)}
+    return {"heads": rows, "entity_lookup_base": base, "entity_lookup_before_base": pred_base,
+            "later_mentions": queries, "repeat_len": repeat_len(model)}

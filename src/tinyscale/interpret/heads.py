@@ -125,8 +125,10 @@ class HeadStats:
 #                   (its name again after the first time), the attention on the tokens of that
 #                   character's first mention. `entity_lookup_base` is what attention spread evenly
 #                   over the same keys would put there (first-mention tokens / keys), the floor.
+#   entity_lookup_before  the same from the token *before* each later mention: where the name is
+#                   predicted, so where a head that fetches the character would help the tracking loss.
 
-SCORES: tuple[str, ...] = ("previous_token", "induction", "copying", "entity_lookup")
+SCORES: tuple[str, ...] = ("previous_token", "induction", "copying", "entity_lookup", "entity_lookup_before")
 
 
 def repeated_tokens(vocab: int, n: int, batch: int, seed: int, prefix: int) -> Tensor:
