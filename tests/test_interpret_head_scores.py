@@ -160,3 +160,61 @@ def test_scores_of_a_planted_previous_token_head_and_induction_head():
     assert prev["previous_token"] > 0.95 and prev["induction"] < 0.05 and prev["copying"] < 0.3
     assert ind["induction"] > 0.95 and ind["copying"] > 0.95 and ind["previous_token"] < 0.2
     assert prev["entity_lookup"] is None
+
+
+# --- across checkpoints --------------------------------------------------------------------------
+
+
+def test_rise_and_coincidence_with_the_break():
+    from tinyscale.interpret.over_training import coincidence, rise
+
+    steps = [1, 100, 200, 400, 800]
+    r = rise(steps, [0.02, 0.03, 0.05, 0.40, 0.60], twin=0.02)  # halfway (0.31) first reached at 400
+    assert r == {"step": 400, "after": 200, "half": pytest.approx(0.31)}
+    assert rise(steps, [0.02, 0.03, 0.05, 0.08, 0.10], twin=0.02) is None  # ends < 0.1 above the twin
+    assert coincidence(r, 450, eval_every=100) == "coincide"
+    assert coincidence(r, 250, eval_every=100) == "cannot tell"  # between 200 and 400, checkpoints 200 apart
+    assert coincidence(r, 700, eval_every=100) == "rise first"
+    assert coincidence(r, 150, eval_every=100) == "break first"
+    assert coincidence(r, None, 100) == "no break" and coincidence(None, 450, 100) == "no rise"
+
+
+def test_interpret_heads_scores_every_checkpoint_and_draws_them(tmp_path):
+    import json
+
+    from safetensors.torch import save_model
+
+    from test_interpret import _run
+    from tinyscale.data.tokenize import load_tokenizer, tokenize_corpus
+    from tinyscale.data.world import write_world_corpus
+    from tinyscale.interpret import interpret
+    from tinyscale.interpret.one_model import Options
+
+    write_world_corpus(tmp_path / "corpus", stories=40, seed=2, val_fraction=0.25)
+    tokenize_corpus(tmp_path / "corpus", tmp_path / "shards", vocab_size=300, workers=1)
+    tok = load_tokenizer(tmp_path / "shards" / "tokenizer.json")
+    run, model = _run(tmp_path / "sweep" / "runs", tok, data_dir=tmp_path / "shards")
+    save_model(model, str(run / "checkpoints" / "step_00000020.safetensors"))  # a second checkpoint
+    torch.save({}, run / "checkpoints" / "step_00000020.state.pt")
+    info = json.loads((run / "run.json").read_text())
+    info |= {"config": {"seed": 1, "eval_every": 10, "batch": 2, "seq_len": 64}, "flops_per_token": 1000.0}
+    (run / "run.json").write_text(json.dumps(info))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(
+        {"step": s, "flops": s * 128e3, "val_loss_by_skill": {"tracking": 5 - s / 10, "grammar": 2.0}}) + "\n"
+        for s in (0, 10, 20)))
+    (tmp_path / "sweep" / "analysis.json").write_text(json.dumps({"learning_curves": [
+        {"run": run.name, "curve": "tracking", "metric": "loss", "label": "emergent", "break_step": 20,
+         "break_flops": 20 * 128e3}]}))
+    out = interpret(run, tmp_path / "p.html", opts=Options(stories=4, top_k=3, head_stories=8, ablate_stories=0),
+                    heads=True)
+    got = json.loads(out.with_suffix(".json").read_text())["head_scores"]["runs"][0]
+    assert [c["step"] for c in got["checkpoints"]] == [10, 20] and got["checkpoints"][1]["flops"] == 20 * 128e3
+    assert got["checkpoints"][0]["heads"] == got["checkpoints"][1]["heads"]  # the same weights twice
+    assert got["breaks"]["tracking"]["break_step"] == 20 and got["stories"] > 0
+    assert got["checkpoints"][0]["later_mentions"] > 0 and got["best"]["entity_lookup"] is not None
+    assert got["twin"]["heads"] != got["checkpoints"][0]["heads"]  # the twin is a fresh model
+    assert "tracking curve: emergent, break at step 20" in got["sentence"]
+    assert "largest tracking drop between evaluations 10 -> 20 (-1.00 nats)" in got["sentence"]
+    html = out.read_text()
+    assert 'alt="attention per head with character mentions"' in html
+    assert f'alt="{run.name}: loss per skill and head scores over training"' in html
