@@ -492,6 +492,8 @@ def _add_interpret(sub: argparse._SubParsersAction) -> None:
                    help="stories for mean-ablating each head, trained and random-init (default 128; 0: none)")
     p.add_argument("--corpus", help="corpus folder or val.jsonl (default: the one the run's shards came from)")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN_OR_SWEEP/interpret.html (+ .json beside it)")
+    p.add_argument("--heads", action="store_true", help="also score every head (previous-token, induction, copying, "
+                   "entity lookup) at every kept checkpoint, beside the per-skill loss curve")
     p.set_defaults(func=_run_interpret)
 
 
@@ -500,7 +502,7 @@ def _run_interpret(args: argparse.Namespace) -> None:
     from tinyscale.interpret.one_model import Options
 
     opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k, ablate_stories=args.ablate_stories)
-    out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus)
+    out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus, heads=args.heads)
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 
