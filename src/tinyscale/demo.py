@@ -72,6 +72,7 @@ CALIBRATION_STEPS = 4
 SAMPLE_STORIES = 400  # written and tokenized to measure the data stage
 REPORT_SECONDS = 30.0  # analysis (200 bootstrap fits) and the figures: ~15 s measured on 2 cores
 SAFETY = 1.05  # measurement noise: plan 5% short rather than overrun
+EVAL_OPTIONS = {"checkpoints": "last", "completions": 12, "samples": 1}  # each run's `tinyscale eval`
 REPORT_BOOT = 200  # bootstrap fits of the report's analysis (REPORT_SECONDS measured with these)
 MIN_RUN_STEPS = 10  # a run re-planned with no time left still trains this many steps (and says so)
 
@@ -294,7 +295,7 @@ def sweep_yaml(shards: Path, tokens: int, seed: int = 0, seeds: int = 1) -> dict
             "dense_checkpoints": 8, "seed": seed,
         },
         "runs": _runs(seed, seeds),
-        "eval": {"checkpoints": "last", "completions": 12, "samples": 1},
+        "eval": dict(EVAL_OPTIONS),
     }
 
 
