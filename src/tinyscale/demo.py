@@ -392,12 +392,15 @@ def size_index(spec: dict[str, Any]) -> int:
     return [(d, n, h) for d, n, h in SIZES].index((spec["d_model"], spec["n_layers"], spec["n_heads"]))
 
 
-def replan_tokens(seconds_left: float, sizes: list[int], s: Speeds, slowdown: float, planned: int) -> int:
+def replan_tokens(seconds_left: float, sizes: list[int], s: Speeds, slowdown: float, planned: int,
+                  overhead: float = 0.0) -> int:
     """Tokens per run (the same for each) for the runs of one slot still to train, sizes `sizes`, the
     next first, that fit `seconds_left` on a machine `slowdown` times slower than measured (its
-    evaluations and process starts too): never more than `planned`, never fewer than MIN_RUN_STEPS."""
+    evaluations and process starts too; each run's costs besides training at least `overhead`, the
+    seconds finished runs spent outside their training loop): never more than `planned`, never fewer
+    than MIN_RUN_STEPS."""
     step = BATCH * SEQ_LEN
-    fixed = slowdown * sum(run_seconds(i, 0, s) for i in sizes)
+    fixed = sum(max(slowdown * run_seconds(i, 0, s), overhead) for i in sizes)
     per_token = slowdown * sum(s.train_per_token[i] for i in sizes)
     fits = int((seconds_left - fixed) / per_token) if seconds_left > fixed else 0
     return max(step * MIN_RUN_STEPS, min(planned, fits - fits % step))
@@ -487,7 +490,11 @@ class _Schedule:
         """The spec with this run's tokens and deadline, from the time left and the speed seen so far."""
         slowdown = observed_slowdown([(size_index(sp), self.runs_dir / sp["name"]) for sp in self.specs], self.s)
         f = max(1.0, slowdown or 1.0)  # faster than measured: the plan stands
-        tokens = replan_tokens(self.train_end - time.perf_counter(), sizes, self.s, f, min(spec["tokens"], self.planned))
+        # What finished runs spent outside training (process starts, evaluation), which the plan only estimates.
+        spent = [r["minutes"] - r["train_minutes"] for r in self.rows.values() if r["minutes"] and r["train_minutes"]]
+        overhead = 60 * sum(spent) / len(spent) if spent else 0.0
+        tokens = replan_tokens(self.train_end - time.perf_counter(), sizes, self.s, f,
+                               min(spec["tokens"], self.planned), overhead)
         spec = {**spec, **step_options(tokens), "max_minutes": deadline_minutes(sizes[0], tokens, self.s, f)}
         if tokens < self.planned:
             progress.info("%s: re-planned to %.2fM tokens (planned %.2fM): the machine trains %.2fx slower than "
