@@ -4,6 +4,7 @@ the demo re-plans its runs from the time left and keeps its budget on a machine 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -11,7 +12,15 @@ import pytest
 from _tiny_shards import make_shards
 from tinyscale import demo
 from tinyscale.config import TrainConfig
-from tinyscale.demo import BATCH, MIN_RUN_STEPS, SEQ_LEN, Speeds, deadline_minutes, observed_slowdown, replan_tokens
+from tinyscale.demo import (
+    BATCH,
+    MIN_RUN_STEPS,
+    SEQ_LEN,
+    Speeds,
+    deadline_minutes,
+    observed_slowdown,
+    replan_tokens,
+)
 from tinyscale.runs import list_checkpoints
 
 
@@ -84,12 +93,12 @@ def test_replan_fits_the_time_left_at_the_speed_seen():
 
 def test_slowdown_is_read_from_the_newest_runs_metrics(tmp_path):
     s = _speeds()
-    for name, i, rate, mtime in (("old", 3, 1 / 6e-6, 1), ("a", 0, 1 / 80e-6, 3), ("b", 1, 1 / 60e-6, 2)):
+    for name, _size, rate, mtime in (("old", 3, 1 / 6e-6, 1), ("a", 0, 1 / 80e-6, 3), ("b", 1, 1 / 60e-6, 2)):
         (tmp_path / name).mkdir()
         rows = [{"step": 1, "tokens_per_s": 1.0}, {"step": 10, "tokens_per_s": rate}, {"step": 10, "val_loss": 3.0}]
         path = tmp_path / name / "metrics.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 2')  # a line being written
-        import os
+
 
         os.utime(path, (mtime, mtime))
     runs = [(3, tmp_path / "old"), (0, tmp_path / "a"), (1, tmp_path / "b")]
@@ -99,7 +108,7 @@ def test_slowdown_is_read_from_the_newest_runs_metrics(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_on_a_machine_slower_than_measured_keeps_its_budget_and_says_so(tmp_path, monkeypatch, caplog):
+def test_demo_on_a_machine_slower_than_measured_keeps_its_budget_and_says_so(tmp_path, monkeypatch):
     """The plan believes the machine trains ~50x faster than it does (as when other work starts after
     the first minute's measurement): the runs stop at their deadlines or are re-planned, the demo ends
     within its budget + 10%, and the report and summary say which runs trained fewer tokens."""
