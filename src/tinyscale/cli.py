@@ -293,7 +293,7 @@ def _run_tokenize(args: argparse.Namespace) -> None:
 # How `tinyscale train --help` groups TrainConfig's fields after --data (each field is one flag).
 _TRAIN_GROUPS: dict[str | None, list[str]] = {
     "model": ["preset", "family", "d_model", "n_layers", "n_heads", "tie_embeddings", "max_seq_len"],
-    "optimisation": ["tokens", "batch", "seq_len", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "beta1",
+    "optimisation": ["tokens", "max_minutes", "batch", "seq_len", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "beta1",
                      "beta2", "grad_clip", "seed"],
     "bookkeeping": ["log_every", "eval_every", "eval_tokens", "eval_min_skill_tokens", "checkpoint_every",
                     "dense_checkpoints"],
@@ -306,8 +306,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train a model on token shards (or --resume a run)",
                        description="Every option defaults to tinyscale.config.TrainConfig; with --resume, "
-                                   "options default to the run's own and only --tokens, --device, --threads, "
-                                   "--compile and --data may change.")
+                                   "options default to the run's own and only --tokens, --max-minutes, --device, "
+                                   "--threads, --compile and --data may change.")
     config_flags(p, TrainConfig, {None: ["data"]})
     p.add_argument("--out", help="new run folder")
     p.add_argument("--resume", metavar="RUN", help="continue this run from its newest checkpoint")

@@ -78,6 +78,12 @@ class RunFolder:
         for stale in checkpoint_dir(self.path).glob(".*.tmp"):  # half-written files of a killed run
             stale.unlink(missing_ok=True)
 
+    def finish(self, info: dict[str, Any], end: dict[str, Any]) -> None:
+        """run.json again, with "end": why the run stopped (its token target or its deadline) and what
+        it trained; written after the last checkpoint, and dropped by `begin` when a resume goes on."""
+        if self.main:
+            write_json(self.path / "run.json", {**info, "end": end})
+
     def log(self, row: dict[str, Any]) -> None:
         if self.main:
             append_jsonl(self.path / "metrics.jsonl", row)
