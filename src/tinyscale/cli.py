@@ -480,14 +480,24 @@ def _add_interpret(sub: argparse._SubParsersAction) -> None:
                    help="stories for mean-ablating each head, trained and random-init (default 128; 0: none)")
     p.add_argument("--corpus", help="corpus folder or val.jsonl (default: the one the run's shards came from)")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN_OR_SWEEP/interpret.html (+ .json beside it)")
+    _add_patch_flags(p)
     p.set_defaults(func=_run_interpret)
+
+
+def _add_patch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patch", action="store_true",
+                   help="activation patching on the story world's minimal pairs, trained and random-init")
+    p.add_argument("--patch-pairs", type=int, default=128, metavar="N", help="aligned pairs patched (default 128)")
+    p.add_argument("--patch-seed", type=int, default=1, metavar="SEED",
+                   help="story-world seed the pairs are written with (default 1)")
 
 
 def _run_interpret(args: argparse.Namespace) -> None:
     from tinyscale.interpret import interpret
     from tinyscale.interpret.one_model import Options
 
-    opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k, ablate_stories=args.ablate_stories)
+    opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k, ablate_stories=args.ablate_stories,
+                   patch=args.patch, patch_pairs=args.patch_pairs, patch_seed=args.patch_seed)
     out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus)
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
