@@ -13,7 +13,7 @@ phrasing and the pronouns stay as they were.
   where the plot's logic decides who is named).
 - `object`: an object the plot draws from a pool (`Builder.thing`: the lost toy, a material, ...)
   becomes another noun of the lexicon (same category where the lexicon lists the old one, same
-  article, countable, not in the story). The dependent words are its later mentions (`tracking`).
+  article, countable, one word like the old one, not in the story). The dependent words are its later mentions (`tracking`).
   The plot may then call a cloud a toy: the pair tests copying, not sense.
 - `count`: a number the plot draws (`schemas.number`) gets another value in its range. The
   changed word is the number; the dependent words are what the plot computes from it (a sum, a
@@ -81,15 +81,16 @@ def _name_choice(story: Story, vocab: Vocab, rng: random.Random) -> tuple[str, s
 
 def _object_choice(story: Story, vocab: Vocab, rng: random.Random) -> tuple[str, str, tuple[str, str]] | None:
     """(key, old word, (new word, plural)): a drawn object and another noun to put in its place."""
-    keys = sorted(k for k, t in story.ctx.items()
-                  if t.__class__ is Thing and t.label is not None and t.label[0] == "free" and k != "N")
+    keys = sorted(k for k, t in story.ctx.items() if t.__class__ is Thing and t.label is not None
+                  and t.label[0] == "free" and k != "N" and " " not in t.word + t.plural)
     if not keys:
         return None
     key = rng.choice(keys)
     old = story.ctx[key]
     category = next((n.category for n in vocab.nouns if n.word == old.word), None)
     words = set(story.text.replace(".", " ").replace(",", " ").replace("!", " ").split())
-    options = [n for n in vocab.nouns if not n.mass and n.word != n.plural and vocab.article(n.word) == old.art
+    options = [n for n in vocab.nouns if not n.mass and n.word != n.plural and " " not in n.word + n.plural
+               and vocab.article(n.word) == old.art
                and category in (None, n.category) and n.word not in words and n.plural not in words]
     if not options:
         return None
