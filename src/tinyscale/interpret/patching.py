@@ -222,7 +222,7 @@ def patch_pairs(model: Transformer, aligned: Sequence[Aligned], boot: int = 1000
     """Patch every component at every position class on the pairs; JSON-ready shares per skill.
 
     `skills`, `queries` (per skill), `effect` (mean LD_clean − LD_corrupt per query, [mean, lo,
-    hi]), `clean_ld`/`corrupt_ld` (means), `rows` (per component: `share` {class: {skill: [mean,
+    hi]; `effect_by_kind` the same per kind of pair), `clean_ld`/`corrupt_ld` (means), `rows` (per component: `share` {class: {skill: [mean,
     lo, hi]}}), `top` (per skill the TOP heads and MLPs restoring most at all positions) and
     `identity` (the last layer's stream at all positions: 1 by construction)."""
     model.eval()
@@ -247,9 +247,13 @@ def patch_pairs(model: Transformer, aligned: Sequence[Aligned], boot: int = 1000
     with np.errstate(divide="ignore", invalid="ignore"):
         means = {k: per_pair(got[k]).sum(0) / counts.sum(0) for k in ("clean", "corrupt")}
     last = rows[-1]["share"]["all"]
+    kinds = sorted({a.kind for a in aligned})
+    by_kind = np.array([[a.kind == k for k in kinds] for a in aligned], dtype=float)  # [pairs, kinds]
+    kind_effect = _interval(denom.sum(1, keepdims=True) * by_kind, counts.sum(1, keepdims=True) * by_kind, weights)
     return {"pairs": n, "boot": boot, "skills": skills, "classes": list(CLASSES),
             "queries": {s: int(c) for s, c in zip(skills, counts.sum(0), strict=True)},
             "effect": dict(zip(skills, _interval(denom, counts, weights), strict=True)),
+            "effect_by_kind": dict(zip(kinds, kind_effect, strict=True)),
             "clean_ld": dict(zip(skills, means["clean"].tolist(), strict=True)),
             "corrupt_ld": dict(zip(skills, means["corrupt"].tolist(), strict=True)),
             "rows": rows, "top": top_components(rows, skills), "identity": {s: last[s][0] for s in skills}}
