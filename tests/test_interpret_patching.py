@@ -148,9 +148,9 @@ def test_cli_writes_patching_json_and_page(tmp_path, capsys):
     run, _ = _run(tmp_path, load_tokenizer(tmp_path / "shards" / "tokenizer.json"), data_dir=tmp_path / "shards")
     out = tmp_path / "p.html"
     args = ["-q", "interpret", str(run), "--stories", "4", "--top-k", "3", "--ablate-stories", "0", "--out", str(out)]
-    assert main([*args, "--patch", "--patch-pairs", "6"]) == 0
+    assert main([*args, "--patch", "--patch-pairs", "6", "--patch-kinds", "name", "count"]) == 0
     data = json.loads(out.with_suffix(".json").read_text())["patching"]
-    assert data["pairs"] == 6 and sum(data["kinds"].values()) == 6
+    assert data["pairs"] == 6 and sum(data["kinds"].values()) == 6 and "object" not in data["kinds"]
     for name in ("model", "control"):
         rows = data[name]["rows"]
         assert {r["name"] for r in rows} >= {"embed", "blocks.0.attn.head.1", "blocks.1.mlp.out", "blocks.1"}
@@ -159,3 +159,5 @@ def test_cli_writes_patching_json_and_page(tmp_path, capsys):
     assert 'id="patching"' in html and "patching heatmap" in html
     assert main([*args, "--patch", "--patch-pairs", "0"]) == 2
     assert "--patch-pairs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: not a kind of pair
+        main([*args, "--patch", "--patch-kinds", "colour"])

@@ -490,6 +490,8 @@ def _add_patch_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-pairs", type=int, default=128, metavar="N", help="aligned pairs patched (default 128)")
     p.add_argument("--patch-seed", type=int, default=1, metavar="SEED",
                    help="story-world seed the pairs are written with (default 1)")
+    p.add_argument("--patch-kinds", nargs="+", choices=("name", "object", "count"), metavar="KIND",
+                   help="kinds of minimal pair: name, object, count (default: all three, in turn)")
 
 
 def _run_interpret(args: argparse.Namespace) -> None:
@@ -497,7 +499,8 @@ def _run_interpret(args: argparse.Namespace) -> None:
     from tinyscale.interpret.one_model import Options
 
     opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k, ablate_stories=args.ablate_stories,
-                   patch=args.patch, patch_pairs=args.patch_pairs, patch_seed=args.patch_seed)
+                   patch=args.patch, patch_pairs=args.patch_pairs, patch_seed=args.patch_seed,
+                   patch_kinds=args.patch_kinds)
     out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus)
     print(f"wrote {out} and {out.with_suffix('.json')}")
 

@@ -51,6 +51,7 @@ class Options:
     patch: bool = False  # activation patching on the story world's minimal pairs (`patching`)
     patch_pairs: int = 128  # aligned pairs patched
     patch_seed: int = 1  # the story-world seed the pairs are written with (not the corpus's: unseen stories)
+    patch_kinds: Sequence[str] | None = None  # kinds of pairs (`data.world.pairs.KINDS`; default all, in turn)
 
 
 def load_run_model(run_dir: Path, step: int | None) -> tuple[Transformer, int, Any, int]:

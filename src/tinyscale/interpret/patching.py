@@ -270,13 +270,14 @@ def top_components(rows: list[dict], skills: Sequence[str], n: int = TOP, cls: s
     return out
 
 
-def make_aligned(tokenizer: Any, eot: int, max_len: int, count: int, seed: int) -> tuple[list[Aligned], dict]:
+def make_aligned(tokenizer: Any, eot: int, max_len: int, count: int, seed: int,
+                 kinds: Sequence[str] | None = None) -> tuple[list[Aligned], dict]:
     """`count` usable pairs from the story world (seed `seed`), and what was dropped on the way."""
-    from tinyscale.data.world.pairs import iter_pairs
+    from tinyscale.data.world.pairs import KINDS, iter_pairs
 
     kept: list[Aligned] = []
     dropped: dict[str, int] = {}
-    for pair in iter_pairs(20 * count, seed=seed):  # far more than needed; stops at `count`
+    for pair in iter_pairs(20 * count, seed=seed, kinds=kinds or KINDS):  # far more than needed; stops at `count`
         got = align(pair, tokenizer, eot, max_len)
         if isinstance(got, str):
             dropped[got] = dropped.get(got, 0) + 1
@@ -288,11 +289,12 @@ def make_aligned(tokenizer: Any, eot: int, max_len: int, count: int, seed: int) 
 
 
 def run_patching(model: Transformer, twin: Transformer | None, tokenizer: Any, eot: int, *, pairs: int = 128,
-                 seed: int = 1, window: int | None = None, boot: int = 1000) -> dict:
+                 seed: int = 1, window: int | None = None, boot: int = 1000,
+                 kinds: Sequence[str] | None = None) -> dict:
     """The `patching` numbers of `tinyscale interpret --patch`: the trained model and, as the
     control, its random-init twin, on the same pairs."""
     max_len = min(window or model.cfg.max_seq_len, model.cfg.max_seq_len)
-    aligned, dropped = make_aligned(tokenizer, eot, max_len, pairs, seed)
+    aligned, dropped = make_aligned(tokenizer, eot, max_len, pairs, seed, kinds)
     if not aligned:
         from tinyscale.errors import UserError
 

@@ -60,7 +60,7 @@ def patch_run(model: Any, tokenizer: Any, eot: int, opts: Options) -> dict:
 
     twin = random_init(model, opts.seed) if opts.control else None
     return run_patching(model, twin, tokenizer, eot, pairs=opts.patch_pairs, seed=opts.patch_seed,
-                        window=opts.window, boot=opts.boot)
+                        window=opts.window, boot=opts.boot, kinds=opts.patch_kinds)
 
 
 def check_out(out: Path, corpus: str | Path | None) -> None:
