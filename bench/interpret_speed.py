@@ -12,8 +12,8 @@ statistics of the first 64 stories) and prints stories/s and the peak resident m
 flat as --stories grows (top-k is streamed).
 
 --patch N instead times activation patching on N aligned minimal pairs (one model, no twin):
-pairs/s, the forward passes it took, and the peak memory (resident, and the largest Python-side
-allocation seen by tracemalloc during the patching alone). A random-init model is as fast as a
+pairs/s, the forward passes it took, and the peak memory (resident, whole process; and the
+largest Python-side allocation tracemalloc sees during the patching, which leaves out tensors). A random-init model is as fast as a
 trained one (the same operations).
 """
 
@@ -65,7 +65,8 @@ def _patch_bench(model, tok, pairs: int) -> None:
     print(f"pairs: {len(aligned)} ({tokens:,} tokens, dropped {dropped}), queries {res['queries']}, time: {dt:.1f} s")
     batches = -(-len(aligned) // BATCH)
     print(f"pairs/s: {len(aligned) / dt:.2f}   forward passes: {batches * (len(names) + 2)} (batches of {BATCH} "
-          f"pairs, {4 * BATCH} sequences when patched)   peak RSS: {peak_mb:,.0f} MB   tracemalloc peak: {traced:,.1f} MB")
+          f"pairs, {4 * BATCH} sequences when patched)   peak RSS: {peak_mb:,.0f} MB   "
+          f"tracemalloc peak: {traced:,.1f} MB (Python objects only; torch's tensors are not traced)")
 
 
 def main() -> None:
