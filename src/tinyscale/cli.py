@@ -494,14 +494,27 @@ def _add_interpret(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE.html", help="default: RUN_OR_SWEEP/interpret.html (+ .json beside it)")
     p.add_argument("--heads", action="store_true", help="also score every head (previous-token, induction, copying, "
                    "entity lookup) at every kept checkpoint, beside the per-skill loss curve")
+    _add_patch_flags(p)
     p.set_defaults(func=_run_interpret)
+
+
+def _add_patch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patch", action="store_true",
+                   help="activation patching on the story world's minimal pairs, trained and random-init")
+    p.add_argument("--patch-pairs", type=int, default=128, metavar="N", help="aligned pairs patched (default 128)")
+    p.add_argument("--patch-seed", type=int, default=1, metavar="SEED",
+                   help="story-world seed the pairs are written with (default 1)")
+    p.add_argument("--patch-kinds", nargs="+", choices=("name", "object", "count"), metavar="KIND",
+                   help="kinds of minimal pair: name, object, count (default: all three, in turn)")
 
 
 def _run_interpret(args: argparse.Namespace) -> None:
     from tinyscale.interpret import interpret
     from tinyscale.interpret.one_model import Options
 
-    opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k, ablate_stories=args.ablate_stories)
+    opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k, ablate_stories=args.ablate_stories,
+                   patch=args.patch, patch_pairs=args.patch_pairs, patch_seed=args.patch_seed,
+                   patch_kinds=args.patch_kinds)
     out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus, heads=args.heads)
     print(f"wrote {out} and {out.with_suffix('.json')}")
 

@@ -49,6 +49,10 @@ class Options:
     ablate_stories: int = 128  # stories for the head ablations (0: none)
     boot: int = 1000  # bootstrap resamples of the ablation intervals
     window: int | None = None  # ablations read each story's first `window` tokens (the training length)
+    patch: bool = False  # activation patching on the story world's minimal pairs (`patching`)
+    patch_pairs: int = 128  # aligned pairs patched
+    patch_seed: int = 1  # the story-world seed the pairs are written with (not the corpus's: unseen stories)
+    patch_kinds: Sequence[str] | None = None  # kinds of pairs (`data.world.pairs.KINDS`; default all, in turn)
 
 
 def load_run_model(run_dir: Path, step: int | None) -> tuple[Transformer, int, Any, int]:

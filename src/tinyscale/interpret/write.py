@@ -13,13 +13,14 @@ from tinyscale.interpret import heads as heads_mod
 from tinyscale.interpret import page, scores_figure
 from tinyscale.interpret.across_sizes import analyze_sizes, is_sweep
 from tinyscale.interpret.one_model import Options, analyze_model, load_run_model, val_corpus, with_window
+from tinyscale.interpret.patching_figure import patching_context
 from tinyscale.interpret.sizes_figure import sizes_figure, sizes_table
 from tinyscale.validate import check_output, json_with, text_with
 
 TITLE = "tinyscale interpret:"  # how the page's <title> starts: what marks a page as interpret's own
 SECTIONS = [("summary", "Summary"), ("neurons", "Most selective neurons"), ("all-neurons", "All neurons"),
-            ("heads", "Attention heads"), ("ablation", "Head ablations"), ("sizes", "Across sizes"),
-            ("head-scores", "Head scores over training")]
+            ("heads", "Attention heads"), ("ablation", "Head ablations"), ("patching", "Patching"),
+            ("sizes", "Across sizes"), ("head-scores", "Head scores over training")]
 
 
 def interpret(path: str | Path, out: str | Path | None = None, *, step: int | None = None,
@@ -43,6 +44,8 @@ def interpret(path: str | Path, out: str | Path | None = None, *, step: int | No
     progress.info("interpret: %s step %d on %s", run_dir, step, val)
     data = done.get(str(run_dir)) or analyze_model(model, val, tokenizer, eot, with_window(opts, run_dir))
     first = data.pop("first_story")
+    if opts.patch:
+        data["patching"] = patch_run(model, tokenizer, eot, with_window(opts, run_dir))
     data |= {"run": str(run_dir), "step": step, "corpus": str(val), "model_config": model.cfg.model_dump()}
     if sizes is not None:
         data["sizes"] = sizes
@@ -54,6 +57,16 @@ def interpret(path: str | Path, out: str | Path | None = None, *, step: int | No
     context = _page_context(data, model, val, tokenizer, eot, first, show, run_dir, sizes)
     context |= scores_figure.page_context(data.get("head_scores"), model, val, tokenizer, eot, run_dir.name)
     return page.render(context, out)
+
+
+def patch_run(model: Any, tokenizer: Any, eot: int, opts: Options) -> dict:
+    """`--patch`: activation patching on minimal pairs, the random-init twin as the control."""
+    from tinyscale.interpret.one_model import random_init
+    from tinyscale.interpret.patching import run_patching
+
+    twin = random_init(model, opts.seed) if opts.control else None
+    return run_patching(model, twin, tokenizer, eot, pairs=opts.patch_pairs, seed=opts.patch_seed,
+                        window=opts.window, boot=opts.boot, kinds=opts.patch_kinds)
 
 
 def check_out(out: Path, corpus: str | Path | None) -> None:
@@ -88,6 +101,7 @@ def _page_context(data: dict, model: Any, val: Path, tokenizer: Any, eot: int, f
                  "labelled": sum(r["label"] == t for r in rows)} for t in best]
     return {
         **ablation_context(data["model"].get("ablation"), (data.get("control") or {}).get("ablation")),
+        **patching_context(data.get("patching")),
         "tag_rows": tag_rows,
         "title": f"{TITLE} {run_dir.name} (step {data['step']})",
         "subtitle": f"{run_dir} · corpus {val} · generated {_dt.datetime.now().isoformat(timespec='seconds')}",

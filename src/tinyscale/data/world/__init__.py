@@ -5,7 +5,7 @@
 
 Modules: `lexicon` (vocabulary and facts), `vocab` (pools), `text` (templates, fragments, labels),
 `pieces` (openings, required words, morals), `builder` (what a plot is written with), `schemas`
-(plots), `story` (recipe, meta, instruct header), `holdout` (held-out compositions), `floorcheck`
+(plots), `story` (recipe, meta, instruct header), `pairs` (minimal pairs), `holdout` (held-out compositions), `floorcheck`
 (the floors against the generator's own frequencies).
 """
 
