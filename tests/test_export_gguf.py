@@ -195,18 +195,35 @@ def test_cli_export_gguf(tied, tmp_path, capsys):
 # --- the file, run by llama.cpp ---------------------------------------------------------------
 
 
-def _llama(path, **kwargs):
+@pytest.fixture
+def llama(monkeypatch):
+    """llama.cpp on one thread with a float32 KV cache (its default is f16, which would blur the f32
+    comparison) and without its extra buffer types (weights repacked for AMX and the like): the AMX q8_0
+    matrix product crashes on CPUs that have AMX (llama.cpp issues #19184, #20824), and the repacked
+    layouts are a speed matter, not the file's."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama.cpp's Python binding (llama-cpp-python, dev extra)")
-    return llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, n_ubatch=64, n_threads=1,
-                           n_threads_batch=1, verbose=False, **kwargs)
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", without_extra_buffers)
+    f32 = llama_cpp.GGML_TYPE_F32
+
+    def load(path, **kwargs):
+        return llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, n_ubatch=64, n_threads=1,
+                               n_threads_batch=1, type_k=f32, type_v=f32, verbose=False, **kwargs)
+    return load
 
 
-def test_llama_cpp_tokenizes_as_we_do(tied, tmp_path):
+def test_llama_cpp_tokenizes_as_we_do(tied, tmp_path, llama):
     """Several hundred texts: llama.cpp's ids equal our tokenizer's as tinyscale serve uses it
     (`encode(text, add_special_tokens=False)`, the end-of-text token spelled out is that token), and with
     add_bos llama.cpp prepends the end-of-text token, as tinyscale does before every prompt."""
     run, _, tok = tied
-    llm = _llama(export_gguf(run, tmp_path / "m.gguf"), vocab_only=True)
+    llm = llama(export_gguf(run, tmp_path / "m.gguf"), vocab_only=True)
     eot = tok.token_to_id("<|endoftext|>")
     texts = probe_texts()
     assert len(texts) == 300 and len({t for t in texts}) > 290
@@ -216,6 +233,7 @@ def test_llama_cpp_tokenizes_as_we_do(tied, tmp_path):
     assert not differ, f"{len(differ)} of {len(texts)} texts tokenize differently, e.g. {differ[:3]}"
     assert sum(len(ids) for ids in ours) > 3000  # the texts are not trivially short
     assert llm.tokenize(texts[0].encode(), add_bos=True, special=True) == [eot, *ours[0]]
+    llm.close()
 
 
 def _llama_greedy(llm, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
@@ -230,22 +248,23 @@ def _llama_greedy(llm, prompt: list[int], n: int) -> tuple[list[int], np.ndarray
     return out, np.array(llm.scores[: llm.n_tokens])
 
 
-# Largest |logit difference| allowed, as a share of the largest |logit|. f32: the same arithmetic in another
-# order (float32 sums of 64-256 terms, two layers). f16: the matrices rounded to 11-bit mantissas, and ggml
-# rounds the activations to f16 too before its f16 products (relative error ~2^-11 per term, growing
-# through two layers). q8_0: weights and activations as 8-bit integers per block of 32 (up to half a step
-# of max/127 each), about ten times f16's error.
-TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "q8_0": 5e-2}
+# Largest |logit difference| allowed, as a share of the largest |logit|. f32: the same float32 arithmetic
+# in another order (sums of 64-192 terms through two layers; measured 3e-7). f16: the matrices rounded to
+# 11-bit mantissas, and ggml rounds the activations to f16 as well before its f16 products (relative
+# error ~2^-11 per term, compounding through two layers; measured 6e-4). q8_0: weights, and activations
+# before each product, as 8-bit integers per block of 32 (up to half a step of max/127 each; measured
+# 1.4e-2). Each bound is several times the measured error (2026-12-06, llama-cpp-python 0.3.36).
+TOLERANCE = {"f32": 1e-5, "f16": 5e-3, "q8_0": 5e-2}
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
-def test_llama_cpp_continues_as_we_do(tied, tmp_path, dtype):
+def test_llama_cpp_continues_as_we_do(tied, tmp_path, llama, dtype):
     """Greedy tokens and logits: llama.cpp on the exported file against tinyscale's own model. f32: the
     same greedy continuation, token for token, and logits within float32 rounding. f16 and q8_0: logits
     within the format's precision (TOLERANCE), and the same next token wherever ours leads the runner-up
     by more than twice that (elsewhere rounding may legitimately pick the other)."""
     run, model, tok = tied
-    llm = _llama(export_gguf(run, tmp_path / "m.gguf", dtype=dtype), logits_all=True)
+    llm = llama(export_gguf(run, tmp_path / "m.gguf", dtype=dtype), logits_all=True)
     prompt = llm.tokenize(STORIES[2].encode(), add_bos=True)
     assert prompt[0] == tok.token_to_id("<|endoftext|>") and len(prompt) > 15
     new = 64 - len(prompt)
@@ -254,10 +273,11 @@ def test_llama_cpp_continues_as_we_do(tied, tmp_path, dtype):
         logits = model(torch.tensor([prompt + ours]))[0, :-1].numpy()
     theirs, their_logits = _llama_greedy(llm, prompt, new)
     tol = TOLERANCE[dtype] * np.abs(logits).max()
-    assert np.abs(logits).std() > 1.0  # logits that tell tokens apart
+    assert logits.std() > 0.3  # logits that tell tokens apart
     if dtype == "f32":
         assert theirs == ours
-    err = np.abs(their_logits[: len(logits)] - logits).max() if theirs == ours else None
+    their_logits = their_logits[: len(logits)]  # the last token's logits are llama.cpp's alone
+    err = np.abs(their_logits - logits).max() if theirs == ours else None
     if err is None:  # diverged: compare on our sequence instead (teacher forcing)
         llm.reset()
         llm.eval(prompt + ours[:-1])
@@ -268,3 +288,4 @@ def test_llama_cpp_continues_as_we_do(tied, tmp_path, dtype):
     clear = top2[:, 1] - top2[:, 0] > 2 * tol
     assert clear.sum() > len(logits) // 2
     assert (their_logits[clear].argmax(1) == logits[clear].argmax(1)).all()
+    llm.close()
