@@ -221,7 +221,8 @@ def llama(monkeypatch):
 def test_llama_cpp_tokenizes_as_we_do(tied, tmp_path, llama):
     """Several hundred texts: llama.cpp's ids equal our tokenizer's as tinyscale serve uses it
     (`encode(text, add_special_tokens=False)`, the end-of-text token spelled out is that token), and with
-    add_bos llama.cpp prepends the end-of-text token, as tinyscale does before every prompt."""
+    add_bos llama.cpp prepends the end-of-text token, as tinyscale does before every prompt; token pieces
+    decode to our text."""
     run, _, tok = tied
     llm = llama(export_gguf(run, tmp_path / "m.gguf"), vocab_only=True)
     eot = tok.token_to_id("<|endoftext|>")
@@ -233,6 +234,9 @@ def test_llama_cpp_tokenizes_as_we_do(tied, tmp_path, llama):
     assert not differ, f"{len(differ)} of {len(texts)} texts tokenize differently, e.g. {differ[:3]}"
     assert sum(len(ids) for ids in ours) > 3000  # the texts are not trivially short
     assert llm.tokenize(texts[0].encode(), add_bos=True, special=True) == [eot, *ours[0]]
+    # Back to text token by token, as generated text is streamed: the same bytes as our decoder's.
+    decoded = [llm.detokenize(ids, special=True) for ids in ours]
+    assert decoded == [tok.decode(ids, skip_special_tokens=False).encode() for ids in ours]
     llm.close()
 
 
