@@ -434,10 +434,23 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="default: the last one")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    e.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                   help="hf: a Hugging Face folder (default); gguf: one file for llama.cpp/Ollama (llama family)")
+    e.add_argument("--dtype", choices=["f32", "f16", "q8_0"], default=None,
+                   help="GGUF only: weight precision (default f32, exact)")
     e.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> None:
+    if args.format == "gguf":
+        from tinyscale.export_gguf import export_gguf
+
+        out = export_gguf(args.run, args.out, step=args.checkpoint, dtype=args.dtype or "f32",
+                          overwrite=args.overwrite)
+        print(f"wrote {out} (run with llama.cpp: llama-cli -m {out}; or Ollama: FROM {out} in a Modelfile)")
+        return
+    if args.dtype is not None:
+        raise UserError("--dtype: only with --format gguf (the Hugging Face folder is float32)")
     from tinyscale.export import export_hf
 
     out = export_hf(args.run, args.out, step=args.checkpoint, overwrite=args.overwrite)
