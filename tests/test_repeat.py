@@ -9,8 +9,18 @@ import pytest
 from scipy.stats import binom
 
 from tinyscale.data.world import default_vocab, write_world_corpus
-from tinyscale.data.world.repeat import (HELDOUT_INSTRUCTIONS, HELDOUT_NOVEL, INSTRUCTIONS, MIN_RATE, NOVEL, SETS,
-                                         familiar_phrases, held_out_phrases, phrase_id, repeat_probes)
+from tinyscale.data.world.repeat import (
+    HELDOUT_INSTRUCTIONS,
+    HELDOUT_NOVEL,
+    INSTRUCTIONS,
+    MIN_RATE,
+    NOVEL,
+    SETS,
+    familiar_phrases,
+    held_out_phrases,
+    phrase_id,
+    repeat_probes,
+)
 from tinyscale.errors import UserError
 from tinyscale.evaluate.probes import read_items
 
@@ -193,3 +203,49 @@ def test_eval_scores_the_sets_a_random_model_at_chance(repeat_run):
         lo, hi = wilson(s["mc"]["k"], s["mc"]["n"], 0.999)
         assert lo <= 1 / 3 <= hi, (name, s["mc"])
         assert 0.0 < s["p_choice"] < 1.0
+
+
+def _set(acc: float, n: int = 150) -> dict:
+    from tinyscale.evaluate.probes import wilson
+
+    lo, hi = wilson(round(acc * n), n)
+    return {"n": n, "chance": 1 / 3, "mc": {"acc": acc, "k": round(acc * n), "n": n, "lo": lo, "hi": hi},
+            "exact": {"acc": 0.0, "k": 0, "n": n, "lo": 0.0, "hi": 0.03}, "p_answer": acc / 2,
+            "p_choice": acc, "logp_answer": -3.0 + 2 * acc, "cut": 0, "items": []}
+
+
+# Five fake sizes: recall (familiar) learned first, copying later; the composite dips below chance between.
+CURVES = {"repeat": [0.33, 0.08, 0.04, 0.55, 0.93], "repeat_copy": [0.33, 0.34, 0.36, 0.75, 0.95],
+          "repeat_familiar": [0.33, 0.80, 0.90, 0.92, 0.94]}
+
+
+def test_report_draws_the_task_with_chance_and_the_taxonomy_classes_it(tmp_path):
+    from tinyscale.analysis.analyze import analyze_sweep
+    from tinyscale.analysis.report import build_report
+
+    sweep = tmp_path / "sweep"
+    for rank, width in enumerate((16, 32, 64, 128, 256)):
+        run = sweep / "runs" / f"d{width}"
+        (run / "eval").mkdir(parents=True)
+        n = 12 * width * width
+        (run / "run.json").write_text(json.dumps({
+            "config": {"seq_len": 64}, "model": {"family": "llama", "d_model": width, "n_layers": 1, "n_heads": 2},
+            "params": {"total": n + 512 * width, "non_embedding": n}, "flops_per_token": 6 * n, "data": {}}))
+        loss = 3.0 / (rank + 1)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 100, "tokens": 1e5, "flops": 6e5 * n,
+                                                       "val_loss": loss}) + "\n")
+        (run / "eval" / "100.json").write_text(json.dumps({
+            "format": 1, "step": 100, "loss": {"val": {"tokens": 9000, "loss": loss, "skills": {}}}, "probes": {},
+            "world_probes": {name: _set(ys[rank]) for name, ys in CURVES.items()}, "completions": []}))
+    analysis = analyze_sweep(sweep, n_boot=10)
+    task = analysis["repeat_task"]
+    assert set(task["sets"]) == set(CURVES) and task["sets"]["repeat"]["chance"] == pytest.approx(1 / 3)
+    assert [p["mc"] for p in task["sets"]["repeat"]["points"]] == CURVES["repeat"]
+    rows = {(r["curve"], r["axis"]): r["metrics"]["mc"]["label"] for r in analysis["taxonomy"] if "mc" in r["metrics"]}
+    assert rows[("repeat (world)", "size")] == "u_shaped"
+    assert rows[("repeat_copy (world)", "size")] != "u_shaped" and rows[("repeat_familiar (world)", "size")] != "u_shaped"
+    page = build_report(sweep, n_boot=10).read_text()
+    section = page.split('<section id="repeat">', 1)[1].split("</section>", 1)[0]
+    assert "data:image/png;base64," in section and "u_shaped" in section and "0.33" in section
+    assert (sweep / "plots" / "repeat.png").stat().st_size > 1000
+    assert "repeat (world)" in page.split('<section id="taxonomy">', 1)[1]
