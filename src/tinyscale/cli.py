@@ -138,6 +138,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    help="share of train stories followed by two 'Q: ... A: ...' lines (default 0)")
     w.add_argument("--qa-unanswerable", type=float, default=0.3, metavar="SHARE",
                    help="share of those questions about something the story never says (answer: I don't know)")
+    w.add_argument("--repeat", type=float, default=0.0, metavar="SHARE",
+                   help="share of train stories followed by one 'Repeat after me: ...' exercise (default 0)")
     _add_file_format(w)
     w.set_defaults(func=_run_data_world)
 
@@ -154,7 +156,7 @@ def _run_data_world(args: argparse.Namespace) -> None:
 
     write_world_corpus(args.out, stories=args.stories, seed=args.seed, val_fraction=args.val_fraction,
                        fmt=args.format, hold_out=args.hold_out, overwrite=args.overwrite, qa=args.qa,
-                       qa_unanswerable=args.qa_unanswerable, file_format=args.file_format)
+                       qa_unanswerable=args.qa_unanswerable, file_format=args.file_format, repeat=args.repeat)
 
 
 def _run_data_stats(args: argparse.Namespace) -> None:

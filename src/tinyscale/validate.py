@@ -112,7 +112,8 @@ def limits() -> dict[str, dict[str, Limit]]:
     requests = Limit(1, 256, why=" (requests in flight to one endpoint)")
     return {
         "data world": {"stories": Limit(1, 10**9), "seed": Limit(-(2**63), 2**63 - 1), "val_fraction": fraction,
-                       "qa": Limit(0.0, 1.0), "qa_unanswerable": Limit(0.0, 1.0)},
+                       "qa": Limit(0.0, 1.0), "qa_unanswerable": Limit(0.0, 1.0),
+                       "repeat": Limit(0.0, 1.0)},
         "tokenize": {"vocab_size": Limit(1, 2**20), "workers": cpu},
         "train": {**train, "threads": cpu},
         "sample": {"n": Limit(1, 1024, why=" (completions run as one batch)"), "temperature": temperature,

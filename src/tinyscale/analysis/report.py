@@ -30,7 +30,8 @@ from tinyscale.fileio import atomic_open, read_json
 from tinyscale.runs import read_evals, sweep_runs
 
 SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Loss per skill"),
-            ("probes", "Probes vs size"), ("probes_io", "Probes in and out of distribution"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
+            ("probes", "Probes vs size"), ("probes_io", "Probes in and out of distribution"),
+            ("repeat", "U-shaped task (repeat after me)"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
             ("completions", "Completions"), ("taxonomy", "Emergence taxonomy"), ("readability", "Neurons vs size"),
             ("incentivize", "Teach versus incentivize"), ("budget", "Planned versus trained"),
             ("reproduce", "Reproduce")]
@@ -437,6 +438,7 @@ def _sections(sweep_dir: Path, records: list[dict], analysis: dict, plot_dir: Pa
         "probes": _figure(plots.probes_vs_size(records, plot_dir / "probes.png", size_key), "probe accuracy",
                           "No probe results (run tinyscale eval on the runs)."),
         "probes_io": _probes_in_out_section(records, analysis, plot_dir, size_key),
+        "repeat": _repeat_section(records, analysis, plot_dir, size_key),
         "heatmap": _figure(plots.heatmap(records, metric, plot_dir / "heatmap.png"), f"{metric} heatmap",
                            f"No final values of {metric} with a known width and depth."),
         "grades": _grades_section(sweep_dir, plot_dir, size_key),
@@ -486,6 +488,20 @@ def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, 
     return _render("report/probes_io.html", size_key=size_key, sentences=[e["sentence"] for e in entries],
                    png=_b64(plots.probes_in_out(records, plot_dir / "probes_in_out.png", size_key)),
                    rows=rows, classes=classes)
+
+
+def _repeat_section(records: list[dict], analysis: dict, plot_dir: Path, size_key: str) -> Markup:
+    """The U-shaped task: the composite and its parts against size and compute with chance, per
+    size their accuracy (95% interval) and log p(answer), and their classes."""
+    task = analysis.get("repeat_task")
+    if not task:
+        return _nodata("No \"repeat after me\" results: `tinyscale eval` scores them when a run's data is the story world.")
+    rows = [[name, _num(p["size"]), f"{p['mc']:.2f} [{_num(p.get('mc_lo'), 2)}, {_num(p.get('mc_hi'), 2)}]", _num(p.get("logprob"), 2),
+             f"{s['chance']:.2f}"] for name, s in task["sets"].items() for p in s["points"] if p.get("mc") is not None]
+    classes = [[name, *(s["classes"].get(a, {}).get(m) or "—" for a in ("size", "compute") for m in ("mc", "logprob"))]
+               for name, s in task["sets"].items()]
+    return _render("report/repeat.html", size_key=size_key, sentence=task["sentence"], rows=rows, classes=classes,
+                   png=_b64(plots.repeat_task(records, plot_dir / "repeat.png", size_key)))
 
 
 # --- tables for the terminal ------------------------------------------------------------------
