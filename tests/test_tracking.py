@@ -118,6 +118,21 @@ def test_wandb_writes_offline_files_in_the_run_folder(tracked):
     assert b"tiny-run" in data and b"val_loss_by_skill/tracking" in data
 
 
+def test_incentivize_is_tracked_as_train_is(tmp_path, monkeypatch):
+    from test_incentivize import make_start_run
+
+    start, prompts = make_start_run(tmp_path / "start")
+    (tmp_path / "pays.py").write_text("def pays(prompt, completion, truth):\n    return float('upon' in completion)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "rl"
+    assert main(["-q", "incentivize", str(start), "--out", str(out), "--prompts", str(prompts), "--reward", "pays:pays",
+                 "--steps", "4", "--group", "4", "--prompts-per-step", "2", "--max-new-tokens", "4", "--threads", "1",
+                 "--device", "cpu", "--checkpoint-every", "2", "--track", "tensorboard"]) == 0
+    want = expected(out)
+    assert {"reward", "loss", "kl"} <= set(want) and [s for s, _ in want["reward"]] == [1, 2, 3, 4]
+    assert_same(tensorboard_series(out / "tb"), want, rel=1e-6)
+
+
 def _drop_last_checkpoint(run: Path) -> None:
     """As if the process had been killed after logging steps 7..12 but before checkpoint 12 was kept."""
     for p in (run / "checkpoints").glob("step_00000012.*"):
@@ -187,7 +202,6 @@ def test_track_flags_parse_repeated_or_together_and_refuse_unknown_names():
     assert parse(["train"]).track is None  # omitted: the config's (or the resumed run's) own
     with pytest.raises(SystemExit):
         parse(["train", "--track", "neptune"])
-    assert TrainConfig(data=".", track=["wandb", "wandb"]).track == ["wandb"]
 
 
 def test_a_sweep_files_track_key_reaches_every_run_command(tmp_path):

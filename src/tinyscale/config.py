@@ -35,9 +35,8 @@ def _known_family(name: str) -> str:
 FamilyName = Annotated[str, AfterValidator(_known_family)]
 
 # Experiment trackers a run can also log to (tinyscale/tracking.py); metrics.jsonl stays the record.
-# Each named once, in the order given.
 TrackerName = Literal["tensorboard", "wandb", "mlflow"]
-Trackers = Annotated[list[TrackerName], AfterValidator(lambda names: list(dict.fromkeys(names)))]
+Trackers = list[TrackerName]  # a name given twice is one tracker
 TRACK_HELP = "also log to tensorboard, wandb (offline without a key) or mlflow; files under the run folder (repeatable)"
 
 # The largest seed any verb takes: a signed 64-bit integer.

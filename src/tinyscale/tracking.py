@@ -215,7 +215,8 @@ class Tracker:
     folder) wait in memory; a backend that raises is turned off with one warning line."""
 
     def __init__(self, names: list[str], name: str, config: dict[str, Any], resume_step: int = 0) -> None:
-        self.names, self.name, self.config, self.resume_step = list(names), name, config, resume_step
+        self.names, self.name, self.config = list(dict.fromkeys(names)), name, config
+        self.resume_step = resume_step
         self.backends: dict[str, Any] = {}
         self.pending: list[dict[str, Any]] = []
         self.last: dict[str, float] = {}  # the newest value of every metric: the summary at the end
