@@ -110,9 +110,10 @@ class TensorBoard:
         tb = _import(self.module, "tensorboard")
         # purge_step hides what a killed process logged after the checkpoint this run resumes from.
         purge = run.resume_step + 1 if run.resume_step else None
+        new = not (run.path / "tb").is_dir()
         self.writer = tb.SummaryWriter(log_dir=str(run.path / "tb"), purge_step=purge, flush_secs=10)
         self.run = run
-        if not run.resume_step:
+        if new:
             text = json.dumps(run.config, indent=2, default=str)
             self.writer.add_text("config", "\n".join("    " + line for line in text.splitlines()), 0)
 
@@ -126,7 +127,7 @@ class TensorBoard:
         if ok:  # the HPARAMS tab: the config beside the final loss curves (read from the scalars)
             shown = {k: summary[k] for k in ("loss", "val_loss", "reward") if k in summary}
             for event in hparams(hyperparameters(self.run.config), shown):
-                self.writer.file_writer.add_summary(event)
+                self.writer._get_file_writer().add_summary(event)
             table = "\n".join(f"| {k} | {v:.6g} |" for k, v in summary.items())
             self.writer.add_text("summary", "| metric | final |\n|---|---|\n" + table, int(summary.get("step", 0)))
         self.writer.close()
