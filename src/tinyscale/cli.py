@@ -235,7 +235,8 @@ def _track_flag(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """--track for the verbs whose flags are declared by hand (train's come from TrainConfig.track)."""
     from tinyscale.config import TRACK_HELP, TrackerName
 
-    p.add_argument("--track", action="extend", nargs="+", choices=list(get_args(TrackerName)), help=prefix + TRACK_HELP)
+    p.add_argument("--track", action="extend", nargs="+", choices=list(get_args(TrackerName)), metavar="NAME",
+                   help=prefix + TRACK_HELP)
 
 
 def _run_sweep(args: argparse.Namespace) -> None:

@@ -151,7 +151,7 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(500, ge=1, le=10**9, description="steps between checkpoints")
     dense_checkpoints: int = Field(0, ge=0, le=10**9, description="also keep checkpoints at steps 1, 2, 4, ... up "
                                    "to STEP", json_schema_extra={"metavar": "STEP"})
-    track: Trackers = Field([], description=TRACK_HELP)
+    track: Trackers = Field([], description=TRACK_HELP, json_schema_extra={"metavar": "NAME"})
     # Execution: these may change when a run is resumed.
     dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast where supported")
     compile: bool = Field(False, description="torch.compile")
