@@ -116,6 +116,14 @@ def _int_parser(field: FieldInfo) -> Callable[[str], int]:
 # --- data -------------------------------------------------------------------------------------
 
 
+def _add_file_format(p: argparse.ArgumentParser) -> None:
+    """--file-format, on every verb that writes a corpus (--format already names plain/instruct)."""
+    from tinyscale.data.corpus import FILE_FORMATS
+
+    p.add_argument("--file-format", choices=FILE_FORMATS, default=FILE_FORMATS[0],
+                   help="how the split files are stored (default jsonl; parquet needs pyarrow)")
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="make or inspect corpora")
     dsub = data.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)
@@ -133,6 +141,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    help="share of train stories followed by two 'Q: ... A: ...' lines (default 0)")
     w.add_argument("--qa-unanswerable", type=float, default=0.3, metavar="SHARE",
                    help="share of those questions about something the story never says (answer: I don't know)")
+    _add_file_format(w)
     w.set_defaults(func=_run_data_world)
 
     s = dsub.add_parser("stats", help="summarise a corpus folder")
@@ -148,7 +157,7 @@ def _run_data_world(args: argparse.Namespace) -> None:
 
     write_world_corpus(args.out, stories=args.stories, seed=args.seed, val_fraction=args.val_fraction,
                        fmt=args.format, hold_out=args.hold_out, overwrite=args.overwrite, qa=args.qa,
-                       qa_unanswerable=args.qa_unanswerable)
+                       qa_unanswerable=args.qa_unanswerable, file_format=args.file_format)
 
 
 def _run_data_stats(args: argparse.Namespace) -> None:
@@ -182,6 +191,7 @@ def _add_data_llm(dsub: argparse._SubParsersAction) -> None:
     g.add_argument("--template", help="prompt template file ($verb $noun $adjective $features)")
     g.add_argument("--val-fraction", type=float, default=0.05)
     g.add_argument("--keep-flagged", action="store_true", help="keep flagged stories in train/val")
+    _add_file_format(g)
     g.set_defaults(func=_run_data_llm)
 
 
@@ -195,7 +205,7 @@ def _run_data_llm(args: argparse.Namespace) -> None:
     settings = LlmSettings(stories=args.stories, seed=args.seed, fmt=args.format, template=args.template,
                            temperature=args.temperature, max_tokens=args.max_tokens, concurrency=args.concurrency,
                            val_fraction=args.val_fraction, keep_flagged=args.keep_flagged, max_cost=args.max_cost,
-                           price_in=args.price_in, price_out=args.price_out)
+                           price_in=args.price_in, price_out=args.price_out, file_format=args.file_format)
     print(json.dumps(generate_llm_corpus(args.out, ep, settings), indent=2))
 
 
@@ -207,6 +217,7 @@ def _add_data_ingest(dsub: argparse._SubParsersAction) -> None:
     i.add_argument("--val-fraction", type=float, default=0.05, help="when the source has no validation split")
     i.add_argument("--limit", type=_count, help="at most N stories per split")
     i.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    _add_file_format(i)
     i.set_defaults(func=_run_data_ingest)
 
 
@@ -216,7 +227,8 @@ def _run_data_ingest(args: argparse.Namespace) -> None:
     from tinyscale.data.ingest import ingest
 
     print(json.dumps(ingest(args.source, args.out, text_field=args.text_field, val_fraction=args.val_fraction,
-                            limit=args.limit, overwrite=args.overwrite), indent=2))
+                            limit=args.limit, overwrite=args.overwrite, file_format=args.file_format),
+                     indent=2))
 
 
 # --- sweep ------------------------------------------------------------------------------------
@@ -293,7 +305,7 @@ def _run_tokenize(args: argparse.Namespace) -> None:
 # How `tinyscale train --help` groups TrainConfig's fields after --data (each field is one flag).
 _TRAIN_GROUPS: dict[str | None, list[str]] = {
     "model": ["preset", "family", "d_model", "n_layers", "n_heads", "tie_embeddings", "max_seq_len"],
-    "optimisation": ["tokens", "batch", "seq_len", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "beta1",
+    "optimisation": ["tokens", "max_minutes", "batch", "seq_len", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "beta1",
                      "beta2", "grad_clip", "seed"],
     "bookkeeping": ["log_every", "eval_every", "eval_tokens", "eval_min_skill_tokens", "checkpoint_every",
                     "dense_checkpoints", "track"],
@@ -306,8 +318,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train a model on token shards (or --resume a run)",
                        description="Every option defaults to tinyscale.config.TrainConfig; with --resume, "
-                                   "options default to the run's own and only --tokens, --device, --threads, "
-                                   "--compile, --data and --track may change.")
+                                   "options default to the run's own and only --tokens, --max-minutes, --device, "
+                                   "--threads, --compile, --data and --track may change.")
     config_flags(p, TrainConfig, {None: ["data"]})
     p.add_argument("--out", help="new run folder")
     p.add_argument("--resume", metavar="RUN", help="continue this run from its newest checkpoint")
@@ -492,6 +504,8 @@ def _add_interpret(sub: argparse._SubParsersAction) -> None:
                    help="stories for mean-ablating each head, trained and random-init (default 128; 0: none)")
     p.add_argument("--corpus", help="corpus folder or val.jsonl (default: the one the run's shards came from)")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN_OR_SWEEP/interpret.html (+ .json beside it)")
+    p.add_argument("--heads", action="store_true", help="also score every head (previous-token, induction, copying, "
+                   "entity lookup) at every kept checkpoint, beside the per-skill loss curve")
     p.set_defaults(func=_run_interpret)
 
 
@@ -500,7 +514,7 @@ def _run_interpret(args: argparse.Namespace) -> None:
     from tinyscale.interpret.one_model import Options
 
     opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k, ablate_stories=args.ablate_stories)
-    out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus)
+    out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus, heads=args.heads)
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 

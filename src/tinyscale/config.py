@@ -148,6 +148,11 @@ class TrainConfig(BaseModel):
     eval_min_skill_tokens: int = Field(
         2000, ge=0, le=2**30, description="add windows until every labeled skill has N validation tokens",
         json_schema_extra={"metavar": "N", "why": " (validation tokens scored at every evaluation)"})
+    # A deadline as well as a token target: the run stops at whichever comes first and ends as a
+    # finished run does (final evaluation, checkpoint, run.json "end"), so a budget holds on a busy machine.
+    max_minutes: float | None = Field(None, gt=0, le=10**6, description="stop training after this many minutes "
+                                      "of the run's wall time (carried across resumes), as if its tokens were done "
+                                      "(default: no deadline)")
     checkpoint_every: int = Field(500, ge=1, le=10**9, description="steps between checkpoints")
     dense_checkpoints: int = Field(0, ge=0, le=10**9, description="also keep checkpoints at steps 1, 2, 4, ... up "
                                    "to STEP", json_schema_extra={"metavar": "STEP"})

@@ -32,7 +32,8 @@ from tinyscale.runs import read_evals, sweep_runs
 SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Loss per skill"),
             ("probes", "Probes vs size"), ("probes_io", "Probes in and out of distribution"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
             ("completions", "Completions"), ("taxonomy", "Emergence taxonomy"), ("readability", "Neurons vs size"),
-            ("incentivize", "Teach versus incentivize"), ("reproduce", "Reproduce")]
+            ("incentivize", "Teach versus incentivize"), ("budget", "Planned versus trained"),
+            ("reproduce", "Reproduce")]
 METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "logprob": "log p(answer)",
                 "loss": "loss"}
 PARAM_COLUMNS = ("width", "depth", "heads", "params", "non_embedding_params", "tokens", "flops", "loss")
@@ -443,8 +444,31 @@ def _sections(sweep_dir: Path, records: list[dict], analysis: dict, plot_dir: Pa
         "taxonomy": _taxonomy_section(analysis),
         "readability": _readability_section(sweep_dir),
         "incentivize": _incentivize_section(Path(incentivize or sweep_dir / "incentivize"), plot_dir),
+        "budget": _budget_section(sweep_dir),
         "reproduce": _reproduce_section(sweep_dir, _flags(metric, size_key, incentivize)),
     }
+
+
+def _budget_section(sweep_dir: Path) -> Markup:
+    """`tinyscale demo`'s SWEEP/budget.json: per run, planned against trained tokens and minutes."""
+    path = sweep_dir / "budget.json"
+    if not path.is_file():
+        return _nodata("No time budget: budget.json is written by tinyscale demo, whose runs train to a deadline.")
+    b = read_json(path)
+
+    def tok(v: Any) -> str:
+        return "—" if v is None else f"{v / 1e6:.3f}M"
+
+    rows = [[r["name"], tok(r["planned_tokens"]), tok(r["assigned_tokens"]), tok(r["tokens"]), r["reason"] or "—",
+             _num(r["planned_minutes"]), _num(r["minutes"]), _num(r["max_minutes"])] for r in b["runs"]]
+    summary = (f"Budget {b['budget_minutes']:g} min; runs took {b['run_minutes']:.1f} min of "
+               f"{b['planned_run_minutes']:.1f} planned (run-minutes, two runs at once) and trained "
+               f"{tok(b['tokens'])} of {tok(b['planned_tokens'])} planned tokens; {b['minutes']:.1f} min of the "
+               f"budget were spent before this report. Fits use each run's trained tokens and FLOPs.")
+    short = b.get("fewer_tokens") or []
+    note = (f"Fewer tokens than planned (the machine was slower than measured): {', '.join(short)}. "
+            "L(N) compares their final checkpoints with runs that trained more." if short else "")
+    return _render("report/budget.html", summary=summary, rows=rows, note=note)
 
 
 def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, size_key: str) -> Markup:

@@ -10,7 +10,7 @@ from tinyscale import progress
 from tinyscale.errors import UserError
 from tinyscale.fileio import write_json
 from tinyscale.interpret import heads as heads_mod
-from tinyscale.interpret import page
+from tinyscale.interpret import page, scores_figure
 from tinyscale.interpret.across_sizes import analyze_sizes, is_sweep
 from tinyscale.interpret.one_model import Options, analyze_model, load_run_model, val_corpus, with_window
 from tinyscale.interpret.sizes_figure import sizes_figure, sizes_table
@@ -18,14 +18,16 @@ from tinyscale.validate import check_output, json_with, text_with
 
 TITLE = "tinyscale interpret:"  # how the page's <title> starts: what marks a page as interpret's own
 SECTIONS = [("summary", "Summary"), ("neurons", "Most selective neurons"), ("all-neurons", "All neurons"),
-            ("heads", "Attention heads"), ("ablation", "Head ablations"), ("sizes", "Across sizes")]
+            ("heads", "Attention heads"), ("ablation", "Head ablations"), ("sizes", "Across sizes"),
+            ("head-scores", "Head scores over training")]
 
 
 def interpret(path: str | Path, out: str | Path | None = None, *, step: int | None = None,
-              opts: Options | None = None, corpus: str | Path | None = None, show: int = 24) -> Path:
+              opts: Options | None = None, corpus: str | Path | None = None, show: int = 24,
+              heads: bool = False) -> Path:
     """Write OUT.html and OUT.json (default: PATH/interpret.html) for a run or a sweep folder;
     return the HTML's path. On a sweep, every model is summarised (`across_sizes`) and the largest one
-    is shown in detail."""
+    is shown in detail. `heads`: also the head scores at every kept checkpoint (`over_training`)."""
     path, opts = Path(path), opts or Options()
     out = Path(out) if out else path / "interpret.html"
     if out.suffix != ".html":
@@ -44,8 +46,13 @@ def interpret(path: str | Path, out: str | Path | None = None, *, step: int | No
     data |= {"run": str(run_dir), "step": step, "corpus": str(val), "model_config": model.cfg.model_dump()}
     if sizes is not None:
         data["sizes"] = sizes
+    if heads:
+        from tinyscale.interpret.over_training import scores
+
+        data["head_scores"] = scores(path, corpus, stories=opts.head_stories, seed=opts.seed)
     write_json(out.with_suffix(".json"), data)
     context = _page_context(data, model, val, tokenizer, eot, first, show, run_dir, sizes)
+    context |= scores_figure.page_context(data.get("head_scores"), model, val, tokenizer, eot, run_dir.name)
     return page.render(context, out)
 
 

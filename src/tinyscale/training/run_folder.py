@@ -86,6 +86,12 @@ class RunFolder:
             if self.published:
                 self.tracker.open(self.path)
 
+    def finish(self, info: dict[str, Any], end: dict[str, Any]) -> None:
+        """run.json again, with "end": why the run stopped (its token target or its deadline) and what
+        it trained; written after the last checkpoint, and dropped by `begin` when a resume goes on."""
+        if self.main:
+            write_json(self.path / "run.json", {**info, "end": end})
+
     def log(self, row: dict[str, Any]) -> None:
         if self.main:
             append_jsonl(self.path / "metrics.jsonl", row)
