@@ -86,12 +86,15 @@ def _flag_kwargs(field: FieldInfo) -> dict[str, Any]:
     if get_origin(kind) in (Union, UnionType):  # X | None: None is the absent flag
         kind = next(a for a in get_args(kind) if a is not type(None))
     help_text = (field.description or "").replace("%", "%%")
-    if not field.is_required() and field.default is not None and "default" not in help_text:
+    if not field.is_required() and field.default not in (None, []) and "default" not in help_text:
         help_text += f" (default {field.default})"
     kwargs: dict[str, Any] = {"help": help_text or None}
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     if "metavar" in extra:
         kwargs["metavar"] = extra["metavar"]
+    if get_origin(kind) is list:  # repeatable, each flag one value or several: --x a --x b, --x a b
+        kwargs.update(action="extend", nargs="+")
+        kind = get_args(kind)[0]
     if kind is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif get_origin(kind) is Literal:
@@ -238,13 +241,22 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sweep", help="sweep.yaml, or the folder that holds it")
     p.add_argument("--launcher", choices=["local", "ray"], help="override the YAML's launcher")
     p.add_argument("--status", action="store_true", help="only show which runs are done")
+    _track_flag(p, "override the YAML's track: ")
     p.set_defaults(func=_run_sweep)
+
+
+def _track_flag(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--track for the verbs whose flags are declared by hand (train's come from TrainConfig.track)."""
+    from tinyscale.config import TRACK_HELP, TrackerName
+
+    p.add_argument("--track", action="extend", nargs="+", choices=list(get_args(TrackerName)), metavar="NAME",
+                   help=prefix + TRACK_HELP)
 
 
 def _run_sweep(args: argparse.Namespace) -> None:
     from tinyscale.sweep import run_sweep, sweep_status
 
-    rows = sweep_status(args.sweep) if args.status else run_sweep(args.sweep, launcher=args.launcher)
+    rows = sweep_status(args.sweep) if args.status else run_sweep(args.sweep, launcher=args.launcher, track=args.track)
     for row in rows:
         print(f"{row['status']:>8}  {row['name']}")
 
@@ -298,7 +310,7 @@ _TRAIN_GROUPS: dict[str | None, list[str]] = {
     "optimisation": ["tokens", "max_minutes", "batch", "seq_len", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "beta1",
                      "beta2", "grad_clip", "seed"],
     "bookkeeping": ["log_every", "eval_every", "eval_tokens", "eval_min_skill_tokens", "checkpoint_every",
-                    "dense_checkpoints"],
+                    "dense_checkpoints", "track"],
     "execution": ["dtype", "compile", "device", "threads"],
 }
 
@@ -309,7 +321,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on token shards (or --resume a run)",
                        description="Every option defaults to tinyscale.config.TrainConfig; with --resume, "
                                    "options default to the run's own and only --tokens, --max-minutes, --device, "
-                                   "--threads, --compile and --data may change.")
+                                   "--threads, --compile, --data and --track may change.")
     config_flags(p, TrainConfig, {None: ["data"]})
     p.add_argument("--out", help="new run folder")
     p.add_argument("--resume", metavar="RUN", help="continue this run from its newest checkpoint")
@@ -786,6 +798,7 @@ def _add_incentivize(sub: argparse._SubParsersAction) -> None:
                        ("start-step", _nonnegative_int), ("prompt-count", _positive_int), ("world-seed", int),
                        ("unanswerable", float), ("grad-clip", float), ("log-every", _positive_int)):
         p.add_argument(f"--{flag}", type=kind)
+    _track_flag(p)
     p.set_defaults(func=_run_incentivize)
 
 

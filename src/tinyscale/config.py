@@ -34,6 +34,11 @@ def _known_family(name: str) -> str:
 
 FamilyName = Annotated[str, AfterValidator(_known_family)]
 
+# Experiment trackers a run can also log to (tinyscale/tracking.py); metrics.jsonl stays the record.
+TrackerName = Literal["tensorboard", "wandb", "mlflow"]
+Trackers = list[TrackerName]  # a name given twice is one tracker
+TRACK_HELP = "also log to tensorboard, wandb (offline without a key) or mlflow; files under the run folder (repeatable)"
+
 # The largest seed any verb takes: a signed 64-bit integer.
 SEED_MAX = 2**63 - 1
 
@@ -151,6 +156,7 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(500, ge=1, le=10**9, description="steps between checkpoints")
     dense_checkpoints: int = Field(0, ge=0, le=10**9, description="also keep checkpoints at steps 1, 2, 4, ... up "
                                    "to STEP", json_schema_extra={"metavar": "STEP"})
+    track: Trackers = Field([], description=TRACK_HELP, json_schema_extra={"metavar": "NAME"})
     # Execution: these may change when a run is resumed.
     dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast where supported")
     compile: bool = Field(False, description="torch.compile")

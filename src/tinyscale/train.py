@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import tinyscale
-from tinyscale import progress
+from tinyscale import progress, tracking
 from tinyscale.config import ModelConfig, TrainConfig
 from tinyscale.errors import UserError
 from tinyscale.model import Transformer, bf16_native, count_params, flops_per_token, model_config
@@ -49,7 +49,7 @@ from tinyscale.validate import check_output, check_train, os_errors
 # Options that may differ when a run is resumed: they do not change what is computed (data is
 # checked by its hashes instead), except `tokens` and `max_minutes`, which extend or shorten the run on
 # purpose.
-RESUMABLE_CHANGES = ("tokens", "max_minutes", "device", "threads", "compile", "data")
+RESUMABLE_CHANGES = ("tokens", "max_minutes", "device", "threads", "compile", "data", "track")
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -257,6 +257,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, stored: dict | None = 
         local = max(1, d.local_world)
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local))
         cfg = resolve(cfg, d.device)
+        tracking.require(cfg.track)
         shards = _open_data(cfg)
         mcfg = build_model_config(cfg, shards.vocab_size)
         check_fits(cfg, shards, d.world)
