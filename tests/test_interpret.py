@@ -274,7 +274,7 @@ def test_page_renders_every_section(world, tmp_path):
     html = out.read_text()
     parsed = _Sections()
     parsed.feed(html)
-    assert parsed.ids == ["summary", "neurons", "all-neurons", "heads", "ablation", "sizes"]
+    assert parsed.ids == ["summary", "neurons", "all-neurons", "heads", "ablation", "patching", "sizes", "head-scores"]
     assert parsed.imgs == 2  # one heatmap image per layer
     assert parsed.classes.count("neuron") == 5 and parsed.classes.count("ctx") == 5 * 4
     assert "One model only" in html and "role:first_mention" in html

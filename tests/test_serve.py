@@ -376,7 +376,9 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory):
     root = tmp_path_factory.mktemp("busy")
-    s = Server([make_run(root, "slow", context=512)], root, "--max-batch", "1", "--max-queue", "1")
+    # Wide and deep enough that a lone 500-token request (decoded by the C++ kernel) runs for a while.
+    run = make_run(root, "slow", context=512, d_model=128, n_layers=8)
+    s = Server([run], root, "--max-batch", "1", "--max-queue", "1")
     yield s
     s.stop()
 

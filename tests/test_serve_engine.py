@@ -98,3 +98,58 @@ def test_echo_only_stop_token_seeded_choices_and_queue_limit(model):
         waiting.cancelled = True
     finally:
         engine.close()
+
+
+def _drive(model, use_kernel: bool) -> tuple[list[list[int]], int, list[list[int]]]:
+    """A fixed schedule, run by hand (the engine's thread closed): A runs alone, B joins it, B leaves
+    and A runs alone again, A leaves; then a seeded sampled request C alone with D joining and leaving.
+    Returns the tokens of A, B, C, D, how many steps went through the kernel, and the prompts."""
+    engine = Engine(model, max_batch=4, max_queue=16)
+    engine.close()
+    if not use_kernel:
+        engine.native = None
+    calls = 0
+    if engine.native is not None:
+        step = engine.native.step
+
+        def counted(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            return step(*args, **kwargs)
+
+        engine.native.step = counted
+    g = torch.Generator().manual_seed(2)
+    greedy, sampled = Sampling(max_tokens=30, temperature=0), Sampling(max_tokens=30, temperature=1.0, seed=7)
+    events, prompts = [], []
+    with torch.inference_mode():
+        for sampling, (first, join_after, second_len) in ((greedy, (5, 6, 12)), (sampled, (9, 3, 2))):
+            prompts.append(torch.randint(0, 97, (first,), generator=g).tolist())
+            events.append(submit(engine, prompts[-1], sampling)[1])
+            engine._admit()
+            for _ in range(join_after):
+                engine._step()
+            short = Sampling(max_tokens=5, temperature=sampling.temperature, seed=sampling.seed)
+            events.append(submit(engine, torch.randint(0, 97, (second_len,), generator=g).tolist(), short)[1])
+            engine._admit()
+            assert len(engine.rows) == 2 and not engine.lone
+            while engine.rows:
+                engine._step()
+    return [collect(ev, timeout=1)[0][0] for ev in events], calls, prompts
+
+
+def test_lone_request_decodes_in_the_kernel_as_the_forward_pass_does(model):
+    """A request running alone is decoded by the single-sequence kernel, before another joins it and
+    again after that one leaves (its cache rows then start past column 0); its tokens, greedy and sampled
+    with a seed, equal those of the forward pass alone."""
+    from tinyscale.decoding import NativeDecoder
+
+    if not NativeDecoder.available(model, 1, torch.float32):
+        pytest.skip("the C++ kernel is not built here")
+    kernel, calls, prompts = _drive(model, use_kernel=True)
+    forward, none, _ = _drive(model, use_kernel=False)
+    assert kernel == forward and none == 0
+    assert [len(t) for t in kernel] == [30, 5, 30, 5]
+    # Lone steps: A's 6 before B joins and 30 - 1 - 6 - 4 after B's 4 shared steps; C's 3 and 30 - 1 - 3 - 4.
+    assert calls == 6 + 19 + 3 + 22
+    assert kernel[0] == generate(model, [prompts[0]], 30, temperature=0)[0]
+    assert kernel[2] != generate(model, [prompts[1]], 30, temperature=0)[0]  # sampled, not greedy by accident

@@ -346,7 +346,7 @@ def test_bad_input_exits_2_and_leaves_nothing(tmp_path, capsys):
     assert _exit_code(["data", "world", "--stories", "10", "--out", str(out)]) == 2
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert _exit_code(["data", "world", "--stories", "10", "--out", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["train.jsonl", "val.jsonl", "world.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "train.jsonl", "val.jsonl", "world.json"]
 
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -10,6 +10,7 @@ import torch
 from tinyscale.data.world import SCHEMAS, default_vocab, make_story
 from tinyscale.data.world.holdout import parse_hold_outs
 from tinyscale.data.world.probes import SETS, START, balance, world_probes, write_world_probes
+from tinyscale.data.world.repeat import SETS as REPEAT_SETS
 from tinyscale.errors import UserError
 from tinyscale.evaluate.probes import load_suite
 
@@ -127,7 +128,7 @@ def test_eval_writes_both_families_within_the_trained_context(world_run):
     results = evaluate_run(world_run, suites=["facts"], device="cpu", max_tokens=128, completions=0,
                            world_probes=6)
     r = results[5]
-    assert set(r["probes"]) == {"facts"} and set(r["world_probes"]) == set(SETS)
+    assert set(r["probes"]) == {"facts"} and set(r["world_probes"]) == set(SETS) | set(REPEAT_SETS)
     assert r["settings"]["probe_context"] == 128  # the run's seq_len, below the model's 160
     assert r["settings"]["world_probes"]["per_skill"] == 6 and r["settings"]["world_probes"]["start"] == START
     for s in r["world_probes"].values():

@@ -4,15 +4,14 @@ config B's shape (width 288 x 6 layers, vocabulary 4096), single stream and 32 s
 repetitions interleaved. Every figure is new tokens per second at temperature 1; the table gives
 the median of the rounds and tinyscale's ratio to run.c at the same thread count.
 
-    python bench/peers/sample_side_by_side.py --llama2c ~/src/llama2.c --llama-cpp ~/src/llama.cpp [--avx2]
+    python bench/peers/sample_side_by_side.py --llama2c ~/src/llama2.c [--avx2]
 
 The model is tinyscale's own: a run of that shape (one training step: speed does not depend on the
-weights), exported to Hugging Face, then converted by the peers' own tools: llama2.c's `export.py`
-(version 0 for run.c, version 2 for runq.c) and llama.cpp's `convert_hf_to_gguf.py` (see
-gguf_convert.py). run.c is built as its Makefile's `runfast` (one thread) and `runomp` (OpenMP)
-targets with `-march=native`, or `-march=x86-64-v3` (AVX2) under `--avx2`. `--llama-cpp` is a
-llama.cpp source tree (a checkout, or the `vendor/llama.cpp` of the llama-cpp-python sdist that is
-installed); llama.cpp itself runs from the installed `llama_cpp` package, built as it was installed.
+weights), exported to Hugging Face and converted by llama2.c's own `export.py` (version 0 for run.c,
+version 2 for runq.c), and exported to GGUF f32 and q8_0 by `tinyscale export --format gguf`. run.c
+is built as its Makefile's `runfast` (one thread) and `runomp` (OpenMP) targets with `-march=native`,
+or `-march=x86-64-v3` (AVX2) under `--avx2`. llama.cpp runs from the installed `llama_cpp` package
+(llama-cpp-python), built as it was installed; without it llama.cpp is left out.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 RATE = {"run.c": r"achieved tok/s: ([\d.]+)", "other": r"tokens/s: ([\d.]+)"}
 
 
-def prepare(work: Path, llama2c: Path, llama_cpp: Path | None, march: str, env: dict) -> None:
+def prepare(work: Path, llama2c: Path, with_llama_cpp: bool, march: str, env: dict) -> None:
     """Make whatever of the models and binaries `work` does not hold yet (so --work can be reused)."""
     py = sys.executable
     if not (work / "run").exists():
@@ -41,10 +40,10 @@ def prepare(work: Path, llama2c: Path, llama_cpp: Path | None, march: str, env: 
         if not (work / f"llama2c-v{version}.bin").exists():
             run([py, str(llama2c / "export.py"), str(work / f"llama2c-v{version}.bin"), "--version", str(version),
                  "--hf", str(work / "hf")], llama2c, env)
-    for kind in ("f32", "q8_0") if llama_cpp else ():
+    for kind in ("f32", "q8_0") if with_llama_cpp else ():
         if not (work / f"model-{kind}.gguf").exists():
-            run([py, str(HERE / "gguf_convert.py"), str(llama_cpp), str(work / "hf"), "--outtype", kind,
-                 "--outfile", str(work / f"model-{kind}.gguf")], work, env)
+            run([py, "-m", "tinyscale.cli", "-q", "export", str(work / "run"), "--format", "gguf", "--dtype", kind,
+                 "--out", str(work / f"model-{kind}.gguf")], work, env)
     for src in ("run", "runq"):
         for omp in (False, True):
             exe = work / f"{src}{'omp' if omp else ''}-{march}"
@@ -75,8 +74,6 @@ def jobs(work: Path, llama2c: Path, threads: list[int], batched: int, new: int, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama2c", type=Path, required=True, help="checkout of karpathy/llama2.c")
-    ap.add_argument("--llama-cpp", type=Path, help="llama.cpp source tree, for its converter (without it, or "
-                    "without the llama_cpp package, llama.cpp is left out)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--batched", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=256)
@@ -88,18 +85,18 @@ def main() -> None:
         import llama_cpp
     except ImportError:
         llama_cpp = None
-    with_llama_cpp = llama_cpp is not None and args.llama_cpp is not None
+    with_llama_cpp = llama_cpp is not None
     print(f"CPU: {cpu_model()}; kernels: {'AVX2 (emulated)' if args.avx2 else 'native'}; {load_note()}")
     print(f"llama2.c {git_commit(args.llama2c)}; " + (
-        f"llama.cpp source {git_commit(args.llama_cpp)}, llama-cpp-python {llama_cpp.__version__}"
-        if with_llama_cpp else "llama.cpp left out (give --llama-cpp and pip install llama-cpp-python)"))
+        f"llama-cpp-python {llama_cpp.__version__}, GGUF from tinyscale export"
+        if with_llama_cpp else "llama.cpp left out (pip install llama-cpp-python)"))
     threads = [int(t) for t in args.threads.split(",")]
     rates: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         march = "x86-64-v3" if args.avx2 else "native"
-        prepare(work, args.llama2c, args.llama_cpp if with_llama_cpp else None, march, child_env(args.avx2))
+        prepare(work, args.llama2c, with_llama_cpp, march, child_env(args.avx2))
         todo = jobs(work, args.llama2c, threads, args.batched, args.new_tokens, with_llama_cpp, march)
         for rnd in range(args.rounds):
             for label, t, cmd in todo if rnd % 2 == 0 else todo[::-1]:

@@ -86,12 +86,15 @@ def _flag_kwargs(field: FieldInfo) -> dict[str, Any]:
     if get_origin(kind) in (Union, UnionType):  # X | None: None is the absent flag
         kind = next(a for a in get_args(kind) if a is not type(None))
     help_text = (field.description or "").replace("%", "%%")
-    if not field.is_required() and field.default is not None and "default" not in help_text:
+    if not field.is_required() and field.default not in (None, []) and "default" not in help_text:
         help_text += f" (default {field.default})"
     kwargs: dict[str, Any] = {"help": help_text or None}
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     if "metavar" in extra:
         kwargs["metavar"] = extra["metavar"]
+    if get_origin(kind) is list:  # repeatable, each flag one value or several: --x a --x b, --x a b
+        kwargs.update(action="extend", nargs="+")
+        kind = get_args(kind)[0]
     if kind is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif get_origin(kind) is Literal:
@@ -113,6 +116,14 @@ def _int_parser(field: FieldInfo) -> Callable[[str], int]:
 # --- data -------------------------------------------------------------------------------------
 
 
+def _add_file_format(p: argparse.ArgumentParser) -> None:
+    """--file-format, on every verb that writes a corpus (--format already names plain/instruct)."""
+    from tinyscale.data.corpus import FILE_FORMATS
+
+    p.add_argument("--file-format", choices=FILE_FORMATS, default=FILE_FORMATS[0],
+                   help="how the split files are stored (default jsonl; parquet needs pyarrow)")
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="make or inspect corpora")
     dsub = data.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)
@@ -130,6 +141,9 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    help="share of train stories followed by two 'Q: ... A: ...' lines (default 0)")
     w.add_argument("--qa-unanswerable", type=float, default=0.3, metavar="SHARE",
                    help="share of those questions about something the story never says (answer: I don't know)")
+    w.add_argument("--repeat", type=float, default=0.0, metavar="SHARE",
+                   help="share of train stories followed by one 'Repeat after me: ...' exercise (default 0)")
+    _add_file_format(w)
     w.set_defaults(func=_run_data_world)
 
     s = dsub.add_parser("stats", help="summarise a corpus folder")
@@ -145,7 +159,7 @@ def _run_data_world(args: argparse.Namespace) -> None:
 
     write_world_corpus(args.out, stories=args.stories, seed=args.seed, val_fraction=args.val_fraction,
                        fmt=args.format, hold_out=args.hold_out, overwrite=args.overwrite, qa=args.qa,
-                       qa_unanswerable=args.qa_unanswerable)
+                       qa_unanswerable=args.qa_unanswerable, file_format=args.file_format, repeat=args.repeat)
 
 
 def _run_data_stats(args: argparse.Namespace) -> None:
@@ -179,6 +193,7 @@ def _add_data_llm(dsub: argparse._SubParsersAction) -> None:
     g.add_argument("--template", help="prompt template file ($verb $noun $adjective $features)")
     g.add_argument("--val-fraction", type=float, default=0.05)
     g.add_argument("--keep-flagged", action="store_true", help="keep flagged stories in train/val")
+    _add_file_format(g)
     g.set_defaults(func=_run_data_llm)
 
 
@@ -192,7 +207,7 @@ def _run_data_llm(args: argparse.Namespace) -> None:
     settings = LlmSettings(stories=args.stories, seed=args.seed, fmt=args.format, template=args.template,
                            temperature=args.temperature, max_tokens=args.max_tokens, concurrency=args.concurrency,
                            val_fraction=args.val_fraction, keep_flagged=args.keep_flagged, max_cost=args.max_cost,
-                           price_in=args.price_in, price_out=args.price_out)
+                           price_in=args.price_in, price_out=args.price_out, file_format=args.file_format)
     print(json.dumps(generate_llm_corpus(args.out, ep, settings), indent=2))
 
 
@@ -204,6 +219,7 @@ def _add_data_ingest(dsub: argparse._SubParsersAction) -> None:
     i.add_argument("--val-fraction", type=float, default=0.05, help="when the source has no validation split")
     i.add_argument("--limit", type=_count, help="at most N stories per split")
     i.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    _add_file_format(i)
     i.set_defaults(func=_run_data_ingest)
 
 
@@ -213,7 +229,8 @@ def _run_data_ingest(args: argparse.Namespace) -> None:
     from tinyscale.data.ingest import ingest
 
     print(json.dumps(ingest(args.source, args.out, text_field=args.text_field, val_fraction=args.val_fraction,
-                            limit=args.limit, overwrite=args.overwrite), indent=2))
+                            limit=args.limit, overwrite=args.overwrite, file_format=args.file_format),
+                     indent=2))
 
 
 # --- sweep ------------------------------------------------------------------------------------
@@ -224,13 +241,22 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sweep", help="sweep.yaml, or the folder that holds it")
     p.add_argument("--launcher", choices=["local", "ray"], help="override the YAML's launcher")
     p.add_argument("--status", action="store_true", help="only show which runs are done")
+    _track_flag(p, "override the YAML's track: ")
     p.set_defaults(func=_run_sweep)
+
+
+def _track_flag(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--track for the verbs whose flags are declared by hand (train's come from TrainConfig.track)."""
+    from tinyscale.config import TRACK_HELP, TrackerName
+
+    p.add_argument("--track", action="extend", nargs="+", choices=list(get_args(TrackerName)), metavar="NAME",
+                   help=prefix + TRACK_HELP)
 
 
 def _run_sweep(args: argparse.Namespace) -> None:
     from tinyscale.sweep import run_sweep, sweep_status
 
-    rows = sweep_status(args.sweep) if args.status else run_sweep(args.sweep, launcher=args.launcher)
+    rows = sweep_status(args.sweep) if args.status else run_sweep(args.sweep, launcher=args.launcher, track=args.track)
     for row in rows:
         print(f"{row['status']:>8}  {row['name']}")
 
@@ -281,10 +307,10 @@ def _run_tokenize(args: argparse.Namespace) -> None:
 # How `tinyscale train --help` groups TrainConfig's fields after --data (each field is one flag).
 _TRAIN_GROUPS: dict[str | None, list[str]] = {
     "model": ["preset", "family", "d_model", "n_layers", "n_heads", "tie_embeddings", "max_seq_len"],
-    "optimisation": ["tokens", "batch", "seq_len", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "beta1",
+    "optimisation": ["tokens", "max_minutes", "batch", "seq_len", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "beta1",
                      "beta2", "grad_clip", "seed"],
     "bookkeeping": ["log_every", "eval_every", "eval_tokens", "eval_min_skill_tokens", "checkpoint_every",
-                    "dense_checkpoints"],
+                    "dense_checkpoints", "track"],
     "execution": ["dtype", "compile", "device", "threads"],
 }
 
@@ -294,8 +320,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train a model on token shards (or --resume a run)",
                        description="Every option defaults to tinyscale.config.TrainConfig; with --resume, "
-                                   "options default to the run's own and only --tokens, --device, --threads, "
-                                   "--compile and --data may change.")
+                                   "options default to the run's own and only --tokens, --max-minutes, --device, "
+                                   "--threads, --compile, --data and --track may change.")
     config_flags(p, TrainConfig, {None: ["data"]})
     p.add_argument("--out", help="new run folder")
     p.add_argument("--resume", metavar="RUN", help="continue this run from its newest checkpoint")
@@ -422,10 +448,23 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="default: the last one")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    e.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                   help="hf: a Hugging Face folder (default); gguf: one file for llama.cpp/Ollama (llama family)")
+    e.add_argument("--dtype", choices=["f32", "f16", "q8_0"], default=None,
+                   help="GGUF only: weight precision (default f32, exact)")
     e.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> None:
+    if args.format == "gguf":
+        from tinyscale.export_gguf import export_gguf
+
+        out = export_gguf(args.run, args.out, step=args.checkpoint, dtype=args.dtype or "f32",
+                          overwrite=args.overwrite)
+        print(f"wrote {out} (run with llama.cpp: llama-cli -m {out}; or Ollama: FROM {out} in a Modelfile)")
+        return
+    if args.dtype is not None:
+        raise UserError("--dtype: only with --format gguf (the Hugging Face folder is float32)")
     from tinyscale.export import export_hf
 
     out = export_hf(args.run, args.out, step=args.checkpoint, overwrite=args.overwrite)
@@ -480,15 +519,30 @@ def _add_interpret(sub: argparse._SubParsersAction) -> None:
                    help="stories for mean-ablating each head, trained and random-init (default 128; 0: none)")
     p.add_argument("--corpus", help="corpus folder or val.jsonl (default: the one the run's shards came from)")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN_OR_SWEEP/interpret.html (+ .json beside it)")
+    p.add_argument("--heads", action="store_true", help="also score every head (previous-token, induction, copying, "
+                   "entity lookup) at every kept checkpoint, beside the per-skill loss curve")
+    _add_patch_flags(p)
     p.set_defaults(func=_run_interpret)
+
+
+def _add_patch_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--patch", action="store_true",
+                   help="activation patching on the story world's minimal pairs, trained and random-init")
+    p.add_argument("--patch-pairs", type=int, default=128, metavar="N", help="aligned pairs patched (default 128)")
+    p.add_argument("--patch-seed", type=int, default=1, metavar="SEED",
+                   help="story-world seed the pairs are written with (default 1)")
+    p.add_argument("--patch-kinds", nargs="+", choices=("name", "object", "count"), metavar="KIND",
+                   help="kinds of minimal pair: name, object, count (default: all three, in turn)")
 
 
 def _run_interpret(args: argparse.Namespace) -> None:
     from tinyscale.interpret import interpret
     from tinyscale.interpret.one_model import Options
 
-    opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k, ablate_stories=args.ablate_stories)
-    out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus)
+    opts = Options(layers=args.layers, stories=args.stories, top_k=args.top_k, ablate_stories=args.ablate_stories,
+                   patch=args.patch, patch_pairs=args.patch_pairs, patch_seed=args.patch_seed,
+                   patch_kinds=args.patch_kinds)
+    out = interpret(args.run, args.out, step=args.checkpoint, opts=opts, corpus=args.corpus, heads=args.heads)
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 
@@ -744,6 +798,7 @@ def _add_incentivize(sub: argparse._SubParsersAction) -> None:
                        ("start-step", _nonnegative_int), ("prompt-count", _positive_int), ("world-seed", int),
                        ("unanswerable", float), ("grad-clip", float), ("log-every", _positive_int)):
         p.add_argument(f"--{flag}", type=kind)
+    _track_flag(p)
     p.set_defaults(func=_run_incentivize)
 
 

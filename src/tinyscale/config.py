@@ -34,6 +34,11 @@ def _known_family(name: str) -> str:
 
 FamilyName = Annotated[str, AfterValidator(_known_family)]
 
+# Experiment trackers a run can also log to (tinyscale/tracking.py); metrics.jsonl stays the record.
+TrackerName = Literal["tensorboard", "wandb", "mlflow"]
+Trackers = list[TrackerName]  # a name given twice is one tracker
+TRACK_HELP = "also log to tensorboard, wandb (offline without a key) or mlflow; files under the run folder (repeatable)"
+
 # The largest seed any verb takes: a signed 64-bit integer.
 SEED_MAX = 2**63 - 1
 
@@ -143,9 +148,15 @@ class TrainConfig(BaseModel):
     eval_min_skill_tokens: int = Field(
         2000, ge=0, le=2**30, description="add windows until every labeled skill has N validation tokens",
         json_schema_extra={"metavar": "N", "why": " (validation tokens scored at every evaluation)"})
+    # A deadline as well as a token target: the run stops at whichever comes first and ends as a
+    # finished run does (final evaluation, checkpoint, run.json "end"), so a budget holds on a busy machine.
+    max_minutes: float | None = Field(None, gt=0, le=10**6, description="stop training after this many minutes "
+                                      "of the run's wall time (carried across resumes), as if its tokens were done "
+                                      "(default: no deadline)")
     checkpoint_every: int = Field(500, ge=1, le=10**9, description="steps between checkpoints")
     dense_checkpoints: int = Field(0, ge=0, le=10**9, description="also keep checkpoints at steps 1, 2, 4, ... up "
                                    "to STEP", json_schema_extra={"metavar": "STEP"})
+    track: Trackers = Field([], description=TRACK_HELP, json_schema_extra={"metavar": "NAME"})
     # Execution: these may change when a run is resumed.
     dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast where supported")
     compile: bool = Field(False, description="torch.compile")

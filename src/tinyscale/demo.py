@@ -10,6 +10,16 @@ Data, the trainer's periodic evaluations, the final evaluation and the report ar
 the budget; the rest buys training tokens, the same number for every size. The plan is written to
 OUT/plan.json; a re-run with the same options resumes, with other options it says why it cannot.
 
+The budget is a promise, so the plan is not trusted to the end: the time spent measuring counts
+against it, every run trains to a deadline as well as to its tokens (`--max-minutes`: it stops at
+whichever comes first and ends as a finished run does), and each run's tokens and deadline are set
+when it starts, from the time left to its slot and the speed the runs so far trained at (the newest
+tokens/s of the runs' metrics against the measured speed): a machine that became slower buys the
+remaining runs fewer tokens rather than overrunning. Evaluation and the report stay reserved.
+sweep/budget.json, the report and the summary on stderr state planned versus actual tokens and
+minutes per run; a run that trained fewer tokens than planned is named. The budget holds for one
+uninterrupted invocation; a resumed demo finishes the runs left with the time it is given anew.
+
 `seeds` N > 1 trains every size N times (training seeds seed, seed+1, ...), so the analysis can put
 training noise into its intervals (analysis/seeds.py). The cost: N seeds need about N times the
 training compute for the same tokens. The demo keeps its minutes and gives each run about 1/N of the
@@ -25,7 +35,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +72,9 @@ CALIBRATION_STEPS = 4
 SAMPLE_STORIES = 400  # written and tokenized to measure the data stage
 REPORT_SECONDS = 30.0  # analysis (200 bootstrap fits) and the figures: ~15 s measured on 2 cores
 SAFETY = 1.05  # measurement noise: plan 5% short rather than overrun
+EVAL_OPTIONS = {"checkpoints": "last", "completions": 12, "samples": 1}  # each run's `tinyscale eval`
+REPORT_BOOT = 200  # bootstrap fits of the report's analysis (REPORT_SECONDS measured with these)
+MIN_RUN_STEPS = 10  # a run re-planned with no time left still trains this many steps (and says so)
 
 
 @dataclass
@@ -228,15 +243,16 @@ def run_seconds(i: int, tokens: int, s: Speeds) -> float:
     return tokens * s.train_per_token[i] + (EVALS + 2) * s.eval_tokens * s.forward_per_token[i] + 2 * s.process_start
 
 
-def plan_tokens(minutes: float, s: Speeds, stories: int | None = None, seeds: int = 1) -> int:
+def plan_tokens(minutes: float, s: Speeds, stories: int | None = None, seeds: int = 1, spent: float = 0.0) -> int:
     """Training tokens per run (the same for every size) that fit `minutes` of wall time here, with
     `seeds` runs of every size.
 
     Two runs train at once: the largest model occupies one slot while the smaller ones take turns
     on the other, so the training wall time is the larger of the two slots. Data (for `stories`,
-    or for as many as the tokens need) and the report come off the budget first.
+    or for as many as the tokens need), the report and `spent` (seconds already used: measuring) come off
+    the budget first.
     """
-    budget = minutes * 60 / SAFETY - REPORT_SECONDS
+    budget = (minutes * 60 - spent) / SAFETY - REPORT_SECONDS
     slots = ([0], list(range(1, len(SIZES))))
     tokens = 0
     for _ in range(3):  # the data's share depends on the tokens when the stories follow them
@@ -259,21 +275,27 @@ def _runs(seed: int, seeds: int) -> list[dict[str, Any]]:
             for k in range(seeds) for d, n, h in SIZES]
 
 
-def sweep_yaml(shards: Path, tokens: int, seed: int = 0, seeds: int = 1) -> dict[str, Any]:
+def step_options(tokens: int) -> dict[str, int]:
+    """The options of a run that follow its tokens: its warmup, and EVALS evaluations and about
+    eight checkpoints over its steps (also for a run whose tokens are re-planned)."""
     steps = tokens // (BATCH * SEQ_LEN)
+    # The learning curves (loss per skill, baseline, floor) come from the trainer's periodic
+    # evaluation; `tinyscale eval` measures the same windows, and adds probes and completions.
+    return {"tokens": tokens, "warmup": max(10, steps // 20), "eval_every": max(1, math.ceil(steps / (EVALS - 1))),
+            "checkpoint_every": max(10, steps // 8)}
+
+
+def sweep_yaml(shards: Path, tokens: int, seed: int = 0, seeds: int = 1) -> dict[str, Any]:
     return {
         "data": str(shards.resolve()),
         "launcher": "local",
         "parallel": PARALLEL,
         "train": {
-            "tokens": tokens, "batch": BATCH, "seq_len": SEQ_LEN, "lr": LR, "warmup": max(10, steps // 20),
-            # The learning curves (loss per skill, baseline, floor) come from the trainer's periodic
-            # evaluation; `tinyscale eval` measures the same windows, and adds probes and completions.
-            "eval_every": max(1, math.ceil(steps / (EVALS - 1))), "eval_tokens": EVAL_TOKENS,
-            "checkpoint_every": max(10, steps // 8), "dense_checkpoints": 8, "seed": seed,
+            **step_options(tokens), "batch": BATCH, "seq_len": SEQ_LEN, "lr": LR, "eval_tokens": EVAL_TOKENS,
+            "dense_checkpoints": 8, "seed": seed,
         },
         "runs": _runs(seed, seeds),
-        "eval": {"checkpoints": "last", "completions": 12, "samples": 1},
+        "eval": dict(EVAL_OPTIONS),
     }
 
 
@@ -301,7 +323,6 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, stories: in
     (with the same options). `stories`: None writes as many as the planned training tokens need.
     `seeds`: training runs per size (see the module docstring for what they cost)."""
     from tinyscale.analysis.report import build_report
-    from tinyscale.sweep import run_sweep
 
     if minutes is not None and not (math.isfinite(minutes) and 0 < minutes <= 24 * 60):
         raise UserError(f"--minutes must be a number in (0, 1440], got {minutes}")
@@ -319,18 +340,26 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, stories: in
     if not sweep_file.is_file():
         with atomic_open(sweep_file) as f:
             yaml.safe_dump(sweep_yaml(out / "shards", plan["tokens"], seed, seeds), f, sort_keys=False)
-    progress.info("4/5 training and evaluating (tinyscale sweep %s)", sweep_file)
-    run_sweep(sweep_file)
+    progress.info("4/5 training and evaluating (tinyscale sweep %s), each run to its tokens or its deadline",
+                  sweep_file)
+    speeds = Speeds(**plan["measured"])
+    rows = _Schedule(sweep_file, plan["tokens"], speeds, started + plan["minutes"] * 60 / SAFETY).run()
+    budget = budget_summary(rows, plan["minutes"], time.perf_counter() - started)
+    write_json(out / "sweep" / "budget.json", budget)
     progress.info("5/5 analysing and writing the report")
-    report = build_report(out / "sweep", reanalyze=True)
-    progress.info("demo took %.1f min here (planned %.1f)", (time.perf_counter() - started) / 60, plan["minutes"])
+    report = build_report(out / "sweep", reanalyze=True, n_boot=REPORT_BOOT)
+    budget["minutes"] = round((time.perf_counter() - started) / 60, 3)
+    write_json(out / "sweep" / "budget.json", budget)
+    for line in budget_lines(budget):
+        progress.info("%s", line)
     return report
 
 
 def _new_plan(out: Path, minutes: float, stories: int | None, seed: int, seeds: int = 1) -> dict:
     progress.info("1/5 measuring this machine: data, training and evaluation speed of each size")
+    t = time.perf_counter()
     speeds = measure(seed)
-    tokens = plan_tokens(minutes, speeds, stories, seeds)
+    tokens = plan_tokens(minutes, speeds, stories, seeds, spent=time.perf_counter() - t)
     n_stories = stories or stories_for(tokens, speeds.tokens_per_story)
     plan = {"minutes": minutes, "stories": stories, "seed": seed, "seeds": seeds, "tokens": tokens,
             "n_stories": n_stories, "measured": asdict(speeds)}
@@ -353,3 +382,177 @@ def _make_data(out: Path, plan: dict) -> None:
     if not (shards / "meta.json").is_file():
         progress.info("3/5 training a %d-token BPE and writing shards to %s", VOCAB, shards)
         tokenize_corpus(corpus, shards, vocab_size=VOCAB, overwrite=True)
+
+
+# --- training to the budget ----------------------------------------------------------------------------
+
+
+def size_index(spec: dict[str, Any]) -> int:
+    """Which of SIZES a run of the demo's sweep trains."""
+    return [(d, n, h) for d, n, h in SIZES].index((spec["d_model"], spec["n_layers"], spec["n_heads"]))
+
+
+def replan_tokens(seconds_left: float, sizes: list[int], s: Speeds, slowdown: float, planned: int,
+                  overhead: float = 0.0) -> int:
+    """Tokens per run (the same for each) for the runs of one slot still to train, sizes `sizes`, the
+    next first, that fit `seconds_left` on a machine `slowdown` times slower than measured (its
+    evaluations and process starts too; each run's costs besides training at least `overhead`, the
+    seconds finished runs spent outside their training loop): never more than `planned`, never fewer
+    than MIN_RUN_STEPS."""
+    step = BATCH * SEQ_LEN
+    fixed = sum(max(slowdown * run_seconds(i, 0, s), overhead) for i in sizes)
+    per_token = slowdown * sum(s.train_per_token[i] for i in sizes)
+    fits = int((seconds_left - fixed) / per_token) if seconds_left > fixed else 0
+    return max(step * MIN_RUN_STEPS, min(planned, fits - fits % step))
+
+
+def deadline_minutes(i: int, tokens: int, s: Speeds, slowdown: float) -> float:
+    """The trainer's --max-minutes for size i's run of `tokens`: its training and periodic
+    evaluations as expected at `slowdown`, with the plan's SAFETY margin for noise (the final
+    evaluation, checkpoint and process starts fall outside the trainer's clock)."""
+    seconds = slowdown * (tokens * s.train_per_token[i] + (EVALS - 1) * s.eval_tokens * s.forward_per_token[i])
+    return round(max(seconds * SAFETY, 1.0) / 60, 4)
+
+
+def observed_slowdown(run_dirs: list[tuple[int, Path]], s: Speeds, newest: int = PARALLEL) -> float | None:
+    """How many times slower than measured the machine trains now: the mean, over the `newest` runs
+    to have written metrics, of the seconds per token of their last three log lines against the
+    measured speed of their size; None before any run has logged."""
+    found = [(p.stat().st_mtime, i, p) for i, d in run_dirs if (p := d / "metrics.jsonl").is_file()]
+    ratios = []
+    for _, i, path in sorted(found, reverse=True)[:newest]:
+        rates = [r["tokens_per_s"] for r in _metric_rows(path) if r.get("tokens_per_s") and r.get("step", 0) > 1]
+        if rates:
+            ratios.append(sum(1 / r for r in rates[-3:]) / len(rates[-3:]) / s.train_per_token[i])
+    return sum(ratios) / len(ratios) if ratios else None
+
+
+def _metric_rows(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written
+    return [r for r in rows if isinstance(r, dict)]
+
+
+class _Schedule:
+    """The demo's runs in PARALLEL slots as the plan has them (the largest size in one, the others in
+    turn in the other), each run given its tokens and deadline as it starts (`replan_tokens`), every
+    slot done by `train_end` (a perf_counter time: the budget less the report) when the machine allows."""
+
+    def __init__(self, sweep_file: Path, planned: int, s: Speeds, train_end: float) -> None:
+        from tinyscale.sweep import expand, load_sweep, threads_per_job
+
+        self.file, self.planned, self.s = sweep_file, planned, s
+        self.train_end = train_end - REPORT_SECONDS
+        self.cfg = load_sweep(sweep_file)
+        self.specs = expand(self.cfg)
+        self.runs_dir = sweep_file.parent / "runs"
+        self.threads = threads_per_job("local", PARALLEL, self.cfg.threads, self.cfg.ray)
+        self.lock = threading.Lock()
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def run(self) -> list[dict[str, Any]]:
+        largest = [sp for sp in self.specs if size_index(sp) == 0]
+        slots = [largest, [sp for sp in self.specs if size_index(sp) != 0]]
+        with progress.bar(len(self.specs), "runs") as bar, ThreadPoolExecutor(PARALLEL) as pool:
+            failed = [r for rs in pool.map(lambda slot: self._slot(slot, bar), slots) for r in rs]
+        self._write_sweep_json()
+        if failed:
+            names = ", ".join(f"{r['name']} (see {r['log']})" for r in failed)
+            raise UserError(f"{len(failed)} of {len(self.specs)} runs failed: {names}")
+        return [self.rows[sp["name"]] for sp in self.specs]
+
+    def _slot(self, slot: list[dict[str, Any]], bar: Any) -> list[dict[str, Any]]:
+        from tinyscale.runs import list_checkpoints
+        from tinyscale.sweep import DONE_MARKER, run_one
+
+        failed = []
+        for k, spec in enumerate(slot):
+            run_dir = self.runs_dir / spec["name"]
+            fresh = not (run_dir / DONE_MARKER).exists()
+            if fresh and not list_checkpoints(run_dir):  # a run begun earlier resumes with its own options
+                spec = self._assign(spec, [size_index(sp) for sp in slot[k:]])
+            t = time.perf_counter()
+            result = run_one(spec, self.cfg.data, str(self.file.parent.resolve()), self.cfg.eval, self.threads)
+            self._record(spec, result, time.perf_counter() - t if fresh else None)
+            with self.lock:
+                bar.update(1, last=f"{spec['name']} {result['status']}")
+            if result["status"] == "failed":
+                failed.append(result)
+        return failed
+
+    def _assign(self, spec: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
+        """The spec with this run's tokens and deadline, from the time left and the speed seen so far."""
+        slowdown = observed_slowdown([(size_index(sp), self.runs_dir / sp["name"]) for sp in self.specs], self.s)
+        f = max(1.0, slowdown or 1.0)  # faster than measured: the plan stands
+        # What finished runs spent outside training (process starts, evaluation), which the plan only estimates.
+        spent = [r["minutes"] - r["train_minutes"] for r in self.rows.values() if r["minutes"] and r["train_minutes"]]
+        overhead = 60 * sum(spent) / len(spent) if spent else 0.0
+        tokens = replan_tokens(self.train_end - time.perf_counter(), sizes, self.s, f,
+                               min(spec["tokens"], self.planned), overhead)
+        spec = {**spec, **step_options(tokens), "max_minutes": deadline_minutes(sizes[0], tokens, self.s, f)}
+        if tokens < self.planned:
+            progress.info("%s: re-planned to %.2fM tokens (planned %.2fM): the machine trains %.2fx slower than "
+                          "measured", spec["name"], tokens / 1e6, self.planned / 1e6, f)
+        self._write_spec(spec)
+        return spec
+
+    def _write_spec(self, spec: dict[str, Any]) -> None:
+        """sweep.yaml names each run's own tokens and deadline, so `tinyscale sweep` repeats this demo."""
+        with self.lock:
+            raw = yaml.safe_load(self.file.read_text(encoding="utf-8"))
+            for run in raw["runs"]:
+                if run.get("name") == spec["name"]:
+                    run.update({k: spec[k] for k in (*step_options(0), "max_minutes")})
+            with atomic_open(self.file) as f:
+                yaml.safe_dump(raw, f, sort_keys=False)
+
+    def _record(self, spec: dict[str, Any], result: dict[str, Any], seconds: float | None) -> None:
+        i = size_index(spec)
+        info = read_json(self.runs_dir / spec["name"] / "run.json") if result["status"] != "failed" else {}
+        end = info.get("end") or {}
+        with self.lock:
+            self.rows[spec["name"]] = {
+                "name": spec["name"], "status": result["status"], "planned_tokens": self.planned,
+                "assigned_tokens": (info.get("config") or {}).get("tokens", spec["tokens"]),
+                "tokens": end.get("tokens"), "reason": end.get("reason"), "max_minutes": end.get("max_minutes"),
+                "planned_minutes": round(run_seconds(i, self.planned, self.s) / 60, 3),
+                "minutes": None if seconds is None else round(seconds / 60, 3),
+                "train_minutes": end.get("minutes")}
+
+    def _write_sweep_json(self) -> None:
+        from tinyscale.sweep import expand, load_sweep, write_plan
+
+        cfg = load_sweep(self.file)  # with the tokens and deadlines the runs were given
+        write_plan(cfg, self.file.parent, expand(cfg), self.threads)
+
+
+def budget_summary(rows: list[dict[str, Any]], minutes: float, seconds: float) -> dict[str, Any]:
+    """sweep/budget.json: the plan against what each run and the whole demo took."""
+    trained = [r["tokens"] for r in rows if r["tokens"] is not None]
+    short = [r["name"] for r in rows if r["tokens"] is not None and r["tokens"] < r["planned_tokens"]]
+    return {"budget_minutes": minutes, "minutes": round(seconds / 60, 3), "runs": rows,
+            "planned_tokens": sum(r["planned_tokens"] for r in rows), "tokens": sum(trained),
+            "planned_run_minutes": round(sum(r["planned_minutes"] for r in rows), 3),
+            "run_minutes": round(sum(r["minutes"] or 0.0 for r in rows), 3), "fewer_tokens": short}
+
+
+def budget_lines(budget: dict[str, Any]) -> list[str]:
+    """The summary on stderr: per run and in total, planned against actual tokens and minutes."""
+    def m(v: float | None) -> str:
+        return "—" if v is None else f"{v:.1f}"
+
+    lines = [f"{r['name']}: {(r['tokens'] or 0) / 1e6:.2f}M of {r['planned_tokens'] / 1e6:.2f}M planned tokens "
+             f"({r['reason'] or '?'}), {m(r['minutes'])} of {m(r['planned_minutes'])} planned min"
+             for r in budget["runs"]]
+    lines.append(f"all runs: {budget['tokens'] / 1e6:.2f}M of {budget['planned_tokens'] / 1e6:.2f}M planned tokens; "
+                 f"demo took {budget['minutes']:.1f} min of a {budget['budget_minutes']:g}-minute budget")
+    if budget["fewer_tokens"]:
+        lines.append(f"trained fewer tokens than planned (the machine was slower than measured): "
+                     f"{', '.join(budget['fewer_tokens'])}")
+    return lines

@@ -24,6 +24,7 @@ from tinyscale.errors import UserError
 from tinyscale.fileio import read_json, set_file_mode, staged_dir, write_json
 from tinyscale.generate import eot_id_of
 from tinyscale.model import Transformer
+from tinyscale.model_card import write_model_card
 from tinyscale.validate import check_output
 
 
@@ -154,4 +155,5 @@ def export_hf(run_dir: str | Path, out: str | Path, step: int | None = None, ove
         GenerationConfig(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id).save_pretrained(str(stage))
         write_json(stage / "tinyscale.json", {"run": str(run_dir.resolve()), "step": step,
                                               "model": model.cfg.model_dump()})
+        write_model_card(run_dir, stage, step, shown_as=out)
     return Path(out)

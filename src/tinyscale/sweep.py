@@ -26,7 +26,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tinyscale import progress
+from tinyscale import progress, tracking
+from tinyscale.config import Trackers
 from tinyscale.errors import UserError
 from tinyscale.fileio import atomic_open, read_json, read_text, write_json
 from tinyscale.runs import list_checkpoints
@@ -61,6 +62,8 @@ class SweepConfig(BaseModel):
     runs: list[dict[str, Any]] = []
     eval: dict[str, Any] = {"checkpoints": "all"}
     ray: RayOptions = RayOptions()
+    # Experiment trackers for every run (`tinyscale train --track`), each run tracked under its name.
+    track: Trackers = []
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
@@ -99,7 +102,7 @@ def expand(cfg: SweepConfig) -> list[dict[str, Any]]:
     specs, names = [], set()
     for base in bases:
         for combo in combos:
-            spec = {**cfg.train, **base, **combo}
+            spec = {**({"track": cfg.track} if cfg.track else {}), **cfg.train, **base, **combo}
             spec.pop("name", None)
             # The name becomes runs/<name> and logs/<name>.log: it must stay inside those folders.
             name = check_name(base["name"] if "name" in base else run_name({**base, **combo}), "sweep runs")
@@ -141,7 +144,8 @@ def commands(spec: dict[str, Any], data: str, run_dir: Path, eval_opts: dict[str
         opts["threads"] = threads
     train = ["tinyscale", "-q", "train"]
     train += ["--resume", str(run_dir)] if resume else ["--data", data, "--out", str(run_dir)]
-    train += cli_flags(opts) if not resume else cli_flags({k: v for k, v in opts.items() if k in ("threads", "device")})
+    train += cli_flags(opts) if not resume else cli_flags({k: v for k, v in opts.items()
+                                                            if k in ("threads", "device", "track")})
     evaluate = ["tinyscale", "-q", "eval", str(run_dir), *cli_flags(eval_opts)]
     return [train, evaluate]
 
@@ -191,9 +195,13 @@ def write_plan(cfg: SweepConfig, sweep_dir: Path, specs: list[dict[str, Any]], t
     write_json(sweep_dir / "sweep.json", plan)
 
 
-def run_sweep(path: str | Path, launcher: str | None = None) -> list[dict[str, Any]]:
-    """Run every run of a sweep that is not finished yet; return one status dict per run."""
+def run_sweep(path: str | Path, launcher: str | None = None, track: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run every run of a sweep that is not finished yet; return one status dict per run. `track`
+    (the --track flags) replaces the sweep file's `track`."""
     cfg = load_sweep(path)
+    if track is not None:
+        cfg.track = list(dict.fromkeys(track))
+    tracking.require(cfg.track)
     sweep_dir = _resolve_sweep_dir(path)
     if not Path(cfg.data).is_dir():
         raise UserError(f"{cfg.data}: shards folder of the sweep not found")

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import tinyscale
-from tinyscale import progress
+from tinyscale import progress, tracking
 from tinyscale.config import ModelConfig, TrainConfig
 from tinyscale.errors import UserError
 from tinyscale.model import Transformer, bf16_native, count_params, flops_per_token, model_config
@@ -47,8 +47,9 @@ from tinyscale.training.run_folder import RunFolder, check_new_out, open_run, re
 from tinyscale.validate import check_output, check_train, os_errors
 
 # Options that may differ when a run is resumed: they do not change what is computed (data is
-# checked by its hashes instead), except `tokens`, which extends or shortens the run on purpose.
-RESUMABLE_CHANGES = ("tokens", "device", "threads", "compile", "data")
+# checked by its hashes instead), except `tokens` and `max_minutes`, which extend or shorten the run on
+# purpose.
+RESUMABLE_CHANGES = ("tokens", "max_minutes", "device", "threads", "compile", "data", "track")
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -256,6 +257,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, stored: dict | None = 
         local = max(1, d.local_world)
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local))
         cfg = resolve(cfg, d.device)
+        tracking.require(cfg.track)
         shards = _open_data(cfg)
         mcfg = build_model_config(cfg, shards.vocab_size)
         check_fits(cfg, shards, d.world)
@@ -280,14 +282,33 @@ def _train_locked(cfg: TrainConfig, mcfg: ModelConfig, shards: Any, run: RunFold
     model = build_model(mcfg, cfg, d.device)
     opt = make_optimizer(model, cfg, d.device)
     start_step, state = (0, {}) if stored is None else run.load_newest(model, opt, d.device)
+    elapsed = float(state.get("elapsed_s", 0.0))
     if stored is not None and start_step >= cfg.steps:
         if cfg.tokens != stored["config"].get("tokens"):
             raise UserError(f"--tokens {cfg.tokens}: {run.out} is already trained to step {start_step} "
                             f"({start_step * cfg.tokens_per_step:,} tokens); give more tokens to extend it")
         progress.info(f"{run.out}: already trained to step {start_step} of {cfg.steps}; nothing to do")
         return {}
+    if stored is not None and _out_of_time(cfg, elapsed):
+        # Stopped by its deadline: a complete run with fewer tokens, as a run at its token target is.
+        progress.info(f"{run.out}: stopped at step {start_step} of {cfg.steps} by its deadline (--max-minutes "
+                      f"{cfg.max_minutes:g}); nothing to do (give a larger --max-minutes to train on)")
+        if "end" not in stored:  # killed between its last checkpoint and writing its end
+            run.finish(stored, _end(cfg, start_step, elapsed))
+        return {}
     run.begin(info, Path(cfg.data) / "tokenizer.json", start_step)
-    return _loop(cfg, model, opt, shards, run, d, info, start_step, float(state.get("elapsed_s", 0.0)))
+    return _loop(cfg, model, opt, shards, run, d, info, start_step, elapsed)
+
+
+def _out_of_time(cfg: TrainConfig, elapsed: float) -> bool:
+    return cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
+
+
+def _end(cfg: TrainConfig, step: int, elapsed: float) -> dict[str, Any]:
+    """run.json "end": why the run stopped, and what it trained against what it was given."""
+    return {"reason": "tokens" if step >= cfg.steps else "deadline", "step": step, "planned_steps": cfg.steps,
+            "tokens": step * cfg.tokens_per_step, "planned_tokens": cfg.tokens, "minutes": round(elapsed / 60, 4),
+            "max_minutes": cfg.max_minutes}
 
 
 # --- the loop -------------------------------------------------------------------------------------------
@@ -385,24 +406,36 @@ def _loop(cfg: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer, 
         s.run_eval(0, elapsed)
     model.train()
     clock = _Clock(elapsed)
+    done = start_step
     with progress.bar(steps, "train", completed=start_step) as bar:
         for step in range(start_step, steps):
             loss, lr = s.optimizer_step(step)
             done = step + 1
             clock.tokens += cfg.tokens_per_step
             bar.update(1, loss=loss)
-            if done % cfg.log_every == 0 or done == steps or done == 1:
+            clock.tick()
+            # Every rank takes the same decision (any rank's clock past the deadline stops them all).
+            out_of_time = done < steps and cfg.max_minutes is not None and bool(
+                d.mean(torch.tensor(float(_out_of_time(cfg, clock.elapsed)), device=d.device)).item() > 0)
+            last = done == steps or out_of_time
+            if done % cfg.log_every == 0 or last or done == 1:
                 rate = clock.rate()
                 s.log({**s.counts(done), "lr": lr, "loss": loss, "tokens_per_s": round(rate, 1),
                        "elapsed_s": round(clock.elapsed, 3)})
                 bar.update(0, loss=loss, tok_s=f"{rate:,.0f}")
-            evaluating = bool(cfg.eval_every and done % cfg.eval_every == 0) or done == steps
+            evaluating = bool(cfg.eval_every and done % cfg.eval_every == 0) or last
             if evaluating:
                 s.run_eval(done, clock.elapsed)
-            saving = retention.due(done, done == steps)
+            saving = retention.due(done, last)
             if saving:
                 clock.tick()
                 s.checkpoint(done, clock.elapsed)
             if (cfg.eval_every and done % cfg.eval_every == 0) or saving:
                 clock.restart()  # keep eval and saving out of tokens/s
+            if out_of_time:
+                progress.info(f"{run.out}: deadline (--max-minutes {cfg.max_minutes:g}) reached at step {done} of "
+                              f"{steps}: {done * cfg.tokens_per_step:,} of {cfg.tokens:,} tokens")
+                break
+    clock.tick()
+    run.finish(info, _end(cfg, done, clock.elapsed))
     return s.last

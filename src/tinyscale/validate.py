@@ -112,7 +112,8 @@ def limits() -> dict[str, dict[str, Limit]]:
     requests = Limit(1, 256, why=" (requests in flight to one endpoint)")
     return {
         "data world": {"stories": Limit(1, 10**9), "seed": Limit(-(2**63), 2**63 - 1), "val_fraction": fraction,
-                       "qa": Limit(0.0, 1.0), "qa_unanswerable": Limit(0.0, 1.0)},
+                       "qa": Limit(0.0, 1.0), "qa_unanswerable": Limit(0.0, 1.0),
+                       "repeat": Limit(0.0, 1.0)},
         "tokenize": {"vocab_size": Limit(1, 2**20), "workers": cpu},
         "train": {**train, "threads": cpu},
         "sample": {"n": Limit(1, 1024, why=" (completions run as one batch)"), "temperature": temperature,
@@ -139,7 +140,10 @@ def limits() -> dict[str, dict[str, Limit]]:
         "interpret": {"stories": Limit(1, 10**9), "checkpoint": step, "layers": Limit(0, train["n_layers"].hi - 1),
                       "top_k": Limit(1, 1000, why=" (top tokens kept per neuron, for every neuron at once)"),
                       "ablate_stories": Limit(0, 100_000, why=" (stories run once per head ablated, trained and "
-                                                              "random-init)")},
+                                                              "random-init)"),
+                      "patch_pairs": Limit(1, 100_000, why=" (pairs run once per component patched, trained and "
+                                                           "random-init)"),
+                      "patch_seed": Limit(0, 2**31 - 1)},
         "serve": {"port": Limit(1, 65535, why=" (a TCP port)"), "threads": cpu, "checkpoint": step,
                   "max_batch": Limit(1, SERVE_MAX_BATCH, why=" (sequences decoded together: each holds a KV cache "
                                                              "of the model's whole context in memory)"),

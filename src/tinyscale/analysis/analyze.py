@@ -323,7 +323,58 @@ def taxonomy(records: list[dict], size_key: str = "non_embedding_params",
                 entry["metrics"][metric] = _classify(curve, metric, _chance(records, key, metric), floor, base)
             entry["control"] = metric_control(entry["metrics"])
             out.append(entry)
+    return out + repeat_rows(records, size_key)
+
+
+def repeat_rows(records: list[dict], size_key: str = "non_embedding_params") -> list[dict[str, Any]]:
+    """Taxonomy rows of the U-shaped task ("repeat after me", data/world/repeat.py): the composite and
+    its parts, world probe sets scored by `tinyscale eval`, classed over size and compute with their
+    exact chance. Their noise is each point's binomial interval (the replicates resample the
+    hand-written suites only)."""
+    from tinyscale.data.world.repeat import SETS as REPEAT_SETS
+
+    world = _world_view(records)
+    out = []
+    for name in (s for s in REPEAT_SETS if any(s in r["probes"] for r in world)):
+        for axis in ("size", "compute"):
+            entry: dict[str, Any] = {"curve": f"{name} (world)", "suite": name, "skill": None, "axis": axis,
+                                     "metrics": {}}
+            for metric in ("mc", "prob", "logprob"):
+                curve = size_curve(world, name, metric, size_key) if axis == "size" else compute_curve(world, name, metric)
+                entry["metrics"][metric] = _classify(curve, metric, _chance(world, name, metric))
+            entry["control"] = metric_control(entry["metrics"])
+            out.append(entry)
     return out
+
+
+def repeat_task(records: list[dict], size_key: str = "non_embedding_params") -> dict[str, Any] | None:
+    """The U-shaped task per model size: each set's multiple-choice accuracy (95% Wilson interval),
+    chance and mean log-probability of the right answer, its classes, and one sentence."""
+    rows = repeat_rows(records, size_key)
+    if not rows:
+        return None
+    world = _world_view(records)
+    sets = {}
+    for e in rows:
+        name = e["suite"]
+        s = sets.setdefault(name, {"chance": _chance(world, name, "mc"), "classes": {}, "points": []})
+        s["classes"][e["axis"]] = {m: c["label"] for m, c in e["metrics"].items()}
+    for name, s in sets.items():
+        finals = sorted((r for r in world if r["final"] and r.get(size_key) and name in r["probes"]),
+                        key=lambda r: r[size_key])
+        s["points"] = [{"run": r["run"], "size": r[size_key], "flops": r.get("flops"),
+                        **{k: r["probes"][name].get(k) for k in ("mc", "mc_lo", "mc_hi", "logprob", "n")}}
+                       for r in finals]
+    return {"sets": sets, "sentence": _repeat_sentence(sets)}
+
+
+def _repeat_sentence(sets: dict[str, dict]) -> str:
+    parts = []
+    for name, s in sets.items():
+        accs = ", ".join(f"{p['mc']:.2f}" for p in s["points"] if p.get("mc") is not None)
+        parts.append(f"{name} {accs or 'not measured'} (chance {s['chance']:.2f}; "
+                     f"{s['classes'].get('size', {}).get('mc')} over size)")
+    return "multiple-choice accuracy by size, smallest first: " + "; ".join(parts)
 
 
 # --- probes in and out of distribution ---------------------------------------------------------
@@ -480,6 +531,7 @@ def analyze_records(records: list[dict], size_key: str = "non_embedding_params",
     result = {"format": 1, "source": source, "n_runs": len({r["run"] for r in records}), "n_records": len(records),
               "runs": run_table(records), "fits": fit_laws(records, size_key, n_boot, seed, reps),
               "baselines": skill_baselines(estimate, size_key), "probes_in_out": probes_in_out(estimate, size_key),
+              "repeat_task": repeat_task(estimate, size_key),
               "loss_sources": sorted({r.get("loss_source") or "none" for r in records}),
               "settings": {"n_boot": n_boot, "seed": seed}}
     result.update(claims(records, estimate, reps, result["fits"], size_key, run_dirs))

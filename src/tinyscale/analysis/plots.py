@@ -265,6 +265,45 @@ def probes_in_out(records: list[dict], path: str | Path, size_key: str = "non_em
     return _save(fig, path)
 
 
+REPEAT_STYLES = {"repeat": ("o-", "C3", "composite"), "repeat_ood": ("o--", "C3", "composite, held out"),
+                 "repeat_copy": ("s-", "C0", "copy a novel phrase"), "repeat_copy_ood": ("s--", "C0", "copy, held out"),
+                 "repeat_familiar": ("^-", "C2", "complete the familiar phrase")}
+
+
+def repeat_task(records: list[dict], path: str | Path, size_key: str = "non_embedding_params") -> Path | None:
+    """The U-shaped task ("repeat after me"): multiple-choice accuracy of the composite and its parts
+    over model size (final checkpoints, 95% Wilson intervals) and over training compute (every
+    evaluated checkpoint, one line per run), with their exact chance level."""
+    recs = [r for r in records if any(s in (r.get("world_probes") or {}) for s in REPEAT_STYLES)]
+    if not recs:
+        return None
+    fig, (top, bottom) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    finals = sorted((r for r in recs if r["final"] and r.get(size_key)), key=lambda r: r[size_key])
+    runs = sorted(_by_run(recs).values(), key=lambda v: v[0].get(size_key) or 0)
+    for name, (style, color, label) in REPEAT_STYLES.items():
+        have = [r for r in finals if name in r["world_probes"]]
+        if have:
+            _mc_errorbar(top, [r[size_key] for r in have], [r["world_probes"][name] for r in have], style, color, label)
+        for i, run in enumerate(runs):
+            pts = sorted((r for r in run if name in r["world_probes"] and r.get("flops")), key=lambda r: r["flops"])
+            bottom.plot([r["flops"] for r in pts], [_value(r["world_probes"][name], "mc") for r in pts], style, ms=3,
+                        color=color, alpha=0.35 + 0.65 * (i + 1) / len(runs), label=label if i == 0 else None)
+    chances = {r["world_probes"][s]["chance"] for r in recs for s in REPEAT_STYLES if s in r["world_probes"]}
+    for ax, xlabel in ((top, size_key.replace("_", "-").replace("params", "parameters")),
+                       (bottom, "training FLOPs (each run's checkpoints)")):
+        for c in sorted(x for x in chances if x is not None):
+            ax.axhline(c, color="gray", ls=":", lw=1, label=f"chance {c:.2f}" if ax is top else None)
+        _log_axis(ax.xaxis)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    top.set_ylabel("multiple-choice accuracy")
+    top.set_title("repeat after me: vs size", fontsize=9)
+    bottom.set_title("vs compute", fontsize=9)
+    top.legend(fontsize=6)
+    return _save(fig, path)
+
+
 def metric_value(rec: dict, metric: str) -> float | None:
     """A record's value of a metric spec: "loss", "loss:<skill>" or "<mc|exact|prob>:<suite>"."""
     kind, _, name = metric.partition(":")

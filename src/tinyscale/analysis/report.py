@@ -30,9 +30,11 @@ from tinyscale.fileio import atomic_open, read_json
 from tinyscale.runs import read_evals, sweep_runs
 
 SECTIONS = [("params", "Models"), ("curves", "Loss vs compute"), ("skills", "Loss per skill"),
-            ("probes", "Probes vs size"), ("probes_io", "Probes in and out of distribution"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
+            ("probes", "Probes vs size"), ("probes_io", "Probes in and out of distribution"),
+            ("repeat", "U-shaped task (repeat after me)"), ("grades", "Grades from an LLM teacher"), ("heatmap", "Width × depth"),
             ("completions", "Completions"), ("taxonomy", "Emergence taxonomy"), ("readability", "Neurons vs size"),
-            ("incentivize", "Teach versus incentivize"), ("reproduce", "Reproduce")]
+            ("incentivize", "Teach versus incentivize"), ("budget", "Planned versus trained"),
+            ("reproduce", "Reproduce")]
 METRIC_NAMES = {"exact": "exact match", "mc": "multiple choice", "prob": "p(answer)", "logprob": "log p(answer)",
                 "loss": "loss"}
 PARAM_COLUMNS = ("width", "depth", "heads", "params", "non_embedding_params", "tokens", "flops", "loss")
@@ -436,6 +438,7 @@ def _sections(sweep_dir: Path, records: list[dict], analysis: dict, plot_dir: Pa
         "probes": _figure(plots.probes_vs_size(records, plot_dir / "probes.png", size_key), "probe accuracy",
                           "No probe results (run tinyscale eval on the runs)."),
         "probes_io": _probes_in_out_section(records, analysis, plot_dir, size_key),
+        "repeat": _repeat_section(records, analysis, plot_dir, size_key),
         "heatmap": _figure(plots.heatmap(records, metric, plot_dir / "heatmap.png"), f"{metric} heatmap",
                            f"No final values of {metric} with a known width and depth."),
         "grades": _grades_section(sweep_dir, plot_dir, size_key),
@@ -443,8 +446,31 @@ def _sections(sweep_dir: Path, records: list[dict], analysis: dict, plot_dir: Pa
         "taxonomy": _taxonomy_section(analysis),
         "readability": _readability_section(sweep_dir),
         "incentivize": _incentivize_section(Path(incentivize or sweep_dir / "incentivize"), plot_dir),
+        "budget": _budget_section(sweep_dir),
         "reproduce": _reproduce_section(sweep_dir, _flags(metric, size_key, incentivize)),
     }
+
+
+def _budget_section(sweep_dir: Path) -> Markup:
+    """`tinyscale demo`'s SWEEP/budget.json: per run, planned against trained tokens and minutes."""
+    path = sweep_dir / "budget.json"
+    if not path.is_file():
+        return _nodata("No time budget: budget.json is written by tinyscale demo, whose runs train to a deadline.")
+    b = read_json(path)
+
+    def tok(v: Any) -> str:
+        return "—" if v is None else f"{v / 1e6:.3f}M"
+
+    rows = [[r["name"], tok(r["planned_tokens"]), tok(r["assigned_tokens"]), tok(r["tokens"]), r["reason"] or "—",
+             _num(r["planned_minutes"]), _num(r["minutes"]), _num(r["max_minutes"])] for r in b["runs"]]
+    summary = (f"Budget {b['budget_minutes']:g} min; runs took {b['run_minutes']:.1f} min of "
+               f"{b['planned_run_minutes']:.1f} planned (run-minutes, two runs at once) and trained "
+               f"{tok(b['tokens'])} of {tok(b['planned_tokens'])} planned tokens; {b['minutes']:.1f} min of the "
+               f"budget were spent before this report. Fits use each run's trained tokens and FLOPs.")
+    short = b.get("fewer_tokens") or []
+    note = (f"Fewer tokens than planned (the machine was slower than measured): {', '.join(short)}. "
+            "L(N) compares their final checkpoints with runs that trained more." if short else "")
+    return _render("report/budget.html", summary=summary, rows=rows, note=note)
 
 
 def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, size_key: str) -> Markup:
@@ -462,6 +488,20 @@ def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, 
     return _render("report/probes_io.html", size_key=size_key, sentences=[e["sentence"] for e in entries],
                    png=_b64(plots.probes_in_out(records, plot_dir / "probes_in_out.png", size_key)),
                    rows=rows, classes=classes)
+
+
+def _repeat_section(records: list[dict], analysis: dict, plot_dir: Path, size_key: str) -> Markup:
+    """The U-shaped task: the composite and its parts against size and compute with chance, per
+    size their accuracy (95% interval) and log p(answer), and their classes."""
+    task = analysis.get("repeat_task")
+    if not task:
+        return _nodata("No \"repeat after me\" results: `tinyscale eval` scores them when a run's data is the story world.")
+    rows = [[name, _num(p["size"]), f"{p['mc']:.2f} [{_num(p.get('mc_lo'), 2)}, {_num(p.get('mc_hi'), 2)}]", _num(p.get("logprob"), 2),
+             f"{s['chance']:.2f}"] for name, s in task["sets"].items() for p in s["points"] if p.get("mc") is not None]
+    classes = [[name, *(s["classes"].get(a, {}).get(m) or "—" for a in ("size", "compute") for m in ("mc", "logprob"))]
+               for name, s in task["sets"].items()]
+    return _render("report/repeat.html", size_key=size_key, sentence=task["sentence"], rows=rows, classes=classes,
+                   png=_b64(plots.repeat_task(records, plot_dir / "repeat.png", size_key)))
 
 
 # --- tables for the terminal ------------------------------------------------------------------

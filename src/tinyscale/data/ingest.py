@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from tinyscale import progress
-from tinyscale.data.world import encode_record, is_val
+from tinyscale.data.card import write_dataset_card
+from tinyscale.data.corpus import check_file_format, encode_record, settle_format
+from tinyscale.data.world import is_val
 from tinyscale.data.world.story import FEATURE_TITLE
 from tinyscale.errors import UserError
 from tinyscale.fileio import read_lines, staged_dir, write_json
@@ -297,9 +299,28 @@ def _routes(streams: list) -> tuple[bool, dict]:
     return False, {}
 
 
+def _card_source(summary: dict) -> dict:
+    """What the dataset card says about an ingested corpus (`summary`: its ingest.json)."""
+    return {
+        "title": f"tinyscale ingest of {summary['source']}", "generator": "tinyscale data ingest",
+        "about": f"Stories read from `{summary['source']}` into tinyscale's corpus format by `tinyscale data "
+                 "ingest` (text normalised: mojibake repaired, line ends unified, outer blanks stripped; "
+                 "empty records skipped).",
+        "seed": None, "recipe": {k: v for k, v in summary.items() if k != "stories"},
+        "license": "unknown", "tags": ["ingested"], "labelled": False,
+        "license_note": f"Not decided here: the licence of the source (`{summary['source']}`) applies; check "
+                        "it before sharing this corpus.",
+        "meta": "`source` (the file or split the record came from) and, for TinyStories' \"all data\" records, "
+                "the instruction `words`, `features`, `prompt`, `summary` and `generator`",
+    }
+
+
 def ingest(source: str | os.PathLike, out: str | os.PathLike, *, text_field: str | None = None,
-           val_fraction: float = 0.05, limit: int | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Read SOURCE into OUT/{train,val}.jsonl (+ OUT/ingest.json); return the summary."""
+           val_fraction: float = 0.05, limit: int | None = None, overwrite: bool = False,
+           file_format: str = "jsonl") -> dict[str, Any]:
+    """Read SOURCE into OUT/{train,val}.jsonl (.parquet with `file_format="parquet"`), OUT/ingest.json
+    and the dataset card OUT/README.md; return the summary."""
+    check_file_format(file_format)
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"--val-fraction: must be in [0, 1), got {val_fraction}")
     if limit is not None and limit <= 0:
@@ -334,6 +355,10 @@ def ingest(source: str | os.PathLike, out: str | os.PathLike, *, text_field: str
                    "streams": [where for _, where, _ in streams], "text_field": text_field, "limit": limit,
                    "val_fraction": None if kept else val_fraction}
         write_json(stage / "ingest.json", summary)
+        train.close()
+        val.close()  # complete before they are converted
+        write_dataset_card(stage, _card_source(summary), settle_format(stage, file_format), summary["stories"],
+                           shown_as=out)
     progress.info("ingest: %d train and %d val stories from %s (%d empty skipped)", stats["train"],
                   stats["val"], source, stats["skipped_empty"])
     return summary

@@ -10,6 +10,8 @@ indices. The output folder holds:
     OUT/stories.jsonl    every finished story as a corpus line, appended as it arrives (flagged ones too)
     OUT/failures.jsonl   requests that kept failing, with the reason (retried on the next resume)
     OUT/train.jsonl, OUT/val.jsonl   written at the end from stories.jsonl, flagged stories left out
+                         (.parquet with --file-format parquet)
+    OUT/README.md        the dataset card (data/card.py)
 
 Each story is checked: its three words present (any inflection), finished (not cut by max_tokens),
 not a near-duplicate (same first and last 20 words as an earlier story). Prompt templates are files
@@ -33,6 +35,8 @@ from string import Template
 from typing import Any
 
 from tinyscale import progress
+from tinyscale.data.card import write_dataset_card
+from tinyscale.data.corpus import check_file_format, settle_format
 from tinyscale.data.world import FEATURES, HEADER_KINDS, default_vocab, encode_record, is_val
 from tinyscale.data.world.story import FEATURE_P, FEATURE_TITLE
 from tinyscale.endpoint import (
@@ -81,6 +85,7 @@ class LlmSettings:
     max_cost: float | None = None  # USD; prices are per million tokens
     price_in: float = 0.0
     price_out: float = 0.0
+    file_format: str = "jsonl"  # how train/val are stored: jsonl or parquet
 
 
 def load_template(fmt: str, path: str | os.PathLike | None = None) -> str:
@@ -356,6 +361,7 @@ def generate_llm_corpus(out: str | os.PathLike, ep: Endpoint, settings: LlmSetti
     if not 0.0 <= settings.val_fraction < 1.0:
         raise UserError(f"--val-fraction: must be in [0, 1), got {settings.val_fraction}")
     check_money(settings)  # also for callers that skip the CLI's checks
+    check_file_format(settings.file_format)
     out = Path(out)
     # OUT is resumed, so it may exist: but only as a folder this command made (else its train.jsonl
     # would be replaced), and never holding or inside the template it reads.
@@ -381,6 +387,8 @@ def _generate(out: Path, ep: Endpoint, settings: LlmSettings, template: str, rec
     # train/val come from every story written so far (stories.jsonl only grows, so they never shrink);
     # with no story at all, none are written: an empty corpus would look like a finished one.
     splits = write_splits(out, done, settings) if done else None
+    if splits is not None:
+        write_dataset_card(out, _card_source(record), settle_format(out, settings.file_format), splits)
     summary = _summary(session, splits)
     write_json(out / "llm.json", {**record, "summary": summary})
     left = f"{summary['written_now']} stories written now, {summary['missing']} left to write (rerun to resume)"
@@ -396,6 +404,26 @@ def _generate(out: Path, ep: Endpoint, settings: LlmSettings, template: str, rec
                f"{ep.base_url}: every request failed (last error: {scrub(session.stats.last_error, ep)})")
         raise UserError(f"{why}; no story written, {summary['missing']} missing")
     return summary
+
+
+def _card_source(record: dict) -> dict:
+    """What the dataset card says about stories an endpoint wrote (`record`: llm.json's settings)."""
+    s = record["settings"]
+    keep = ("stories", "seed", "fmt", "template", "temperature", "max_tokens", "val_fraction", "keep_flagged")
+    return {
+        "title": f"tinyscale llm stories ({record['model']})", "generator": f"tinyscale data llm, model {record['model']}",
+        "about": "Stories in words a 3-year-old knows, written by a language model to TinyStories' recipe (a "
+                 "verb, a noun and an adjective from tinyscale's story-world lexicon and a random set of story "
+                 "features per prompt). Made by `tinyscale data llm`; flagged stories (missing words, cut, "
+                 "near-duplicates) are left out unless the recipe says keep_flagged.",
+        "seed": s["seed"], "recipe": {"model": record["model"], **{k: s[k] for k in keep},
+                                      "template_sha256": record["template_sha256"]},
+        "license": "other", "tags": ["synthetic", "tinystories-recipe"], "labelled": False,
+        "license_note": f"The stories were written by {record['model']}: its provider's terms of use decide how "
+                        "they may be used and shared.",
+        "meta": "the prompt, its required `words` and `features`, the model, `finish_reason`, token `usage`, "
+                "`seed` and `index`, the check `flags`, instruct header kinds",
+    }
 
 
 def _summary(session: _Session, splits: dict[str, int] | None) -> dict[str, Any]:

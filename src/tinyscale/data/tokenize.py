@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyscale import progress
-from tinyscale.data.corpus import SKILL_ID, SKILLS, SPLITS, corpus_splits, validate_line
+from tinyscale.data.corpus import SKILL_ID, SKILLS, SPLITS, corpus_splits, raw_lines, size_hint, validate_line
 from tinyscale.errors import UserError
 from tinyscale.fileio import staged_dir, write_json
 from tinyscale.validate import check_output
@@ -87,17 +87,16 @@ def _parse_line(raw: bytes, path: Path | str, lineno: int) -> dict | None:
 
 
 def _batches(path: Path, size: int) -> Iterator[tuple[int, list[dict]]]:
-    """(bytes read, up to `size` validated lines) from one JSONL file."""
+    """(bytes read, up to `size` validated lines) from one split file (JSONL or Parquet)."""
     batch, nbytes = [], 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            nbytes += len(raw)
-            obj = _parse_line(raw, path, lineno)
-            if obj is not None:
-                batch.append(obj)
-            if len(batch) == size:
-                yield nbytes, batch
-                batch, nbytes = [], 0
+    for lineno, raw in enumerate(raw_lines(path), 1):
+        nbytes += len(raw)
+        obj = _parse_line(raw, path, lineno)
+        if obj is not None:
+            batch.append(obj)
+        if len(batch) == size:
+            yield nbytes, batch
+            batch, nbytes = [], 0
     if batch:
         yield nbytes, batch
 
@@ -106,7 +105,7 @@ def _batches(path: Path, size: int) -> Iterator[tuple[int, list[dict]]]:
 
 
 def train_tokenizer(train_path: str | Path, vocab_size: int = 4096):
-    """Train a byte-level BPE on one JSONL split, streaming (memory grows with distinct words only)."""
+    """Train a byte-level BPE on one split file, streaming (memory grows with distinct words only)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < MIN_VOCAB:
@@ -118,7 +117,7 @@ def train_tokenizer(train_path: str | Path, vocab_size: int = 4096):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     path = Path(train_path)
-    with progress.bar(path.stat().st_size, "train BPE") as b:
+    with progress.bar(size_hint(path), "train BPE") as b:
         def texts() -> Iterator[list[str]]:
             for nbytes, batch in _batches(path, BATCH_STORIES):
                 yield [obj["text"] for obj in batch]
@@ -336,17 +335,17 @@ def _encode_in_worker(lines: list[bytes], path: str, first_lineno: int) -> Chunk
 
 
 def _chunks(path: Path, hasher: hashlib._Hash | None) -> Iterator[tuple[list[bytes], int, int]]:
-    """(lines, number of the first line, bytes) runs of about CHUNK_BYTES, hashing the file's bytes."""
+    """(lines, number of the first line, bytes) runs of about CHUNK_BYTES, hashing the lines' bytes
+    (a Parquet split's records as JSONL lines: both forms of a corpus have one hash)."""
     lines, nbytes, first = [], 0, 1
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if hasher is not None:
-                hasher.update(raw)
-            lines.append(raw)
-            nbytes += len(raw)
-            if nbytes >= CHUNK_BYTES:
-                yield lines, first, nbytes
-                lines, nbytes, first = [], 0, lineno + 1
+    for lineno, raw in enumerate(raw_lines(path), 1):
+        if hasher is not None:
+            hasher.update(raw)
+        lines.append(raw)
+        nbytes += len(raw)
+        if nbytes >= CHUNK_BYTES:
+            yield lines, first, nbytes
+            lines, nbytes, first = [], 0, lineno + 1
     if lines:
         yield lines, first, nbytes
 
@@ -385,7 +384,7 @@ def encode_split(encoder: _Encoder, pool: ProcessPoolExecutor | None, path: Path
     writer = _SplitWriter(folder, split, eot)
     inflight: deque[tuple[Future, int]] = deque()
     try:
-        with progress.bar(path.stat().st_size, f"encode {split}") as b:
+        with progress.bar(size_hint(path), f"encode {split}") as b:
             for lines, first, nbytes in _chunks(path, hasher):
                 if pool is None:
                     writer.add(encoder.encode(lines, str(path), first))

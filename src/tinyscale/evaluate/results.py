@@ -3,7 +3,8 @@
 Probes come in two families, written under separate keys of each result: `probes` (the hand-written
 suites, phrased unlike the story world: "ood phrasing") and, when the run's data is the story world
 (its shards' `corpus` folder holds the world's `world.json`), `world_probes` (the world's own
-in-distribution sets, `data/world/probes.py`: held-out stories cut before a labeled word). Both are
+in-distribution sets, `data/world/probes.py`: held-out stories cut before a labeled word; and the
+"repeat after me" sets of the U-shaped task, `data/world/repeat.py`). Both are
 scored within the context the run was trained at (its `seq_len`, never more than the model's
 `max_seq_len`): a longer prompt keeps its last tokens and is counted in the summary's `cut`.
 
@@ -158,6 +159,7 @@ def load_world_probes(shards, per_skill: int | None) -> tuple[dict[str, list], d
     from tinyscale.data.world import SCHEMAS, default_vocab
     from tinyscale.data.world.holdout import parse_hold_outs
     from tinyscale.data.world.probes import START, world_probes
+    from tinyscale.data.world.repeat import repeat_probes
     from tinyscale.evaluate.probes import read_items
 
     check_values("eval", {"world_probes": per_skill})  # the range `tinyscale eval` checks (validate.py)
@@ -171,7 +173,10 @@ def load_world_probes(shards, per_skill: int | None) -> tuple[dict[str, list], d
     vocab, fmt, seed = default_vocab(), world.get("format", "plain"), int(world.get("seed", 0))
     holds = parse_hold_outs(list(world.get("hold_out") or []), vocab, fmt, tuple(SCHEMAS))
     sets = world_probes(vocab, seed, n, fmt=fmt, holds=holds)
-    settings = {"corpus": str(folder), "seed": seed, "format": fmt, "start": START, "per_skill": n}
+    # The U-shaped task's sets ("repeat after me", data/world/repeat.py): the composite and its parts.
+    sets.update(repeat_probes(vocab, seed, n))
+    settings = {"corpus": str(folder), "seed": seed, "format": fmt, "start": START, "per_skill": n,
+                "repeat_mixture": (world.get("repeat") or {}).get("share", 0.0)}
     return {name: read_items(items, f"world probes {name}") for name, items in sets.items()}, settings
 
 

@@ -110,12 +110,22 @@ def evaluate_answers(run_dir: str | Path, questions: int = 200, world_seed: int 
     """The comparison's metrics for a run's newest checkpoint, on held-out questions: greedy answers
     (temperature 0, the model's single best answer) or sampled ones (temperature 1, the whole answer
     distribution, as the reward sees it in training). Loss on stories comes with greedy answers."""
+    model, step = load_model(run_dir, None, device)
+    out = answer_model(model, load_tokenizer(run_dir), questions, world_seed, reward, threshold, batch, temperature)
+    if temperature == 0:
+        windows = story_val_losses(model, read_run(run_dir)["data"]["dir"], torch.device(device))
+        out |= {"val_loss": float(np.mean(windows)), "val_windows": windows}
+    return out | {"step": step}
+
+
+def answer_model(model: torch.nn.Module, tok: Any, questions: int = 200, world_seed: int = 0,
+                 reward: str = "hallucination", threshold: float | None = None, batch: int = 32,
+                 temperature: float = 0.0) -> dict[str, Any]:
+    """`evaluate_answers`' question metrics for a model in memory (bench/trl_check.py grades a model
+    trained elsewhere with exactly this code)."""
     from tinyscale.data.world import default_vocab
     from tinyscale.data.world.questions import question_set
 
-    dev = torch.device(device)
-    model, step = load_model(run_dir, None, device)
-    tok = load_tokenizer(run_dir)
     ans = Answerer(tok, 8)
     fn = load_reward(reward, threshold)
     items = question_set(default_vocab(), world_seed, EVAL_PROMPT_START, questions, templates="heldout")
@@ -126,12 +136,8 @@ def evaluate_answers(run_dir: str | Path, questions: int = 200, world_seed: int 
     for i in range(0, len(items), batch):
         chunk = [tok.encode(it["prompt"]).ids for it in items[i:i + batch]]
         texts += [ans.text(c) for c in ans.sample(model, chunk, temperature=temperature, seed=i)]
-    val = {}
-    if temperature == 0:
-        windows = story_val_losses(model, read_run(run_dir)["data"]["dir"], dev)
-        val = {"val_loss": float(np.mean(windows)), "val_windows": windows}
-    return _answer_metrics(items, texts, fn) | val | {
-        "step": step, "temperature": temperature,
+    return _answer_metrics(items, texts, fn) | {
+        "temperature": temperature,
         "examples": [{"question": it["prompt"].rsplit("\n", 1)[-1], "answer": t, "truth": it["truth"]}
                      for it, t in zip(items[:12], texts[:12], strict=False)]}
 

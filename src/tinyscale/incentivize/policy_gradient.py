@@ -50,7 +50,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from tinyscale import progress
+from tinyscale import progress, tracking
+from tinyscale.config import Trackers
 from tinyscale.decoding import new_cache
 from tinyscale.errors import UserError
 from tinyscale.fileio import read_jsonl
@@ -101,9 +102,10 @@ class IncentiveConfig(BaseModel):
     dense_checkpoints: int = 0  # also keep (and write) checkpoints at 1, 2, 4, ... up to this step
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
+    track: Trackers = []  # experiment trackers (tinyscale/tracking.py)
 
 
-RESUMABLE_CHANGES = ("steps", "tokens", "device", "threads")
+RESUMABLE_CHANGES = ("steps", "tokens", "device", "threads", "track")
 
 
 # --- prompts -------------------------------------------------------------------------------------------
@@ -326,6 +328,7 @@ def _run(cfg: IncentiveConfig, run_dir: Path, resuming: bool) -> dict[str, Any]:
     stays hidden until its first checkpoint, a failed resume keeps its last good checkpoint), the run
     files are written and the loop runs."""
     check_incentivize(cfg.model_dump())  # flags, and a config read back from run.json
+    tracking.require(cfg.track)
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
     device = pick_device(cfg.device)
     start = read_run(cfg.start)

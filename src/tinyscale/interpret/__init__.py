@@ -6,7 +6,8 @@
 
 Modules: `hooks` (named activations), `wordclass` and `tags` (ground truth per token), `neurons`
 (streamed top-k, labels, selectivity, controls), `heads` (attention statistics and classes),
-`ablation` (head ablations), `one_model` (one model read, with its random twin), `across_sizes`
+`ablation` (head ablations), `patching` and `patching_figure` (activation patching on the story
+world's minimal pairs), `one_model` (one model read, with its random twin), `across_sizes`
 (every model of a sweep), `sizes_figure` (their figure and table), `page` (HTML), `write` (the
 `interpret` verb: the page and its numbers).
 """

@@ -98,3 +98,95 @@ class HeadStats:
             row["class"] = head_class(row["local_share"], lift if np.isfinite(lift) else 0.0)
             out.append(row)
         return out
+
+
+# --- scores on repeated random tokens and on the world's character mentions ---------------------
+#
+# A repeated sequence is [prefix, r_1 .. r_n, r_1 .. r_n]: the end-of-text token, n distinct random
+# tokens, and the same n again. Position 0 is the prefix, r_k sits at k and at n + k. Olsson et al.
+# (2022) read three behaviours off such sequences, where nothing but the repeat can predict a token:
+#
+#   previous_token  how much attention a query puts on the position just before it, p(i, i - 1),
+#                   averaged over every query after the prefix. 1 for a head that always looks one back.
+#   induction       "prefix matching": from a query in the second copy (r_k at n + k), how much
+#                   attention lands on the token that followed r_k's earlier occurrence, p(n + k, k + 1).
+#                   The head has found where the current token was seen and looks at what came next.
+#   copying         whether what the head writes raises the logits of the tokens it looks at. The
+#                   head's direct effect on the logits (its output through the output projection, the
+#                   final norm's gain and the unembedding: a positive rescaling never changes which
+#                   token it favours) picks, among the sequence's n tokens, the one it raises most;
+#                   the score is the share of the head's attention that sits on that token, averaged
+#                   over the queries of the second copy. 1 for a head that copies what it attends to,
+#                   about the share of one token among the keys for a head whose output ignores them.
+#
+# An induction head in their sense scores high on both induction and copying.
+#
+#   entity_lookup   on the world's stories: from the first token of a later mention of a character
+#                   (its name again after the first time), the attention on the tokens of that
+#                   character's first mention. `entity_lookup_base` is what attention spread evenly
+#                   over the same keys would put there (first-mention tokens / keys), the floor.
+#   entity_lookup_before  the same from the token *before* each later mention: where the name is
+#                   predicted, so where a head that fetches the character would help the tracking loss.
+
+SCORES: tuple[str, ...] = ("previous_token", "induction", "copying", "entity_lookup", "entity_lookup_before")
+
+
+def repeated_tokens(vocab: int, n: int, batch: int, seed: int, prefix: int) -> Tensor:
+    """[batch, 1 + 2n] repeated random sequences; r_1..r_n are distinct and never the prefix token
+    (so every token of the second copy has exactly one earlier occurrence)."""
+    if n + 1 > vocab:
+        raise ValueError(f"repeated_tokens: {n} distinct tokens need a vocabulary above {n}")
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.ones(vocab)
+    weights[prefix] = 0
+    r = torch.stack([torch.multinomial(weights, n, replacement=False, generator=g) for _ in range(batch)])
+    return torch.cat([torch.full((batch, 1), prefix, dtype=torch.long), r, r], dim=1)
+
+
+def previous_token_score(pattern: Tensor) -> Tensor:
+    """[heads] from patterns [B, heads, T, T] (rows: queries): mean p(i, i - 1) over queries i >= 1."""
+    return pattern.diagonal(offset=-1, dim1=-2, dim2=-1).float().mean((0, -1))
+
+
+def induction_score(pattern: Tensor, n: int) -> Tensor:
+    """[heads] from patterns of repeated sequences of n tokens: mean p(n + k, k + 1), k = 1..n."""
+    # The diagonal p(i, i - n + 1) starts at query n - 1; the second copy's queries n + 1 .. 2n are its 2nd on.
+    return pattern.diagonal(offset=-(n - 1), dim1=-2, dim2=-1)[..., 2:].float().mean((0, -1))
+
+
+def copying_score(pattern: Tensor, ids: Tensor, favoured: Tensor, n: int) -> Tensor:
+    """[heads]: the attention a query of the second copy puts on keys holding the token the head's
+    output favours there (`favoured` [B, heads, n]: one token id per query n + 1 .. 2n)."""
+    q = pattern[:, :, n + 1:2 * n + 1].float()  # [B, H, n, T]
+    hits = ids[:, None, None, :] == favoured[..., None]  # [B, H, n, T]
+    return (q * hits).sum(-1).mean((0, -1))
+
+
+@dataclass
+class LookupStats:
+    """Running sums of the entity-lookup score of one layer's heads over stories."""
+
+    score: Tensor
+    base: float = 0.0
+    queries: int = 0
+
+    @classmethod
+    def zeros(cls, n_heads: int) -> LookupStats:
+        return cls(torch.zeros(n_heads, dtype=torch.float64))
+
+    def add(self, pattern: Tensor, mentions: list[tuple[list[int], list[int]]]) -> None:
+        """One story: pattern [heads, T, T]; per character, (its first mention's token positions,
+        the first-token positions of its later mentions)."""
+        for first, later in mentions:
+            keys = torch.tensor(first)
+            for q in later:
+                if q < pattern.shape[-1] and q > max(first):
+                    self.score += pattern[:, q, keys].float().sum(-1).double()
+                    self.base += len(first) / (q + 1)
+                    self.queries += 1
+
+    def result(self) -> tuple[list[float | None], float | None]:
+        """(per-head mean score, the uniform floor); None where no later mention was seen."""
+        if not self.queries:
+            return [None] * len(self.score), None
+        return (self.score / self.queries).tolist(), self.base / self.queries

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from tinyscale import progress, runs
+from tinyscale.data.corpus import split_file
 from tinyscale.errors import UserError
 from tinyscale.fileio import read_json
 from tinyscale.generate import eot_id_of
@@ -48,6 +49,10 @@ class Options:
     ablate_stories: int = 128  # stories for the head ablations (0: none)
     boot: int = 1000  # bootstrap resamples of the ablation intervals
     window: int | None = None  # ablations read each story's first `window` tokens (the training length)
+    patch: bool = False  # activation patching on the story world's minimal pairs (`patching`)
+    patch_pairs: int = 128  # aligned pairs patched
+    patch_seed: int = 1  # the story-world seed the pairs are written with (not the corpus's: unseen stories)
+    patch_kinds: Sequence[str] | None = None  # kinds of pairs (`data.world.pairs.KINDS`; default all, in turn)
 
 
 def load_run_model(run_dir: Path, step: int | None) -> tuple[Transformer, int, Any, int]:
@@ -65,19 +70,20 @@ def default_layers(model: Transformer) -> list[int]:
 
 
 def val_corpus(run_dir: str | Path, corpus: str | Path | None = None) -> Path:
-    """The validation split the run's shards were made from (or `corpus`/val.jsonl)."""
+    """The validation split the run's shards were made from (or `corpus`'s val split, or the file `corpus`)."""
     if corpus is not None:
         path = Path(corpus)
-        return path / "val.jsonl" if path.is_dir() else path
+        return (split_file(path, "val") or path / "val.jsonl") if path.is_dir() else path
     info = read_json(Path(run_dir) / "run.json")
     data = (info.get("data") or {}).get("dir")
     meta = Path(data) / "meta.json" if data else None
     if meta is None or not meta.is_file():
         raise UserError(f"{run_dir}: cannot find the run's shards (run.json data.dir); give --corpus")
     src = read_json(meta).get("corpus")
-    if not src or not (Path(src) / "val.jsonl").is_file():
+    found = split_file(src, "val") if src and Path(src).is_dir() else None
+    if found is None:
         raise UserError(f"{meta}: the corpus it was made from ({src}) has no val.jsonl; give --corpus")
-    return Path(src) / "val.jsonl"
+    return found
 
 
 def with_window(opts: Options, run_dir: str | Path) -> Options:

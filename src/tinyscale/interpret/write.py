@@ -10,22 +10,25 @@ from tinyscale import progress
 from tinyscale.errors import UserError
 from tinyscale.fileio import write_json
 from tinyscale.interpret import heads as heads_mod
-from tinyscale.interpret import page
+from tinyscale.interpret import page, scores_figure
 from tinyscale.interpret.across_sizes import analyze_sizes, is_sweep
 from tinyscale.interpret.one_model import Options, analyze_model, load_run_model, val_corpus, with_window
+from tinyscale.interpret.patching_figure import patching_context
 from tinyscale.interpret.sizes_figure import sizes_figure, sizes_table
 from tinyscale.validate import check_output, json_with, text_with
 
 TITLE = "tinyscale interpret:"  # how the page's <title> starts: what marks a page as interpret's own
 SECTIONS = [("summary", "Summary"), ("neurons", "Most selective neurons"), ("all-neurons", "All neurons"),
-            ("heads", "Attention heads"), ("ablation", "Head ablations"), ("sizes", "Across sizes")]
+            ("heads", "Attention heads"), ("ablation", "Head ablations"), ("patching", "Patching"),
+            ("sizes", "Across sizes"), ("head-scores", "Head scores over training")]
 
 
 def interpret(path: str | Path, out: str | Path | None = None, *, step: int | None = None,
-              opts: Options | None = None, corpus: str | Path | None = None, show: int = 24) -> Path:
+              opts: Options | None = None, corpus: str | Path | None = None, show: int = 24,
+              heads: bool = False) -> Path:
     """Write OUT.html and OUT.json (default: PATH/interpret.html) for a run or a sweep folder;
     return the HTML's path. On a sweep, every model is summarised (`across_sizes`) and the largest one
-    is shown in detail."""
+    is shown in detail. `heads`: also the head scores at every kept checkpoint (`over_training`)."""
     path, opts = Path(path), opts or Options()
     out = Path(out) if out else path / "interpret.html"
     if out.suffix != ".html":
@@ -41,12 +44,29 @@ def interpret(path: str | Path, out: str | Path | None = None, *, step: int | No
     progress.info("interpret: %s step %d on %s", run_dir, step, val)
     data = done.get(str(run_dir)) or analyze_model(model, val, tokenizer, eot, with_window(opts, run_dir))
     first = data.pop("first_story")
+    if opts.patch:
+        data["patching"] = patch_run(model, tokenizer, eot, with_window(opts, run_dir))
     data |= {"run": str(run_dir), "step": step, "corpus": str(val), "model_config": model.cfg.model_dump()}
     if sizes is not None:
         data["sizes"] = sizes
+    if heads:
+        from tinyscale.interpret.over_training import scores
+
+        data["head_scores"] = scores(path, corpus, stories=opts.head_stories, seed=opts.seed)
     write_json(out.with_suffix(".json"), data)
     context = _page_context(data, model, val, tokenizer, eot, first, show, run_dir, sizes)
+    context |= scores_figure.page_context(data.get("head_scores"), model, val, tokenizer, eot, run_dir.name)
     return page.render(context, out)
+
+
+def patch_run(model: Any, tokenizer: Any, eot: int, opts: Options) -> dict:
+    """`--patch`: activation patching on minimal pairs, the random-init twin as the control."""
+    from tinyscale.interpret.one_model import random_init
+    from tinyscale.interpret.patching import run_patching
+
+    twin = random_init(model, opts.seed) if opts.control else None
+    return run_patching(model, twin, tokenizer, eot, pairs=opts.patch_pairs, seed=opts.patch_seed,
+                        window=opts.window, boot=opts.boot, kinds=opts.patch_kinds)
 
 
 def check_out(out: Path, corpus: str | Path | None) -> None:
@@ -81,6 +101,7 @@ def _page_context(data: dict, model: Any, val: Path, tokenizer: Any, eot: int, f
                  "labelled": sum(r["label"] == t for r in rows)} for t in best]
     return {
         **ablation_context(data["model"].get("ablation"), (data.get("control") or {}).get("ablation")),
+        **patching_context(data.get("patching")),
         "tag_rows": tag_rows,
         "title": f"{TITLE} {run_dir.name} (step {data['step']})",
         "subtitle": f"{run_dir} · corpus {val} · generated {_dt.datetime.now().isoformat(timespec='seconds')}",

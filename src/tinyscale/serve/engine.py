@@ -14,6 +14,15 @@ that they end at the shared column. When the column must move (a prompt longer t
 row, or to reclaim columns that finished rows no longer need) the filled block is shifted as a
 whole. A request is admitted only when every row still fits the context after the move, so the
 memory is fixed at start-up: `max_batch` rows of the model's context.
+
+A lone request. While one row runs alone (on the CPU, in float32, the case `generate` also sends to
+the kernel), each step is one call into the single-sequence C++ kernel (`decoding.NativeDecoder`),
+about 2.6x faster than the forward pass at one row, where per-op dispatch costs more than arithmetic.
+The kernel decodes a row that starts at column 0 of a one-row cache, with the column as its position,
+so the row's keys/values are copied there when it becomes lone (from columns [col - length, col) of
+the batch cache, whose positions also count from the row's first token) and copied back to columns
+[0, length) when another request joins; each is one copy of the row, once per change. The lone cache
+is one more row of the model's context.
 """
 
 from __future__ import annotations
@@ -29,9 +38,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from tinyscale.decoding import new_cache
+from tinyscale.decoding import NativeDecoder, new_cache
 from tinyscale.generate import sample_next
-from tinyscale.model import Transformer
+from tinyscale.model import KVCache, Transformer
 from tinyscale.serve.penalties import Penalties, adjust
 
 log = logging.getLogger("tinyscale.serve")
@@ -103,6 +112,10 @@ class Engine:
         self.device = model.tok_emb.weight.device
         self.cache = new_cache(model, max_batch, self.context)
         self.col = 0
+        self.native: NativeDecoder | None = None  # the kernel for a lone row, and its one-row cache
+        if NativeDecoder.available(model, 1, dtype):
+            self.native = NativeDecoder(model, KVCache(model.cfg, 1, self.context, self.device))
+        self.lone = False  # the one running row's keys/values are in the kernel's cache, not self.cache
         self.rows: list[_Row] = []
         self.waiting: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
@@ -182,6 +195,7 @@ class Engine:
 
     def _shift(self, new_col: int) -> None:
         """Move the filled block so that every row ends at `new_col` instead of `self.col`."""
+        self._leave_lone()
         if self.rows and new_col != self.col:
             n, width = len(self.rows), max(r.length for r in self.rows)
             for t in (self.cache.k, self.cache.v):
@@ -259,8 +273,33 @@ class Engine:
             logits = adjust(logits, s.penalties, row.job.prompt, row.generated, s.temperature, s.stop_id)
         return int(sample_next(logits, s.temperature, s.top_k, s.top_p, row.generator)[0])
 
+    def _enter_lone(self) -> None:
+        """Copy the one running row into the kernel's cache, at columns [0, length)."""
+        length, cache = self.rows[0].length, self.native.cache
+        for src, dst in ((self.cache.k, cache.k), (self.cache.v, cache.v)):
+            dst[:, 0, :, :length] = src[:, 0, :, self.col - length:self.col]
+        cache.pos, self.lone = length, True
+
+    def _leave_lone(self) -> None:
+        """Copy the lone row back into the batch cache, at columns [0, length), before others join."""
+        if not self.lone:
+            return
+        length, cache = self.rows[0].length, self.native.cache
+        for src, dst in ((cache.k, self.cache.k), (cache.v, self.cache.v)):
+            dst[:, 0, :, :length] = src[:, 0, :, :length]
+        self.col, self.lone = length, False
+
     def _step(self) -> None:
-        """Feed every row its pending token (one forward call for the batch) and sample the next."""
+        """Feed every row its pending token (one forward call for the batch, or one kernel call for a
+        lone row) and sample the next."""
+        if len(self.rows) == 1 and self.native is not None:
+            if not self.lone:
+                self._enter_lone()
+            row = self.rows[0]
+            logits = self.native.step(torch.tensor([row.next_token])).float()
+            row.length += 1
+            self._finish_step(self._sample(self.rows, logits))
+            return
         n, col = len(self.rows), self.col
         lengths = torch.tensor([r.length for r in self.rows], device=self.device)
         tokens = torch.tensor([[r.next_token] for r in self.rows], device=self.device)
@@ -272,7 +311,9 @@ class Engine:
         self.col = col + 1
         for r in self.rows:
             r.length += 1
-        alive = self._sample(self.rows, logits)
+        self._finish_step(self._sample(self.rows, logits))
+
+    def _finish_step(self, alive: list[bool]) -> None:
         done = [i for i, ok in enumerate(alive) if not ok]
         self.finished += len(done)
         self._remove(done)
@@ -293,7 +334,7 @@ class Engine:
                 self.rows[i] = self.rows[last]
             self.rows.pop()
         if not self.rows:
-            self.col = 0
+            self.col, self.lone = 0, False
 
 
 def _top(logp: Tensor, k: int) -> list[list[tuple[int, float]]]:

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from tinyscale import git_commit  # noqa: F401 - the trainer imports it from here
 from tinyscale.model import bf16_native
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

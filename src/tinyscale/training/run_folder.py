@@ -6,7 +6,9 @@ NAME only ever holds a run that can be resumed: a run that fails or is interrupt
 checkpoint removes its hidden folder, and one killed with kill -9 leaves it behind for the next run
 into NAME to remove (its lock died with its process). A resumed run holds NAME's lock throughout,
 continues from the newest checkpoint that loads (a damaged newer one is set aside as *.damaged) and
-first drops the metrics lines written after it, so the run reads as one clean run.
+first drops the metrics lines written after it, so the run reads as one clean run. Trackers named in
+the config's `track` (tinyscale/tracking.py) get every metrics line too, opening in the run's own
+folder once it has one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tinyscale.fileio import (
     write_json,
 )
 from tinyscale.runs import checkpoint_dir, list_checkpoints
+from tinyscale.tracking import Tracker
 from tinyscale.training.checkpoints import (
     Retention,
     load_newest,
@@ -51,6 +54,7 @@ class RunFolder:
 
     def __init__(self, out: Path, path: Path, retention: Retention, main: bool = True) -> None:
         self.out, self.path, self.retention, self.main = out, path, retention, main
+        self.tracker: Tracker | None = None
 
     @property
     def published(self) -> bool:
@@ -77,10 +81,28 @@ class RunFolder:
                 shutil.copyfileobj(src, f)
         for stale in checkpoint_dir(self.path).glob(".*.tmp"):  # half-written files of a killed run
             stale.unlink(missing_ok=True)
+        if info["config"].get("track"):
+            self.tracker = Tracker(info["config"]["track"], self.out.name, info["config"], step)
+            if self.published:
+                self.tracker.open(self.path)
+
+    def finish(self, info: dict[str, Any], end: dict[str, Any]) -> None:
+        """run.json again, with "end": why the run stopped (its token target or its deadline) and what
+        it trained; written after the last checkpoint, and dropped by `begin` when a resume goes on."""
+        if self.main:
+            write_json(self.path / "run.json", {**info, "end": end})
 
     def log(self, row: dict[str, Any]) -> None:
         if self.main:
             append_jsonl(self.path / "metrics.jsonl", row)
+            if self.tracker is not None:
+                self.tracker.log(row)
+
+    def end_tracking(self, ok: bool) -> None:
+        """Send the summary and close the trackers (a run that failed is marked so where it can be)."""
+        if self.tracker is not None:
+            self.tracker.close(ok)
+            self.tracker = None
 
     def save(self, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device,
              tokens: int, elapsed_s: float) -> None:
@@ -104,6 +126,8 @@ class RunFolder:
                                 "(start it again with another --out)") from None
             raise UserError(f"{self.out}: cannot move the run into place ({e.strerror})") from None
         self.path = self.out
+        if self.tracker is not None:
+            self.tracker.open(self.path)
 
 
 @contextlib.contextmanager
@@ -114,8 +138,8 @@ def open_run(out: Path, new: bool, retention: Retention, main: bool = True) -> I
         yield RunFolder(out, out, retention, main=False)
         return
     if not new:
-        with run_lock(out):
-            yield RunFolder(out, out, retention)
+        with run_lock(out), _tracked(RunFolder(out, out, retention)) as run:
+            yield run
         return
     if out.name in ("", ".", ".."):  # name the folder itself: its hidden twin is named after it
         out = Path(os.path.abspath(out))
@@ -127,12 +151,23 @@ def open_run(out: Path, new: bool, retention: Retention, main: bool = True) -> I
         raise UserError(f"{out}: cannot create the run folder ({e.strerror})") from None
     run = RunFolder(out, stage, retention)
     try:
-        with run_lock(stage):
+        with run_lock(stage), _tracked(run):
             yield run
     except BaseException:
         if not run.published:
             shutil.rmtree(run.path, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def _tracked(run: RunFolder) -> Iterator[RunFolder]:
+    """The block of `run`, its trackers closed at the end (marked failed if the block raised)."""
+    try:
+        yield run
+    except BaseException:
+        run.end_tracking(ok=False)
+        raise
+    run.end_tracking(ok=True)
 
 
 def check_new_out(out: Path) -> None:

@@ -36,6 +36,9 @@ class Builder:
         self.order_done = False
         self.recipe: tuple = ()
         self._names_taken: set[str] = set()
+        # Minimal pairs (`pairs.py`): a child's name, a number or an object, by its context key, written
+        # as given after the draw that chose it was made, so every later draw stays the same.
+        self.force: dict[str, Any] = {}
 
     # -- writing ----------------------------------------------------------------------------------
     def s(self, tpl: str, **kw: Any) -> tuple[int, int]:
@@ -111,7 +114,7 @@ class Builder:
         if self.page.draws is not None:
             src = (("name", "kid", tuple(sorted(name for name in taken if name in weight))), n.name)
         taken.add(n.name)
-        c = Char(n.name, n.pronoun, self.v.forms[n.pronoun], round(math.log(w / left), 4),
+        c = Char(self.force.get(key, n.name), n.pronoun, self.v.forms[n.pronoun], round(math.log(w / left), 4),
                  logp_kid=round(math.log(w / left_kid), 4), src=src)
         self.ctx[key] = c
         return c
@@ -144,6 +147,8 @@ class Builder:
         after "a"/"an" counts only the pool's words with that article), its first mention is `free`."""
         sized = pool.__class__ is int
         n = pool if sized else len(pool)
+        if key in self.force:  # a minimal pair's other story (`pairs.py`): the same draw, another object
+            word, plural = self.force[key]
         if n <= 1:
             t = self.v.thing(word, plural, mass)
         else:

@@ -114,6 +114,8 @@ _WITHOUT: dict[tuple[int, int], Pool] = {}
 def number(b: Builder, key: str, lo: int, hi: int) -> int:
     """A small number drawn uniformly in [lo, hi]; its word is `free`."""
     n = lo + int(b.rng.random() * (hi - lo + 1))
+    if key in b.force:  # a minimal pair's other story (`pairs.py`): the same draw, another count
+        n = b.force[key]
     b.ctx[key] = Val(N[n], "free", pieces.log_count(hi - lo + 1), None, None, (("number", lo, hi), N[n]))
     return n
 

@@ -154,16 +154,23 @@ def story_seed(seed: int, index: int) -> int:
     return ((seed % 2**32) << 32) | (index % 2**32)
 
 
-def make_story(vocab: Vocab, seed: int, index: int, fmt: str = "plain", draws: bool = False) -> Story:
+def make_story(vocab: Vocab, seed: int, index: int, fmt: str = "plain", draws: bool = False,
+               force: dict[str, Any] | None = None) -> Story:
     """Write story `index` of the corpus made with `seed` (same inputs, same story).
 
     `draws` (tests and `floorcheck` only): also keep, in `Story.draws`, every random draw a
     labeled word revealed, as (span index, context key, outcome, logp, counts as a visit); a
-    span's floor is the sum of its draws' logps (None if one is unknown)."""
+    span's floor is the sum of its draws' logps (None if one is unknown).
+
+    `force` (minimal pairs, `pairs.py`): {context key: value} for a kid's name (`Builder.kid`), a
+    number (`schemas.number`) or an object ((word, plural), `Builder.thing`), written in place of
+    what the draw chose; the draws are unchanged."""
     rng = random.Random(story_seed(seed, index))
     draw = rng.random
     wanted = [f for f, p in _FEATURE_P_ITEMS if draw() < p]  # in the order of FEATURES
     b = Builder(vocab, rng, frozenset(wanted))
+    if force:
+        b.force = force
     if draws:
         b.page.draws = []
     _recipe_words(b)

@@ -1,0 +1,251 @@
+"""The U-shaped task ("repeat after me"): items right by construction, familiar phrases that the world's
+stories really say, the training mixture's share, and `tinyscale eval` scoring the sets (a random model
+at chance), drawn and classed by the report."""
+
+import json
+import re
+
+import pytest
+from scipy.stats import binom
+
+from tinyscale.data.world import default_vocab, write_world_corpus
+from tinyscale.data.world.repeat import (
+    HELDOUT_INSTRUCTIONS,
+    HELDOUT_NOVEL,
+    INSTRUCTIONS,
+    MIN_RATE,
+    NOVEL,
+    SETS,
+    familiar_phrases,
+    held_out_phrases,
+    phrase_id,
+    repeat_probes,
+)
+from tinyscale.errors import UserError
+from tinyscale.evaluate.probes import read_items
+
+N = 40
+WORD = r"[A-Za-z']+"
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return default_vocab()
+
+
+@pytest.fixture(scope="module")
+def sets(vocab):
+    return repeat_probes(vocab, seed=0, per_set=N)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """600 stories, a fifth of the train ones followed by an exercise."""
+    root = tmp_path_factory.mktemp("repeat")
+    write_world_corpus(root / "c", stories=600, seed=0, val_fraction=0.1, repeat=0.2)
+    lines = {s: [json.loads(x) for x in (root / "c" / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "val")}
+    return root / "c", lines
+
+
+def _phrase_regex(vocab, key) -> re.Pattern:
+    """The phrasing as it can appear in any story: any name and pronoun, answer included."""
+    ph = vocab.fact_by_key[key[0]].phrasings[key[1]]
+    fact = vocab.fact_by_key[key[0]]
+    parts = re.split(r"(\{\w+\}|\[answer\])", ph)
+    body = "".join(WORD if p.startswith("{") else re.escape(fact.answer) if p == "[answer]" else re.escape(p)
+                   for p in parts)
+    return re.compile("(?i:" + body[0] + ")" + body[1:] if not body.startswith("[") else body)
+
+
+def _has_word(text: str, word: str) -> bool:
+    return re.search(r"(?<!\w)" + re.escape(word) + r"(?!\w)", text) is not None
+
+
+def test_deterministic_per_seed_and_valid_for_the_scorer(vocab, sets):
+    assert set(sets) == set(SETS) and all(len(v) == N for v in sets.values())
+    assert repeat_probes(vocab, seed=0, per_set=N) == sets
+    assert repeat_probes(vocab, seed=1, per_set=N)["repeat"] != sets["repeat"]
+    for name, items in sets.items():
+        probes = read_items(items, name)  # the suites' format: the scorer reads them as they are
+        assert all(p.chance == pytest.approx(1 / 3) for p in probes)
+    with pytest.raises(UserError, match="unknown set"):
+        repeat_probes(vocab, sets=("repeat_all",))
+
+
+def test_composite_labels_the_copy_right_and_the_familiar_word_wrong(vocab, sets):
+    by_id = {phrase_id(k): vocab.fact_by_key[k[0]] for k in familiar_phrases(vocab)}
+    for name in ("repeat", "repeat_ood"):
+        for it in sets[name]:
+            fact = by_id[it["meta"]["phrase"]]
+            instr, rest = next((w, it["prompt"][len(w) + 1:]) for w in INSTRUCTIONS + HELDOUT_INSTRUCTIONS
+                               if it["prompt"].startswith(w))
+            said, _, cut = rest.partition(". ")
+            # The prompt says the changed phrase, then repeats it up to its last word: that word is the answer.
+            assert said.startswith(cut) and said == f"{cut} {it['answer']}"
+            assert it["answer"] in fact.wrong and it["answer"] != fact.answer  # the changed word
+            assert fact.answer in it["wrong"] and it["meta"]["familiar"] == fact.answer  # the familiar distractor
+            assert not _has_word(it["prompt"], fact.answer)
+            assert all(w in fact.wrong for w in it["wrong"] if w != fact.answer)
+            assert (instr in HELDOUT_INSTRUCTIONS) == (name == "repeat_ood")
+
+
+def test_parts_copy_a_novel_phrase_and_complete_the_familiar_one(vocab, sets):
+    for name in ("repeat_copy", "repeat_copy_ood"):
+        templates = HELDOUT_NOVEL if name.endswith("_ood") else NOVEL
+        for it in sets[name]:
+            assert it["meta"]["template"] in templates
+            assert it["prompt"].count(f" {it['answer']}.") == 1 and it["prompt"].endswith(" the")
+            assert not any(_has_word(it["prompt"], w) for w in it["wrong"])
+    held = {phrase_id(k) for k in held_out_phrases(vocab)}
+    for it in sets["repeat_familiar"]:
+        fact = vocab.fact_by_key[it["meta"]["phrase"].split("@")[0]]
+        assert it["answer"] == fact.answer and it["meta"]["changed"] in it["wrong"] and it["meta"]["changed"] != fact.answer
+        assert not any(it["prompt"].startswith(w) for w in INSTRUCTIONS + HELDOUT_INSTRUCTIONS)
+        assert it["meta"]["held_out"] == (it["meta"]["phrase"] in held)
+    # the in-distribution composite never asks a held-out phrase, the held-out one only those
+    assert {it["meta"]["phrase"] for it in sets["repeat_ood"]} <= held
+    assert not {it["meta"]["phrase"] for it in sets["repeat"]} & held
+
+
+def test_familiar_phrases_occur_in_training_stories_at_the_documented_rate(vocab, sets, corpus):
+    _, lines = corpus
+    # Count in the story part only (an exercise says a changed phrase, never the familiar one).
+    stories = [r["text"].rsplit("\n\n", 1)[0] if "repeat" in r["meta"] else r["text"] for r in lines["train"]]
+    n = len(stories)
+    for key in familiar_phrases(vocab):
+        seen = sum(bool(_phrase_regex(vocab, key).search(t)) for t in stories)
+        # at least MIN_RATE: the count is not below what MIN_RATE would give beyond binomial noise
+        assert binom.cdf(seen, n, MIN_RATE) > 1e-3, (key, seen, n)
+    # the novel phrases have no familiar version: no story says one of them (from its first noun on)
+    novel = [it["prompt"].split(". ")[0].split(" the ", 1)[1] + " " + it["answer"]
+             for name in ("repeat_copy", "repeat_copy_ood") for it in sets[name]]
+    assert not any(p in s for p in novel for s in stories)
+
+
+def test_mixture_share_and_what_it_holds_out(vocab, corpus):
+    folder, lines = corpus
+    world = json.loads((folder / "world.json").read_text())
+    assert world["repeat"]["share"] == 0.2
+    assert world["repeat"]["held_out"]["phrases"] == [phrase_id(k) for k in held_out_phrases(vocab)]
+    train = lines["train"]
+    marked = [r for r in train if "repeat" in r["meta"]]
+    with_text = [r for r in train if any(f"\n\n{w} " in r["text"] for w in INSTRUCTIONS)]
+    assert [r["id"] for r in marked] == [r["id"] for r in with_text]
+    lo, hi = binom.interval(0.999, len(train), 0.2)
+    assert lo <= len(marked) <= hi
+    assert not any("repeat" in r["meta"] or "Repeat after me" in r["text"] for r in lines["val"])
+    held = {phrase_id(k) for k in held_out_phrases(vocab)}
+    for r in marked:
+        ex = r["text"].split("\n\n")[-1]
+        instr = next(w for w in INSTRUCTIONS if ex.startswith(w))
+        said = ex[len(instr) + 1:]
+        half = len(said) // 2
+        assert said[:half] == said[half + 1:]  # "P P": the phrase, then its exact copy
+        assert not any(w in ex for w in HELDOUT_INSTRUCTIONS)
+        assert r["meta"]["repeat"].get("phrase") not in held
+        assert r["spans"][-1][1] <= len(r["text"]) - len(ex)  # the exercise is unlabeled
+    assert {r["meta"]["repeat"]["kind"] for r in marked} == {"changed", "novel"}
+
+
+def test_without_the_mixture_the_corpus_is_unchanged(tmp_path):
+    write_world_corpus(tmp_path / "a", stories=30, seed=0)
+    write_world_corpus(tmp_path / "b", stories=30, seed=0, repeat=0.0)
+    assert (tmp_path / "a" / "train.jsonl").read_bytes() == (tmp_path / "b" / "train.jsonl").read_bytes()
+    assert "repeat" not in json.loads((tmp_path / "a" / "world.json").read_text())
+    with pytest.raises(UserError, match="--repeat"):
+        write_world_corpus(tmp_path / "c", stories=3, repeat=1.5)
+
+
+# --- tinyscale eval, the analysis and the report -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def repeat_run(corpus, tmp_path_factory):
+    """A tiny untrained model on the mixture corpus's shards (the corpus folder holds world.json)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_model
+
+    from tinyscale.config import ModelConfig
+    from tinyscale.data.shards import ShardSet
+    from tinyscale.data.tokenize import tokenize_corpus
+    from tinyscale.model import Transformer
+
+    root = tmp_path_factory.mktemp("repeatrun")
+    tokenize_corpus(corpus[0], root / "shards", vocab_size=400, workers=1)
+    shards = ShardSet.open(root / "shards")
+    cfg = ModelConfig(vocab_size=shards.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=128)
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    save_model(Transformer(cfg), str(run / "checkpoints" / "step_00000005.safetensors"))
+    torch.save({}, run / "checkpoints" / "step_00000005.state.pt")
+    shutil.copy(shards.dir / "tokenizer.json", run / "tokenizer.json")
+    info = {"config": {"data": str(shards.dir), "seq_len": 128}, "model": cfg.model_dump(),
+            "data": {"dir": str(shards.dir), "eot_id": shards.eot_id, "vocab_size": shards.vocab_size}}
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+def test_eval_scores_the_sets_a_random_model_at_chance(repeat_run):
+    from tinyscale.evaluate import evaluate_run
+    from tinyscale.evaluate.probes import wilson
+
+    r = evaluate_run(repeat_run, suites=[], device="cpu", max_tokens=64, completions=0, world_probes=90,
+                     write=False)[5]
+    assert set(SETS) <= set(r["world_probes"]) and r["settings"]["world_probes"]["repeat_mixture"] == 0.2
+    for name in SETS:
+        s = r["world_probes"][name]
+        assert s["n"] == 90 and s["chance"] == pytest.approx(1 / 3) and s["cut"] == 0
+        # An untrained model knows neither the phrases nor how to copy: its accuracy is chance within the
+        # 99.9% interval (its only preference, for options of fewer tokens, is not the answer's side).
+        lo, hi = wilson(s["mc"]["k"], s["mc"]["n"], 0.999)
+        assert lo <= 1 / 3 <= hi, (name, s["mc"])
+        assert 0.0 < s["p_choice"] < 1.0
+
+
+def _set(acc: float, n: int = 150) -> dict:
+    from tinyscale.evaluate.probes import wilson
+
+    lo, hi = wilson(round(acc * n), n)
+    return {"n": n, "chance": 1 / 3, "mc": {"acc": acc, "k": round(acc * n), "n": n, "lo": lo, "hi": hi},
+            "exact": {"acc": 0.0, "k": 0, "n": n, "lo": 0.0, "hi": 0.03}, "p_answer": acc / 2,
+            "p_choice": acc, "logp_answer": -3.0 + 2 * acc, "cut": 0, "items": []}
+
+
+# Five fake sizes: recall (familiar) learned first, copying later; the composite dips below chance between.
+CURVES = {"repeat": [0.33, 0.08, 0.04, 0.55, 0.93], "repeat_copy": [0.33, 0.34, 0.36, 0.75, 0.95],
+          "repeat_familiar": [0.33, 0.80, 0.90, 0.92, 0.94]}
+
+
+def test_report_draws_the_task_with_chance_and_the_taxonomy_classes_it(tmp_path):
+    from tinyscale.analysis.analyze import analyze_sweep
+    from tinyscale.analysis.report import build_report
+
+    sweep = tmp_path / "sweep"
+    for rank, width in enumerate((16, 32, 64, 128, 256)):
+        run = sweep / "runs" / f"d{width}"
+        (run / "eval").mkdir(parents=True)
+        n = 12 * width * width
+        (run / "run.json").write_text(json.dumps({
+            "config": {"seq_len": 64}, "model": {"family": "llama", "d_model": width, "n_layers": 1, "n_heads": 2},
+            "params": {"total": n + 512 * width, "non_embedding": n}, "flops_per_token": 6 * n, "data": {}}))
+        loss = 3.0 / (rank + 1)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 100, "tokens": 1e5, "flops": 6e5 * n,
+                                                       "val_loss": loss}) + "\n")
+        (run / "eval" / "100.json").write_text(json.dumps({
+            "format": 1, "step": 100, "loss": {"val": {"tokens": 9000, "loss": loss, "skills": {}}}, "probes": {},
+            "world_probes": {name: _set(ys[rank]) for name, ys in CURVES.items()}, "completions": []}))
+    analysis = analyze_sweep(sweep, n_boot=10)
+    task = analysis["repeat_task"]
+    assert set(task["sets"]) == set(CURVES) and task["sets"]["repeat"]["chance"] == pytest.approx(1 / 3)
+    assert [p["mc"] for p in task["sets"]["repeat"]["points"]] == CURVES["repeat"]
+    rows = {(r["curve"], r["axis"]): r["metrics"]["mc"]["label"] for r in analysis["taxonomy"] if "mc" in r["metrics"]}
+    assert rows[("repeat (world)", "size")] == "u_shaped"
+    assert rows[("repeat_copy (world)", "size")] != "u_shaped" and rows[("repeat_familiar (world)", "size")] != "u_shaped"
+    page = build_report(sweep, n_boot=10).read_text()
+    section = page.split('<section id="repeat">', 1)[1].split("</section>", 1)[0]
+    assert "data:image/png;base64," in section and "u_shaped" in section and "0.33" in section
+    assert (sweep / "plots" / "repeat.png").stat().st_size > 1000
+    assert "repeat (world)" in page.split('<section id="taxonomy">', 1)[1]
