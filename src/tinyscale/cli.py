@@ -292,7 +292,8 @@ def _run_tokenize(args: argparse.Namespace) -> None:
 
 # How `tinyscale train --help` groups TrainConfig's fields after --data (each field is one flag).
 _TRAIN_GROUPS: dict[str | None, list[str]] = {
-    "model": ["preset", "family", "d_model", "n_layers", "n_heads", "tie_embeddings", "max_seq_len"],
+    "model": ["preset", "family", "d_model", "n_layers", "n_heads", "tie_embeddings", "max_seq_len", "structure",
+              "input_len"],
     "optimisation": ["tokens", "batch", "seq_len", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "beta1",
                      "beta2", "grad_clip", "seed"],
     "bookkeeping": ["log_every", "eval_every", "eval_tokens", "eval_min_skill_tokens", "checkpoint_every",
@@ -302,7 +303,7 @@ _TRAIN_GROUPS: dict[str | None, list[str]] = {
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from tinyscale.config import FAMILIES, TrainConfig
+    from tinyscale.config import FAMILIES, STRUCTURES, TrainConfig
 
     p = sub.add_parser("train", help="train a model on token shards (or --resume a run)",
                        description="Every option defaults to tinyscale.config.TrainConfig; with --resume, "
@@ -313,6 +314,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue this run from its newest checkpoint")
     p.add_argument("--config", metavar="YAML", help="TrainConfig options as YAML (flags override it)")
     config_flags(p, TrainConfig, _TRAIN_GROUPS, special={"family": {"choices": list(FAMILIES)},
+                                                         "structure": {"choices": list(STRUCTURES)},
                                                          "tokens": {"type": _count}, "eval_tokens": {"type": _count}})
     p.set_defaults(func=_run_train)
 

@@ -1,0 +1,191 @@
+"""Models for the instruct format with more or less structure (config.STRUCTURES; docs/structure.md).
+
+An example is one story of an instruct corpus split in two: the input (the end-of-text token before
+the story and its header, up to and including ``Story:``) and the target (the story and the
+end-of-text token after it); data/examples.py finds the split. A batch holds examples as one tensor
+``w`` [B, S + T]: the input left-padded to S tokens, then the target right-padded to T tokens, with
+``valid`` marking the real tokens. Every structure predicts the same T tokens ``w[:, S:]`` from the
+same information, so their losses compare:
+
+- ``decoder``: one causal stack over [input; target] (the decoder-only control).
+- ``prefix``: the same stack, attention over the input bidirectional (prefix-LM).
+- ``encdec-shared-layerwise``: an encoder pass over the input (bidirectional) and a decoder pass over
+  the target (causal), both through the same blocks; decoder layer i cross-attends to encoder layer i.
+- ``encdec-shared``: as above, but every decoder layer cross-attends to the final encoder layer.
+- ``encdec``: separate encoder and decoder blocks; cross-attention to the final encoder layer.
+
+The decoder's first input is the input's last token (the ``:`` of ``Story:``), which plays the part
+of a start token, so the decoder reads the target shifted by one exactly as the one-stack models do.
+The token embedding, position table (or rotary tables), final norm and head are shared by encoder
+and decoder (as in T5 and BART). Positions: the input counts from 0 at its first real token; the
+one-stack models continue counting into the target, the decoder counts from 0 at its start token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from tinyscale.config import STRUCTURES, ModelConfig
+from tinyscale.model import Block, Transformer, _norm, attention, count_params
+
+
+class CrossAttention(nn.Module):
+    """Queries from the decoder stream, keys and values from encoder states; no positions (as T5)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.arch.bias)
+
+    def forward(self, x: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
+        B, T, C = x.shape
+        S = memory.shape[1]
+        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(memory).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = attention(q, k, v, mask, False)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class CrossLayer(nn.Module):
+    """x + cross(norm(x), memory): what a decoder layer adds between its self-attention and MLP."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = _norm(cfg)
+        self.attn = CrossAttention(cfg)
+
+    def forward(self, x: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
+        return x + self.attn(self.norm(x), memory, mask)
+
+
+def input_positions(valid: Tensor) -> Tensor:
+    """Position ids [B, L] counting real tokens from 0 (a left pad sits at 0 and is never attended)."""
+    return (valid.long().cumsum(1) - 1).clamp(min=0)
+
+
+def one_stack_mask(valid: Tensor, n_input: int, bidirectional: bool) -> Tensor:
+    """[B, 1, L, L] boolean mask (True: may attend) of the one-stack models over L = valid.shape[1]
+    positions: causal, plus the whole input for every query when `bidirectional`; padded keys never,
+    and each query its own position (so a padded query's row is not empty)."""
+    L = valid.shape[1]
+    i = torch.arange(L, device=valid.device)
+    allowed = i[None, :] <= i[:, None]
+    if bidirectional:
+        allowed = allowed | (i[None, :] < n_input)
+    allowed = allowed[None] & valid[:, None, :]
+    return (allowed | torch.eye(L, dtype=torch.bool, device=valid.device))[:, None]
+
+
+class StructuredLM(nn.Module):
+    """One of config.STRUCTURES over `cfg` (its n_layers: layers per stack). ``forward(w, valid,
+    n_input)`` gives the logits (or final states) [B, T, ...] that predict ``w[:, n_input:]``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.structure is None:
+            raise ValueError("StructuredLM needs cfg.structure")
+        self.cfg = cfg
+        self.st = STRUCTURES[cfg.structure]
+        self.lm = Transformer(cfg)  # embeddings, the (decoder or only) blocks, final norm, head
+        self.enc_blocks = (nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+                           if self.st.cross != "none" and self.st.separate else None)
+        self.enc_norm = _norm(cfg) if self.st.cross != "none" else None
+        self.cross = (nn.ModuleList(CrossLayer(cfg) for _ in range(cfg.n_layers))
+                      if self.st.cross != "none" else None)
+        self._init_extra()
+
+    def _init_extra(self) -> None:
+        # As Transformer._init_weights: N(0, 0.02), residual-stream writers scaled by 1/sqrt(2 * layers).
+        resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if name.startswith("lm."):
+                continue
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() == 1:
+                nn.init.ones_(p)
+            else:
+                nn.init.normal_(p, mean=0.0, std=resid_std if name.endswith("proj.weight") else 0.02)
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.lm.head
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.lm.blocks
+
+    def encode(self, src: Tensor, src_valid: Tensor) -> list[Tensor]:
+        """The encoder's normalised states after every layer (layerwise) or the last only: what the
+        decoder cross-attends to, computed once per input (sampling reuses it)."""
+        x, rope = self.lm.embed(src, input_positions(src_valid))
+        mask = one_stack_mask(src_valid, src.shape[1], bidirectional=True)
+        states = []
+        for layer, block in enumerate(self.enc_blocks if self.enc_blocks is not None else self.lm.blocks):
+            x = block(x, rope, None, layer, mask, False)
+            if self.st.cross == "layerwise":
+                states.append(self.enc_norm(x))
+        return states if states else [self.enc_norm(x)]
+
+    def decode(self, memory: list[Tensor], src_valid: Tensor, tgt: Tensor, hidden: bool = False) -> Tensor:
+        """Causal decoder over `tgt` (its first token: the input's last), cross-attending to `memory`."""
+        T = tgt.shape[1]
+        x, rope = self.lm.embed(tgt, self.lm.positions[:T])
+        cross_mask = src_valid[:, None, None, :]
+        for layer, block in enumerate(self.lm.blocks):
+            x = x + block.attn(block.attn_norm(x), rope, None, layer, None, T > 1)
+            x = self.cross[layer](x, memory[layer if len(memory) > 1 else 0], cross_mask)
+            x = x + block.mlp(block.mlp_norm(x))
+        x = self.lm.norm(x)
+        return x if hidden else self.lm.head(x)
+
+    def forward(self, w: Tensor, valid: Tensor, n_input: int, hidden: bool = False) -> Tensor:
+        if self.st.cross != "none":
+            memory = self.encode(w[:, :n_input], valid[:, :n_input])
+            return self.decode(memory, valid[:, :n_input], w[:, n_input - 1:-1], hidden)
+        x, v = w[:, :-1], valid[:, :-1]
+        mask = one_stack_mask(v, n_input, self.st.bidirectional)
+        out = self.lm(x, positions=input_positions(v), attn_mask=mask, hidden=hidden)
+        return out[:, n_input - 1:]
+
+
+def count_structured_params(cfg: ModelConfig, non_embedding: bool = False) -> int:
+    """Exact parameter count of ``StructuredLM(cfg)``: the one-stack model's, plus per extra part
+    a separate encoder's n_layers blocks, each decoder layer's cross-attention (norm, q, k/v, output
+    projection and its bias) and the encoder's final norm."""
+    base = count_params(cfg, non_embedding)
+    st = STRUCTURES[cfg.structure]
+    if st.cross == "none":
+        return base
+    d, arch = cfg.d_model, cfg.arch
+    norm = d if arch.norm == "rmsnorm" else 2 * d
+    block = (count_params(cfg, non_embedding=True) - norm) // cfg.n_layers
+    cross = norm + 4 * d * d + (d if arch.bias else 0)
+    return base + cfg.n_layers * cross + norm + (cfg.n_layers * block if st.separate else 0)
+
+
+def structured_flops_per_token(cfg: ModelConfig, n_input: int, n_target: int) -> float:
+    """Training FLOPs per target token (forward + backward) at the padded shapes [S input, T target],
+    in the convention of model.flops_per_token: 6 x every matmul weight per position it is applied
+    at, plus 6 * ctx * d_model per layer and position for attention (ctx: the keys a query may
+    see at full length). Only the T target positions pay for the head; the loss tokens are the T."""
+    d, S, T = cfg.d_model, n_input, n_target
+    mats = 3 if cfg.arch.mlp == "swiglu" else 2
+    layer = 4 * d * d + mats * d * cfg.ffn_dim
+    head = T * cfg.vocab_size * d
+    st = STRUCTURES[cfg.structure]
+    if st.cross == "none":
+        L = S + T - 1  # the one stack reads [input; target] shifted by one
+        total = 6 * (cfg.n_layers * layer * L + head) + 6 * cfg.n_layers * L * L * d
+        return float(total) / T
+    enc = cfg.n_layers * (layer * S) + cfg.n_layers * S * S * d  # encoder matmuls, self-attention
+    dec = cfg.n_layers * (layer * T) + cfg.n_layers * T * T * d
+    # q and output projections per target position, k/v per input position (each decoder layer projects
+    # its memory with its own weights, also when all of them read the final encoder layer); scores.
+    cross = cfg.n_layers * (2 * d * d * T + 2 * d * d * S) + cfg.n_layers * T * S * d
+    return float(6 * (enc + dec + cross) + 6 * head) / T
