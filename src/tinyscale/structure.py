@@ -169,23 +169,26 @@ def count_structured_params(cfg: ModelConfig, non_embedding: bool = False) -> in
     return base + cfg.n_layers * cross + norm + (cfg.n_layers * block if st.separate else 0)
 
 
-def structured_flops_per_token(cfg: ModelConfig, n_input: int, n_target: int) -> float:
-    """Training FLOPs per target token (forward + backward) at the padded shapes [S input, T target],
-    in the convention of model.flops_per_token: 6 x every matmul weight per position it is applied
-    at, plus 6 * ctx * d_model per layer and position for attention (ctx: the keys a query may
-    see at full length). Only the T target positions pay for the head; the loss tokens are the T."""
+def structured_flops(cfg: ModelConfig, n_input: int, n_target: int) -> tuple[int, int]:
+    """(matmul, attention) training FLOPs (forward + backward) of one example at the padded shapes
+    [S input, T target], in the convention of model.flops_per_token: 6 x every matmul weight per
+    position it is applied at (the head at the T target positions only), and 6 * ctx * d_model per
+    layer and query for attention (ctx: the keys the query's attention spans at full length)."""
     d, S, T = cfg.d_model, n_input, n_target
     mats = 3 if cfg.arch.mlp == "swiglu" else 2
     layer = 4 * d * d + mats * d * cfg.ffn_dim
     head = T * cfg.vocab_size * d
-    st = STRUCTURES[cfg.structure]
-    if st.cross == "none":
+    if STRUCTURES[cfg.structure].cross == "none":
         L = S + T - 1  # the one stack reads [input; target] shifted by one
-        total = 6 * (cfg.n_layers * layer * L + head) + 6 * cfg.n_layers * L * L * d
-        return float(total) / T
-    enc = cfg.n_layers * (layer * S) + cfg.n_layers * S * S * d  # encoder matmuls, self-attention
-    dec = cfg.n_layers * (layer * T) + cfg.n_layers * T * T * d
-    # q and output projections per target position, k/v per input position (each decoder layer projects
-    # its memory with its own weights, also when all of them read the final encoder layer); scores.
-    cross = cfg.n_layers * (2 * d * d * T + 2 * d * d * S) + cfg.n_layers * T * S * d
-    return float(6 * (enc + dec + cross) + 6 * head) / T
+        return 6 * (cfg.n_layers * layer * L + head), 6 * cfg.n_layers * L * L * d
+    # Encoder over S, decoder over T; cross-attention: q and output projections per target position,
+    # k/v per input position (each decoder layer projects its memory with its own weights, also when
+    # all of them read the final encoder layer).
+    matmul = cfg.n_layers * (layer * (S + T) + 2 * d * d * (S + T)) + head
+    attn = cfg.n_layers * (S * S + T * T + T * S) * d
+    return 6 * matmul, 6 * attn
+
+
+def structured_flops_per_token(cfg: ModelConfig, n_input: int, n_target: int) -> float:
+    """Training FLOPs per target token (the loss tokens): `structured_flops` / T."""
+    return float(sum(structured_flops(cfg, n_input, n_target))) / n_target
