@@ -30,7 +30,7 @@ def _model(structure: str, family: str = "neo", tie: bool = True, layers: int = 
                        tie_embeddings=tie, structure=structure)
     m = StructuredLM(cfg).eval()
     with torch.no_grad():  # biases and norm weights away from their 0/1 init, so a swapped one shows
-        for name, p in m.named_parameters():
+        for p in m.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return m
@@ -263,7 +263,7 @@ def test_resume_continues_exactly(shards, tmp_path, structure):
     assert main(["-q", "train", "--resume", str(cut)]) == 0
     a, b = _metrics(whole), _metrics(cut)
     assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         for key in ("loss", "val_loss"):
             if key in ra:
                 assert abs(ra[key] - rb[key]) <= 1e-6, (ra["step"], key)
