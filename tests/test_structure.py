@@ -269,3 +269,22 @@ def test_resume_continues_exactly(shards, tmp_path, structure):
                 assert abs(ra[key] - rb[key]) <= 1e-6, (ra["step"], key)
     last = a[-1]
     assert last["val_loss"] < math.log(300) and set(last["val_loss_by_skill"]) >= {"tracking"}
+
+
+@pytest.mark.parametrize("structure", ["encdec", "encdec-shared-layerwise", "prefix"])
+def test_greedy_sampling_matches_forward_and_encodes_once(structure, monkeypatch):
+    from tinyscale.structure import sample
+
+    m = _model(structure)
+    calls = []
+    encode = m.encode
+    monkeypatch.setattr(m, "encode", lambda *a: calls.append(1) or encode(*a))
+    inputs = torch.randint(1, 40, (2, S))
+    out = sample(m, inputs, T, eot_id=0, temperature=0)
+    assert calls == ([1] if m.st.cross != "none" else [])
+    # Each sampled token is the argmax of the model over the input and the tokens before it.
+    w = torch.cat([inputs, out], 1)
+    logits = m(w, torch.ones_like(w, dtype=torch.bool), S)
+    for r in range(2):
+        n = int((out[r] == 0).nonzero()[0]) + 1 if (out[r] == 0).any() else out.shape[1]
+        assert torch.equal(logits[r, :n].argmax(-1), out[r, :n])

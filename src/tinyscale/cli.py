@@ -418,9 +418,15 @@ def _run_sample(args: argparse.Namespace) -> None:
     model, step = runs.load_model(args.run, args.checkpoint, device=str(device))
     tokenizer = runs.load_tokenizer(args.run)
     budget = _sample_budget(args, max(1, len(tokenizer.encode(args.prompt).ids)), model.cfg.max_seq_len)
-    texts = complete(model, tokenizer, args.prompt, n=args.n, max_new_tokens=budget,
-                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                     dtype=args.dtype)
+    if model.cfg.structure is not None:  # the prompt is the instruct header (generate.complete_structured)
+        from tinyscale.generate import complete_structured
+
+        texts = complete_structured(model, tokenizer, args.prompt, n=args.n, max_new_tokens=budget,
+                                    temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    else:
+        texts = complete(model, tokenizer, args.prompt, n=args.n, max_new_tokens=budget,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                         dtype=args.dtype)
     # The header rule is a log line (stderr); stdout gets the text alone, unwrapped, so that
     # `tinyscale sample RUN > story.txt` holds the story and nothing else (samples end with a blank line).
     console = Console(highlight=False, stderr=True)

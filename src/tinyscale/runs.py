@@ -150,7 +150,12 @@ def load_model(run_dir: str | Path, step: int | None = None, device: str = "cpu"
     step = resolve_step(run_dir, step)
     cfg = model_config(run_dir, info)
     context = trained_context(info, run_dir)
-    model = Transformer(cfg)
+    if cfg.structure is not None:  # an instruct-format structure (structure.py)
+        from tinyscale.structure import StructuredLM
+
+        model = StructuredLM(cfg)
+    else:
+        model = Transformer(cfg)
     path = weights_path(run_dir, step)
     try:
         # save_model/load_model handle tied embeddings (shared tensors), which save_file refuses.

@@ -192,3 +192,38 @@ def structured_flops(cfg: ModelConfig, n_input: int, n_target: int) -> tuple[int
 def structured_flops_per_token(cfg: ModelConfig, n_input: int, n_target: int) -> float:
     """Training FLOPs per target token (the loss tokens): `structured_flops` / T."""
     return float(sum(structured_flops(cfg, n_input, n_target))) / n_target
+
+
+@torch.no_grad()
+def sample(model: StructuredLM, inputs: Tensor, max_new_tokens: int, eot_id: int, temperature: float = 1.0,
+           top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """Targets [n, <= max_new_tokens] sampled for `inputs` [n, S] (real tokens, no pads; each row ends
+    with the input's last token, the ``:`` of ``Story:``). An encoder reads the input once and the
+    decoder is run over the target so far at each step; the one-stack models re-read [input; target]
+    (no cache: these models are small). Rows stop at `eot_id` (kept) and are padded with it."""
+    n, S = inputs.shape
+    valid_in = torch.ones_like(inputs, dtype=torch.bool)
+    memory = model.encode(inputs, valid_in) if model.st.cross != "none" else None
+    out = inputs.new_empty(n, 0)
+    done = torch.zeros(n, dtype=torch.bool, device=inputs.device)
+    for _ in range(max_new_tokens):
+        if memory is not None:
+            logits = model.decode(memory, valid_in, torch.cat([inputs[:, -1:], out], 1))[:, -1]
+        else:
+            w = torch.cat([inputs, out, inputs[:, :1]], 1)  # the last column is never read
+            logits = model(w, torch.ones_like(w, dtype=torch.bool), S)[:, -1]
+        logits = logits.float()
+        if temperature == 0:
+            nxt = logits.argmax(-1)
+        else:
+            logits = logits / temperature
+            if top_k:
+                kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+        nxt = torch.where(done, torch.full_like(nxt, eot_id), nxt)
+        out = torch.cat([out, nxt[:, None]], 1)
+        done |= nxt == eot_id
+        if bool(done.all()):
+            break
+    return out

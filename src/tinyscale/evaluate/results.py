@@ -278,6 +278,11 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
     info = read_run(run_dir)
     if max_tokens is None:
         max_tokens = int((info.get("config") or {}).get("eval_tokens") or DEFAULT_MAX_TOKENS)
+    if (info.get("model") or {}).get("structure"):
+        from tinyscale.evaluate.structured import evaluate_structured_run
+
+        return evaluate_structured_run(run_dir, info, checkpoints, device, max_tokens=max_tokens,
+                                       batch_size=batch_size, data_dir=_data_dir(run_dir, info, data_dir), write=write)
     if max_tokens < 1 or completions < 0 or samples < 1 or temperature < 0:
         raise UserError("evaluate: max_tokens and samples must be positive, completions and temperature >= 0")
     steps = select_checkpoints(checkpoints, list_checkpoints(run_dir), run_dir)
