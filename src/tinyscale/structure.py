@@ -227,3 +227,17 @@ def sample(model: StructuredLM, inputs: Tensor, max_new_tokens: int, eot_id: int
         if bool(done.all()):
             break
     return out
+
+
+def layers_at_equal_params(cfg: ModelConfig, structure: str, max_layers: int = 1024) -> int:
+    """The sizing rule of the structure study (docs/structure.md): at the width, heads and family of
+    `cfg` (a decoder of cfg.n_layers layers), the layers per stack that bring `structure`'s
+    non-embedding parameter count closest to the decoder's (ties: fewer layers). Embedding tables
+    are the same for every structure, so equal non-embedding counts mean equal totals too."""
+    target = count_params(cfg.model_copy(update={"structure": None}), non_embedding=True)
+
+    def gap(n: int) -> tuple[int, int]:
+        c = cfg.model_copy(update={"structure": structure, "n_layers": n})
+        return abs(count_structured_params(c, non_embedding=True) - target), n
+
+    return min(range(1, max_layers + 1), key=gap) if STRUCTURES[structure].cross != "none" else cfg.n_layers
