@@ -288,3 +288,34 @@ def test_greedy_sampling_matches_forward_and_encodes_once(structure, monkeypatch
     for r in range(2):
         n = int((out[r] == 0).nonzero()[0]) + 1 if (out[r] == 0).any() else out.shape[1]
         assert torch.equal(logits[r, :n].argmax(-1), out[r, :n])
+
+
+def test_structure_study_fits_each_structure_and_finds_the_crossing():
+    """Two synthetic structures whose laws cross inside the measured range: the fits recover them
+    and the crossing matches a root of the difference found by scipy."""
+    from scipy.optimize import brentq
+
+    from tinyscale.analysis.structure_study import structure_study
+
+    laws = {"encdec": (2.0, 40.0, 0.25), "decoder": (1.2, 2000.0, 0.35)}  # E, A, alpha
+    rng = np.random.default_rng(0)
+    records = []
+    for name, (E, A, a) in laws.items():
+        for c in np.geomspace(1e9, 1e14, 6):
+            for seed in (0, 1):
+                loss = (E + A / c ** a) * (1 + 0.002 * rng.standard_normal())
+                records.append({"run": f"{name}-{c:.0e}-{seed}", "structure": name, "final": True, "flops": c,
+                                "loss": loss, "seed": seed})
+    out = structure_study(records, n_boot=30)
+    for name, (E, A, a) in laws.items():
+        assert out["structures"][name]["fit"]["params"]["alpha"] == pytest.approx(a, rel=0.2)
+    def law(name: str, log_c: float) -> float:
+        E, A, a = laws[name]
+        return E + A / 10 ** (log_c * a)
+
+    want = brentq(lambda log_c: law("encdec", log_c) - law("decoder", log_c), 9, 14)
+    (cross,) = out["crossings"]
+    assert math.log10(cross["crossing_flops"]) == pytest.approx(want, abs=0.3)
+    assert cross["lower_at_small"] == "encdec" and cross["share_crossing"] > 0.5
+    lo, hi = cross["ci"]
+    assert lo <= cross["crossing_flops"] <= hi
