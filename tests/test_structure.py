@@ -320,3 +320,24 @@ def test_structure_study_fits_each_structure_and_finds_the_crossing():
     assert cross["lower_at_small"] == "encdec" and cross["share_crossing"] > 0.5
     lo, hi = cross["ci"]
     assert lo <= cross["crossing_flops"] <= hi
+
+
+def test_study_sweep_follows_the_sizing_rule():
+    from tinyscale.structure import layers_at_equal_params
+    from tinyscale.sweep import expand, load_sweep
+
+    cfg = load_sweep(Path(__file__).parents[1] / "sweeps" / "structure" / "sweep.yaml")
+    runs = expand(cfg)
+    assert len(cfg.grid["seed"]) >= 2 and {r["structure"] for r in runs} == set(STRUCTURES)
+    widths = sorted({r["d_model"] for r in runs})
+    assert len(widths) >= 4 and len({r["tokens"] for r in runs}) >= 4
+    for d in widths:
+        at = [r for r in runs if r["d_model"] == d]
+        dec = next(r for r in at if r["structure"] == "decoder")
+        base = model_config(vocab_size=1024, max_seq_len=192, d_model=d, n_layers=dec["n_layers"],
+                            n_heads=dec["n_heads"], family=cfg.train["family"])
+        dec_params = count_structured_params(base.model_copy(update={"structure": "decoder"}), non_embedding=True)
+        for r in at:
+            assert r["n_layers"] == layers_at_equal_params(base, r["structure"])
+            c = base.model_copy(update={"structure": r["structure"], "n_layers": r["n_layers"]})
+            assert abs(count_structured_params(c, non_embedding=True) / dec_params - 1) < 0.2
