@@ -250,7 +250,7 @@ def _metrics(run: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("structure", ["encdec", "prefix"])
-def test_resume_continues_exactly(shards, tmp_path, structure):
+def test_resume_continues_exactly(shards, tmp_path, structure, capsys):
     whole = tmp_path / "whole"
     assert main(["-q", "train", "--data", str(shards), "--out", str(whole), "--structure", structure, *FLAGS]) == 0
     info = json.loads((whole / "run.json").read_text())
@@ -269,6 +269,13 @@ def test_resume_continues_exactly(shards, tmp_path, structure):
                 assert abs(ra[key] - rb[key]) <= 1e-6, (ra["step"], key)
     last = a[-1]
     assert last["val_loss"] < math.log(300) and set(last["val_loss_by_skill"]) >= {"tracking"}
+    # `tinyscale eval` measures the trainer's validation examples the same way; `sample` writes a story.
+    assert main(["-q", "eval", str(whole)]) == 0
+    result = json.loads((whole / "eval" / "12.json").read_text())
+    assert result["loss"]["val"]["loss"] == pytest.approx(last["val_loss"], abs=1e-6)
+    capsys.readouterr()
+    assert main(["-q", "sample", str(whole), "--prompt", "Words: cat, Tom", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("Words: cat, Tom\nStory:")
 
 
 @pytest.mark.parametrize("structure", ["encdec", "encdec-shared-layerwise", "prefix"])
