@@ -276,6 +276,9 @@ def test_resume_continues_exactly(shards, tmp_path, structure, capsys):
     capsys.readouterr()
     assert main(["-q", "sample", str(whole), "--prompt", "Words: cat, Tom", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("Words: cat, Tom\nStory:")
+    # What reads a decoder-only model refuses a structured run in one line.
+    assert main(["-q", "export", str(whole), "--out", str(tmp_path / "hf")]) == 2
+    assert "structure" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("structure", ["encdec", "encdec-shared-layerwise", "prefix"])

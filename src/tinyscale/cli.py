@@ -415,7 +415,7 @@ def _run_sample(args: argparse.Namespace) -> None:
     from tinyscale.generate import complete
 
     device = pick_device(args.device)
-    model, step = runs.load_model(args.run, args.checkpoint, device=str(device))
+    model, step = runs.load_model(args.run, args.checkpoint, device=str(device), structured=True)
     tokenizer = runs.load_tokenizer(args.run)
     budget = _sample_budget(args, max(1, len(tokenizer.encode(args.prompt).ids)), model.cfg.max_seq_len)
     if model.cfg.structure is not None:  # the prompt is the instruct header (generate.complete_structured)

@@ -475,7 +475,7 @@ def evaluate_structured_run(run_dir: Path, info: dict, checkpoints: Any, device:
         ex = find_examples(tokens, shards.eot_id, marker)
         data.append(example_loss_data(split, tokens, shards.skills(split), shards.floor(split), shards.base(split),
                                       ex, cfg["input_len"], cfg["seq_len"], max_tokens, shards.eot_id))
-    model, _ = load_model(run_dir, steps[0], device=str(dev))
+    model, _ = load_model(run_dir, steps[0], device=str(dev), structured=True)
     results: dict[int, dict] = {}
     for step in steps:
         load_weights(model, str(weights_path(run_dir, step)), device=str(dev))
