@@ -351,3 +351,10 @@ def test_study_sweep_follows_the_sizing_rule():
             assert r["n_layers"] == layers_at_equal_params(base, r["structure"])
             c = base.model_copy(update={"structure": r["structure"], "n_layers": r["n_layers"]})
             assert abs(count_structured_params(c, non_embedding=True) / dec_params - 1) < 0.2
+
+
+def test_runs_without_a_structure_keep_their_run_json_model():
+    """run.json "model" of a windows language model is what it always was (resume compares it)."""
+    plain = model_config("100K", vocab_size=50, max_seq_len=16)
+    assert "structure" not in plain.model_dump()
+    assert model_config("100K", vocab_size=50, max_seq_len=16, structure="prefix").model_dump()["structure"] == "prefix"
