@@ -16,7 +16,7 @@ import tinyscale
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"tinyscale", "errors"}),  # "tinyscale": the package root (its version only)
     ("helpers", {"fileio", "progress", "devices", "validate", "config", "endpoint"}),
-    ("models, run folders, data", {"model", "kernels", "decoding", "runs", "data", "tracking"}),
+    ("models, run folders, data", {"model", "structure", "kernels", "decoding", "runs", "data", "tracking"}),
     ("stages that make and measure runs", {"train", "training", "evaluate", "generate", "export", "model_card", "export_gguf", "sweep"}),
     ("uses of trained runs", {"interpret", "incentivize", "serve"}),
     ("reports over sweeps", {"analysis"}),

@@ -306,7 +306,8 @@ def _run_tokenize(args: argparse.Namespace) -> None:
 
 # How `tinyscale train --help` groups TrainConfig's fields after --data (each field is one flag).
 _TRAIN_GROUPS: dict[str | None, list[str]] = {
-    "model": ["preset", "family", "d_model", "n_layers", "n_heads", "tie_embeddings", "max_seq_len"],
+    "model": ["preset", "family", "d_model", "n_layers", "n_heads", "tie_embeddings", "max_seq_len", "structure",
+              "input_len"],
     "optimisation": ["tokens", "max_minutes", "batch", "seq_len", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "beta1",
                      "beta2", "grad_clip", "seed"],
     "bookkeeping": ["log_every", "eval_every", "eval_tokens", "eval_min_skill_tokens", "checkpoint_every",
@@ -316,7 +317,7 @@ _TRAIN_GROUPS: dict[str | None, list[str]] = {
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from tinyscale.config import FAMILIES, TrainConfig
+    from tinyscale.config import FAMILIES, STRUCTURES, TrainConfig
 
     p = sub.add_parser("train", help="train a model on token shards (or --resume a run)",
                        description="Every option defaults to tinyscale.config.TrainConfig; with --resume, "
@@ -327,6 +328,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue this run from its newest checkpoint")
     p.add_argument("--config", metavar="YAML", help="TrainConfig options as YAML (flags override it)")
     config_flags(p, TrainConfig, _TRAIN_GROUPS, special={"family": {"choices": list(FAMILIES)},
+                                                         "structure": {"choices": list(STRUCTURES)},
                                                          "tokens": {"type": _count}, "eval_tokens": {"type": _count}})
     p.set_defaults(func=_run_train)
 
@@ -427,12 +429,18 @@ def _run_sample(args: argparse.Namespace) -> None:
     from tinyscale.generate import complete
 
     device = pick_device(args.device)
-    model, step = runs.load_model(args.run, args.checkpoint, device=str(device))
+    model, step = runs.load_model(args.run, args.checkpoint, device=str(device), structured=True)
     tokenizer = runs.load_tokenizer(args.run)
     budget = _sample_budget(args, max(1, len(tokenizer.encode(args.prompt).ids)), model.cfg.max_seq_len)
-    texts = complete(model, tokenizer, args.prompt, n=args.n, max_new_tokens=budget,
-                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                     dtype=args.dtype)
+    if model.cfg.structure is not None:  # the prompt is the instruct header (generate.complete_structured)
+        from tinyscale.generate import complete_structured
+
+        texts = complete_structured(model, tokenizer, args.prompt, n=args.n, max_new_tokens=budget,
+                                    temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    else:
+        texts = complete(model, tokenizer, args.prompt, n=args.n, max_new_tokens=budget,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                         dtype=args.dtype)
     # The header rule is a log line (stderr); stdout gets the text alone, unwrapped, so that
     # `tinyscale sample RUN > story.txt` holds the story and nothing else (samples end with a blank line).
     console = Console(highlight=False, stderr=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,36 @@ FamilyName = Annotated[str, AfterValidator(_known_family)]
 TrackerName = Literal["tensorboard", "wandb", "mlflow"]
 Trackers = list[TrackerName]  # a name given twice is one tracker
 TRACK_HELP = "also log to tensorboard, wandb (offline without a key) or mlflow; files under the run folder (repeatable)"
+
+
+@dataclass(frozen=True)
+class Structure:
+    """How a model for the instruct format reads its input (the header) and writes its target (the
+    story); docs/structure.md. `cross` "none" is one stack over [input; target]; otherwise an
+    encoder reads the input and the decoder cross-attends to it."""
+
+    bidirectional: bool  # attention over the input sees the whole input (False: causal, as the target)
+    cross: Literal["none", "final", "layerwise"]  # decoder layer i attends to the final / i-th encoder layer
+    separate: bool  # encoder and decoder have their own blocks (False: one set of blocks, read twice)
+
+
+# From the most structure to the least, each step removing one (Chung's encoder-decoder to decoder-only).
+STRUCTURES: dict[str, Structure] = {
+    "encdec": Structure(bidirectional=True, cross="final", separate=True),
+    "encdec-shared": Structure(bidirectional=True, cross="final", separate=False),
+    "encdec-shared-layerwise": Structure(bidirectional=True, cross="layerwise", separate=False),
+    "prefix": Structure(bidirectional=True, cross="none", separate=False),
+    "decoder": Structure(bidirectional=False, cross="none", separate=False),
+}
+
+
+def _known_structure(name: str | None) -> str | None:
+    if name is not None and name not in STRUCTURES:
+        raise ValueError(f"unknown structure {name!r} (known: {', '.join(STRUCTURES)})")
+    return name
+
+
+StructureName = Annotated[str | None, AfterValidator(_known_structure)]
 
 # The largest seed any verb takes: a signed 64-bit integer.
 SEED_MAX = 2**63 - 1
@@ -73,6 +103,16 @@ class ModelConfig(BaseModel):
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    # None: the language model over windows of the corpus; else a key of STRUCTURES (structure.py).
+    structure: StructureName = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_structure(self, handler):
+        # Runs without a structure keep the run.json "model" they always had (resume compares it).
+        out = handler(self)
+        if out.get("structure", 0) is None:
+            del out["structure"]
+        return out
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -117,6 +157,11 @@ class TrainConfig(BaseModel):
     # Model shape: a preset from PRESETS, each dimension overridable.
     preset: str | None = Field("3M", description="size preset, e.g. 1M, 3M, 8M, 28M, 33M, 21M-1L")
     family: FamilyName = Field("llama", description="architecture: norm, MLP and positions (tinyscale.config.FAMILIES)")
+    structure: StructureName = Field(None, description="instruct-format structure: encdec, encdec-shared, "
+                                     "encdec-shared-layerwise, prefix, decoder (default: a language model over "
+                                     "windows; docs/structure.md)")
+    input_len: int = Field(64, ge=1, le=2**16, description="with --structure: input (header) tokens per example; "
+                           "--seq-len is then the target (story) tokens")
     d_model: int | None = Field(None, ge=8, le=2**15, description="width (default: the preset's)")
     n_layers: int | None = Field(None, ge=1, le=1024, description="layers (default: the preset's)")
     n_heads: int | None = Field(None, ge=1, le=1024, description="attention heads (default: the preset's)")

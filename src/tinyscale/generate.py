@@ -227,3 +227,27 @@ def complete(model, tokenizer, prompt: str, n: int = 1, max_new_tokens: int = 20
         ids = [eot]
     new = generate(model, [ids] * n, max_new_tokens, eot_id=eot, dtype=dtype, **kwargs)
     return [tokenizer.decode(ids + row, skip_special_tokens=True) for row in new]
+
+
+def complete_structured(model, tokenizer, prompt: str, n: int = 1, max_new_tokens: int = 200, *,
+                        temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> list[str]:
+    """`complete` for a model with a structure (structure.py): `prompt` is the input (an instruct
+    header; ``Story:`` is added when it does not end with it), the texts are the prompt and the
+    sampled story. The input is cut from the left to the run's --input-len."""
+    from tinyscale.data.examples import MARKER
+    from tinyscale.structure import sample
+
+    eot = eot_id_of(tokenizer)
+    if eot is None:
+        raise UserError("a structured model needs a tokenizer with an end-of-text token")
+    head = prompt.rstrip()
+    if not head.endswith(MARKER.strip()):
+        head = head + MARKER
+    # The model's cfg holds the trained target context (runs.load_model); its built positions are S + T.
+    n_input = max(1, model.lm.cfg.max_seq_len - model.cfg.max_seq_len)
+    ids = [eot, *tokenizer.encode(head).ids][-n_input:]
+    p = next(model.parameters())
+    inputs = torch.tensor([ids] * n, device=p.device)
+    gen = torch.Generator(device=p.device).manual_seed(seed)
+    out = sample(model, inputs, max_new_tokens, eot, temperature, top_k, gen)
+    return [head + tokenizer.decode([t for t in row.tolist() if t != eot]) for row in out]

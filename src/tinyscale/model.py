@@ -50,7 +50,7 @@ def _default_heads(d_model: int) -> int:
 
 def model_config(preset: str | None = None, *, vocab_size: int, max_seq_len: int, family: str = "llama",
                  d_model: int | None = None, n_layers: int | None = None, n_heads: int | None = None,
-                 tie_embeddings: bool = True) -> ModelConfig:
+                 tie_embeddings: bool = True, structure: str | None = None) -> ModelConfig:
     """Resolve a preset name and/or explicit sizes into a ModelConfig (explicit sizes win)."""
     shape: dict = {}
     if preset is not None:
@@ -66,7 +66,7 @@ def model_config(preset: str | None = None, *, vocab_size: int, max_seq_len: int
         shape["n_heads"] = _default_heads(shape["d_model"])
     try:
         return ModelConfig(family=family, vocab_size=vocab_size, max_seq_len=max_seq_len,
-                           tie_embeddings=tie_embeddings, **shape)
+                           tie_embeddings=tie_embeddings, structure=structure, **shape)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "model"
@@ -288,6 +288,21 @@ class Transformer(nn.Module):
         p = self.tok_emb.weight
         return KVCache(self.cfg, batch_size, max_len or self.cfg.max_seq_len, p.device, cache_dtype(p.device, p.dtype))
 
+    def embed(self, idx: Tensor, positions: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """The token (+ learned position) embeddings of `idx` and the rotary tables of `positions`
+        ([T] or [B, T]); structure.py's models embed through here too."""
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        rope = None
+        if self.cfg.arch.positions == "rotary":
+            # [T, hd] broadcasts over [B, 2, H, T, hd]; per-row positions [B, T] need [B, 1, 1, T, hd].
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+            if positions.dim() == 2:
+                cos, sin = cos[:, None, None], sin[:, None, None]
+            rope = (cos, sin)
+        return x, rope
+
     def forward(self, idx: Tensor, cache: KVCache | None = None, positions: Tensor | None = None,
                 attn_mask: Tensor | None = None, hidden: bool = False) -> Tensor:
         """Logits [B, T, vocab] for token ids [B, T].
@@ -308,17 +323,7 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {end} positions exceeds the context of {limit}")
         if positions is None:
             positions = self.positions[start:end]
-
-        x = self.tok_emb(idx)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(positions)
-        rope = None
-        if self.cfg.arch.positions == "rotary":
-            # [T, hd] broadcasts over [B, 2, H, T, hd]; per-row positions [B, T] need [B, 1, 1, T, hd].
-            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-            if positions.dim() == 2:
-                cos, sin = cos[:, None, None], sin[:, None, None]
-            rope = (cos, sin)
+        x, rope = self.embed(idx, positions)
 
         mask, causal = attn_mask, False
         if mask is None and T > 1:

@@ -132,7 +132,7 @@ def trained_context(info: dict[str, Any], run_dir: str | Path = "run") -> int:
     return min(value, limit)
 
 
-def load_model(run_dir: str | Path, step: int | None = None, device: str = "cpu"):
+def load_model(run_dir: str | Path, step: int | None = None, device: str = "cpu", structured: bool = False):
     """Return (model in eval mode, step) for a checkpoint of a run (the last one by default).
 
     The model's `cfg.max_seq_len` is the context the run was trained at (`trained_context`), which
@@ -141,6 +141,8 @@ def load_model(run_dir: str | Path, step: int | None = None, device: str = "cpu"
     noise (a run trained at 128 tokens with room for 512 wrote word salad past 128). The weights
     keep their stored shape (a learned position table keeps its rows; export writes only the
     trained ones), so a checkpoint loads whatever `max_seq_len` it was built with.
+    `structured`: the caller reads a structure.StructuredLM too (a --structure run); otherwise such
+    a run is refused in one line.
     """
     from safetensors.torch import load_model as load_weights
 
@@ -150,7 +152,15 @@ def load_model(run_dir: str | Path, step: int | None = None, device: str = "cpu"
     step = resolve_step(run_dir, step)
     cfg = model_config(run_dir, info)
     context = trained_context(info, run_dir)
-    model = Transformer(cfg)
+    if cfg.structure is not None:  # an instruct-format structure (structure.py)
+        if not structured:  # export, serve, interpret, probes, incentivize read a decoder-only model
+            raise UserError(f"{run_dir}: a --structure {cfg.structure} run; only train, eval (its loss) and "
+                            "sample take one (docs/structure.md)")
+        from tinyscale.structure import StructuredLM
+
+        model = StructuredLM(cfg)
+    else:
+        model = Transformer(cfg)
     path = weights_path(run_dir, step)
     try:
         # save_model/load_model handle tied embeddings (shared tensors), which save_file refuses.

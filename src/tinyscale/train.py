@@ -44,6 +44,7 @@ from tinyscale.training.head_loss import lm_loss
 from tinyscale.training.periodic_eval import evaluate, save_window_sums, validation_data
 from tinyscale.training.provenance import git_commit, machine_info
 from tinyscale.training.run_folder import RunFolder, check_new_out, open_run, resume_config
+from tinyscale.training.structured import ExampleSource, target_loss
 from tinyscale.validate import check_output, check_train, os_errors
 
 # Options that may differ when a run is resumed: they do not change what is computed (data is
@@ -116,8 +117,8 @@ def forward_backward(net: torch.nn.Module, head: torch.nn.Linear, micro_batches:
         # Under DDP, gradients are averaged across ranks only on the last micro-batch.
         sync = ddp is None or i == len(micro_batches) - 1
         with contextlib.nullcontext() if sync else ddp.no_sync():
-            with autocast(cfg, device):
-                loss = lm_loss(net, head, x, y, cfg)
+            with autocast(cfg, device):  # with a structure, (x, y) are an example batch's (w, valid)
+                loss = target_loss(net, head, x, y, cfg) if cfg.structure else lm_loss(net, head, x, y, cfg)
             (loss / len(micro_batches)).backward()
         loss_sum += loss.detach()
     return loss_sum / len(micro_batches)
@@ -132,11 +133,16 @@ def build_model(mcfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> Tr
     """The model to train. On the CPU its causal attention runs in the C++ kernel (kernels/causal.py;
     docs/speed.md); elsewhere, and with TINYSCALE_NO_KERNELS=1, in PyTorch's
     scaled_dot_product_attention."""
-    model = Transformer(mcfg).to(device)
+    if mcfg.structure is not None:
+        from tinyscale.structure import StructuredLM
+
+        model = StructuredLM(mcfg).to(device)
+    else:
+        model = Transformer(mcfg).to(device)
     if device.type == "cpu":
         from tinyscale.kernels.causal import use_kernel_attention
 
-        use_kernel_attention(model)
+        use_kernel_attention(model)  # masked attention (a structure's) falls back to PyTorch's
     return model
 
 
@@ -168,7 +174,7 @@ def resolve(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     updates: dict[str, Any] = {"data": str(Path(cfg.data).resolve())}
     if cfg.max_seq_len is None:
         # The model's context is what it trains at: positions past seq_len would never be trained.
-        updates["max_seq_len"] = cfg.seq_len
+        updates["max_seq_len"] = cfg.seq_len + (cfg.input_len if cfg.structure else 0)
     if cfg.min_lr is None:
         updates["min_lr"] = cfg.lr / 10
     if cfg.dtype == "auto":
@@ -180,14 +186,16 @@ def build_model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     try:
         return model_config(cfg.preset, vocab_size=vocab_size, max_seq_len=cfg.max_seq_len, family=cfg.family,
                             d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                            tie_embeddings=cfg.tie_embeddings)
+                            tie_embeddings=cfg.tie_embeddings, structure=cfg.structure)
     except ValueError as e:  # pydantic's ValidationError is a ValueError: a shape that cannot be built
         raise UserError(f"model shape: {str(e).splitlines()[-1].strip()}") from None
 
 
 def check_fits(cfg: TrainConfig, shards: Any, world: int) -> None:
-    if cfg.seq_len > cfg.max_seq_len:
-        raise UserError(f"--seq-len {cfg.seq_len}: longer than the model's --max-seq-len {cfg.max_seq_len}")
+    need = cfg.seq_len + (cfg.input_len if cfg.structure else 0)
+    if need > cfg.max_seq_len:
+        raise UserError(f"--seq-len {cfg.seq_len}{' + --input-len ' + str(cfg.input_len) if cfg.structure else ''}: "
+                        f"longer than the model's --max-seq-len {cfg.max_seq_len}")
     if cfg.batch % world:
         raise UserError(f"--batch {cfg.batch}: not divisible by the {world} processes")
     for split in ("train", "val"):
@@ -239,8 +247,7 @@ def _run_info(cfg: TrainConfig, mcfg: ModelConfig, shards: Any, device: torch.de
     return {
         "config": cfg.model_dump(),
         "model": mcfg.model_dump(),
-        "params": {"total": count_params(mcfg), "non_embedding": count_params(mcfg, non_embedding=True)},
-        "flops_per_token": flops_per_token(mcfg, cfg.seq_len),
+        **_counts(cfg, mcfg),
         # The context the model was trained at, and so the one it is used within (runs.load_model).
         "context": cfg.seq_len,
         "data": {"dir": cfg.data, "tokenizer_sha256": shards.meta.get("tokenizer_sha256"),
@@ -249,6 +256,18 @@ def _run_info(cfg: TrainConfig, mcfg: ModelConfig, shards: Any, device: torch.de
         "code": {"tinyscale": tinyscale.__version__, "torch": torch.__version__, "git": git_commit()},
         "machine": machine_info(device),
     }
+
+
+def _counts(cfg: TrainConfig, mcfg: ModelConfig) -> dict[str, Any]:
+    """Parameter counts and training FLOPs per token (with a structure: per target token; structure.py)."""
+    if mcfg.structure is None:
+        return {"params": {"total": count_params(mcfg), "non_embedding": count_params(mcfg, non_embedding=True)},
+                "flops_per_token": flops_per_token(mcfg, cfg.seq_len)}
+    from tinyscale.structure import count_structured_params, structured_flops_per_token
+
+    return {"params": {"total": count_structured_params(mcfg),
+                       "non_embedding": count_structured_params(mcfg, non_embedding=True)},
+            "flops_per_token": structured_flops_per_token(mcfg, cfg.input_len, cfg.seq_len)}
 
 
 def _run(cfg: TrainConfig, run_dir: Path, resuming: bool, stored: dict | None = None) -> dict[str, Any]:
@@ -349,6 +368,7 @@ class _Steps:
         self.cfg, self.model, self.opt, self.run, self.d = cfg, model, opt, run, d
         self.fpt = info["flops_per_token"]
         self.tokens = shards.tokens("train")
+        self.examples = ExampleSource(shards, "train", cfg) if cfg.structure else None
         self.rows = slice(d.rank * cfg.batch // d.world, (d.rank + 1) * cfg.batch // d.world)
         self.ddp = None
         if d.world > 1:
@@ -373,7 +393,8 @@ class _Steps:
         lr = lr_at(self.cfg, step, self.cfg.steps)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        micro = micro_batches(self.cfg, self.tokens, step, self.d.device, self.rows)
+        micro = (self.examples.micro_batches(step, self.d.device, self.rows) if self.examples is not None
+                 else micro_batches(self.cfg, self.tokens, step, self.d.device, self.rows))
         loss = forward_backward(self.net, self.model.head, micro, self.cfg, self.d.device, self.ddp)
         norm = clip_gradients(self.params, self.cfg)
         loss_val = self.d.mean(loss).item()

@@ -535,6 +535,10 @@ def analyze_records(records: list[dict], size_key: str = "non_embedding_params",
               "loss_sources": sorted({r.get("loss_source") or "none" for r in records}),
               "settings": {"n_boot": n_boot, "seed": seed}}
     result.update(claims(records, estimate, reps, result["fits"], size_key, run_dirs))
+    if any(r.get("structure") for r in records):  # the structure study (analysis/structure_study.py)
+        from tinyscale.analysis.structure_study import structure_study
+
+        result["structure_study"] = structure_study(records, n_boot, seed)
     return _with_seed_noise(result, seeds, size_comparisons(estimate, reps, size_key), reps)
 
 

@@ -3,6 +3,7 @@
 A record is one run at one checkpoint, a flat dict:
 
     run, family, width, depth, heads          identity and shape (None when unknown)
+    structure                                 config.STRUCTURES key (None: a language model over windows)
     params, non_embedding_params              parameter counts
     step, tokens, flops                       training progress at this checkpoint (flops: training FLOPs)
     loss                                      validation loss (nats/token), or None
@@ -171,7 +172,8 @@ def run_records(run_dir: str | Path) -> list[dict[str, Any]]:
     if not isinstance(info, dict) or "model" not in info:
         raise UserError(f"{run_dir / 'run.json'}: not a tinyscale run (no 'model' entry)")
     model, params = info.get("model") or {}, info.get("params") or {}
-    base = {"run": run_dir.name, "family": model.get("family"), "width": model.get("d_model"),
+    base = {"run": run_dir.name, "family": model.get("family"), "structure": model.get("structure"),
+            "width": model.get("d_model"),
             "depth": model.get("n_layers"), "heads": model.get("n_heads"),
             "params": _num(params.get("total")), "non_embedding_params": _num(params.get("non_embedding"))}
     metrics = read_metrics(run_dir / "metrics.jsonl")

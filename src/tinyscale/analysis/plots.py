@@ -428,3 +428,29 @@ def teach_vs_incentivize(figure: dict[str, Any], path: str | Path) -> Path | Non
         ax.grid(True, which="both", alpha=0.3)
     axes.flat[0].legend(fontsize=7)
     return _save(fig, path)
+
+
+def structure_curves(study: dict[str, Any] | None, path: str | Path) -> Path | None:
+    """The structure study (analysis/structure_study.py): final target loss against training compute,
+    one colour per structure, with its fitted L(C) where there is one and crossings marked."""
+    if not study or not study.get("structures"):
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    xs = [p[0] for e in study["structures"].values() for p in e["points"]]
+    grid = np.geomspace(min(xs), max(xs), 100)
+    for i, (name, entry) in enumerate(sorted(study["structures"].items())):
+        color = f"C{i}"
+        ax.plot([p[0] for p in entry["points"]], [p[1] for p in entry["points"]], "o", color=color, label=name,
+                alpha=0.8)
+        params = (entry.get("fit") or {}).get("params")
+        if params and max(xs) > min(xs):
+            ax.plot(grid, params["E"] + params["A"] / grid ** params["alpha"], "--", color=color, lw=1)
+    for c in study.get("crossings") or []:
+        if c.get("crossing_flops"):
+            ax.axvline(c["crossing_flops"], color="grey", lw=0.8, ls=":")
+    _log_axis(ax.xaxis)
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("target loss (nats/token)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -150,7 +150,9 @@ def _curves_section(records: list[dict], analysis: dict, plot_dir: Path) -> Mark
     fits = analysis.get("fits", {})
     size_key = fits.get("size_key", "non_embedding_params")
     extra = [(plots.law_fits(fits, plot_dir / "law_fits.png"), "L(N) and L(D)"),
-             (plots.frontier_plot(fits, plot_dir / "frontier.png"), "compute-optimal frontier")]
+             (plots.frontier_plot(fits, plot_dir / "frontier.png"), "compute-optimal frontier"),
+             (plots.structure_curves(analysis.get("structure_study"), plot_dir / "structure.png"),
+              "target loss against compute per structure (docs/structure.md)")]
     return _render(
         "report/curves.html", size_key=size_key, caveat=seed_note(analysis), fits=fit_rows(fits),
         curves_png=_b64(plots.learning_curves(records, fits, plot_dir / "learning_curves.png", size_key)),

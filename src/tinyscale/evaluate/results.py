@@ -283,6 +283,9 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
     info = read_run(run_dir)
     if max_tokens is None:
         max_tokens = int((info.get("config") or {}).get("eval_tokens") or DEFAULT_MAX_TOKENS)
+    if (info.get("model") or {}).get("structure"):
+        return evaluate_structured_run(run_dir, info, checkpoints, device, max_tokens=max_tokens,
+                                       batch_size=batch_size, data_dir=_data_dir(run_dir, info, data_dir), write=write)
     if max_tokens < 1 or completions < 0 or samples < 1 or temperature < 0:
         raise UserError("evaluate: max_tokens and samples must be positive, completions and temperature >= 0")
     steps = select_checkpoints(checkpoints, list_checkpoints(run_dir), run_dir)
@@ -449,3 +452,48 @@ def _world_table(results: dict[int, dict]):
         t.add_row(_step(r), *[f"{r['world_probes'][n]['mc']['acc']:.2f}"
                               + (f" / {r['probes'][n]['mc']['acc']:.2f}" if n in r["probes"] else "") for n in names])
     return t
+
+
+def evaluate_structured_run(run_dir: Path, info: dict, checkpoints: Any, device: str, *, max_tokens: int,
+                            batch_size: int, data_dir: Path, write: bool) -> dict[int, dict]:
+    """`tinyscale eval` for a run with a structure: the target loss per skill of every split (val,
+    and ood when the corpus holds one out) at the selected checkpoints, written as RUN/eval/<step>.json
+    in the format of evaluate/results.py. Probes and completions are left out (they read prompts
+    through the decoder-only interface; docs/structure.md lists them as missing)."""
+    from safetensors.torch import load_model as load_weights
+
+    from tinyscale.data.examples import find_examples, marker_ids
+    from tinyscale.data.shards import ShardSet
+    from tinyscale.devices import pick_device
+    from tinyscale.evaluate.loss import summarize_losses
+    from tinyscale.evaluate.structured import example_loss_data, example_token_losses
+    from tinyscale.runs import list_checkpoints, load_model, weights_path
+
+    cfg = info["config"]
+    steps = select_checkpoints(checkpoints, list_checkpoints(run_dir), run_dir)
+    dev = pick_device(device)
+    shards = ShardSet.open(data_dir)
+    marker = marker_ids(Path(shards.dir) / "tokenizer.json")
+    data = []
+    for split in [s for s in ("val", "ood") if s in shards.splits]:
+        tokens = shards.tokens(split)
+        ex = find_examples(tokens, shards.eot_id, marker)
+        data.append(example_loss_data(split, tokens, shards.skills(split), shards.floor(split), shards.base(split),
+                                      ex, cfg["input_len"], cfg["seq_len"], max_tokens, shards.eot_id))
+    model, _ = load_model(run_dir, steps[0], device=str(dev), structured=True)
+    results: dict[int, dict] = {}
+    for step in steps:
+        load_weights(model, str(weights_path(run_dir, step)), device=str(dev))
+        model.eval()
+        t0 = time.perf_counter()
+        loss = {d.split: summarize_losses(example_token_losses(model, d, dev, batch_size), d) for d in data}
+        result = {"format": FORMAT, "step": step, "tokens_seen": step * cfg["batch"] * cfg["seq_len"] * cfg["grad_accum"],
+                  "run": str(run_dir), "data": str(shards.dir),
+                  "settings": {"max_tokens": max_tokens, "seq_len": cfg["seq_len"], "input_len": cfg["input_len"],
+                               "structure": info["model"]["structure"], "device": str(dev)},
+                  "loss": loss, "probes": {}, "world_probes": {}, "completions": [],
+                  "seconds": {"loss": time.perf_counter() - t0}}
+        if write:
+            write_json(eval_dir(run_dir) / f"{step}.json", result)
+        results[step] = result
+    return results

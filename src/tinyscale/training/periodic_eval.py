@@ -18,6 +18,14 @@ def validation_data(shards: Any, cfg: TrainConfig) -> Any:
     this run (evaluate/loss.py), so a learning curve has one estimate throughout."""
     from tinyscale.evaluate.loss import loss_windows
 
+    if cfg.structure:  # the target tokens of validation examples (evaluate/structured.py)
+        from tinyscale.data.examples import find_examples, marker_ids
+        from tinyscale.evaluate.structured import example_loss_data
+
+        tokens = shards.tokens("val")
+        ex = find_examples(tokens, shards.eot_id, marker_ids(Path(shards.dir) / "tokenizer.json"))
+        return example_loss_data("val", tokens, shards.skills("val"), shards.floor("val"), shards.base("val"), ex,
+                                 cfg.input_len, cfg.seq_len, cfg.eval_tokens, shards.eot_id)
     return loss_windows("val", shards.tokens("val"), shards.skills("val"), shards.floor("val"), cfg.seq_len,
                         cfg.eval_tokens, base=shards.base("val"), min_skill_tokens=cfg.eval_min_skill_tokens)
 
@@ -31,6 +39,8 @@ def evaluate(model: torch.nn.Module, data: Any, cfg: TrainConfig, d: Dist) -> di
     was_training = model.training
     model.eval()
     rows = np.arange(len(data.x))[d.rank::d.world]
+    if cfg.structure:
+        from tinyscale.evaluate.structured import example_token_losses as token_losses
     loss = token_losses(model, data, d.device, batch_size=max(1, cfg.batch // d.world), rows=rows)
     model.train(was_training)
     sums = torch.from_numpy(window_sums(loss, data))
