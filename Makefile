@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test wheel-check lint bench clean
 
 $(BIN)/tinyscale: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: install
 test: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
+
+# The package as a user installs it: wheel + sdist built, the wheel installed into a fresh venv and run.
+wheel-check: install
+	$(BIN)/python -m pytest -m wheel tests/test_wheel.py
 
 bench: install
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done

@@ -68,7 +68,7 @@ def fresh_venv(tmp: Path, wheel: Path) -> tuple[Path, dict]:
     return venv / "bin", env
 
 
-@pytest.mark.slow
+@pytest.mark.wheel
 def test_the_wheel_installs_and_runs_with_its_kernels(tmp_path):
     pytest.importorskip("setuptools", reason="builds the wheel without build isolation (no download)")
     if shutil.which("c++") is None:
