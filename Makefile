@@ -11,6 +11,12 @@ BIN := $(VENV)/bin
 $(BIN)/tinyscale: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[llm,serve]"
+	touch $@
+
+# The test tools come on top: the demo does not wait for them (llama-cpp-python compiles llama.cpp,
+# several minutes on 2 cores).
+$(VENV)/.dev: $(BIN)/tinyscale
 	$(BIN)/pip install -q -e ".[dev,llm,serve]"
 	touch $@
 
@@ -19,12 +25,12 @@ install: $(BIN)/tinyscale
 demo: install
 	$(BIN)/tinyscale demo
 
-test: install
+test: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
 
 # The package as a user installs it: wheel + sdist built, the wheel installed into a fresh venv and run.
-wheel-check: install
+wheel-check: $(VENV)/.dev
 	$(BIN)/python -m pytest -m wheel tests/test_wheel.py
 
 bench: install
