@@ -377,33 +377,18 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_run_sample)
 
 
-def _sample_budget(args: argparse.Namespace, prompt_tokens: int, context: int) -> int:
-    """New tokens for `sample`: a model is used only within its trained context, so a prompt or an
-    explicit --max-new-tokens beyond it is refused; the default shrinks to what fits."""
-    room = context - prompt_tokens
-    if room < 1:
-        raise UserError(f"--prompt: {prompt_tokens} tokens leave no room in the model's trained context of "
-                        f"{context} tokens")
-    if args.max_new_tokens is None:
-        return min(200, room)
-    if args.max_new_tokens > room:
-        raise UserError(f"--max-new-tokens {args.max_new_tokens}: the prompt's {prompt_tokens} tokens + "
-                        f"{args.max_new_tokens} exceed the model's trained context of {context} (at most {room})")
-    return args.max_new_tokens
-
-
 def _run_sample(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.rule import Rule
 
     from tinyscale import runs
     from tinyscale.devices import pick_device
-    from tinyscale.generate import complete
+    from tinyscale.generate import complete, sample_budget
 
     device = pick_device(args.device)
     model, step = runs.load_model(args.run, args.checkpoint, device=str(device))
     tokenizer = runs.load_tokenizer(args.run)
-    budget = _sample_budget(args, max(1, len(tokenizer.encode(args.prompt).ids)), model.cfg.max_seq_len)
+    budget = sample_budget(max(1, len(tokenizer.encode(args.prompt).ids)), model.cfg.max_seq_len, args.max_new_tokens)
     texts = complete(model, tokenizer, args.prompt, n=args.n, max_new_tokens=budget,
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                      dtype=args.dtype)
