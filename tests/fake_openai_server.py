@@ -6,8 +6,9 @@
 Stories: a chat request that asks for the verb "v", the noun "n" and the adjective "a" gets a short
 story that uses them (unless `missing_word_rate` drops the adjective), cut short with
 finish_reason "length" at `cut_rate`. A request whose prompt holds "***" is a judge request and gets
-a verdict: JSON when response_format asks for it, else one of a few text layouts. The story text is a
-function of the prompt, so a retried request gets the same story.
+a verdict (after `judge_seconds`): JSON when response_format asks for it, else one of a few text
+layouts; state.judged lists the prompts graded and counts["max_in_flight"] the most verdicts under way
+at once. The story text is a function of the prompt, so a retried request gets the same story.
 
 Faults, drawn per /v1 request with probability `fault_rate`, evenly among: 429 with Retry-After,
 500, a reply slower than any test's client timeout, a connection dropped mid-body, and a malformed
@@ -50,6 +51,7 @@ class FakeConfig:
     reject_json_mode: bool = False  # answer 400 to response_format, as servers without JSON mode do
     slow_seconds: float = 5.0  # how long a "timeout" fault takes to answer
     retry_after: str = "1"
+    judge_seconds: float = 0.0  # how long each verdict takes (so that a test can stop a client midway)
     seed: int = 0
 
 
@@ -59,6 +61,8 @@ class FakeState:
     rng: random.Random = field(init=False)
     counts: Counter = field(default_factory=Counter)  # "requests", "ok", each fault name, "judge", ...
     keys: set = field(default_factory=set)  # bearer tokens seen (the tests check the key was sent)
+    judged: list = field(default_factory=list)  # the prompt of every verdict answered, in order
+    in_flight: int = 0  # judge requests being answered now; counts["max_in_flight"] is the most seen
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -134,7 +138,16 @@ def make_app(state: FakeState) -> FastAPI:
                     state.counts["rejected_json_mode"] += 1
                 return JSONResponse({"error": {"message": "response_format is not supported"}}, status_code=400)
             with state.lock:
+                state.in_flight += 1
+                state.counts["max_in_flight"] = max(state.counts["max_in_flight"], state.in_flight)
+            try:
+                await asyncio.sleep(state.cfg.judge_seconds)
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+            with state.lock:
                 state.counts["judge"] += 1
+                state.judged.append(prompt)
             text, finish = _verdict(prompt, json_mode, state.cfg), "stop"
         else:
             text, finish = _story(prompt, state.cfg)

@@ -12,7 +12,7 @@ from fake_openai_server import FakeConfig, running
 from tinyscale.analysis.grades import judge_records, width_depth_table
 from tinyscale.cli import main
 from tinyscale.endpoint import Endpoint
-from tinyscale.evaluate.judge import JudgeSettings, judge_run, load_judge, parse_verdict
+from tinyscale.evaluate.judge import JudgeSettings, judge_run, judge_sweep, load_judge, parse_verdict
 
 G = ("grammar", "creativity", "consistency", "plot")
 
@@ -247,3 +247,110 @@ def test_api_key_never_reaches_disk_or_output(tmp_path, capsys, monkeypatch):
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+# --- a sweep: one shared cache, bounded concurrency, resumable ----------------------------------------
+
+
+def _sweep(root: Path) -> Path:
+    """Two runs of a sweep whose validation beginnings (and reference endings) are the same."""
+    make_run(root / "sweep", "d32-l2", 32, 2)
+    make_run(root / "sweep", "d64-l2", 64, 2)
+    return root / "sweep"
+
+
+def _unique_items(sweep: Path) -> set[tuple[str, str]]:
+    """(beginning, ending) of every graded item, read from the runs' eval files: what must be asked once."""
+    items = set()
+    for ev in sweep.glob("runs/*/eval/[0-9]*.json"):
+        for cut in json.loads(ev.read_text())["completions"]:
+            items |= {(cut["prompt"], c) for c in [*cut["completions"], cut["ending"]]}
+    return items
+
+
+def _cached_keys(path: Path) -> set[str]:
+    return {json.loads(x)["key"] for x in path.read_text().splitlines() if x.strip()}
+
+
+def test_judge_a_sweep_with_one_shared_cache_and_report_shows_grades(tmp_path, capsys):
+    from tinyscale.evaluate.judge import cache_key, judge_prompt, load_template
+
+    sweep = _sweep(tmp_path)
+    flags = ["--base-url", "", "--model", "judge-model", "--concurrency", "3", "--api-key-env", "TINYSCALE_TEST_KEY"]
+    with running(FakeConfig(fault_rate=0.2, faults=("429", "500", "drop", "malformed"), retry_after="0",
+                            judge_seconds=0.02, seed=3)) as server:
+        flags[1] = server.base_url
+        assert main(["-q", "judge", str(sweep), *flags]) == 0
+        first = server.state.counts["judge"]
+        assert main(["-q", "judge", str(sweep), *flags]) == 0  # everything cached: nothing asked
+        assert main(["-q", "judge", str(sweep / "runs" / "d64-l2"), *flags, "--cache",
+                     str(sweep / "judge_cache.jsonl")]) == 0  # one run against the sweep's cache
+        assert server.state.counts["judge"] == first
+        assert 1 < server.state.counts["max_in_flight"] <= 3
+    out = capsys.readouterr().out
+    assert "d32-l2" in out and "d64-l2" in out and "reference" in out
+    # 2 runs x 2 checkpoints x 4 stories x 2 samples, and the 4 reference endings shared by all of them.
+    items = _unique_items(sweep)
+    assert len(items) == 36 and first == 36
+    template = load_template()
+    assert {cache_key("judge-model", judge_prompt(template, b, e)) for b, e in items} == \
+        _cached_keys(sweep / "judge_cache.jsonl")
+    for run in sweep.glob("runs/*"):
+        judged = load_judge(run)
+        assert sorted(judged) == [10, 20] and not (run / "eval" / "judge_cache.jsonl").exists()
+        assert all(r["student"]["n"] == 8 and r["reference"]["n"] == 4 for r in judged.values())
+    assert main(["-q", "report", str(sweep)]) == 0
+    html = (sweep / "report.html").read_text()
+    assert "No teacher's grades" not in html and (sweep / "plots" / "grades.png").is_file()
+    assert "layers \\ width" in html
+
+
+def test_a_killed_sweep_judge_resumes_without_asking_again(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tinyscale.evaluate.judge import cache_key
+
+    sweep = _sweep(tmp_path)
+    cache = sweep / "judge_cache.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    with running(FakeConfig(judge_seconds=0.05, fault_rate=0.1, faults=("500", "drop"), seed=5)) as server:
+        cmd = [sys.executable, "-m", "tinyscale.cli", "-q", "judge", str(sweep), "--base-url", server.base_url,
+               "--model", "judge-model", "--concurrency", "2", "--api-key-env", "TINYSCALE_TEST_KEY"]
+        first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120  # generous: the machine may be shared
+        while (not cache.is_file() or len(_cached_keys(cache)) < 8) and first.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        graded = _cached_keys(cache)
+        assert 8 <= len(graded) < 36, "the first judge should have been killed midway"
+        assert not list(sweep.glob("runs/*/eval/judge_*.json"))  # results only once all is answered
+        asked_before = len(server.state.judged)
+        results = judge_sweep([sweep], _ep(server.base_url), JudgeSettings(concurrency=2))
+        asked_now = {cache_key("judge-model", p) for p in server.state.judged[asked_before:]}
+    assert asked_now.isdisjoint(graded)  # nothing graded before the kill was asked again
+    assert asked_now | graded == _cached_keys(cache) and len(_cached_keys(cache)) == 36
+    assert all(r["student"]["n"] == 8 for by_step in results.values() for r in by_step.values())
+
+
+def test_judge_sweep_bad_input(tmp_path, capsys):
+    sweep = _sweep(tmp_path)
+    (sweep / "runs" / "unjudged").mkdir()
+    (sweep / "runs" / "unjudged" / "run.json").write_text("{}")
+    with running(FakeConfig()) as server:
+        args = ["-q", "judge", str(sweep), "--base-url", server.base_url, "--model", "j"]
+        assert main([*args, "--checkpoints", "30"]) == 2
+        assert "d32-l2: --checkpoints 30: no completions at step(s) 30" in capsys.readouterr().err
+        assert main(args) == 0  # the run without completions is skipped
+    assert not (sweep / "runs" / "unjudged" / "eval").exists()
+    empty = tmp_path / "empty"
+    for name in ("a", "b"):
+        (empty / "runs" / name / "eval").mkdir(parents=True)
+        (empty / "runs" / name / "run.json").write_text("{}")
+    assert main(["-q", "judge", str(empty), "--base-url", "http://127.0.0.1:9/v1", "--model", "j"]) == 2
+    assert "no story completions in any of the 2 runs" in capsys.readouterr().err

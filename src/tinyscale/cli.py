@@ -405,33 +405,18 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_run_sample)
 
 
-def _sample_budget(args: argparse.Namespace, prompt_tokens: int, context: int) -> int:
-    """New tokens for `sample`: a model is used only within its trained context, so a prompt or an
-    explicit --max-new-tokens beyond it is refused; the default shrinks to what fits."""
-    room = context - prompt_tokens
-    if room < 1:
-        raise UserError(f"--prompt: {prompt_tokens} tokens leave no room in the model's trained context of "
-                        f"{context} tokens")
-    if args.max_new_tokens is None:
-        return min(200, room)
-    if args.max_new_tokens > room:
-        raise UserError(f"--max-new-tokens {args.max_new_tokens}: the prompt's {prompt_tokens} tokens + "
-                        f"{args.max_new_tokens} exceed the model's trained context of {context} (at most {room})")
-    return args.max_new_tokens
-
-
 def _run_sample(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.rule import Rule
 
     from tinyscale import runs
     from tinyscale.devices import pick_device
-    from tinyscale.generate import complete
+    from tinyscale.generate import complete, sample_budget
 
     device = pick_device(args.device)
     model, step = runs.load_model(args.run, args.checkpoint, device=str(device), structured=True)
     tokenizer = runs.load_tokenizer(args.run)
-    budget = _sample_budget(args, max(1, len(tokenizer.encode(args.prompt).ids)), model.cfg.max_seq_len)
+    budget = sample_budget(max(1, len(tokenizer.encode(args.prompt).ids)), model.cfg.max_seq_len, args.max_new_tokens)
     if model.cfg.structure is not None:  # the prompt is the instruct header (generate.complete_structured)
         from tinyscale.generate import complete_structured
 
@@ -716,8 +701,10 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 
 def _add_judge(sub: argparse._SubParsersAction) -> None:
-    j = sub.add_parser("judge", help="an LLM teacher grades a run's story completions (the paper's evaluation)")
-    j.add_argument("run", help="run folder (after tinyscale eval)")
+    j = sub.add_parser("judge", help="an LLM teacher grades a run's (or a sweep's) story completions (the paper's "
+                                     "evaluation)")
+    j.add_argument("run", nargs="+", metavar="RUN_OR_SWEEP",
+                   help="run folder(s) after tinyscale eval, or sweep folder(s): all their runs, one shared cache")
     j.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
     j.add_argument("--model", required=True, help="the judge model")
     j.add_argument("--checkpoints", default="all", metavar="all|last|STEP,...", help="default: all evaluated")
@@ -725,7 +712,8 @@ def _add_judge(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--samples", type=_positive_int, metavar="K", help="completions per story (default: all)")
     j.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight (default 8)")
     j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the key (default OPENAI_API_KEY)")
-    j.add_argument("--cache", help="verdict cache file, shareable by runs (default RUN/eval/judge_cache.jsonl)")
+    j.add_argument("--cache", help="verdict cache file, shareable by runs (default RUN/eval/judge_cache.jsonl for one "
+                                   "run, else SWEEP/judge_cache.jsonl of the first folder)")
     j.add_argument("--template", help="judge prompt template file (with a $story slot)")
     j.add_argument("--no-json-mode", action="store_true", help="do not ask for response_format json_object")
     j.add_argument("--no-reference", action="store_true", help="do not grade the corpus's own endings")
@@ -741,16 +729,17 @@ def _run_judge(args: argparse.Namespace) -> None:
 
     from tinyscale import progress
     from tinyscale.endpoint import Endpoint
-    from tinyscale.evaluate.judge import JudgeSettings, judge_run, judge_table
+    from tinyscale.evaluate.judge import JudgeSettings, judge_sweep, judge_table
 
     ep = Endpoint(args.base_url, args.model, api_key_env=args.api_key_env, timeout=args.timeout)
     settings = JudgeSettings(completions=args.completions, samples=args.samples, concurrency=args.concurrency,
                              json_mode=not args.no_json_mode, template=args.template, cache=args.cache,
                              reference=not args.no_reference, max_cost=args.max_cost, price_in=args.price_in,
                              price_out=args.price_out)
-    results = judge_run(args.run, ep, settings, args.checkpoints)
-    Console().print(judge_table(results))
-    progress.info(f"wrote {len(results)} result(s) to {args.run}/eval/judge_<step>.json")
+    by_run = judge_sweep(args.run, ep, settings, args.checkpoints)
+    for run, results in by_run.items():
+        Console().print(judge_table(results, str(run) if len(by_run) > 1 else None))
+        progress.info(f"wrote {len(results)} result(s) to {run}/eval/judge_<step>.json")
 
 
 # --- demo -------------------------------------------------------------------------------------

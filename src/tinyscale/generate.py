@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -251,3 +252,36 @@ def complete_structured(model, tokenizer, prompt: str, n: int = 1, max_new_token
     gen = torch.Generator(device=p.device).manual_seed(seed)
     out = sample(model, inputs, max_new_tokens, eot, temperature, top_k, gen)
     return [head + tokenizer.decode([t for t in row.tolist() if t != eot]) for row in out]
+
+
+def sample_budget(prompt_tokens: int, context: int, max_new_tokens: int | None) -> int:
+    """New tokens for `sample`: a model is used only within its trained context, so a prompt or an
+    explicit `max_new_tokens` beyond it is refused; the default (None) is 200 or what fits."""
+    room = context - prompt_tokens
+    if room < 1:
+        raise UserError(f"--prompt: {prompt_tokens} tokens leave no room in the model's trained context of "
+                        f"{context} tokens")
+    if max_new_tokens is None:
+        return min(200, room)
+    if max_new_tokens > room:
+        raise UserError(f"--max-new-tokens {max_new_tokens}: the prompt's {prompt_tokens} tokens + "
+                        f"{max_new_tokens} exceed the model's trained context of {context} (at most {room})")
+    return max_new_tokens
+
+
+def sample(run_dir: str | Path, prompt: str = "", n: int = 1, *, max_new_tokens: int | None = None, temperature: float = 0.8,
+           top_k: int | None = None, top_p: float | None = None, seed: int = 0, checkpoint: int | None = None,
+           device: str = "auto", dtype: str = "fp32") -> list[str]:
+    """The `sample` verb for Python: `n` completions (prompt included) of `prompt` from a run's
+    checkpoint (the last by default), with the CLI's defaults; `complete` does the same for a model
+    already loaded. An empty prompt writes a story from scratch.
+
+        sample("runs/3m", "Once upon a time", n=2, temperature=0.8, seed=1)
+    """
+    from tinyscale import runs
+
+    model, _ = runs.load_model(run_dir, checkpoint, device=str(pick_device(device)))
+    tokenizer = runs.load_tokenizer(run_dir)
+    budget = sample_budget(max(1, len(tokenizer.encode(prompt).ids)), model.cfg.max_seq_len, max_new_tokens)
+    return complete(model, tokenizer, prompt, n=n, max_new_tokens=budget, temperature=temperature, top_k=top_k,
+                    top_p=top_p, seed=seed, dtype=dtype)

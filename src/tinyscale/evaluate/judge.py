@@ -8,17 +8,21 @@ writer's age group (A: 3 or under ... F: 13-16). The corpus's own ending of each
 the same way, as the reference a perfect student would get.
 
     judge_run("runs/3M", Endpoint(url, "gpt-4o"))   # writes runs/3M/eval/judge_<step>.json
+    judge_sweep(["sweeps/s1"], Endpoint(url, "gpt-4o"))  # every run of a sweep, one cache, one pool
     load_judge("runs/3M")                            # {step: result}; analysis/grades.py reads a sweep's
 
 Verdicts are asked for as JSON (response_format json_object, dropped when the endpoint refuses it)
 and parsed tolerantly otherwise (`parse_verdict`). An answer that cannot be parsed is asked once more,
 then counted as unparsed; it is never guessed. Verdicts are cached by (judge model, full prompt), so
-a rerun, or another run sharing the cache, asks only for what is new.
+a rerun, or another run sharing the cache, asks only for what is new. Each verdict is appended to the
+cache as it arrives (one whole line per write), so a judge killed midway resumes where it stopped;
+the result files are written (atomically) once every request of the session has been answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -50,7 +54,7 @@ from tinyscale.endpoint import (
 )
 from tinyscale.errors import UserError
 from tinyscale.fileio import append_jsonl, read_json, read_lines, read_text, write_json
-from tinyscale.runs import read_evals
+from tinyscale.runs import read_evals, sweep_runs
 from tinyscale.validate import check_writable, run_lock
 
 FORMAT = 1
@@ -386,15 +390,7 @@ def _steps(evals: dict[int, dict], spec: str, run_dir: Path) -> list[int]:
     return wanted
 
 
-def judge_run(run_dir: str | os.PathLike, ep: Endpoint, settings: JudgeSettings | None = None,
-              checkpoints: str = "all") -> dict[int, dict]:
-    """Grade the completions of a run's evaluated checkpoints; write RUN/eval/judge_<step>.json.
-
-    The run is locked, and its eval/ folder and the cache proved writable, before any (paid) request.
-    When the endpoint stops the session (endpoint.EndpointDown), the verdicts received are kept in
-    the cache and no result file is written; a result with no verdict never replaces one with some."""
-    settings = settings or JudgeSettings()
-    run_dir = Path(run_dir)
+def _check_settings(ep: Endpoint, settings: JudgeSettings) -> None:
     check_money(settings)  # also for callers that skip the CLI's checks
     if settings.concurrency < 1:
         raise UserError(f"--concurrency: must be positive, got {settings.concurrency}")
@@ -402,23 +398,109 @@ def judge_run(run_dir: str | os.PathLike, ep: Endpoint, settings: JudgeSettings 
         if (getattr(settings, name) or 1) < 1:
             raise UserError(f"--{name}: must be positive")
     check_url(ep)
-    with run_lock(run_dir, writes="eval"):
-        evals = read_evals(run_dir)
-        steps = _steps(evals, checkpoints, run_dir)
+
+
+def judge_run(run_dir: str | os.PathLike, ep: Endpoint, settings: JudgeSettings | None = None,
+              checkpoints: str = "all") -> dict[int, dict]:
+    """Grade the completions of a run's evaluated checkpoints; write RUN/eval/judge_<step>.json.
+
+    The run is locked, and its eval/ folder and the cache proved writable, before any (paid) request.
+    When the endpoint stops the session (endpoint.EndpointDown), the verdicts received are kept in
+    the cache and no result file is written; a result with no verdict never replaces one with some."""
+    return judge_sweep([run_dir], ep, settings, checkpoints)[Path(run_dir)]
+
+
+def judge_sweep(paths: list[str | os.PathLike], ep: Endpoint, settings: JudgeSettings | None = None,
+                checkpoints: str = "all") -> dict[Path, dict[int, dict]]:
+    """Grade every run in `paths` (run folders, or sweep folders standing for all their runs) in one
+    session: one verdict cache, one pool of `concurrency` requests, one progress bar; write each run's
+    RUN/eval/judge_<step>.json as `judge_run` does. Returns {run folder: {step: result}}.
+
+    An item shared by runs (the same beginning and ending, e.g. the corpus's own endings, which every
+    run of a sweep grades) is asked for once. The cache defaults to RUN/eval/judge_cache.jsonl for one
+    run folder and to SWEEP/judge_cache.jsonl otherwise (the first folder given); the runs' own caches
+    are read too, so runs judged one by one before are not asked again. With several runs, a run with
+    no story completions is skipped (named in a log line); with one, it is an error."""
+    settings = settings or JudgeSettings()
+    _check_settings(ep, settings)
+    if not paths:
+        raise UserError("judge: give a run or sweep folder")
+    runs = list({run.resolve(): run for p in paths for run in _runs_in(Path(p))}.values())  # each run once
+    if len(paths) == 1 and runs == [Path(paths[0])]:
+        default_cache = Path(paths[0]) / "eval" / "judge_cache.jsonl"
+    else:
+        default_cache = Path(paths[0]) / ("eval/judge_cache.jsonl" if (Path(paths[0]) / "run.json").is_file()
+                                          else "judge_cache.jsonl")
+    cache_path = Path(settings.cache) if settings.cache else default_cache
+    with contextlib.ExitStack() as locks:
+        for run in runs:
+            locks.enter_context(run_lock(run, writes="eval"))
+        jobs = _jobs(runs, checkpoints)
         template = load_template(settings.template)
-        cache_path = Path(settings.cache) if settings.cache else run_dir / "eval" / "judge_cache.jsonl"
         cache = load_cache(cache_path)
         check_writable(cache_path.parent)
-        return _judge_steps(run_dir, ep, settings, evals, steps, template, cache, cache_path)
+        for run in jobs:  # verdicts a run got when judged alone: never asked for again
+            own = run / "eval" / "judge_cache.jsonl"
+            if own.resolve() != cache_path.resolve():
+                cache = {**load_cache(own), **cache}
+        return _judge_all(jobs, ep, settings, template, cache, cache_path)
 
 
-def _judge_steps(run_dir: Path, ep: Endpoint, settings: JudgeSettings, evals: dict, steps: list[int],
-                 template: str, cache: dict, cache_path: Path) -> dict[int, dict]:
-    plan = {s: [(sid, k, cache_key(ep.model, p := judge_prompt(template, b, e)), p)
-                for sid, k, b, e in _items(evals[s], settings)] for s in steps}
-    todo = {key: prompt for items in plan.values() for _, _, key, prompt in items if key not in cache}
-    progress.info("judge %s: %d checkpoint(s), %d verdicts to ask for (%d cached)", run_dir, len(steps), len(todo),
-                  sum(len(v) for v in plan.values()) - len(todo))
+def _runs_in(folder: Path) -> list[Path]:
+    """A sweep's runs (SWEEP/runs/*/run.json); any other folder is one run (as judge_run takes it)."""
+    return sweep_runs(folder) if (folder / "runs").is_dir() and not (folder / "run.json").is_file() else [folder]
+
+
+def _jobs(runs: list[Path], checkpoints: str) -> dict[Path, tuple[dict, list[int]]]:
+    """(evaluation results, steps to grade) of each run; runs without completions are skipped when
+    there are several."""
+    jobs = {}
+    for run in runs:
+        evals = read_evals(run)
+        try:
+            jobs[run] = (evals, _steps(evals, checkpoints, run))
+        except UserError as e:
+            if len(runs) == 1:
+                raise
+            if any(r.get("completions") for r in evals.values()):
+                raise UserError(f"{run}: {e}") from None  # --checkpoints asks for steps it lacks
+            progress.info("judge: skipping %s (no story completions in eval/)", run)
+    if not jobs:
+        raise UserError(f"no story completions in any of the {len(runs)} runs' eval/ "
+                        "(run tinyscale eval with --completions first)")
+    return jobs
+
+
+def _judge_all(jobs: dict[Path, tuple[dict, list[int]]], ep: Endpoint, settings: JudgeSettings, template: str,
+               cache: dict, cache_path: Path) -> dict[Path, dict[int, dict]]:
+    plans = {run: {s: [(sid, k, cache_key(ep.model, p := judge_prompt(template, b, e)), p)
+                       for sid, k, b, e in _items(evals[s], settings)] for s in steps}
+             for run, (evals, steps) in jobs.items()}
+    todo = {key: prompt for plan in plans.values() for items in plan.values()
+            for _, _, key, prompt in items if key not in cache}
+    wanted = {key for plan in plans.values() for items in plan.values() for _, _, key, _ in items}
+    progress.info("judge: %d run(s), %d checkpoint(s), %d verdicts to ask for (%d cached, %d shared by runs "
+                  "or checkpoints)", len(plans), sum(map(len, plans.values())), len(todo), len(wanted) - len(todo),
+                  sum(len(items) for plan in plans.values() for items in plan.values()) - len(wanted))
+    asker = _ask_all(ep, settings, cache, cache_path, todo)
+    meta = {"model": ep.model, "base_url": ep.base_url,
+            "template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+            "requests": asker.stats.requests, "retries": asker.stats.retries,
+            "failed": dict(asker.failed), "json_mode": asker.json_mode,
+            "cost_usd": round(asker.spent, 6), "stopped_by_cost": asker.stopped_by_cost}
+    results = {run: {step: _checkpoint_result(step, jobs[run][0][step], items, cache, settings, meta)
+                     for step, items in plan.items()} for run, plan in plans.items()}
+    for run, by_step in results.items():  # every refusal before any write
+        for step, result in by_step.items():
+            _keep_earlier(run / "eval" / f"judge_{step}.json", result, ep)
+    for run, by_step in results.items():
+        for step, result in by_step.items():
+            write_json(run / "eval" / f"judge_{step}.json", result)
+    return results
+
+
+def _ask_all(ep: Endpoint, settings: JudgeSettings, cache: dict, cache_path: Path, todo: dict[str, str]) -> _Asker:
+    """Ask for `todo`'s verdicts; one clear line when the session got none or the endpoint stopped it."""
     asker = _Asker(ep, settings, cache, cache_path)
     if todo:
         try:
@@ -436,18 +518,7 @@ def _judge_steps(run_dir: Path, ep: Endpoint, settings: JudgeSettings, evals: di
     if asker.stopped_by_cost:
         progress.info("judge: stopped at --max-cost %s ($%.4f spent); %d verdicts not asked for",
                       settings.max_cost, asker.spent, len(todo) - len(asker.new))
-    meta = {"model": ep.model, "base_url": ep.base_url,
-            "template_sha256": hashlib.sha256(template.encode()).hexdigest(),
-            "requests": asker.stats.requests, "retries": asker.stats.retries,
-            "failed": dict(asker.failed), "json_mode": asker.json_mode,
-            "cost_usd": round(asker.spent, 6), "stopped_by_cost": asker.stopped_by_cost}
-    results = {step: _checkpoint_result(step, evals[step], items, cache, settings, meta)
-               for step, items in plan.items()}
-    for step, result in results.items():
-        _keep_earlier(run_dir / "eval" / f"judge_{step}.json", result, ep)
-    for step, result in results.items():
-        write_json(run_dir / "eval" / f"judge_{step}.json", result)
-    return results
+    return asker
 
 
 def _keep_earlier(path: Path, result: dict, ep: Endpoint) -> None:
@@ -495,11 +566,11 @@ def load_judge(run_dir: str | os.PathLike) -> dict[int, dict]:
     return dict(sorted(out.items()))
 
 
-def judge_table(results: dict[int, dict]):
+def judge_table(results: dict[int, dict], run: str | None = None):
     """A rich table, one row per checkpoint (and the reference endings): mean grade [95% interval]."""
     from rich.table import Table
 
-    t = Table(title="judge grades, 1-10: mean [95% interval over stories]")
+    t = Table(title=f"{run + ': ' if run else ''}judge grades, 1-10: mean [95% interval over stories]")
     t.add_column("step", no_wrap=True)
     for col in ("graded", "unparsed", *GRADES, "age (mode)"):
         t.add_column(col, justify="right")
