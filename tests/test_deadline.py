@@ -137,7 +137,9 @@ def test_demo_on_a_machine_slower_than_measured_keeps_its_budget_and_says_so(tmp
     monkeypatch.setattr(demo, "SIZES", ((32, 2, 2), (16, 2, 2), (16, 1, 2)))
     monkeypatch.setattr(demo, "REPORT_BOOT", 10)
     monkeypatch.setattr(demo, "REPORT_SECONDS", 8.0)
-    monkeypatch.setattr(demo, "EVAL_OPTIONS", {"checkpoints": "last", "completions": 2, "samples": 1})
+    # An evaluation in proportion to these models (the demo prices whatever it is): 20 items per world probe set.
+    monkeypatch.setattr(demo, "EVAL_OPTIONS", {"checkpoints": "last", "completions": 2, "samples": 1,
+                                               "world_probes": 20})
     monkeypatch.setattr(demo, "SAMPLE_STORIES", 150)
     # Measured here (within the budget, as the demo does), but for training: 50x faster than these
     # sizes train on this machine.

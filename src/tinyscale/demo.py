@@ -91,6 +91,7 @@ class Speeds:
     # A `tinyscale eval` process up to its first forward pass: imports and the world's probe sets
     # (data/world, Python work that no model speed prices). 0 in plans made before it was measured.
     eval_start: float = 0.0
+    probe_tokens: int = 0  # tokens the eval's forward passes score for the probes (built-in and world sets)
 
 
 def _sizes_cfg() -> tuple[Any, list[Any], torch.device]:
@@ -186,9 +187,9 @@ def measure_forward_speeds() -> list[float]:
         torch.set_num_threads(threads)
 
 
-def measure_data(seed: int) -> tuple[float, float, np.ndarray, float]:
+def measure_data(seed: int) -> tuple[float, float, np.ndarray, float, int]:
     """(seconds per story for the world and the tokenizer, training tokens per story, the sample's
-    validation skill ids, `Speeds.eval_start`), from SAMPLE_STORIES stories written and tokenized in a
+    validation skill ids, `Speeds.eval_start` and `probe_tokens`), from SAMPLE_STORIES stories written and tokenized in a
     scratch folder."""
     from tinyscale.data.shards import ShardSet
     from tinyscale.data.tokenize import tokenize_corpus
@@ -201,7 +202,7 @@ def measure_data(seed: int) -> tuple[float, float, np.ndarray, float]:
         seconds = (time.perf_counter() - t) / SAMPLE_STORIES
         shards = ShardSet.open(Path(tmp) / "s")
         per_story = shards.meta["splits"]["train"]["tokens"] / shards.meta["splits"]["train"]["stories"]
-        return seconds, per_story, np.asarray(shards.skills("val")), measure_eval_start(Path(tmp) / "s")
+        return seconds, per_story, np.asarray(shards.skills("val")), *measure_eval_start(Path(tmp) / "s")
 
 
 def estimate_eval_tokens(skills: np.ndarray, scale: float = 0.1) -> int:
@@ -215,28 +216,52 @@ def estimate_eval_tokens(skills: np.ndarray, scale: float = 0.1) -> int:
 
 
 def measure_process_start() -> float:
-    """Seconds to start a subprocess that imports torch (each sweep run starts two)."""
+    """Seconds to start a `tinyscale train` process up to its model (imports, the CPU kernels): each
+    sweep run starts one, and its `tinyscale eval` (measure_eval_start)."""
+    code = ("import tinyscale.cli; from tinyscale.demo import _sizes_cfg; from tinyscale.train import build_model; "
+            "cfg, models, device = _sizes_cfg(); build_model(models[-1], cfg, device)")
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     return time.perf_counter() - t
 
 
-def measure_eval_start(shards: Path) -> float:
-    """Seconds for a process to do what `tinyscale eval` does on story-world `shards` before its
-    first forward pass: start, import the CLI and the evaluation, and build the world's probe sets."""
-    code = ("import sys; import tinyscale.cli; from tinyscale.data.shards import ShardSet; "
-            "from tinyscale.evaluate.results import load_world_probes; load_world_probes(ShardSet.open(sys.argv[1]), None)")
+def measure_eval_start(shards: Path) -> tuple[float, int]:
+    """(seconds for a process to do what `tinyscale eval` does on story-world `shards` before its
+    first forward pass, the tokens its probes score): start, import the CLI and the evaluation, build
+    the world's probe sets and tokenize every probe (`probe_tokens`, run in that process)."""
+    code = "import sys; from tinyscale.demo import probe_tokens; print(probe_tokens(sys.argv[1], int(sys.argv[2])))"
+    per_set = str(EVAL_OPTIONS.get("world_probes") or 0)  # 0: the eval's default
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, str(shards)], check=True, capture_output=True)
-    return time.perf_counter() - t
+    done = subprocess.run([sys.executable, "-c", code, str(shards), per_set], check=True, capture_output=True,
+                          text=True)
+    return time.perf_counter() - t, int(done.stdout.split()[-1])
+
+
+def probe_tokens(shards_dir: str, per_set: int = 0) -> int:
+    """What `tinyscale eval` prepares before its first forward pass, done here to time it: the CLI's
+    and the evaluation's imports, the world's probe sets (`per_set` items each, 0: the eval's
+    default); returns the tokens its probes score."""
+    import scipy.stats  # noqa: F401  (the probes' intervals import it)
+
+    import tinyscale.cli  # noqa: F401
+    from tinyscale.data.shards import ShardSet
+    from tinyscale.evaluate.probes import Codec, _sequences
+    from tinyscale.evaluate.results import load_suites, load_world_probes
+
+    shards = ShardSet.open(shards_dir)
+    codec = Codec.from_tokenizer(shards.tokenizer(), bos_id=shards.eot_id)
+    world, _ = load_world_probes(shards, per_set or None)
+    sets = [*world.values(), *load_suites(None).values()]
+    # Every option of every probe is one sequence of the forward passes (cut to the context, as the world's).
+    return sum(len(ids) for ps in sets for ids, _ in _sequences(ps, codec, SEQ_LEN, True)[0])
 
 
 def measure(seed: int) -> Speeds:
-    data_per_story, tokens_per_story, skills, eval_start = measure_data(seed)
+    data_per_story, tokens_per_story, skills, eval_start, probes = measure_data(seed)
     return Speeds(train_per_token=measure_train_speeds(), forward_per_token=measure_forward_speeds(),
                   data_per_story=data_per_story, tokens_per_story=tokens_per_story,
                   process_start=measure_process_start(), eval_tokens=estimate_eval_tokens(skills),
-                  eval_start=eval_start)
+                  eval_start=eval_start, probe_tokens=probes)
 
 
 def _sync(device: torch.device) -> None:
@@ -255,9 +280,10 @@ def stories_for(tokens: int, tokens_per_story: float) -> int:
 def outside_seconds(i: int, s: Speeds) -> float:
     """Size i's run time outside its trainer's clock: the train process start, the step-0 evaluation
     and the final `tinyscale eval` (its start as measured, then the loss again, probes, world probe
-    sets and the completions: counted as two more evaluations)."""
+    sets, counted by their tokens, and the completions: with the loss, two more evaluations)."""
     evaluation = s.eval_tokens * s.forward_per_token[i]
-    return s.process_start + evaluation + (s.eval_start or s.process_start) + 2 * evaluation
+    probes = s.probe_tokens * s.forward_per_token[i]
+    return s.process_start + evaluation + (s.eval_start or s.process_start) + 2 * evaluation + probes
 
 
 def clock_seconds(i: int, tokens: int, s: Speeds) -> float:
