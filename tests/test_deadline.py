@@ -101,13 +101,15 @@ def test_replan_fits_the_time_left_at_the_speed_seen():
 def test_next_runs_clock_leaves_the_slots_evaluations_and_later_runs_shortest_training():
     s, sizes, shortest = _speeds(), [1, 2, 3], BATCH * SEQ_LEN * MIN_RUN_STEPS
     outside = [2.0 * demo.outside_seconds(i, s) for i in sizes]
-    later = [3.0 * demo.clock_seconds(i, shortest, s) for i in sizes[1:]]
+    # Training 3x slower than measured, the periodic evaluations (as the rest outside training) 2x.
+    later = [3.0 * shortest * s.train_per_token[i] + 2.0 * (demo.EVALS - 1) * s.eval_tokens * s.forward_per_token[i]
+             for i in sizes[1:]]
     # The process starts and evaluations of the slot (2x their price) and the later runs' shortest
     # training (3x slower than measured) come off the time left.
     got = demo.clock_left(300, sizes, s, 3.0, 2.0)
     assert got == pytest.approx(300 - sum(outside) - sum(later))
     # Too little for all: the next run still gets its shortest training (the later ones will be skipped) ...
-    own = 3.0 * demo.clock_seconds(1, shortest, s)
+    own = demo.clock_seconds(1, shortest, s, 3.0, 2.0)
     assert demo.clock_left(outside[0] + own + 1, sizes, s, 3.0, 2.0) == pytest.approx(own)
     # ... and none when not even that and its own evaluation fit.
     assert demo.clock_left(outside[0] + own - 1, sizes, s, 3.0, 2.0) is None

@@ -286,9 +286,11 @@ def outside_seconds(i: int, s: Speeds) -> float:
     return s.process_start + evaluation + (s.eval_start or s.process_start) + 2 * evaluation + probes
 
 
-def clock_seconds(i: int, tokens: int, s: Speeds) -> float:
-    """Size i's run time on its trainer's clock (--max-minutes): training and the periodic evaluations."""
-    return tokens * s.train_per_token[i] + (EVALS - 1) * s.eval_tokens * s.forward_per_token[i]
+def clock_seconds(i: int, tokens: int, s: Speeds, slowdown: float = 1.0, factor: float | None = None) -> float:
+    """Size i's run time on its trainer's clock (--max-minutes): training, `slowdown` times slower than
+    measured, and the periodic evaluations, `factor` times their price (None: as `slowdown`)."""
+    evals = (EVALS - 1) * s.eval_tokens * s.forward_per_token[i]
+    return slowdown * tokens * s.train_per_token[i] + (slowdown if factor is None else factor) * evals
 
 
 def run_seconds(i: int, tokens: int, s: Speeds) -> float:
@@ -458,18 +460,19 @@ def replan_tokens(seconds_left: float, sizes: list[int], s: Speeds, slowdown: fl
     and spends `factor` times the priced time outside training (process starts, evaluation; None: as
     `slowdown`): never more than `planned`, never fewer than MIN_RUN_STEPS steps."""
     step, factor = BATCH * SEQ_LEN, slowdown if factor is None else factor
-    fixed = sum(factor * outside_seconds(i, s) + slowdown * clock_seconds(i, 0, s) for i in sizes)
+    fixed = sum(factor * (outside_seconds(i, s) + clock_seconds(i, 0, s)) for i in sizes)
     per_token = slowdown * sum(s.train_per_token[i] for i in sizes)
     fits = int((seconds_left - fixed) / per_token) if seconds_left > fixed else 0
     return max(step * MIN_RUN_STEPS, min(planned, fits - fits % step))
 
 
-def deadline_minutes(i: int, tokens: int, s: Speeds, slowdown: float, clock_left: float | None = None) -> float:
+def deadline_minutes(i: int, tokens: int, s: Speeds, slowdown: float, clock_left: float | None = None,
+                     factor: float | None = None) -> float:
     """The trainer's --max-minutes for size i's run of `tokens`: its training and periodic
     evaluations as expected at `slowdown`, with the plan's SAFETY margin for noise, and never past
     `clock_left` (the seconds its clock may run so that the slot keeps its time; the final evaluation,
     checkpoint and process starts fall outside the trainer's clock)."""
-    seconds = slowdown * clock_seconds(i, tokens, s) * SAFETY
+    seconds = clock_seconds(i, tokens, s, slowdown, factor) * SAFETY
     if clock_left is not None:
         seconds = min(seconds, clock_left)
     return round(max(seconds, 1.0) / 60, 4)
@@ -479,7 +482,7 @@ def clock_left(seconds_left: float, sizes: list[int], s: Speeds, slowdown: float
     """Seconds the next run's (size sizes[0]) trainer clock may run within `seconds_left`, leaving the
     slot's time outside training (`factor` times its price) and the later runs' shortest training;
     None when not even this run's shortest training and its evaluation fit (it is skipped)."""
-    shortest = [slowdown * clock_seconds(i, BATCH * SEQ_LEN * MIN_RUN_STEPS, s) for i in sizes]
+    shortest = [clock_seconds(i, BATCH * SEQ_LEN * MIN_RUN_STEPS, s, slowdown, factor) for i in sizes]
     own = seconds_left - factor * outside_seconds(sizes[0], s)
     if own < shortest[0]:
         return None
@@ -588,8 +591,8 @@ class _Schedule:
             self._record(spec, {"status": NO_TIME}, None, [])
             return None
         tokens = replan_tokens(left, sizes, self.s, f, min(spec["tokens"], self.planned), factor)
-        spec = {**spec, **step_options(tokens), "max_minutes": deadline_minutes(sizes[0], tokens, self.s, f, clock)}
-        if tokens < self.planned or clock < f * clock_seconds(sizes[0], tokens, self.s) * SAFETY:
+        spec = {**spec, **step_options(tokens), "max_minutes": deadline_minutes(sizes[0], tokens, self.s, f, clock, factor)}
+        if tokens < self.planned or clock < clock_seconds(sizes[0], tokens, self.s, f, factor) * SAFETY:
             progress.info("%s: re-planned to %.2fM tokens (planned %.2fM), at most %.1f min of training: the machine "
                           "trains %.2fx slower than measured, and spends %.2fx the priced time outside training",
                           spec["name"], tokens / 1e6, self.planned / 1e6, spec["max_minutes"], f, factor)
