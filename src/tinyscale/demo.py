@@ -15,7 +15,11 @@ against it, every run trains to a deadline as well as to its tokens (`--max-minu
 whichever comes first and ends as a finished run does), and each run's tokens and deadline are set
 when it starts, from the time left to its slot and the speed the runs so far trained at (the newest
 tokens/s of the runs' metrics against the measured speed): a machine that became slower buys the
-remaining runs fewer tokens rather than overrunning. Evaluation and the report stay reserved.
+remaining runs fewer tokens rather than overrunning. Evaluation and the report stay reserved: what a
+run costs outside its training (process starts, the final evaluation) is priced from measurements
+(a process start, the evaluation's start with its probe sets, the probes' tokens) and re-priced from
+each finished run, and each deadline leaves the slot's later runs their evaluation and shortest
+training; a run for which not even that is left is not trained, and is named.
 sweep/budget.json, the report and the summary on stderr state planned versus actual tokens and
 minutes per run; a run that trained fewer tokens than planned is named. The budget holds for one
 uninterrupted invocation; a resumed demo finishes the runs left with the time it is given anew.
