@@ -83,10 +83,9 @@ def test_replan_fits_the_time_left_at_the_speed_seen():
     assert got % step == 0 and expect - step < got <= expect
     assert 2.0 * sum(demo.run_seconds(i, got, s) for i in sizes) <= 300
     # Runs that spent more outside training than priced (a slow final evaluation) leave fewer tokens:
-    # 3x the priced process starts and evaluations, training as measured.
-    outside = sum(demo.outside_seconds(i, s) for i in sizes)
-    expect = (300 - 3 * outside - sum(demo.clock_seconds(i, 0, s) for i in sizes)) / sum(s.train_per_token[i]
-                                                                                           for i in sizes)
+    # 3x the priced process starts and evaluations (the periodic ones too), training as measured.
+    evals = sum(demo.outside_seconds(i, s) + (demo.EVALS - 1) * s.eval_tokens * s.forward_per_token[i] for i in sizes)
+    expect = (300 - 3 * evals) / sum(s.train_per_token[i] for i in sizes)
     got3 = replan_tokens(300, sizes, s, 1.0, planned, factor=3.0)
     assert expect - step < got3 <= expect
     # No time left: the run still trains a few steps rather than none.

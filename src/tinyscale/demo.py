@@ -656,7 +656,7 @@ def budget_lines(budget: dict[str, Any]) -> list[str]:
         return "—" if v is None else f"{v:.1f}"
 
     lines = [f"{r['name']}: {(r['tokens'] or 0) / 1e6:.2f}M of {r['planned_tokens'] / 1e6:.2f}M planned tokens "
-             f"({r['reason'] or '?'}), {m(r['minutes'])} of {m(r['planned_minutes'])} planned min"
+             f"({r['reason'] or r['status']}), {m(r['minutes'])} of {m(r['planned_minutes'])} planned min"
              for r in budget["runs"]]
     lines.append(f"all runs: {budget['tokens'] / 1e6:.2f}M of {budget['planned_tokens'] / 1e6:.2f}M planned tokens; "
                  f"demo took {budget['minutes']:.1f} min of a {budget['budget_minutes']:g}-minute budget")
