@@ -233,7 +233,8 @@ def measure_eval_start(shards: Path) -> tuple[float, int]:
     """(seconds for a process to do what `tinyscale eval` does on story-world `shards` before its
     first forward pass, the tokens its probes score): start, import the CLI and the evaluation, build
     the world's probe sets and tokenize every probe (`probe_tokens`, run in that process)."""
-    code = "import sys; from tinyscale.demo import probe_tokens; print(probe_tokens(sys.argv[1], int(sys.argv[2])))"
+    code = ("import sys; import tinyscale.cli; from tinyscale.demo import probe_tokens; "
+            "print(probe_tokens(sys.argv[1], int(sys.argv[2])))")
     per_set = str(EVAL_OPTIONS.get("world_probes") or 0)  # 0: the eval's default
     t = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, str(shards), per_set], check=True, capture_output=True,
@@ -242,12 +243,11 @@ def measure_eval_start(shards: Path) -> tuple[float, int]:
 
 
 def probe_tokens(shards_dir: str, per_set: int = 0) -> int:
-    """What `tinyscale eval` prepares before its first forward pass, done here to time it: the CLI's
-    and the evaluation's imports, the world's probe sets (`per_set` items each, 0: the eval's
+    """What `tinyscale eval` prepares before its first forward pass, done here to time it (the CLI is
+    imported by the caller's process): the evaluation's imports, the world's probe sets (`per_set` items each, 0: the eval's
     default); returns the tokens its probes score."""
     import scipy.stats  # noqa: F401  (the probes' intervals import it)
 
-    import tinyscale.cli  # noqa: F401
     from tinyscale.data.shards import ShardSet
     from tinyscale.evaluate.probes import Codec, _sequences
     from tinyscale.evaluate.results import load_suites, load_world_probes
