@@ -82,13 +82,36 @@ def test_replan_fits_the_time_left_at_the_speed_seen():
     got = replan_tokens(300, sizes, s, 2.0, planned)
     assert got % step == 0 and expect - step < got <= expect
     assert 2.0 * sum(demo.run_seconds(i, got, s) for i in sizes) <= 300
-    # Runs that spent more outside training than planned (a slow final evaluation) leave fewer tokens.
-    assert replan_tokens(300, sizes, s, 2.0, planned, overhead=60.0) < got
+    # Runs that spent more outside training than priced (a slow final evaluation) leave fewer tokens:
+    # 3x the priced process starts and evaluations (the periodic ones too), training as measured.
+    evals = sum(demo.outside_seconds(i, s) + (demo.EVALS - 1) * s.eval_tokens * s.forward_per_token[i] for i in sizes)
+    expect = (300 - 3 * evals) / sum(s.train_per_token[i] for i in sizes)
+    got3 = replan_tokens(300, sizes, s, 1.0, planned, factor=3.0)
+    assert expect - step < got3 <= expect
     # No time left: the run still trains a few steps rather than none.
     assert replan_tokens(5, sizes, s, 2.0, planned) == step * MIN_RUN_STEPS
     # The deadline is the run's expected training and periodic evaluations, with the plan's margin.
     seconds = 2.0 * (got * s.train_per_token[1] + (demo.EVALS - 1) * s.eval_tokens * s.forward_per_token[1])
     assert deadline_minutes(1, got, s, 2.0) == pytest.approx(seconds * demo.SAFETY / 60, abs=1e-4)
+    # ... and never past the clock time the slot has left.
+    assert deadline_minutes(1, got, s, 2.0, clock_left=30.0) == pytest.approx(0.5)
+
+
+def test_next_runs_clock_leaves_the_slots_evaluations_and_later_runs_shortest_training():
+    s, sizes, shortest = _speeds(), [1, 2, 3], BATCH * SEQ_LEN * MIN_RUN_STEPS
+    outside = [2.0 * demo.outside_seconds(i, s) for i in sizes]
+    # Training 3x slower than measured, the periodic evaluations (as the rest outside training) 2x.
+    later = [3.0 * shortest * s.train_per_token[i] + 2.0 * (demo.EVALS - 1) * s.eval_tokens * s.forward_per_token[i]
+             for i in sizes[1:]]
+    # The process starts and evaluations of the slot (2x their price) and the later runs' shortest
+    # training (3x slower than measured) come off the time left.
+    got = demo.clock_left(300, sizes, s, 3.0, 2.0)
+    assert got == pytest.approx(300 - sum(outside) - sum(later))
+    # Too little for all: the next run still gets its shortest training (the later ones will be skipped) ...
+    own = demo.clock_seconds(1, shortest, s, 3.0, 2.0)
+    assert demo.clock_left(outside[0] + own + 1, sizes, s, 3.0, 2.0) == pytest.approx(own)
+    # ... and none when not even that and its own evaluation fit.
+    assert demo.clock_left(outside[0] + own - 1, sizes, s, 3.0, 2.0) is None
 
 
 def test_slowdown_is_read_from_the_newest_runs_metrics(tmp_path):
@@ -115,23 +138,29 @@ def test_demo_on_a_machine_slower_than_measured_keeps_its_budget_and_says_so(tmp
     monkeypatch.setattr(demo, "SIZES", ((32, 2, 2), (16, 2, 2), (16, 1, 2)))
     monkeypatch.setattr(demo, "REPORT_BOOT", 10)
     monkeypatch.setattr(demo, "REPORT_SECONDS", 8.0)
-    monkeypatch.setattr(demo, "EVAL_OPTIONS", {"checkpoints": "last", "completions": 2, "samples": 1})
-    # Measured here, but for training: 50x faster than these sizes train on this machine.
-    fast = Speeds(train_per_token=[4e-7, 2e-7, 1e-7], forward_per_token=demo.measure_forward_speeds(),
-                  data_per_story=1e-3, tokens_per_story=230.0, process_start=demo.measure_process_start(),
-                  eval_tokens=20_000)
-    monkeypatch.setattr(demo, "measure", lambda seed: fast)
+    # An evaluation in proportion to these models (the demo prices whatever it is): 20 items per world probe set.
+    monkeypatch.setattr(demo, "EVAL_OPTIONS", {"checkpoints": "last", "completions": 2, "samples": 1,
+                                               "world_probes": 20})
+    monkeypatch.setattr(demo, "SAMPLE_STORIES", 150)
+    # Measured here (within the budget, as the demo does), but for training: 50x faster than these
+    # sizes train on this machine.
+    monkeypatch.setattr(demo, "measure_train_speeds", lambda: [4e-7, 2e-7, 1e-7])
     minutes = 1.5
     t = time.perf_counter()
     report = demo.run_demo(tmp_path / "d", minutes=minutes, stories=300)
     took = time.perf_counter() - t
     budget = json.loads((tmp_path / "d" / "sweep" / "budget.json").read_text())
-    print(f"budget {minutes * 60:.0f} s, took {took:.1f} s;", [(r["name"], r["planned_tokens"], r["tokens"],
-                                                                  r["reason"]) for r in budget["runs"]])
+    print(f"budget {minutes * 60:.0f} s, took {took:.1f} s; phases (s) {budget['phases']};",
+          [(r["name"], r["planned_tokens"], r["tokens"], r["reason"], r["train_minutes"], r["seconds"])
+           for r in budget["runs"]])
     assert took <= 1.1 * minutes * 60
     assert budget["tokens"] < budget["planned_tokens"] and budget["fewer_tokens"]
-    for r in budget["runs"]:  # every run's trained tokens are those of its last checkpoint
+    trained = [r for r in budget["runs"] if r["status"] != demo.NO_TIME]
+    assert trained[0]["name"] == budget["runs"][0]["name"]  # the largest, at least, trained
+    assert {r["name"] for r in budget["runs"]} - {r["name"] for r in trained} == set(budget["skipped"])
+    for r in trained:  # every run's trained tokens are those of its last checkpoint
         last = list_checkpoints(tmp_path / "d" / "sweep" / "runs" / r["name"])[-1]
         assert r["tokens"] == last * BATCH * SEQ_LEN <= r["assigned_tokens"] <= r["planned_tokens"]
     page = report.read_text()
     assert "Fewer tokens than planned" in page and budget["fewer_tokens"][0] in page
+    assert all(name in page for name in budget["skipped"])

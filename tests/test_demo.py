@@ -70,6 +70,7 @@ def test_everything_the_plan_needs_is_measured_here():
     assert s.train_per_token[0] > s.train_per_token[-1]  # the largest model is the slowest per token
     assert all(0 < f < t for f, t in zip(s.forward_per_token, s.train_per_token, strict=True))
     assert 0 < s.data_per_story < 0.1 and 100 < s.tokens_per_story < 600 and s.process_start > 0
+    assert s.eval_start > 0  # an evaluation process to its first forward pass: imports, world probe sets
     assert s.eval_tokens > 16_384  # rare skills add windows to the evenly spaced ones
 
 

@@ -15,7 +15,11 @@ against it, every run trains to a deadline as well as to its tokens (`--max-minu
 whichever comes first and ends as a finished run does), and each run's tokens and deadline are set
 when it starts, from the time left to its slot and the speed the runs so far trained at (the newest
 tokens/s of the runs' metrics against the measured speed): a machine that became slower buys the
-remaining runs fewer tokens rather than overrunning. Evaluation and the report stay reserved.
+remaining runs fewer tokens rather than overrunning. Evaluation and the report stay reserved: what a
+run costs outside its training (process starts, the final evaluation) is priced from measurements
+(a process start, the evaluation's start with its probe sets, the probes' tokens) and re-priced from
+each finished run, and each deadline leaves the slot's later runs their evaluation and shortest
+training; a run for which not even that is left is not trained, and is named.
 sweep/budget.json, the report and the summary on stderr state planned versus actual tokens and
 minutes per run; a run that trained fewer tokens than planned is named. The budget holds for one
 uninterrupted invocation; a resumed demo finishes the runs left with the time it is given anew.
@@ -74,6 +78,7 @@ REPORT_SECONDS = 30.0  # analysis (200 bootstrap fits) and the figures: ~15 s me
 SAFETY = 1.05  # measurement noise: plan 5% short rather than overrun
 EVAL_OPTIONS = {"checkpoints": "last", "completions": 12, "samples": 1}  # each run's `tinyscale eval`
 REPORT_BOOT = 200  # bootstrap fits of the report's analysis (REPORT_SECONDS measured with these)
+NO_TIME = "not trained: no time"  # a run's status when the time left cannot fit its shortest training
 MIN_RUN_STEPS = 10  # a run re-planned with no time left still trains this many steps (and says so)
 
 
@@ -87,6 +92,10 @@ class Speeds:
     tokens_per_story: float  # training tokens per story with the demo's tokenizer
     process_start: float  # one `tinyscale` subprocess: interpreter and torch import
     eval_tokens: int  # validation tokens per evaluation (EVAL_TOKENS + rare-skill windows)
+    # A `tinyscale eval` process up to its first forward pass: imports and the world's probe sets
+    # (data/world, Python work that no model speed prices). 0 in plans made before it was measured.
+    eval_start: float = 0.0
+    probe_tokens: int = 0  # tokens the eval's forward passes score for the probes (built-in and world sets)
 
 
 def _sizes_cfg() -> tuple[Any, list[Any], torch.device]:
@@ -182,9 +191,10 @@ def measure_forward_speeds() -> list[float]:
         torch.set_num_threads(threads)
 
 
-def measure_data(seed: int) -> tuple[float, float, np.ndarray]:
+def measure_data(seed: int) -> tuple[float, float, np.ndarray, float, int]:
     """(seconds per story for the world and the tokenizer, training tokens per story, the sample's
-    validation skill ids), from SAMPLE_STORIES stories written and tokenized in a scratch folder."""
+    validation skill ids, `Speeds.eval_start` and `probe_tokens`), from SAMPLE_STORIES stories written and tokenized in a
+    scratch folder."""
     from tinyscale.data.shards import ShardSet
     from tinyscale.data.tokenize import tokenize_corpus
     from tinyscale.data.world import write_world_corpus
@@ -196,7 +206,7 @@ def measure_data(seed: int) -> tuple[float, float, np.ndarray]:
         seconds = (time.perf_counter() - t) / SAMPLE_STORIES
         shards = ShardSet.open(Path(tmp) / "s")
         per_story = shards.meta["splits"]["train"]["tokens"] / shards.meta["splits"]["train"]["stories"]
-        return seconds, per_story, np.asarray(shards.skills("val"))
+        return seconds, per_story, np.asarray(shards.skills("val")), *measure_eval_start(Path(tmp) / "s")
 
 
 def estimate_eval_tokens(skills: np.ndarray, scale: float = 0.1) -> int:
@@ -210,17 +220,52 @@ def estimate_eval_tokens(skills: np.ndarray, scale: float = 0.1) -> int:
 
 
 def measure_process_start() -> float:
-    """Seconds to start a subprocess that imports torch (each sweep run starts two)."""
+    """Seconds to start a `tinyscale train` process up to its model (imports, the CPU kernels): each
+    sweep run starts one, and its `tinyscale eval` (measure_eval_start)."""
+    code = ("import tinyscale.cli; from tinyscale.demo import _sizes_cfg; from tinyscale.train import build_model; "
+            "cfg, models, device = _sizes_cfg(); build_model(models[-1], cfg, device)")
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     return time.perf_counter() - t
 
 
+def measure_eval_start(shards: Path) -> tuple[float, int]:
+    """(seconds for a process to do what `tinyscale eval` does on story-world `shards` before its
+    first forward pass, the tokens its probes score): start, import the CLI and the evaluation, build
+    the world's probe sets and tokenize every probe (`probe_tokens`, run in that process)."""
+    code = ("import sys; import tinyscale.cli; from tinyscale.demo import probe_tokens; "
+            "print(probe_tokens(sys.argv[1], int(sys.argv[2])))")
+    per_set = str(EVAL_OPTIONS.get("world_probes") or 0)  # 0: the eval's default
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, str(shards), per_set], check=True, capture_output=True,
+                          text=True)
+    return time.perf_counter() - t, int(done.stdout.split()[-1])
+
+
+def probe_tokens(shards_dir: str, per_set: int = 0) -> int:
+    """What `tinyscale eval` prepares before its first forward pass, done here to time it (the CLI is
+    imported by the caller's process): the evaluation's imports, the world's probe sets (`per_set` items each, 0: the eval's
+    default); returns the tokens its probes score."""
+    import scipy.stats  # noqa: F401  (the probes' intervals import it)
+
+    from tinyscale.data.shards import ShardSet
+    from tinyscale.evaluate.probes import Codec, _sequences
+    from tinyscale.evaluate.results import load_suites, load_world_probes
+
+    shards = ShardSet.open(shards_dir)
+    codec = Codec.from_tokenizer(shards.tokenizer(), bos_id=shards.eot_id)
+    world, _ = load_world_probes(shards, per_set or None)
+    sets = [*world.values(), *load_suites(None).values()]
+    # Every option of every probe is one sequence of the forward passes (cut to the context, as the world's).
+    return sum(len(ids) for ps in sets for ids, _ in _sequences(ps, codec, SEQ_LEN, True)[0])
+
+
 def measure(seed: int) -> Speeds:
-    data_per_story, tokens_per_story, skills = measure_data(seed)
+    data_per_story, tokens_per_story, skills, eval_start, probes = measure_data(seed)
     return Speeds(train_per_token=measure_train_speeds(), forward_per_token=measure_forward_speeds(),
                   data_per_story=data_per_story, tokens_per_story=tokens_per_story,
-                  process_start=measure_process_start(), eval_tokens=estimate_eval_tokens(skills))
+                  process_start=measure_process_start(), eval_tokens=estimate_eval_tokens(skills),
+                  eval_start=eval_start, probe_tokens=probes)
 
 
 def _sync(device: torch.device) -> None:
@@ -236,11 +281,25 @@ def stories_for(tokens: int, tokens_per_story: float) -> int:
     return max(MIN_STORIES, math.ceil(tokens / tokens_per_story / (1 - VAL_FRACTION) * 1.02))
 
 
+def outside_seconds(i: int, s: Speeds) -> float:
+    """Size i's run time outside its trainer's clock: the train process start, the step-0 evaluation
+    and the final `tinyscale eval` (its start as measured, then the loss again, probes, world probe
+    sets, counted by their tokens, and the completions: with the loss, two more evaluations)."""
+    evaluation = s.eval_tokens * s.forward_per_token[i]
+    probes = s.probe_tokens * s.forward_per_token[i]
+    return s.process_start + evaluation + (s.eval_start or s.process_start) + 2 * evaluation + probes
+
+
+def clock_seconds(i: int, tokens: int, s: Speeds, slowdown: float = 1.0, factor: float | None = None) -> float:
+    """Size i's run time on its trainer's clock (--max-minutes): training, `slowdown` times slower than
+    measured, and the periodic evaluations, `factor` times their price (None: as `slowdown`)."""
+    evals = (EVALS - 1) * s.eval_tokens * s.forward_per_token[i]
+    return slowdown * tokens * s.train_per_token[i] + (slowdown if factor is None else factor) * evals
+
+
 def run_seconds(i: int, tokens: int, s: Speeds) -> float:
-    """Wall time of size i's run: training, its periodic evaluations, the final `tinyscale eval`
-    (the loss again, probes, world probe sets and twelve completions: counted as two more evaluations) and two
-    process starts."""
-    return tokens * s.train_per_token[i] + (EVALS + 2) * s.eval_tokens * s.forward_per_token[i] + 2 * s.process_start
+    """Wall time of size i's run: training, its evaluations, the final `tinyscale eval` and the process starts."""
+    return clock_seconds(i, tokens, s) + outside_seconds(i, s)
 
 
 def plan_tokens(minutes: float, s: Speeds, stories: int | None = None, seeds: int = 1, spent: float = 0.0) -> int:
@@ -335,7 +394,9 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, stories: in
     started = time.perf_counter()
     plan = (_check_replan(out / "plan.json", minutes, stories, seed, seeds)
             or _new_plan(out, minutes or 15.0, stories, seed, seeds))
+    phases = {"measure": time.perf_counter() - started}
     _make_data(out, plan)
+    phases["data"] = time.perf_counter() - started - sum(phases.values())
     sweep_file = out / "sweep" / "sweep.yaml"
     if not sweep_file.is_file():
         with atomic_open(sweep_file) as f:
@@ -344,10 +405,14 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, stories: in
                   sweep_file)
     speeds = Speeds(**plan["measured"])
     rows = _Schedule(sweep_file, plan["tokens"], speeds, started + plan["minutes"] * 60 / SAFETY).run()
+    phases["runs"] = time.perf_counter() - started - sum(phases.values())
     budget = budget_summary(rows, plan["minutes"], time.perf_counter() - started)
+    budget["phases"] = {k: round(v, 1) for k, v in phases.items()}
     write_json(out / "sweep" / "budget.json", budget)
     progress.info("5/5 analysing and writing the report")
     report = build_report(out / "sweep", reanalyze=True, n_boot=REPORT_BOOT)
+    phases["report"] = time.perf_counter() - started - sum(phases.values())
+    budget["phases"] = {k: round(v, 1) for k, v in phases.items()}
     budget["minutes"] = round((time.perf_counter() - started) / 60, 3)
     write_json(out / "sweep" / "budget.json", budget)
     for line in budget_lines(budget):
@@ -393,25 +458,40 @@ def size_index(spec: dict[str, Any]) -> int:
 
 
 def replan_tokens(seconds_left: float, sizes: list[int], s: Speeds, slowdown: float, planned: int,
-                  overhead: float = 0.0) -> int:
+                  factor: float | None = None) -> int:
     """Tokens per run (the same for each) for the runs of one slot still to train, sizes `sizes`, the
-    next first, that fit `seconds_left` on a machine `slowdown` times slower than measured (its
-    evaluations and process starts too; each run's costs besides training at least `overhead`, the
-    seconds finished runs spent outside their training loop): never more than `planned`, never fewer
-    than MIN_RUN_STEPS."""
-    step = BATCH * SEQ_LEN
-    fixed = sum(max(slowdown * run_seconds(i, 0, s), overhead) for i in sizes)
+    next first, that fit `seconds_left` on a machine that trains `slowdown` times slower than measured
+    and spends `factor` times the priced time outside training (process starts, evaluation; None: as
+    `slowdown`): never more than `planned`, never fewer than MIN_RUN_STEPS steps."""
+    step, factor = BATCH * SEQ_LEN, slowdown if factor is None else factor
+    fixed = sum(factor * (outside_seconds(i, s) + clock_seconds(i, 0, s)) for i in sizes)
     per_token = slowdown * sum(s.train_per_token[i] for i in sizes)
     fits = int((seconds_left - fixed) / per_token) if seconds_left > fixed else 0
     return max(step * MIN_RUN_STEPS, min(planned, fits - fits % step))
 
 
-def deadline_minutes(i: int, tokens: int, s: Speeds, slowdown: float) -> float:
+def deadline_minutes(i: int, tokens: int, s: Speeds, slowdown: float, clock_left: float | None = None,
+                     factor: float | None = None) -> float:
     """The trainer's --max-minutes for size i's run of `tokens`: its training and periodic
-    evaluations as expected at `slowdown`, with the plan's SAFETY margin for noise (the final
-    evaluation, checkpoint and process starts fall outside the trainer's clock)."""
-    seconds = slowdown * (tokens * s.train_per_token[i] + (EVALS - 1) * s.eval_tokens * s.forward_per_token[i])
-    return round(max(seconds * SAFETY, 1.0) / 60, 4)
+    evaluations as expected at `slowdown`, with the plan's SAFETY margin for noise, and never past
+    `clock_left` (the seconds its clock may run so that the slot keeps its time; the final evaluation,
+    checkpoint and process starts fall outside the trainer's clock)."""
+    seconds = clock_seconds(i, tokens, s, slowdown, factor) * SAFETY
+    if clock_left is not None:
+        seconds = min(seconds, clock_left)
+    return round(max(seconds, 1.0) / 60, 4)
+
+
+def clock_left(seconds_left: float, sizes: list[int], s: Speeds, slowdown: float, factor: float) -> float | None:
+    """Seconds the next run's (size sizes[0]) trainer clock may run within `seconds_left`, leaving the
+    slot's time outside training (`factor` times its price) and the later runs' shortest training;
+    None when not even this run's shortest training and its evaluation fit (it is skipped)."""
+    shortest = [clock_seconds(i, BATCH * SEQ_LEN * MIN_RUN_STEPS, s, slowdown, factor) for i in sizes]
+    own = seconds_left - factor * outside_seconds(sizes[0], s)
+    if own < shortest[0]:
+        return None
+    rest = sum(factor * outside_seconds(i, s) + t for i, t in zip(sizes[1:], shortest[1:], strict=True))
+    return max(own - rest, shortest[0])
 
 
 def observed_slowdown(run_dirs: list[tuple[int, Path]], s: Speeds, newest: int = PARALLEL) -> float | None:
@@ -442,13 +522,15 @@ def _metric_rows(path: Path) -> list[dict[str, Any]]:
 class _Schedule:
     """The demo's runs in PARALLEL slots as the plan has them (the largest size in one, the others in
     turn in the other), each run given its tokens and deadline as it starts (`replan_tokens`), every
-    slot done by `train_end` (a perf_counter time: the budget less the report) when the machine allows."""
+    slot done by `train_end` (a perf_counter time: the budget) less the report's time when the machine
+    allows. What runs cost outside training is priced anew from each finished run (`factor`)."""
 
     def __init__(self, sweep_file: Path, planned: int, s: Speeds, train_end: float) -> None:
         from tinyscale.sweep import expand, load_sweep, threads_per_job
 
         self.file, self.planned, self.s = sweep_file, planned, s
-        self.train_end = train_end - REPORT_SECONDS
+        self.train_end = train_end
+        self.factors: list[float] = []  # per finished run: its time outside training over its price
         self.cfg = load_sweep(sweep_file)
         self.specs = expand(self.cfg)
         self.runs_dir = sweep_file.parent / "runs"
@@ -477,28 +559,47 @@ class _Schedule:
             fresh = not (run_dir / DONE_MARKER).exists()
             if fresh and not list_checkpoints(run_dir):  # a run begun earlier resumes with its own options
                 spec = self._assign(spec, [size_index(sp) for sp in slot[k:]])
-            t = time.perf_counter()
-            result = run_one(spec, self.cfg.data, str(self.file.parent.resolve()), self.cfg.eval, self.threads)
-            self._record(spec, result, time.perf_counter() - t if fresh else None)
+                if spec is None:
+                    bar.update(1, last=f"{slot[k]['name']} {NO_TIME}")
+                    continue
+            t, timings = time.perf_counter(), []
+            result = run_one(spec, self.cfg.data, str(self.file.parent.resolve()), self.cfg.eval, self.threads,
+                             timings)
+            self._record(spec, result, time.perf_counter() - t if fresh else None, timings)
             with self.lock:
                 bar.update(1, last=f"{spec['name']} {result['status']}")
             if result["status"] == "failed":
                 failed.append(result)
         return failed
 
-    def _assign(self, spec: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
-        """The spec with this run's tokens and deadline, from the time left and the speed seen so far."""
+    def factor(self) -> float | None:
+        """How many times its price the finished runs spent outside training (the largest: a promise)."""
+        with self.lock:
+            return max(self.factors) if self.factors else None
+
+    def seconds_left(self) -> float:
+        """Seconds to the end of training: the budget less the report, at the measured factor."""
+        return self.train_end - REPORT_SECONDS * max(1.0, self.factor() or 1.0) - time.perf_counter()
+
+    def _assign(self, spec: dict[str, Any], sizes: list[int]) -> dict[str, Any] | None:
+        """The spec with this run's tokens and deadline, from the time left and the speed seen so far;
+        None (the run is skipped, and recorded so) when not even its shortest training fits."""
         slowdown = observed_slowdown([(size_index(sp), self.runs_dir / sp["name"]) for sp in self.specs], self.s)
         f = max(1.0, slowdown or 1.0)  # faster than measured: the plan stands
-        # What finished runs spent outside training (process starts, evaluation), which the plan only estimates.
-        spent = [r["minutes"] - r["train_minutes"] for r in self.rows.values() if r["minutes"] and r["train_minutes"]]
-        overhead = 60 * sum(spent) / len(spent) if spent else 0.0
-        tokens = replan_tokens(self.train_end - time.perf_counter(), sizes, self.s, f,
-                               min(spec["tokens"], self.planned), overhead)
-        spec = {**spec, **step_options(tokens), "max_minutes": deadline_minutes(sizes[0], tokens, self.s, f)}
-        if tokens < self.planned:
-            progress.info("%s: re-planned to %.2fM tokens (planned %.2fM): the machine trains %.2fx slower than "
-                          "measured", spec["name"], tokens / 1e6, self.planned / 1e6, f)
+        factor = self.factor() or f  # outside training: as measured once a run has finished
+        left = self.seconds_left()
+        clock = clock_left(left, sizes, self.s, f, factor)
+        if clock is None:
+            progress.info("%s: skipped: %.0f s left, too few for its shortest training and its evaluation",
+                          spec["name"], left)
+            self._record(spec, {"status": NO_TIME}, None, [])
+            return None
+        tokens = replan_tokens(left, sizes, self.s, f, min(spec["tokens"], self.planned), factor)
+        spec = {**spec, **step_options(tokens), "max_minutes": deadline_minutes(sizes[0], tokens, self.s, f, clock, factor)}
+        if tokens < self.planned or clock < clock_seconds(sizes[0], tokens, self.s, f, factor) * SAFETY:
+            progress.info("%s: re-planned to %.2fM tokens (planned %.2fM), at most %.1f min of training: the machine "
+                          "trains %.2fx slower than measured, and spends %.2fx the priced time outside training",
+                          spec["name"], tokens / 1e6, self.planned / 1e6, spec["max_minutes"], f, factor)
         self._write_spec(spec)
         return spec
 
@@ -512,18 +613,24 @@ class _Schedule:
             with atomic_open(self.file) as f:
                 yaml.safe_dump(raw, f, sort_keys=False)
 
-    def _record(self, spec: dict[str, Any], result: dict[str, Any], seconds: float | None) -> None:
+    def _record(self, spec: dict[str, Any], result: dict[str, Any], seconds: float | None,
+                timings: list[float]) -> None:
         i = size_index(spec)
-        info = read_json(self.runs_dir / spec["name"] / "run.json") if result["status"] != "failed" else {}
+        info = read_json(self.runs_dir / spec["name"] / "run.json") if result["status"] not in ("failed", NO_TIME) else {}
         end = info.get("end") or {}
+        if seconds is not None and end.get("minutes") is not None:
+            with self.lock:
+                self.factors.append((seconds - 60 * end["minutes"]) / outside_seconds(i, self.s))
         with self.lock:
             self.rows[spec["name"]] = {
                 "name": spec["name"], "status": result["status"], "planned_tokens": self.planned,
-                "assigned_tokens": (info.get("config") or {}).get("tokens", spec["tokens"]),
+                "assigned_tokens": (info.get("config") or {}).get("tokens", 0 if result["status"] == NO_TIME else spec["tokens"]),
                 "tokens": end.get("tokens"), "reason": end.get("reason"), "max_minutes": end.get("max_minutes"),
                 "planned_minutes": round(run_seconds(i, self.planned, self.s) / 60, 3),
                 "minutes": None if seconds is None else round(seconds / 60, 3),
-                "train_minutes": end.get("minutes")}
+                "train_minutes": end.get("minutes"),
+                # wall seconds of the run's `tinyscale train` and `tinyscale eval` processes
+                "seconds": {k: round(v, 1) for k, v in zip(("train", "eval"), timings, strict=False)}}
 
     def _write_sweep_json(self) -> None:
         from tinyscale.sweep import expand, load_sweep, write_plan
@@ -536,10 +643,11 @@ def budget_summary(rows: list[dict[str, Any]], minutes: float, seconds: float) -
     """sweep/budget.json: the plan against what each run and the whole demo took."""
     trained = [r["tokens"] for r in rows if r["tokens"] is not None]
     short = [r["name"] for r in rows if r["tokens"] is not None and r["tokens"] < r["planned_tokens"]]
+    skipped = [r["name"] for r in rows if r["status"] == NO_TIME]
     return {"budget_minutes": minutes, "minutes": round(seconds / 60, 3), "runs": rows,
             "planned_tokens": sum(r["planned_tokens"] for r in rows), "tokens": sum(trained),
             "planned_run_minutes": round(sum(r["planned_minutes"] for r in rows), 3),
-            "run_minutes": round(sum(r["minutes"] or 0.0 for r in rows), 3), "fewer_tokens": short}
+            "run_minutes": round(sum(r["minutes"] or 0.0 for r in rows), 3), "fewer_tokens": short, "skipped": skipped}
 
 
 def budget_lines(budget: dict[str, Any]) -> list[str]:
@@ -548,11 +656,13 @@ def budget_lines(budget: dict[str, Any]) -> list[str]:
         return "—" if v is None else f"{v:.1f}"
 
     lines = [f"{r['name']}: {(r['tokens'] or 0) / 1e6:.2f}M of {r['planned_tokens'] / 1e6:.2f}M planned tokens "
-             f"({r['reason'] or '?'}), {m(r['minutes'])} of {m(r['planned_minutes'])} planned min"
+             f"({r['reason'] or r['status']}), {m(r['minutes'])} of {m(r['planned_minutes'])} planned min"
              for r in budget["runs"]]
     lines.append(f"all runs: {budget['tokens'] / 1e6:.2f}M of {budget['planned_tokens'] / 1e6:.2f}M planned tokens; "
                  f"demo took {budget['minutes']:.1f} min of a {budget['budget_minutes']:g}-minute budget")
     if budget["fewer_tokens"]:
         lines.append(f"trained fewer tokens than planned (the machine was slower than measured): "
                      f"{', '.join(budget['fewer_tokens'])}")
+    if budget.get("skipped"):
+        lines.append(f"not trained (no time left for their shortest training): {', '.join(budget['skipped'])}")
     return lines

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import partial
@@ -151,8 +152,9 @@ def commands(spec: dict[str, Any], data: str, run_dir: Path, eval_opts: dict[str
 
 
 def run_one(spec: dict[str, Any], data: str, sweep_dir: str, eval_opts: dict[str, Any],
-            threads: int | None) -> dict[str, Any]:
-    """Train (or resume) and evaluate one run; safe to call again after a crash."""
+            threads: int | None, timings: list[float] | None = None) -> dict[str, Any]:
+    """Train (or resume) and evaluate one run; safe to call again after a crash. `timings`, if given,
+    receives each command's wall seconds (train, then eval)."""
     sweep = Path(sweep_dir)
     run_dir = sweep / "runs" / spec["name"]
     if (run_dir / DONE_MARKER).exists():
@@ -168,7 +170,10 @@ def run_one(spec: dict[str, Any], data: str, sweep_dir: str, eval_opts: dict[str
             argv = [sys.executable, "-m", "tinyscale.cli", *cmd[1:]]
             log.write("$ " + " ".join(cmd) + "\n")
             log.flush()
+            t = time.perf_counter()
             code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+            if timings is not None:
+                timings.append(time.perf_counter() - t)
             if code != 0:
                 return {"name": spec["name"], "status": "failed", "exit_code": code, "log": str(log_path)}
     with atomic_open(run_dir / DONE_MARKER) as f:

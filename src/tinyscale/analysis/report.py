@@ -469,9 +469,11 @@ def _budget_section(sweep_dir: Path) -> Markup:
                f"{b['planned_run_minutes']:.1f} planned (run-minutes, two runs at once) and trained "
                f"{tok(b['tokens'])} of {tok(b['planned_tokens'])} planned tokens; {b['minutes']:.1f} min of the "
                f"budget were spent before this report. Fits use each run's trained tokens and FLOPs.")
-    short = b.get("fewer_tokens") or []
+    short, skipped = b.get("fewer_tokens") or [], b.get("skipped") or []
     note = (f"Fewer tokens than planned (the machine was slower than measured): {', '.join(short)}. "
             "L(N) compares their final checkpoints with runs that trained more." if short else "")
+    if skipped:  # the time left could not fit their shortest training and evaluation
+        note += f" Not trained (no time left within the budget): {', '.join(skipped)}."
     return _render("report/budget.html", summary=summary, rows=rows, note=note)
 
 
