@@ -30,6 +30,7 @@ accuracy / "I don't know" / confident-wrong rates with 95% intervals and the dif
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -94,7 +95,8 @@ def trl_arm(hf_start: Path, seed: int, base: IncentiveConfig, out: Path) -> tupl
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
                           processing_class=AutoTokenizer.from_pretrained(hf_start))
     t0 = time.perf_counter()
-    trainer.train()
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its log lines: stdout is the result
+        trainer.train()
     wall = time.perf_counter() - t0
     trainer.save_model(str(out))
     for name in ("tinyscale.json", "tokenizer.json"):  # so tinyscale's loader reads the result
