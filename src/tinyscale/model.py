@@ -249,6 +249,20 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def init_weights(params, n_layers: int) -> None:
+    """Normal(0, 0.02) everywhere; projections that write into the residual stream are scaled by
+    1/sqrt(2*n_layers) so the stream's variance does not grow with depth (GPT-2). `params`: (name,
+    parameter) pairs, e.g. a module's named_parameters()."""
+    resid_std = 0.02 / math.sqrt(2 * n_layers)
+    for name, p in params:
+        if name.endswith("bias"):
+            nn.init.zeros_(p)
+        elif p.dim() == 1:
+            nn.init.ones_(p)
+        else:
+            nn.init.normal_(p, mean=0.0, std=resid_std if name.endswith("proj.weight") else 0.02)
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -273,16 +287,7 @@ class Transformer(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # Normal(0, 0.02) everywhere; projections that write into the residual stream are scaled by
-        # 1/sqrt(2*n_layers) so the stream's variance does not grow with depth (GPT-2).
-        resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
-        for name, p in self.named_parameters():
-            if name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif p.dim() == 1:
-                nn.init.ones_(p)
-            else:
-                nn.init.normal_(p, mean=0.0, std=resid_std if name.endswith("proj.weight") else 0.02)
+        init_weights(self.named_parameters(), self.cfg.n_layers)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         p = self.tok_emb.weight

@@ -23,13 +23,11 @@ one-stack models continue counting into the target, the decoder counts from 0 at
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from tinyscale.config import STRUCTURES, ModelConfig
-from tinyscale.model import Block, Transformer, _norm, attention, count_params
+from tinyscale.model import Block, Transformer, _norm, attention, count_params, init_weights
 
 
 class CrossAttention(nn.Module):
@@ -100,17 +98,8 @@ class StructuredLM(nn.Module):
         self._init_extra()
 
     def _init_extra(self) -> None:
-        # As Transformer._init_weights: N(0, 0.02), residual-stream writers scaled by 1/sqrt(2 * layers).
-        resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
-        for name, p in self.named_parameters():
-            if name.startswith("lm."):
-                continue
-            if name.endswith("bias"):
-                nn.init.zeros_(p)
-            elif p.dim() == 1:
-                nn.init.ones_(p)
-            else:
-                nn.init.normal_(p, mean=0.0, std=resid_std if name.endswith("proj.weight") else 0.02)
+        # As the Transformer's own weights; the wrapped `lm` is initialised already.
+        init_weights(((n, p) for n, p in self.named_parameters() if not n.startswith("lm.")), self.cfg.n_layers)
 
     @property
     def head(self) -> nn.Linear:
