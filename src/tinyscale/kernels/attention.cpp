@@ -9,7 +9,7 @@
 // probabilities from the saved log-sum-exp, as flash attention does, and accumulates the key and
 // value gradients across queries in the task's buffers.
 
-#include <torch/extension.h>
+#include <torch/types.h>  // not torch/extension.h: a third of the compile time; bindings live in module.cpp
 #include <ATen/Parallel.h>
 
 #include <algorithm>

@@ -10,7 +10,7 @@
 // Weights are float32 [out, in] row-major, or int8 [out, in] with one float scale per output row
 // (weight-only quantization: activations stay float32, so no activation range is lost).
 
-#include <torch/extension.h>
+#include <torch/types.h>  // not torch/extension.h: a third of the compile time; bindings live in module.cpp
 #include <ATen/Parallel.h>
 
 #include <algorithm>

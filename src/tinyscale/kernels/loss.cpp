@@ -5,7 +5,7 @@
 // scatter, scale), each a separate operator. Here each row (16 KB at a 4096-token vocabulary) stays
 // in the core's first-level cache while its maximum, exponentials, sum and gradient are formed.
 
-#include <torch/extension.h>
+#include <torch/types.h>  // not torch/extension.h: a third of the compile time; bindings live in module.cpp
 #include <ATen/Parallel.h>
 
 #include <cmath>
