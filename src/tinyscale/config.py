@@ -203,7 +203,8 @@ class TrainConfig(BaseModel):
                                    "to STEP", json_schema_extra={"metavar": "STEP"})
     track: Trackers = Field([], description=TRACK_HELP, json_schema_extra={"metavar": "NAME"})
     # Execution: these may change when a run is resumed.
-    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast where supported")
+    dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32", description="fp32 (exact, the default); bf16: autocast; auto: bf16 where the device runs it natively")
     compile: bool = Field(False, description="torch.compile")
     device: str = Field("auto", description="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     # At most this machine's cores: validate.limits() adds that bound, which no static Field can hold.

@@ -101,10 +101,10 @@ class Speeds:
 def _sizes_cfg() -> tuple[Any, list[Any], torch.device]:
     from tinyscale.config import TrainConfig
     from tinyscale.devices import pick_device
-    from tinyscale.model import bf16_native, model_config
+    from tinyscale.model import model_config
 
     device = pick_device("auto")
-    cfg = TrainConfig(data=".", batch=BATCH, seq_len=SEQ_LEN, dtype="bf16" if bf16_native(device) else "fp32")
+    cfg = TrainConfig(data=".", batch=BATCH, seq_len=SEQ_LEN)  # the sweep's dtype: the exact default, fp32
     models = [model_config(vocab_size=VOCAB, max_seq_len=SEQ_LEN, d_model=d, n_layers=n, n_heads=h)
               for d, n, h in SIZES]
     return cfg, models, device
