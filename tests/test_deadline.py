@@ -164,3 +164,20 @@ def test_demo_on_a_machine_slower_than_measured_keeps_its_budget_and_says_so(tmp
     page = report.read_text()
     assert "Fewer tokens than planned" in page and budget["fewer_tokens"][0] in page
     assert all(name in page for name in budget["skipped"])
+
+
+def test_demo_where_no_run_fits_says_so_in_one_line(tmp_path, monkeypatch):
+    """Every run skipped for want of time (a machine far slower than measured): a clear refusal naming
+    --minutes, not the analysis's "no runs found", and budget.json still written."""
+    plan = {"minutes": 1.0, "stories": None, "seed": 0, "seeds": 1, "tokens": 4096,
+            "measured": {"train_per_token": [1e-6]}}
+    monkeypatch.setattr(demo, "_check_replan", lambda *a: plan)
+    monkeypatch.setattr(demo, "_make_data", lambda out, plan: None)
+    monkeypatch.setattr(demo, "Speeds", lambda **kw: None)
+    row = {"name": "d16-l2", "status": demo.NO_TIME, "tokens": None, "planned_tokens": 4096,
+           "planned_minutes": 0.5, "minutes": None}
+    monkeypatch.setattr(demo, "_Schedule", lambda *a: type("S", (), {"run": lambda self: [row]})())
+    monkeypatch.setattr(demo, "sweep_yaml", lambda *a: {})
+    with pytest.raises(demo.UserError, match=r"--minutes 1: no run fitted .* more --minutes and --overwrite"):
+        demo.run_demo(tmp_path / "d", minutes=1.0)
+    assert json.loads((tmp_path / "d" / "sweep" / "budget.json").read_text())["skipped"] == ["d16-l2"]

@@ -409,6 +409,9 @@ def run_demo(out: str | Path = "demo", minutes: float | None = None, stories: in
     budget = budget_summary(rows, plan["minutes"], time.perf_counter() - started)
     budget["phases"] = {k: round(v, 1) for k, v in phases.items()}
     write_json(out / "sweep" / "budget.json", budget)
+    if len(budget["skipped"]) == len(rows):  # nothing to analyse: say why rather than "no runs found"
+        raise UserError(f"--minutes {plan['minutes']:g}: no run fitted in the time left on this machine "
+                        f"(it trained slower than measured when planning): re-run with more --minutes and --overwrite")
     progress.info("5/5 analysing and writing the report")
     report = build_report(out / "sweep", reanalyze=True, n_boot=REPORT_BOOT)
     phases["report"] = time.perf_counter() - started - sum(phases.values())
