@@ -310,6 +310,11 @@ def test_seed_interval_holds_the_seeds_spread_and_the_items():
                                  {"mc": 0.9, "n": 150, "logprob": -1.0, "logprob_se": 0.1}], n_boot=4000)
     assert apart["mc"] == pytest.approx(0.5) and apart["mc_lo"] < 0.15 and apart["mc_hi"] > 0.85
     assert apart["logprob"] == -2.5 and apart["logprob_lo"] < -3.7 and apart["logprob_hi"] > -1.3
+    # Every seed at 0: no redraw moves, the interval is the pooled items' Wilson interval, still open.
+    from tinyscale.evaluate.probes import wilson
+
+    zero = probe_seed_interval([{"mc": 0.0, "n": 150}] * 2, n_boot=100)
+    assert zero["mc_lo"] == 0.0 and zero["mc_hi"] == pytest.approx(wilson(0, 300)[1]) and zero["mc_hi"] > 0.005
 
 
 def test_report_shows_each_size_over_its_seeds_with_their_interval(tmp_path):

@@ -88,15 +88,21 @@ def probe_seed_interval(summaries: list[dict], n_boot: int, seed: int = 0) -> di
     of its n items, its mean log p(answer) as a normal deviate times its standard error). Seeds
     scored on items of their own (`tinyscale eval` draws them by the run's seed) make the seeds'
     spread hold item sampling too; the within-seed redraw adds it again where seeds are few (the
-    interval errs wide). With one seed the interval is the items' alone."""
+    interval errs wide). With one seed the interval is the items' alone. It never is narrower than
+    the 95% Wilson interval of all the seeds' items pooled, which stays open where every seed scored
+    0 or 1 (there a binomial redraw cannot move)."""
+    from tinyscale.evaluate.probes import wilson
+
     rng = np.random.default_rng(seed)
     k = len(summaries)
     acc = np.array([s["mc"] for s in summaries], float)
     n = np.array([s.get("n") or 1 for s in summaries], int)
     idx = rng.integers(0, k, size=(max(n_boot, 1), k))
     accs = (rng.binomial(n[idx], acc[idx]) / n[idx]).mean(axis=1)
+    pooled = wilson(int(round(float((acc * n).sum()))), int(n.sum()))
     out: dict[str, Any] = {"seeds": k, "mc": float(acc.mean()), "mc_per_seed": acc.tolist(),
-                           "mc_lo": float(np.percentile(accs, 2.5)), "mc_hi": float(np.percentile(accs, 97.5)),
+                           "mc_lo": min(float(np.percentile(accs, 2.5)), pooled[0]),
+                           "mc_hi": max(float(np.percentile(accs, 97.5)), pooled[1]),
                            "logprob": None, "logprob_per_seed": [], "logprob_lo": None, "logprob_hi": None}
     lps = [s.get("logprob") for s in summaries]
     if all(v is not None for v in lps):
