@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import binom
 
 from tinyscale.data.world import default_vocab, write_world_corpus
+from tinyscale.data.world.probes import DRAW_STRIDE, draw_start, world_probes
 from tinyscale.data.world.repeat import (
     HELDOUT_INSTRUCTIONS,
     HELDOUT_NOVEL,
@@ -70,6 +71,25 @@ def test_deterministic_per_seed_and_valid_for_the_scorer(vocab, sets):
         assert all(p.chance == pytest.approx(1 / 3) for p in probes)
     with pytest.raises(UserError, match="unknown set"):
         repeat_probes(vocab, sets=("repeat_all",))
+
+
+def test_item_draws_are_deterministic_and_share_no_item(vocab, sets):
+    """Seed replicates are scored on draws of their own: draw 0 is the sets runs were scored on before
+    draws existed; another draw is other items (ids and prompts), the same for every call."""
+    assert repeat_probes(vocab, seed=0, per_set=N, draw=0) == sets
+    other = repeat_probes(vocab, seed=0, per_set=N, draw=1)
+    assert other == repeat_probes(vocab, seed=0, per_set=N, draw=1)
+    for name in SETS:
+        assert not {it["id"] for it in other[name]} & {it["id"] for it in sets[name]}
+        assert other[name][0]["id"] == f"world-{name}-0-{DRAW_STRIDE}"
+        # the prompts are new draws, not the same items renamed (a few short ones may coincide)
+        same = {it["prompt"] for it in other[name]} & {it["prompt"] for it in sets[name]}
+        assert len(same) < N // 4, (name, len(same))
+    stories = {draw: {it["meta"]["story"] for items in world_probes(vocab, 0, 5, start=draw_start(draw)).values()
+                      for it in items} for draw in (0, 1)}
+    assert min(stories[1]) >= draw_start(1) > max(stories[0])
+    with pytest.raises(UserError, match="draw"):
+        repeat_probes(vocab, draw=-1)
 
 
 def test_composite_labels_the_copy_right_and_the_familiar_word_wrong(vocab, sets):
@@ -205,6 +225,28 @@ def test_eval_scores_the_sets_a_random_model_at_chance(repeat_run):
         assert 0.0 < s["p_choice"] < 1.0
 
 
+def test_eval_scores_each_seed_on_items_of_its_own(repeat_run, tmp_path):
+    """A run of seed 1 is scored on draw 1 of every world set (repeat and story sets); seed 0 on draw 0."""
+    import shutil
+
+    from tinyscale.evaluate import evaluate_run
+
+    seeded = tmp_path / "run-s1"
+    shutil.copytree(repeat_run, seeded)
+    info = json.loads((seeded / "run.json").read_text())
+    info["config"]["seed"] = 1
+    (seeded / "run.json").write_text(json.dumps(info))
+    ids = {}
+    for run in (repeat_run, seeded):
+        r = evaluate_run(run, suites=[], device="cpu", max_tokens=64, completions=0, world_probes=6, write=False)[5]
+        ids[run] = {name: {it["id"] for it in s["items"]} for name, s in r["world_probes"].items()}
+        assert r["settings"]["world_probes"]["draw"] == (run == seeded)
+        assert r["settings"]["world_probes"]["start"] == draw_start(int(run == seeded))
+    assert set(ids[repeat_run]) == set(ids[seeded]) >= set(SETS) | {"facts", "tracking"}
+    for name, got in ids[seeded].items():
+        assert len(got) == 6 and not got & ids[repeat_run][name], name
+
+
 def _set(acc: float, n: int = 150) -> dict:
     from tinyscale.evaluate.probes import wilson
 
@@ -212,6 +254,22 @@ def _set(acc: float, n: int = 150) -> dict:
     return {"n": n, "chance": 1 / 3, "mc": {"acc": acc, "k": round(acc * n), "n": n, "lo": lo, "hi": hi},
             "exact": {"acc": 0.0, "k": 0, "n": n, "lo": 0.0, "hi": 0.03}, "p_answer": acc / 2,
             "p_choice": acc, "logp_answer": -3.0 + 2 * acc, "cut": 0, "items": []}
+
+
+def _fake_run(run, width: int, rank: int, world: dict, seed: int = 0) -> None:
+    """A finished, evaluated run of the given width (one checkpoint) with these world probe results."""
+    (run / "eval").mkdir(parents=True)
+    n = 12 * width * width
+    (run / "run.json").write_text(json.dumps({
+        "config": {"seq_len": 64, "seed": seed}, "model": {"family": "llama", "d_model": width, "n_layers": 1,
+                                                          "n_heads": 2},
+        "params": {"total": n + 512 * width, "non_embedding": n}, "flops_per_token": 6 * n, "data": {}}))
+    loss = 3.0 / (rank + 1) + 0.01 * seed
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 100, "tokens": 1e5, "flops": 6e5 * n,
+                                                   "val_loss": loss}) + "\n")
+    (run / "eval" / "100.json").write_text(json.dumps({
+        "format": 1, "step": 100, "loss": {"val": {"tokens": 9000, "loss": loss, "skills": {}}}, "probes": {},
+        "world_probes": world, "completions": []}))
 
 
 # Five fake sizes: recall (familiar) learned first, copying later; the composite dips below chance between.
@@ -225,18 +283,7 @@ def test_report_draws_the_task_with_chance_and_the_taxonomy_classes_it(tmp_path)
 
     sweep = tmp_path / "sweep"
     for rank, width in enumerate((16, 32, 64, 128, 256)):
-        run = sweep / "runs" / f"d{width}"
-        (run / "eval").mkdir(parents=True)
-        n = 12 * width * width
-        (run / "run.json").write_text(json.dumps({
-            "config": {"seq_len": 64}, "model": {"family": "llama", "d_model": width, "n_layers": 1, "n_heads": 2},
-            "params": {"total": n + 512 * width, "non_embedding": n}, "flops_per_token": 6 * n, "data": {}}))
-        loss = 3.0 / (rank + 1)
-        (run / "metrics.jsonl").write_text(json.dumps({"step": 100, "tokens": 1e5, "flops": 6e5 * n,
-                                                       "val_loss": loss}) + "\n")
-        (run / "eval" / "100.json").write_text(json.dumps({
-            "format": 1, "step": 100, "loss": {"val": {"tokens": 9000, "loss": loss, "skills": {}}}, "probes": {},
-            "world_probes": {name: _set(ys[rank]) for name, ys in CURVES.items()}, "completions": []}))
+        _fake_run(sweep / "runs" / f"d{width}", width, rank, {name: _set(ys[rank]) for name, ys in CURVES.items()})
     analysis = analyze_sweep(sweep, n_boot=10)
     task = analysis["repeat_task"]
     assert set(task["sets"]) == set(CURVES) and task["sets"]["repeat"]["chance"] == pytest.approx(1 / 3)
@@ -249,3 +296,47 @@ def test_report_draws_the_task_with_chance_and_the_taxonomy_classes_it(tmp_path)
     assert "data:image/png;base64," in section and "u_shaped" in section and "0.33" in section
     assert (sweep / "plots" / "repeat.png").stat().st_size > 1000
     assert "repeat (world)" in page.split('<section id="taxonomy">', 1)[1]
+
+
+def test_seed_interval_holds_the_seeds_spread_and_the_items():
+    from tinyscale.analysis.seeds import probe_seed_interval
+
+    # Two seeds that agree: the interval is the items' of both together, 1.96 * sqrt(p(1-p) / 2n).
+    same = probe_seed_interval([{"mc": 0.5, "n": 100}] * 2, n_boot=4000)
+    assert same["seeds"] == 2 and same["mc"] == 0.5 and same["mc_per_seed"] == [0.5, 0.5]
+    assert (same["mc_hi"] - same["mc_lo"]) / 2 == pytest.approx(1.96 * (0.25 / 200) ** 0.5, abs=0.012)
+    # Two seeds far apart: the interval spans them, far wider than either seed's items allow.
+    apart = probe_seed_interval([{"mc": 0.1, "n": 150, "logprob": -4.0, "logprob_se": 0.1},
+                                 {"mc": 0.9, "n": 150, "logprob": -1.0, "logprob_se": 0.1}], n_boot=4000)
+    assert apart["mc"] == pytest.approx(0.5) and apart["mc_lo"] < 0.15 and apart["mc_hi"] > 0.85
+    assert apart["logprob"] == -2.5 and apart["logprob_lo"] < -3.7 and apart["logprob_hi"] > -1.3
+    # Every seed at 0: no redraw moves, the interval is the pooled items' Wilson interval, still open.
+    from tinyscale.evaluate.probes import wilson
+
+    zero = probe_seed_interval([{"mc": 0.0, "n": 150}] * 2, n_boot=100)
+    assert zero["mc_lo"] == 0.0 and zero["mc_hi"] == pytest.approx(wilson(0, 300)[1]) and zero["mc_hi"] > 0.005
+
+
+def test_report_shows_each_size_over_its_seeds_with_their_interval(tmp_path):
+    from tinyscale.analysis.analyze import analyze_sweep
+    from tinyscale.analysis.report import build_report
+
+    sweep = tmp_path / "sweep"
+    per_seed = {16: (0.30, 0.36), 64: (0.10, 0.90), 256: (0.80, 0.84)}
+    for rank, (width, accs) in enumerate(per_seed.items()):
+        for seed, acc in enumerate(accs):
+            _fake_run(sweep / "runs" / f"d{width}-s{seed}", width, rank, {"repeat": _set(acc)}, seed)
+    task = analyze_sweep(sweep, n_boot=200)["repeat_task"]
+    points = task["sets"]["repeat"]["points"]
+    assert [p["seeds"] for p in points] == [2, 2, 2]
+    assert [p["mc_per_seed"] for p in points] == [list(v) for v in per_seed.values()]
+    for p, accs in zip(points, per_seed.values(), strict=True):
+        assert p["mc"] == pytest.approx(sum(accs) / 2) and p["seed_lo"] < p["mc"] < p["seed_hi"]
+    # The seeds of the middle size disagree: its interval spans them, the items' interval of the mean does not.
+    middle = points[1]
+    assert middle["seed_lo"] < 0.2 and middle["seed_hi"] > 0.8 and middle["mc_hi"] - middle["mc_lo"] < 0.2
+    assert "2 seeds" in task["sentence"]
+    section = build_report(sweep, n_boot=10).read_text().split('<section id="repeat">', 1)[1].split("</section>")[0]
+    shown = json.loads((sweep / "analysis.json").read_text())["repeat_task"]["sets"]["repeat"]["points"][1]
+    assert "per seed" in section and "0.10, 0.90" in section
+    assert f"0.50 [{shown['seed_lo']:.2f}, {shown['seed_hi']:.2f}]" in section

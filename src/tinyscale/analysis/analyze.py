@@ -347,9 +347,12 @@ def repeat_rows(records: list[dict], size_key: str = "non_embedding_params") -> 
     return out
 
 
-def repeat_task(records: list[dict], size_key: str = "non_embedding_params") -> dict[str, Any] | None:
-    """The U-shaped task per model size: each set's multiple-choice accuracy (95% Wilson interval),
-    chance and mean log-probability of the right answer, its classes, and one sentence."""
+def repeat_task(records: list[dict], size_key: str = "non_embedding_params", runs: list[dict] | None = None,
+                n_boot: int = 200, seed: int = 0) -> dict[str, Any] | None:
+    """The U-shaped task per model size (`records`: the means over seeds): each set's multiple-choice
+    accuracy and mean log-probability of the right answer, chance, its classes, and one sentence.
+    `runs` (every seed's records) adds per point each seed's values and a 95% interval over seeds
+    and items (`seeds.probe_seed_interval`); without it the interval is the mean's items' alone."""
     rows = repeat_rows(records, size_key)
     if not rows:
         return None
@@ -363,18 +366,37 @@ def repeat_task(records: list[dict], size_key: str = "non_embedding_params") -> 
         finals = sorted((r for r in world if r["final"] and r.get(size_key) and name in r["probes"]),
                         key=lambda r: r[size_key])
         s["points"] = [{"run": r["run"], "size": r[size_key], "flops": r.get("flops"),
-                        **{k: r["probes"][name].get(k) for k in ("mc", "mc_lo", "mc_hi", "logprob", "n")}}
+                        **{k: r["probes"][name].get(k) for k in ("mc", "mc_lo", "mc_hi", "logprob", "n")},
+                        **_repeat_seeds(r, name, runs, n_boot, seed)}
                        for r in finals]
     return {"sets": sets, "sentence": _repeat_sentence(sets)}
+
+
+def _repeat_seeds(point: dict, name: str, runs: list[dict] | None, n_boot: int, seed: int) -> dict[str, Any]:
+    """A point's seeds on one repeat set: their values and the interval over seeds and items."""
+    from tinyscale.analysis.seeds import probe_seed_interval
+
+    names = set(point.get("seed_runs") or [point["run"]])
+    finals = [r["world_probes"][name] for r in runs or [] if r["final"] and r["run"] in names
+              and name in (r.get("world_probes") or {}) and r["world_probes"][name].get("mc") is not None]
+    if not finals:
+        return {}
+    est = probe_seed_interval(finals, n_boot, seed)
+    return {"seeds": est["seeds"], "mc_per_seed": est["mc_per_seed"], "seed_lo": est["mc_lo"],
+            "seed_hi": est["mc_hi"], "logprob_per_seed": est["logprob_per_seed"],
+            "logprob_lo": est["logprob_lo"], "logprob_hi": est["logprob_hi"]}
 
 
 def _repeat_sentence(sets: dict[str, dict]) -> str:
     parts = []
     for name, s in sets.items():
-        accs = ", ".join(f"{p['mc']:.2f}" for p in s["points"] if p.get("mc") is not None)
+        accs = ", ".join(f"{p['mc']:.2f}" + (f" [{p['seed_lo']:.2f}, {p['seed_hi']:.2f}]" if p.get("seeds", 0) > 1 else "")
+                         for p in s["points"] if p.get("mc") is not None)
         parts.append(f"{name} {accs or 'not measured'} (chance {s['chance']:.2f}; "
                      f"{s['classes'].get('size', {}).get('mc')} over size)")
-    return "multiple-choice accuracy by size, smallest first: " + "; ".join(parts)
+    seeds = max((p.get("seeds", 1) for s in sets.values() for p in s["points"]), default=1)
+    how = f" (mean of {seeds} seeds [95% over seeds and items])" if seeds > 1 else ""
+    return f"multiple-choice accuracy by size, smallest first{how}: " + "; ".join(parts)
 
 
 # --- probes in and out of distribution ---------------------------------------------------------
@@ -531,7 +553,7 @@ def analyze_records(records: list[dict], size_key: str = "non_embedding_params",
     result = {"format": 1, "source": source, "n_runs": len({r["run"] for r in records}), "n_records": len(records),
               "runs": run_table(records), "fits": fit_laws(records, size_key, n_boot, seed, reps),
               "baselines": skill_baselines(estimate, size_key), "probes_in_out": probes_in_out(estimate, size_key),
-              "repeat_task": repeat_task(estimate, size_key),
+              "repeat_task": repeat_task(estimate, size_key, records, n_boot, seed),
               "loss_sources": sorted({r.get("loss_source") or "none" for r in records}),
               "settings": {"n_boot": n_boot, "seed": seed}}
     result.update(claims(records, estimate, reps, result["fits"], size_key, run_dirs))

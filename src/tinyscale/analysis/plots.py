@@ -270,10 +270,12 @@ REPEAT_STYLES = {"repeat": ("o-", "C3", "composite"), "repeat_ood": ("o--", "C3"
                  "repeat_familiar": ("^-", "C2", "complete the familiar phrase")}
 
 
-def repeat_task(records: list[dict], path: str | Path, size_key: str = "non_embedding_params") -> Path | None:
+def repeat_task(records: list[dict], path: str | Path, size_key: str = "non_embedding_params",
+                task: dict | None = None) -> Path | None:
     """The U-shaped task ("repeat after me"): multiple-choice accuracy of the composite and its parts
-    over model size (final checkpoints, 95% Wilson intervals) and over training compute (every
-    evaluated checkpoint, one line per run), with their exact chance level."""
+    over model size (final checkpoints, 95% Wilson intervals; with the analysis's `task`, the mean
+    over seeds with its interval over seeds and items, and each seed as a dot) and over training
+    compute (every evaluated checkpoint, one line per run), with their exact chance level."""
     recs = [r for r in records if any(s in (r.get("world_probes") or {}) for s in REPEAT_STYLES)]
     if not recs:
         return None
@@ -282,7 +284,13 @@ def repeat_task(records: list[dict], path: str | Path, size_key: str = "non_embe
     runs = sorted(_by_run(recs).values(), key=lambda v: v[0].get(size_key) or 0)
     for name, (style, color, label) in REPEAT_STYLES.items():
         have = [r for r in finals if name in r["world_probes"]]
-        if have:
+        points = [p for p in ((task or {}).get("sets", {}).get(name) or {}).get("points", []) if p.get("seeds")]
+        if points:
+            _mc_errorbar(top, [p["size"] for p in points], [{"mc": p["mc"], "mc_lo": p["seed_lo"], "mc_hi": p["seed_hi"]}
+                                                              for p in points], style, color, label)
+            top.plot([r[size_key] for r in have], [_value(r["world_probes"][name], "mc") for r in have], ".",
+                     color=color, ms=3, alpha=0.5)
+        elif have:
             _mc_errorbar(top, [r[size_key] for r in have], [r["world_probes"][name] for r in have], style, color, label)
         for i, run in enumerate(runs):
             pts = sorted((r for r in run if name in r["world_probes"] and r.get("flops")), key=lambda r: r["flops"])

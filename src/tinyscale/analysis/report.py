@@ -500,12 +500,23 @@ def _repeat_section(records: list[dict], analysis: dict, plot_dir: Path, size_ke
     task = analysis.get("repeat_task")
     if not task:
         return _nodata("No \"repeat after me\" results: `tinyscale eval` scores them when a run's data is the story world.")
-    rows = [[name, _num(p["size"]), f"{p['mc']:.2f} [{_num(p.get('mc_lo'), 2)}, {_num(p.get('mc_hi'), 2)}]", _num(p.get("logprob"), 2),
-             f"{s['chance']:.2f}"] for name, s in task["sets"].items() for p in s["points"] if p.get("mc") is not None]
+    rows = [_repeat_row(name, p, s["chance"]) for name, s in task["sets"].items() for p in s["points"]
+            if p.get("mc") is not None]
     classes = [[name, *(s["classes"].get(a, {}).get(m) or "—" for a in ("size", "compute") for m in ("mc", "logprob"))]
                for name, s in task["sets"].items()]
     return _render("report/repeat.html", size_key=size_key, sentence=task["sentence"], rows=rows, classes=classes,
-                   png=_b64(plots.repeat_task(records, plot_dir / "repeat.png", size_key)))
+                   png=_b64(plots.repeat_task(records, plot_dir / "repeat.png", size_key, task)))
+
+
+def _repeat_row(name: str, p: dict, chance: float) -> list:
+    """One set at one size: the mean over seeds with its 95% interval over seeds and items (where
+    the analysis has the seeds; else the items' Wilson interval), each seed's value, log p(answer)."""
+    lo, hi = (p.get("seed_lo"), p.get("seed_hi")) if p.get("seeds") else (p.get("mc_lo"), p.get("mc_hi"))
+    lp = _num(p.get("logprob"), 2) + (f" [{_num(p['logprob_lo'], 2)}, {_num(p['logprob_hi'], 2)}]"
+                                     if p.get("logprob_lo") is not None else "")
+    per_seed = ", ".join(f"{v:.2f}" for v in p.get("mc_per_seed") or [])
+    return [name, _num(p["size"]), p.get("seeds", 1), f"{p['mc']:.2f} [{_num(lo, 2)}, {_num(hi, 2)}]", per_seed or "—",
+            lp, f"{chance:.2f}"]
 
 
 # --- tables for the terminal ------------------------------------------------------------------

@@ -153,12 +153,13 @@ def world_of(shards) -> tuple[Path, dict] | None:
     return None
 
 
-def load_world_probes(shards, per_skill: int | None) -> tuple[dict[str, list], dict | None]:
+def load_world_probes(shards, per_skill: int | None, draw: int = 0) -> tuple[dict[str, list], dict | None]:
     """The in-distribution probe sets of a story-world run ({} and None when the data is not the world
-    or per_skill is 0; None per_skill: WORLD_PROBES items per set)."""
+    or per_skill is 0; None per_skill: WORLD_PROBES items per set), item draw `draw` of each
+    (`probes.draw_start`: draw 0 is the sets of the world's first probe stories)."""
     from tinyscale.data.world import SCHEMAS, default_vocab
     from tinyscale.data.world.holdout import parse_hold_outs
-    from tinyscale.data.world.probes import START, world_probes
+    from tinyscale.data.world.probes import draw_start, world_probes
     from tinyscale.data.world.repeat import repeat_probes
     from tinyscale.evaluate.probes import read_items
 
@@ -172,10 +173,11 @@ def load_world_probes(shards, per_skill: int | None) -> tuple[dict[str, list], d
     n = per_skill or WORLD_PROBES
     vocab, fmt, seed = default_vocab(), world.get("format", "plain"), int(world.get("seed", 0))
     holds = parse_hold_outs(list(world.get("hold_out") or []), vocab, fmt, tuple(SCHEMAS))
-    sets = world_probes(vocab, seed, n, fmt=fmt, holds=holds)
+    start = draw_start(draw)
+    sets = world_probes(vocab, seed, n, start=start, fmt=fmt, holds=holds)
     # The U-shaped task's sets ("repeat after me", data/world/repeat.py): the composite and its parts.
-    sets.update(repeat_probes(vocab, seed, n))
-    settings = {"corpus": str(folder), "seed": seed, "format": fmt, "start": START, "per_skill": n,
+    sets.update(repeat_probes(vocab, seed, n, draw=draw))
+    settings = {"corpus": str(folder), "seed": seed, "format": fmt, "start": start, "draw": draw, "per_skill": n,
                 "repeat_mixture": (world.get("repeat") or {}).get("share", 0.0)}
     return {name: read_items(items, f"world probes {name}") for name, items in sets.items()}, settings
 
@@ -271,7 +273,8 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
     equals the trainer's periodic evaluation of the same checkpoint).
     completions: stories to complete (0 for none), each `samples` times at `temperature`.
     world_probes: items per in-distribution set (None: WORLD_PROBES when the data is the story world,
-    none otherwise; 0: none).
+    none otherwise; 0: none); each run is scored on the item draw of its training seed
+    (`load_world_probes`), so seed replicates do not share items.
     """
     from safetensors.torch import load_model as load_weights
 
@@ -294,7 +297,9 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
     shards = ShardSet.open(_data_dir(run_dir, info, data_dir))
     _check_tokenizer(run_dir, shards)
     model, _ = load_model(run_dir, steps[0], device=str(dev))
-    world = load_world_probes(shards, world_probes)
+    # Each seed replicate is scored on items of its own (draw = the run's seed): the spread across
+    # seeds then holds item sampling as well as training noise, and seed 0 keeps draw 0.
+    world = load_world_probes(shards, world_probes, int((info.get("config") or {}).get("seed") or 0))
     prep = _Prepared(info, model, shards, probe_suites, max_tokens, completions, seed, seq_len, world,
                      builtin_names(suites))
     progress.info("eval %s: %d checkpoint(s), %s, %d suite(s), %d world probe set(s), %d stories", run_dir,

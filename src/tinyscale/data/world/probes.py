@@ -2,6 +2,7 @@
 
     world_probes(default_vocab(), seed=0, per_skill=200)   # {"facts": [...], "reasoning": [...], ...}
     write_world_probes("probes/world", seed=0)              # facts.jsonl ... + manifest.json
+    world_probes(default_vocab(), 0, 200, start=draw_start(1))   # another draw of items, same world
 
 The hand-written suites (`evaluate/suites/*.jsonl`) ask in phrasings the world never writes; these
 sets ask in the world's own. Each item is a story of the world `seed`, regenerated from an index no
@@ -49,11 +50,23 @@ from tinyscale.errors import UserError
 from tinyscale.fileio import atomic_open, write_json
 
 START = 300_000_000  # story indices of probe sets: disjoint from corpora and from the RL ranges
+# Item draws: draw k of a set starts DRAW_STRIDE * k items (repeat sets) or stories (the sets above)
+# further on, beyond the most stories one draw can read (50 * WORLD_PROBES_MAX + 1000), so draws
+# never share an item. `tinyscale eval` draws with the run's seed: seed replicates are scored on
+# items of their own, and their spread includes item sampling (docs/analysis.md).
+DRAW_STRIDE = 10_000_000
 SETS: dict[str, str] = {"facts": "fact", "reasoning": "reasoning", "tracking": "tracking", "grammar": "grammar"}
 _SALT = "probes"
 _PRONOUNS = ("he", "she", "they")
 _PRONOUN_KIND = {"he": "subject", "He": "subject", "him": "object", "his": "possessive", "His": "possessive",
                  "himself": "reflexive"}
+
+
+def draw_start(draw: int) -> int:
+    """The first story index of item draw `draw` (draw 0: START, the sets every run used before)."""
+    if draw < 0:
+        raise UserError(f"world probes: the item draw must be >= 0, got {draw}")
+    return START + DRAW_STRIDE * draw
 
 
 # --- the options of each skill, by construction ----------------------------------------------------

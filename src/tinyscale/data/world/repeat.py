@@ -1,6 +1,7 @@
 """The U-shaped task ("repeat after me"), built from the story world's own familiar phrases.
 
     repeat_probes(default_vocab(), seed=0, per_set=200)   # {"repeat": [...], "repeat_copy": [...], ...}
+    repeat_probes(default_vocab(), 0, 200, draw=1)          # another draw: items of their own
     append_repeat(story, seed, index)                       # the training mixture: one exercise after a story
 
 A *familiar phrase* is a fact sentence the world says in a large share of its stories: the phrasings
@@ -40,6 +41,7 @@ import random
 from typing import Any
 
 from tinyscale.data.world.pieces import END_OF_DAY
+from tinyscale.data.world.probes import DRAW_STRIDE
 from tinyscale.data.world.story import Story
 from tinyscale.data.world.vocab import Vocab
 from tinyscale.errors import UserError
@@ -146,14 +148,19 @@ def _one(vocab: Vocab, name: str, seed: int, i: int) -> dict[str, Any]:
 
 
 def repeat_probes(vocab: Vocab, seed: int = 0, per_set: int = 200,
-                  sets: tuple[str, ...] = SETS) -> dict[str, list[dict[str, Any]]]:
-    """`per_set` items per set (deterministic from the seed; items of a set differ in their draws)."""
+                  sets: tuple[str, ...] = SETS, draw: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """`per_set` items per set (deterministic from the seed; items of a set differ in their draws).
+    Draw k takes items DRAW_STRIDE * k onwards (`probes.DRAW_STRIDE`): draw 0 is the items every
+    run was scored on before draws existed; another draw shares no item index with it."""
+    if draw < 0:
+        raise UserError(f"repeat probes: the item draw must be >= 0, got {draw}")
     if per_set < 1:
         raise UserError(f"repeat probes: per_set must be positive, got {per_set}")
     unknown = [s for s in sets if s not in SETS]
     if unknown:
         raise UserError(f"repeat probes: unknown set(s) {', '.join(unknown)} (known: {', '.join(SETS)})")
-    return {name: [_one(vocab, name, seed, i) for i in range(per_set)] for name in sets}
+    first = DRAW_STRIDE * draw
+    return {name: [_one(vocab, name, seed, i) for i in range(first, first + per_set)] for name in sets}
 
 
 # --- the training mixture ---------------------------------------------------------------------------
