@@ -5,7 +5,7 @@ at the scale's width (docs/structure.md). Run from the repository root:
     PYTHONPATH=src python sweeps/structure/make_sweep.py                 # --scale cpu: sweep.yaml
     PYTHONPATH=src python sweeps/structure/make_sweep.py --scale full    # sweep-full.yaml (a GPU)
 
-`cpu` fits about 25 CPU-minutes on a 2-core laptop (measured: docs/structure.md) and spans 1.7
+`cpu` fits about 20 CPU-minutes on a 2-core laptop (measured: docs/structure.md) and spans 1.5
 decades of training FLOPs; `full` is the original design (width 32 to 256, 0.25M to 16M target
 tokens, 2.7 decades), for a machine with a GPU.
 """
@@ -26,8 +26,8 @@ INPUT_LEN, SEQ_LEN = 64, 128  # header tokens (99% of world headers fit), story 
 # (width, heads, decoder layers, training target tokens) per compute scale, smallest first (a sweep
 # interrupted part-way has its small scales whole).
 SCALES = {
-    # CPU: width x1.5 a step, tokens x3, x2, x1.5: 9e10 to 4.7e12 decoder FLOPs (1.7 decades).
-    "cpu": [(32, 2, 4, 100_000), (48, 4, 4, 300_000), (64, 4, 4, 600_000), (96, 4, 4, 900_000)],
+    # CPU: 8.9e10, 5.1e11, 1.1e12, 2.9e12 decoder FLOPs (1.5 decades).
+    "cpu": [(32, 2, 4, 100_000), (48, 4, 4, 300_000), (64, 4, 4, 400_000), (80, 4, 4, 750_000)],
     # GPU: width x2 and tokens x4 a step, 2.2e11 to 1.1e14 decoder FLOPs.
     "full": [(32, 2, 4, 250_000), (64, 4, 4, 1_000_000), (128, 4, 4, 4_000_000), (256, 8, 4, 16_000_000)],
 }
