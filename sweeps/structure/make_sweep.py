@@ -5,7 +5,7 @@ at the scale's width (docs/structure.md). Run from the repository root:
     PYTHONPATH=src python sweeps/structure/make_sweep.py                 # --scale cpu: sweep.yaml
     PYTHONPATH=src python sweeps/structure/make_sweep.py --scale full    # sweep-full.yaml (a GPU)
 
-`cpu` fits about 20 CPU-minutes on a 2-core laptop (measured: docs/structure.md) and spans 1.5
+`cpu` took 28 CPU-minutes on a shared 2-core machine (docs/structure.md) and spans 1.5
 decades of training FLOPs; `full` is the original design (width 32 to 256, 0.25M to 16M target
 tokens, 2.7 decades), for a machine with a GPU.
 """
