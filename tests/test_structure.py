@@ -358,3 +358,83 @@ def test_runs_without_a_structure_keep_their_run_json_model():
     plain = model_config("100K", vocab_size=50, max_seq_len=16)
     assert "structure" not in plain.model_dump()
     assert model_config("100K", vocab_size=50, max_seq_len=16, structure="prefix").model_dump()["structure"] == "prefix"
+
+
+# --- probes and completions of a structured run (evaluate/structured.py) --------------------------
+
+
+@torch.no_grad()
+def _option_logp(model, tok, eot: int, text: str, option: str, S: int, T: int) -> float:
+    """Summed log-probability of `option` after `text`, laid out by data/examples.py as in training:
+    the whole story is tokenized between end-of-text tokens and split at its header."""
+    head = tok.encode(text, add_special_tokens=False).ids
+    cont = tok.encode(" " + option, add_special_tokens=False).ids
+    tokens = np.array([eot, *head, *cont, eot])
+    ex = find_examples(tokens, eot, np.array(tok.encode("\nStory:", add_special_tokens=False).ids))
+    w, valid, _ = batch(tokens, ex, np.array([0]), S, T, eot)
+    logits = model(torch.from_numpy(w), torch.from_numpy(valid), S).float()
+    logp = torch.log_softmax(logits[0], -1)
+    n_target = int(valid[0, S:].sum()) - 1  # the target without its closing end-of-text token
+    return float(sum(logp[j, w[0, S + j]] for j in range(n_target - len(cont), n_target)))
+
+
+def test_eval_scores_probes_with_the_header_as_input(shards, tmp_path):
+    from tinyscale.data.tokenize import load_tokenizer
+    from tinyscale.runs import load_model
+
+    run = tmp_path / "ed"
+    assert main(["-q", "train", "--data", str(shards), "--out", str(run), "--structure", "encdec", *FLAGS]) == 0
+    suite = tmp_path / "mine.jsonl"
+    items = [{"id": "head", "prompt": "Words: cat, Tom\nStory: Once Tom had a", "answer": "cat", "wrong": ["kite", "Mia"],
+              "kind": "thing", "style": "world"},
+             {"id": "plain", "prompt": "Once Ben had a", "answer": "ball", "wrong": ["cake"], "kind": "thing",
+              "style": "novel"},
+             {"id": "long", "prompt": "Words: cat\nStory: Once" + " Tom had a cat." * 20, "answer": "cat",
+              "wrong": ["kite"], "kind": "thing", "style": "world"}]
+    suite.write_text("".join(json.dumps(i) + "\n" for i in items))
+    assert main(["-q", "eval", str(run), "--suite", str(suite), "--completions", "2", "--samples", "2"]) == 0
+    result = json.loads((run / "eval" / "12.json").read_text())
+    mine = result["probes"]["mine"]
+    # The probe longer than the 24 trained target tokens is left out and counted; the two others scored.
+    assert mine["n"] == 2 and result["settings"]["probes_left_out"] == {"mine": 1}
+    model, _ = load_model(run, 12, structured=True)
+    model.eval()
+    tok = load_tokenizer(shards / "tokenizer.json")
+    want = [[_option_logp(model, tok, 0, it["prompt"], o, 12, 24) for o in (it["answer"], *it["wrong"])]
+            for it in items[:2]]
+    got = {item["id"]: item["logps"] for item in mine["items"]}
+    for it, w in zip(items[:2], want, strict=True):
+        assert got[it["id"]] == pytest.approx(w, abs=1e-4)
+    assert mine["mc"]["k"] == sum(all(w[0] > x for x in w[1:]) for w in want)
+    # Completions: stories sampled for validation headers, `samples` each.
+    assert [len(s["completions"]) for s in result["completions"]] == [2, 2]
+    assert all(s["prompt"].startswith("Words:") and s["prompt"].endswith("Story:") for s in result["completions"])
+
+
+def test_report_tabulates_the_structure_study(tmp_path):
+    """The report's structure tables from a hand-written analysis.json: every seed's loss, their
+    mean and spread per level, each law with its intervals, each crossing with its interval."""
+    from tinyscale.analysis.report import _curves_section
+    from tinyscale.fileio import read_json, write_json
+
+    def point(c, loss, seed, gap):
+        return [c, loss, seed, {"tracking": loss + 0.5}, {"tracking": gap}]
+
+    fit = {"params": {"E": 1.5, "A": 300.0, "alpha": 0.2}, "ci": {"E": [1.2, 1.8], "A": [100.0, 900.0],
+                                                               "alpha": [0.15, 0.25]}, "n_points": 4, "n_boot": 50}
+    levels = [{"flops": 1e11, "tokens": 100000, "width": 32, "depth": 2, "params": 61824, "seeds": [0, 1],
+               "losses": [4.9061, 4.9234], "mean": 4.91475, "spread": 0.0173}]
+    study = {"structures": {
+        "encdec": {"points": [point(1e11, 4.9061, 0, 2.0), point(1e11, 4.9234, 1, 2.2), point(1e12, 3.9, 0, 1.0)],
+                   "levels": levels, "fit": fit},
+        "decoder": {"points": [point(1e11, 5.01, 0, 2.5), point(1e12, 3.8, 0, 0.8)], "levels": [],
+                    "fit": {"error": "2 compute level(s): a law needs at least 3"}}},
+        "crossings": [{"a": "decoder", "b": "encdec", "crossing_flops": 4.567e11, "ci": [2.346e11, 8.9e11],
+                       "share_crossing": 0.62, "lower_at_small": "encdec"}]}
+    write_json(tmp_path / "analysis.json", {"fits": {}, "structure_study": study})
+    html = str(_curves_section([], read_json(tmp_path / "analysis.json"), tmp_path / "plots"))
+    assert "<td>decoder vs encdec</td><td>4.57e+11</td><td>[2.35e+11, 8.9e+11]</td><td>62%</td><td>encdec</td>" in html
+    assert "<td>4.906 / 4.923</td><td>4.915</td><td>0.017</td>" in html
+    assert "<td>encdec</td><td>1.5 [1.2, 1.8]</td><td>300 [100, 900]</td><td>0.2 [0.15, 0.25]</td>" in html
+    assert "not fitted: 2 compute level(s)" in html
+    assert (tmp_path / "plots" / "structure_skills.png").stat().st_size > 1000

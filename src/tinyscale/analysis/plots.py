@@ -462,3 +462,33 @@ def structure_curves(study: dict[str, Any] | None, path: str | Path) -> Path | N
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def structure_skill_gaps(study: dict[str, Any] | None, path: str | Path) -> Path | None:
+    """The structure study per skill: the gap (target loss minus the no-skill baseline) against
+    training compute, one panel per skill, one colour per structure, the seeds' mean at each level."""
+    entries = sorted((study or {}).get("structures", {}).items())
+    skills = sorted({k for _, e in entries for p in e["points"] if len(p) > 4 for k in p[4]})
+    if not skills:
+        return None
+    cols = min(3, len(skills))
+    rows = -(-len(skills) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+    for ax, skill in zip(axes.flat, skills, strict=False):
+        for i, (name, entry) in enumerate(entries):
+            by: dict[float, list[float]] = {}
+            for p in entry["points"]:
+                if len(p) > 4 and p[4].get(skill) is not None:
+                    by.setdefault(round(float(p[0]), -6), []).append(p[4][skill])
+            xs = sorted(by)
+            ax.plot(xs, [float(np.mean(by[x])) for x in xs], "o-", color=f"C{i}", label=name, ms=3, lw=1)
+        ax.axhline(0, color="grey", lw=0.6)
+        _log_axis(ax.xaxis)
+        ax.set_title(skill, fontsize=9)
+        ax.set_xlabel("training FLOPs", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(skills):]:
+        ax.set_visible(False)
+    axes.flat[0].set_ylabel("gap (nats/token)", fontsize=8)
+    axes.flat[0].legend(fontsize=6)
+    return _save(fig, path)

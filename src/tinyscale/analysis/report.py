@@ -146,20 +146,48 @@ def comparison_rows(analysis: dict) -> list[list[str]]:
     return rows
 
 
+def structure_tables(study: dict | None) -> dict[str, list[list[str]]] | None:
+    """The structure study's tables (analysis/structure_study.py): the final target loss of every
+    structure at every compute level (each seed, their mean and spread), the fitted L(C) per
+    structure with 95% bootstrap intervals, and every pair's crossing with its interval."""
+    if not study or not study.get("structures"):
+        return None
+    levels, fits = [], []
+    for name, e in sorted(study["structures"].items()):
+        for lv in e.get("levels") or []:
+            levels.append([name, _num(lv.get("width")), _num(lv.get("params")), _num(lv.get("tokens")),
+                           _sci(lv["flops"]), " / ".join(f"{x:.3f}" for x in lv["losses"]), f"{lv['mean']:.3f}",
+                           f"{lv['spread']:.3f}"])
+        fit = e.get("fit") or {}
+        fits.append([name, _interval(fit, "E"), _interval(fit, "A"), _interval(fit, "alpha"), str(fit["n_points"]),
+                     str(fit["n_boot"])] if "params" in fit else [name, f"not fitted: {fit.get('error', 'no data')}",
+                                                                   "", "", "", ""])
+    crossings = []
+    for c in study.get("crossings") or []:
+        ci, share = c.get("ci"), c.get("share_crossing")
+        crossings.append([f"{c['a']} vs {c['b']}", _sci(c.get("crossing_flops")) if c.get("crossing_flops") else "none",
+                          f"[{_sci(ci[0])}, {_sci(ci[1])}]" if ci else "—",
+                          f"{share:.0%}" if share is not None else "—", c.get("lower_at_small") or "—"])
+    return {"levels": levels, "fits": fits, "crossings": crossings}
+
+
 def _curves_section(records: list[dict], analysis: dict, plot_dir: Path) -> Markup:
     fits = analysis.get("fits", {})
     size_key = fits.get("size_key", "non_embedding_params")
     extra = [(plots.law_fits(fits, plot_dir / "law_fits.png"), "L(N) and L(D)"),
              (plots.frontier_plot(fits, plot_dir / "frontier.png"), "compute-optimal frontier"),
              (plots.structure_curves(analysis.get("structure_study"), plot_dir / "structure.png"),
-              "target loss against compute per structure (docs/structure.md)")]
+              "target loss against compute per structure (docs/structure.md)"),
+             (plots.structure_skill_gaps(analysis.get("structure_study"), plot_dir / "structure_skills.png"),
+              "gap per skill against compute per structure")]
     return _render(
         "report/curves.html", size_key=size_key, caveat=seed_note(analysis), fits=fit_rows(fits),
         curves_png=_b64(plots.learning_curves(records, fits, plot_dir / "learning_curves.png", size_key)),
         how=(analysis.get("seeds") or {}).get("intervals", "runs"),
         comparisons=comparison_rows(analysis) if analysis.get("comparisons") else [],
         ld_source=(fits.get("L(D)") or {}).get("source"), frontier=frontier_text(fits.get("frontier") or {}),
-        figures=[{"png": _b64(png), "alt": alt} for png, alt in extra if png])
+        figures=[{"png": _b64(png), "alt": alt} for png, alt in extra if png],
+        structure=structure_tables(analysis.get("structure_study")))
 
 
 def _final_completions(sweep_dir: Path) -> tuple[list[tuple[str, list[dict]]], dict[str, dict]]:

@@ -2,7 +2,8 @@
 law L(C) = E + A / C^alpha fitted per structure, and where two structures' fitted curves cross.
 
 Points: the final checkpoint of every run (one per run and seed; seeds are separate points of one
-group each, so the bootstrap over runs carries the seed noise). Compute is the run's training
+group each, so the bootstrap over runs carries the seed noise): [flops, loss, seed, loss per skill,
+gap per skill (loss - no-skill baseline)]. `levels` gathers the seeds of each compute level. Compute is the run's training
 FLOPs (structure.py counts them per target token). A crossing of structures a and b is a compute
 inside the measured range where the difference of their fitted losses changes sign; its interval
 is the 2.5 and 97.5 percentiles over bootstrap fits (the b-th fit of a against the b-th of b), and
@@ -27,6 +28,22 @@ def _finals(records: list[dict]) -> dict[str, list[dict]]:
         if r.get("structure") and r.get("final") and r.get("loss") is not None and r.get("flops"):
             by.setdefault(r["structure"], []).append(r)
     return by
+
+
+def _levels(recs: list[dict]) -> list[dict[str, Any]]:
+    """Per compute level (runs of one scale: the same target tokens and width): the seeds' final
+    losses, their mean and their spread (max - min), smallest compute first."""
+    by: dict[tuple, list[dict]] = {}
+    for r in recs:
+        by.setdefault((r.get("tokens"), r.get("width")), []).append(r)
+    out = []
+    for group in by.values():
+        losses = [r["loss"] for r in sorted(group, key=lambda r: (r.get("seed") is None, r.get("seed")))]
+        out.append({"flops": float(np.mean([r["flops"] for r in group])), "tokens": group[0].get("tokens"),
+                    "width": group[0].get("width"), "depth": group[0].get("depth"),
+                    "params": group[0].get("non_embedding_params"), "seeds": [r.get("seed") for r in group],
+                    "losses": losses, "mean": float(np.mean(losses)), "spread": float(np.ptp(losses))})
+    return sorted(out, key=lambda e: e["flops"])
 
 
 def _law(x: np.ndarray, p: dict[str, float]) -> np.ndarray:
@@ -67,8 +84,8 @@ def structure_study(records: list[dict], n_boot: int = 200, seed: int = 0) -> di
     for name, recs in sorted(finals.items()):
         x = np.array([r["flops"] for r in recs], float)
         y = np.array([r["loss"] for r in recs], float)
-        entry: dict[str, Any] = {"points": [[r["flops"], r["loss"], r.get("seed"), r.get("skill_loss") or {}]
-                                            for r in recs]}
+        entry: dict[str, Any] = {"points": [[r["flops"], r["loss"], r.get("seed"), r.get("skill_loss") or {},
+                                             r.get("skill_gap") or {}] for r in recs], "levels": _levels(recs)}
         if len(set(x.round(-3))) < 3:
             entry["fit"] = {"error": f"{len(set(x.round(-3)))} compute level(s): a law needs at least 3"}
         else:

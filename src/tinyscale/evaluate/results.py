@@ -288,7 +288,9 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
         max_tokens = int((info.get("config") or {}).get("eval_tokens") or DEFAULT_MAX_TOKENS)
     if (info.get("model") or {}).get("structure"):
         return evaluate_structured_run(run_dir, info, checkpoints, device, max_tokens=max_tokens,
-                                       batch_size=batch_size, data_dir=_data_dir(run_dir, info, data_dir), write=write)
+                                       batch_size=batch_size, data_dir=_data_dir(run_dir, info, data_dir), write=write,
+                                       suites=suites, world_probes=world_probes, completions=completions,
+                                       samples=samples, temperature=temperature, seed=seed)
     if max_tokens < 1 or completions < 0 or samples < 1 or temperature < 0:
         raise UserError("evaluate: max_tokens and samples must be positive, completions and temperature >= 0")
     steps = select_checkpoints(checkpoints, list_checkpoints(run_dir), run_dir)
@@ -460,45 +462,108 @@ def _world_table(results: dict[int, dict]):
 
 
 def evaluate_structured_run(run_dir: Path, info: dict, checkpoints: Any, device: str, *, max_tokens: int,
-                            batch_size: int, data_dir: Path, write: bool) -> dict[int, dict]:
-    """`tinyscale eval` for a run with a structure: the target loss per skill of every split (val,
-    and ood when the corpus holds one out) at the selected checkpoints, written as RUN/eval/<step>.json
-    in the format of evaluate/results.py. Probes and completions are left out (they read prompts
-    through the decoder-only interface; docs/structure.md lists them as missing)."""
+                            batch_size: int, data_dir: Path, write: bool, suites: list[str] | None = None,
+                            world_probes: int | None = None, completions: int = 0, samples: int = 2,
+                            temperature: float = 0.8, seed: int = 0) -> dict[int, dict]:
+    """`tinyscale eval` for a run with a structure, written as RUN/eval/<step>.json in the format of
+    evaluate/results.py: the target loss per skill of every split (val, and ood when the corpus holds
+    one out); the probe suites and the story world's probe sets with the prompt split at its header
+    (input: the header through ``Story:``, target: the story so far and the option; a prompt with no
+    header is all target), items longer than the trained target left out and counted; completions
+    sampled for the headers of validation stories (evaluate/structured.py)."""
     from safetensors.torch import load_model as load_weights
 
-    from tinyscale.data.examples import find_examples, marker_ids
     from tinyscale.data.shards import ShardSet
     from tinyscale.devices import pick_device
-    from tinyscale.evaluate.loss import summarize_losses
-    from tinyscale.evaluate.structured import example_loss_data, example_token_losses
     from tinyscale.runs import list_checkpoints, load_model, weights_path
 
     cfg = info["config"]
     steps = select_checkpoints(checkpoints, list_checkpoints(run_dir), run_dir)
+    probe_suites = load_suites(suites)  # a bad suite fails before any data is read
     dev = pick_device(device)
     shards = ShardSet.open(data_dir)
-    marker = marker_ids(Path(shards.dir) / "tokenizer.json")
-    data = []
-    for split in [s for s in ("val", "ood") if s in shards.splits]:
-        tokens = shards.tokens(split)
-        ex = find_examples(tokens, shards.eot_id, marker)
-        data.append(example_loss_data(split, tokens, shards.skills(split), shards.floor(split), shards.base(split),
-                                      ex, cfg["input_len"], cfg["seq_len"], max_tokens, shards.eot_id))
+    _check_tokenizer(run_dir, shards)
+    prep = _StructuredPrep(cfg, shards, probe_suites, load_world_probes(shards, world_probes), max_tokens,
+                           completions)
     model, _ = load_model(run_dir, steps[0], device=str(dev), structured=True)
     results: dict[int, dict] = {}
     for step in steps:
         load_weights(model, str(weights_path(run_dir, step)), device=str(dev))
         model.eval()
         t0 = time.perf_counter()
-        loss = {d.split: summarize_losses(example_token_losses(model, d, dev, batch_size), d) for d in data}
         result = {"format": FORMAT, "step": step, "tokens_seen": step * cfg["batch"] * cfg["seq_len"] * cfg["grad_accum"],
                   "run": str(run_dir), "data": str(shards.dir),
                   "settings": {"max_tokens": max_tokens, "seq_len": cfg["seq_len"], "input_len": cfg["input_len"],
-                               "structure": info["model"]["structure"], "device": str(dev)},
-                  "loss": loss, "probes": {}, "world_probes": {}, "completions": [],
-                  "seconds": {"loss": time.perf_counter() - t0}}
+                               "structure": info["model"]["structure"], "device": str(dev),
+                               "suites": list(prep.sets["probes"]), "completions": len(prep.picks),
+                               "samples": samples, "temperature": temperature, "seed": seed,
+                               "probes_left_out": prep.left_out, "world_probes": prep.world_settings}}
+        result.update(prep.evaluate(model, dev, batch_size, samples=samples, temperature=temperature, seed=seed))
+        result["seconds"]["total"] = time.perf_counter() - t0
         if write:
-            write_json(eval_dir(run_dir) / f"{step}.json", result)
+            write_json(eval_dir(run_dir) / f"{step}.json", _finite(result))
         results[step] = result
     return results
+
+
+class _StructuredPrep:
+    """What `evaluate_structured_run` builds once: the loss examples, the probe sets, the stories to
+    complete (validation examples) and the corpus vocabulary their quality figures read."""
+
+    def __init__(self, cfg: dict, shards, suites: dict[str, list], world: tuple[dict[str, list], dict | None],
+                 max_tokens: int, completions: int) -> None:
+        from tinyscale.data.examples import find_examples, marker_ids
+        from tinyscale.evaluate.probes import Codec
+        from tinyscale.evaluate.structured import example_loss_data
+
+        self.S, self.T = cfg["input_len"], cfg["seq_len"]
+        marker = marker_ids(Path(shards.dir) / "tokenizer.json")
+        self.marker = marker.tolist()
+        self.tokenizer, self.eot_id = shards.tokenizer(), shards.eot_id
+        self.codec = Codec.from_tokenizer(self.tokenizer, bos_id=shards.eot_id)
+        self.loss, self.examples = [], {}
+        for split in [s for s in ("val", "ood") if s in shards.splits]:
+            tokens = shards.tokens(split)
+            self.examples[split] = (tokens, find_examples(tokens, shards.eot_id, marker))
+            self.loss.append(example_loss_data(split, tokens, shards.skills(split), shards.floor(split),
+                                               shards.base(split), self.examples[split][1], self.S, self.T,
+                                               max_tokens, shards.eot_id))
+        self.sets, self.world_settings = {"probes": suites, "world_probes": world[0]}, world[1]
+        self.left_out: dict[str, int] = {}
+        n_val = len(self.examples["val"][1]) if "val" in self.examples else 0
+        self.picks = list(range(min(completions, n_val)))
+        self.vocabulary, self.reference = _corpus_words(shards, self.tokenizer) if self.picks else (set(), {})
+
+    def evaluate(self, model, dev, batch_size: int, *, samples: int, temperature: float, seed: int) -> dict:
+        from tinyscale.evaluate.completions import REPEAT_WINDOW, quality
+        from tinyscale.evaluate.loss import summarize_losses
+        from tinyscale.evaluate.probes import summarize
+        from tinyscale.evaluate.structured import (
+            complete_headers,
+            example_token_losses,
+            score_structured_probes,
+        )
+
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        out: dict[str, Any] = {"loss": {d.split: summarize_losses(example_token_losses(model, d, dev, batch_size), d)
+                                        for d in self.loss}}
+        seconds["loss"] = time.perf_counter() - t0
+        for family, sets in self.sets.items():
+            t0, out[family] = time.perf_counter(), {}
+            for name, probes in sets.items():
+                kept, scores, left = score_structured_probes(model, probes, self.codec, self.marker, self.S, self.T,
+                                                             dev)
+                if left:
+                    self.left_out[name if family == "probes" else f"{name} (world)"] = left
+                if kept:
+                    out[family][name] = summarize(kept, scores)
+            seconds[family] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stories = complete_headers(model, *self.examples["val"], self.tokenizer, stories=len(self.picks),
+                                   samples=samples, temperature=temperature, seed=seed, n_input=self.S,
+                                   n_target=self.T, eot_id=self.eot_id, device=dev) if self.picks else []
+        seconds["completions"] = time.perf_counter() - t0
+        figures = {**quality(stories, self.vocabulary), "temperature": temperature, "max_new_tokens": self.T,
+                   "repeat_window": REPEAT_WINDOW, "vocabulary_words": len(self.vocabulary), "corpus": self.reference}
+        return {**out, "completions": stories, "completion_quality": figures, "seconds": seconds}

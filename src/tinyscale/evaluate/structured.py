@@ -70,3 +70,111 @@ def example_token_losses(model: torch.nn.Module, data: ExampleData, device: torc
         out[r] = ce.masked_fill(~valid[:, data.n_input:], math.nan).double().cpu()
     return out
 
+
+
+# --- probes and completions: the header is the input, the story so far and the option the target ---
+
+
+def split_at_marker(ids: list[int], marker: list[int]) -> int:
+    """Index of the first token after the first `marker` in `ids` (0 when there is none: a prompt
+    without a header is all target, as a plain story is in training; data/examples.py)."""
+    m = len(marker)
+    for i in range(len(ids) - m + 1):
+        if ids[i:i + m] == marker:
+            return i + m
+    return 0
+
+
+def _probe_rows(probe, codec, marker: list[int], n_input: int, n_target: int) -> list[tuple] | None:
+    """(input ids, target ids, option tokens) for every option of `probe`, or None when one does not
+    fit: the target (story so far + option) and the position after it must lie within the T target
+    positions the model was trained at. The input keeps its last n_input tokens, as in training."""
+    ids = codec.encode(probe.prompt)
+    at = split_at_marker(ids, marker)
+    inp, prefix = ([codec.bos_id] + ids[:at])[-n_input:], ids[at:]
+    rows = []
+    for option in probe.options:
+        cont = codec.encode(" " + option)
+        if not cont or len(prefix) + len(cont) >= n_target:
+            return None
+        rows.append((inp, prefix + cont, len(cont)))
+    return rows
+
+
+@torch.no_grad()
+def _score_rows(model: torch.nn.Module, rows: list[tuple], n_input: int, pad_id: int, device, batch_size: int
+                ) -> list[tuple[float, bool, int]]:
+    """Per row: (summed log-probability of its option tokens, all of them the argmax, the argmax
+    after them), from one forward pass per batch of rows laid out as in training: the input
+    left-padded to n_input, the target right-padded (one extra column: the position after it)."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][1]))
+    out: list[tuple[float, bool, int]] = [(0.0, False, 0)] * len(rows)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        width = max(len(rows[i][1]) for i in idx) + 1
+        w = torch.full((len(idx), n_input + width), pad_id, dtype=torch.long)
+        valid = torch.zeros(w.shape, dtype=torch.bool)
+        for r, i in enumerate(idx):
+            inp, tgt, _ = rows[i]
+            w[r, n_input - len(inp):n_input], valid[r, n_input - len(inp):n_input] = torch.tensor(inp), True
+            w[r, n_input:n_input + len(tgt)], valid[r, n_input:n_input + len(tgt)] = torch.tensor(tgt), True
+        logp = torch.log_softmax(model(w.to(device), valid.to(device), n_input).float(), -1).cpu()
+        for r, i in enumerate(idx):
+            _, tgt, n = rows[i]
+            at = torch.arange(len(tgt) - n, len(tgt))  # logits[:, j] predict target token j
+            lp = logp[r, at, torch.tensor(tgt[-n:])]
+            greedy = bool((logp[r, at].argmax(-1) == torch.tensor(tgt[-n:])).all())
+            out[i] = (float(lp.sum()), greedy, int(logp[r, len(tgt)].argmax()))
+    return out
+
+
+def score_structured_probes(model: torch.nn.Module, probes: list, codec, marker: list[int], n_input: int,
+                            n_target: int, device, batch_size: int = 32) -> tuple[list, list, int]:
+    """(the probes scored, their evaluate.probes.ProbeScore, how many were left out because they do
+    not fit the trained target length). Scores are those of evaluate.probes.score_probes: multiple
+    choice by summed log-probability of each option, greedy exact match, the answer's probability."""
+    from tinyscale.evaluate.probes import ProbeScore
+
+    kept, rows = [], []
+    for probe in probes:
+        r = _probe_rows(probe, codec, marker, n_input, n_target)
+        if r is not None:
+            kept.append(probe)
+            rows += r
+    flat = _score_rows(model, rows, n_input, codec.bos_id or 0, device, batch_size)
+    scores, i = [], 0
+    for probe in kept:
+        got = flat[i:i + len(probe.options)]
+        i += len(probe.options)
+        _, greedy, after = got[0]
+        scores.append(ProbeScore(probe.id, probe.kind, probe.style, tuple(g[0] for g in got),
+                                 exact=greedy and not codec.continues_word(after),
+                                 tokens=tuple(n for _, _, n in rows[i - len(probe.options):i])))
+    return kept, scores, len(probes) - len(kept)
+
+
+def complete_headers(model: torch.nn.Module, tokens: np.ndarray, ex: Examples, tokenizer, *, stories: int,
+                     samples: int, temperature: float, seed: int, n_input: int, n_target: int, eot_id: int,
+                     device) -> list[dict]:
+    """`stories` validation examples picked at random (seeded): their header is the input, `samples`
+    stories are sampled for it (structure.sample, up to n_target tokens). Entries in the format of
+    evaluate/completions.py (prompt = the header, ending = the original story's first T tokens)."""
+    from tinyscale.structure import sample
+
+    tokens = np.asarray(tokens)
+    picks = np.random.default_rng(seed).permutation(len(ex))[:stories]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for k in picks:
+        header = tokens[ex.start[k]:ex.split[k]].astype(np.int64)
+        inp = header[-n_input:]  # cut from the left to the trained input length, as in training
+        ending = tokens[ex.split[k]:ex.end[k]][:n_target].astype(np.int64).tolist()
+        rows = sample(model, torch.tensor(np.tile(inp, (samples, 1)), device=device), n_target, eot_id,
+                      temperature, None, gen).cpu()
+        texts = [[t for t in row.tolist() if t != eot_id] for row in rows]
+        out.append({"id": f"val:{int(ex.start[k])}", "prompt": tokenizer.decode(inp.tolist()),
+                    "ending": tokenizer.decode(ending), "completions": [tokenizer.decode(t) for t in texts],
+                    "prompt_tokens": len(inp), "prompt_cut_tokens": len(header) - len(inp),
+                    "completion_tokens": [len(t) for t in texts],
+                    "ended": [bool((row == eot_id).any()) for row in rows]})
+    return out
