@@ -153,3 +153,28 @@ def test_lone_request_decodes_in_the_kernel_as_the_forward_pass_does(model):
     assert calls == 6 + 19 + 3 + 22
     assert kernel[0] == generate(model, [prompts[0]], 30, temperature=0)[0]
     assert kernel[2] != generate(model, [prompts[1]], 30, temperature=0)[0]  # sampled, not greedy by accident
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_engine_cache_takes_memory_only_where_rows_are_written():
+    """A server started with room for many requests does not hold that room until requests use it:
+    the cache of 64 rows x 1024 positions (128 MB of float32 keys and values) adds a few MB at start,
+    and a request still decodes what `generate` gives alone (unwritten columns read as zeros)."""
+    torch.manual_seed(0)
+    m = Transformer(model_config(vocab_size=97, max_seq_len=1024, d_model=128, n_layers=4, n_heads=4)).eval()
+    full_mb = 2 * 4 * 64 * 1024 * 128 * 4 / 2**20
+    before = _resident_mb()
+    engine = Engine(m, max_batch=64, max_queue=4)
+    try:
+        assert _resident_mb() - before < full_mb / 8
+        prompts = [[1, 2, 3], [4, 5]]
+        pending = [submit(engine, p, Sampling(max_tokens=6, temperature=0))[1] for p in prompts]
+        got = [collect(events)[0][0] for events in pending]
+    finally:
+        engine.close()
+    assert got == [generate(m, [p], 6, temperature=0)[0] for p in prompts]

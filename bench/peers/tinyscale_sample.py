@@ -26,7 +26,7 @@ def prepare(out: Path) -> None:
 
     write_world_corpus(out / "corpus", stories=4000, seed=0)
     tokenize_corpus(out / "corpus", out / "shards", vocab_size=4096)
-    cfg = TrainConfig(data=str(out / "shards"), preset="15M", tokens=256, batch=1, seq_len=256, max_seq_len=512,
+    cfg = TrainConfig(data=str(out / "shards"), preset="15M", tokens=512, batch=1, seq_len=512, max_seq_len=512,
                       eval_every=0, eval_tokens=256, dtype="fp32", warmup=0)
     train(cfg, out / "run")
     export_hf(out / "run", out / "hf")

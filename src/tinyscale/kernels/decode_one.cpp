@@ -183,11 +183,90 @@ float row_scores(const float* q, const T* k, int64_t stride, const bool* ok, int
   return top;
 }
 
+#ifdef __AVX512F__
+// AVX-512 versions of the one-query attention for head sizes that are multiples of 16 (C vectors of
+// 16): half the instructions of the AVX2 path per key, where the 32-row decoding step's attention
+// runs compute-bound once its cache is in the core's caches.
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// The lane sums of a[0..16) as one vector, in order (a transpose-and-add tree).
+inline __m512 hsum16(const __m512* a) {
+  __m512 b[8], c[4];
+  for (int j = 0; j < 8; ++j) b[j] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * j], a[2 * j + 1]),
+                                                   _mm512_unpackhi_ps(a[2 * j], a[2 * j + 1]));
+  for (int k = 0; k < 4; ++k) {
+    const __m512d x = _mm512_castps_pd(b[2 * k]), y = _mm512_castps_pd(b[2 * k + 1]);
+    c[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  const __m512 d = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xdd));
+  const __m512 e = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88), _mm512_shuffle_f32x4(c[2], c[3], 0xdd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(d, e, 0x88), _mm512_shuffle_f32x4(d, e, 0xdd));
+}
+
+template <int C, typename T>
+void attend_row16(const float* q, const T* k, int64_t ks, const T* v, int64_t vs, const bool* ok, int64_t len,
+                  float scale, float* scores, float* y, const T* next_k, const T* next_v) {
+  constexpr int64_t hd = 16 * C;
+  __m512 qv[C];
+  for (int c = 0; c < C; ++c) qv[c] = _mm512_mul_ps(load16(q + 16 * c), _mm512_set1_ps(scale));
+  int64_t t = 0;
+  for (; t + 16 <= len; t += 16) {
+    prefetch_rows(next_k, ks, t, 16, len, hd);
+    __m512 a[16];
+    for (int j = 0; j < 16; ++j) {
+      const T* kt = k + (t + j) * ks;
+      a[j] = _mm512_mul_ps(qv[0], load16(kt));
+      for (int c = 1; c < C; ++c) a[j] = _mm512_fmadd_ps(qv[c], load16(kt + 16 * c), a[j]);
+    }
+    _mm512_storeu_ps(scores + t, hsum16(a));
+  }
+  for (; t < len; ++t) {
+    const T* kt = k + t * ks;
+    __m512 a = _mm512_mul_ps(qv[0], load16(kt));
+    for (int c = 1; c < C; ++c) a = _mm512_fmadd_ps(qv[c], load16(kt + 16 * c), a);
+    scores[t] = _mm512_reduce_add_ps(a);
+  }
+  float top = -INFINITY;
+  for (t = 0; t < len; ++t) {
+    if (ok && !ok[t]) scores[t] = -INFINITY;
+    top = std::max(top, scores[t]);
+  }
+  const float inv = 1.f / exp_shifted(scores, len, top);
+  __m512 acc[2][C];
+  for (int s = 0; s < 2; ++s)
+    for (int c = 0; c < C; ++c) acc[s][c] = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j + 2 <= len; j += 2) {
+    if (j % 16 == 0) prefetch_rows(next_v, vs, j, 16, len, hd);
+    for (int s = 0; s < 2; ++s) {
+      const __m512 w = _mm512_set1_ps(scores[j + s]);
+      for (int c = 0; c < C; ++c) acc[s][c] = _mm512_fmadd_ps(w, load16(v + (j + s) * vs + 16 * c), acc[s][c]);
+    }
+  }
+  for (; j < len; ++j)
+    for (int c = 0; c < C; ++c)
+      acc[0][c] = _mm512_fmadd_ps(_mm512_set1_ps(scores[j]), load16(v + j * vs + 16 * c), acc[0][c]);
+  for (int c = 0; c < C; ++c)
+    _mm512_storeu_ps(y + 16 * c, _mm512_mul_ps(_mm512_add_ps(acc[0][c], acc[1][c]), _mm512_set1_ps(inv)));
+}
+#endif
+
 // One query over one head's cached keys and values: y = softmax(q k^T * scale) v.
 template <typename T>
 void attend_row(const float* q, const T* k, int64_t ks, const T* v, int64_t vs, const bool* ok, int64_t len,
                 int64_t hd, float scale, float* scores, float* y, const T* next_k = nullptr,
                 const T* next_v = nullptr) {
+#ifdef __AVX512F__
+  switch (hd) {
+    case 16: return attend_row16<1>(q, k, ks, v, vs, ok, len, scale, scores, y, next_k, next_v);
+    case 32: return attend_row16<2>(q, k, ks, v, vs, ok, len, scale, scores, y, next_k, next_v);
+    case 48: return attend_row16<3>(q, k, ks, v, vs, ok, len, scale, scores, y, next_k, next_v);
+    case 64: return attend_row16<4>(q, k, ks, v, vs, ok, len, scale, scores, y, next_k, next_v);
+  }
+#endif
   const float top = row_scores(q, k, ks, ok, len, hd, scale, scores, next_k);
   const float inv = 1.f / exp_shifted(scores, len, top);
 #pragma omp simd

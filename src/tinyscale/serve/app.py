@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -122,12 +123,47 @@ class Guard:
 # --- one request's jobs and choices -------------------------------------------------------------------
 
 
+class Mailbox:
+    """Events from the engine thread to the event loop's queues, handed over in batches: one wake-up
+    of the loop (`call_soon_threadsafe`, a write to its self-pipe) per engine step, not one per token
+    of each running sequence (64 per step at 64 clients)."""
+
+    _by_loop: dict[int, Mailbox] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.items, self.lock, self.scheduled = loop, [], threading.Lock(), False
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> Mailbox:
+        box = cls._by_loop.get(id(loop))
+        if box is None or box.loop is not loop:
+            box = cls._by_loop[id(loop)] = cls(loop)
+        return box
+
+    def post(self, queue: asyncio.Queue, item) -> None:
+        with self.lock:
+            self.items.append((queue, item))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the event loop has closed: nobody is listening any more
+            pass
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class Run:
     """The jobs of one request (one per prompt, `n` choices each) and their choices, fed by the engine."""
 
     def __init__(self, backend: Backend, prompts: list[list[int]], skip_first: list[bool], n: int,
                  sampling: Sampling, stops: list[str]) -> None:
-        loop = asyncio.get_running_loop()
+        mailbox = Mailbox.of(asyncio.get_running_loop())
         self.queue: asyncio.Queue = asyncio.Queue()
         self.n, self.skip_first, self.stops = n, skip_first, stops
         self.choices = [Choice(i, backend.vocab, stops) for i in range(len(prompts) * n)]
@@ -136,10 +172,7 @@ class Run:
 
         def emitter(p: int):
             def emit(event: tuple) -> None:
-                try:
-                    loop.call_soon_threadsafe(self.queue.put_nowait, (p, event))
-                except RuntimeError:  # the event loop has closed: nobody is listening any more
-                    pass
+                mailbox.post(self.queue, (p, event))
             return emit
 
         self.jobs = [Job(ids, n, sampling, emitter(p)) for p, ids in enumerate(prompts)]
@@ -424,8 +457,9 @@ async def _completion_chunks(run: Run, body: CompletionRequest) -> AsyncIterator
         delta = c.ready_text()
         c.sent_chars += len(delta)
         new = c.tokens[c.sent_tokens:]
-        gen_ids = [t.id for t in c.tokens]
-        offsets += [base + len(c.vocab.decode(gen_ids[:i])) for i in range(c.sent_tokens, len(c.tokens))]
+        if body.logprobs is not None:  # offsets only where asked: each decodes the text so far
+            gen_ids = [t.id for t in c.tokens]
+            offsets += [base + len(c.vocab.decode(gen_ids[:i])) for i in range(c.sent_tokens, len(c.tokens))]
         c.sent_tokens = max(c.sent_tokens, len(c.tokens))
         text, tokens = text + delta, tokens + new
         if not text and not tokens and c.finish is None:

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from tinyscale.decoding import NativeDecoder, new_cache
 from tinyscale.generate import sample_next
-from tinyscale.model import KVCache, Transformer
+from tinyscale.model import Transformer
 from tinyscale.serve.penalties import Penalties, adjust
 
 log = logging.getLogger("tinyscale.serve")
@@ -110,11 +110,12 @@ class Engine:
         self.model, self.max_batch, self.max_queue, self.dtype = model, max_batch, max_queue, dtype
         self.context = model.cfg.max_seq_len
         self.device = model.tok_emb.weight.device
-        self.cache = new_cache(model, max_batch, self.context)
+        # Memory is taken where rows are written (decoding.zeros_on_write), not for max_batch x context.
+        self.cache = new_cache(model, max_batch, self.context, lazy=True)
         self.col = 0
         self.native: NativeDecoder | None = None  # the kernel for a lone row, and its one-row cache
         if NativeDecoder.available(model, 1, dtype):
-            self.native = NativeDecoder(model, KVCache(model.cfg, 1, self.context, self.device))
+            self.native = NativeDecoder(model, new_cache(model, 1, self.context, lazy=True))
         self.lone = False  # the one running row's keys/values are in the kernel's cache, not self.cache
         self.rows: list[_Row] = []
         self.waiting: collections.deque[Job] = collections.deque()
@@ -199,7 +200,8 @@ class Engine:
         if self.rows and new_col != self.col:
             n, width = len(self.rows), max(r.length for r in self.rows)
             for t in (self.cache.k, self.cache.v):
-                t[:, :n, :, new_col - width:new_col] = t[:, :n, :, self.col - width:self.col].clone()
+                for layer in t:  # a layer at a time: the copy's scratch is one layer's block, not the cache's
+                    layer[:n, :, new_col - width:new_col] = layer[:n, :, self.col - width:self.col].clone()
         self.col = new_col
 
     def _start(self, job: Job, new_col: int) -> None:
