@@ -130,9 +130,9 @@ def clip_gradients(params: list[torch.Tensor], cfg: TrainConfig) -> torch.Tensor
 
 
 def build_model(mcfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> Transformer:
-    """The model to train. On the CPU its causal attention runs in the C++ kernel (kernels/causal.py;
-    docs/speed.md); elsewhere, and with TINYSCALE_NO_KERNELS=1, in PyTorch's
-    scaled_dot_product_attention."""
+    """The model to train. On the CPU its causal attention (with the rotary positions) runs in the C++
+    kernel (kernels/causal.py, kernels/fused.py; docs/speed.md), and in eager mode its RMSNorms and
+    SwiGLU activations too; elsewhere, and with TINYSCALE_NO_KERNELS=1, PyTorch's operators."""
     if mcfg.structure is not None:
         from tinyscale.structure import StructuredLM
 
@@ -143,6 +143,9 @@ def build_model(mcfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> Tr
         from tinyscale.kernels.causal import use_kernel_attention
 
         use_kernel_attention(model)  # masked attention (a structure's) falls back to PyTorch's
+        from tinyscale.kernels.fused import use_fused_kernels
+
+        use_fused_kernels(model, compiled=cfg.compile)  # rotary + attention, norms, SwiGLU: one pass each
     return model
 
 

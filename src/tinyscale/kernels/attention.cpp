@@ -207,7 +207,7 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
 template <int C>
 void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
                     const torch::Tensor& v, const torch::Tensor& out, const float* lse, float* dq, float* dk,
-                    float* dv) {
+                    float* dv, int64_t rs) {  // rs: the outputs' stride between positions
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = 8 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
@@ -244,7 +244,7 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
         }
         for (int k2 = 0; k2 < r; ++k2)  // dq_i = sum_j ds_ij k_j
           tinyscale::weighted_rows<C, kRows<C>>(dr[k2], hb.k.data(), 8 * C, i + k2 + 1,
-                                                dq + ((b * T + i + k2) * H + h) * hd);
+                                                dq + (b * T + i + k2) * rs + h * hd);
         const float* g0 = gb + i * dout.stride(2);
         if (r == 2) {
           const float* g1 = g0 + dout.stride(2);
@@ -256,8 +256,8 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
         }
       }
       for (int64_t t = 0; t < T; ++t) {
-        std::copy_n(gk.data() + t * hd, hd, dk + ((b * T + t) * H + h) * hd);
-        std::copy_n(gv.data() + t * hd, hd, dv + ((b * T + t) * H + h) * hd);
+        std::copy_n(gk.data() + t * hd, hd, dk + (b * T + t) * rs + h * hd);
+        std::copy_n(gv.data() + t * hd, hd, dv + (b * T + t) * rs + h * hd);
       }
     }
   });
@@ -302,7 +302,23 @@ std::vector<torch::Tensor> causal_attention_backward(const torch::Tensor& dout, 
   auto dv = torch::empty({B, T, H, hd}, torch::kFloat);
   by_head_size(hd, [&](auto c) {
     backward_heads<c()>(dout, q, k, v, out, lse.data_ptr<float>(), dq.data_ptr<float>(), dk.data_ptr<float>(),
-                        dv.data_ptr<float>());
+                        dv.data_ptr<float>(), H * hd);
   });
   return {dq.permute({0, 2, 1, 3}), dk.permute({0, 2, 1, 3}), dv.permute({0, 2, 1, 3})};
+}
+
+// The same gradients packed as the q/k/v projection's output, [B, T, 3, H, hd] (dq, dk, dv side by
+// side per position): the packed projection's backward reads them without a concatenation.
+torch::Tensor causal_attention_backward_packed(const torch::Tensor& dout, const torch::Tensor& q,
+                                               const torch::Tensor& k, const torch::Tensor& v,
+                                               const torch::Tensor& out, const torch::Tensor& lse) {
+  check(q, q, "q"), check(k, q, "k"), check(v, q, "v"), check(out, q, "out"), check(dout, q, "the gradient");
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3);
+  TORCH_CHECK(lse.is_contiguous() && lse.numel() == B * H * T, "causal attention: lse must be [B, H, T]");
+  auto dqkv = torch::empty({B, T, 3, H, hd}, torch::kFloat);
+  float* g = dqkv.data_ptr<float>();
+  by_head_size(hd, [&](auto c) {
+    backward_heads<c()>(dout, q, k, v, out, lse.data_ptr<float>(), g, g + H * hd, g + 2 * H * hd, 3 * H * hd);
+  });
+  return dqkv;
 }
