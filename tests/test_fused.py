@@ -59,7 +59,13 @@ def test_swiglu_kernel_matches_pytorch(built, hidden):
     plain = _grads(torch.nn.Module(), [h], lambda m, h: F.silu(h.chunk(2, -1)[0]) * h.chunk(2, -1)[1])
     fused = _grads(torch.nn.Module(), [h], lambda m, h: swiglu_activation(h))
     _assert_same(fused, plain)
-    assert swiglu_activation(h.bfloat16()) is None  # only float32: the caller keeps PyTorch's path
+    h16 = h.bfloat16()  # under autocast: computed in float32, rounded to bfloat16 once
+    plain16 = _grads(torch.nn.Module(), [h16.float()], lambda m, h: F.silu(h.chunk(2, -1)[0]) * h.chunk(2, -1)[1])
+    fused16 = _grads(torch.nn.Module(), [h16], lambda m, h: swiglu_activation(h))
+    assert fused16[0].dtype == fused16[1][0].dtype == torch.bfloat16
+    torch.testing.assert_close(fused16[0].float(), plain16[0].bfloat16().float(), atol=1e-6, rtol=8e-3)  # 1 ulp
+    torch.testing.assert_close(fused16[1][0].float(), plain16[1][0].bfloat16().float(), atol=1e-2, rtol=1e-2)
+    assert swiglu_activation(h.half()) is None  # other dtypes keep PyTorch's path
 
 
 @pytest.mark.parametrize(("hd", "rotary"), [(48, True), (16, True), (32, False)])

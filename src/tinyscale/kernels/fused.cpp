@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "simd.h"
@@ -40,38 +41,73 @@ inline void silu1(float g, float& silu, float& dsilu) {
   dsilu = sig * (1.f + g * (1.f - sig));
 }
 
-// y[r] = silu(h[r, :F]) * h[r, F:], or with dy given, dh[r] = (dy * up * silu'(gate), dy * silu(gate)).
-void swiglu_rows(const float* h, const float* dy, float* out, int64_t n, int64_t F) {
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float *g = h + r * 2 * F, *u = g + F;
-      int64_t j = 0;
+// One row: y = silu(g) * u, or with dy given, (dg, du) = (dy * u * silu'(g), dy * silu(g)).
+void swiglu_row(const float* g, const float* u, const float* dy, float* y, float* dg, float* du, int64_t F) {
+  int64_t j = 0;
 #ifdef TINYSCALE_AVX2
-      for (; j + 8 <= F; j += 8) {
-        __m256 s, ds;
-        silu8(_mm256_loadu_ps(g + j), s, ds);
-        const __m256 uj = _mm256_loadu_ps(u + j);
-        if (dy) {
-          const __m256 d = _mm256_loadu_ps(dy + r * F + j);
-          _mm256_storeu_ps(out + r * 2 * F + j, _mm256_mul_ps(_mm256_mul_ps(d, uj), ds));
-          _mm256_storeu_ps(out + r * 2 * F + F + j, _mm256_mul_ps(d, s));
-        } else {
-          _mm256_storeu_ps(out + r * F + j, _mm256_mul_ps(s, uj));
-        }
-      }
+  for (; j + 8 <= F; j += 8) {
+    __m256 s, ds;
+    silu8(_mm256_loadu_ps(g + j), s, ds);
+    const __m256 uj = _mm256_loadu_ps(u + j);
+    if (dy) {
+      const __m256 d = _mm256_loadu_ps(dy + j);
+      _mm256_storeu_ps(dg + j, _mm256_mul_ps(_mm256_mul_ps(d, uj), ds));
+      _mm256_storeu_ps(du + j, _mm256_mul_ps(d, s));
+    } else {
+      _mm256_storeu_ps(y + j, _mm256_mul_ps(s, uj));
+    }
+  }
 #endif
-      for (; j < F; ++j) {
-        float s, ds;
-        silu1(g[j], s, ds);
-        if (dy) {
-          out[r * 2 * F + j] = dy[r * F + j] * u[j] * ds;
-          out[r * 2 * F + F + j] = dy[r * F + j] * s;
-        } else {
-          out[r * F + j] = s * u[j];
-        }
+  for (; j < F; ++j) {
+    float s, ds;
+    silu1(g[j], s, ds);
+    if (dy) {
+      dg[j] = dy[j] * u[j] * ds;
+      du[j] = dy[j] * s;
+    } else {
+      y[j] = s * u[j];
+    }
+  }
+}
+
+template <typename T>
+void widen(const T* x, int64_t n, float* out) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(x[j]);
+}
+
+template <typename T>
+void narrow(const float* x, int64_t n, T* out) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(x[j]);
+}
+
+// Rows of [gate, up] h [n, 2F] to y [n, F], or with dy [n, F] given, to dh [n, 2F]. float32 in place;
+// bfloat16 (under autocast) through float32 row buffers, rounded once at the end.
+template <typename T>
+void swiglu_rows(const T* h, const T* dy, T* out, int64_t n, int64_t F) {
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    constexpr bool wide = std::is_same_v<T, float>;
+    std::vector<float> buf(wide ? 0 : 5 * F);  // h row, dy row, output row (2F)
+    for (int64_t r = begin; r < end; ++r) {
+      const T *hr = h + r * 2 * F, *dr = dy ? dy + r * F : nullptr;
+      T* o = out + r * (dy ? 2 * F : F);
+      if constexpr (wide) {
+        swiglu_row(hr, hr + F, dr, o, o, o + F, F);
+      } else {
+        float *hf = buf.data(), *df = hf + 2 * F, *of = df + F;
+        widen(hr, 2 * F, hf);
+        if (dr) widen(dr, F, df);
+        swiglu_row(hf, hf + F, dr ? df : nullptr, of, of, of + F, F);
+        narrow(of, dy ? 2 * F : F, o);
       }
     }
   });
+}
+
+void check_activation(const torch::Tensor& x, const char* what) {
+  TORCH_CHECK((x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kBFloat16) && x.is_contiguous(), what,
+              " must be contiguous float32 or bfloat16");
 }
 
 // Rotary positions in the split-halves layout: y[j] = x[j] cos[j] + x[j ^ half] sin[j] (sin signed,
@@ -151,23 +187,32 @@ std::vector<torch::Tensor> rms_norm_backward(const torch::Tensor& dy, const torc
   return {dx, dw};
 }
 
-// h [..., 2F] (gate, up): silu(gate) * up [..., F].
+// h [..., 2F] (gate, up): silu(gate) * up [..., F], float32 or bfloat16.
 torch::Tensor swiglu_forward(const torch::Tensor& h) {
-  check_rows(h, "swiglu: the input");
+  check_activation(h, "swiglu: the input");
   const int64_t F = h.size(-1) / 2;
   auto sizes = h.sizes().vec();
   sizes.back() = F;
   auto y = torch::empty(sizes, h.options());
-  swiglu_rows(h.data_ptr<float>(), nullptr, y.data_ptr<float>(), h.numel() / (2 * F), F);
+  if (h.scalar_type() == torch::kFloat)
+    swiglu_rows(h.data_ptr<float>(), static_cast<const float*>(nullptr), y.data_ptr<float>(), h.numel() / (2 * F), F);
+  else
+    swiglu_rows(h.data_ptr<c10::BFloat16>(), static_cast<const c10::BFloat16*>(nullptr), y.data_ptr<c10::BFloat16>(),
+                h.numel() / (2 * F), F);
   return y;
 }
 
-// The gradient of swiglu_forward with respect to h, [..., 2F].
+// The gradient of swiglu_forward with respect to h, [..., 2F] (dy: h's dtype).
 torch::Tensor swiglu_backward(const torch::Tensor& dy, const torch::Tensor& h) {
-  check_rows(h, "swiglu: the input"), check_rows(dy, "swiglu: the gradient");
+  check_activation(h, "swiglu: the input"), check_activation(dy, "swiglu: the gradient");
+  TORCH_CHECK(dy.scalar_type() == h.scalar_type(), "swiglu: the gradient must have the input's dtype");
   const int64_t F = h.size(-1) / 2;
   auto dh = torch::empty_like(h);
-  swiglu_rows(h.data_ptr<float>(), dy.data_ptr<float>(), dh.data_ptr<float>(), h.numel() / (2 * F), F);
+  if (h.scalar_type() == torch::kFloat)
+    swiglu_rows(h.data_ptr<float>(), dy.data_ptr<float>(), dh.data_ptr<float>(), h.numel() / (2 * F), F);
+  else
+    swiglu_rows(h.data_ptr<c10::BFloat16>(), dy.data_ptr<c10::BFloat16>(), dh.data_ptr<c10::BFloat16>(),
+                h.numel() / (2 * F), F);
   return dh;
 }
 

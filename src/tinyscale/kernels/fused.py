@@ -7,7 +7,7 @@
   pass over their rows each (eager mode only: under ``torch.compile`` Inductor fuses them itself).
 
 Each keeps PyTorch's own path where it does not apply (a cache, a mask, a head size the attention
-kernel lacks, a dtype other than float32 for the norm and the activation). Losses and gradients equal
+kernel lacks, a dtype other than float32 for the norm, or float32 and bfloat16 for the activation). Losses and gradients equal
 the plain path's within float32 rounding (tests/test_fused.py).
 """
 
@@ -91,7 +91,7 @@ class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor):
         (h,) = ctx.saved_tensors
-        return cpu_kernels().swiglu_backward(dy.contiguous(), h)
+        return cpu_kernels().swiglu_backward(dy.to(h.dtype).contiguous(), h)
 
 
 def _float_rows(*xs: Tensor) -> bool:
@@ -104,8 +104,10 @@ def rms_norm(norm: nn.Module, x: Tensor) -> Tensor | None:
 
 
 def swiglu_activation(h: Tensor) -> Tensor | None:
-    """silu(gate) * up of [gate, up] through the kernel, or None where it does not apply."""
-    return _SwiGLU.apply(h) if _float_rows(h) else None
+    """silu(gate) * up of [gate, up] through the kernel (float32, or bfloat16 under autocast, computed
+    in float32 and rounded once), or None where it does not apply."""
+    ok = h.dtype in (torch.float32, torch.bfloat16) and h.is_contiguous() and h.device.type == "cpu"
+    return _SwiGLU.apply(h) if ok else None
 
 
 def use_fused_kernels(model: nn.Module, compiled: bool = False) -> bool:
