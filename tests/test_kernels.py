@@ -78,6 +78,7 @@ def test_the_trainer_uses_the_kernel_and_learns_the_same(built, tmp_path, monkey
     for use in (True, False):
         if not use:
             monkeypatch.setattr("tinyscale.kernels.causal.use_kernel_attention", lambda model: False)
+            monkeypatch.setattr("tinyscale.kernels.fused.use_fused_kernels", lambda model, compiled: False)
         out = tmp_path / f"run-{use}"
         train(cfg, out)
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

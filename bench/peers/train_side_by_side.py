@@ -3,15 +3,16 @@ against tinyscale's trainer, on the same shapes, in one run with the repetitions
 from other processes falls on all alike). Prints tokens/s (median iteration after warm-up), the ratio
 of tinyscale to the faster peer, and each run's peak resident memory.
 
-    python bench/peers/train_side_by_side.py --nanogpt ~/src/nanoGPT --llama2c ~/src/llama2.c [--avx2]
+    python bench/peers/train_side_by_side.py --nanogpt ~/src/nanoGPT --llama2c ~/src/llama2.c [--avx2] [--dtype bf16]
 
-Both peers run in float32 on the CPU without torch.compile (their CPU settings), vocabulary 4096,
+Both peers run in float32 (with `--dtype bf16`: their own `--dtype=bfloat16`, bf16 autocast, and
+tinyscale's `--dtype bf16`) on the CPU without torch.compile (their CPU settings), vocabulary 4096,
 sequence 256, synthetic uniform tokens written in each peer's own data format into a temporary
 directory (the checkouts are only read). Config A: width 64 x 8 layers, 4 heads, batch 32;
 config B: width 288 x 6 layers, 6 heads, batch 16 (llama2.c's 15M shape); the MLP widths match
 (llama2.c's and tinyscale's SwiGLU 8/3 d rounded to 32, nanoGPT's GELU 4 d: equal weight counts).
-`--avx2` sets ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 for every run, so a machine with
-AVX-512 runs the kernels an AVX2-only CPU would.
+`--avx2` sets ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2 and MKL_ENABLE_INSTRUCTIONS=AVX2
+for every run (common.AVX2_ENV), so a machine with AVX-512 runs the kernels an AVX2-only CPU would.
 """
 
 from __future__ import annotations
@@ -51,24 +52,26 @@ def write_data(root: Path) -> None:
         pickle.dump({"vocab_size": VOCAB}, f)
 
 
-def commands(peer: str, cfg: dict, iters: int, checkout: Path | None, work: Path, compile_: bool) -> list[str]:
+def commands(peer: str, cfg: dict, iters: int, checkout: Path | None, work: Path, compile_: bool,
+             dtype: str = "fp32") -> list[str]:
     py = sys.executable
+    peer_dtype = "--dtype=" + {"fp32": "float32", "bf16": "bfloat16"}[dtype]
     if peer == "nanogpt":
-        return [py, str(checkout / "train.py"), "--dataset=synthetic", "--device=cpu", "--dtype=float32",
+        return [py, str(checkout / "train.py"), "--dataset=synthetic", "--device=cpu", peer_dtype,
                 "--compile=False", f"--n_layer={cfg['layers']}", f"--n_head={cfg['heads']}", f"--n_embd={cfg['d']}",
                 f"--block_size={SEQ}", f"--batch_size={cfg['batch']}", "--gradient_accumulation_steps=1",
                 f"--max_iters={iters}", "--eval_iters=1", "--eval_interval=1000000", "--log_interval=1",
                 "--always_save_checkpoint=False", f"--out_dir={work / 'out-nanogpt'}"]
     if peer == "llama2c":
         return [py, str(checkout / "train.py"), "--vocab_source=custom", f"--vocab_size={VOCAB}", "--device=cpu",
-                "--dtype=float32", "--compile=False", f"--dim={cfg['d']}", f"--n_layers={cfg['layers']}",
+                peer_dtype, "--compile=False", f"--dim={cfg['d']}", f"--n_layers={cfg['layers']}",
                 f"--n_heads={cfg['heads']}", f"--n_kv_heads={cfg['heads']}", f"--max_seq_len={SEQ}",
                 f"--batch_size={cfg['batch']}", "--gradient_accumulation_steps=1", f"--max_iters={iters}",
                 "--eval_iters=1", "--eval_interval=1000000", "--log_interval=1", f"--out_dir={work / 'out-llama2c'}"]
     script = Path(__file__).resolve().parent / "tinyscale_train.py"
     return [py, str(script), f"--d-model={cfg['d']}", f"--n-layers={cfg['layers']}", f"--n-heads={cfg['heads']}",
             f"--batch={cfg['batch']}", f"--iters={iters}", f"--vocab={VOCAB}", f"--seq={SEQ}",
-            *(["--compile"] if compile_ else [])]
+            f"--dtype={dtype}", *(["--compile"] if compile_ else [])]
 
 
 # The machine's float32 matmul ceiling, measured in a child with the runs' environment (threads, ISA):
@@ -113,11 +116,14 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every run")
     ap.add_argument("--avx2", action="store_true", help="run AVX2 kernels on an AVX-512 machine")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: bfloat16 autocast in every run (the peers' --dtype=bfloat16)")
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS (default: all cores)")
     ap.add_argument("--tinyscale", default="eager,compile", help="tinyscale variants: eager, compile")
     args = ap.parse_args()
 
-    print(f"CPU: {cpu_model()}; kernels: {'AVX2 (emulated)' if args.avx2 else 'native'}; {load_note()}")
+    print(f"CPU: {cpu_model()}; kernels: {'AVX2 (emulated)' if args.avx2 else 'native'}; {args.dtype}; "
+          f"{load_note()}")
     print(f"nanoGPT {git_commit(args.nanogpt)}; llama2.c {git_commit(args.llama2c)}")
     env = child_env(args.avx2, args.threads)
     out, _, _ = run([sys.executable, "-c", CEILING], None, env)
@@ -136,7 +142,7 @@ def main() -> None:
                 for peer, checkout, compile_ in order:
                     kind = peer.split("-")[0]
                     try:
-                        out, peak, _ = run(commands(kind, cfg, args.iters, checkout, work, compile_),
+                        out, peak, _ = run(commands(kind, cfg, args.iters, checkout, work, compile_, args.dtype),
                                            peer_dir(work, kind, checkout), env)
                     except RuntimeError as e:  # a crashed run is reported, and the others still run
                         print(f"  round {rnd + 1} config {name} {peer}: {e}", flush=True)

@@ -163,8 +163,12 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        # kernels.fused may set a one-pass version, (norm, x) -> output or None where it does not apply.
+        self.fused: Callable[[nn.Module, Tensor], Tensor | None] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused is not None and (y := self.fused(self, x)) is not None:
+            return y
         # Normalise in float32 (as Llama does) so bf16 autocast keeps a stable scale.
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -186,10 +190,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=bias)
         # Attention without a cache; kernels.causal swaps in a faster one for training on the CPU.
         self.attention_fn: Callable[..., Tensor] = attention
+        # kernels.fused may set rotary + causal attention from the packed [B, T, 3, H, hd] projection
+        # in one operator, (qkv, rope) -> [B, T, H, hd], for training without a cache or mask.
+        self.packed_attention: Callable[..., Tensor] | None = None
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int,
                 mask: Tensor | None, causal: bool) -> Tensor:
         B, T, C = x.shape
+        if self.packed_attention is not None and cache is None and mask is None and causal and (
+                rope is None or rope[0].dim() == 2):
+            y = self.packed_attention(self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim), rope)
+            return self.proj(y.reshape(B, T, C))
         qkv = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(0, 2, 3, 1, 4)  # [B,3,H,T,hd]
         if rope is not None:  # rotate queries and keys in one go (fewer small ops when decoding)
             qk = _apply_rotary(qkv[:, :2], *rope).to(qkv.dtype)  # float32 tables under autocast
@@ -207,9 +218,14 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.fc = nn.Linear(d_model, 2 * hidden, bias=bias)
         self.proj = nn.Linear(hidden, d_model, bias=bias)
+        # kernels.fused may set a one-pass silu(gate) * up, [gate, up] -> output or None where it does not apply.
+        self.fused: Callable[[Tensor], Tensor | None] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.fc(x).chunk(2, dim=-1)
+        h = self.fc(x)
+        if self.fused is not None and (y := self.fused(h)) is not None:
+            return self.proj(y)
+        gate, up = h.chunk(2, dim=-1)
         return self.proj(F.silu(gate) * up)
 
 

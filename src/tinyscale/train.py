@@ -99,8 +99,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     decay_ids = {id(p) for p in decay}
     rest = [p for p in model.parameters() if id(p) not in decay_ids]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    # The fused kernel is one launch per step instead of one per tensor: it matters on GPUs.
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    # The fused kernel is one launch per step instead of one per tensor on GPUs, and one pass over each
+    # tensor instead of about ten on the CPU (docs/speed.md).
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu"))
 
 
 def autocast(cfg: TrainConfig, device: torch.device):
@@ -130,9 +131,9 @@ def clip_gradients(params: list[torch.Tensor], cfg: TrainConfig) -> torch.Tensor
 
 
 def build_model(mcfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> Transformer:
-    """The model to train. On the CPU its causal attention runs in the C++ kernel (kernels/causal.py;
-    docs/speed.md); elsewhere, and with TINYSCALE_NO_KERNELS=1, in PyTorch's
-    scaled_dot_product_attention."""
+    """The model to train. On the CPU its causal attention (with the rotary positions) runs in the C++
+    kernel (kernels/causal.py, kernels/fused.py; docs/speed.md), and in eager mode its RMSNorms and
+    SwiGLU activations too; elsewhere, and with TINYSCALE_NO_KERNELS=1, PyTorch's operators."""
     if mcfg.structure is not None:
         from tinyscale.structure import StructuredLM
 
@@ -143,6 +144,9 @@ def build_model(mcfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> Tr
         from tinyscale.kernels.causal import use_kernel_attention
 
         use_kernel_attention(model)  # masked attention (a structure's) falls back to PyTorch's
+        from tinyscale.kernels.fused import use_fused_kernels
+
+        use_fused_kernels(model, compiled=cfg.compile)  # rotary + attention, norms, SwiGLU: one pass each
     return model
 
 

@@ -25,7 +25,7 @@ from tinyscale import progress
 from tinyscale.kernels import choice, cpu
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("module.cpp", "decode_one.cpp", "attention.cpp", "loss.cpp")
+SOURCES = ("module.cpp", "decode_one.cpp", "attention.cpp", "loss.cpp", "fused.cpp")
 HEADERS = ("simd.h",)
 CFLAGS = ("-O3", "-fopenmp", "-fopenmp-simd")
 

@@ -7,13 +7,15 @@
 // formed in registers from the keys stored transposed ([head_dim, T]), exponentiated in place and
 // combined with the values, so the T x T matrix never exists. The backward recomputes the
 // probabilities from the saved log-sum-exp, as flash attention does, and accumulates the key and
-// value gradients across queries in the task's buffers.
+// value gradients in the task's buffers, a block of 16 queries at a time (with AVX-512 where the
+// build has it, for head sizes that are multiples of 16).
 
 #include <torch/types.h>  // not torch/extension.h: a third of the compile time; bindings live in module.cpp
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "simd.h"
@@ -75,37 +77,7 @@ void combine_rows(const float* const* w, const float* x, int64_t n, float* const
     for (int c = 0; c < C; ++c) _mm256_storeu_ps(out[r] + 8 * c, a[r][c]);
 }
 
-// x[j, :] += w[j] * a for j in [0, n) (x row-major with 8C columns): one rank-one update.
-template <int C>
-void rank_one(const float* a, const float* w, int64_t n, float* x) {
-  __m256 av[C];
-  for (int c = 0; c < C; ++c) av[c] = _mm256_loadu_ps(a + 8 * c);
-  for (int64_t j = 0; j < n; ++j) {
-    const __m256 wj = _mm256_broadcast_ss(w + j);
-    float* xj = x + j * 8 * C;
-    for (int c = 0; c < C; ++c) _mm256_storeu_ps(xj + 8 * c, _mm256_fmadd_ps(wj, av[c], _mm256_loadu_ps(xj + 8 * c)));
-  }
-}
-
-// x[j, :] += w0[j] * a0 + w1[j] * a1 for j in [0, n): two queries' updates in one pass over x.
-template <int C>
-void rank_two(const float* a0, const float* w0, const float* a1, const float* w1, int64_t n, float* x) {
-  __m256 u[C], v[C];
-  for (int c = 0; c < C; ++c) u[c] = _mm256_loadu_ps(a0 + 8 * c), v[c] = _mm256_loadu_ps(a1 + 8 * c);
-  for (int64_t j = 0; j < n; ++j) {
-    const __m256 s0 = _mm256_broadcast_ss(w0 + j), s1 = _mm256_broadcast_ss(w1 + j);
-    float* xj = x + j * 8 * C;
-    for (int c = 0; c < C; ++c)
-      _mm256_storeu_ps(xj + 8 * c, _mm256_fmadd_ps(s1, v[c], _mm256_fmadd_ps(s0, u[c], _mm256_loadu_ps(xj + 8 * c))));
-  }
-}
 #else
-template <int C>
-void rank_two(const float* a0, const float* w0, const float* a1, const float* w1, int64_t n, float* x) {
-  for (int64_t j = 0; j < n; ++j)
-    for (int i = 0; i < 8 * C; ++i) x[j * 8 * C + i] += w0[j] * a0[i] + w1[j] * a1[i];
-}
-
 template <int R>
 void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int64_t hd, float* const* s) {
   for (int r = 0; r < R; ++r) {
@@ -120,11 +92,6 @@ void combine_rows(const float* const* w, const float* x, int64_t n, float* const
   for (int r = 0; r < R; ++r) tinyscale::weighted_rows<C, 1>(w[r], x, 8 * C, n, out[r]);
 }
 
-template <int C>
-void rank_one(const float* a, const float* w, int64_t n, float* x) {
-  for (int64_t j = 0; j < n; ++j)
-    for (int i = 0; i < 8 * C; ++i) x[j * 8 * C + i] += w[j] * a[i];
-}
 #endif
 
 // One (row, head) task's inputs, copied from strided [T, hd] rows into its own buffers.
@@ -204,15 +171,78 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
   });
 }
 
+// One vector register's worth of floats: 16 where the build has AVX-512 (and the row is a whole
+// number of them), else 8, for the rank updates of the backward.
+#ifdef TINYSCALE_AVX2
+struct Vec8 {
+  using reg = __m256;
+  static constexpr int W = 8;
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static reg set1(float x) { return _mm256_set1_ps(x); }
+};
+#if defined(__AVX512F__)
+struct Vec16 {
+  using reg = __m512;
+  static constexpr int W = 16;
+  static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static reg set1(float x) { return _mm512_set1_ps(x); }
+};
+template <int HD>
+using VecFor = std::conditional_t<HD % 16 == 0, Vec16, Vec8>;
+constexpr int kRegisters = 32;
+#else
+template <int HD>
+using VecFor = Vec8;
+constexpr int kRegisters = 16;
+#endif
+
+// x[j, :] += sum_r w[r][j] * a[r, :] for j in [0, n rounded up to J) and r in [0, rows): the key or
+// value gradients of a block of queries. J rows of x stay in registers while the block's rows of `a`
+// stream past them, so each row of x is loaded and stored once per block rather than once per query.
+template <int HD>
+void rank_block(const float* const* w, const float* const* a, int rows, int64_t n, float* x) {
+  using V = VecFor<HD>;
+  constexpr int CW = HD / V::W;  // registers per row
+  constexpr int J = std::max(1, std::min(8, (kRegisters * 3 / 4) / CW));
+  for (int64_t j = 0; j < n; j += J) {
+    typename V::reg acc[J][CW];
+    for (int jj = 0; jj < J; ++jj)
+      for (int c = 0; c < CW; ++c) acc[jj][c] = V::load(x + (j + jj) * HD + V::W * c);
+    for (int r = 0; r < rows; ++r) {
+      for (int c = 0; c < CW; ++c) {
+        const typename V::reg av = V::load(a[r] + V::W * c);
+        for (int jj = 0; jj < J; ++jj) acc[jj][c] = V::fma(V::set1(w[r][j + jj]), av, acc[jj][c]);
+      }
+    }
+    for (int jj = 0; jj < J; ++jj)
+      for (int c = 0; c < CW; ++c) V::store(x + (j + jj) * HD + V::W * c, acc[jj][c]);
+  }
+}
+#else
+template <int HD>
+void rank_block(const float* const* w, const float* const* a, int rows, int64_t n, float* x) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int r = 0; r < rows; ++r)
+      for (int d = 0; d < HD; ++d) x[j * HD + d] += w[r][j] * a[r][d];
+}
+#endif
+
+constexpr int kBlock = 16;  // queries per block of the backward
+
 template <int C>
 void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
                     const torch::Tensor& v, const torch::Tensor& out, const float* lse, float* dq, float* dk,
-                    float* dv) {
+                    float* dv, int64_t rs) {  // rs: the outputs' stride between positions
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = 8 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     Head hb(T, hd);
-    std::vector<float> p(2 * (hb.Tp + 8)), ds(2 * (hb.Tp + 8)), gk(hb.Tp * hd), gv(hb.Tp * hd), qi(2 * hd);
+    const int64_t stride = hb.Tp + 8;  // rows of p and ds, zero past each row's keys up to a multiple of 8
+    std::vector<float> p(kBlock * stride), ds(kBlock * stride), gk((hb.Tp + 8) * hd), gv((hb.Tp + 8) * hd);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       hb.load(q, k, v, b, h, scale, true);
@@ -220,44 +250,45 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
       std::fill(gv.begin(), gv.end(), 0.f);
       const float* ob = out.data_ptr<float>() + b * out.stride(0) + h * out.stride(1);
       const float* gb = dout.data_ptr<float>() + b * dout.stride(0) + h * dout.stride(1);
-      // Queries in pairs: both rows' key and value gradients go into gk, gv in one pass.
-      for (int64_t i = 0; i < T; i += 2) {
-        const int r = i + 1 < T ? 2 : 1;
-        const int64_t i1 = i + r - 1, n_pair = i1 + 1;
-        const float* qr[2] = {hb.q.data() + i * hd, hb.q.data() + i1 * hd};
-        const float* gr[2] = {gb + i * dout.stride(2), gb + i1 * dout.stride(2)};
-        float* pr[2] = {p.data(), p.data() + hb.Tp + 8};
-        float* dr[2] = {ds.data(), ds.data() + hb.Tp + 8};
-        row_dots<2>(qr, hb.kt.data(), hb.Tp, n_pair, hd, pr);  // scores, then probabilities
-        row_dots<2>(gr, hb.vt.data(), hb.Tp, n_pair, hd, dr);  // dp_j = dO_i . v_j
-        for (int k2 = 0; k2 < r; ++k2) {
-          const int64_t row = i + k2, n = row + 1;
-          const float *oi = ob + row * out.stride(2), *gi = gr[k2];
-          exp_shifted(pr[k2], n, lse[bh * T + row]);
+      for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
+        const int rows = static_cast<int>(std::min<int64_t>(kBlock, T - i0));
+        const int64_t nb = i0 + rows, n_pad = (nb + 7) / 8 * 8;  // keys the block sees
+        const float *qr[kBlock], *gr[kBlock];
+        float *pr[kBlock], *dr[kBlock], *dqr[kBlock];
+        for (int r = 0; r < kBlock; ++r) {  // past the last row, repeat it (the same values, written twice)
+          const int rr = std::min(r, rows - 1);
+          const int64_t row = i0 + rr;
+          qr[r] = hb.q.data() + row * hd, gr[r] = gb + row * dout.stride(2);
+          pr[r] = p.data() + rr * stride, dr[r] = ds.data() + rr * stride, dqr[r] = dq + (b * T + row) * rs + h * hd;
+        }
+        for (int r = 0; r < kBlock; r += 4) {
+          row_dots<4>(qr + r, hb.kt.data(), hb.Tp, nb, hd, pr + r);  // scores, then probabilities
+          row_dots<4>(gr + r, hb.vt.data(), hb.Tp, nb, hd, dr + r);  // dp_j = dO_i . v_j
+        }
+        for (int r = 0; r < rows; ++r) {
+          const int64_t row = i0 + r, n = row + 1;
+          const float* oi = ob + row * out.stride(2);
+          exp_shifted(pr[r], n, lse[bh * T + row]);
           float delta = 0.f;  // sum_j p_j dp_j, computed as dO_i . O_i
-          for (int64_t d = 0; d < hd; ++d) delta += gi[d] * oi[d];
-          float *pk = pr[k2], *dk2 = dr[k2];
+          for (int64_t d = 0; d < hd; ++d) delta += gr[r][d] * oi[d];
+          float *pk = pr[r], *dk2 = dr[r];
 #pragma omp simd
-          for (int64_t j = 0; j < n; ++j) dk2[j] = pk[j] * (dk2[j] - delta) * scale;  // d(score) incl. the scale
-          pk[n] = dk2[n] = 0.f;  // the first row of a pair does not see the second row's key
-          for (int64_t d = 0; d < hd; ++d) qi[k2 * hd + d] = hb.q[row * hd + d] / scale;  // the unscaled query
+          for (int64_t j = 0; j < n; ++j) dk2[j] = pk[j] * (dk2[j] - delta);  // d(score) / scale
+          // Keys after the row: weight 0 below (rank_block reads up to 7 past the block's keys).
+          std::fill(pk + n, pk + n_pad + 8, 0.f);
+          std::fill(dk2 + n, dk2 + n_pad + 8, 0.f);
         }
-        for (int k2 = 0; k2 < r; ++k2)  // dq_i = sum_j ds_ij k_j
-          tinyscale::weighted_rows<C, kRows<C>>(dr[k2], hb.k.data(), 8 * C, i + k2 + 1,
-                                                dq + ((b * T + i + k2) * H + h) * hd);
-        const float* g0 = gb + i * dout.stride(2);
-        if (r == 2) {
-          const float* g1 = g0 + dout.stride(2);
-          rank_two<C>(qi.data(), dr[0], qi.data() + hd, dr[1], i + 2, gk.data());
-          rank_two<C>(g0, pr[0], g1, pr[1], i + 2, gv.data());
-        } else {
-          rank_one<C>(qi.data(), ds.data(), i + 1, gk.data());
-          rank_one<C>(g0, p.data(), i + 1, gv.data());
+        for (int r = 0; r < rows; r += kRows<C>) {  // dq_i = scale * sum_j ds_ij k_j
+          combine_rows<C, kRows<C>>(dr + r, hb.k.data(), nb, dqr + r);
+          for (int r2 = r; r2 < std::min(rows, r + kRows<C>); ++r2)
+            for (int64_t d = 0; d < hd; ++d) dqr[r2][d] *= scale;
         }
+        rank_block<8 * C>(dr, qr, rows, nb, gk.data());  // dk_j = sum_i ds_ij (scale q_i)
+        rank_block<8 * C>(pr, gr, rows, nb, gv.data());  // dv_j = sum_i p_ij dO_i
       }
       for (int64_t t = 0; t < T; ++t) {
-        std::copy_n(gk.data() + t * hd, hd, dk + ((b * T + t) * H + h) * hd);
-        std::copy_n(gv.data() + t * hd, hd, dv + ((b * T + t) * H + h) * hd);
+        std::copy_n(gk.data() + t * hd, hd, dk + (b * T + t) * rs + h * hd);
+        std::copy_n(gv.data() + t * hd, hd, dv + (b * T + t) * rs + h * hd);
       }
     }
   });
@@ -302,7 +333,23 @@ std::vector<torch::Tensor> causal_attention_backward(const torch::Tensor& dout, 
   auto dv = torch::empty({B, T, H, hd}, torch::kFloat);
   by_head_size(hd, [&](auto c) {
     backward_heads<c()>(dout, q, k, v, out, lse.data_ptr<float>(), dq.data_ptr<float>(), dk.data_ptr<float>(),
-                        dv.data_ptr<float>());
+                        dv.data_ptr<float>(), H * hd);
   });
   return {dq.permute({0, 2, 1, 3}), dk.permute({0, 2, 1, 3}), dv.permute({0, 2, 1, 3})};
+}
+
+// The same gradients packed as the q/k/v projection's output, [B, T, 3, H, hd] (dq, dk, dv side by
+// side per position): the packed projection's backward reads them without a concatenation.
+torch::Tensor causal_attention_backward_packed(const torch::Tensor& dout, const torch::Tensor& q,
+                                               const torch::Tensor& k, const torch::Tensor& v,
+                                               const torch::Tensor& out, const torch::Tensor& lse) {
+  check(q, q, "q"), check(k, q, "k"), check(v, q, "v"), check(out, q, "out"), check(dout, q, "the gradient");
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3);
+  TORCH_CHECK(lse.is_contiguous() && lse.numel() == B * H * T, "causal attention: lse must be [B, H, T]");
+  auto dqkv = torch::empty({B, T, 3, H, hd}, torch::kFloat);
+  float* g = dqkv.data_ptr<float>();
+  by_head_size(hd, [&](auto c) {
+    backward_heads<c()>(dout, q, k, v, out, lse.data_ptr<float>(), g, g + H * hd, g + 2 * H * hd, 3 * H * hd);
+  });
+  return dqkv;
 }

@@ -68,15 +68,18 @@ class HeadLoss(torch.autograd.Function):
         n = h.shape[0]
         with torch.autocast(h.device.type, enabled=False):
             hc, wc = h.detach().to(dtype), weight.detach().to(dtype)
-            grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+            grad_h = torch.empty(h.shape, dtype=dtype, device=h.device)
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
             total = torch.zeros((), dtype=torch.float32, device=h.device)
             for i in range(0, n, chunk):
                 hi = hc[i:i + chunk]
                 loss, g = xent_grad(hi @ wc.t(), targets[i:i + chunk], 1.0 / n, dtype)
                 total += loss
-                grad_h[i:i + chunk] = g @ wc
-                grad_w += g.t() @ hi
+                torch.mm(g, wc, out=grad_h[i:i + chunk])  # in place: no copy of each chunk's product
+                if dtype == torch.float32:
+                    grad_w.addmm_(g.t(), hi)
+                else:  # bfloat16 products, summed in float32
+                    grad_w += g.t() @ hi
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (h.dtype, weight.dtype)
         return total / n
