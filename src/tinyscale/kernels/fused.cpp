@@ -7,7 +7,7 @@
 // They took about a quarter of a config-B training step on the CPU against ~10% for nanoGPT's
 // LayerNorm and GELU (docs/speed.md). Here each row is read once and written once.
 
-#include <torch/extension.h>
+#include <torch/types.h>  // not torch/extension.h: a third of the compile time; bindings live in module.cpp
 #include <ATen/Parallel.h>
 
 #include <cmath>
