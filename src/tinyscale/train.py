@@ -101,7 +101,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     # The fused kernel is one launch per step instead of one per tensor on GPUs, and one pass over each
     # tensor instead of about ten on the CPU (docs/speed.md).
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cuda", "cpu"))
+    # (CPU fused AdamW arrived in torch 2.4; the package accepts 2.3.)
+    cpu_fused = device.type == "cpu" and tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda" or cpu_fused)
 
 
 def autocast(cfg: TrainConfig, device: torch.device):
