@@ -31,6 +31,11 @@ bootstrap interval (requests resampled with their gaps, 1,000 times); and memory
 - private MB: the most anonymous memory seen so far (RssAnon + RssShmem, sampled every 50 ms while a
   level runs): what the process allocated itself, without the pages of files it maps.
 
+`--max-batch 8,64` runs one tinyscale server per value (`tinyscale serve --max-batch`, the rows it
+decodes at once; default: the largest `--clients`): its memory grows by ~1.25 MB per row in use (the
+float32 cache of a 140-token sequence of the 3M model), so a small batch trades throughput at many
+clients for memory.
+
 Threads: tinyscale gets `--threads` (default: all cores, as `tinyscale serve` uses by default).
 llama.cpp's server runs with its own defaults (`--n_threads` = half the cores, `--n_threads_batch` =
 all cores) unless `--llama-threads N` sets both: with more than one generation thread its OpenMP
@@ -69,9 +74,9 @@ NO_REPACK = ("import runpy, llama_cpp.llama_cpp as c\n"
              "runpy.run_module('llama_cpp.server', run_name='__main__')\n")
 
 
-def tinyscale_server(run: Path, port: int, args: argparse.Namespace) -> list[str]:
+def tinyscale_server(run: Path, port: int, max_batch: int, args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "tinyscale.cli", "-q", "serve", str(run), "--port", str(port), "--name", "bench",
-            "--max-batch", str(args.max_batch or max(args.clients)), "--max-queue", "4096", "--dtype", "fp32",
+            "--max-batch", str(max_batch), "--max-queue", "4096", "--dtype", "fp32",
             "--threads", str(args.threads)]
 
 
@@ -82,6 +87,10 @@ def llama_server(gguf: Path, port: int, context: int, args: argparse.Namespace) 
             *llama_threads(args.llama_threads),
             # Its default cuts a streaming request short when another arrives; queue them instead.
             "--interrupt_requests", "False"]
+
+
+def tinyscale_name(max_batch: int, batches: list[int]) -> str:
+    return "tinyscale fp32" if len(batches) == 1 else f"tinyscale fp32 b{max_batch}"
 
 
 def llama_threads(n: int | None) -> list[str]:
@@ -234,10 +243,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="tinyscale's threads (default: all cores)")
     ap.add_argument("--llama-threads", type=int,
                     help="llama.cpp's generation and prompt threads (default: its own, half the cores and all)")
-    ap.add_argument("--max-batch", type=int, help="tinyscale's --max-batch (default: the largest --clients)")
+    ap.add_argument("--max-batch", help="tinyscale's --max-batch, comma-separated for one tinyscale server each "
+                    "(default: the largest --clients)")
     ap.add_argument("--llama-no-repack", action="store_true", help="llama.cpp without extra buffer types (AMX)")
     args = ap.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
+    batches = [int(b) for b in args.max_batch.split(",")] if args.max_batch else [max(args.clients)]
     import llama_cpp
 
     from tinyscale import runs
@@ -248,12 +259,12 @@ def main() -> None:
         run = args.run or make_random_run(tmp)
         context = runs.load_model(run)[0].cfg.max_seq_len
         base = 8900 + os.getpid() % 500
-        cmds = {"tinyscale fp32": tinyscale_server(run, base, args)}
-        for i, kind in enumerate(("f32", "q8_0"), 1):
+        cmds = {tinyscale_name(b, batches): tinyscale_server(run, base + i, b, args) for i, b in enumerate(batches)}
+        for i, kind in enumerate(("f32", "q8_0"), len(batches)):
             gguf = export_gguf(run, tmp / f"model-{kind}.gguf", dtype=kind)
             cmds[f"llama.cpp {kind}"] = llama_server(gguf, base + i, context, args)
         ports = {name: base + i for i, name in enumerate(cmds)}
-        extra = {"tinyscale fp32": {"ignore_eos": True, "stream_options": {"include_usage": True}}}
+        extra = {n: {"ignore_eos": True, "stream_options": {"include_usage": True}} for n in cmds if n.startswith("tiny")}
         extra |= {n: {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0} for n in cmds if n.startswith("llama")}
         print(f"CPU: {cpu_model()}; {load_note()}; llama-cpp-python {llama_cpp.__version__}"
               f"{' (extra buffer types off)' if args.llama_no_repack else ''}; model {run.name} "
