@@ -214,6 +214,91 @@ class NativeDecoder:
 
 
 
+def _product(layer: nn.Module):
+    """The layer's product as a plain function (no module call machinery per step)."""
+    if isinstance(layer, Int8Linear):
+        op, packed, reduce_range = torch.ops.quantized.linear_dynamic, layer.packed, layer.reduce_range
+        return lambda x: op(x, packed, reduce_range)
+    weight, bias = layer.weight, layer.bias
+    return lambda x: torch.nn.functional.linear(x, weight, bias)
+
+
+class BatchDecoder:
+    """One-token decoding steps of a batch on the CPU (either family; float32 or ``quantize_int8``
+    weights) over a ``KernelKVCache``: the products run in PyTorch (``Int8Linear``'s int8 kernels or
+    float32 GEMM), everything between two products in one kernel call (``kernels/decode_one.cpp``:
+    ``rows_add_norm``: residual add and norm; ``rows_attend``: rotary positions, cache write and the
+    one-query attention), the MLP's nonlinearity in one call. Same arithmetic as
+    ``Transformer.forward`` with the same cache: logits equal within float rounding, greedy tokens
+    equal (tests/test_decoding_batch.py).
+
+    Why: at 32 rows ``Transformer.forward`` spent ~30% of an int8 step in ~600 small ATen ops and their
+    Python dispatch; here a step is ~8 calls per layer.
+    """
+
+    def __init__(self, model: Transformer, cache: KernelKVCache) -> None:
+        self.kernel, self.cache = cache.kernel, cache
+        self.n_heads, self.eps = model.cfg.n_heads, model.cfg.norm_eps
+        self.swiglu = model.cfg.arch.mlp == "swiglu"
+
+        def norm(n: nn.Module) -> tuple[Tensor, Tensor]:
+            b = getattr(n, "bias", None)
+            return n.weight.detach(), _EMPTY if b is None else b.detach()
+
+        self.layers = [(*norm(b.attn_norm), _product(b.attn.qkv), _product(b.attn.proj), *norm(b.mlp_norm),
+                        _product(b.mlp.fc), _product(b.mlp.proj)) for b in model.blocks]
+        self.norm, self.head = norm(model.norm), _product(model.head)
+        self.tok_emb = model.tok_emb.weight.detach()
+        self.pos_emb = None if model.pos_emb is None else model.pos_emb.weight.detach()
+        rotary = model.cfg.arch.positions == "rotary"
+        self.cos = model.rope_cos.contiguous() if rotary else _EMPTY
+        self.sin = model.rope_sin.contiguous() if rotary else _EMPTY
+
+    @staticmethod
+    def available(model: Transformer, cache: KVCache) -> bool:
+        """True where it applies: a ``KernelKVCache``, a recipe the kernel knows, float32 parameters
+        (no autocast) and plain or int8 linear layers."""
+        arch, p = model.cfg.arch, model.tok_emb.weight
+        linears = [m for m in model.modules() if isinstance(m, (nn.Linear, Int8Linear))]
+        return (isinstance(cache, KernelKVCache) and p.dtype == torch.float32
+                and (arch.norm, arch.mlp, arch.positions) in KERNEL_RECIPES
+                and all(isinstance(m, Int8Linear) or m.weight.dtype == torch.float32 for m in linears)
+                and len(linears) == 4 * len(model.blocks) + 1)
+
+    def _activate(self, h: Tensor) -> Tensor:
+        if self.swiglu:
+            return self.kernel.swiglu_forward(h)
+        return torch.nn.functional.gelu(h, approximate="tanh")
+
+    def step(self, tok: Tensor, positions: Tensor | None = None, key_ok: Tensor | None = None) -> Tensor:
+        """Logits [B, vocab] for tokens [B] at cache column ``cache.pos`` (then advanced), with
+        generate's per-row positions [B] and key mask [B, 1, 1, >= pos + 1] for padded rows."""
+        cache, k = self.cache, self.kernel
+        col = cache.pos
+        if col >= cache.max_len:
+            raise ValueError(f"sequence of {col + 1} positions exceeds the cache of {cache.max_len}")
+        x = torch.nn.functional.embedding(tok, self.tok_emb)
+        if self.pos_emb is not None:
+            x = x + (self.pos_emb[col] if positions is None else self.pos_emb[positions])
+        pos = _NO_POSITIONS if positions is None else positions.contiguous()
+        ok = _NO_MASK if key_ok is None else key_ok[:, 0, 0]
+        delta = _EMPTY
+        for layer, (w1, b1, qkv, proj, w2, b2, fc, down) in enumerate(self.layers):
+            h = k.rows_add_norm(x, delta, w1, b1, self.eps)
+            y = k.rows_attend(qkv(h), pos, col, self.cos, self.sin, cache.k, cache.v, layer, ok, self.n_heads)
+            h = k.rows_add_norm(x, proj(y), w2, b2, self.eps)
+            delta = down(self._activate(fc(h)))
+        cache.pos = col + 1
+        return self.head(k.rows_add_norm(x, delta, *self.norm, self.eps))
+
+    def sample(self, logits: Tensor, temperature: float, generator: torch.Generator) -> Tensor:
+        """``generate.sample_next`` without top-k/top-p in one kernel call, from the same uniform
+        draws (so the same stream of random numbers)."""
+        B = logits.shape[0]  # greedy draws nothing, as sample_next
+        u = torch.zeros(B) if temperature == 0 else torch.rand(B, generator=generator)
+        return self.kernel.rows_sample(logits.contiguous(), u, temperature)
+
+
 class KernelKVCache(KVCache):
     """A KV cache whose one-query-per-row attention (every batched decoding step) runs in the C++
     kernel ``attend_cached``: PyTorch's CPU flash attention spends most of such a step on a single
@@ -248,6 +333,8 @@ class KernelKVCache(KVCache):
 
 
 _NO_MASK = torch.empty(0, dtype=torch.bool)
+_NO_POSITIONS = torch.empty(0, dtype=torch.long)
+_EMPTY = torch.empty(0)
 
 
 def _key_mask(mask: Tensor | None, batch: int) -> Tensor | bool:
