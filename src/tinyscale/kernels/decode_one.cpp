@@ -162,6 +162,14 @@ void rotate(float* x, const float* cos, const float* sin, int64_t hd) {
   for (int64_t i = 0; i < hd; ++i) x[i] = tmp[i];
 }
 
+// Hidden keys' scores to -inf (ok: null, or false where hidden); returns the largest score.
+inline float masked_max(float* scores, const bool* ok, int64_t len) {
+  if (ok)
+    for (int64_t t = 0; t < len; ++t)
+      if (!ok[t]) scores[t] = -INFINITY;
+  return max_of(scores, len);  // vectorised, where a running std::max is not
+}
+
 // Scores of the `len` keys (stride floats apart) against q, times scale; hidden keys -inf. Returns the maximum.
 template <typename T>
 float row_scores(const float* q, const T* k, int64_t stride, const bool* ok, int64_t len, int64_t hd,
@@ -179,12 +187,7 @@ float row_scores(const float* q, const T* k, int64_t stride, const bool* ok, int
     for (int64_t i = 0; i < hd; ++i) s += q[i] * static_cast<float>(k[t * stride + i]);
     scores[t] = s * scale;
   }
-  float top = -INFINITY;
-  for (t = 0; t < len; ++t) {
-    if (ok && !ok[t]) scores[t] = -INFINITY;
-    top = std::max(top, scores[t]);
-  }
-  return top;
+  return masked_max(scores, ok, len);
 }
 
 #ifdef __AVX512F__
@@ -233,11 +236,7 @@ void attend_row16(const float* q, const T* k, int64_t ks, const T* v, int64_t vs
     for (int c = 1; c < C; ++c) a = _mm512_fmadd_ps(qv[c], load16(kt + 16 * c), a);
     scores[t] = _mm512_reduce_add_ps(a);
   }
-  float top = -INFINITY;
-  for (t = 0; t < len; ++t) {
-    if (ok && !ok[t]) scores[t] = -INFINITY;
-    top = std::max(top, scores[t]);
-  }
+  const float top = masked_max(scores, ok, len);
   const float inv = 1.f / exp_shifted(scores, len, top);
   __m512 acc[2][C];
   for (int s = 0; s < 2; ++s)
