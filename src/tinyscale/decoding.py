@@ -214,45 +214,52 @@ class NativeDecoder:
 
 
 
-def _product(layer: nn.Module):
-    """The layer's product as a plain function (no module call machinery per step)."""
+def _weight(layer: nn.Module) -> tuple[Tensor, Tensor]:
+    """A linear layer's weight and bias (empty: none) as the batch kernel takes them: float32, or
+    for ``Int8Linear`` its quantized int8 weight, which the kernel packs again under the layer's engine."""
     if isinstance(layer, Int8Linear):
-        op, packed, reduce_range = torch.ops.quantized.linear_dynamic, layer.packed, layer.reduce_range
-        return lambda x: op(x, packed, reduce_range)
-    weight, bias = layer.weight, layer.bias
-    return lambda x: torch.nn.functional.linear(x, weight, bias)
+        w, b = torch.ops.quantized.linear_unpack(layer.packed)
+    else:
+        w, b = layer.weight.detach(), layer.bias
+    return w, _EMPTY if b is None else b.detach().float()
 
 
 class BatchDecoder:
     """One-token decoding steps of a batch on the CPU (either family; float32 or ``quantize_int8``
-    weights) over a ``KernelKVCache``: the products run in PyTorch (``Int8Linear``'s int8 kernels or
-    float32 GEMM), everything between two products in one kernel call (``kernels/decode_one.cpp``:
-    ``rows_add_norm``: residual add and norm; ``rows_attend``: rotary positions, cache write and the
-    one-query attention), the MLP's nonlinearity in one call. Same arithmetic as
-    ``Transformer.forward`` with the same cache: logits equal within float rounding, greedy tokens
-    equal (tests/test_decoding_batch.py).
+    weights) over a ``KernelKVCache``, one C++ call per step (``kernels/decode_batch.cpp``): the
+    products run in PyTorch's kernels (``Int8Linear``'s packed int8 weights, or float32 GEMM), the work
+    between them in ``decode_one.cpp`` (``rows_add_norm``: residual add and norm; ``rows_attend``:
+    rotary positions, cache write and the one-query attention). Same arithmetic as
+    ``Transformer.forward`` over the same cache: logits equal within float rounding, greedy tokens
+    equal (tests/test_decoding.py).
 
     Why: at 32 rows ``Transformer.forward`` spent ~30% of an int8 step in ~600 small ATen ops and their
-    Python dispatch; here a step is ~8 calls per layer.
+    Python dispatch; here the small ops are a few vectorised passes and Python is out of the loop.
     """
 
     def __init__(self, model: Transformer, cache: KernelKVCache) -> None:
         self.kernel, self.cache = cache.kernel, cache
-        self.n_heads, self.eps = model.cfg.n_heads, model.cfg.norm_eps
-        self.swiglu = model.cfg.arch.mlp == "swiglu"
 
-        def norm(n: nn.Module) -> tuple[Tensor, Tensor]:
+        def norm(n: nn.Module) -> list[Tensor]:
             b = getattr(n, "bias", None)
-            return n.weight.detach(), _EMPTY if b is None else b.detach()
+            return [n.weight.detach(), _EMPTY if b is None else b.detach()]
 
-        self.layers = [(*norm(b.attn_norm), _product(b.attn.qkv), _product(b.attn.proj), *norm(b.mlp_norm),
-                        _product(b.mlp.fc), _product(b.mlp.proj)) for b in model.blocks]
-        self.norm, self.head = norm(model.norm), _product(model.head)
-        self.tok_emb = model.tok_emb.weight.detach()
-        self.pos_emb = None if model.pos_emb is None else model.pos_emb.weight.detach()
+        norms, weights = [], []
+        for blk in model.blocks:
+            norms += norm(blk.attn_norm) + norm(blk.mlp_norm)
+            weights += [_weight(m) for m in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc, blk.mlp.proj)]
+        weights.append(_weight(model.head))
         rotary = model.cfg.arch.positions == "rotary"
-        self.cos = model.rope_cos.contiguous() if rotary else _EMPTY
-        self.sin = model.rope_sin.contiguous() if rotary else _EMPTY
+        tables = [model.tok_emb.weight.detach(), _EMPTY if rotary else model.pos_emb.weight.detach(),
+                  model.rope_cos.contiguous() if rotary else _EMPTY, model.rope_sin.contiguous() if rotary else _EMPTY,
+                  cache.k, cache.v]
+        head = model.head
+        engine = head.engine if isinstance(head, Int8Linear) else torch.backends.quantized.engine
+        with _quantized_engine(engine):
+            self.native = cache.kernel.BatchStep(
+                tables, norms + norm(model.norm), [w for w, _ in weights], [b for _, b in weights],
+                model.cfg.arch.mlp == "swiglu", bool(getattr(head, "reduce_range", False)), model.cfg.n_heads,
+                model.cfg.norm_eps)
 
     @staticmethod
     def available(model: Transformer, cache: KVCache) -> bool:
@@ -265,31 +272,17 @@ class BatchDecoder:
                 and all(isinstance(m, Int8Linear) or m.weight.dtype == torch.float32 for m in linears)
                 and len(linears) == 4 * len(model.blocks) + 1)
 
-    def _activate(self, h: Tensor) -> Tensor:
-        if self.swiglu:
-            return self.kernel.swiglu_forward(h)
-        return torch.nn.functional.gelu(h, approximate="tanh")
-
     def step(self, tok: Tensor, positions: Tensor | None = None, key_ok: Tensor | None = None) -> Tensor:
         """Logits [B, vocab] for tokens [B] at cache column ``cache.pos`` (then advanced), with
         generate's per-row positions [B] and key mask [B, 1, 1, >= pos + 1] for padded rows."""
-        cache, k = self.cache, self.kernel
+        cache = self.cache
         col = cache.pos
         if col >= cache.max_len:
             raise ValueError(f"sequence of {col + 1} positions exceeds the cache of {cache.max_len}")
-        x = torch.nn.functional.embedding(tok, self.tok_emb)
-        if self.pos_emb is not None:
-            x = x + (self.pos_emb[col] if positions is None else self.pos_emb[positions])
-        pos = _NO_POSITIONS if positions is None else positions.contiguous()
-        ok = _NO_MASK if key_ok is None else key_ok[:, 0, 0]
-        delta = _EMPTY
-        for layer, (w1, b1, qkv, proj, w2, b2, fc, down) in enumerate(self.layers):
-            h = k.rows_add_norm(x, delta, w1, b1, self.eps)
-            y = k.rows_attend(qkv(h), pos, col, self.cos, self.sin, cache.k, cache.v, layer, ok, self.n_heads)
-            h = k.rows_add_norm(x, proj(y), w2, b2, self.eps)
-            delta = down(self._activate(fc(h)))
+        logits = self.native.step(tok, _NO_POSITIONS if positions is None else positions.contiguous(),
+                                  _NO_MASK if key_ok is None else key_ok[:, 0, 0], col)
         cache.pos = col + 1
-        return self.head(k.rows_add_norm(x, delta, *self.norm, self.eps))
+        return logits
 
     def sample(self, logits: Tensor, temperature: float, generator: torch.Generator) -> Tensor:
         """``generate.sample_next`` without top-k/top-p in one kernel call, from the same uniform

@@ -6,6 +6,8 @@
 
 #include <vector>
 
+#include "decode_batch.h"
+
 // decode_one.cpp
 torch::Tensor step(int64_t token, int64_t pos, const torch::Tensor& tok_emb, const torch::Tensor& pos_emb,
                    const std::vector<torch::Tensor>& layers, const torch::Tensor& norm_w, const torch::Tensor& norm_b,
@@ -46,6 +48,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rows_add_norm", &rows_add_norm, "batched decoding: residual add in place, then the norm");
   m.def("rows_attend", &rows_attend, "batched decoding: rotary, cache write and attention after qkv");
   m.def("rows_sample", &rows_sample, "batched decoding: one token per row by inverse-CDF sampling");
+  pybind11::class_<BatchStep>(m, "BatchStep", "a batch's decoding step in one call (decode_batch.cpp)")
+      .def(pybind11::init<const std::vector<torch::Tensor>&, const std::vector<torch::Tensor>&,
+                          const std::vector<torch::Tensor>&, const std::vector<torch::Tensor>&, bool, bool, int64_t,
+                          double>())
+      .def("step", &BatchStep::step);
   m.def("causal_attention_forward", &causal_attention_forward, "causal attention for training: (out, lse)");
   m.def("softmax_xent_grad_", &softmax_xent_grad_, "cross-entropy of a chunk of logits; its gradient in place");
   m.def("causal_attention_backward", &causal_attention_backward, "gradients (dq, dk, dv) of the forward");
