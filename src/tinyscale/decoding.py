@@ -2,10 +2,12 @@
 
 At the sizes this lab trains, a decoding step of one sequence costs more in per-op dispatch than in
 arithmetic, so ``NativeDecoder`` runs the step of ``Transformer.forward`` for one token as one call
-into a C++ kernel (``kernels/decode_one.cpp``), with float32 or int8 weights. Batches decode through
-``Transformer.forward`` itself (generate.py), where the products dominate, with one exception: the
-attention of one query per row over the cache, which PyTorch's CPU flash attention handles slowly,
-runs in the kernel's ``attend_cached`` through ``KernelKVCache`` (``new_cache`` makes one).
+into a C++ kernel (``kernels/decode_one.cpp``), with float32 or int8 weights. Batches decode one step
+per C++ call too (``BatchDecoder``, ``kernels/decode_batch.cpp``), with the products in PyTorch's
+kernels and the small ops between them in the kernel; where that does not apply (bf16 autocast),
+through ``Transformer.forward``, whose attention of one query per row over the cache, which PyTorch's
+CPU flash attention handles slowly, runs in the kernel's ``attend_cached`` through ``KernelKVCache``
+(``new_cache`` makes one).
 ``quantize_int8`` swaps every linear layer for ``Int8Linear`` (int8 weights with one scale per output
 row, activations quantized per call), whose products run in PyTorch's int8 CPU kernels: 4x less weight
 memory and, on CPUs with int8 dot products, faster than float32 at batch 32 (bench/sample_speed.py).

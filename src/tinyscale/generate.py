@@ -10,7 +10,9 @@ token per row, unless the batch is a single sequence on the CPU: then each step 
 the C++ kernel of ``decoding.NativeDecoder`` (``kernels/decode_one.cpp``), because at one row a step
 costs more in per-op dispatch than in arithmetic (with ``dtype="int8"`` its weights are int8 with
 per-row scales); a single row without the kernel decodes on one thread (``decoding.decode_threads``).
-Batched steps attend over the cache in the kernel too (``decoding.KernelKVCache``). ``dtype="bf16"``
+Batched fp32 and int8 steps are one kernel call each too (``decoding.BatchDecoder``: the products in
+PyTorch, the small ops between them and the sampling in C++); bf16 batches go through the forward
+pass and attend over the cache in the kernel (``decoding.KernelKVCache``). ``dtype="bf16"``
 runs the weight matrix multiplies in bfloat16 under autocast, which pays off on CPUs with native
 bf16 once the batch is large enough; the cache and attention stay float32 on CPU, where PyTorch
 attends over a bf16 cache 2-5x more slowly (see model.py). ``dtype="int8"`` (CPU) at larger batches
