@@ -291,3 +291,22 @@ def test_rows_sample_draws_by_the_inverse_cdf(temperature):
     hot = logits.clone()
     hot[5, 7] = 3e38  # overflows to +inf at a small temperature: greedy, as sample_next
     assert cpu_kernels().rows_sample(hot, u, 1e-3)[5] == 7
+
+
+def test_batch_decoder_follows_in_place_weight_updates(trained, monkeypatch):
+    """The packed batch step is kept per model, but an in-place update of the weights (a training
+    step between rollouts) is decoded with the new weights, as the forward pass does."""
+    import copy
+
+    from tinyscale import decoding
+
+    native_or_skip()
+    model = copy.deepcopy(trained[0])
+    prompts = [trained[1][i:i + 4].tolist() for i in range(0, 90, 30)]
+    before = generate(model, prompts, 12, temperature=0, dtype="int8")
+    with torch.no_grad():
+        model.blocks[0].mlp.fc.weight.mul_(-1.5)
+    after = generate(model, prompts, 12, temperature=0, dtype="int8")
+    monkeypatch.setattr(decoding.BatchDecoder, "available", staticmethod(lambda *a: False))
+    assert after == generate(model, prompts, 12, temperature=0, dtype="int8")
+    assert after != before  # the update mattered, so the first assertion could fail

@@ -226,6 +226,41 @@ def _weight(layer: nn.Module) -> tuple[Tensor, Tensor]:
     return w, _EMPTY if b is None else b.detach().float()
 
 
+_batch_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _batch_step(model: Transformer, kernel):
+    """The kernel's ``BatchStep`` for `model` (its weights packed for the products), kept while the
+    model's weights are unchanged: packing the int8 weights again takes ~0.2 s at width 288 x 6 layers,
+    more than a short generate() call."""
+    # Inference tensors (an int8 copy made under inference mode) have no version counter; int8_model
+    # makes a new copy, so a new key, when the weights it came from change.
+    versions = tuple((id(p), p.is_inference() or p._version) for p in model.parameters())
+    cached = _batch_steps.get(model)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+
+    def norm(n: nn.Module) -> list[Tensor]:
+        b = getattr(n, "bias", None)
+        return [n.weight.detach(), _EMPTY if b is None else b.detach()]
+
+    norms, weights = [], []
+    for blk in model.blocks:
+        norms += norm(blk.attn_norm) + norm(blk.mlp_norm)
+        weights += [_weight(m) for m in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc, blk.mlp.proj)]
+    weights.append(_weight(model.head))
+    rotary = model.cfg.arch.positions == "rotary"
+    tables = [model.tok_emb.weight.detach(), _EMPTY if rotary else model.pos_emb.weight.detach(),
+              model.rope_cos.contiguous() if rotary else _EMPTY, model.rope_sin.contiguous() if rotary else _EMPTY]
+    head = model.head
+    with _quantized_engine(head.engine if isinstance(head, Int8Linear) else torch.backends.quantized.engine):
+        step = kernel.BatchStep(tables, norms + norm(model.norm), [w for w, _ in weights], [b for _, b in weights],
+                                model.cfg.arch.mlp == "swiglu", bool(getattr(head, "reduce_range", False)),
+                                model.cfg.n_heads, model.cfg.norm_eps)
+    _batch_steps[model] = (versions, step)
+    return step
+
+
 class BatchDecoder:
     """One-token decoding steps of a batch on the CPU (either family; float32 or ``quantize_int8``
     weights) over a ``KernelKVCache``, one C++ call per step (``kernels/decode_batch.cpp``): the
@@ -241,27 +276,7 @@ class BatchDecoder:
 
     def __init__(self, model: Transformer, cache: KernelKVCache) -> None:
         self.kernel, self.cache = cache.kernel, cache
-
-        def norm(n: nn.Module) -> list[Tensor]:
-            b = getattr(n, "bias", None)
-            return [n.weight.detach(), _EMPTY if b is None else b.detach()]
-
-        norms, weights = [], []
-        for blk in model.blocks:
-            norms += norm(blk.attn_norm) + norm(blk.mlp_norm)
-            weights += [_weight(m) for m in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc, blk.mlp.proj)]
-        weights.append(_weight(model.head))
-        rotary = model.cfg.arch.positions == "rotary"
-        tables = [model.tok_emb.weight.detach(), _EMPTY if rotary else model.pos_emb.weight.detach(),
-                  model.rope_cos.contiguous() if rotary else _EMPTY, model.rope_sin.contiguous() if rotary else _EMPTY,
-                  cache.k, cache.v]
-        head = model.head
-        engine = head.engine if isinstance(head, Int8Linear) else torch.backends.quantized.engine
-        with _quantized_engine(engine):
-            self.native = cache.kernel.BatchStep(
-                tables, norms + norm(model.norm), [w for w, _ in weights], [b for _, b in weights],
-                model.cfg.arch.mlp == "swiglu", bool(getattr(head, "reduce_range", False)), model.cfg.n_heads,
-                model.cfg.norm_eps)
+        self.native = _batch_step(model, cache.kernel)
 
     @staticmethod
     def available(model: Transformer, cache: KVCache) -> bool:
@@ -282,7 +297,7 @@ class BatchDecoder:
         if col >= cache.max_len:
             raise ValueError(f"sequence of {col + 1} positions exceeds the cache of {cache.max_len}")
         logits = self.native.step(tok, _NO_POSITIONS if positions is None else positions.contiguous(),
-                                  _NO_MASK if key_ok is None else key_ok[:, 0, 0], col)
+                                  _NO_MASK if key_ok is None else key_ok[:, 0, 0], col, cache.k, cache.v)
         cache.pos = col + 1
         return logits
 

@@ -49,8 +49,8 @@ BatchStep::BatchStep(const std::vector<torch::Tensor>& tables, const std::vector
                      const std::vector<torch::Tensor>& weights, const std::vector<torch::Tensor>& biases, bool swiglu,
                      bool reduce_range, int64_t heads, double eps)
     : impl_(std::make_shared<Impl>()) {
-  TORCH_CHECK(tables.size() == 6 && weights.size() % 4 == 1 && biases.size() == weights.size() &&
-              norms.size() == weights.size() + 1, "BatchStep: 6 tables, 4 products and 4 norm tensors per layer");
+  TORCH_CHECK(tables.size() == 4 && weights.size() % 4 == 1 && biases.size() == weights.size() &&
+              norms.size() == weights.size() + 1, "BatchStep: 4 tables, 4 products and 4 norm tensors per layer");
   auto& s = *impl_;
   s.tables = tables, s.norms = norms, s.weights = weights, s.biases = biases;
   s.swiglu = swiglu, s.reduce_range = reduce_range, s.heads = heads, s.eps = eps;
@@ -58,10 +58,11 @@ BatchStep::BatchStep(const std::vector<torch::Tensor>& tables, const std::vector
     for (size_t i = 0; i < weights.size(); ++i) s.packed.push_back(prepack(weights[i], biases[i]));
 }
 
-// Logits [B, vocab] for tokens [B] at cache column `col` (positions [B] or empty: all at col; key_ok:
-// empty, or [B, >= col + 1] bool, false hiding a padded key). The caller advances the cache's position.
+// Logits [B, vocab] for tokens [B] at cache column `col` of k_cache, v_cache [L, B, H, max_len, hd]
+// (positions [B] or empty: all at col; key_ok: empty, or [B, >= col + 1] bool, false hiding a padded
+// key). The caller advances the cache's position.
 torch::Tensor BatchStep::step(const torch::Tensor& tok, const torch::Tensor& positions, const torch::Tensor& key_ok,
-                              int64_t col) {
+                              int64_t col, const torch::Tensor& k_cache, const torch::Tensor& v_cache) {
   const Impl& s = *impl_;
   const auto &tok_emb = s.tables[0], &pos_emb = s.tables[1], &cos = s.tables[2], &sin = s.tables[3];
   auto x = tok_emb.index_select(0, tok);
@@ -71,7 +72,7 @@ torch::Tensor BatchStep::step(const torch::Tensor& tok, const torch::Tensor& pos
   for (size_t l = 0; l < layers; ++l) {
     const torch::Tensor* n = s.norms.data() + 4 * l;
     auto h = rows_add_norm(x, delta, n[0], n[1], s.eps);
-    auto y = rows_attend(s.linear(4 * l, h), positions, col, cos, sin, s.tables[4], s.tables[5],
+    auto y = rows_attend(s.linear(4 * l, h), positions, col, cos, sin, k_cache, v_cache,
                          static_cast<int64_t>(l), key_ok, s.heads);
     h = rows_add_norm(x, s.linear(4 * l + 1, y), n[2], n[3], s.eps);
     auto mid = s.linear(4 * l + 2, h);
