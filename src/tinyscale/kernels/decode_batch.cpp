@@ -1,6 +1,6 @@
 // One decoding step of a batch (decoding.BatchDecoder) in one call: the layer loop of
 // Transformer.forward for one token per row, with the products in PyTorch's kernels (int8: the
-// packed weights' own apply_dynamic, as quantized::linear_dynamic calls it; float32: at::linear) and
+// packed weights' own apply_dynamic, as quantized::linear_dynamic calls it; float32: at::addmm) and
 // the work between them in decode_one.cpp's rows_* functions.
 //
 // Why: at 32 rows the products and the attention over the cache are most of a step, but a loop
@@ -27,7 +27,8 @@ struct BatchStep::Impl {
 
   torch::Tensor linear(size_t i, const torch::Tensor& x) const {
     if (!packed.empty()) return packed[i]->apply_dynamic(x, reduce_range);
-    return at::linear(x, weights[i], biases[i].numel() ? std::optional<at::Tensor>(biases[i]) : std::nullopt);
+    // weights[i] is [in, out] here: x @ w ran ~25% faster than linear's x @ w^T at 32 rows x 288-768
+    return biases[i].numel() ? at::addmm(biases[i], x, weights[i]) : at::mm(x, weights[i]);
   }
 };
 
