@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from tinyscale.generate import generate, resolve_dtype
+from tinyscale.decoding import Int8Linear
+from tinyscale.generate import generate, int8_model, resolve_dtype
 from tinyscale.model import Transformer, model_config
 from tinyscale.training.provenance import machine_info
 
@@ -42,15 +43,20 @@ def matmul_floor(model: Transformer, batch: int, dtype: str, repeats: int = 50) 
     """Tokens/s if a decoding step were nothing but its weight matrix products: the bound that
     per-op overhead, attention and sampling come on top of."""
     dt = resolve_dtype(dtype, torch.device("cpu"), batch)
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    mats = [m.weight.detach().to(dt).t().contiguous() for m in linears]
-    xs = {w.shape[0]: torch.randn(batch, w.shape[0], dtype=dt) for w in mats}
+    if dtype == "int8":  # the int8 layers themselves (activation quantization included)
+        products = [m for m in int8_model(model).modules() if isinstance(m, Int8Linear)]
+        xs = {m.in_features: torch.randn(batch, m.in_features) for m in products}
+        calls = [(m, xs[m.in_features]) for m in products]
+    else:
+        mats = [m.weight.detach().to(dt).t().contiguous() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        xs = {w.shape[0]: torch.randn(batch, w.shape[0], dtype=dt) for w in mats}
+        calls = [(xs[w.shape[0]].__matmul__, w) for w in mats]
     best = float("inf")
     with torch.inference_mode():
         for r in range(repeats + 3):
             t = time.perf_counter()
-            for w in mats:
-                xs[w.shape[0]] @ w
+            for f, x in calls:
+                f(x)
             if r >= 3:
                 best = min(best, time.perf_counter() - t)
     return batch / best
@@ -86,7 +92,7 @@ def main() -> None:
             for batch in batches:
                 tps, cores, per_cpu = measure(model, batch, args.prompt_len, args.new_tokens, args.repeats, dtype)
                 # cores < threads means other processes took the CPU: the wall figure is then a lower bound.
-                floor = matmul_floor(model, batch, dtype) if dtype != "int8" else float("nan")
+                floor = matmul_floor(model, batch, dtype)
                 print(f"threads {threads}  {dtype:<4}  batch {batch:>2}: {tps:>8,.0f} new tokens/s   "
                       f"({cores:.2f} cores busy, {per_cpu:>8,.0f} tokens per CPU-second; "
                       f"weight matmuls alone: {floor:>8,.0f} tokens/s)", flush=True)

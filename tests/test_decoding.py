@@ -207,3 +207,106 @@ def test_kernel_cache_decodes_batches_as_the_forward_pass_does(family, padded, c
             torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
             tok = torch.multinomial(ref.softmax(-1), 1)[:, 0]
     assert caches[1].pos == P + 20 and len(calls) == 20 * model.cfg.n_layers
+
+
+@pytest.mark.parametrize("family", ["llama", "neo"])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("compact", [False, True])
+def test_batch_decoder_steps_as_the_forward_pass_does(family, padded, compact):
+    """BatchDecoder (the work between products in the kernel) gives Transformer.forward's logits over
+    the same kind of cache, with and without left padding, and leaves the same cache behind."""
+    from tinyscale.config import ModelConfig
+    from tinyscale.decoding import BatchDecoder, new_cache
+    from tinyscale.generate import _forward_step
+    from tinyscale.model import Transformer
+
+    native_or_skip()
+    torch.manual_seed(2)
+    model = Transformer(ModelConfig(family=family, vocab_size=97, d_model=48, n_layers=2, n_heads=3,
+                                    max_seq_len=64)).eval()
+    with torch.no_grad():  # biases and norm weights away from 0 and 1, so they are tested
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    B, P, total = 5, 9, 40
+    caches = [new_cache(model, B, total, compact=compact) for _ in range(2)]
+    assert BatchDecoder.available(model, caches[1])
+    idx = torch.randint(0, 97, (B, P))
+    pad = torch.tensor([0, 3, 0, 5, 1]) if padded else torch.zeros(B, dtype=torch.long)
+    cols = torch.arange(total)
+    key_ok = cols[None, :] >= pad[:, None]
+    mask = (torch.ones(P, P, dtype=torch.bool).tril() & key_ok[:, None, :P]) | torch.eye(P, dtype=torch.bool)
+    positions = (cols[None, :P] - pad[:, None]).clamp(min=0)
+    with torch.inference_mode():
+        first = [model(idx, c, positions, mask[:, None])[:, -1] for c in caches][0]
+        steps = _forward_step(model, caches[0], contextlib.nullcontext()), BatchDecoder(model, caches[1]).step
+        tok = first.argmax(-1)
+        for t in range(20):
+            args = (tok, P - pad + t, key_ok[:, None, None, :] if padded else None)
+            ref, got = (step(*args) for step in steps)
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+            tok = torch.multinomial(ref.softmax(-1), 1)[:, 0]
+    assert caches[1].pos == caches[0].pos == P + 20
+    tol = 1e-3 if compact else 1e-5  # float16: a float32 rounding apart can round to neighbours
+    torch.testing.assert_close(caches[1].k, caches[0].k, atol=tol, rtol=tol)
+    torch.testing.assert_close(caches[1].v, caches[0].v, atol=tol, rtol=tol)
+
+
+def test_batched_int8_greedy_tokens_equal_the_forward_pass(trained, monkeypatch):
+    """int8 batches decode through BatchDecoder; its greedy tokens are the forward pass's (same
+    quantization, same float16 cache), padded prompts included."""
+    from tinyscale import decoding
+
+    native_or_skip()
+    model, val = trained
+    prompts = [val[i:i + 2 + i % 5].tolist() for i in range(0, 240, 30)]
+    used = []
+    monkeypatch.setattr(decoding.BatchDecoder, "step", lambda self, *a, _f=decoding.BatchDecoder.step:
+                        used.append(1) or _f(self, *a))
+    fast = generate(model, prompts, 24, temperature=0, dtype="int8")
+    assert len(used) == 23
+    monkeypatch.setattr(decoding.BatchDecoder, "available", staticmethod(lambda *a: False))
+    assert generate(model, prompts, 24, temperature=0, dtype="int8") == fast
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_rows_sample_draws_by_the_inverse_cdf(temperature):
+    """The kernel's sampler picks, for each row and uniform draw u, the first token whose cumulative
+    softmax mass exceeds u * total (computed here in float64); greedy at temperature 0 or overflow."""
+    from tinyscale.kernels import cpu_kernels
+
+    native_or_skip()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 1000, generator=g) * 3
+    logits[3, 10:20] = float("-inf")  # no mass: never picked
+    u = torch.rand(64, generator=g)
+    u[:4] = torch.tensor([0.0, 0.999999, 0.5, 0.3])
+    got = cpu_kernels().rows_sample(logits, u, temperature)
+    cdf = (logits.double() / temperature).softmax(-1).cumsum(-1)
+    want = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True)[:, 0]
+    assert (got == want).float().mean() >= 62 / 64  # float32 vs float64 rounding at a boundary, rarely
+    assert not ((got >= 10) & (got < 20))[3]
+    greedy = cpu_kernels().rows_sample(logits, u, 0.0)
+    assert torch.equal(greedy, logits.argmax(-1))
+    hot = logits.clone()
+    hot[5, 7] = 3e38  # overflows to +inf at a small temperature: greedy, as sample_next
+    assert cpu_kernels().rows_sample(hot, u, 1e-3)[5] == 7
+
+
+def test_batch_decoder_follows_in_place_weight_updates(trained, monkeypatch):
+    """The packed batch step is kept per model, but an in-place update of the weights (a training
+    step between rollouts) is decoded with the new weights, as the forward pass does."""
+    import copy
+
+    from tinyscale import decoding
+
+    native_or_skip()
+    model = copy.deepcopy(trained[0])
+    prompts = [trained[1][i:i + 4].tolist() for i in range(0, 90, 30)]
+    before = generate(model, prompts, 12, temperature=0, dtype="int8")
+    with torch.no_grad():
+        model.blocks[0].mlp.fc.weight.mul_(-1.5)
+    after = generate(model, prompts, 12, temperature=0, dtype="int8")
+    monkeypatch.setattr(decoding.BatchDecoder, "available", staticmethod(lambda *a: False))
+    assert after == generate(model, prompts, 12, temperature=0, dtype="int8")
+    assert after != before  # the update mattered, so the first assertion could fail

@@ -2,10 +2,12 @@
 
 At the sizes this lab trains, a decoding step of one sequence costs more in per-op dispatch than in
 arithmetic, so ``NativeDecoder`` runs the step of ``Transformer.forward`` for one token as one call
-into a C++ kernel (``kernels/decode_one.cpp``), with float32 or int8 weights. Batches decode through
-``Transformer.forward`` itself (generate.py), where the products dominate, with one exception: the
-attention of one query per row over the cache, which PyTorch's CPU flash attention handles slowly,
-runs in the kernel's ``attend_cached`` through ``KernelKVCache`` (``new_cache`` makes one).
+into a C++ kernel (``kernels/decode_one.cpp``), with float32 or int8 weights. Batches decode one step
+per C++ call too (``BatchDecoder``, ``kernels/decode_batch.cpp``), with the products in PyTorch's
+kernels and the small ops between them in the kernel; where that does not apply (bf16 autocast),
+through ``Transformer.forward``, whose attention of one query per row over the cache, which PyTorch's
+CPU flash attention handles slowly, runs in the kernel's ``attend_cached`` through ``KernelKVCache``
+(``new_cache`` makes one).
 ``quantize_int8`` swaps every linear layer for ``Int8Linear`` (int8 weights with one scale per output
 row, activations quantized per call), whose products run in PyTorch's int8 CPU kernels: 4x less weight
 memory and, on CPUs with int8 dot products, faster than float32 at batch 32 (bench/sample_speed.py).
@@ -214,6 +216,100 @@ class NativeDecoder:
 
 
 
+def _weight(layer: nn.Module) -> tuple[Tensor, Tensor]:
+    """A linear layer's weight and bias (empty: none) as the batch kernel takes them: float32 [in, out]
+    (a transposed copy: its products ran ~25% faster at 32 rows than ``F.linear``'s), or for
+    ``Int8Linear`` its quantized int8 weight, which the kernel packs again under the layer's engine."""
+    if isinstance(layer, Int8Linear):
+        w, b = torch.ops.quantized.linear_unpack(layer.packed)
+    else:
+        w, b = layer.weight.detach().t().contiguous(), layer.bias
+    return w, _EMPTY if b is None else b.detach().float()
+
+
+_batch_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _batch_step(model: Transformer, kernel):
+    """The kernel's ``BatchStep`` for `model` (its weights packed for the products), kept while the
+    model's weights are unchanged: packing the int8 weights again takes ~0.2 s at width 288 x 6 layers,
+    more than a short generate() call."""
+    # Inference tensors (an int8 copy made under inference mode) have no version counter; int8_model
+    # makes a new copy, so a new key, when the weights it came from change.
+    versions = tuple((id(p), p.is_inference() or p._version) for p in model.parameters())
+    cached = _batch_steps.get(model)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+
+    def norm(n: nn.Module) -> list[Tensor]:
+        b = getattr(n, "bias", None)
+        return [n.weight.detach(), _EMPTY if b is None else b.detach()]
+
+    norms, weights = [], []
+    for blk in model.blocks:
+        norms += norm(blk.attn_norm) + norm(blk.mlp_norm)
+        weights += [_weight(m) for m in (blk.attn.qkv, blk.attn.proj, blk.mlp.fc, blk.mlp.proj)]
+    weights.append(_weight(model.head))
+    rotary = model.cfg.arch.positions == "rotary"
+    tables = [model.tok_emb.weight.detach(), _EMPTY if rotary else model.pos_emb.weight.detach(),
+              model.rope_cos.contiguous() if rotary else _EMPTY, model.rope_sin.contiguous() if rotary else _EMPTY]
+    head = model.head
+    with _quantized_engine(head.engine if isinstance(head, Int8Linear) else torch.backends.quantized.engine):
+        step = kernel.BatchStep(tables, norms + norm(model.norm), [w for w, _ in weights], [b for _, b in weights],
+                                model.cfg.arch.mlp == "swiglu", bool(getattr(head, "reduce_range", False)),
+                                model.cfg.n_heads, model.cfg.norm_eps)
+    _batch_steps[model] = (versions, step)
+    return step
+
+
+class BatchDecoder:
+    """One-token decoding steps of a batch on the CPU (either family; float32 or ``quantize_int8``
+    weights) over a ``KernelKVCache``, one C++ call per step (``kernels/decode_batch.cpp``): the
+    products run in PyTorch's kernels (``Int8Linear``'s packed int8 weights, or float32 GEMM), the work
+    between them in ``decode_one.cpp`` (``rows_add_norm``: residual add and norm; ``rows_attend``:
+    rotary positions, cache write and the one-query attention). Same arithmetic as
+    ``Transformer.forward`` over the same cache: logits equal within float rounding, greedy tokens
+    equal (tests/test_decoding.py).
+
+    Why: at 32 rows ``Transformer.forward`` spent ~30% of an int8 step in ~600 small ATen ops and their
+    Python dispatch; here the small ops are a few vectorised passes and Python is out of the loop.
+    """
+
+    def __init__(self, model: Transformer, cache: KernelKVCache) -> None:
+        self.kernel, self.cache = cache.kernel, cache
+        self.native = _batch_step(model, cache.kernel)
+
+    @staticmethod
+    def available(model: Transformer, cache: KVCache) -> bool:
+        """True where it applies: a ``KernelKVCache``, a recipe the kernel knows, float32 parameters
+        (no autocast) and plain or int8 linear layers."""
+        arch, p = model.cfg.arch, model.tok_emb.weight
+        linears = [m for m in model.modules() if isinstance(m, (nn.Linear, Int8Linear))]
+        return (isinstance(cache, KernelKVCache) and p.dtype == torch.float32
+                and (arch.norm, arch.mlp, arch.positions) in KERNEL_RECIPES
+                and all(isinstance(m, Int8Linear) or m.weight.dtype == torch.float32 for m in linears)
+                and len(linears) == 4 * len(model.blocks) + 1)
+
+    def step(self, tok: Tensor, positions: Tensor | None = None, key_ok: Tensor | None = None) -> Tensor:
+        """Logits [B, vocab] for tokens [B] at cache column ``cache.pos`` (then advanced), with
+        generate's per-row positions [B] and key mask [B, 1, 1, >= pos + 1] for padded rows."""
+        cache = self.cache
+        col = cache.pos
+        if col >= cache.max_len:
+            raise ValueError(f"sequence of {col + 1} positions exceeds the cache of {cache.max_len}")
+        logits = self.native.step(tok, _NO_POSITIONS if positions is None else positions.contiguous(),
+                                  _NO_MASK if key_ok is None else key_ok[:, 0, 0], col, cache.k, cache.v)
+        cache.pos = col + 1
+        return logits
+
+    def sample(self, logits: Tensor, temperature: float, generator: torch.Generator) -> Tensor:
+        """``generate.sample_next`` without top-k/top-p in one kernel call, from the same uniform
+        draws (so the same stream of random numbers)."""
+        B = logits.shape[0]  # greedy draws nothing, as sample_next
+        u = torch.zeros(B) if temperature == 0 else torch.rand(B, generator=generator)
+        return self.kernel.rows_sample(logits.contiguous(), u, temperature)
+
+
 class KernelKVCache(KVCache):
     """A KV cache whose one-query-per-row attention (every batched decoding step) runs in the C++
     kernel ``attend_cached``: PyTorch's CPU flash attention spends most of such a step on a single
@@ -248,6 +344,8 @@ class KernelKVCache(KVCache):
 
 
 _NO_MASK = torch.empty(0, dtype=torch.bool)
+_NO_POSITIONS = torch.empty(0, dtype=torch.long)
+_EMPTY = torch.empty(0)
 
 
 def _key_mask(mask: Tensor | None, batch: int) -> Tensor | bool:

@@ -10,7 +10,9 @@ token per row, unless the batch is a single sequence on the CPU: then each step 
 the C++ kernel of ``decoding.NativeDecoder`` (``kernels/decode_one.cpp``), because at one row a step
 costs more in per-op dispatch than in arithmetic (with ``dtype="int8"`` its weights are int8 with
 per-row scales); a single row without the kernel decodes on one thread (``decoding.decode_threads``).
-Batched steps attend over the cache in the kernel too (``decoding.KernelKVCache``). ``dtype="bf16"``
+Batched fp32 and int8 steps are one kernel call each too (``decoding.BatchDecoder``: the products in
+PyTorch, the small ops between them and the sampling in C++); bf16 batches go through the forward
+pass and attend over the cache in the kernel (``decoding.KernelKVCache``). ``dtype="bf16"``
 runs the weight matrix multiplies in bfloat16 under autocast, which pays off on CPUs with native
 bf16 once the batch is large enough; the cache and attention stay float32 on CPU, where PyTorch
 attends over a bf16 cache 2-5x more slowly (see model.py). ``dtype="int8"`` (CPU) at larger batches
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tinyscale.decoding import NativeDecoder, decode_threads, new_cache, quantize_int8
+from tinyscale.decoding import BatchDecoder, NativeDecoder, decode_threads, new_cache, quantize_int8
 from tinyscale.devices import bf16_native, pick_device  # noqa: F401  (pick_device's former home: still importable)
 from tinyscale.errors import UserError
 from tinyscale.model import KVCache, Transformer
@@ -179,15 +181,32 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, temperatur
     else:
         with autocast:
             logits = model(idx, cache)[:, -1]
-    step = NativeDecoder(model, cache, int8=dtype == "int8").step if native else _forward_step(model, cache, autocast)
+    step, sample = _stepper(model, cache, native, dtype == "int8", autocast, temperature, top_k, top_p, gen)
     # The kernel splits its products over the caller's threads; see decode_threads for the rest.
     with contextlib.nullcontext() if native else decode_threads(B):
         for t in range(max_new_tokens):
-            out[:, t] = tok = sample_next(logits, temperature, top_k, top_p, gen)
+            out[:, t] = tok = sample(logits)
             if _finished(tok, done, eot_id) or t == max_new_tokens - 1:
                 break
             logits = step(tok, None if positions is None else positions + t, key_ok)
     return _cut(out[:, : t + 1].tolist(), eot_id)
+
+
+def _stepper(model: Transformer, cache: KVCache, native: bool, int8: bool, autocast, temperature: float,
+             top_k: int | None, top_p: float | None, gen: torch.Generator):
+    """The decoding step and the sampler for generate: one row in ``NativeDecoder``, batches in
+    ``BatchDecoder`` where it applies (no autocast), else through ``Transformer.forward``."""
+    def sample(logits: Tensor) -> Tensor:
+        return sample_next(logits, temperature, top_k, top_p, gen)
+
+    if native:
+        return NativeDecoder(model, cache, int8=int8).step, sample
+    if isinstance(autocast, contextlib.nullcontext) and BatchDecoder.available(model, cache):
+        decoder = BatchDecoder(model, cache)
+        if top_k is None and top_p is None:
+            return decoder.step, lambda logits: decoder.sample(logits, temperature, gen)
+        return decoder.step, sample
+    return _forward_step(model, cache, autocast), sample
 
 
 def _forward_step(model: Transformer, cache: KVCache, autocast):

@@ -25,8 +25,8 @@ from tinyscale import progress
 from tinyscale.kernels import choice, cpu
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("module.cpp", "decode_one.cpp", "attention.cpp", "loss.cpp", "fused.cpp")
-HEADERS = ("simd.h",)
+SOURCES = ("module.cpp", "decode_one.cpp", "decode_batch.cpp", "attention.cpp", "loss.cpp", "fused.cpp")
+HEADERS = ("simd.h", "decode_batch.h")
 CFLAGS = ("-O3", "-fopenmp", "-fopenmp-simd")
 
 

@@ -130,14 +130,17 @@ void norm(const float* x, const torch::Tensor& w, const torch::Tensor& b, float*
   const float* wp = w.data_ptr<float>();
   if (b.numel() == 0) {
     float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
     for (int64_t i = 0; i < d; ++i) ss += x[i] * x[i];
     const float r = 1.f / std::sqrt(ss / static_cast<float>(d) + eps);
     for (int64_t i = 0; i < d; ++i) out[i] = wp[i] * (x[i] * r);
     return;
   }
   float mean = 0.f, var = 0.f;
+#pragma omp simd reduction(+ : mean)
   for (int64_t i = 0; i < d; ++i) mean += x[i];
   mean /= static_cast<float>(d);
+#pragma omp simd reduction(+ : var)
   for (int64_t i = 0; i < d; ++i) var += (x[i] - mean) * (x[i] - mean);
   const float r = 1.f / std::sqrt(var / static_cast<float>(d) + eps);
   const float* bp = b.data_ptr<float>();
@@ -153,9 +156,18 @@ void add_bias(float* y, const torch::Tensor& b) {
 // Rotary positions in model.py's split-halves layout: x * cos + roll(x, hd/2) * signed_sin.
 void rotate(float* x, const float* cos, const float* sin, int64_t hd) {
   float tmp[512];
-  const int64_t half = hd / 2;
-  for (int64_t i = 0; i < hd; ++i) tmp[i] = x[i] * cos[i] + x[(i + half) % hd] * sin[i];
+  const int64_t half = hd / 2;  // two loops rather than an index modulo hd: vectorised, no divisions
+  for (int64_t i = 0; i < half; ++i) tmp[i] = x[i] * cos[i] + x[i + half] * sin[i];
+  for (int64_t i = half; i < hd; ++i) tmp[i] = x[i] * cos[i] + x[i - half] * sin[i];
   for (int64_t i = 0; i < hd; ++i) x[i] = tmp[i];
+}
+
+// Hidden keys' scores to -inf (ok: null, or false where hidden); returns the largest score.
+inline float masked_max(float* scores, const bool* ok, int64_t len) {
+  if (ok)
+    for (int64_t t = 0; t < len; ++t)
+      if (!ok[t]) scores[t] = -INFINITY;
+  return max_of(scores, len);  // vectorised, where a running std::max is not
 }
 
 // Scores of the `len` keys (stride floats apart) against q, times scale; hidden keys -inf. Returns the maximum.
@@ -175,12 +187,7 @@ float row_scores(const float* q, const T* k, int64_t stride, const bool* ok, int
     for (int64_t i = 0; i < hd; ++i) s += q[i] * static_cast<float>(k[t * stride + i]);
     scores[t] = s * scale;
   }
-  float top = -INFINITY;
-  for (t = 0; t < len; ++t) {
-    if (ok && !ok[t]) scores[t] = -INFINITY;
-    top = std::max(top, scores[t]);
-  }
-  return top;
+  return masked_max(scores, ok, len);
 }
 
 #ifdef __AVX512F__
@@ -229,11 +236,7 @@ void attend_row16(const float* q, const T* k, int64_t ks, const T* v, int64_t vs
     for (int c = 1; c < C; ++c) a = _mm512_fmadd_ps(qv[c], load16(kt + 16 * c), a);
     scores[t] = _mm512_reduce_add_ps(a);
   }
-  float top = -INFINITY;
-  for (t = 0; t < len; ++t) {
-    if (ok && !ok[t]) scores[t] = -INFINITY;
-    top = std::max(top, scores[t]);
-  }
+  const float top = masked_max(scores, ok, len);
   const float inv = 1.f / exp_shifted(scores, len, top);
   __m512 acc[2][C];
   for (int s = 0; s < 2; ++s)
@@ -413,4 +416,164 @@ torch::Tensor attend_cached(const torch::Tensor& q_, const torch::Tensor& k, con
   if (half) attend_heads<at::Half>(q, k, v, len, key_ok, static_cast<float>(scale), y);
   else attend_heads<float>(q, k, v, len, key_ok, static_cast<float>(scale), y);
   return y;
+}
+
+// ---- Batched decoding steps (decoding.BatchDecoder): the small ops between the products ----
+//
+// Why: at 32 rows a step through Transformer.forward spent ~30% of its time in ~600 small ATen ops
+// and their Python dispatch (norms, rotary positions, cache writes, residual adds, sampling). These
+// functions do the work between two products of a layer in one call each; the products stay in
+// PyTorch (int8: its oneDNN/fbgemm kernels, float32: its GEMM).
+
+namespace {
+
+void check_rows_f32(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.dim() == 2 && t.is_contiguous(), what,
+              ": a contiguous float32 CPU matrix");
+}
+
+// Keys or values of one head into the cache at one column (float16: rounded to nearest, as copy_ does).
+inline void store(const float* src, float* dst, int64_t n) { std::copy(src, src + n, dst); }
+inline void store(const float* src, at::Half* dst, int64_t n) {
+  int64_t i = 0;
+#ifdef TINYSCALE_AVX2
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<at::Half>(src[i]);
+}
+
+// Rotate q and k of every row at its position, write k and v at cache column `col`; q into qout [B, H, hd].
+template <typename T>
+void rotate_and_store(const torch::Tensor& qkv, const int64_t* positions, int64_t col, const float* cos,
+                      const float* sin, torch::Tensor& kl, torch::Tensor& vl, float* qout, int64_t H, int64_t hd) {
+  const int64_t B = qkv.size(0), d = H * hd;
+  T* kp = kl.data_ptr<T>();
+  T* vp = vl.data_ptr<T>();
+  for (int64_t b = 0; b < B; ++b) {
+    const float* row = qkv.data_ptr<float>() + b * 3 * d;
+    const int64_t p = positions ? positions[b] : col;
+    float k[512];
+    for (int64_t h = 0; h < H; ++h) {
+      float* q = qout + (b * H + h) * hd;
+      std::copy(row + h * hd, row + (h + 1) * hd, q);
+      std::copy(row + d + h * hd, row + d + (h + 1) * hd, k);
+      if (cos) rotate(q, cos + p * hd, sin + p * hd, hd), rotate(k, cos + p * hd, sin + p * hd, hd);
+      store(k, kp + b * kl.stride(0) + h * kl.stride(1) + col * kl.stride(2), hd);
+      store(row + 2 * d + h * hd, vp + b * vl.stride(0) + h * vl.stride(1) + col * vl.stride(2), hd);
+    }
+  }
+}
+
+}  // namespace
+
+// x [B, d] (the residual stream, updated in place): x += delta (unless delta is empty), then returns
+// norm(x) with weight w and, for LayerNorm, bias b (RMSNorm: b empty), as model.py computes them.
+torch::Tensor rows_add_norm(torch::Tensor x, const torch::Tensor& delta, const torch::Tensor& w,
+                            const torch::Tensor& b, double eps) {
+  check_rows_f32(x, "rows_add_norm: x");
+  const int64_t B = x.size(0), d = x.size(1);
+  if (delta.numel() > 0) {
+    check_rows_f32(delta, "rows_add_norm: delta");
+    TORCH_CHECK(delta.sizes() == x.sizes(), "rows_add_norm: delta must match x");
+    float* xp = x.data_ptr<float>();
+    const float* dp = delta.data_ptr<float>();
+#pragma omp simd
+    for (int64_t i = 0; i < B * d; ++i) xp[i] += dp[i];
+  }
+  TORCH_CHECK(w.numel() == d && (b.numel() == 0 || b.numel() == d), "rows_add_norm: norm weights of width d");
+  auto out = torch::empty_like(x);
+  for (int64_t r = 0; r < B; ++r)
+    norm(x.data_ptr<float>() + r * d, w, b, out.data_ptr<float>() + r * d, d, static_cast<float>(eps));
+  return out;
+}
+
+// The attention of a batched decoding step, after the qkv product: qkv [B, 3d] (q, k, v of H heads);
+// rotary positions from the tables cos, sin [max_len, hd] (empty: none) at each row's position
+// (positions [B] int64, or empty: all at `col`); k and v written into the caches [L, B, H, max_len,
+// hd] (float32 or float16) of `layer` at column `col`; then one query per row and head over columns
+// [0, col] (key_ok: as attend_cached). Returns [B, d], heads side by side (the proj's input).
+torch::Tensor rows_attend(const torch::Tensor& qkv, const torch::Tensor& positions, int64_t col,
+                          const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor k_cache,
+                          torch::Tensor v_cache, int64_t layer, const torch::Tensor& key_ok, int64_t heads) {
+  check_rows_f32(qkv, "rows_attend: qkv");
+  const int64_t B = qkv.size(0), d = qkv.size(1) / 3, hd = d / heads;
+  TORCH_CHECK(k_cache.dim() == 5 && k_cache.sizes() == v_cache.sizes() && k_cache.scalar_type() == v_cache.scalar_type() &&
+              k_cache.size(1) == B && k_cache.size(2) == heads && k_cache.size(4) == hd && col < k_cache.size(3) &&
+              layer < k_cache.size(0) && hd <= 512, "rows_attend: caches must be [L, B, H, max_len, hd]");
+  TORCH_CHECK(positions.numel() == 0 || (positions.scalar_type() == torch::kLong && positions.numel() == B &&
+                                         positions.is_contiguous()), "rows_attend: positions must be int64 [B]");
+  const bool rope = cos.numel() > 0;
+  TORCH_CHECK(!rope || (cos.is_contiguous() && sin.is_contiguous() && cos.size(1) == hd && sin.sizes() == cos.sizes()),
+              "rows_attend: rotary tables must be [max_len, hd]");
+  const int64_t* pos = positions.numel() ? positions.data_ptr<int64_t>() : nullptr;
+  const int64_t limit = rope ? cos.size(0) : INT64_MAX;
+  for (int64_t b = 0; b < (pos ? B : 0); ++b) TORCH_CHECK(pos[b] >= 0 && pos[b] < limit, "rows_attend: position out of range");
+  TORCH_CHECK(col < limit, "rows_attend: position out of range");
+  auto kl = k_cache.select(0, layer), vl = v_cache.select(0, layer);
+  auto q = torch::empty({B, heads, 1, hd}, torch::kFloat);
+  const float *c = rope ? cos.data_ptr<float>() : nullptr, *s = rope ? sin.data_ptr<float>() : nullptr;
+  if (k_cache.scalar_type() == torch::kHalf)
+    rotate_and_store<at::Half>(qkv, pos, col, c, s, kl, vl, q.data_ptr<float>(), heads, hd);
+  else
+    rotate_and_store<float>(qkv, pos, col, c, s, kl, vl, q.data_ptr<float>(), heads, hd);
+  return attend_cached(q, kl, vl, col + 1, key_ok, std::pow(static_cast<double>(hd), -0.5)).view({B, d});
+}
+
+// One token per row from logits [B, V] as generate.sample_next draws it without top-k/top-p: with
+// u [B] uniform in [0, 1), the first token whose cumulative softmax(logits / temperature) mass
+// exceeds u * total (inverse CDF, sums in float64 as cumsum's); greedy (first maximum) at
+// temperature 0 or where a scaled logit overflows to +inf.
+torch::Tensor rows_sample(const torch::Tensor& logits, const torch::Tensor& u, double temperature) {
+  check_rows_f32(logits, "rows_sample: logits");
+  const int64_t B = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(u.scalar_type() == torch::kFloat && u.numel() == B && u.is_contiguous(), "rows_sample: u must be float32 [B]");
+  auto out = torch::empty({B}, torch::kLong);
+  const float temp = static_cast<float>(temperature);
+  at::parallel_for(0, B, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> e(V);
+    for (int64_t r = begin; r < end; ++r) {
+      const float* x = logits.data_ptr<float>() + r * V;
+      if (temperature == 1) std::copy(x, x + V, e.begin());
+      else if (temperature > 0)
+#pragma omp simd
+        for (int64_t i = 0; i < V; ++i) e[i] = x[i] / temp;
+      const float top = temperature > 0 ? max_of(e.data(), V) : 0.f;
+      if (temperature == 0 || (std::isinf(top) && top > 0)) {  // argmax: the first maximum, a NaN counting as the largest
+        int64_t best = 0;
+        for (int64_t i = 1; i < V; ++i)
+          if (x[i] > x[best] || (std::isnan(x[i]) && !std::isnan(x[best]))) best = i;
+        out.data_ptr<int64_t>()[r] = best;
+        continue;
+      }
+      const float inv = 1.f / exp_shifted(e.data(), V, top);
+#pragma omp simd
+      for (int64_t i = 0; i < V; ++i) e[i] *= inv;  // probabilities, as softmax gives them
+      // The cumulative mass in float64 (as cumsum accumulates), block by block of 16, walking into
+      // the block where it first exceeds the target (a sequential sum of all V is latency-bound).
+      double cum = 0.;
+#pragma omp simd reduction(+ : cum)
+      for (int64_t i = 0; i < V; ++i) cum += e[i];
+      const float target = u.data_ptr<float>()[r] * static_cast<float>(cum);
+      int64_t pick = -1;
+      double run = 0.;
+      for (int64_t blk = 0; blk < V && pick < 0; blk += 16) {
+        const int64_t stop = std::min(V, blk + 16);
+        double part = 0.;
+#pragma omp simd reduction(+ : part)
+        for (int64_t i = blk; i < stop; ++i) part += e[i];
+        if (static_cast<float>(run + part) <= target) {
+          run += part;
+          continue;
+        }
+        for (int64_t i = blk; i < stop && pick < 0; ++i)
+          if (static_cast<float>(run += e[i]) > target) pick = i;
+      }
+      for (int64_t i = V - 1; pick < 0 && i >= 0; --i)  // rounding left the target unreached: the last token with mass
+        if (e[i] > 0) pick = i;
+      out.data_ptr<int64_t>()[r] = std::max<int64_t>(pick, 0);
+    }
+  });
+  return out;
 }
