@@ -24,60 +24,101 @@ namespace {
 
 using tinyscale::exp_shifted;
 
+// One vector register's worth of floats: 16 where the build has AVX-512 (and, for rows of head_dim,
+// the row is a whole number of them), else 8: the scores, combinations and rank updates below.
 #ifdef TINYSCALE_AVX2
-// s[r][j] = sum_d q[r][d] * xt[d * Tp + j] for R query rows and j in [0, n rounded up to 8). The
-// rows share each load of xt, and a block of scores stays in registers until its end (a store per
-// multiply-add would halve the speed): R rows x V vectors of 8 keys = 8 accumulators.
+struct Vec8 {
+  using reg = __m256;
+  static constexpr int W = 8;
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static reg set1(float x) { return _mm256_set1_ps(x); }
+  static reg zero() { return _mm256_setzero_ps(); }
+};
+#if defined(__AVX512F__)
+struct Vec16 {
+  using reg = __m512;
+  static constexpr int W = 16;
+  static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static reg set1(float x) { return _mm512_set1_ps(x); }
+  static reg zero() { return _mm512_setzero_ps(); }
+};
+template <int HD>
+using VecFor = std::conditional_t<HD % 16 == 0, Vec16, Vec8>;
+using VecWide = Vec16;
+constexpr int kRegisters = 32;
+#else
+template <int HD>
+using VecFor = Vec8;
+using VecWide = Vec8;
+constexpr int kRegisters = 16;
+#endif
+
+// s[r][j0 + j] = sum_d q[r][d] * xt[d * Tp + j0 + j] for R query rows and j in [0, NV vectors). The
+// rows share each load of xt, and the block of scores stays in registers until its end (a store per
+// multiply-add would halve the speed).
+template <typename V, int R, int NV>
+void dots_block(const float* const* q, const float* xt, int64_t Tp, int64_t j0, int64_t hd, float* const* s) {
+  typename V::reg a[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) a[r][v] = V::zero();
+  for (int64_t d = 0; d < hd; ++d) {
+    typename V::reg x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = V::load(xt + d * Tp + j0 + V::W * v);
+    for (int r = 0; r < R; ++r) {
+      const typename V::reg qd = V::set1(q[r][d]);
+      for (int v = 0; v < NV; ++v) a[r][v] = V::fma(qd, x[v], a[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) V::store(s[r] + j0 + V::W * v, a[r][v]);
+}
+
+// The scores of R query rows against keys [0, n rounded up to a vector) (Tp: a multiple of 16), in
+// blocks of 4, 2 and 1 vectors of keys: the last keys of a causal row still keep 2R multiply-adds
+// in flight.
 template <int R>
 void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int64_t hd, float* const* s) {
-  constexpr int V = 8 / R;
+  using V = VecWide;
+  constexpr int NV = kRegisters == 32 ? 4 : 8 / R;
   int64_t j = 0;
-  for (; j + 8 * V <= n; j += 8 * V) {
-    __m256 a[R][V];
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) a[r][v] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < hd; ++d) {
-      __m256 x[V];
-      for (int v = 0; v < V; ++v) x[v] = _mm256_loadu_ps(xt + d * Tp + j + 8 * v);
-      for (int r = 0; r < R; ++r) {
-        const __m256 qd = _mm256_broadcast_ss(q[r] + d);
-        for (int v = 0; v < V; ++v) a[r][v] = _mm256_fmadd_ps(qd, x[v], a[r][v]);
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) _mm256_storeu_ps(s[r] + j + 8 * v, a[r][v]);
-  }
-  for (; j < n; j += 8) {
-    __m256 a[R];
-    for (int r = 0; r < R; ++r) a[r] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < hd; ++d) {
-      const __m256 x = _mm256_loadu_ps(xt + d * Tp + j);
-      for (int r = 0; r < R; ++r) a[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[r] + d), x, a[r]);
-    }
-    for (int r = 0; r < R; ++r) _mm256_storeu_ps(s[r] + j, a[r]);
-  }
+  for (; j + V::W * NV <= n; j += V::W * NV) dots_block<V, R, NV>(q, xt, Tp, j, hd, s);
+  if (NV > 2 && j + V::W * 2 <= n) dots_block<V, R, 2>(q, xt, Tp, j, hd, s), j += V::W * 2;
+  if (NV > 1 && j + V::W <= n) dots_block<V, R, 1>(q, xt, Tp, j, hd, s), j += V::W;
+  if (j < n) dots_block<V, R, 1>(q, xt, Tp, j, hd, s);
 }
 
-// out[r] = sum_j w[r][j] * x[j, :] for R rows over j in [0, n), sharing each load of x; every
-// w[r][j] past that row's own keys must be 0.
-template <int C, int R>
+// out[r] = sum_j w[r][j] * x[j, :] for R rows of HD floats over j in [0, n), sharing each load of x;
+// every w[r][j] past that row's own keys must be 0.
+template <int HD, int R>
 void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out) {
-  __m256 a[R][C];
+  using V = VecFor<HD>;
+  constexpr int CW = HD / V::W;
+  typename V::reg a[R][CW];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) a[r][c] = _mm256_setzero_ps();
+    for (int c = 0; c < CW; ++c) a[r][c] = V::zero();
   for (int64_t j = 0; j < n; ++j) {
-    __m256 xj[C];
-    for (int c = 0; c < C; ++c) xj[c] = _mm256_loadu_ps(x + j * 8 * C + 8 * c);
+    typename V::reg xj[CW];
+    for (int c = 0; c < CW; ++c) xj[c] = V::load(x + j * HD + V::W * c);
     for (int r = 0; r < R; ++r) {
-      const __m256 wr = _mm256_broadcast_ss(w[r] + j);
-      for (int c = 0; c < C; ++c) a[r][c] = _mm256_fmadd_ps(wr, xj[c], a[r][c]);
+      const typename V::reg wr = V::set1(w[r][j]);
+      for (int c = 0; c < CW; ++c) a[r][c] = V::fma(wr, xj[c], a[r][c]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) _mm256_storeu_ps(out[r] + 8 * c, a[r][c]);
+    for (int c = 0; c < CW; ++c) V::store(out[r] + V::W * c, a[r][c]);
 }
 
+// Rows per combine_rows call: R x (registers per row) accumulators stay within a half of the
+// vector registers.
+template <int HD>
+constexpr int kRows = std::max(1, std::min(4, (kRegisters / 2) / (HD / VecFor<HD>::W)));
 #else
+template <int HD>
+using VecFor = void;
 template <int R>
 void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int64_t hd, float* const* s) {
   for (int r = 0; r < R; ++r) {
@@ -87,11 +128,13 @@ void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int
   }
 }
 
-template <int C, int R>
+template <int HD, int R>
 void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out) {
-  for (int r = 0; r < R; ++r) tinyscale::weighted_rows<C, 1>(w[r], x, 8 * C, n, out[r]);
+  for (int r = 0; r < R; ++r) tinyscale::weighted_rows<HD / 8, 1>(w[r], x, HD, n, out[r]);
 }
 
+template <int HD>
+constexpr int kRows = 1;
 #endif
 
 // One (row, head) task's inputs, copied from strided [T, hd] rows into its own buffers.
@@ -99,17 +142,21 @@ struct Head {
   int64_t T, Tp, hd;
   std::vector<float> q, k, kt, v, vt;  // q scaled by 1/sqrt(hd); kt, vt: [hd, Tp]
 
-  Head(int64_t T_, int64_t hd_) : T(T_), Tp((T_ + 7) / 8 * 8), hd(hd_), q(T * hd), k(Tp * hd, 0.f),
+  Head(int64_t T_, int64_t hd_) : T(T_), Tp((T_ + 15) / 16 * 16), hd(hd_), q(T * hd), k(Tp * hd, 0.f),
                                   kt(hd * Tp, 0.f), v(Tp * hd, 0.f), vt(hd * Tp, 0.f) {}
 
+  // dst[t, :] and/or dst_t[:, t] = mul * src[t * stride, :]. The transposed copy goes 16 positions at
+  // a time, so that its stores run along rows of dst_t instead of one cache line per value.
   static void rows(const float* src, int64_t stride, int64_t T, int64_t hd, float mul, float* dst, float* dst_t,
                    int64_t Tp) {
-    for (int64_t t = 0; t < T; ++t) {
-      const float* row = src + t * stride;
-      if (dst)
-        for (int64_t d = 0; d < hd; ++d) dst[t * hd + d] = row[d] * mul;
-      if (dst_t)
-        for (int64_t d = 0; d < hd; ++d) dst_t[d * Tp + t] = row[d] * mul;
+    if (dst)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t d = 0; d < hd; ++d) dst[t * hd + d] = src[t * stride + d] * mul;
+    if (!dst_t) return;
+    for (int64_t t0 = 0; t0 < T; t0 += 16) {
+      const int64_t t1 = std::min<int64_t>(T, t0 + 16);
+      for (int64_t d = 0; d < hd; ++d)
+        for (int64_t t = t0; t < t1; ++t) dst_t[d * Tp + t] = src[t * stride + d] * mul;
     }
   }
 
@@ -127,11 +174,6 @@ void check(const torch::Tensor& x, const torch::Tensor& like, const char* what) 
               "causal attention: ", what, " must be float32 [B, H, T, head_dim] with contiguous rows");
 }
 
-// Rows per combine_rows call (and accumulator sets per weighted_rows call): R x C accumulators stay
-// within the 16 vector registers.
-template <int C>
-constexpr int kRows = C <= 2 ? 4 : C <= 4 ? 2 : 1;
-
 template <int C>
 void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, float* out, float* lse) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = 8 * C;
@@ -139,7 +181,7 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     Head hb(T, hd);
     constexpr int R = 4;  // query rows per pass over the keys
-    const int64_t stride = hb.Tp + 8;
+    const int64_t stride = hb.Tp + 16;
     std::vector<float> p(R * stride);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
@@ -162,8 +204,8 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
           inv[r] = 1.f / total;
           if (i + r < T) lse[bh * T + row] = top + std::log(total);
         }
-        for (int r = 0; r < R; r += kRows<C>)
-          combine_rows<C, kRows<C>>(sr + r, hb.v.data(), n_group, o + r);
+        for (int r = 0; r < R; r += kRows<8 * C>)
+          combine_rows<8 * C, kRows<8 * C>>(sr + r, hb.v.data(), n_group, o + r);
         for (int r = 0; r < R && i + r < T; ++r)
           for (int64_t d = 0; d < hd; ++d) o[r][d] *= inv[r];
       }
@@ -171,35 +213,7 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
   });
 }
 
-// One vector register's worth of floats: 16 where the build has AVX-512 (and the row is a whole
-// number of them), else 8, for the rank updates of the backward.
 #ifdef TINYSCALE_AVX2
-struct Vec8 {
-  using reg = __m256;
-  static constexpr int W = 8;
-  static reg load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
-  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
-  static reg set1(float x) { return _mm256_set1_ps(x); }
-};
-#if defined(__AVX512F__)
-struct Vec16 {
-  using reg = __m512;
-  static constexpr int W = 16;
-  static reg load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
-  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
-  static reg set1(float x) { return _mm512_set1_ps(x); }
-};
-template <int HD>
-using VecFor = std::conditional_t<HD % 16 == 0, Vec16, Vec8>;
-constexpr int kRegisters = 32;
-#else
-template <int HD>
-using VecFor = Vec8;
-constexpr int kRegisters = 16;
-#endif
-
 // x[j, :] += sum_r w[r][j] * a[r, :] for j in [0, n rounded up to J) and r in [0, rows): the key or
 // value gradients of a block of queries. J rows of x stay in registers while the block's rows of `a`
 // stream past them, so each row of x is loaded and stored once per block rather than once per query.
@@ -241,7 +255,7 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     Head hb(T, hd);
-    const int64_t stride = hb.Tp + 8;  // rows of p and ds, zero past each row's keys up to a multiple of 8
+    const int64_t stride = hb.Tp + 16;  // rows of p and ds, zero past each row's keys up to a multiple of 8, + 8
     std::vector<float> p(kBlock * stride), ds(kBlock * stride), gk((hb.Tp + 8) * hd), gv((hb.Tp + 8) * hd);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
@@ -278,9 +292,9 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
           std::fill(pk + n, pk + n_pad + 8, 0.f);
           std::fill(dk2 + n, dk2 + n_pad + 8, 0.f);
         }
-        for (int r = 0; r < rows; r += kRows<C>) {  // dq_i = scale * sum_j ds_ij k_j
-          combine_rows<C, kRows<C>>(dr + r, hb.k.data(), nb, dqr + r);
-          for (int r2 = r; r2 < std::min(rows, r + kRows<C>); ++r2)
+        for (int r = 0; r < rows; r += kRows<8 * C>) {  // dq_i = scale * sum_j ds_ij k_j
+          combine_rows<8 * C, kRows<8 * C>>(dr + r, hb.k.data(), nb, dqr + r);
+          for (int r2 = r; r2 < std::min(rows, r + kRows<8 * C>); ++r2)
             for (int64_t d = 0; d < hd; ++d) dqr[r2][d] *= scale;
         }
         rank_block<8 * C>(dr, qr, rows, nb, gk.data());  // dk_j = sum_i ds_ij (scale q_i)
