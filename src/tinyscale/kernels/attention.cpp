@@ -83,7 +83,7 @@ void dots_block(const float* const* q, const float* xt, int64_t Tp, int64_t j0, 
 template <int R>
 void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int64_t hd, float* const* s) {
   using V = VecWide;
-  constexpr int NV = kRegisters == 32 ? 4 : 8 / R;
+  constexpr int NV = std::max(1, kRegisters / 2 / R);  // R x NV accumulators: half the registers
   int64_t j = 0;
   for (; j + V::W * NV <= n; j += V::W * NV) dots_block<V, R, NV>(q, xt, Tp, j, hd, s);
   if (NV > 2 && j + V::W * 2 <= n) dots_block<V, R, 2>(q, xt, Tp, j, hd, s), j += V::W * 2;
@@ -112,10 +112,18 @@ void combine_rows(const float* const* w, const float* x, int64_t n, float* const
     for (int c = 0; c < CW; ++c) V::store(out[r] + V::W * c, a[r][c]);
 }
 
-// Rows per combine_rows call: R x (registers per row) accumulators stay within a half of the
-// vector registers.
+// Query rows per pass over the keys (forward) and per row_dots call (backward).
+constexpr int kGroup = kRegisters == 32 ? 8 : 4;
+
+// Rows per combine_rows call: a power of two up to kGroup whose R x (registers per row) accumulators stay
+// within half of the vector registers (small heads need many rows to keep enough multiply-adds in
+// flight and to share each load of x between them).
 template <int HD>
-constexpr int kRows = std::max(1, std::min(4, (kRegisters / 2) / (HD / VecFor<HD>::W)));
+constexpr int kRows = [] {
+  int r = kGroup;
+  while (r > 1 && r * (HD / VecFor<HD>::W) > kRegisters / 2) r /= 2;
+  return r;
+}();
 #else
 template <int HD>
 using VecFor = void;
@@ -133,6 +141,8 @@ void combine_rows(const float* const* w, const float* x, int64_t n, float* const
   for (int r = 0; r < R; ++r) tinyscale::weighted_rows<HD / 8, 1>(w[r], x, HD, n, out[r]);
 }
 
+constexpr int kRegisters = 16;
+constexpr int kGroup = 4;
 template <int HD>
 constexpr int kRows = 1;
 #endif
@@ -180,7 +190,7 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     Head hb(T, hd);
-    constexpr int R = 4;  // query rows per pass over the keys
+    constexpr int R = kGroup;
     const int64_t stride = hb.Tp + 16;
     std::vector<float> p(R * stride);
     for (int64_t bh = begin; bh < end; ++bh) {
@@ -275,9 +285,9 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
           qr[r] = hb.q.data() + row * hd, gr[r] = gb + row * dout.stride(2);
           pr[r] = p.data() + rr * stride, dr[r] = ds.data() + rr * stride, dqr[r] = dq + (b * T + row) * rs + h * hd;
         }
-        for (int r = 0; r < kBlock; r += 4) {
-          row_dots<4>(qr + r, hb.kt.data(), hb.Tp, nb, hd, pr + r);  // scores, then probabilities
-          row_dots<4>(gr + r, hb.vt.data(), hb.Tp, nb, hd, dr + r);  // dp_j = dO_i . v_j
+        for (int r = 0; r < kBlock; r += kGroup) {
+          row_dots<kGroup>(qr + r, hb.kt.data(), hb.Tp, nb, hd, pr + r);  // scores, then probabilities
+          row_dots<kGroup>(gr + r, hb.vt.data(), hb.Tp, nb, hd, dr + r);  // dp_j = dO_i . v_j
         }
         for (int r = 0; r < rows; ++r) {
           const int64_t row = i0 + r, n = row + 1;
