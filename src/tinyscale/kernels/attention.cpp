@@ -35,6 +35,7 @@ struct Vec8 {
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg set1(float x) { return _mm256_set1_ps(x); }
   static reg zero() { return _mm256_setzero_ps(); }
+  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
 };
 #if defined(__AVX512F__)
 struct Vec16 {
@@ -45,6 +46,7 @@ struct Vec16 {
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static reg set1(float x) { return _mm512_set1_ps(x); }
   static reg zero() { return _mm512_setzero_ps(); }
+  static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
 };
 template <int HD>
 using VecFor = std::conditional_t<HD % 16 == 0, Vec16, Vec8>;
@@ -91,10 +93,10 @@ void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int
   if (j < n) dots_block<V, R, 1>(q, xt, Tp, j, hd, s);
 }
 
-// out[r] = sum_j w[r][j] * x[j, :] for R rows of HD floats over j in [0, n), sharing each load of x;
-// every w[r][j] past that row's own keys must be 0.
+// out[r] = mul[r] * sum_j w[r][j] * x[j, :] for R rows of HD floats over j in [0, n), sharing each
+// load of x; every w[r][j] past that row's own keys must be 0.
 template <int HD, int R>
-void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out) {
+void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out, const float* mul) {
   using V = VecFor<HD>;
   constexpr int CW = HD / V::W;
   typename V::reg a[R][CW];
@@ -109,7 +111,7 @@ void combine_rows(const float* const* w, const float* x, int64_t n, float* const
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < CW; ++c) V::store(out[r] + V::W * c, a[r][c]);
+    for (int c = 0; c < CW; ++c) V::store(out[r] + V::W * c, V::mul(V::set1(mul[r]), a[r][c]));
 }
 
 // Query rows per pass over the keys (forward) and per row_dots call (backward).
@@ -137,8 +139,11 @@ void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int
 }
 
 template <int HD, int R>
-void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out) {
-  for (int r = 0; r < R; ++r) tinyscale::weighted_rows<HD / 8, 1>(w[r], x, HD, n, out[r]);
+void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out, const float* mul) {
+  for (int r = 0; r < R; ++r) {
+    tinyscale::weighted_rows<HD / 8, 1>(w[r], x, HD, n, out[r]);
+    for (int d = 0; d < HD; ++d) out[r][d] *= mul[r];
+  }
 }
 
 constexpr int kRegisters = 16;
@@ -214,10 +219,8 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
           inv[r] = 1.f / total;
           if (i + r < T) lse[bh * T + row] = top + std::log(total);
         }
-        for (int r = 0; r < R; r += kRows<8 * C>)
-          combine_rows<8 * C, kRows<8 * C>>(sr + r, hb.v.data(), n_group, o + r);
-        for (int r = 0; r < R && i + r < T; ++r)
-          for (int64_t d = 0; d < hd; ++d) o[r][d] *= inv[r];
+        for (int r = 0; r < R; r += kRows<8 * C>)  // rows past T rewrite row T - 1 with its own values
+          combine_rows<8 * C, kRows<8 * C>>(sr + r, hb.v.data(), n_group, o + r, inv + r);
       }
     }
   });
@@ -267,6 +270,8 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
     Head hb(T, hd);
     const int64_t stride = hb.Tp + 16;  // rows of p and ds, zero past each row's keys up to a multiple of 8, + 8
     std::vector<float> p(kBlock * stride), ds(kBlock * stride), gk((hb.Tp + 8) * hd), gv((hb.Tp + 8) * hd);
+    float scales[kBlock];
+    std::fill_n(scales, kBlock, scale);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       hb.load(q, k, v, b, h, scale, true);
@@ -293,8 +298,10 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
           const int64_t row = i0 + r, n = row + 1;
           const float* oi = ob + row * out.stride(2);
           exp_shifted(pr[r], n, lse[bh * T + row]);
+          const float* gi = gr[r];
           float delta = 0.f;  // sum_j p_j dp_j, computed as dO_i . O_i
-          for (int64_t d = 0; d < hd; ++d) delta += gr[r][d] * oi[d];
+#pragma omp simd reduction(+ : delta)
+          for (int64_t d = 0; d < hd; ++d) delta += gi[d] * oi[d];
           float *pk = pr[r], *dk2 = dr[r];
 #pragma omp simd
           for (int64_t j = 0; j < n; ++j) dk2[j] = pk[j] * (dk2[j] - delta);  // d(score) / scale
@@ -302,11 +309,8 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
           std::fill(pk + n, pk + n_pad + 8, 0.f);
           std::fill(dk2 + n, dk2 + n_pad + 8, 0.f);
         }
-        for (int r = 0; r < rows; r += kRows<8 * C>) {  // dq_i = scale * sum_j ds_ij k_j
-          combine_rows<8 * C, kRows<8 * C>>(dr + r, hb.k.data(), nb, dqr + r);
-          for (int r2 = r; r2 < std::min(rows, r + kRows<8 * C>); ++r2)
-            for (int64_t d = 0; d < hd; ++d) dqr[r2][d] *= scale;
-        }
+        for (int r = 0; r < rows; r += kRows<8 * C>)  // dq_i = scale * sum_j ds_ij k_j
+          combine_rows<8 * C, kRows<8 * C>>(dr + r, hb.k.data(), nb, dqr + r, scales);
         rank_block<8 * C>(dr, qr, rows, nb, gk.data());  // dk_j = sum_i ds_ij (scale q_i)
         rank_block<8 * C>(pr, gr, rows, nb, gv.data());  // dv_j = sum_i p_ij dO_i
       }
