@@ -18,7 +18,7 @@ def built():
         pytest.skip("no C++ compiler here: training uses PyTorch's attention, which other tests cover")
 
 
-@pytest.mark.parametrize(("hd", "T"), [(16, 64), (16, 37), (32, 20), (48, 9), (64, 33), (8, 1)])
+@pytest.mark.parametrize(("hd", "T"), [(16, 64), (16, 37), (32, 20), (48, 9), (64, 33), (8, 1), (24, 100), (48, 130)])
 def test_causal_attention_matches_pytorch_forward_and_backward(built, hd, T):
     from tinyscale.kernels.causal import kernel_attention
 

@@ -38,6 +38,7 @@ from tinyscale import progress, tracking
 from tinyscale.config import ModelConfig, TrainConfig
 from tinyscale.errors import UserError
 from tinyscale.model import Transformer, bf16_native, count_params, flops_per_token, model_config
+from tinyscale.training.allocator import keep_freed_memory
 from tinyscale.training.checkpoints import Retention
 from tinyscale.training.distributed import Dist
 from tinyscale.training.head_loss import lm_loss
@@ -143,6 +144,7 @@ def build_model(mcfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> Tr
     else:
         model = Transformer(mcfg).to(device)
     if device.type == "cpu":
+        keep_freed_memory()  # no page faults for each step's activations (training/allocator.py)
         from tinyscale.kernels.causal import use_kernel_attention
 
         use_kernel_attention(model)  # masked attention (a structure's) falls back to PyTorch's

@@ -24,60 +24,111 @@ namespace {
 
 using tinyscale::exp_shifted;
 
+// One vector register's worth of floats: 16 where the build has AVX-512 (and, for rows of head_dim,
+// the row is a whole number of them), else 8: the scores, combinations and rank updates below.
 #ifdef TINYSCALE_AVX2
-// s[r][j] = sum_d q[r][d] * xt[d * Tp + j] for R query rows and j in [0, n rounded up to 8). The
-// rows share each load of xt, and a block of scores stays in registers until its end (a store per
-// multiply-add would halve the speed): R rows x V vectors of 8 keys = 8 accumulators.
+struct Vec8 {
+  using reg = __m256;
+  static constexpr int W = 8;
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static reg set1(float x) { return _mm256_set1_ps(x); }
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+};
+#if defined(__AVX512F__)
+struct Vec16 {
+  using reg = __m512;
+  static constexpr int W = 16;
+  static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static reg set1(float x) { return _mm512_set1_ps(x); }
+  static reg zero() { return _mm512_setzero_ps(); }
+  static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
+};
+template <int HD>
+using VecFor = std::conditional_t<HD % 16 == 0, Vec16, Vec8>;
+using VecWide = Vec16;
+constexpr int kRegisters = 32;
+#else
+template <int HD>
+using VecFor = Vec8;
+using VecWide = Vec8;
+constexpr int kRegisters = 16;
+#endif
+
+// s[r][j0 + j] = sum_d q[r][d] * xt[d * Tp + j0 + j] for R query rows and j in [0, NV vectors). The
+// rows share each load of xt, and the block of scores stays in registers until its end (a store per
+// multiply-add would halve the speed).
+template <typename V, int R, int NV>
+void dots_block(const float* const* q, const float* xt, int64_t Tp, int64_t j0, int64_t hd, float* const* s) {
+  typename V::reg a[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) a[r][v] = V::zero();
+  for (int64_t d = 0; d < hd; ++d) {
+    typename V::reg x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = V::load(xt + d * Tp + j0 + V::W * v);
+    for (int r = 0; r < R; ++r) {
+      const typename V::reg qd = V::set1(q[r][d]);
+      for (int v = 0; v < NV; ++v) a[r][v] = V::fma(qd, x[v], a[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) V::store(s[r] + j0 + V::W * v, a[r][v]);
+}
+
+// The scores of R query rows against keys [0, n rounded up to a vector) (Tp: a multiple of 16), in
+// blocks of 4, 2 and 1 vectors of keys: the last keys of a causal row still keep 2R multiply-adds
+// in flight.
 template <int R>
 void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int64_t hd, float* const* s) {
-  constexpr int V = 8 / R;
+  using V = VecWide;
+  constexpr int NV = std::max(1, kRegisters / 2 / R);  // R x NV accumulators: half the registers
   int64_t j = 0;
-  for (; j + 8 * V <= n; j += 8 * V) {
-    __m256 a[R][V];
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) a[r][v] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < hd; ++d) {
-      __m256 x[V];
-      for (int v = 0; v < V; ++v) x[v] = _mm256_loadu_ps(xt + d * Tp + j + 8 * v);
-      for (int r = 0; r < R; ++r) {
-        const __m256 qd = _mm256_broadcast_ss(q[r] + d);
-        for (int v = 0; v < V; ++v) a[r][v] = _mm256_fmadd_ps(qd, x[v], a[r][v]);
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) _mm256_storeu_ps(s[r] + j + 8 * v, a[r][v]);
-  }
-  for (; j < n; j += 8) {
-    __m256 a[R];
-    for (int r = 0; r < R; ++r) a[r] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < hd; ++d) {
-      const __m256 x = _mm256_loadu_ps(xt + d * Tp + j);
-      for (int r = 0; r < R; ++r) a[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[r] + d), x, a[r]);
-    }
-    for (int r = 0; r < R; ++r) _mm256_storeu_ps(s[r] + j, a[r]);
-  }
+  for (; j + V::W * NV <= n; j += V::W * NV) dots_block<V, R, NV>(q, xt, Tp, j, hd, s);
+  if (NV > 2 && j + V::W * 2 <= n) dots_block<V, R, 2>(q, xt, Tp, j, hd, s), j += V::W * 2;
+  if (NV > 1 && j + V::W <= n) dots_block<V, R, 1>(q, xt, Tp, j, hd, s), j += V::W;
+  if (j < n) dots_block<V, R, 1>(q, xt, Tp, j, hd, s);
 }
 
-// out[r] = sum_j w[r][j] * x[j, :] for R rows over j in [0, n), sharing each load of x; every
-// w[r][j] past that row's own keys must be 0.
-template <int C, int R>
-void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out) {
-  __m256 a[R][C];
+// out[r] = mul[r] * sum_j w[r][j] * x[j, :] for R rows of HD floats over j in [0, n), sharing each
+// load of x; every w[r][j] past that row's own keys must be 0.
+template <int HD, int R>
+void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out, const float* mul) {
+  using V = VecFor<HD>;
+  constexpr int CW = HD / V::W;
+  typename V::reg a[R][CW];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) a[r][c] = _mm256_setzero_ps();
+    for (int c = 0; c < CW; ++c) a[r][c] = V::zero();
   for (int64_t j = 0; j < n; ++j) {
-    __m256 xj[C];
-    for (int c = 0; c < C; ++c) xj[c] = _mm256_loadu_ps(x + j * 8 * C + 8 * c);
+    typename V::reg xj[CW];
+    for (int c = 0; c < CW; ++c) xj[c] = V::load(x + j * HD + V::W * c);
     for (int r = 0; r < R; ++r) {
-      const __m256 wr = _mm256_broadcast_ss(w[r] + j);
-      for (int c = 0; c < C; ++c) a[r][c] = _mm256_fmadd_ps(wr, xj[c], a[r][c]);
+      const typename V::reg wr = V::set1(w[r][j]);
+      for (int c = 0; c < CW; ++c) a[r][c] = V::fma(wr, xj[c], a[r][c]);
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) _mm256_storeu_ps(out[r] + 8 * c, a[r][c]);
+    for (int c = 0; c < CW; ++c) V::store(out[r] + V::W * c, V::mul(V::set1(mul[r]), a[r][c]));
 }
 
+// Query rows per pass over the keys (forward) and per row_dots call (backward).
+constexpr int kGroup = kRegisters == 32 ? 8 : 4;
+
+// Rows per combine_rows call: a power of two up to kGroup whose R x (registers per row) accumulators stay
+// within half of the vector registers (small heads need many rows to keep enough multiply-adds in
+// flight and to share each load of x between them).
+template <int HD>
+constexpr int kRows = [] {
+  int r = kGroup;
+  while (r > 1 && r * (HD / VecFor<HD>::W) > kRegisters / 2) r /= 2;
+  return r;
+}();
 #else
+template <int HD>
+using VecFor = void;
 template <int R>
 void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int64_t hd, float* const* s) {
   for (int r = 0; r < R; ++r) {
@@ -87,11 +138,18 @@ void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int
   }
 }
 
-template <int C, int R>
-void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out) {
-  for (int r = 0; r < R; ++r) tinyscale::weighted_rows<C, 1>(w[r], x, 8 * C, n, out[r]);
+template <int HD, int R>
+void combine_rows(const float* const* w, const float* x, int64_t n, float* const* out, const float* mul) {
+  for (int r = 0; r < R; ++r) {
+    tinyscale::weighted_rows<HD / 8, 1>(w[r], x, HD, n, out[r]);
+    for (int d = 0; d < HD; ++d) out[r][d] *= mul[r];
+  }
 }
 
+constexpr int kRegisters = 16;
+constexpr int kGroup = 4;
+template <int HD>
+constexpr int kRows = 1;
 #endif
 
 // One (row, head) task's inputs, copied from strided [T, hd] rows into its own buffers.
@@ -99,17 +157,21 @@ struct Head {
   int64_t T, Tp, hd;
   std::vector<float> q, k, kt, v, vt;  // q scaled by 1/sqrt(hd); kt, vt: [hd, Tp]
 
-  Head(int64_t T_, int64_t hd_) : T(T_), Tp((T_ + 7) / 8 * 8), hd(hd_), q(T * hd), k(Tp * hd, 0.f),
+  Head(int64_t T_, int64_t hd_) : T(T_), Tp((T_ + 15) / 16 * 16), hd(hd_), q(T * hd), k(Tp * hd, 0.f),
                                   kt(hd * Tp, 0.f), v(Tp * hd, 0.f), vt(hd * Tp, 0.f) {}
 
+  // dst[t, :] and/or dst_t[:, t] = mul * src[t * stride, :]. The transposed copy goes 16 positions at
+  // a time, so that its stores run along rows of dst_t instead of one cache line per value.
   static void rows(const float* src, int64_t stride, int64_t T, int64_t hd, float mul, float* dst, float* dst_t,
                    int64_t Tp) {
-    for (int64_t t = 0; t < T; ++t) {
-      const float* row = src + t * stride;
-      if (dst)
-        for (int64_t d = 0; d < hd; ++d) dst[t * hd + d] = row[d] * mul;
-      if (dst_t)
-        for (int64_t d = 0; d < hd; ++d) dst_t[d * Tp + t] = row[d] * mul;
+    if (dst)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t d = 0; d < hd; ++d) dst[t * hd + d] = src[t * stride + d] * mul;
+    if (!dst_t) return;
+    for (int64_t t0 = 0; t0 < T; t0 += 16) {
+      const int64_t t1 = std::min<int64_t>(T, t0 + 16);
+      for (int64_t d = 0; d < hd; ++d)
+        for (int64_t t = t0; t < t1; ++t) dst_t[d * Tp + t] = src[t * stride + d] * mul;
     }
   }
 
@@ -127,19 +189,14 @@ void check(const torch::Tensor& x, const torch::Tensor& like, const char* what) 
               "causal attention: ", what, " must be float32 [B, H, T, head_dim] with contiguous rows");
 }
 
-// Rows per combine_rows call (and accumulator sets per weighted_rows call): R x C accumulators stay
-// within the 16 vector registers.
-template <int C>
-constexpr int kRows = C <= 2 ? 4 : C <= 4 ? 2 : 1;
-
 template <int C>
 void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, float* out, float* lse) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = 8 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     Head hb(T, hd);
-    constexpr int R = 4;  // query rows per pass over the keys
-    const int64_t stride = hb.Tp + 8;
+    constexpr int R = kGroup;
+    const int64_t stride = hb.Tp + 16;
     std::vector<float> p(R * stride);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
@@ -162,44 +219,14 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
           inv[r] = 1.f / total;
           if (i + r < T) lse[bh * T + row] = top + std::log(total);
         }
-        for (int r = 0; r < R; r += kRows<C>)
-          combine_rows<C, kRows<C>>(sr + r, hb.v.data(), n_group, o + r);
-        for (int r = 0; r < R && i + r < T; ++r)
-          for (int64_t d = 0; d < hd; ++d) o[r][d] *= inv[r];
+        for (int r = 0; r < R; r += kRows<8 * C>)  // rows past T rewrite row T - 1 with its own values
+          combine_rows<8 * C, kRows<8 * C>>(sr + r, hb.v.data(), n_group, o + r, inv + r);
       }
     }
   });
 }
 
-// One vector register's worth of floats: 16 where the build has AVX-512 (and the row is a whole
-// number of them), else 8, for the rank updates of the backward.
 #ifdef TINYSCALE_AVX2
-struct Vec8 {
-  using reg = __m256;
-  static constexpr int W = 8;
-  static reg load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
-  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
-  static reg set1(float x) { return _mm256_set1_ps(x); }
-};
-#if defined(__AVX512F__)
-struct Vec16 {
-  using reg = __m512;
-  static constexpr int W = 16;
-  static reg load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
-  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
-  static reg set1(float x) { return _mm512_set1_ps(x); }
-};
-template <int HD>
-using VecFor = std::conditional_t<HD % 16 == 0, Vec16, Vec8>;
-constexpr int kRegisters = 32;
-#else
-template <int HD>
-using VecFor = Vec8;
-constexpr int kRegisters = 16;
-#endif
-
 // x[j, :] += sum_r w[r][j] * a[r, :] for j in [0, n rounded up to J) and r in [0, rows): the key or
 // value gradients of a block of queries. J rows of x stay in registers while the block's rows of `a`
 // stream past them, so each row of x is loaded and stored once per block rather than once per query.
@@ -241,8 +268,10 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     Head hb(T, hd);
-    const int64_t stride = hb.Tp + 8;  // rows of p and ds, zero past each row's keys up to a multiple of 8
+    const int64_t stride = hb.Tp + 16;  // rows of p and ds, zero past each row's keys up to a multiple of 8, + 8
     std::vector<float> p(kBlock * stride), ds(kBlock * stride), gk((hb.Tp + 8) * hd), gv((hb.Tp + 8) * hd);
+    float scales[kBlock];
+    std::fill_n(scales, kBlock, scale);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       hb.load(q, k, v, b, h, scale, true);
@@ -261,16 +290,18 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
           qr[r] = hb.q.data() + row * hd, gr[r] = gb + row * dout.stride(2);
           pr[r] = p.data() + rr * stride, dr[r] = ds.data() + rr * stride, dqr[r] = dq + (b * T + row) * rs + h * hd;
         }
-        for (int r = 0; r < kBlock; r += 4) {
-          row_dots<4>(qr + r, hb.kt.data(), hb.Tp, nb, hd, pr + r);  // scores, then probabilities
-          row_dots<4>(gr + r, hb.vt.data(), hb.Tp, nb, hd, dr + r);  // dp_j = dO_i . v_j
+        for (int r = 0; r < kBlock; r += kGroup) {
+          row_dots<kGroup>(qr + r, hb.kt.data(), hb.Tp, nb, hd, pr + r);  // scores, then probabilities
+          row_dots<kGroup>(gr + r, hb.vt.data(), hb.Tp, nb, hd, dr + r);  // dp_j = dO_i . v_j
         }
         for (int r = 0; r < rows; ++r) {
           const int64_t row = i0 + r, n = row + 1;
           const float* oi = ob + row * out.stride(2);
           exp_shifted(pr[r], n, lse[bh * T + row]);
+          const float* gi = gr[r];
           float delta = 0.f;  // sum_j p_j dp_j, computed as dO_i . O_i
-          for (int64_t d = 0; d < hd; ++d) delta += gr[r][d] * oi[d];
+#pragma omp simd reduction(+ : delta)
+          for (int64_t d = 0; d < hd; ++d) delta += gi[d] * oi[d];
           float *pk = pr[r], *dk2 = dr[r];
 #pragma omp simd
           for (int64_t j = 0; j < n; ++j) dk2[j] = pk[j] * (dk2[j] - delta);  // d(score) / scale
@@ -278,11 +309,8 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
           std::fill(pk + n, pk + n_pad + 8, 0.f);
           std::fill(dk2 + n, dk2 + n_pad + 8, 0.f);
         }
-        for (int r = 0; r < rows; r += kRows<C>) {  // dq_i = scale * sum_j ds_ij k_j
-          combine_rows<C, kRows<C>>(dr + r, hb.k.data(), nb, dqr + r);
-          for (int r2 = r; r2 < std::min(rows, r + kRows<C>); ++r2)
-            for (int64_t d = 0; d < hd; ++d) dqr[r2][d] *= scale;
-        }
+        for (int r = 0; r < rows; r += kRows<8 * C>)  // dq_i = scale * sum_j ds_ij k_j
+          combine_rows<8 * C, kRows<8 * C>>(dr + r, hb.k.data(), nb, dqr + r, scales);
         rank_block<8 * C>(dr, qr, rows, nb, gk.data());  // dk_j = sum_i ds_ij (scale q_i)
         rank_block<8 * C>(pr, gr, rows, nb, gv.data());  // dv_j = sum_i p_ij dO_i
       }

@@ -35,6 +35,20 @@ inline void silu8(__m256 g, __m256& silu, __m256& dsilu) {
 }
 #endif
 
+#ifdef TINYSCALE_AVX512
+// The same for sixteen lanes (the same operations per lane).
+inline void silu16(__m512 g, __m512& silu, __m512& dsilu) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 absg = _mm512_abs_ps(g);
+  const __m512 e = tinyscale::exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), absg));
+  const __m512 inv = _mm512_div_ps(one, _mm512_add_ps(one, e));
+  const __mmask16 nonneg = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_GE_OQ);
+  const __m512 sig = _mm512_mask_blend_ps(nonneg, _mm512_mul_ps(e, inv), inv);
+  silu = _mm512_mul_ps(g, sig);
+  dsilu = _mm512_mul_ps(sig, _mm512_fmadd_ps(g, _mm512_sub_ps(one, sig), one));
+}
+#endif
+
 inline void silu1(float g, float& silu, float& dsilu) {
   const float sig = 1.f / (1.f + std::exp(-g));
   silu = g * sig;
@@ -44,6 +58,20 @@ inline void silu1(float g, float& silu, float& dsilu) {
 // One row: y = silu(g) * u, or with dy given, (dg, du) = (dy * u * silu'(g), dy * silu(g)).
 void swiglu_row(const float* g, const float* u, const float* dy, float* y, float* dg, float* du, int64_t F) {
   int64_t j = 0;
+#ifdef TINYSCALE_AVX512
+  for (; j + 16 <= F; j += 16) {
+    __m512 s, ds;
+    silu16(_mm512_loadu_ps(g + j), s, ds);
+    const __m512 uj = _mm512_loadu_ps(u + j);
+    if (dy) {
+      const __m512 d = _mm512_loadu_ps(dy + j);
+      _mm512_storeu_ps(dg + j, _mm512_mul_ps(_mm512_mul_ps(d, uj), ds));
+      _mm512_storeu_ps(du + j, _mm512_mul_ps(d, s));
+    } else {
+      _mm512_storeu_ps(y + j, _mm512_mul_ps(s, uj));
+    }
+  }
+#endif
 #ifdef TINYSCALE_AVX2
   for (; j + 8 <= F; j += 8) {
     __m256 s, ds;

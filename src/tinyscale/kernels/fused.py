@@ -52,6 +52,9 @@ if SUPPORTED:
         _, cos, sin = inputs
         out, lse, rot = output
         ctx.save_for_backward(rot, out, lse, cos, sin)
+        # lse and rot are saved for the backward, never used downstream: without this autograd would
+        # fill a zero gradient for each ([B, T, 3, H, hd] and [B, H, T]) on every step.
+        ctx.set_materialize_grads(False)
 
     def _backward(ctx, dout: Tensor, _dlse: Tensor, _drot: Tensor) -> tuple[Tensor, None, None]:
         rot, out, lse, cos, sin = ctx.saved_tensors

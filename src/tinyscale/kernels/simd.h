@@ -1,4 +1,5 @@
-// Vector helpers shared by the C++ kernels: AVX2 where the build targets it, plain loops otherwise.
+// Vector helpers shared by the C++ kernels: AVX2 where the build targets it (and AVX-512 for the
+// softmax helpers where it targets that too), plain loops otherwise.
 #pragma once
 
 #include <algorithm>
@@ -51,17 +52,41 @@ inline __m256 exp_nonpositive(__m256 x) {
 }
 #endif
 
+#if defined(TINYSCALE_AVX2) && defined(__AVX512F__)
+// The same exp, 16 lanes at a time (the same operations per lane, so the same values).
+inline __m512 exp_nonpositive(__m512 x) {
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_GE_OQ);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  for (const float c : {1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  const __m512i pow2 = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mov_ps(keep, _mm512_mul_ps(p, _mm512_castsi512_ps(pow2)));
+}
+#define TINYSCALE_AVX512 1
+#endif
+
 // The largest of x[0..len).
 inline float max_of(const float* x, int64_t len) {
   int64_t t = 0;
   float top = -INFINITY;
+#ifdef TINYSCALE_AVX512
+  if (len >= 16) {
+    __m512 m = _mm512_loadu_ps(x);
+    for (t = 16; t + 16 <= len; t += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + t));
+    top = _mm512_reduce_max_ps(m);
+  }
+#endif
 #ifdef TINYSCALE_AVX2
-  if (len >= 8) {
-    __m256 m = _mm256_loadu_ps(x);
-    for (t = 8; t + 8 <= len; t += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + t));
+  if (len - t >= 8) {
+    __m256 m = _mm256_loadu_ps(x + t);
+    for (t += 8; t + 8 <= len; t += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + t));
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    top = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    top = std::max(top, _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h))));
   }
 #endif
   for (; t < len; ++t) top = std::max(top, x[t]);
@@ -72,6 +97,15 @@ inline float max_of(const float* x, int64_t len) {
 inline float exp_shifted(float* x, int64_t len, float top) {
   int64_t t = 0;
   float total = 0.f;
+#ifdef TINYSCALE_AVX512
+  __m512 acc16 = _mm512_setzero_ps();
+  for (; t + 16 <= len; t += 16) {
+    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(x + t), _mm512_set1_ps(top)));
+    _mm512_storeu_ps(x + t, e);
+    acc16 = _mm512_add_ps(acc16, e);
+  }
+  total = _mm512_reduce_add_ps(acc16);
+#endif
 #ifdef TINYSCALE_AVX2
   __m256 acc = _mm256_setzero_ps();
   for (; t + 8 <= len; t += 8) {
@@ -79,7 +113,7 @@ inline float exp_shifted(float* x, int64_t len, float top) {
     _mm256_storeu_ps(x + t, e);
     acc = _mm256_add_ps(acc, e);
   }
-  total = hsum(acc);
+  total += hsum(acc);
 #endif
   for (; t < len; ++t) total += (x[t] = std::exp(x[t] - top));
   return total;
