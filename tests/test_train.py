@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from tinyscale.cli import main
 from tinyscale.config import TrainConfig
 from tinyscale.data.corpus import SKILLS
 from tinyscale.runs import list_checkpoints, load_model, state_path
-from tinyscale.train import batch_starts, lr_at, train, windows
+from tinyscale.train import batch_starts, lr_at, resolve, train, windows
 from tinyscale.training.checkpoints import kept_checkpoints
 
 TINY = dict(d_model=32, n_layers=2, n_heads=2, seq_len=32, batch=8, lr=3e-3, warmup=5, threads=1, dtype="fp32")
@@ -164,6 +165,22 @@ def test_bf16_autocast_trains(shards, tmp_path):
                       **{**TINY, "dtype": "bf16"})
     last = train(cfg, tmp_path / "r")
     assert math.isfinite(last["loss"]) and last["val_loss"] < math.log(300)
+
+
+def test_bf16_without_native_support_is_honoured_with_a_warning(monkeypatch):
+    # Under the AVX2 emulation's variables the CPU counts as one without native bf16 (devices.py).
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    cpu, seen = torch.device("cpu"), []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append  # the tinyscale logger may not propagate to the root (progress.configure)
+    logging.getLogger("tinyscale").addHandler(handler)
+    try:
+        assert resolve(TrainConfig(data="x", dtype="bf16"), cpu).dtype == "bf16"
+        assert resolve(TrainConfig(data="x", dtype="auto"), cpu).dtype == "fp32"
+        assert resolve(TrainConfig(data="x", dtype="fp32"), cpu).dtype == "fp32"
+    finally:
+        logging.getLogger("tinyscale").removeHandler(handler)
+    assert [r.getMessage().split(":")[0] for r in seen] == ["--dtype bf16 on a CPU without native bf16"]
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str]:

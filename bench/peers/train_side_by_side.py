@@ -5,8 +5,10 @@ of tinyscale to the faster peer, and each run's peak resident memory.
 
     python bench/peers/train_side_by_side.py --nanogpt ~/src/nanoGPT --llama2c ~/src/llama2.c [--avx2] [--dtype bf16]
 
-Both peers run in float32 (with `--dtype bf16`: their own `--dtype=bfloat16`, bf16 autocast, and
-tinyscale's `--dtype bf16`) on the CPU without torch.compile (their CPU settings), vocabulary 4096,
+Both peers run in float32 on the CPU without torch.compile (their CPU settings). With `--dtype bf16`
+they get their own `--dtype=bfloat16`, but both train.py files take autocast only off the CPU
+(`nullcontext()` when the device is "cpu"), so they still compute in float32 there: the CPU bf16 rows
+compare tinyscale's `--dtype bf16` with the peers' only CPU setting. Vocabulary 4096,
 sequence 256, synthetic uniform tokens written in each peer's own data format into a temporary
 directory (the checkouts are only read). Config A: width 64 x 8 layers, 4 heads, batch 32;
 config B: width 288 x 6 layers, 6 heads, batch 16 (llama2.c's 15M shape); the MLP widths match
