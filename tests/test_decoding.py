@@ -161,6 +161,18 @@ def test_without_the_kernel_generation_falls_back_to_the_same_tokens(trained, mo
         cpu_kernels.cache_clear()
 
 
+def _left_padded_prompts(B: int, P: int, total: int, padded: bool):
+    """Prompts [B, P] over a 97-token vocabulary, left-padded as generate pads them (rows 1, 3, 4 by
+    3, 5, 1 when `padded`): (idx, pad, key_ok [B, total], prompt mask [B, P, P], positions [B, P])."""
+    idx = torch.randint(0, 97, (B, P))
+    pad = torch.tensor([0, 3, 0, 5, 1]) if padded else torch.zeros(B, dtype=torch.long)
+    cols = torch.arange(total)
+    key_ok = cols[None, :] >= pad[:, None]
+    mask = (torch.ones(P, P, dtype=torch.bool).tril() & key_ok[:, None, :P]) | torch.eye(P, dtype=torch.bool)
+    positions = (cols[None, :P] - pad[:, None]).clamp(min=0)
+    return idx, pad, key_ok, mask, positions
+
+
 @pytest.mark.parametrize("family", ["llama", "neo"])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("compact", [False, True])
@@ -191,12 +203,7 @@ def test_kernel_cache_decodes_batches_as_the_forward_pass_does(family, padded, c
             return kernel.attend_cached(*args)
 
     caches[1].kernel = Spy()
-    idx = torch.randint(0, 97, (B, P))
-    pad = torch.tensor([0, 3, 0, 5, 1]) if padded else torch.zeros(B, dtype=torch.long)
-    cols = torch.arange(total)
-    key_ok = cols[None, :] >= pad[:, None]
-    mask = (torch.ones(P, P, dtype=torch.bool).tril() & key_ok[:, None, :P]) | torch.eye(P, dtype=torch.bool)
-    positions = (cols[None, :P] - pad[:, None]).clamp(min=0)
+    idx, pad, key_ok, mask, positions = _left_padded_prompts(B, P, total, padded)
     with torch.inference_mode():
         first = [model(idx, c, positions, mask[:, None])[:, -1] for c in caches][0]
         steps = [_forward_step(model, c, contextlib.nullcontext()) for c in caches]
@@ -231,12 +238,7 @@ def test_batch_decoder_steps_as_the_forward_pass_does(family, padded, compact):
     B, P, total = 5, 9, 40
     caches = [new_cache(model, B, total, compact=compact) for _ in range(2)]
     assert BatchDecoder.available(model, caches[1])
-    idx = torch.randint(0, 97, (B, P))
-    pad = torch.tensor([0, 3, 0, 5, 1]) if padded else torch.zeros(B, dtype=torch.long)
-    cols = torch.arange(total)
-    key_ok = cols[None, :] >= pad[:, None]
-    mask = (torch.ones(P, P, dtype=torch.bool).tril() & key_ok[:, None, :P]) | torch.eye(P, dtype=torch.bool)
-    positions = (cols[None, :P] - pad[:, None]).clamp(min=0)
+    idx, pad, key_ok, mask, positions = _left_padded_prompts(B, P, total, padded)
     with torch.inference_mode():
         first = [model(idx, c, positions, mask[:, None])[:, -1] for c in caches][0]
         steps = _forward_step(model, caches[0], contextlib.nullcontext()), BatchDecoder(model, caches[1]).step
