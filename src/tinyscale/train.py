@@ -188,7 +188,7 @@ def resolve(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     if cfg.dtype == "auto":
         updates["dtype"] = "bf16" if bf16_native(device) else "fp32"
     elif cfg.dtype == "bf16" and not bf16_native(device):
-        # Honoured (the user asked), but said: emulated bf16 made the training-speed shapes 8-20x
+        # Honoured (the user asked), but said: emulated bf16 ran the training-speed shapes 12-21x
         # slower than fp32 under the AVX2 emulation (docs/speed.md), and it is less exact.
         progress.log.warning("--dtype bf16 on a %s without native bf16: emulated, much slower than fp32 here "
                              "(docs/speed.md)", device.type.upper())
