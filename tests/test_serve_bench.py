@@ -73,3 +73,17 @@ def test_memory_reading_of_a_process():
     m = bench.memory_mb(os.getpid())
     assert m["peak"] >= fields["VmHWM"] / 1024 - 1  # read again a moment later: only grows
     assert 0 < m["private"] <= m["peak"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-batch", "8,0"], "--max-batch: must be at least 1, got 0"),
+    (["--clients", "1,,8"], "--clients: not an integer: ''"),
+    (["--rounds", "x"], "--rounds: not an integer: 'x'"),
+])
+def test_bad_numbers_exit_2_with_one_line_before_any_server_starts(flags, message, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["serve_side_by_side.py", *flags])
+    with pytest.raises(SystemExit) as ended:
+        bench.main()
+    assert ended.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)

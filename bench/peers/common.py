@@ -3,6 +3,7 @@ peak memory, and describing the machine and the peers' checkouts."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import statistics
@@ -16,6 +17,23 @@ from pathlib import Path
 # MKL needs its own: PyTorch's float32 matrix products on the CPU are MKL's sgemm, which ignores the
 # other two (MKL_VERBOSE=1 names "AVX-512" under them, "AVX2" with MKL_ENABLE_INSTRUCTIONS=AVX2).
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the error into one line and exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """argparse type: comma-separated integers >= 1, e.g. '1,8,32'."""
+    return [positive_int(part) for part in text.split(",")]
 
 
 def child_env(avx2: bool, threads: int | None = None, extra: dict | None = None) -> dict:

@@ -63,7 +63,7 @@ import requests
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from common import cpu_model, load_note  # noqa: E402
+from common import cpu_model, load_note, positive_int, positive_ints  # noqa: E402
 from serve_speed import make_random_run  # noqa: E402
 
 # Starts llama.cpp's server with extra buffer types (weight repacking, AMX) off; see the docstring.
@@ -236,19 +236,18 @@ def report(levels: dict, mem: dict, servers: list[str], clients: list[int], roun
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, help="a llama-family run folder (default: a random 3M-shaped model)")
-    ap.add_argument("--clients", default="1,8,32,64")
-    ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--requests-each", type=int, default=2, help="requests per client per level and round")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="tinyscale's threads (default: all cores)")
-    ap.add_argument("--llama-threads", type=int,
+    ap.add_argument("--clients", type=positive_ints, default=[1, 8, 32, 64])
+    ap.add_argument("--max-tokens", type=positive_int, default=128)
+    ap.add_argument("--requests-each", type=positive_int, default=2, help="requests per client per level and round")
+    ap.add_argument("--rounds", type=positive_int, default=2)
+    ap.add_argument("--threads", type=positive_int, default=os.cpu_count(), help="tinyscale's threads (default: all cores)")
+    ap.add_argument("--llama-threads", type=positive_int,
                     help="llama.cpp's generation and prompt threads (default: its own, half the cores and all)")
-    ap.add_argument("--max-batch", help="tinyscale's --max-batch, comma-separated for one tinyscale server each "
+    ap.add_argument("--max-batch", type=positive_ints, help="tinyscale's --max-batch, comma-separated for one tinyscale server each "
                     "(default: the largest --clients)")
     ap.add_argument("--llama-no-repack", action="store_true", help="llama.cpp without extra buffer types (AMX)")
     args = ap.parse_args()
-    args.clients = [int(c) for c in args.clients.split(",")]
-    batches = [int(b) for b in args.max_batch.split(",")] if args.max_batch else [max(args.clients)]
+    batches = args.max_batch or [max(args.clients)]
     import llama_cpp
 
     from tinyscale import runs
