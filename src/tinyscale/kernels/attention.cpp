@@ -115,39 +115,63 @@ void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int
   if (j < n) dots_block<V, R, 1>(q, xt, Tp, j, hd, s);
 }
 
-// out[r] = mul[r] * sum_j w[r][j] * x[j, :] for R rows of HD floats over j in [0, n), sharing each
-// load of x; every w[r][j] past that row's own keys must be 0.
-template <int HD, int R>
-void combine_rows(const float* const* w, const float* x, int64_t xs, int64_t n, float* const* out, const float* mul) {
-  using V = VecFor<HD>;
-  constexpr int CW = HD / V::W;
-  typename V::reg a[R][CW];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < CW; ++c) a[r][c] = V::zero();
-  for (int64_t j = 0; j < n; ++j) {
-    typename V::reg xj[CW];
-    for (int c = 0; c < CW; ++c) xj[c] = V::load(x + j * xs + V::W * c);
-    for (int r = 0; r < R; ++r) {
-      const typename V::reg wr = V::set1(w[r][j]);
-      for (int c = 0; c < CW; ++c) a[r][c] = V::fma(wr, xj[c], a[r][c]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < CW; ++c) V::store(out[r] + V::W * c, V::mul(V::set1(mul[r]), a[r][c]));
-}
-
 // Query rows per pass over the keys (forward) and per row_dots call (backward).
 constexpr int kGroup = kRegisters == 32 ? 8 : 4;
 
-// Rows per combine_rows call: a power of two up to kGroup whose R x (registers per row) accumulators stay
-// within half of the vector registers (small heads need many rows to keep enough multiply-adds in
-// flight and to share each load of x between them).
+// A register tile for the products below: `rows` rows (of w, up to `max_rows`, a power of two) times
+// `cols` of the head's CW vector registers (a divisor of CW, so a row is a whole number of chunks),
+// chosen to do the most multiply-adds per load (rows * cols / (rows + cols)) with rows * cols
+// accumulators plus the loaded chunk and a broadcast within `budget` registers.
+struct Tile {
+  int rows, cols;
+};
+constexpr Tile best_tile(int CW, int max_rows, int budget, bool powers_of_two) {
+  Tile best{1, 1};
+  for (int r = 1; r <= max_rows; r = powers_of_two ? 2 * r : r + 1)
+    for (int c = 1; c <= CW; ++c)
+      if (CW % c == 0 && r * c + c + 1 <= budget &&
+          r * c * (best.rows + best.cols) > best.rows * best.cols * (r + c))
+        best = {r, c};
+  return best;
+}
+
+// out[r] = mul[r] * sum_j w[r][j] * x[j * xs, :] for R rows of HD floats over j in [0, n), sharing
+// each load of x between the rows; every w[r][j] past that row's own keys must be 0. The columns go
+// in chunks of CC registers, so wide heads keep several rows per load under AVX2's 16 registers.
+template <int HD, int R, int CC>
+void combine_rows(const float* const* w, const float* x, int64_t xs, int64_t n, float* const* out, const float* mul) {
+  using V = VecFor<HD>;
+  for (int c0 = 0; c0 < HD / V::W; c0 += CC) {
+    typename V::reg a[R][CC];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < CC; ++c) a[r][c] = V::zero();
+    for (int64_t j = 0; j < n; ++j) {
+      typename V::reg xj[CC];
+      for (int c = 0; c < CC; ++c) xj[c] = V::load(x + j * xs + V::W * (c0 + c));
+      for (int r = 0; r < R; ++r) {
+        const typename V::reg wr = V::set1(w[r][j]);
+        for (int c = 0; c < CC; ++c) a[r][c] = V::fma(wr, xj[c], a[r][c]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < CC; ++c) V::store(out[r] + V::W * (c0 + c), V::mul(V::set1(mul[r]), a[r][c]));
+  }
+}
+
+// The tile of combine_rows: up to kGroup rows (a power of two, so that they divide a group); all
+// but one or two registers (AVX2: 11 of 16, as compilers spilled tiles of 16 there).
+constexpr int kBudget = kRegisters == 32 ? 29 : 11;
 template <int HD>
-constexpr int kRows = [] {
-  int r = kGroup;
-  while (r > 1 && r * (HD / VecFor<HD>::W) > kRegisters / 2) r /= 2;
-  return r;
-}();
+constexpr Tile kCombine = best_tile(HD / VecFor<HD>::W, kGroup, kBudget, true);
+template <int HD>
+constexpr int kRows = kCombine<HD>.rows;
+
+// All R rows of a group through combine_rows, kRows at a time.
+template <int HD, int R>
+void combine_group(const float* const* w, const float* x, int64_t xs, int64_t n, float* const* out,
+                   const float* mul) {
+  for (int r = 0; r < R; r += kRows<HD>) combine_rows<HD, kRows<HD>, kCombine<HD>.cols>(w + r, x, xs, n, out + r, mul + r);
+}
 
 // The largest of x[0..n) (n >= 1) in whole vectors, the lanes past n (later keys) left out.
 inline float row_max(const float* x, int64_t n) {
@@ -189,7 +213,8 @@ void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int
 }
 
 template <int HD, int R>
-void combine_rows(const float* const* w, const float* x, int64_t xs, int64_t n, float* const* out, const float* mul) {
+void combine_group(const float* const* w, const float* x, int64_t xs, int64_t n, float* const* out,
+                   const float* mul) {
   for (int r = 0; r < R; ++r) {
     tinyscale::weighted_rows<HD / 8, 1>(w[r], x, xs, n, out[r]);
     for (int d = 0; d < HD; ++d) out[r][d] *= mul[r];
@@ -201,8 +226,6 @@ inline float row_exp(float* x, int64_t n, float top) { return tinyscale::exp_shi
 
 constexpr int kRegisters = 16;
 constexpr int kGroup = 4;
-template <int HD>
-constexpr int kRows = 1;
 #endif
 
 // dst[d * Tp + t] = mul * src[t * stride + d] for t in [0, T), d in [0, hd): a row-major [T, hd] block
@@ -289,8 +312,8 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
           inv[r] = 1.f / total;
           if (i + r < T) lse[bh * T + row] = top + std::log(total);
         }
-        for (int r = 0; r < R; r += kRows<8 * C>)  // rows past T rewrite row T - 1 with its own values
-          combine_rows<8 * C, kRows<8 * C>>(sr + r, hb.v, hb.vs, n_group, o + r, inv + r);
+        // rows past T rewrite row T - 1 with its own values
+        combine_group<8 * C, R>(sr, hb.v, hb.vs, n_group, o, inv);
       }
     }
   });
@@ -301,23 +324,28 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
 // value gradients of a block of queries. J rows of x stay in registers while the block's rows of `a`
 // stream past them, so each row of x is loaded and stored once per block rather than once per query.
 template <int HD>
+constexpr Tile kRank = best_tile(HD / VecFor<HD>::W, 8, kRegisters == 32 ? 29 : 15, false);
+
+template <int HD>
 void rank_block(const float* const* w, const float* const* a, int rows, int64_t n, float* x) {
   using V = VecFor<HD>;
-  constexpr int CW = HD / V::W;  // registers per row
-  constexpr int J = std::max(1, std::min(8, (kRegisters * 3 / 4) / CW));
-  for (int64_t j = 0; j < n; j += J) {
-    typename V::reg acc[J][CW];
-    for (int jj = 0; jj < J; ++jj)
-      for (int c = 0; c < CW; ++c) acc[jj][c] = V::load(x + (j + jj) * HD + V::W * c);
-    for (int r = 0; r < rows; ++r) {
-      for (int c = 0; c < CW; ++c) {
-        const typename V::reg av = V::load(a[r] + V::W * c);
-        for (int jj = 0; jj < J; ++jj) acc[jj][c] = V::fma(V::set1(w[r][j + jj]), av, acc[jj][c]);
+  constexpr int J = kRank<HD>.rows, CC = kRank<HD>.cols;  // rows of x by registers of a row, in the tile
+  for (int c0 = 0; c0 < HD / V::W; c0 += CC)
+    for (int64_t j = 0; j < n; j += J) {
+      typename V::reg acc[J][CC];
+      for (int jj = 0; jj < J; ++jj)
+        for (int c = 0; c < CC; ++c) acc[jj][c] = V::load(x + (j + jj) * HD + V::W * (c0 + c));
+      for (int r = 0; r < rows; ++r) {  // the row of `a` loaded once, each weight broadcast once
+        typename V::reg av[CC];
+        for (int c = 0; c < CC; ++c) av[c] = V::load(a[r] + V::W * (c0 + c));
+        for (int jj = 0; jj < J; ++jj) {
+          const typename V::reg wj = V::set1(w[r][j + jj]);
+          for (int c = 0; c < CC; ++c) acc[jj][c] = V::fma(wj, av[c], acc[jj][c]);
+        }
       }
+      for (int jj = 0; jj < J; ++jj)
+        for (int c = 0; c < CC; ++c) V::store(x + (j + jj) * HD + V::W * (c0 + c), acc[jj][c]);
     }
-    for (int jj = 0; jj < J; ++jj)
-      for (int c = 0; c < CW; ++c) V::store(x + (j + jj) * HD + V::W * c, acc[jj][c]);
-  }
 }
 #else
 template <int HD>
@@ -379,8 +407,7 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
           std::fill(pk + n, pk + n_pad + 8, 0.f);
           std::fill(dk2 + n, dk2 + n_pad + 8, 0.f);
         }
-        for (int r = 0; r < rows; r += kRows<8 * C>)  // dq_i = scale * sum_j ds_ij k_j
-          combine_rows<8 * C, kRows<8 * C>>(dr + r, hb.k, hb.ks, nb, dqr + r, scales);
+        combine_group<8 * C, kBlock>(dr, hb.k, hb.ks, nb, dqr, scales);  // dq_i = scale * sum_j ds_ij k_j
         rank_block<8 * C>(dr, qr, rows, nb, gk.data());  // dk_j / scale = sum_i ds_ij q_i
         rank_block<8 * C>(pr, gr, rows, nb, gv.data());  // dv_j = sum_i p_ij dO_i
       }
