@@ -358,6 +358,13 @@ void rank_block(const float* const* w, const float* const* a, int rows, int64_t 
 
 constexpr int kBlock = 16;  // queries per block of the backward
 
+// dst[0:HD] = mul * src[0:HD] (restrict: the compiler kept a possibly aliased copy scalar).
+template <int HD>
+inline void scaled_row(const float* __restrict src, float mul, float* __restrict dst) {
+#pragma omp simd
+  for (int d = 0; d < HD; ++d) dst[d] = mul * src[d];
+}
+
 template <int C>
 void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
                     const torch::Tensor& v, const torch::Tensor& out, const float* lse, float* dq, float* dk,
@@ -412,9 +419,8 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
         rank_block<8 * C>(pr, gr, rows, nb, gv.data());  // dv_j = sum_i p_ij dO_i
       }
       for (int64_t t = 0; t < T; ++t) {
-        float *dkt = dk + (b * T + t) * rs + h * hd, *dvt = dv + (b * T + t) * rs + h * hd;
-        const float *gkt = gk.data() + t * hd, *gvt = gv.data() + t * hd;
-        for (int d = 0; d < 8 * C; ++d) dkt[d] = scale * gkt[d], dvt[d] = gvt[d];
+        scaled_row<8 * C>(gk.data() + t * hd, scale, dk + (b * T + t) * rs + h * hd);
+        scaled_row<8 * C>(gv.data() + t * hd, 1.f, dv + (b * T + t) * rs + h * hd);
       }
     }
   });
