@@ -257,21 +257,60 @@ void transpose_rows(const float* src, int64_t stride, int64_t T, int64_t hd, flo
     for (int64_t d = 0; d < hd; ++d) dst[d * Tp + t] = src[t * stride + d] * mul;
 }
 
+// Rotary positions in the split-halves layout: y[j] = x[j] cos[j] + x[j ^ half] sin[j] (sin signed,
+// as model._apply_rotary's table), and its transpose for the gradient: dx[j] = dy[j] cos[j] +
+// dy[j ^ half] sin[j ^ half]. y may be x.
+inline void rotate(const float* x, const float* c, const float* s, int64_t hd, bool transpose, float* y) {
+  const int64_t half = hd / 2;
+  for (int64_t j = 0; j < half; ++j) {
+    const float a = x[j], b = x[j + half];
+    if (transpose) {
+      y[j] = a * c[j] + b * s[j + half];
+      y[j + half] = b * c[j + half] + a * s[j];
+    } else {
+      y[j] = a * c[j] + b * s[j];
+      y[j + half] = b * c[j + half] + a * s[j + half];
+    }
+  }
+}
+
+// Rotary tables [T, hd] (null: no rotation).
+struct Rope {
+  const float *cos = nullptr, *sin = nullptr;
+  // Row t of x (hd floats) rotated, or rotated back (transpose), in place.
+  void apply(float* x, int64_t t, int64_t hd, bool transpose) const {
+    if (cos) rotate(x, cos + t * hd, sin + t * hd, hd, transpose, x);
+  }
+};
+
 // One (row, head) task's inputs: its rows of q, k and v are read where they are (rows of head_dim
-// floats, `stride` apart); only the transposed copies the scores need are made.
+// floats, `stride` apart) unless rotary positions apply, when q and k are rotated into the task's
+// own buffers on the way in (a pass over the head's rows in cache, instead of a rotated copy of the
+// whole projection written and read back through memory); kt and vt are the transposed copies the
+// scores need.
 struct Head {
   int64_t T, Tp, hd;
-  std::vector<float> kt, vt;  // scale * k^T and v^T: [hd, Tp], zero past T
+  Rope rope;
+  std::vector<float> kt, vt, qr, kr;  // scale * k^T and v^T: [hd, Tp], zero past T; rotated q, k: [T, hd]
   const float *q = nullptr, *k = nullptr, *v = nullptr;
   int64_t qs = 0, ks = 0, vs = 0;
 
-  Head(int64_t T_, int64_t hd_) : T(T_), Tp((T_ + 15) / 16 * 16), hd(hd_), kt(hd * Tp, 0.f), vt(hd * Tp, 0.f) {}
+  Head(int64_t T_, int64_t hd_, Rope rope_)
+      : T(T_), Tp((T_ + 15) / 16 * 16), hd(hd_), rope(rope_), kt(hd * Tp, 0.f), vt(hd * Tp, 0.f),
+        qr(rope.cos ? T * hd : 0), kr(rope.cos ? T * hd : 0) {}
 
-  // Points at head h of batch row b, and makes kt (and vt for the backward).
+  // Points at head h of batch row b (rotating q and k), and makes kt (and vt for the backward).
   void load(const torch::Tensor& qx, const torch::Tensor& kx, const torch::Tensor& vx, int64_t b, int64_t h,
             float scale, bool backward) {
     auto at = [&](const torch::Tensor& x) { return x.data_ptr<float>() + b * x.stride(0) + h * x.stride(1); };
     q = at(qx), k = at(kx), v = at(vx), qs = qx.stride(2), ks = kx.stride(2), vs = vx.stride(2);
+    if (rope.cos) {
+      for (int64_t t = 0; t < T; ++t) {
+        rotate(q + t * qs, rope.cos + t * hd, rope.sin + t * hd, hd, false, qr.data() + t * hd);
+        rotate(k + t * ks, rope.cos + t * hd, rope.sin + t * hd, hd, false, kr.data() + t * hd);
+      }
+      q = qr.data(), k = kr.data(), qs = ks = hd;
+    }
     transpose_rows(k, ks, T, hd, scale, kt.data(), Tp);
     if (backward) transpose_rows(v, vs, T, hd, 1.f, vt.data(), Tp);
   }
@@ -283,11 +322,12 @@ void check(const torch::Tensor& x, const torch::Tensor& like, const char* what) 
 }
 
 template <int C>
-void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, float* out, float* lse) {
+void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, Rope rope, float* out,
+                   float* lse) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = 8 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    Head hb(T, hd);
+    Head hb(T, hd, rope);
     constexpr int R = kGroup;
     const int64_t stride = hb.Tp + 16;
     std::vector<float> p(R * stride);
@@ -367,12 +407,12 @@ inline void scaled_row(const float* __restrict src, float mul, float* __restrict
 
 template <int C>
 void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
-                    const torch::Tensor& v, const torch::Tensor& out, const float* lse, float* dq, float* dk,
-                    float* dv, int64_t rs) {  // rs: the outputs' stride between positions
+                    const torch::Tensor& v, const torch::Tensor& out, const float* lse, Rope rope, float* dq,
+                    float* dk, float* dv, int64_t rs) {  // rs: the outputs' stride between positions
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = 8 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    Head hb(T, hd);
+    Head hb(T, hd, rope);
     const int64_t stride = hb.Tp + 16;  // rows of p and ds, zero past each row's keys up to a multiple of 8, + 8
     std::vector<float> p(kBlock * stride), ds(kBlock * stride), gk((hb.Tp + 8) * hd), gv((hb.Tp + 8) * hd);
     float scales[kBlock];
@@ -415,11 +455,13 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
           std::fill(dk2 + n, dk2 + n_pad + 8, 0.f);
         }
         combine_group<8 * C, kBlock>(dr, hb.k, hb.ks, nb, dqr, scales);  // dq_i = scale * sum_j ds_ij k_j
+        for (int r = 0; r < rows; ++r) rope.apply(dqr[r], i0 + r, hd, true);  // to the unrotated q
         rank_block<8 * C>(dr, qr, rows, nb, gk.data());  // dk_j / scale = sum_i ds_ij q_i
         rank_block<8 * C>(pr, gr, rows, nb, gv.data());  // dv_j = sum_i p_ij dO_i
       }
       for (int64_t t = 0; t < T; ++t) {
         scaled_row<8 * C>(gk.data() + t * hd, scale, dk + (b * T + t) * rs + h * hd);
+        rope.apply(dk + (b * T + t) * rs + h * hd, t, hd, true);
         scaled_row<8 * C>(gv.data() + t * hd, 1.f, dv + (b * T + t) * rs + h * hd);
       }
     }
@@ -449,7 +491,7 @@ std::vector<torch::Tensor> causal_attention_forward(const torch::Tensor& q, cons
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3);
   auto out = torch::empty({B, T, H, hd}, torch::kFloat);
   auto lse = torch::empty({B, H, T}, torch::kFloat);
-  by_head_size(hd, [&](auto c) { forward_heads<c()>(q, k, v, out.data_ptr<float>(), lse.data_ptr<float>()); });
+  by_head_size(hd, [&](auto c) { forward_heads<c()>(q, k, v, Rope{}, out.data_ptr<float>(), lse.data_ptr<float>()); });
   return {out.permute({0, 2, 1, 3}), lse};
 }
 
@@ -464,24 +506,58 @@ std::vector<torch::Tensor> causal_attention_backward(const torch::Tensor& dout, 
   auto dk = torch::empty({B, T, H, hd}, torch::kFloat);
   auto dv = torch::empty({B, T, H, hd}, torch::kFloat);
   by_head_size(hd, [&](auto c) {
-    backward_heads<c()>(dout, q, k, v, out, lse.data_ptr<float>(), dq.data_ptr<float>(), dk.data_ptr<float>(),
-                        dv.data_ptr<float>(), H * hd);
+    backward_heads<c()>(dout, q, k, v, out, lse.data_ptr<float>(), Rope{}, dq.data_ptr<float>(),
+                        dk.data_ptr<float>(), dv.data_ptr<float>(), H * hd);
   });
   return {dq.permute({0, 2, 1, 3}), dk.permute({0, 2, 1, 3}), dv.permute({0, 2, 1, 3})};
 }
 
-// The same gradients packed as the q/k/v projection's output, [B, T, 3, H, hd] (dq, dk, dv side by
-// side per position): the packed projection's backward reads them without a concatenation.
-torch::Tensor causal_attention_backward_packed(const torch::Tensor& dout, const torch::Tensor& q,
-                                               const torch::Tensor& k, const torch::Tensor& v,
-                                               const torch::Tensor& out, const torch::Tensor& lse) {
-  check(q, q, "q"), check(k, q, "k"), check(v, q, "v"), check(out, q, "out"), check(dout, q, "the gradient");
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3);
+// q, k, v of a packed projection [B, T, 3, H, hd] as [B, H, T, hd] views, and rotary tables [T, hd]
+// (empty: no rotation).
+std::vector<torch::Tensor> unpack(const torch::Tensor& qkv) {
+  TORCH_CHECK(qkv.scalar_type() == torch::kFloat && qkv.dim() == 5 && qkv.size(2) == 3 && qkv.is_contiguous(),
+              "causal attention: qkv must be contiguous float32 [B, T, 3, H, head_dim]");
+  return {qkv.select(2, 0).transpose(1, 2), qkv.select(2, 1).transpose(1, 2), qkv.select(2, 2).transpose(1, 2)};
+}
+
+Rope rope_tables(const torch::Tensor& cos, const torch::Tensor& sin, int64_t T, int64_t hd) {
+  if (cos.numel() == 0) return {};
+  for (const auto* t : {&cos, &sin})
+    TORCH_CHECK(t->scalar_type() == torch::kFloat && t->is_contiguous() && t->numel() == T * hd,
+                "causal attention: rotary tables must be contiguous float32 [T, head_dim]");
+  return {cos.data_ptr<float>(), sin.data_ptr<float>()};
+}
+
+// Causal attention of a packed projection [B, T, 3, H, hd] whose q and k are first rotated by the
+// tables cos, sin [T, hd] (empty: not rotated): (out, lse) as causal_attention_forward's.
+std::vector<torch::Tensor> qkv_attention_forward(const torch::Tensor& qkv, const torch::Tensor& cos,
+                                                 const torch::Tensor& sin) {
+  const auto qkvs = unpack(qkv);
+  const int64_t B = qkv.size(0), T = qkv.size(1), H = qkv.size(3), hd = qkv.size(4);
+  const Rope rope = rope_tables(cos, sin, T, hd);
+  auto out = torch::empty({B, T, H, hd}, torch::kFloat);
+  auto lse = torch::empty({B, H, T}, torch::kFloat);
+  by_head_size(hd, [&](auto c) {
+    forward_heads<c()>(qkvs[0], qkvs[1], qkvs[2], rope, out.data_ptr<float>(), lse.data_ptr<float>());
+  });
+  return {out.permute({0, 2, 1, 3}), lse};
+}
+
+// Its gradient with respect to the (unrotated) packed projection, [B, T, 3, H, hd]: the packed
+// projection's backward reads it without a concatenation.
+torch::Tensor qkv_attention_backward(const torch::Tensor& dout, const torch::Tensor& qkv, const torch::Tensor& out,
+                                     const torch::Tensor& lse, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const auto qkvs = unpack(qkv);
+  const auto& q = qkvs[0];
+  check(out, q, "out"), check(dout, q, "the gradient");
+  const int64_t B = qkv.size(0), T = qkv.size(1), H = qkv.size(3), hd = qkv.size(4);
   TORCH_CHECK(lse.is_contiguous() && lse.numel() == B * H * T, "causal attention: lse must be [B, H, T]");
+  const Rope rope = rope_tables(cos, sin, T, hd);
   auto dqkv = torch::empty({B, T, 3, H, hd}, torch::kFloat);
   float* g = dqkv.data_ptr<float>();
   by_head_size(hd, [&](auto c) {
-    backward_heads<c()>(dout, q, k, v, out, lse.data_ptr<float>(), g, g + H * hd, g + 2 * H * hd, 3 * H * hd);
+    backward_heads<c()>(dout, q, qkvs[1], qkvs[2], out, lse.data_ptr<float>(), rope, g, g + H * hd, g + 2 * H * hd,
+                        3 * H * hd);
   });
   return dqkv;
 }

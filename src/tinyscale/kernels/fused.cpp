@@ -1,5 +1,5 @@
-// Fused elementwise kernels for training: RMSNorm, the SwiGLU activation and rotary positions on the
-// packed q/k/v projection, each forward and backward in one pass over its rows (kernels/fused.py).
+// Fused elementwise kernels for training: RMSNorm and the SwiGLU activation, each forward and backward
+// in one pass over its rows (kernels/fused.py; rotary positions are applied inside attention.cpp).
 //
 // Why by hand: in eager PyTorch each of these is a handful of operators, every one a pass over a
 // tensor of batch x sequence x width floats (the rotary's roll alone is a concatenation, and the
@@ -138,22 +138,6 @@ void check_activation(const torch::Tensor& x, const char* what) {
               " must be contiguous float32 or bfloat16");
 }
 
-// Rotary positions in the split-halves layout: y[j] = x[j] cos[j] + x[j ^ half] sin[j] (sin signed,
-// as model._apply_rotary's table), and its transpose for the gradient: dx[j] = dy[j] cos[j] +
-// dy[j ^ half] sin[j ^ half].
-inline void rotate(const float* x, const float* c, const float* s, int64_t hd, bool transpose, float* y) {
-  const int64_t half = hd / 2;
-  for (int64_t j = 0; j < half; ++j) {
-    const float a = x[j], b = x[j + half];
-    if (transpose) {
-      y[j] = a * c[j] + b * s[j + half];
-      y[j + half] = b * c[j + half] + a * s[j];
-    } else {
-      y[j] = a * c[j] + b * s[j];
-      y[j + half] = b * c[j + half] + a * s[j + half];
-    }
-  }
-}
 
 }  // namespace
 
@@ -244,28 +228,3 @@ torch::Tensor swiglu_backward(const torch::Tensor& dy, const torch::Tensor& h) {
   return dh;
 }
 
-// qkv [B, T, 3, H, hd] (the packed projection's output) with q and k rotated by the tables cos, sin
-// [T, hd] (transpose: rotated back, for gradients), into a copy or in place. Empty tables: no rotation.
-torch::Tensor rope_qkv(torch::Tensor qkv, const torch::Tensor& cos, const torch::Tensor& sin, bool transpose,
-                       bool in_place) {
-  check_rows(qkv, "rope_qkv: qkv");
-  TORCH_CHECK(qkv.dim() == 5 && qkv.size(2) == 3, "rope_qkv: qkv must be [B, T, 3, H, head_dim]");
-  const int64_t B = qkv.size(0), T = qkv.size(1), H = qkv.size(3), hd = qkv.size(4);
-  const bool rotary = cos.numel() > 0;
-  if (rotary) check_rows(cos, "rope_qkv: cos"), check_rows(sin, "rope_qkv: sin");
-  TORCH_CHECK(!rotary || (cos.numel() == T * hd && sin.numel() == T * hd), "rope_qkv: tables must be [T, head_dim]");
-  auto out = in_place ? qkv : torch::empty_like(qkv);
-  const float* x = qkv.data_ptr<float>();
-  float* y = out.data_ptr<float>();
-  const float *c = rotary ? cos.data_ptr<float>() : nullptr, *s = rotary ? sin.data_ptr<float>() : nullptr;
-  at::parallel_for(0, B * T, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t bt = begin; bt < end; ++bt) {
-      const int64_t t = bt % T, row = bt * 3 * H * hd;
-      const int64_t n_rot = rotary ? 2 * H : 0;  // q and k heads
-      for (int64_t h = 0; h < n_rot; ++h)
-        rotate(x + row + h * hd, c + t * hd, s + t * hd, hd, transpose, y + row + h * hd);
-      if (!in_place) std::copy(x + row + n_rot * hd, x + row + 3 * H * hd, y + row + n_rot * hd);
-    }
-  });
-  return out;
-}

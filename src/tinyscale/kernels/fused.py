@@ -24,41 +24,37 @@ _NO_TABLE = torch.empty(0)
 
 if SUPPORTED:
     @torch.library.custom_op("tinyscale::qkv_attention", mutates_args=(), device_types="cpu")
-    def qkv_attention(qkv: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(causal attention [B, H, T, hd], log-sum-exp [B, H, T], rotated q/k/v [B, T, 3, H, hd]) of a
-        float32 packed projection [B, T, 3, H, hd]; empty tables: no rotation."""
-        rot = cpu_kernels().rope_qkv(qkv, cos, sin, False, False)
-        q, k, v = (rot[:, :, i].transpose(1, 2) for i in range(3))
-        out, lse = cpu_kernels().causal_attention_forward(q, k, v)
-        return out, lse, rot
+    def qkv_attention(qkv: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        """(causal attention [B, H, T, hd], log-sum-exp [B, H, T]) of a float32 packed projection [B, T,
+        3, H, hd] whose q and k the kernel rotates by the tables (empty tables: no rotation)."""
+        out, lse = cpu_kernels().qkv_attention_forward(qkv, cos, sin)
+        return out, lse
 
     @qkv_attention.register_fake
-    def _(qkv: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _(qkv: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         q = qkv[:, :, 0].transpose(1, 2)
-        return _bthd(q), q.new_empty(q.shape[:3]), torch.empty_like(qkv)
+        return _bthd(q), q.new_empty(q.shape[:3])
 
     @torch.library.custom_op("tinyscale::qkv_attention_backward", mutates_args=(), device_types="cpu")
-    def qkv_attention_backward(dout: Tensor, rot: Tensor, out: Tensor, lse: Tensor, cos: Tensor,
+    def qkv_attention_backward(dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, cos: Tensor,
                                sin: Tensor) -> Tensor:
-        q, k, v = (rot[:, :, i].transpose(1, 2) for i in range(3))
-        dqkv = cpu_kernels().causal_attention_backward_packed(_rows(dout), q, k, v, _rows(out), lse.contiguous())
-        return cpu_kernels().rope_qkv(dqkv, cos, sin, True, True)
+        return cpu_kernels().qkv_attention_backward(_rows(dout), qkv, _rows(out), lse.contiguous(), cos, sin)
 
     @qkv_attention_backward.register_fake
-    def _(dout: Tensor, rot: Tensor, out: Tensor, lse: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        return torch.empty_like(rot)
+    def _(dout: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        return torch.empty_like(qkv)
 
     def _setup_context(ctx, inputs, output) -> None:
-        _, cos, sin = inputs
-        out, lse, rot = output
-        ctx.save_for_backward(rot, out, lse, cos, sin)
-        # lse and rot are saved for the backward, never used downstream: without this autograd would
-        # fill a zero gradient for each ([B, T, 3, H, hd] and [B, H, T]) on every step.
+        qkv, cos, sin = inputs
+        out, lse = output
+        ctx.save_for_backward(qkv, out, lse, cos, sin)
+        # lse is saved for the backward, never used downstream: without this autograd would fill a
+        # zero gradient for it ([B, H, T]) on every step.
         ctx.set_materialize_grads(False)
 
-    def _backward(ctx, dout: Tensor, _dlse: Tensor, _drot: Tensor) -> tuple[Tensor, None, None]:
-        rot, out, lse, cos, sin = ctx.saved_tensors
-        return qkv_attention_backward(dout, rot, out, lse, cos, sin), None, None
+    def _backward(ctx, dout: Tensor, _dlse: Tensor) -> tuple[Tensor, None, None]:
+        qkv, out, lse, cos, sin = ctx.saved_tensors
+        return qkv_attention_backward(dout, qkv, out, lse, cos, sin), None, None
 
     qkv_attention.register_autograd(_backward, setup_context=_setup_context)
 
@@ -116,7 +112,7 @@ def swiglu_activation(h: Tensor) -> Tensor | None:
 def use_fused_kernels(model: nn.Module, compiled: bool = False) -> bool:
     """Route `model`'s attention (when its head size is one the kernel has) and, unless it is to be
     compiled, its RMSNorms and SwiGLU activations through the kernels; True if they are built."""
-    if not SUPPORTED or cpu_kernels() is None or not hasattr(cpu_kernels(), "rope_qkv"):
+    if not SUPPORTED or cpu_kernels() is None or not hasattr(cpu_kernels(), "qkv_attention_forward"):
         return False
     for block in model.blocks:
         if block.attn.head_dim in HEAD_SIZES:

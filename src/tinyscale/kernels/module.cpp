@@ -28,17 +28,16 @@ std::vector<torch::Tensor> causal_attention_forward(const torch::Tensor& q, cons
 std::vector<torch::Tensor> causal_attention_backward(const torch::Tensor& dout, const torch::Tensor& q,
                                                      const torch::Tensor& k, const torch::Tensor& v,
                                                      const torch::Tensor& out, const torch::Tensor& lse);
-torch::Tensor causal_attention_backward_packed(const torch::Tensor& dout, const torch::Tensor& q,
-                                               const torch::Tensor& k, const torch::Tensor& v,
-                                               const torch::Tensor& out, const torch::Tensor& lse);
+std::vector<torch::Tensor> qkv_attention_forward(const torch::Tensor& qkv, const torch::Tensor& cos,
+                                                 const torch::Tensor& sin);
+torch::Tensor qkv_attention_backward(const torch::Tensor& dout, const torch::Tensor& qkv, const torch::Tensor& out,
+                                     const torch::Tensor& lse, const torch::Tensor& cos, const torch::Tensor& sin);
 // fused.cpp
 std::vector<torch::Tensor> rms_norm_forward(const torch::Tensor& x, const torch::Tensor& w, double eps);
 std::vector<torch::Tensor> rms_norm_backward(const torch::Tensor& dy, const torch::Tensor& x, const torch::Tensor& w,
                                              const torch::Tensor& rstd);
 torch::Tensor swiglu_forward(const torch::Tensor& h);
 torch::Tensor swiglu_backward(const torch::Tensor& dy, const torch::Tensor& h);
-torch::Tensor rope_qkv(torch::Tensor qkv, const torch::Tensor& cos, const torch::Tensor& sin, bool transpose,
-                       bool in_place);
 // loss.cpp
 double softmax_xent_grad_(torch::Tensor logits, const torch::Tensor& targets, double scale);
 
@@ -56,10 +55,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_attention_forward", &causal_attention_forward, "causal attention for training: (out, lse)");
   m.def("softmax_xent_grad_", &softmax_xent_grad_, "cross-entropy of a chunk of logits; its gradient in place");
   m.def("causal_attention_backward", &causal_attention_backward, "gradients (dq, dk, dv) of the forward");
-  m.def("causal_attention_backward_packed", &causal_attention_backward_packed, "gradients as one [B, T, 3, H, hd]");
+  m.def("qkv_attention_forward", &qkv_attention_forward, "rotary positions + causal attention of a packed projection");
+  m.def("qkv_attention_backward", &qkv_attention_backward, "its gradient, packed as [B, T, 3, H, hd]");
   m.def("rms_norm_forward", &rms_norm_forward, "RMSNorm: (y, 1 / rms per row)");
   m.def("rms_norm_backward", &rms_norm_backward, "RMSNorm gradients (dx, dw)");
   m.def("swiglu_forward", &swiglu_forward, "silu(gate) * up of [gate, up]");
   m.def("swiglu_backward", &swiglu_backward, "gradient of swiglu_forward for [gate, up]");
-  m.def("rope_qkv", &rope_qkv, "rotary positions on q and k of a packed [B, T, 3, H, hd]");
 }
