@@ -316,6 +316,20 @@ struct Head {
   }
 };
 
+// Asks for rows [t0, t1) of a [B, H, T, hd] tensor's head (b, h) (rows of hd floats) to be brought into
+// the cache. Why: a head's rows are `stride` apart (3 x width floats in the packed projection), each in
+// its own 4 KB page, so the hardware's stream prefetchers do not follow them and every row would be a
+// cache miss; the tasks ask for the next head's rows, a slice at a time, while they compute.
+void prefetch_rows(const float* base, int64_t stride, int64_t hd, int64_t t0, int64_t t1) {
+  for (int64_t t = t0; t < t1; ++t)
+    for (int64_t d = 0; d < hd; d += 16) __builtin_prefetch(base + t * stride + d);
+}
+
+void prefetch_head(const torch::Tensor& x, int64_t bh, int64_t H, int64_t t0, int64_t t1) {
+  prefetch_rows(x.data_ptr<float>() + bh / H * x.stride(0) + bh % H * x.stride(1), x.stride(2), x.size(3), t0,
+                std::min(t1, x.size(2)));
+}
+
 void check(const torch::Tensor& x, const torch::Tensor& like, const char* what) {
   TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 4 && x.sizes() == like.sizes() && x.stride(3) == 1,
               "causal attention: ", what, " must be float32 [B, H, T, head_dim] with contiguous rows");
@@ -335,6 +349,11 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
       const int64_t b = bh / H, h = bh % H;
       hb.load(q, k, v, b, h, scale, false);
       for (int64_t i = 0; i < T; i += R) {
+        if (bh + 1 < end) {
+          for (const auto* x : {&q, &k, &v}) prefetch_head(*x, bh + 1, H, i, i + R);
+          const int64_t nb = bh + 1, stop = std::min<int64_t>(i + R, T);  // the next head's output rows
+          prefetch_rows(out + (nb / H * T * H + nb % H) * hd, H * hd, hd, i, stop);
+        }
         const float* qr[R];
         float* sr[R];
         for (int r = 0; r < R; ++r)  // past the last row, repeat it (computed, not used)
@@ -425,6 +444,11 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
       const float* ob = out.data_ptr<float>() + b * out.stride(0) + h * out.stride(1);
       const float* gb = dout.data_ptr<float>() + b * dout.stride(0) + h * dout.stride(1);
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
+        if (bh + 1 < end) {
+          for (const auto* x : {&q, &k, &v, &dout, &out}) prefetch_head(*x, bh + 1, H, i0, i0 + kBlock);
+          const int64_t nb = bh + 1, stop = std::min<int64_t>(i0 + kBlock, T);  // the next head's gradient rows
+          for (float* g : {dq, dk, dv}) prefetch_rows(g + nb / H * T * rs + nb % H * hd, rs, hd, i0, stop);
+        }
         const int rows = static_cast<int>(std::min<int64_t>(kBlock, T - i0));
         const int64_t nb = i0 + rows, n_pad = (nb + 7) / 8 * 8;  // keys the block sees
         const float *qr[kBlock], *gr[kBlock];
