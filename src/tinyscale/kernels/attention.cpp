@@ -325,10 +325,15 @@ void prefetch_rows(const float* base, int64_t stride, int64_t hd, int64_t t0, in
     for (int64_t d = 0; d < hd; d += 16) __builtin_prefetch(base + t * stride + d);
 }
 
-void prefetch_head(const torch::Tensor& x, int64_t bh, int64_t H, int64_t t0, int64_t t1) {
-  prefetch_rows(x.data_ptr<float>() + bh / H * x.stride(0) + bh % H * x.stride(1), x.stride(2), x.size(3), t0,
-                std::min(t1, x.size(2)));
-}
+// A [B, H, T, hd] tensor's data and strides, read once per call rather than per prefetch.
+struct Strided {
+  const float* data;
+  int64_t b, h, t;
+  explicit Strided(const torch::Tensor& x) : data(x.data_ptr<float>()), b(x.stride(0)), h(x.stride(1)), t(x.stride(2)) {}
+  void prefetch(int64_t bh, int64_t H, int64_t hd, int64_t t0, int64_t t1) const {
+    prefetch_rows(data + bh / H * b + bh % H * h, t, hd, t0, t1);
+  }
+};
 
 void check(const torch::Tensor& x, const torch::Tensor& like, const char* what) {
   TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 4 && x.sizes() == like.sizes() && x.stride(3) == 1,
@@ -340,6 +345,7 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
                    float* lse) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = 8 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  const Strided inputs[] = {Strided(q), Strided(k), Strided(v)};
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     Head hb(T, hd, rope);
     constexpr int R = kGroup;
@@ -350,8 +356,8 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
       hb.load(q, k, v, b, h, scale, false);
       for (int64_t i = 0; i < T; i += R) {
         if (bh + 1 < end) {
-          for (const auto* x : {&q, &k, &v}) prefetch_head(*x, bh + 1, H, i, i + R);
-          const int64_t nb = bh + 1, stop = std::min<int64_t>(i + R, T);  // the next head's output rows
+          const int64_t nb = bh + 1, stop = std::min<int64_t>(i + R, T);
+          for (const auto& x : inputs) x.prefetch(nb, H, hd, i, stop);  // and the next head's output rows:
           prefetch_rows(out + (nb / H * T * H + nb % H) * hd, H * hd, hd, i, stop);
         }
         const float* qr[R];
@@ -430,6 +436,7 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
                     float* dk, float* dv, int64_t rs) {  // rs: the outputs' stride between positions
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = 8 * C;
   const float scale = 1.f / std::sqrt(static_cast<float>(hd));
+  const Strided inputs[] = {Strided(q), Strided(k), Strided(v), Strided(dout), Strided(out)};
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     Head hb(T, hd, rope);
     const int64_t stride = hb.Tp + 16;  // rows of p and ds, zero past each row's keys up to a multiple of 8, + 8
@@ -445,8 +452,8 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
       const float* gb = dout.data_ptr<float>() + b * dout.stride(0) + h * dout.stride(1);
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
         if (bh + 1 < end) {
-          for (const auto* x : {&q, &k, &v, &dout, &out}) prefetch_head(*x, bh + 1, H, i0, i0 + kBlock);
-          const int64_t nb = bh + 1, stop = std::min<int64_t>(i0 + kBlock, T);  // the next head's gradient rows
+          const int64_t nb = bh + 1, stop = std::min<int64_t>(i0 + kBlock, T);
+          for (const auto& x : inputs) x.prefetch(nb, H, hd, i0, stop);  // and the next head's gradient rows:
           for (float* g : {dq, dk, dv}) prefetch_rows(g + nb / H * T * rs + nb % H * hd, rs, hd, i0, stop);
         }
         const int rows = static_cast<int>(std::min<int64_t>(kBlock, T - i0));
