@@ -107,7 +107,8 @@ void dots_block(const float* const* q, const float* xt, int64_t Tp, int64_t j0, 
 template <int R>
 void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int64_t hd, float* const* s) {
   using V = VecWide;
-  constexpr int NV = std::max(1, kRegisters / 2 / R);  // R x NV accumulators: half the registers
+  // R x NV accumulators: 24 of AVX-512's 32 registers, 8 of AVX2's 16 (beside the loaded keys and a broadcast)
+  constexpr int NV = std::max(1, (kRegisters == 32 ? 24 : 8) / R);
   int64_t j = 0;
   for (; j + V::W * NV <= n; j += V::W * NV) dots_block<V, R, NV>(q, xt, Tp, j, hd, s);
   if (NV > 2 && j + V::W * 2 <= n) dots_block<V, R, 2>(q, xt, Tp, j, hd, s), j += V::W * 2;
