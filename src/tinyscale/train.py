@@ -151,6 +151,10 @@ def build_model(mcfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> Tr
         from tinyscale.kernels.fused import use_fused_kernels
 
         use_fused_kernels(model, compiled=cfg.compile)  # rotary + attention, norms, SwiGLU: one pass each
+        if cfg.compile:
+            from tinyscale.kernels import tag_compile_caches
+
+            tag_compile_caches()  # a graph compiled with another version's operators is not reused
     return model
 
 

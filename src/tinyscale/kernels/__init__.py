@@ -95,3 +95,28 @@ def cpu_kernels() -> ModuleType | None:
     if module is None or how == "on" or cpu.has_vector_path(plat, arch):
         return module
     return module if _wins(module) else None
+
+
+def operators_fingerprint(folder: Path = HERE) -> str:
+    """A hash of what defines the kernels' PyTorch operators: their C++ sources and headers and the
+    Python files that register them and their autograd formulas."""
+    names = (*SOURCES, *HEADERS, "causal.py", "fused.py")
+    return hashlib.sha1(b"".join((folder / n).read_bytes() for n in names)).hexdigest()[:12]
+
+
+def tag_compile_caches() -> None:
+    """Keys torch.compile's on-disk caches (Inductor's and AOTAutograd's) to this version of the
+    operators. Why: PyTorch keys a compiled graph on the traced forward graph, which only names an
+    operator, not on the operator's autograd formula; after the attention operator stopped returning
+    its rotated inputs, a graph cached by the earlier version was handed to the new one and failed
+    (IndexError in the cached code). A user's own tag is kept. Needs torch >= 2.6 (earlier: no-op)."""
+    try:
+        from torch.compiler import config
+    except ImportError:
+        return
+    if not hasattr(config, "cache_key_tag"):
+        return
+    tag = f"tinyscale-ops-{operators_fingerprint()}"
+    if tag not in config.cache_key_tag:
+        config.cache_key_tag = f"{config.cache_key_tag} {tag}".strip()
+

@@ -8,7 +8,9 @@
 // combined with the values, so the T x T matrix never exists. The backward recomputes the
 // probabilities from the saved log-sum-exp, as flash attention does, and accumulates the key and
 // value gradients in the task's buffers, a block of 16 queries at a time (with AVX-512 where the
-// build has it, for head sizes that are multiples of 16).
+// build has it, for head sizes that are multiples of 16). From a packed q/k/v projection
+// (qkv_attention_*), the rotary positions are applied here too, as each head's rows come in and its
+// gradients go out, and each task prefetches the next head's rows while it computes.
 
 #include <torch/types.h>  // not torch/extension.h: a third of the compile time; bindings live in module.cpp
 #include <ATen/Parallel.h>
