@@ -127,7 +127,7 @@ def test_under_compile_only_the_attention_is_routed(built):
     assert odd.blocks[0].attn.packed_attention is None  # head size 20: the kernel is not built for it
 
 
-def test_compiled_training_keys_its_caches_to_the_operators(tmp_path, monkeypatch):
+def test_compiled_training_keys_its_caches_to_the_operators(tmp_path):
     # A graph cached by torch.compile for an earlier version of the operators (another number of
     # outputs) must not be reused: the trainer tags the caches with a hash of what defines them.
     compiler_config = pytest.importorskip("torch.compiler.config", reason="cache tags need torch >= 2.6")
@@ -142,9 +142,9 @@ def test_compiled_training_keys_its_caches_to_the_operators(tmp_path, monkeypatc
     (tmp_path / "fused.py").write_text((tmp_path / "fused.py").read_text() + "\n# changed\n")
     assert kernels.operators_fingerprint(tmp_path) != before
 
-    monkeypatch.setattr(compiler_config, "cache_key_tag", "users-own")
     mcfg = model_config(None, vocab_size=64, max_seq_len=16, d_model=32, n_heads=2, n_layers=1)
-    build_model(mcfg, TrainConfig(data=".", compile=False), torch.device("cpu"))
-    assert compiler_config.cache_key_tag == "users-own"  # eager training leaves it alone
-    build_model(mcfg, TrainConfig(data=".", compile=True), torch.device("cpu"))
-    assert compiler_config.cache_key_tag == f"users-own tinyscale-ops-{before}"
+    with compiler_config.patch(cache_key_tag="users-own"):  # torch's own patch: its config is no plain module
+        build_model(mcfg, TrainConfig(data=".", compile=False), torch.device("cpu"))
+        assert compiler_config.cache_key_tag == "users-own"  # eager training leaves it alone
+        build_model(mcfg, TrainConfig(data=".", compile=True), torch.device("cpu"))
+        assert compiler_config.cache_key_tag == f"users-own tinyscale-ops-{before}"
