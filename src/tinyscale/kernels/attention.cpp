@@ -358,10 +358,10 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
       const int64_t b = bh / H, h = bh % H;
       hb.load(q, k, v, b, h, scale, false);
       for (int64_t i = 0; i < T; i += R) {
-        if (bh + 1 < end) {
-          const int64_t nb = bh + 1, stop = std::min<int64_t>(i + R, T);
-          for (const auto& x : inputs) x.prefetch(nb, H, hd, i, stop);  // and the next head's output rows:
-          prefetch_rows(out + (nb / H * T * H + nb % H) * hd, H * hd, hd, i, stop);
+        if (bh + 1 < end) {  // the next head's rows of this group: inputs, and the output rows it writes
+          const int64_t next = bh + 1, stop = std::min<int64_t>(i + R, T);
+          for (const auto& x : inputs) x.prefetch(next, H, hd, i, stop);
+          prefetch_rows(out + (next / H * T * H + next % H) * hd, H * hd, hd, i, stop);
         }
         const float* qr[R];
         float* sr[R];
@@ -433,6 +433,27 @@ inline void scaled_row(const float* __restrict src, float mul, float* __restrict
   for (int d = 0; d < HD; ++d) dst[d] = mul * src[d];
 }
 
+// For a block's rows (row i0 + r, its keys 0..i0 + r): p = exp(score - lse) in place of the scores
+// and ds = p (dp - dO . O), the scores' gradient over scale, in place of dp; both zero past the row's
+// keys up to n_pad + 8 (rank_block reads up to 7 past the block's keys).
+template <int HD>
+void softmax_backward_rows(float* const* pr, float* const* dr, const float* const* gr, const float* ob,
+                           int64_t os, const float* lse, int64_t i0, int rows, int64_t n_pad) {
+  for (int r = 0; r < rows; ++r) {
+    const int64_t row = i0 + r, n = row + 1;
+    const float *oi = ob + row * os, *gi = gr[r];
+    row_exp(pr[r], n, lse[row]);
+    float delta = 0.f;  // sum_j p_j dp_j, computed as dO_i . O_i
+#pragma omp simd reduction(+ : delta)
+    for (int d = 0; d < HD; ++d) delta += gi[d] * oi[d];
+    float *pk = pr[r], *dk = dr[r];
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dk[j] = pk[j] * (dk[j] - delta);
+    std::fill(pk + n, pk + n_pad + 8, 0.f);
+    std::fill(dk + n, dk + n_pad + 8, 0.f);
+  }
+}
+
 template <int C>
 void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
                     const torch::Tensor& v, const torch::Tensor& out, const float* lse, Rope rope, float* dq,
@@ -454,10 +475,10 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
       const float* ob = out.data_ptr<float>() + b * out.stride(0) + h * out.stride(1);
       const float* gb = dout.data_ptr<float>() + b * dout.stride(0) + h * dout.stride(1);
       for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
-        if (bh + 1 < end) {
-          const int64_t nb = bh + 1, stop = std::min<int64_t>(i0 + kBlock, T);
-          for (const auto& x : inputs) x.prefetch(nb, H, hd, i0, stop);  // and the next head's gradient rows:
-          for (float* g : {dq, dk, dv}) prefetch_rows(g + nb / H * T * rs + nb % H * hd, rs, hd, i0, stop);
+        if (bh + 1 < end) {  // the next head's rows of this block: inputs, and the gradient rows it writes
+          const int64_t next = bh + 1, stop = std::min<int64_t>(i0 + kBlock, T);
+          for (const auto& x : inputs) x.prefetch(next, H, hd, i0, stop);
+          for (float* g : {dq, dk, dv}) prefetch_rows(g + next / H * T * rs + next % H * hd, rs, hd, i0, stop);
         }
         const int rows = static_cast<int>(std::min<int64_t>(kBlock, T - i0));
         const int64_t nb = i0 + rows, n_pad = (nb + 7) / 8 * 8;  // keys the block sees
@@ -473,21 +494,7 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
           row_dots<kGroup>(qr + r, hb.kt.data(), hb.Tp, nb, hd, pr + r);  // scores, then probabilities
           row_dots<kGroup>(gr + r, hb.vt.data(), hb.Tp, nb, hd, dr + r);  // dp_j = dO_i . v_j
         }
-        for (int r = 0; r < rows; ++r) {
-          const int64_t row = i0 + r, n = row + 1;
-          const float* oi = ob + row * out.stride(2);
-          row_exp(pr[r], n, lse[bh * T + row]);
-          const float* gi = gr[r];
-          float delta = 0.f;  // sum_j p_j dp_j, computed as dO_i . O_i
-#pragma omp simd reduction(+ : delta)
-          for (int64_t d = 0; d < hd; ++d) delta += gi[d] * oi[d];
-          float *pk = pr[r], *dk2 = dr[r];
-#pragma omp simd
-          for (int64_t j = 0; j < n; ++j) dk2[j] = pk[j] * (dk2[j] - delta);  // d(score) / scale
-          // Keys after the row: weight 0 below (rank_block reads up to 7 past the block's keys).
-          std::fill(pk + n, pk + n_pad + 8, 0.f);
-          std::fill(dk2 + n, dk2 + n_pad + 8, 0.f);
-        }
+        softmax_backward_rows<8 * C>(pr, dr, gr, ob, out.stride(2), lse + bh * T, i0, rows, n_pad);
         combine_group<8 * C, kBlock>(dr, hb.k, hb.ks, nb, dqr, scales);  // dq_i = scale * sum_j ds_ij k_j
         for (int r = 0; r < rows; ++r) rope.apply(dqr[r], i0 + r, hd, true);  // to the unrotated q
         rank_block<8 * C>(dr, qr, rows, nb, gk.data());  // dk_j / scale = sum_i ds_ij q_i
