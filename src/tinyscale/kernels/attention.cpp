@@ -161,8 +161,9 @@ void combine_rows(const float* const* w, const float* x, int64_t xs, int64_t n, 
   }
 }
 
-// The tile of combine_rows: up to kGroup rows (a power of two, so that they divide a group); all
-// but one or two registers (AVX2: 11 of 16, as compilers spilled tiles of 16 there).
+// The tile of combine_rows: up to kGroup rows (a power of two, so that they divide a group); under
+// AVX-512 within 29 of the 32 registers, under AVX2 within 11 of 16 (8 accumulators, the budget of
+// the rule before the tiles; larger ones were not measured).
 constexpr int kBudget = kRegisters == 32 ? 29 : 11;
 template <int HD>
 constexpr Tile kCombine = best_tile(HD / VecFor<HD>::W, kGroup, kBudget, true);
@@ -320,9 +321,10 @@ struct Head {
 };
 
 // Asks for rows [t0, t1) of a [B, H, T, hd] tensor's head (b, h) (rows of hd floats) to be brought into
-// the cache. Why: a head's rows are `stride` apart (3 x width floats in the packed projection), each in
-// its own 4 KB page, so the hardware's stream prefetchers do not follow them and every row would be a
-// cache miss; the tasks ask for the next head's rows, a slice at a time, while they compute.
+// the cache. Why: a head's rows are `stride` apart (3 x width floats in the packed projection, 3.4 KB
+// at width 288), so most sit in 4 KB pages of their own, where the hardware's stream prefetchers
+// (which stay within a page) do not follow them; the tasks ask for the next head's rows, a slice at a
+// time, while they compute.
 void prefetch_rows(const float* base, int64_t stride, int64_t hd, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t)
     for (int64_t d = 0; d < hd; d += 16) __builtin_prefetch(base + t * stride + d);
