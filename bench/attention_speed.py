@@ -16,13 +16,18 @@ Two ways, milliseconds per layer:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from tinyscale.kernels import cpu_kernels
 from tinyscale.kernels.fused import packed_attention
 from tinyscale.training.allocator import keep_freed_memory
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+from common import positive_ints  # noqa: E402
 
 SHAPES = {"A": (32, 4, 16), "B": (16, 6, 48)}  # batch, heads, head size
 T = 256
@@ -71,12 +76,12 @@ def cold(B: int, H: int, hd: int) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap.add_argument("--threads", type=positive_ints, default=[1, 2], help="comma-separated thread counts")
     args = ap.parse_args()
     if cpu_kernels() is None:
         raise SystemExit("the C++ kernels are not built here: nothing to time")
     keep_freed_memory()  # as the trainer does
-    for threads in (int(t) for t in args.threads.split(",")):
+    for threads in args.threads:
         torch.set_num_threads(threads)
         for name, (B, H, hd) in SHAPES.items():
             flop = B * H * T * (T + 1) / 2 * hd * 2

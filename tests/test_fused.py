@@ -148,3 +148,20 @@ def test_compiled_training_keys_its_caches_to_the_operators(tmp_path):
         assert compiler_config.cache_key_tag == "users-own"  # eager training leaves it alone
         build_model(mcfg, TrainConfig(data=".", compile=True), torch.device("cpu"))
         assert compiler_config.cache_key_tag == f"users-own tinyscale-ops-{before}"
+
+
+@pytest.mark.parametrize("threads, message", [("0", "must be at least 1, got 0"), ("2,x", "not an integer: 'x'")])
+def test_attention_bench_refuses_bad_thread_counts_in_one_line(threads, message, monkeypatch, capsys):
+    import sys
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench_dir))
+    import attention_speed
+
+    monkeypatch.setattr(sys, "argv", ["attention_speed.py", "--threads", threads])
+    with pytest.raises(SystemExit) as ended:
+        attention_speed.main()
+    assert ended.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
