@@ -218,14 +218,14 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.fc = nn.Linear(d_model, 2 * hidden, bias=bias)
         self.proj = nn.Linear(hidden, d_model, bias=bias)
-        # kernels.fused may set a one-pass silu(gate) * up, [gate, up] -> output or None where it does not apply.
-        self.fused: Callable[[Tensor], Tensor | None] | None = None
+        # kernels.fused may set fc and the activation in one operator, (mlp, x) -> silu(gate) * up or None
+        # where it does not apply.
+        self.fused: Callable[[nn.Module, Tensor], Tensor | None] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.fc(x)
-        if self.fused is not None and (y := self.fused(h)) is not None:
+        if self.fused is not None and (y := self.fused(self, x)) is not None:
             return self.proj(y)
-        gate, up = h.chunk(2, dim=-1)
+        gate, up = self.fc(x).chunk(2, dim=-1)
         return self.proj(F.silu(gate) * up)
 
 
