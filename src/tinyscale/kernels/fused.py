@@ -96,7 +96,8 @@ class _SwiGLU(torch.autograd.Function):
 class _GatedUp(torch.autograd.Function):
     """silu(gate) * up of [gate, up] = x @ weight.T (float32 rows), with the weight's gradient formed as
     (x.T @ dh).T: MKL's product in that orientation ran ~15% faster at config B's [1536, 288] than
-    dh.T @ x, which autograd's linear takes (docs/speed.md)."""
+    dh.T @ x, which autograd's linear takes, and the kernel's transpose into the weight's layout
+    costs less than PyTorch's strided copy (docs/speed.md)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
@@ -108,7 +109,7 @@ class _GatedUp(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         x, weight, h = ctx.saved_tensors
         dh = cpu_kernels().swiglu_backward(dy.contiguous(), h)
-        return dh @ weight, (x.t() @ dh).t().contiguous()
+        return dh @ weight, cpu_kernels().transpose_matrix(x.t() @ dh)
 
 
 def _float_rows(*xs: Tensor) -> bool:

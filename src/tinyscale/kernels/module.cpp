@@ -38,6 +38,7 @@ std::vector<torch::Tensor> rms_norm_backward(const torch::Tensor& dy, const torc
                                              const torch::Tensor& rstd);
 torch::Tensor swiglu_forward(const torch::Tensor& h);
 torch::Tensor swiglu_backward(const torch::Tensor& dy, const torch::Tensor& h);
+torch::Tensor transpose_matrix(const torch::Tensor& src);
 // loss.cpp
 double softmax_xent_grad_(torch::Tensor logits, const torch::Tensor& targets, double scale);
 
@@ -61,4 +62,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm_backward", &rms_norm_backward, "RMSNorm gradients (dx, dw)");
   m.def("swiglu_forward", &swiglu_forward, "silu(gate) * up of [gate, up]");
   m.def("swiglu_backward", &swiglu_backward, "gradient of swiglu_forward for [gate, up]");
+  m.def("transpose_matrix", &transpose_matrix, "a float32 matrix's transpose, contiguous");
 }
