@@ -4,11 +4,13 @@
 - ``Attention.packed_attention``: rotary positions and causal attention straight from the packed q/k/v
   projection, its gradient written back packed (no roll, no concatenation of dq, dk, dv, no copy).
 - ``RMSNorm.fused`` and ``SwiGLU.fused``: the norm and the activation, forward and backward, in one
-  pass over their rows each (eager mode only: under ``torch.compile`` Inductor fuses them itself).
+  pass over their rows each; the SwiGLU's fc product in the same operator, its weight gradient
+  ordered as MKL runs fastest (eager mode only: under ``torch.compile`` Inductor fuses them itself).
 
 Each keeps PyTorch's own path where it does not apply (a cache, a mask, a head size the attention
-kernel lacks, a dtype other than float32 for the norm, or float32 and bfloat16 for the activation). Losses and gradients equal
-the plain path's within float32 rounding (tests/test_fused.py).
+kernel lacks, a dtype other than float32 for the norm, or float32 and bfloat16 for the activation,
+a bias or autocast for fc's product). Losses and gradients equal the plain path's within float32
+rounding (tests/test_fused.py).
 """
 
 from __future__ import annotations
