@@ -104,8 +104,8 @@ void dots_block(const float* const* q, const float* xt, int64_t Tp, int64_t j0, 
 }
 
 // The scores of R query rows against keys [0, n rounded up to a vector) (Tp: a multiple of 16), in
-// blocks of NV (3 here), 2 and 1 vectors of keys: the last keys of a causal row still keep 2R multiply-adds
-// in flight.
+// blocks of NV (3 with either build's R), 2 and 1 vectors of keys: the last keys of a causal row still
+// keep 2R multiply-adds in flight.
 template <int R>
 void row_dots(const float* const* q, const float* xt, int64_t Tp, int64_t n, int64_t hd, float* const* s) {
   using V = VecWide;
@@ -332,7 +332,7 @@ void forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::
     std::vector<float> p(R * stride);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
-      hb.template load<8 * C>(q, k, v, b, h, scale, false);
+      hb.load<8 * C>(q, k, v, b, h, scale, false);
       for (int64_t i = 0; i < T; i += R) {
         if (bh + 1 < end) {  // the next head's rows of this group: inputs, and the output rows it writes
           const int64_t next = bh + 1, stop = std::min<int64_t>(i + R, T);
@@ -445,7 +445,7 @@ void backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const tor
     std::fill_n(scales, kBlock, scale);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
-      hb.template load<8 * C>(q, k, v, b, h, scale, true);
+      hb.load<8 * C>(q, k, v, b, h, scale, true);
       std::fill(gk.begin(), gk.end(), 0.f);
       std::fill(gv.begin(), gv.end(), 0.f);
       const float* ob = out.data_ptr<float>() + b * out.stride(0) + h * out.stride(1);
