@@ -165,7 +165,31 @@ def test_compiled_training_keys_its_caches_to_the_operators(tmp_path):
         build_model(mcfg, TrainConfig(data=".", compile=False), torch.device("cpu"))
         assert compiler_config.cache_key_tag == "users-own"  # eager training leaves it alone
         build_model(mcfg, TrainConfig(data=".", compile=True), torch.device("cpu"))
-        assert compiler_config.cache_key_tag == f"users-own tinyscale-ops-{before}"
+        tag = f"users-own tinyscale-ops-{before}-{torch.backends.cpu.get_cpu_capability().lower()}"
+        assert compiler_config.cache_key_tag == f"{tag}-t{torch.get_num_threads()}"
+
+
+def test_compiled_graphs_are_keyed_to_the_instruction_set_and_threads(monkeypatch):
+    # torch 2.13 reuses a graph cached under ATEN_CPU_CAPABILITY=avx2 at the CPU's AVX-512, which
+    # corrupted the heap: the tag must change with the capability in effect and with the threads,
+    # and replace the package's earlier tag rather than pile up.
+    compiler_config = pytest.importorskip("torch.compiler.config", reason="cache tags need torch >= 2.6")
+    from tinyscale import kernels
+
+    threads = torch.get_num_threads()
+    with compiler_config.patch(cache_key_tag="users-own"):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+        kernels.tag_compile_caches()
+        native = compiler_config.cache_key_tag
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+        kernels.tag_compile_caches()
+        emulated = compiler_config.cache_key_tag
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
+        kernels.tag_compile_caches()
+        seven = compiler_config.cache_key_tag
+    assert native.startswith("users-own tinyscale-ops-") and native.endswith(f"-avx512-t{threads}")
+    assert emulated == native.replace("-avx512-", "-avx2-")
+    assert seven.endswith("-avx2-t7") and seven.count("tinyscale-ops-") == 1
 
 
 @pytest.mark.parametrize("threads, message", [("0", "must be at least 1, got 0"), ("2,x", "not an integer: 'x'")])

@@ -104,19 +104,32 @@ def operators_fingerprint(folder: Path = HERE) -> str:
     return hashlib.sha1(b"".join((folder / n).read_bytes() for n in names)).hexdigest()[:12]
 
 
+def compile_cache_tag() -> str:
+    """What a graph compiled here depends on beyond what PyTorch keys it on: this version of the
+    operators, the vector instruction set in effect (ATEN_CPU_CAPABILITY may lower it) and the number
+    of threads."""
+    import torch
+
+    isa = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")().lower()
+    return f"tinyscale-ops-{operators_fingerprint()}-{isa}-t{torch.get_num_threads()}"
+
+
 def tag_compile_caches() -> None:
-    """Keys torch.compile's on-disk caches (Inductor's and AOTAutograd's) to this version of the
-    operators. Why: PyTorch keys a compiled graph on the traced forward graph, which only names an
-    operator, not on the operator's autograd formula; after the attention operator stopped returning
-    its rotated inputs, a graph cached by the earlier version was handed to the new one and failed
-    (IndexError in the cached code). A user's own tag is kept. Needs torch >= 2.6 (earlier: no-op)."""
+    """Keys torch.compile's on-disk caches (Inductor's and AOTAutograd's) to compile_cache_tag(). Why:
+    PyTorch keys a compiled graph on the traced forward graph, which only names an operator, not on
+    the operator's autograd formula; after the attention operator stopped returning its rotated
+    inputs, a graph cached by the earlier version was handed to the new one and failed (IndexError in
+    the cached code). Nor does torch 2.13 key it on the instruction set: a graph cached under
+    `ATEN_CPU_CAPABILITY=avx2` and reused at the CPU's own AVX-512 corrupted the heap ("malloc():
+    unaligned tcache chunk detected", with or without these kernels); PyTorch's fix for the thread
+    count came after some of the versions this package accepts. A user's own tag is kept; this
+    module's earlier tag in the process is replaced. Needs torch >= 2.6 (earlier: no-op)."""
     try:
         from torch.compiler import config
     except ImportError:
         return
     if not hasattr(config, "cache_key_tag"):
         return
-    tag = f"tinyscale-ops-{operators_fingerprint()}"
-    if tag not in config.cache_key_tag:
-        config.cache_key_tag = f"{config.cache_key_tag} {tag}".strip()
+    kept = [t for t in config.cache_key_tag.split() if not t.startswith("tinyscale-ops-")]
+    config.cache_key_tag = " ".join([*kept, compile_cache_tag()])
 
