@@ -53,7 +53,9 @@ def test_commands_translate_options_to_flags(tmp_path):
     assert train[:3] == ["tinyscale", "-q", "train"]
     assert "--d-model" in train and train[train.index("--d-model") + 1] == "32"
     assert "--compile" in train and "--no-tie-embeddings" in train and "--grad-accum" not in train
-    assert evaluate[-2:] == ["--checkpoints", "all"]
+    assert evaluate[-4:] == ["--threads", "1", "--checkpoints", "all"]  # evaluated on its own share of the cores
+    _, own = commands(spec, "data", tmp_path / "x", {"threads": 2}, threads=1, resume=False)
+    assert own[-2:] == ["--threads", "2"] and own.count("--threads") == 1  # the sweep's eval options win
     resumed, _ = commands(spec, "data", tmp_path / "x", {}, threads=1, resume=True)
     assert resumed[3:5] == ["--resume", str(tmp_path / "x")]
 
