@@ -50,6 +50,11 @@ def test_an_accuracy_below_exact_chance_is_flagged_by_a_binomial_test():
     assert v["check"] == "accuracy_below_chance" and "4/40" in v["message"]
     assert not chance_checks([rec(3, 2, facts={"mc": 0.40, "chance": 0.5, "n": 40})])  # 16/40: noise
     assert not chance_checks([rec(3, 2, facts={"mc": 0.0, "chance": 0.0, "n": 40})])  # no chance level
+    # An untrained model scores 0.10 on a suite whose answers are its longer options: 4/40 is what it
+    # does, not a broken measurement; below that level too, it is flagged and both levels are named.
+    assert not chance_checks([rec(3, 2, facts={**low, "no_skill": 0.10})])
+    (v,) = chance_checks([rec(3, 2, facts={"mc": 0.10, "chance": 0.5, "n": 200, "no_skill": 0.3})])
+    assert "below chance 0.500 and the untrained level 0.300" in v["message"] and v["no_skill"] == 0.3
 
 
 def test_fitted_exponents_and_irreducible_losses_out_of_range_are_flagged():

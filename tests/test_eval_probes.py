@@ -14,6 +14,7 @@ from tinyscale.evaluate.probes import (
     Probe,
     builtin_suite_path,
     load_suite,
+    no_skill,
     read_items,
     read_suite,
     score_probes,
@@ -125,6 +126,32 @@ def test_continuous_metrics_beside_the_accuracy():
     out = summarize(mixed, score_probes(Bigram(), mixed, codec(), max_len=16))
     assert out["items"][4]["tokens"] == [1, 2, 2] and out["mc_same_length"]["n"] == 4
     assert out["mc_same_length"]["k"] == 3 and out["mc"]["n"] == 5
+
+
+class Uniform(torch.nn.Module):
+    """A model that has learned nothing: every next token equally likely, at every position."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*idx.shape, len(VOCAB))
+
+
+def test_the_no_skill_level_is_what_a_model_that_learned_nothing_scores():
+    """Summed log-probabilities make a uniform model pick the option of fewest tokens: its accuracy is
+    set by the options' lengths, not by chance, and `no_skill` is that level (ties at random)."""
+    assert no_skill([1, 2, 2]) == 1.0 and no_skill([2, 1, 2]) == 0.0 and no_skill([1, 1, 2]) == 0.5
+    assert no_skill([1, 1, 1]) == pytest.approx(1 / 3) and no_skill([]) is None
+    # answers shorter than their wrong options (p6, p7), longer (p8), or as long as all of them (p1-p3
+    # one token each, p4 two)
+    probes = [*PROBES, Probe("p6", "the", "cat", ("dog ran", "dog sat"), "verb", "world"),
+              Probe("p7", "the cat", "ran", ("sat on", "sat on the"), "verb", "world"),
+              Probe("p8", "the", "dog sat", ("cat", "dog"), "verb", "world")]
+    out = summarize(probes, score_probes(Uniform(), probes, codec(), max_len=16))
+    levels = [i["no_skill"] for i in out["items"]]
+    assert levels == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1 / 3, 1.0, 1.0, 0.0])
+    assert out["no_skill"] == pytest.approx(sum(levels) / 7) and out["chance"] == pytest.approx(1 / 3)
+    # The uniform model wins exactly the probes whose answer is the one shortest option (exact ties
+    # count as wrong), so it scores 2 of 7 with chance at 1/3 of each.
+    assert [i["mc"] for i in out["items"]] == [lv == 1.0 for lv in levels]
 
 
 def test_a_prompt_longer_than_the_context_is_refused_or_cut_only_when_asked():

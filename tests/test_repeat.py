@@ -340,3 +340,33 @@ def test_report_shows_each_size_over_its_seeds_with_their_interval(tmp_path):
     shown = json.loads((sweep / "analysis.json").read_text())["repeat_task"]["sets"]["repeat"]["points"][1]
     assert "per seed" in section and "0.10, 0.90" in section
     assert f"0.50 [{shown['seed_lo']:.2f}, {shown['seed_hi']:.2f}]" in section
+
+
+def test_a_set_is_classed_from_what_an_untrained_model_scores_not_from_chance(tmp_path):
+    """An untrained model picks the options of fewest tokens, so a set whose answers are short starts
+    above chance: a curve rising from that level crosses it (smooth_crossing), where measured from
+    chance it would read as a skill present at every size (smooth). Results without the level (older
+    eval files whose items lack token counts) keep chance."""
+    from tinyscale.analysis.analyze import analyze_sweep
+
+    ys = [0.50, 0.60, 0.72, 0.85, 0.95]
+    labels, sentences = {}, {}
+    for level in (None, 0.52):
+        sweep = tmp_path / f"sweep-{level}"
+        for rank, width in enumerate((16, 32, 64, 128, 256)):
+            s = _set(ys[rank]) | ({} if level is None else {"no_skill": level})
+            _fake_run(sweep / "runs" / f"d{width}", width, rank, {"repeat_copy": s})
+        analysis = analyze_sweep(sweep, n_boot=10)
+        row = next(r for r in analysis["taxonomy"] if r["curve"] == "repeat_copy (world)" and r["axis"] == "size")
+        labels[level], sentences[level] = row["metrics"]["mc"], analysis["repeat_task"]["sentence"]
+    assert labels[None]["label"] == "smooth" and "untrained" not in sentences[None]
+    assert labels[0.52]["label"] == "smooth_crossing" and "untrained level" in labels[0.52]["reason"]
+    assert "(chance 0.33, untrained 0.52; smooth_crossing over size)" in sentences[0.52]
+
+
+def test_the_untrained_level_is_read_from_older_results_items():
+    from tinyscale.analysis.collect import _probe_summary
+
+    items = [{"tokens": [1, 2, 2]}, {"tokens": [2, 1, 1]}, {"tokens": [1, 1, 3]}]
+    assert _probe_summary({"chance": 1 / 3, "n": 3, "items": items})["no_skill"] == pytest.approx(0.5)
+    assert _probe_summary({"chance": 1 / 3, "n": 1, "items": [{"tokens": []}]})["no_skill"] is None

@@ -72,7 +72,7 @@ def _probes(result: dict | None) -> dict[str, dict[str, Any]]:
         for suite, r in ((result or {}).get(family) or {}).items():
             mc = r.get("mc") or {}
             out[f"{family}/{suite}"] = {"acc": mc.get("acc"), "lo": mc.get("lo"), "hi": mc.get("hi"),
-                                        "n": mc.get("n"), "chance": r.get("chance")}
+                                        "n": mc.get("n"), "chance": r.get("chance"), "untrained": r.get("no_skill")}
     return out
 
 
@@ -143,9 +143,11 @@ def _probe_lines(f: dict[str, Any]) -> list[str]:
     if not f["probes"]:
         return [f"Probe accuracies: {MISSING} (no eval file at step {f['step']}; run `tinyscale eval`)."]
     return ["Multiple-choice accuracy with its 95% Wilson interval (eval file):", "",
-            "| suite | accuracy | interval | items | chance |", "|---|---|---|---|---|",
+            "| suite | accuracy | interval | items | chance | untrained model |", "|---|---|---|---|---|---|",
             *(f"| {s} | {_n(r['acc'], '.3f')} | {_n(r['lo'], '.3f')}-{_n(r['hi'], '.3f')} | {_n(r['n'])} | "
-              f"{_n(r['chance'], '.3f')} |" for s, r in f["probes"].items())]
+              f"{_n(r['chance'], '.3f')} | {_n(r.get('untrained'), '.3f')} |" for s, r in f["probes"].items()),
+            "", "An untrained model scores the options of fewest tokens highest (a summed log-probability), so "
+            "its accuracy, not chance, is where a model without the skill sits."]
 
 
 def _usage(f: dict[str, Any], out: str) -> list[str]:

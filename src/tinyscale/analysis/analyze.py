@@ -156,7 +156,7 @@ def fit_laws(records: list[dict], size_key: str = "non_embedding_params", n_boot
 
 
 def _metric(rec: dict, row: str, metric: str) -> tuple[float, float | None, float | None] | None:
-    """(value, noise std, chance) of one metric of one record, or None when it was not measured.
+    """(value, noise std, reference level) of one metric of one record, or None when it was not measured.
 
     row is a skill name, "all" (overall loss) or a suite name; metric is loss, prob, exact or mc.
     """
@@ -183,8 +183,13 @@ def _metric(rec: dict, row: str, metric: str) -> tuple[float, float | None, floa
         return probe[metric], probe.get(f"{metric}_se"), None
     lo, hi = probe.get(f"{metric}_lo"), probe.get(f"{metric}_hi")
     se = (hi - lo) / (2 * 1.96) if lo is not None and hi is not None else None
-    chance = probe.get("chance") if metric == "mc" else 0.0
-    return probe[metric], se, chance
+    if metric != "mc":
+        return probe[metric], se, 0.0
+    # A summed log-probability favours the options of fewest tokens before anything is learned, so
+    # an untrained model does not score chance: its level (evaluate/probes.py's no_skill) is the
+    # reference where known (collect.py reads it from older results' items), else chance.
+    level = probe.get("no_skill")
+    return probe[metric], se, probe.get("chance") if level is None else level
 
 
 def size_curve(records: list[dict], row: str, metric: str, size_key: str) -> list[tuple[float, float, float | None]]:
@@ -240,11 +245,25 @@ def compute_curve(records: list[dict], row: str, metric: str,
     return [bins[i] for i in sorted(bins)]
 
 
-def _chance(records: list[dict], row: str, metric: str) -> float | None:
+def _level(records: list[dict], row: str, metric: str) -> tuple[float | None, str]:
+    """The level a metric sits at without the skill, and its name: for multiple choice the untrained
+    level (an untrained model's expected accuracy) where known, else chance; 0 for exact match."""
     for r in records:
         if m := _metric(r, row, metric):
-            return m[2]
-    return None
+            known = metric == "mc" and (r["probes"].get(row) or {}).get("no_skill") is not None
+            return m[2], "untrained level" if known else "chance level"
+    return None, "chance level"
+
+
+def _chance(records: list[dict], row: str) -> float | None:
+    """A probe set's chance level (1 / options, averaged over its items), for display."""
+    return next((r["probes"][row]["chance"] for r in records if (r["probes"].get(row) or {}).get("chance") is not None),
+                None)
+
+
+def _no_skill(records: list[dict], row: str) -> float | None:
+    return next((r["probes"][row]["no_skill"] for r in records
+                 if (r["probes"].get(row) or {}).get("no_skill") is not None), None)
 
 
 def _reference(records: list[dict], skill: str, field: str) -> float | None:
@@ -255,7 +274,7 @@ def _reference(records: list[dict], skill: str, field: str) -> float | None:
     return None
 
 
-def _classify(curve: list[tuple], metric: str, chance: float | None, floor: float | None = None,
+def _classify(curve: list[tuple], metric: str, level: tuple[float | None, str], floor: float | None = None,
               baseline: float | None = None) -> dict[str, Any]:
     if not curve:
         return {"label": None, "reason": "not measured"}
@@ -266,7 +285,7 @@ def _classify(curve: list[tuple], metric: str, chance: float | None, floor: floa
     elif metric == "logprob":  # log-probability of the right answer: at most 0
         c = classify_curve(x, y, noise=noise, ceiling=0.0).to_json()
     else:
-        c = classify_curve(x, y, chance=chance, noise=noise).to_json()
+        c = classify_curve(x, y, chance=level[0], chance_name=level[1], noise=noise).to_json()
     c["x"], c["y"] = list(x), list(y)
     return c
 
@@ -320,7 +339,7 @@ def taxonomy(records: list[dict], size_key: str = "non_embedding_params",
                 curve = size_curve(records, key, metric, size_key) if axis == "size" else compute_curve(records, key, metric, reps)
                 if metric == "logprob" and not curve:
                     continue  # only suites that measure it
-                entry["metrics"][metric] = _classify(curve, metric, _chance(records, key, metric), floor, base)
+                entry["metrics"][metric] = _classify(curve, metric, _level(records, key, metric), floor, base)
             entry["control"] = metric_control(entry["metrics"])
             out.append(entry)
     return out + repeat_rows(records, size_key)
@@ -341,7 +360,7 @@ def repeat_rows(records: list[dict], size_key: str = "non_embedding_params") -> 
                                      "metrics": {}}
             for metric in ("mc", "prob", "logprob"):
                 curve = size_curve(world, name, metric, size_key) if axis == "size" else compute_curve(world, name, metric)
-                entry["metrics"][metric] = _classify(curve, metric, _chance(world, name, metric))
+                entry["metrics"][metric] = _classify(curve, metric, _level(world, name, metric))
             entry["control"] = metric_control(entry["metrics"])
             out.append(entry)
     return out
@@ -360,7 +379,8 @@ def repeat_task(records: list[dict], size_key: str = "non_embedding_params", run
     sets = {}
     for e in rows:
         name = e["suite"]
-        s = sets.setdefault(name, {"chance": _chance(world, name, "mc"), "classes": {}, "points": []})
+        s = sets.setdefault(name, {"chance": _chance(world, name), "no_skill": _no_skill(world, name), "classes": {},
+                                   "points": []})
         s["classes"][e["axis"]] = {m: c["label"] for m, c in e["metrics"].items()}
     for name, s in sets.items():
         finals = sorted((r for r in world if r["final"] and r.get(size_key) and name in r["probes"]),
@@ -387,12 +407,16 @@ def _repeat_seeds(point: dict, name: str, runs: list[dict] | None, n_boot: int, 
             "logprob_lo": est["logprob_lo"], "logprob_hi": est["logprob_hi"]}
 
 
+def _level_words(no_skill: float | None) -> str:
+    return "" if no_skill is None else f", untrained {no_skill:.2f}"
+
+
 def _repeat_sentence(sets: dict[str, dict]) -> str:
     parts = []
     for name, s in sets.items():
         accs = ", ".join(f"{p['mc']:.2f}" + (f" [{p['seed_lo']:.2f}, {p['seed_hi']:.2f}]" if p.get("seeds", 0) > 1 else "")
                          for p in s["points"] if p.get("mc") is not None)
-        parts.append(f"{name} {accs or 'not measured'} (chance {s['chance']:.2f}; "
+        parts.append(f"{name} {accs or 'not measured'} (chance {s['chance']:.2f}{_level_words(s.get('no_skill'))}; "
                      f"{s['classes'].get('size', {}).get('mc')} over size)")
     seeds = max((p.get("seeds", 1) for s in sets.values() for p in s["points"]), default=1)
     how = f" (mean of {seeds} seeds [95% over seeds and items])" if seeds > 1 else ""
@@ -424,10 +448,11 @@ def probes_in_out(records: list[dict], size_key: str = "non_embedding_params") -
             rows.append({"size": size, "world": w, "world_se": curves["world"][size][2], "suite": s,
                          "suite_se": curves["suite"][size][2], "gap": w - s, "world_same_length": same.get(size)})
         classes = {fam: {axis: _classify(size_curve(recs, name, "mc", size_key) if axis == "size"
-                                         else compute_curve(recs, name, "mc"), "mc", _chance(recs, name, "mc"))
+                                         else compute_curve(recs, name, "mc"), "mc", _level(recs, name, "mc"))
                          for axis in ("size", "compute")} for fam, recs in fams.items()}
         entry = {"suite": name, "skill": SUITE_SKILL.get(name),
-                 "chance": {fam: _chance(recs, name, "mc") for fam, recs in fams.items()}, "rows": rows,
+                 "chance": {fam: _chance(recs, name) for fam, recs in fams.items()},
+                 "no_skill": {fam: _no_skill(recs, name) for fam, recs in fams.items()}, "rows": rows,
                  "classes": {fam: {axis: c["label"] for axis, c in v.items()} for fam, v in classes.items()}}
         entry["sentence"] = _in_out_sentence(entry)
         out.append(entry)
@@ -440,8 +465,9 @@ def _in_out_sentence(e: dict) -> str:
     gaps = ", ".join(f"{r['gap']:+.2f}" for r in e["rows"])
     first, last = e["rows"][0], e["rows"][-1]
     return (f"{e['suite']}: in-distribution accuracy {first['world']:.2f} -> {last['world']:.2f} "
-            f"(chance {e['chance']['world']:.2f}, {e['classes']['world']['size']} over size), hand-written "
-            f"{first['suite']:.2f} -> {last['suite']:.2f} (chance {e['chance']['suite']:.2f}, "
+            f"(chance {e['chance']['world']:.2f}{_level_words(e['no_skill']['world'])}, "
+            f"{e['classes']['world']['size']} over size), hand-written {first['suite']:.2f} -> {last['suite']:.2f} "
+            f"(chance {e['chance']['suite']:.2f}{_level_words(e['no_skill']['suite'])}, "
             f"{e['classes']['suite']['size']}); gap world - suite by size, smallest first: {gaps}")
 
 
@@ -469,7 +495,7 @@ def learning_curves(records: list[dict]) -> list[dict[str, Any]]:
                 continue
             floor = _reference(recs, key, "skill_floor") if metric == "loss" else None
             base = _reference(recs, key, "skill_baseline") if metric == "loss" else None
-            c = _classify([p[:3] for p in pts], metric, _chance(recs, key, metric), floor, base)
+            c = _classify([p[:3] for p in pts], metric, _level(recs, key, metric), floor, base)
             flops = dict((p[0], p[3]) for p in pts)
             c["break_step"] = c.get("break_x")
             c["break_flops"] = flops.get(c["break_step"]) if c["break_step"] is not None else None

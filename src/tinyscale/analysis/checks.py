@@ -3,8 +3,10 @@
     loss_below_floor        a skill's loss below its floor (the generator's own surprisal, the best any
                             model can do on average) by more than 3 standard errors, at any evaluated
                             checkpoint of any run
-    accuracy_below_chance   a multiple-choice accuracy below its exact chance level (1 / options) with a
-                            one-sided binomial p-value under 0.00135 (3 standard deviations)
+    accuracy_below_chance   a multiple-choice accuracy below its exact chance level (1 / options), and
+                            below what an untrained model scores where that is lower (it picks the
+                            options of fewest tokens: evaluate/probes.py's no_skill), with a one-sided
+                            binomial p-value under 0.00135 (3 standard deviations)
     fit_out_of_range        a fitted exponent <= 0 or above 3, or an irreducible loss E < 0 or above the
                             smallest loss the fit was given
     completion_past_context a story completion whose prompt + completion tokens exceed the context the
@@ -75,20 +77,24 @@ def _excess(r: dict, skill: str, loss: float, floor: float) -> tuple[float, floa
 
 
 def chance_checks(records: list[dict]) -> list[dict[str, Any]]:
-    """Multiple-choice accuracies below their exact chance level beyond binomial noise."""
+    """Multiple-choice accuracies below their exact chance level beyond binomial noise. Where options
+    differ in length an untrained model already scores below chance on a suite whose answers are the
+    longer options, so the bar is the lower of chance and that level."""
     out = []
     for r in records:
         for suite, p in (r.get("probes") or {}).items():
-            acc, chance, n = p.get("mc"), p.get("chance"), p.get("n")
+            acc, chance, n, untrained = p.get("mc"), p.get("chance"), p.get("n"), p.get("no_skill")
             if acc is None or not chance or not isinstance(n, int) or n < 1:
                 continue
+            bar = chance if untrained is None else min(chance, untrained)
             k = round(acc * n)
-            pval = float(binom.cdf(k, n, chance))
+            pval = float(binom.cdf(k, n, bar)) if bar > 0 else 1.0
             if pval < P_LIMIT:
                 where = f"run {r['run']} step {r.get('step')} suite {suite}"
+                also = "" if untrained is None else f" and the untrained level {untrained:.3f}"
                 out.append(_violation("accuracy_below_chance", where, f"{where}: multiple-choice accuracy "
-                                      f"{acc:.3f} ({k}/{n}) is below chance {chance:.3f} (binomial p = {pval:.1e})",
-                                      accuracy=acc, chance=chance, n=n, p=pval))
+                                      f"{acc:.3f} ({k}/{n}) is below chance {chance:.3f}{also} (binomial p = {pval:.1e})",
+                                      accuracy=acc, chance=chance, no_skill=untrained, n=n, p=pval))
     return out
 
 

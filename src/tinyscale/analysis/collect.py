@@ -14,7 +14,8 @@ A record is one run at one checkpoint, a flat dict:
     skill_gap, skill_gap_se, skill_gap_hi      loss - baseline over the tokens with a baseline, its
                                               standard error and the upper end of its 95% interval
     probes       {suite: {"mc", "mc_lo", "mc_hi", "exact", "exact_lo", "exact_hi",
-                          "prob", "prob_se", "chance", "n", "p_choice", "logp", "cut",
+                          "prob", "prob_se", "chance", "no_skill" (an untrained model's mc), "n",
+                          "p_choice", "logp", "cut",
                           "mc_same_length" (+ _lo, _hi: over probes with equal-length options)}}
     world_probes {suite: the same fields}     the story world's in-distribution sets (evaluate/results.py)
     final                                     True for the last checkpoint of the run
@@ -76,7 +77,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def _probe_summary(s: dict[str, Any]) -> dict[str, Any]:
     """One suite of an eval result -> the flat probe fields of a record."""
-    out: dict[str, Any] = {"chance": _num(s.get("chance")), "n": s.get("n")}
+    out: dict[str, Any] = {"chance": _num(s.get("chance")), "no_skill": _num(s.get("no_skill")), "n": s.get("n")}
+    if out["no_skill"] is None:  # results written before it was recorded: their items hold the token counts
+        out["no_skill"] = _no_skill_of_items(s.get("items") or [])
     for metric in ("mc", "exact", "mc_same_length"):
         r = s.get(metric) or {}
         out[metric], out[f"{metric}_lo"], out[f"{metric}_hi"] = _num(r.get("acc")), _num(r.get("lo")), _num(r.get("hi"))
@@ -89,6 +92,15 @@ def _probe_summary(s: dict[str, Any]) -> dict[str, Any]:
     out["prob_se"] = _se_of_mean([it.get("p") for it in items])
     out["logprob_se"] = _se_of_mean([it.get("logp") for it in items])
     return out
+
+
+def _no_skill_of_items(items: list[dict]) -> float | None:
+    """evaluate/probes.py's no_skill (an untrained model's expected accuracy) from the items' option
+    token counts, or None where an item lacks them."""
+    from tinyscale.evaluate.probes import no_skill
+
+    levels = [no_skill(it.get("tokens") or ()) for it in items]
+    return None if not levels or None in levels else sum(levels) / len(levels)
 
 
 def _se_of_mean(values: list[Any]) -> float | None:

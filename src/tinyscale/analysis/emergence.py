@@ -14,7 +14,7 @@ curve with no known bound is fitted as a straight line of y on log(x).
 With "beyond noise" meaning more than Z = 2 standard deviations, the rules, tried in this order:
 
     flat             the points are consistent with one constant (chi-square, p > 0.01), or every
-                     point is within the noise of chance ("too hard")
+                     point is within the noise of chance or the untrained level ("too hard")
     learned_prior    a loss with a no-skill baseline that is never below it beyond noise: the model
                      learned what a reader without the skill can know, not the skill
     u_shaped         an interior minimum (or maximum) beyond noise below (above) both ends, each arm
@@ -118,7 +118,7 @@ class _Curve:
     st: np.ndarray
     reference: float | None  # chance or no-skill baseline, oriented like y
     trend: str               # how t was made, for the reason text
-    ref_name: str = ""       # "chance level" or "no-skill baseline"
+    ref_name: str = ""       # "chance level", "untrained level" (multiple choice) or "no-skill baseline" (a loss)
     best: float | None = None  # the best value t is measured from (None: t = -y)
 
 
@@ -235,10 +235,12 @@ def _prepare(x: Any, y: Any, noise: Any, chance: float | None) -> tuple[np.ndarr
 
 def classify_curve(x: Any, y: Any, *, chance: float | None = None, baseline: float | None = None,
                    floor: float | None = None, noise: Any = None, higher_is_better: bool = True,
-                   ceiling: float = 1.0) -> Classification:
+                   ceiling: float = 1.0, chance_name: str = "chance level") -> Classification:
     """Classify y(x) into one of CLASSES (or INSUFFICIENT with fewer than 3 distinct finite x > 0).
 
-    chance: the chance level of an accuracy-like metric ("near" it is two-sided).
+    chance: the chance level of an accuracy-like metric ("near" it is two-sided), or the level a model
+        without the skill scores where that differs (multiple choice by summed log-probability:
+        evaluate/probes.py's no_skill), named by chance_name in the reasons.
     baseline: the no-skill baseline of a loss (lower is better).
     floor: the lowest possible value of a loss (its true surprisal; default 0 when every y > 0).
     noise: per-point standard deviation (scalar, array, or bootstrap samples of shape (n_boot, n)).
@@ -257,7 +259,7 @@ def classify_curve(x: Any, y: Any, *, chance: float | None = None, baseline: flo
         baseline = None if baseline is None else -baseline
     t, st, trend, best = _trend_coords(y, sigma, best)
     reference = chance if chance is not None else baseline
-    ref_name = "chance level" if chance is not None else "no-skill baseline"
+    ref_name = chance_name if chance is not None else "no-skill baseline"
     c = _Curve(x, y, sigma, np.log(x), t, st, reference, trend, ref_name, best)
     diag = _diagnostics(c, higher_is_better)
     return (_flat(c, chance, ceiling, diag) or _prior(c, baseline, diag) or _u_shape(c, diag)
@@ -286,7 +288,7 @@ def _flat(c: _Curve, chance: float | None, ceiling: float, diag: dict) -> Classi
     if chance is not None:
         tol = np.maximum(Z * c.sigma, CHANCE_MARGIN * abs(ceiling - chance))
         if np.all(np.abs(c.y - chance) <= tol):  # two-sided: a dip below chance is not "at chance"
-            return Classification("flat", "every point is within the noise of chance", diag)
+            return Classification("flat", f"every point is within the noise of its {c.ref_name}", diag)
     return None
 
 

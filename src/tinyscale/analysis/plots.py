@@ -230,7 +230,7 @@ def probes_in_out(records: list[dict], path: str | Path, size_key: str = "non_em
     """Multiple-choice accuracy of the story world's own probe sets (in distribution) and of the
     hand-written suites (new phrasing), per suite: over model size (final checkpoints, 95% Wilson
     intervals) and over training compute (every evaluated checkpoint, one line per run), each with
-    its exact chance level."""
+    its exact chance level (dotted) and an untrained model's accuracy (dashed)."""
     both = [r for r in records if r.get("world_probes") and r["probes"] and r.get("flops")]
     suites = sorted({s for r in both for s in r["world_probes"]} & {s for r in both for s in r["probes"]})
     if not suites:
@@ -248,10 +248,13 @@ def probes_in_out(records: list[dict], path: str | Path, size_key: str = "non_em
                 run = sorted(run, key=lambda r: r["flops"])
                 bottom.plot([r["flops"] for r in run], [_value(r[key][suite], "mc") for r in run], style, ms=3,
                             color=color, alpha=0.35 + 0.65 * (i + 1) / len(_by_run(rs)), label=label if i == 0 else None)
-            chance = rs[0][key][suite].get("chance")
+            chance, untrained = rs[0][key][suite].get("chance"), rs[0][key][suite].get("no_skill")
             for ax in (top, bottom):
                 if chance is not None:
                     ax.axhline(chance, color=color, ls=":", lw=1, label=f"chance {chance:.2f}" if ax is top else None)
+                if untrained is not None:  # an untrained model's accuracy (evaluate/probes.py's no_skill)
+                    ax.axhline(untrained, color=color, ls=(0, (6, 3)), lw=0.8, alpha=0.6,
+                               label=f"untrained {untrained:.2f}" if ax is top else None)
         for ax, xlabel in ((top, size_key.replace("_", "-").replace("params", "parameters")),
                            (bottom, "training FLOPs (each run's checkpoints)")):
             _log_axis(ax.xaxis)
@@ -275,7 +278,8 @@ def repeat_task(records: list[dict], path: str | Path, size_key: str = "non_embe
     """The U-shaped task ("repeat after me"): multiple-choice accuracy of the composite and its parts
     over model size (final checkpoints, 95% Wilson intervals; with the analysis's `task`, the mean
     over seeds with its interval over seeds and items, and each seed as a dot) and over training
-    compute (every evaluated checkpoint, one line per run), with their exact chance level."""
+    compute (every evaluated checkpoint, one line per run), with their exact chance level (dotted) and
+    each set's untrained accuracy (dashed, in the set's colour)."""
     recs = [r for r in records if any(s in (r.get("world_probes") or {}) for s in REPEAT_STYLES)]
     if not recs:
         return None
@@ -297,10 +301,16 @@ def repeat_task(records: list[dict], path: str | Path, size_key: str = "non_embe
             bottom.plot([r["flops"] for r in pts], [_value(r["world_probes"][name], "mc") for r in pts], style, ms=3,
                         color=color, alpha=0.35 + 0.65 * (i + 1) / len(runs), label=label if i == 0 else None)
     chances = {r["world_probes"][s]["chance"] for r in recs for s in REPEAT_STYLES if s in r["world_probes"]}
+    untrained = {s: next((r["world_probes"][s].get("no_skill") for r in recs if s in r["world_probes"]), None)
+                 for s in REPEAT_STYLES if s in ("repeat", "repeat_copy", "repeat_familiar")}  # one per colour
     for ax, xlabel in ((top, size_key.replace("_", "-").replace("params", "parameters")),
                        (bottom, "training FLOPs (each run's checkpoints)")):
         for c in sorted(x for x in chances if x is not None):
             ax.axhline(c, color="gray", ls=":", lw=1, label=f"chance {c:.2f}" if ax is top else None)
+        for name, level in untrained.items():
+            if level is not None:
+                ax.axhline(level, color=REPEAT_STYLES[name][1], ls=(0, (6, 3)), lw=0.8, alpha=0.6,
+                           label=f"untrained {level:.2f}" if ax is top else None)
         _log_axis(ax.xaxis)
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel(xlabel, fontsize=8)

@@ -59,6 +59,11 @@ def _macros() -> Any:
     return _env().get_template("report/macros.html").module
 
 
+def _acc(v: float | None) -> str:
+    """An accuracy to two decimals, or a dash where it was not measured (older eval results)."""
+    return "—" if v is None else f"{v:.2f}"
+
+
 def _num(v: Any, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
@@ -513,7 +518,8 @@ def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, 
         return _nodata("No in-distribution probe results: `tinyscale eval` scores the story world's own probe "
                        "sets when a run's data is the story world.")
     rows = [[e["suite"], _num(r["size"]), f"{r['world']:.2f}", _num(r.get("world_same_length"), 2),
-             f"{r['suite']:.2f}", f"{r['gap']:+.2f}", f"{e['chance']['world']:.2f} / {e['chance']['suite']:.2f}"]
+             f"{r['suite']:.2f}", f"{r['gap']:+.2f}", f"{e['chance']['world']:.2f} / {e['chance']['suite']:.2f}",
+             f"{_acc((e.get('no_skill') or {}).get('world'))} / {_acc((e.get('no_skill') or {}).get('suite'))}"]
             for e in entries for r in e["rows"]]
     classes = [[e["suite"], *(e["classes"][f][a] or "—" for f in ("world", "suite") for a in ("size", "compute"))]
                for e in entries]
@@ -528,7 +534,7 @@ def _repeat_section(records: list[dict], analysis: dict, plot_dir: Path, size_ke
     task = analysis.get("repeat_task")
     if not task:
         return _nodata("No \"repeat after me\" results: `tinyscale eval` scores them when a run's data is the story world.")
-    rows = [_repeat_row(name, p, s["chance"]) for name, s in task["sets"].items() for p in s["points"]
+    rows = [_repeat_row(name, p, s["chance"], s.get("no_skill")) for name, s in task["sets"].items() for p in s["points"]
             if p.get("mc") is not None]
     classes = [[name, *(s["classes"].get(a, {}).get(m) or "—" for a in ("size", "compute") for m in ("mc", "logprob"))]
                for name, s in task["sets"].items()]
@@ -536,7 +542,7 @@ def _repeat_section(records: list[dict], analysis: dict, plot_dir: Path, size_ke
                    png=_b64(plots.repeat_task(records, plot_dir / "repeat.png", size_key, task)))
 
 
-def _repeat_row(name: str, p: dict, chance: float) -> list:
+def _repeat_row(name: str, p: dict, chance: float, untrained: float | None) -> list:
     """One set at one size: the mean over seeds with its 95% interval over seeds and items (where
     the analysis has the seeds; else the items' Wilson interval), each seed's value, log p(answer)."""
     lo, hi = (p.get("seed_lo"), p.get("seed_hi")) if p.get("seeds") else (p.get("mc_lo"), p.get("mc_hi"))
@@ -544,7 +550,7 @@ def _repeat_row(name: str, p: dict, chance: float) -> list:
                                      if p.get("logprob_lo") is not None else "")
     per_seed = ", ".join(f"{v:.2f}" for v in p.get("mc_per_seed") or [])
     return [name, _num(p["size"]), p.get("seeds", 1), f"{p['mc']:.2f} [{_num(lo, 2)}, {_num(hi, 2)}]", per_seed or "—",
-            lp, f"{chance:.2f}"]
+            lp, f"{chance:.2f}", _acc(untrained)]
 
 
 # --- tables for the terminal ------------------------------------------------------------------

@@ -416,30 +416,36 @@ def eval_tables(results: dict[int, dict]) -> list:
 
     suites = list(first["probes"])
     if suites:
-        chance = "  ".join(f"{n} {first['probes'][n]['chance']:.2f}" for n in suites)
+        chance = "  ".join(f"{n} {_levels(first['probes'][n])}" for n in suites)
         for metric, title in (("mc", "multiple-choice accuracy [95% Wilson interval]"),
                               ("exact", "exact match of the greedy continuation [95% Wilson interval]"),
                               ("p_answer", "mean probability of the right answer")):
-            t = _table(title + (f" (chance: {chance})" if metric == "mc" else ""), "step",
+            t = _table(title + (f" (chance, untrained: {chance})" if metric == "mc" else ""), "step",
                        [f"{n} (n={first['probes'][n]['n']})" for n in suites])
             for s in steps:
                 rows = [results[s]["probes"][n] for n in suites]
                 t.add_row(_step(results[s]), *[_f(r[metric]) if metric == "p_answer" else _ci(r[metric])
                                                for r in rows])
             tables.append(t)
-        t = _table("multiple-choice accuracy by kind and by phrasing style", "suite / group (n, chance)",
+        t = _table("multiple-choice accuracy by kind and by phrasing style", "suite / group (n, chance, untrained)",
                    [str(s) for s in steps])
         for name in suites:
             summary = first["probes"][name]
             groups = [(field, g) for field in ("kind", "style") for g in summary[f"by_{field}"]]
             for i, (field, g) in enumerate(groups):
                 row = summary[f"by_{field}"][g]
-                t.add_row(f"{name} / {g} ({row['n']}, {row['chance']:.2f})",
+                t.add_row(f"{name} / {g} ({row['n']}, {_levels(row)})",
                           *[f"{results[s]['probes'][name][f'by_{field}'][g]['mc']['acc']:.2f}" for s in steps],
                           end_section=i == len(groups) - 1)
         tables.append(t)
     world = _world_table(results)
     return tables + ([world] if world is not None else [])
+
+
+def _levels(summary: dict) -> str:
+    """A probe set's chance and, where recorded, an untrained model's accuracy (probes.py's no_skill)."""
+    untrained = summary.get("no_skill")
+    return f"{summary['chance']:.2f}" + ("" if untrained is None else f", {untrained:.2f}")
 
 
 def _world_table(results: dict[int, dict]):
@@ -451,8 +457,8 @@ def _world_table(results: dict[int, dict]):
     if not names:
         return None
     t = _table("multiple-choice accuracy: in-distribution (story world) / hand-written suite (new phrasing)",
-               "step", [f"{n} (chance {first['world_probes'][n]['chance']:.2f}"
-                        + (f" / {first['probes'][n]['chance']:.2f})" if n in first["probes"] else ")")
+               "step", [f"{n} (chance, untrained {_levels(first['world_probes'][n])}"
+                        + (f" / {_levels(first['probes'][n])})" if n in first["probes"] else ")")
                         for n in names])
     for s in steps:
         r = results[s]
