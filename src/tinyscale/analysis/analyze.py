@@ -255,15 +255,9 @@ def _level(records: list[dict], row: str, metric: str) -> tuple[float | None, st
     return None, "chance level"
 
 
-def _chance(records: list[dict], row: str) -> float | None:
-    """A probe set's chance level (1 / options, averaged over its items), for display."""
-    return next((r["probes"][row]["chance"] for r in records if (r["probes"].get(row) or {}).get("chance") is not None),
-                None)
-
-
-def _no_skill(records: list[dict], row: str) -> float | None:
-    return next((r["probes"][row]["no_skill"] for r in records
-                 if (r["probes"].get(row) or {}).get("no_skill") is not None), None)
+def _probe_field(records: list[dict], row: str, field: str) -> float | None:
+    """A probe set's `chance` or `no_skill` (the data's, the same in every run that measured it)."""
+    return next((v for r in records if (v := (r["probes"].get(row) or {}).get(field)) is not None), None)
 
 
 def _reference(records: list[dict], skill: str, field: str) -> float | None:
@@ -379,7 +373,7 @@ def repeat_task(records: list[dict], size_key: str = "non_embedding_params", run
     sets = {}
     for e in rows:
         name = e["suite"]
-        s = sets.setdefault(name, {"chance": _chance(world, name), "no_skill": _no_skill(world, name), "classes": {},
+        s = sets.setdefault(name, {"chance": _probe_field(world, name, "chance"), "no_skill": _probe_field(world, name, "no_skill"), "classes": {},
                                    "points": []})
         s["classes"][e["axis"]] = {m: c["label"] for m, c in e["metrics"].items()}
     for name, s in sets.items():
@@ -451,8 +445,8 @@ def probes_in_out(records: list[dict], size_key: str = "non_embedding_params") -
                                          else compute_curve(recs, name, "mc"), "mc", _level(recs, name, "mc"))
                          for axis in ("size", "compute")} for fam, recs in fams.items()}
         entry = {"suite": name, "skill": SUITE_SKILL.get(name),
-                 "chance": {fam: _chance(recs, name) for fam, recs in fams.items()},
-                 "no_skill": {fam: _no_skill(recs, name) for fam, recs in fams.items()}, "rows": rows,
+                 "chance": {fam: _probe_field(recs, name, "chance") for fam, recs in fams.items()},
+                 "no_skill": {fam: _probe_field(recs, name, "no_skill") for fam, recs in fams.items()}, "rows": rows,
                  "classes": {fam: {axis: c["label"] for axis, c in v.items()} for fam, v in classes.items()}}
         entry["sentence"] = _in_out_sentence(entry)
         out.append(entry)
