@@ -416,18 +416,18 @@ def eval_tables(results: dict[int, dict]) -> list:
 
     suites = list(first["probes"])
     if suites:
-        chance = "  ".join(f"{n} {_levels(first['probes'][n])}" for n in suites)
+        chance = "; ".join(f"{n} {_levels(first['probes'][n])}" for n in suites)
         for metric, title in (("mc", "multiple-choice accuracy [95% Wilson interval]"),
                               ("exact", "exact match of the greedy continuation [95% Wilson interval]"),
                               ("p_answer", "mean probability of the right answer")):
-            t = _table(title + (f" (chance, untrained: {chance})" if metric == "mc" else ""), "step",
+            t = _table(title + (f" ({chance})" if metric == "mc" else ""), "step",
                        [f"{n} (n={first['probes'][n]['n']})" for n in suites])
             for s in steps:
                 rows = [results[s]["probes"][n] for n in suites]
                 t.add_row(_step(results[s]), *[_f(r[metric]) if metric == "p_answer" else _ci(r[metric])
                                                for r in rows])
             tables.append(t)
-        t = _table("multiple-choice accuracy by kind and by phrasing style", "suite / group (n, chance, untrained)",
+        t = _table("multiple-choice accuracy by kind and by phrasing style", "suite / group (items, levels)",
                    [str(s) for s in steps])
         for name in suites:
             summary = first["probes"][name]
@@ -445,7 +445,7 @@ def eval_tables(results: dict[int, dict]) -> list:
 def _levels(summary: dict) -> str:
     """A probe set's chance and, where recorded, an untrained model's accuracy (probes.py's no_skill)."""
     untrained = summary.get("no_skill")
-    return f"{summary['chance']:.2f}" + ("" if untrained is None else f", {untrained:.2f}")
+    return f"chance {summary['chance']:.2f}" + ("" if untrained is None else f", untrained {untrained:.2f}")
 
 
 def _world_table(results: dict[int, dict]):
@@ -457,7 +457,7 @@ def _world_table(results: dict[int, dict]):
     if not names:
         return None
     t = _table("multiple-choice accuracy: in-distribution (story world) / hand-written suite (new phrasing)",
-               "step", [f"{n} (chance, untrained {_levels(first['world_probes'][n])}"
+               "step", [f"{n} ({_levels(first['world_probes'][n])}"
                         + (f" / {_levels(first['probes'][n])})" if n in first["probes"] else ")")
                         for n in names])
     for s in steps:
