@@ -72,6 +72,10 @@ def test_only_vector_isa_flags_key_the_cache(tmp_path):
     assert cpu.cache_name(same, "native", flags) == cpu.cache_name(laptop, "native", flags)
     # other compiler flags, another build
     assert cpu.cache_name(laptop, "native", ["-O2", "-march=native"]) != cpu.cache_name(laptop, "native", flags)
+    # another install of the package (its sources elsewhere), another build: sharing one, each
+    # rebuilt it whenever the other loaded, and the other's processes waited meanwhile
+    assert (cpu.cache_name(laptop, "native", flags, "/a/tinyscale/kernels")
+            != cpu.cache_name(laptop, "native", flags, "/b/tinyscale/kernels"))
 
 
 def test_two_cpus_sharing_a_cache_load_different_builds(tmp_path, monkeypatch, fresh, fake_build):

@@ -3,10 +3,10 @@
 Built at first use rather than at install: building at install time would make pip build the
 package against a torch inside an isolated build environment (a download of several GB, and
 possibly a different torch from the one that runs it). `torch.utils.cpp_extension.load` compiles
-against the torch that is running, once per machine and instruction set (~30-60 s), into
+against the torch that is running, once per machine, instruction set and install (~30-60 s), into
 `TORCH_EXTENSIONS_DIR` (default ~/.cache/torch_extensions), under a name that carries a hash of the
-CPU's vector-ISA flags and the compiler flags (cpu.py), so a shared cache never hands one CPU a
-binary built for another. Where simd.h has no vector path for the CPU, the kernels are used only if
+CPU's vector-ISA flags, the compiler flags and the sources' folder (cpu.py), so a shared cache never
+hands one CPU a binary built for another, nor makes two installs rebuild each other's. Where simd.h has no vector path for the CPU, the kernels are used only if
 they measure faster than PyTorch (choice.py). Any failure to build or load them (no compiler, a
 missing file, a broken binary) leaves callers on their PyTorch paths, with one line saying why;
 `TINYSCALE_KERNELS=on|off` (or `TINYSCALE_NO_KERNELS=1`) forces the choice.
@@ -91,7 +91,7 @@ def cpu_kernels() -> ModuleType | None:
     plat = cpu.detect()
     tag, arch = cpu.arch_flags(plat)
     cflags = [*CFLAGS, *arch]
-    module = build(cpu.cache_name(plat, tag, cflags), cflags)
+    module = build(cpu.cache_name(plat, tag, cflags, str(HERE)), cflags)
     if module is None or how == "on" or cpu.has_vector_path(plat, arch):
         return module
     return module if _wins(module) else None

@@ -101,7 +101,10 @@ def has_vector_path(plat: Platform, arch: list[str]) -> bool:
     return "-march=native" in arch and VECTOR_PATH_FLAGS <= plat.features
 
 
-def cache_name(plat: Platform, tag: str, cflags: list[str]) -> str:
-    """tinyscale_cpu_<tag>_<hash of the machine, its vector-ISA flags and the compiler flags>."""
-    key = "\n".join([plat.machine, " ".join(sorted(plat.features)), " ".join(cflags)])
+def cache_name(plat: Platform, tag: str, cflags: list[str], folder: str = "") -> str:
+    """tinyscale_cpu_<tag>_<hash of the machine, its vector-ISA flags, the compiler flags and the
+    sources' folder>. The folder because the builder's commands name the sources by path: two
+    installs sharing one build folder (a checkout and a clone, two environments) rebuilt it each
+    time the other loaded (~40 s), while every other process of either waited on its lock."""
+    key = "\n".join([plat.machine, " ".join(sorted(plat.features)), " ".join(cflags), folder])
     return f"tinyscale_cpu_{tag}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
