@@ -161,3 +161,25 @@ def test_missing_run_and_empty_eval(tmp_path):
     with pytest.raises(UserError, match="run folder not found"):
         evaluate_run(tmp_path / "nope")
     assert load_eval(tmp_path) == {}
+
+
+def test_tables_to_a_file_or_pipe_keep_their_headers(capsys, monkeypatch):
+    """Redirected (`tinyscale eval RUN > eval.txt`, a sweep's logs), a table is printed at its natural
+    width up to progress.WIDE_TABLE columns, its headers wrapped past that, never cut to "repe…"
+    as at rich's default 80 columns."""
+    from rich.table import Table
+
+    from tinyscale.progress import WIDE_TABLE, print_product
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    names = ["facts", "reasoning", "tracking", "grammar", "repeat", "repeat_ood", "repeat_copy",
+             "repeat_copy_ood", "repeat_familiar"]
+    t = Table(title="accuracy")
+    t.add_column("step")
+    for n in names:
+        t.add_column(f"{n} (chance 0.33, untrained 0.26)")
+    t.add_row("100", *["0.50"] * len(names))
+    print_product(t)
+    out = capsys.readouterr().out
+    assert "…" not in out and all(n in out for n in names)
+    assert max(len(line) for line in out.splitlines()) <= WIDE_TABLE

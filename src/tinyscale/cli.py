@@ -277,10 +277,10 @@ def _add_tokenize(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_tokenize(args: argparse.Namespace) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from tinyscale.data.tokenize import tokenize_corpus
+    from tinyscale.progress import print_product
 
     meta = tokenize_corpus(args.corpus, args.out, vocab_size=args.vocab_size, tokenizer_path=args.tokenizer,
                            overwrite=args.overwrite, workers=args.workers)
@@ -298,7 +298,7 @@ def _run_tokenize(args: argparse.Namespace) -> None:
     for k in meta["skills"]:
         skills.add_row(k, *(f"{info['skill_tokens'][k]:,} ({info['skill_tokens'][k] / info['tokens']:.1%})"
                             for info in splits.values()))
-    Console().print(table, skills)
+    print_product(table, skills)
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -574,6 +574,7 @@ def _run_analyze(args: argparse.Namespace) -> None:
     from tinyscale.analysis.analyze import analyze_csv, analyze_sweep
     from tinyscale.analysis.report import summary_tables
     from tinyscale.fileio import write_json
+    from tinyscale.progress import print_product
     from tinyscale.validate import check_output, check_writable, json_with
 
     if args.n_boot < 0:
@@ -599,8 +600,7 @@ def _run_analyze(args: argparse.Namespace) -> None:
     console = Console()
     for note in result.get("notes", []):
         console.print(note, markup=False)
-    for table in summary_tables(result):
-        console.print(table)
+    print_product(*summary_tables(result))
     where = [p for p in (None if args.csv else f"{args.sweep}/analysis.json", args.out) if p]
     if where:
         console.print(f"wrote {', '.join(where)}", markup=False)
@@ -679,6 +679,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 
     from tinyscale.evaluate import evaluate_run
     from tinyscale.evaluate.results import eval_tables
+    from tinyscale.progress import print_product
     from tinyscale.validate import run_lock
 
     if args.completions < 0:
@@ -694,10 +695,8 @@ def _run_eval(args: argparse.Namespace) -> None:
                                max_tokens=args.max_tokens or None, completions=args.completions,
                                samples=args.samples, temperature=args.temperature, seed=args.seed,
                                data_dir=args.data, world_probes=args.world_probes)
-    console = Console()
-    for table in eval_tables(results):
-        console.print(table)
-    console.print(f"wrote {len(results)} result(s) to {args.run}/eval/")
+    print_product(*eval_tables(results))
+    Console().print(f"wrote {len(results)} result(s) to {args.run}/eval/")
 
 
 def _add_judge(sub: argparse._SubParsersAction) -> None:
@@ -725,8 +724,6 @@ def _add_judge(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_judge(args: argparse.Namespace) -> None:
-    from rich.console import Console
-
     from tinyscale import progress
     from tinyscale.endpoint import Endpoint
     from tinyscale.evaluate.judge import JudgeSettings, judge_sweep, judge_table
@@ -738,7 +735,7 @@ def _run_judge(args: argparse.Namespace) -> None:
                              price_out=args.price_out)
     by_run = judge_sweep(args.run, ep, settings, args.checkpoints)
     for run, results in by_run.items():
-        Console().print(judge_table(results, str(run) if len(by_run) > 1 else None))
+        progress.print_product(judge_table(results, str(run) if len(by_run) > 1 else None))
         progress.info(f"wrote {len(results)} result(s) to {run}/eval/judge_<step>.json")
 
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 log = logging.getLogger("tinyscale")
 _enabled = False
+WIDE_TABLE = 200  # the widest a table printed to a file or pipe is made before its headers wrap
 # Libraries that log warnings by themselves (retries, deprecations): silenced to errors under -q.
 QUIET_LOGGERS = ("huggingface_hub", "datasets", "fsspec", "urllib3", "httpx", "openai", "filelock")
 
@@ -25,6 +26,25 @@ def _stderr_console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+def print_product(*renderables: Any) -> None:
+    """Rich tables on stdout (a command's product). A terminal fits them to its width; a file or a
+    pipe (`tinyscale eval RUN > eval.txt`, a sweep's logs) gets each at its natural width up to
+    WIDE_TABLE columns (headers wrap past it), where rich's default of 80 cut a nine-column table's
+    headers to "repe…". COLUMNS, if set, wins."""
+    import os
+    import sys
+
+    from rich.console import Console
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        Console().print(*renderables)
+        return
+    for r in renderables:
+        need = Console(width=10_000).measure(r) if hasattr(r, "__rich_measure__") else None
+        width = 80 if need is None else max(80, min(need.maximum, max(WIDE_TABLE, need.minimum)))
+        Console(width=width).print(r)
 
 
 def enable(verbose: bool = True) -> None:

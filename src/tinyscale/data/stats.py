@@ -191,10 +191,10 @@ def _count_skills(rec: dict, starts: list[int], skill_words: Counter[str], stori
 
 def print_stats(stats: dict[str, Any]) -> None:
     """Render the summary as rich tables on stdout."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from tinyscale.progress import print_product
+
     t = Table(title=f"corpus {stats['corpus']}", show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")
@@ -214,7 +214,7 @@ def print_stats(stats: dict[str, Any]) -> None:
     t.add_row("near-duplicate stories", f"{100 * stats['near_duplicate_share']:.2f}%")
     for split, share in stats["overlap_with_train"].items():
         t.add_row(f"{split} stories also in train", f"{100 * share:.2f}%")
-    console.print(t)
+    print_product(t)
 
     total_words = max(sum(stats["words_per_skill"].values()), 1)
     s = Table(title="skill labels (by words)")
@@ -223,7 +223,7 @@ def print_stats(stats: dict[str, Any]) -> None:
     for skill, n in stats["words_per_skill"].items():
         share = stats["stories_with_skill"].get(skill)
         s.add_row(skill, f"{n:,}", f"{100 * n / total_words:.2f}%", "" if share is None else f"{100 * share:.1f}%")
-    console.print(s)
+    print_product(s)
 
     total = max(stats["total_stories"], 1)
     for key, title in (("features", "features"), ("schemas", "schemas"), ("instruct_headers", "instruct headers")):
@@ -235,4 +235,4 @@ def print_stats(stats: dict[str, Any]) -> None:
         c.add_column("share", justify="right")
         for name, n in stats[key].items():
             c.add_row(name, f"{n:,}", f"{100 * n / total:.1f}%")
-        console.print(c)
+        print_product(c)
