@@ -6,10 +6,11 @@ possibly a different torch from the one that runs it). `torch.utils.cpp_extensio
 against the torch that is running, once per machine, instruction set and install (~30-60 s), into
 `TORCH_EXTENSIONS_DIR` (default ~/.cache/torch_extensions), under a name that carries a hash of the
 CPU's vector-ISA flags, the compiler flags and the sources' folder (cpu.py), so a shared cache never
-hands one CPU a binary built for another, nor makes two installs rebuild each other's. Where simd.h has no vector path for the CPU, the kernels are used only if
-they measure faster than PyTorch (choice.py). Any failure to build or load them (no compiler, a
-missing file, a broken binary) leaves callers on their PyTorch paths, with one line saying why;
-`TINYSCALE_KERNELS=on|off` (or `TINYSCALE_NO_KERNELS=1`) forces the choice.
+hands one CPU a binary built for another, nor makes two installs rebuild each other's. Where simd.h
+has no vector path for the CPU, the kernels are used only if they measure faster than PyTorch
+(choice.py). Any failure to build or load them (no compiler, a missing file, a broken binary)
+leaves callers on their PyTorch paths, with one line saying why; `TINYSCALE_KERNELS=on|off` (or
+`TINYSCALE_NO_KERNELS=1`) forces the choice.
 """
 
 from __future__ import annotations
