@@ -370,3 +370,5 @@ def test_the_untrained_level_is_read_from_older_results_items():
     items = [{"tokens": [1, 2, 2]}, {"tokens": [2, 1, 1]}, {"tokens": [1, 1, 3]}]
     assert _probe_summary({"chance": 1 / 3, "n": 3, "items": items})["no_skill"] == pytest.approx(0.5)
     assert _probe_summary({"chance": 1 / 3, "n": 1, "items": [{"tokens": []}]})["no_skill"] is None
+    for bad in ("12", [1, "2"], None, [[1]]):  # not token counts: no level, no traceback
+        assert _probe_summary({"chance": 1 / 3, "n": 1, "items": [{"tokens": bad}]})["no_skill"] is None

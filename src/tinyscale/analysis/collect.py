@@ -99,8 +99,11 @@ def _no_skill_of_items(items: list[dict]) -> float | None:
     token counts, or None where an item lacks them."""
     from tinyscale.evaluate.probes import no_skill
 
-    levels = [no_skill(it.get("tokens") or ()) for it in items]
-    return None if not levels or None in levels else sum(levels) / len(levels)
+    counts = [it.get("tokens") for it in items]
+    if not counts or not all(isinstance(c, list) and c and all(isinstance(n, int) for n in c) for c in counts):
+        return None  # missing or not token counts (a hand-edited file): chance stays the reference
+    levels = [no_skill(c) for c in counts]
+    return sum(levels) / len(levels)
 
 
 def _se_of_mean(values: list[Any]) -> float | None:
