@@ -19,6 +19,7 @@ from tinyscale.evaluate.probes import (
     read_suite,
     score_probes,
     summarize,
+    trigram_choices,
     wilson,
 )
 
@@ -152,6 +153,27 @@ def test_the_no_skill_level_is_what_a_model_that_learned_nothing_scores():
     # The uniform model wins exactly the probes whose answer is the one shortest option (exact ties
     # count as wrong), so it scores 2 of 7 with chance at 1/3 of each.
     assert [i["mc"] for i in out["items"]] == [lv == 1.0 for lv in levels]
+
+
+def test_the_corpus_trigram_level_is_what_local_statistics_alone_choose():
+    """The trigram of the training corpus picks by the same summed log-probability from the two tokens
+    before each one: it wins where those decide (p1, p3) and loses where the answer depends on a word
+    further back (p2: "dog ... sat on" ends with "mat" in the corpus, but "sat on" alone says "bed")."""
+    import numpy as np
+
+    from tinyscale.data.ngram import Trigram
+
+    text = "the cat sat on bed . " * 3 + "the dog sat on mat . " + "the dog sat . "
+    corpus = np.array([ID[w] for w in ("<eot> " + text).split()])
+    choices = trigram_choices(PROBES, Trigram(corpus, len(VOCAB)), codec(), max_len=16)
+    assert choices["p1"] and not choices["p2"] and choices["p3"]
+    out = summarize(PROBES, score_probes(Bigram(), PROBES, codec(), max_len=16), choices)
+    assert [i["trigram"] for i in out["items"]] == [choices[p.id] for p in PROBES]
+    assert out["trigram"] == pytest.approx(sum(choices.values()) / len(PROBES))
+    assert out["by_style"]["novel"]["trigram"] == pytest.approx((choices["p2"] + choices["p4"]) / 2)
+    # without a corpus (no train split) the level is not known, and says so
+    plain = summarize(PROBES, score_probes(Bigram(), PROBES, codec(), max_len=16))
+    assert plain["trigram"] is None and all(i["trigram"] is None for i in plain["items"])
 
 
 def test_a_prompt_longer_than_the_context_is_refused_or_cut_only_when_asked():

@@ -135,6 +135,11 @@ def test_eval_writes_both_families_within_the_trained_context(world_run):
         assert s["n"] == 6 and 0 <= s["mc"]["acc"] <= 1
         assert s["chance"] == pytest.approx(sum(i["chance"] for i in s["items"]) / 6)
         assert all(i["chance"] == pytest.approx(1 / len(i["logps"])) and i["logp_norm"] <= 0 for i in s["items"])
+    # the corpus trigram's choice on every item, beside chance, for both families
+    assert r["settings"]["trigram_tokens"] > 0
+    for s in [*r["world_probes"].values(), r["probes"]["facts"]]:
+        assert all(isinstance(i["trigram"], bool) for i in s["items"])
+        assert s["trigram"] == pytest.approx(sum(i["trigram"] for i in s["items"]) / s["n"])
     # story prompts are longer than 128 tokens: kept to their last tokens, and counted
     assert sum(s["cut"] for s in r["world_probes"].values()) > 0
     assert load_eval(world_run)[5]["world_probes"]["facts"]["n"] == 6
@@ -183,6 +188,25 @@ def make_probe_sweep(root):
             "probes": {"facts": _family(0.30 + 0.01 * (rank % 2), 0.25)},
             "world_probes": {"facts": _family([0.28, 0.30, 0.80, 0.95][rank], 0.27)}, "completions": []}))
     return sweep
+
+
+def test_the_largest_model_is_set_against_the_corpus_trigram(tmp_path):
+    """The trigram level (local statistics alone) is carried into the analysis, and the largest
+    model is placed above, level with or below it by its 95% interval."""
+    from tinyscale.analysis.analyze import analyze_sweep, versus_level
+
+    sweep = make_probe_sweep(tmp_path)
+    for path in (sweep / "runs").glob("*/eval/100.json"):
+        result = json.loads(path.read_text())
+        result["world_probes"]["facts"]["trigram"], result["probes"]["facts"]["trigram"] = 0.90, 0.20
+        path.write_text(json.dumps(result))
+    (entry,) = analyze_sweep(sweep, n_boot=10)["probes_in_out"]
+    assert entry["trigram"] == {"world": 0.90, "suite": 0.20}
+    # 0.95 in distribution with an interval of +-0.09 is level with 0.90; the suite's 0.31 is above 0.20
+    assert entry["largest_vs_trigram"] == {"world": "level with", "suite": "above"}
+    assert "trigram 0.90" in entry["sentence"] and "the largest model level with the trigram" in entry["sentence"]
+    assert versus_level(0.5, 0.01, 0.6) == "below" and versus_level(0.5, None, 0.4) == "above"
+    assert versus_level(0.5, 0.01, None) is None
 
 
 def test_analysis_states_the_gap_and_the_report_draws_both(tmp_path):

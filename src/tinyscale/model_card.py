@@ -72,7 +72,8 @@ def _probes(result: dict | None) -> dict[str, dict[str, Any]]:
         for suite, r in ((result or {}).get(family) or {}).items():
             mc = r.get("mc") or {}
             out[f"{family}/{suite}"] = {"acc": mc.get("acc"), "lo": mc.get("lo"), "hi": mc.get("hi"),
-                                        "n": mc.get("n"), "chance": r.get("chance"), "untrained": r.get("no_skill")}
+                                        "n": mc.get("n"), "chance": r.get("chance"), "untrained": r.get("no_skill"),
+                                        "trigram": r.get("trigram")}
     return out
 
 
@@ -143,11 +144,14 @@ def _probe_lines(f: dict[str, Any]) -> list[str]:
     if not f["probes"]:
         return [f"Probe accuracies: {MISSING} (no eval file at step {f['step']}; run `tinyscale eval`)."]
     return ["Multiple-choice accuracy with its 95% Wilson interval (eval file):", "",
-            "| suite | accuracy | interval | items | chance | untrained model |", "|---|---|---|---|---|---|",
+            "| suite | accuracy | interval | items | chance | untrained model | corpus trigram |",
+            "|---|---|---|---|---|---|---|",
             *(f"| {s} | {_n(r['acc'], '.3f')} | {_n(r['lo'], '.3f')}-{_n(r['hi'], '.3f')} | {_n(r['n'])} | "
-              f"{_n(r['chance'], '.3f')} | {_n(r.get('untrained'), '.3f')} |" for s, r in f["probes"].items()),
+              f"{_n(r['chance'], '.3f')} | {_n(r.get('untrained'), '.3f')} | {_n(r.get('trigram'), '.3f')} |"
+              for s, r in f["probes"].items()),
             "", "An untrained model scores the options of fewest tokens highest (a summed log-probability), so "
-            "its accuracy, not chance, is where a model without the skill sits."]
+            "its accuracy, not chance, is where a model without the skill sits. The corpus trigram picks by the "
+            "same sum from the two tokens before each one: above it, a model uses more than local statistics."]
 
 
 def _usage(f: dict[str, Any], out: str) -> list[str]:

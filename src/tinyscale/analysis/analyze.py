@@ -26,7 +26,14 @@ from tinyscale.analysis.checks import run_checks
 from tinyscale.analysis.collect import collect_sweep, csv_records, read_csv_table
 from tinyscale.analysis.emergence import INSUFFICIENT, classify_curve
 from tinyscale.analysis.scaling import fit_frontier, fit_parametric, fit_power_law
-from tinyscale.analysis.seeds import annotate, mean_over_seeds, replicates, seed_summary, size_comparisons
+from tinyscale.analysis.seeds import (
+    Z95,
+    annotate,
+    mean_over_seeds,
+    replicates,
+    seed_summary,
+    size_comparisons,
+)
 from tinyscale.errors import UserError
 from tinyscale.fileio import write_json
 from tinyscale.runs import sweep_runs
@@ -373,8 +380,8 @@ def repeat_task(records: list[dict], size_key: str = "non_embedding_params", run
     sets = {}
     for e in rows:
         name = e["suite"]
-        s = sets.setdefault(name, {"chance": _probe_field(world, name, "chance"), "no_skill": _probe_field(world, name, "no_skill"), "classes": {},
-                                   "points": []})
+        s = sets.setdefault(name, {**{k: _probe_field(world, name, k) for k in ("chance", "no_skill", "trigram")},
+                                   "classes": {}, "points": []})
         s["classes"][e["axis"]] = {m: c["label"] for m, c in e["metrics"].items()}
     for name, s in sets.items():
         finals = sorted((r for r in world if r["final"] and r.get(size_key) and name in r["probes"]),
@@ -401,8 +408,17 @@ def _repeat_seeds(point: dict, name: str, runs: list[dict] | None, n_boot: int, 
             "logprob_lo": est["logprob_lo"], "logprob_hi": est["logprob_hi"]}
 
 
-def _level_words(no_skill: float | None) -> str:
-    return "" if no_skill is None else f", untrained {no_skill:.2f}"
+def _level_words(no_skill: float | None, trigram: float | None = None) -> str:
+    return ("" if no_skill is None else f", untrained {no_skill:.2f}") + ("" if trigram is None else f", trigram {trigram:.2f}")
+
+
+def versus_level(value: float | None, se: float | None, level: float | None) -> str | None:
+    """Where an accuracy stands against a level, 95% two-sided (1.96 standard errors): "above",
+    "below" or "level with"; None when either is unknown."""
+    if value is None or level is None:
+        return None
+    margin = Z95 * (se or 0.0)
+    return "above" if value - margin > level else "below" if value + margin < level else "level with"
 
 
 def _repeat_sentence(sets: dict[str, dict]) -> str:
@@ -410,7 +426,8 @@ def _repeat_sentence(sets: dict[str, dict]) -> str:
     for name, s in sets.items():
         accs = ", ".join(f"{p['mc']:.2f}" + (f" [{p['seed_lo']:.2f}, {p['seed_hi']:.2f}]" if p.get("seeds", 0) > 1 else "")
                          for p in s["points"] if p.get("mc") is not None)
-        parts.append(f"{name} {accs or 'not measured'} (chance {s['chance']:.2f}{_level_words(s.get('no_skill'))}; "
+        parts.append(f"{name} {accs or 'not measured'} (chance {s['chance']:.2f}"
+                     f"{_level_words(s.get('no_skill'), s.get('trigram'))}; "
                      f"{s['classes'].get('size', {}).get('mc')} over size)")
     seeds = max((p.get("seeds", 1) for s in sets.values() for p in s["points"]), default=1)
     how = f" (mean of {seeds} seeds [95% over seeds and items])" if seeds > 1 else ""
@@ -446,8 +463,11 @@ def probes_in_out(records: list[dict], size_key: str = "non_embedding_params") -
                          for axis in ("size", "compute")} for fam, recs in fams.items()}
         entry = {"suite": name, "skill": SUITE_SKILL.get(name),
                  "chance": {fam: _probe_field(recs, name, "chance") for fam, recs in fams.items()},
-                 "no_skill": {fam: _probe_field(recs, name, "no_skill") for fam, recs in fams.items()}, "rows": rows,
-                 "classes": {fam: {axis: c["label"] for axis, c in v.items()} for fam, v in classes.items()}}
+                 **{k: {fam: _probe_field(recs, name, k) for fam, recs in fams.items()} for k in ("no_skill", "trigram")},
+                 "rows": rows, "classes": {fam: {axis: c["label"] for axis, c in v.items()} for fam, v in classes.items()}}
+        # The control for "more than local statistics": the largest model against the corpus's trigram.
+        entry["largest_vs_trigram"] = {fam: versus_level(rows[-1][fam], rows[-1][f"{fam}_se"], entry["trigram"][fam])
+                                       if rows else None for fam in fams}
         entry["sentence"] = _in_out_sentence(entry)
         out.append(entry)
     return out
@@ -458,11 +478,15 @@ def _in_out_sentence(e: dict) -> str:
         return f"{e['suite']}: no model measured both ways"
     gaps = ", ".join(f"{r['gap']:+.2f}" for r in e["rows"])
     first, last = e["rows"][0], e["rows"][-1]
-    return (f"{e['suite']}: in-distribution accuracy {first['world']:.2f} -> {last['world']:.2f} "
-            f"(chance {e['chance']['world']:.2f}{_level_words(e['no_skill']['world'])}, "
-            f"{e['classes']['world']['size']} over size), hand-written {first['suite']:.2f} -> {last['suite']:.2f} "
-            f"(chance {e['chance']['suite']:.2f}{_level_words(e['no_skill']['suite'])}, "
-            f"{e['classes']['suite']['size']}); gap world - suite by size, smallest first: {gaps}")
+    def levels(fam: str) -> str:
+        versus = e.get("largest_vs_trigram", {}).get(fam)
+        return (f"chance {e['chance'][fam]:.2f}{_level_words(e['no_skill'][fam], e.get('trigram', {}).get(fam))}, "
+                f"{e['classes'][fam]['size']} over size"
+                + (f"; the largest model {versus} the trigram" if versus else ""))
+
+    return (f"{e['suite']}: in-distribution accuracy {first['world']:.2f} -> {last['world']:.2f} ({levels('world')}), "
+            f"hand-written {first['suite']:.2f} -> {last['suite']:.2f} ({levels('suite')}); "
+            f"gap world - suite by size, smallest first: {gaps}")
 
 
 LEARNING_START = 0.05  # a learning curve is classed from 5% of its run's steps (past init and warmup)

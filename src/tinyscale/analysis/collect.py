@@ -14,7 +14,8 @@ A record is one run at one checkpoint, a flat dict:
     skill_gap, skill_gap_se, skill_gap_hi      loss - baseline over the tokens with a baseline, its
                                               standard error and the upper end of its 95% interval
     probes       {suite: {"mc", "mc_lo", "mc_hi", "exact", "exact_lo", "exact_hi",
-                          "prob", "prob_se", "chance", "no_skill" (an untrained model's mc), "n",
+                          "prob", "prob_se", "chance", "no_skill" (an untrained model's mc),
+                          "trigram" (the corpus trigram's mc, None when not measured), "n",
                           "p_choice", "logp", "cut",
                           "mc_same_length" (+ _lo, _hi: over probes with equal-length options)}}
     world_probes {suite: the same fields}     the story world's in-distribution sets (evaluate/results.py)
@@ -77,7 +78,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def _probe_summary(s: dict[str, Any]) -> dict[str, Any]:
     """One suite of an eval result -> the flat probe fields of a record."""
-    out: dict[str, Any] = {"chance": _num(s.get("chance")), "no_skill": _num(s.get("no_skill")), "n": s.get("n")}
+    out: dict[str, Any] = {"chance": _num(s.get("chance")), "no_skill": _num(s.get("no_skill")),
+                           "trigram": _num(s.get("trigram")), "n": s.get("n")}
     if out["no_skill"] is None:  # results written before it was recorded: their items hold the token counts
         out["no_skill"] = _no_skill_of_items(s.get("items") or [])
     for metric in ("mc", "exact", "mc_same_length"):

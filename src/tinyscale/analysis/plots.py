@@ -226,11 +226,25 @@ def _mc_errorbar(ax: Any, x: list, summaries: list[dict], style: str, color: str
     ax.errorbar(np.array(x, float), y, yerr=err, fmt=style, ms=4, capsize=2, color=color, label=label)
 
 
+LEVEL_STYLES = (("chance", ":", 1.0, "chance"), ("no_skill", (0, (6, 3)), 0.6, "untrained"),
+                ("trigram", "-.", 0.6, "trigram"))
+
+
+def _level_lines(ax, summary: dict, color: str, labelled: bool, which: tuple[str, ...] = ("chance", "no_skill", "trigram")):
+    """A probe set's levels as horizontal lines in its colour: chance dotted, an untrained model's
+    accuracy dashed (evaluate/probes.py's no_skill), the corpus trigram's dash-dot."""
+    for key, ls, alpha, name in LEVEL_STYLES:
+        if key in which and (level := summary.get(key)) is not None:
+            ax.axhline(level, color=color, ls=ls, lw=1.0 if key == "chance" else 0.8, alpha=alpha,
+                       label=f"{name} {level:.2f}" if labelled else None)
+
+
 def probes_in_out(records: list[dict], path: str | Path, size_key: str = "non_embedding_params") -> Path | None:
     """Multiple-choice accuracy of the story world's own probe sets (in distribution) and of the
     hand-written suites (new phrasing), per suite: over model size (final checkpoints, 95% Wilson
     intervals) and over training compute (every evaluated checkpoint, one line per run), each with
-    its exact chance level (dotted) and an untrained model's accuracy (dashed)."""
+    its exact chance level (dotted), an untrained model's accuracy (dashed) and the corpus trigram's
+    (dash-dot)."""
     both = [r for r in records if r.get("world_probes") and r["probes"] and r.get("flops")]
     suites = sorted({s for r in both for s in r["world_probes"]} & {s for r in both for s in r["probes"]})
     if not suites:
@@ -248,13 +262,8 @@ def probes_in_out(records: list[dict], path: str | Path, size_key: str = "non_em
                 run = sorted(run, key=lambda r: r["flops"])
                 bottom.plot([r["flops"] for r in run], [_value(r[key][suite], "mc") for r in run], style, ms=3,
                             color=color, alpha=0.35 + 0.65 * (i + 1) / len(_by_run(rs)), label=label if i == 0 else None)
-            chance, untrained = rs[0][key][suite].get("chance"), rs[0][key][suite].get("no_skill")
             for ax in (top, bottom):
-                if chance is not None:
-                    ax.axhline(chance, color=color, ls=":", lw=1, label=f"chance {chance:.2f}" if ax is top else None)
-                if untrained is not None:  # an untrained model's accuracy (evaluate/probes.py's no_skill)
-                    ax.axhline(untrained, color=color, ls=(0, (6, 3)), lw=0.8, alpha=0.6,
-                               label=f"untrained {untrained:.2f}" if ax is top else None)
+                _level_lines(ax, rs[0][key][suite], color, labelled=ax is top)
         for ax, xlabel in ((top, size_key.replace("_", "-").replace("params", "parameters")),
                            (bottom, "training FLOPs (each run's checkpoints)")):
             _log_axis(ax.xaxis)
@@ -278,8 +287,8 @@ def repeat_task(records: list[dict], path: str | Path, size_key: str = "non_embe
     """The U-shaped task ("repeat after me"): multiple-choice accuracy of the composite and its parts
     over model size (final checkpoints, 95% Wilson intervals; with the analysis's `task`, the mean
     over seeds with its interval over seeds and items, and each seed as a dot) and over training
-    compute (every evaluated checkpoint, one line per run), with their exact chance level (dotted) and
-    each set's untrained accuracy (dashed, in the set's colour)."""
+    compute (every evaluated checkpoint, one line per run), with their exact chance level (dotted),
+    each set's untrained accuracy (dashed, in the set's colour) and its corpus trigram's (dash-dot)."""
     recs = [r for r in records if any(s in (r.get("world_probes") or {}) for s in REPEAT_STYLES)]
     if not recs:
         return None
@@ -301,16 +310,14 @@ def repeat_task(records: list[dict], path: str | Path, size_key: str = "non_embe
             bottom.plot([r["flops"] for r in pts], [_value(r["world_probes"][name], "mc") for r in pts], style, ms=3,
                         color=color, alpha=0.35 + 0.65 * (i + 1) / len(runs), label=label if i == 0 else None)
     chances = {r["world_probes"][s]["chance"] for r in recs for s in REPEAT_STYLES if s in r["world_probes"]}
-    untrained = {s: next((r["world_probes"][s].get("no_skill") for r in recs if s in r["world_probes"]), None)
-                 for s in REPEAT_STYLES if s in ("repeat", "repeat_copy", "repeat_familiar")}  # one per colour
+    levels = {s: next((r["world_probes"][s] for r in recs if s in r["world_probes"]), {})
+              for s in REPEAT_STYLES if s in ("repeat", "repeat_copy", "repeat_familiar")}  # one per colour
     for ax, xlabel in ((top, size_key.replace("_", "-").replace("params", "parameters")),
                        (bottom, "training FLOPs (each run's checkpoints)")):
         for c in sorted(x for x in chances if x is not None):
             ax.axhline(c, color="gray", ls=":", lw=1, label=f"chance {c:.2f}" if ax is top else None)
-        for name, level in untrained.items():
-            if level is not None:
-                ax.axhline(level, color=REPEAT_STYLES[name][1], ls=(0, (6, 3)), lw=0.8, alpha=0.6,
-                           label=f"untrained {level:.2f}" if ax is top else None)
+        for name, summary in levels.items():
+            _level_lines(ax, summary, REPEAT_STYLES[name][1], labelled=ax is top, which=("no_skill", "trigram"))
         _log_axis(ax.xaxis)
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel(xlabel, fontsize=8)

@@ -519,7 +519,8 @@ def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, 
                        "sets when a run's data is the story world.")
     rows = [[e["suite"], _num(r["size"]), f"{r['world']:.2f}", _num(r.get("world_same_length"), 2),
              f"{r['suite']:.2f}", f"{r['gap']:+.2f}", f"{e['chance']['world']:.2f} / {e['chance']['suite']:.2f}",
-             f"{_acc((e.get('no_skill') or {}).get('world'))} / {_acc((e.get('no_skill') or {}).get('suite'))}"]
+             *(f"{_acc((e.get(k) or {}).get('world'))} / {_acc((e.get(k) or {}).get('suite'))}"
+               for k in ("no_skill", "trigram"))]
             for e in entries for r in e["rows"]]
     classes = [[e["suite"], *(e["classes"][f][a] or "—" for f in ("world", "suite") for a in ("size", "compute"))]
                for e in entries]
@@ -534,15 +535,14 @@ def _repeat_section(records: list[dict], analysis: dict, plot_dir: Path, size_ke
     task = analysis.get("repeat_task")
     if not task:
         return _nodata("No \"repeat after me\" results: `tinyscale eval` scores them when a run's data is the story world.")
-    rows = [_repeat_row(name, p, s["chance"], s.get("no_skill")) for name, s in task["sets"].items() for p in s["points"]
-            if p.get("mc") is not None]
+    rows = [_repeat_row(name, p, s) for name, s in task["sets"].items() for p in s["points"] if p.get("mc") is not None]
     classes = [[name, *(s["classes"].get(a, {}).get(m) or "—" for a in ("size", "compute") for m in ("mc", "logprob"))]
                for name, s in task["sets"].items()]
     return _render("report/repeat.html", size_key=size_key, sentence=task["sentence"], rows=rows, classes=classes,
                    png=_b64(plots.repeat_task(records, plot_dir / "repeat.png", size_key, task)))
 
 
-def _repeat_row(name: str, p: dict, chance: float, untrained: float | None) -> list:
+def _repeat_row(name: str, p: dict, levels: dict) -> list:
     """One set at one size: the mean over seeds with its 95% interval over seeds and items (where
     the analysis has the seeds; else the items' Wilson interval), each seed's value, log p(answer)."""
     lo, hi = (p.get("seed_lo"), p.get("seed_hi")) if p.get("seeds") else (p.get("mc_lo"), p.get("mc_hi"))
@@ -550,7 +550,7 @@ def _repeat_row(name: str, p: dict, chance: float, untrained: float | None) -> l
                                      if p.get("logprob_lo") is not None else "")
     per_seed = ", ".join(f"{v:.2f}" for v in p.get("mc_per_seed") or [])
     return [name, _num(p["size"]), p.get("seeds", 1), f"{p['mc']:.2f} [{_num(lo, 2)}, {_num(hi, 2)}]", per_seed or "—",
-            lp, f"{chance:.2f}", _acc(untrained)]
+            lp, f"{levels['chance']:.2f}", _acc(levels.get("no_skill")), _acc(levels.get("trigram"))]
 
 
 # --- tables for the terminal ------------------------------------------------------------------

@@ -136,6 +136,9 @@ def _mean_probes(recs: list[dict], key: str = "probes") -> dict[str, dict]:
     for suite in set.intersection(*(set(r.get(key) or {}) for r in recs)):
         ps = [r[key][suite] for r in recs]
         p = dict(ps[0])
+        # Each seed is scored on its own draw of the world's items, so the levels differ a little too.
+        for level in ("chance", "no_skill", "trigram"):
+            p[level] = _mean([q.get(level) for q in ps])
         for metric in _PROBE_METRICS:
             p[metric] = _mean([q.get(metric) for q in ps])
             if metric in ("prob", "logprob"):  # continuous: a standard error, no interval

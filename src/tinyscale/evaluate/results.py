@@ -212,6 +212,28 @@ class _Prepared:
         self.cuts = pick_stories(split, shards.tokens(split), shards.eot_id, self.tokenizer, completions,
                                  seed) if completions else []
         self.vocabulary, self.reference = _corpus_words(shards, self.tokenizer) if self.cuts else (set(), {})
+        self.trigram_tokens, self.trigram = _trigram_levels(shards, self.codec, self.probe_len, self.suites, self.world)
+
+
+def _trigram_levels(shards, codec, max_len: int, suites: dict[str, list],
+                    world: dict[str, list]) -> tuple[int | None, dict[str, dict[str, dict[str, bool]]]]:
+    """The training corpus's trigram (data/ngram.py) and its choice on every probe: how much multiple
+    choice local statistics alone win (probes.trigram_choices). It does not depend on the weights, so it
+    is fitted once per evaluation (~1.5 s for 7M tokens here). Without a train split: none."""
+    from tinyscale.data.ngram import Trigram
+    from tinyscale.evaluate.probes import trigram_choices
+
+    if "train" not in shards.splits or not (suites or world):
+        return None, {"probes": {}, "world_probes": {}}
+    t0 = time.perf_counter()
+    tokens = shards.tokens("train")
+    trigram = Trigram(tokens, shards.tokenizer().get_vocab_size())
+    levels = {"probes": {name: trigram_choices(ps, trigram, codec, max_len) for name, ps in suites.items()},
+              "world_probes": {name: trigram_choices(ps, trigram, codec, max_len, cut_prompts=True)
+                               for name, ps in world.items()}}
+    progress.info("probes: the corpus's trigram (%d training tokens) scored in %.1f s", trigram.n,
+                  time.perf_counter() - t0)
+    return trigram.n, levels
 
 
 def _evaluate_one(model, prep: _Prepared, device: torch.device, *, samples: int, temperature: float,
@@ -226,12 +248,13 @@ def _evaluate_one(model, prep: _Prepared, device: torch.device, *, samples: int,
     seconds["loss"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    probes = {name: summarize(ps, score_probes(model, ps, prep.codec, max_len=prep.probe_len, device=device))
+    probes = {name: summarize(ps, score_probes(model, ps, prep.codec, max_len=prep.probe_len, device=device),
+                              prep.trigram["probes"].get(name))
               for name, ps in prep.suites.items()}
     seconds["probes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     world = {name: summarize(ps, score_probes(model, ps, prep.codec, max_len=prep.probe_len, device=device,
-                                              cut_prompts=True))
+                                              cut_prompts=True), prep.trigram["world_probes"].get(name))
              for name, ps in prep.world.items()}
     seconds["world_probes"] = time.perf_counter() - t0
     cut = {f"{name}{tag}": r["cut"] for tag, fam in (("", probes), (" (world)", world)) for name, r in fam.items()
@@ -322,7 +345,7 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
                   "settings": {"max_tokens": max_tokens, "seq_len": prep.seq_len, "completions": len(prep.cuts),
                                "samples": samples, "temperature": temperature, "seed": seed,
                                "device": str(dev), "suites": list(prep.suites), "probe_context": prep.probe_len,
-                               "probes_left_out": prep.left_out,
+                               "probes_left_out": prep.left_out, "trigram_tokens": prep.trigram_tokens,
                                "world_probes": prep.world_settings}}
         result.update(_evaluate_one(model, prep, dev, samples=samples, temperature=temperature, seed=seed,
                                     batch_size=batch_size))
@@ -443,9 +466,11 @@ def eval_tables(results: dict[int, dict]) -> list:
 
 
 def _levels(summary: dict) -> str:
-    """A probe set's chance and, where recorded, an untrained model's accuracy (probes.py's no_skill)."""
-    untrained = summary.get("no_skill")
-    return f"chance {summary['chance']:.2f}" + ("" if untrained is None else f", untrained {untrained:.2f}")
+    """A probe set's chance and, where recorded, an untrained model's accuracy (probes.py's no_skill)
+    and the corpus trigram's (probes.py's trigram_choices)."""
+    untrained, trigram = summary.get("no_skill"), summary.get("trigram")
+    return (f"chance {summary['chance']:.2f}" + ("" if untrained is None else f", untrained {untrained:.2f}")
+            + ("" if trigram is None else f", trigram {trigram:.2f}"))
 
 
 def _world_table(results: dict[int, dict]):
