@@ -98,6 +98,28 @@ def test_crossing_the_baseline_is_timed_per_run_and_said_in_one_sentence():
     assert skill_baselines(recs)[0]["runs"][1]["below_from_flops"] is None
 
 
+def test_a_crossing_is_set_against_the_corpus_trigram_on_the_same_tokens():
+    """A baseline that the corpus's trigram already beats is a weak control: the sentence says so,
+    and names the models whose loss is below the trigram's beyond noise."""
+    recs = []
+    for name, size, gaps in (("d16", 1e4, [3.6, 0.9, -0.3, -0.4]), ("d96", 1e6, [3.6, 0.5, -0.4, -1.5])):
+        for i, g in enumerate(gaps):
+            recs.append(rec(name, size, 10.0 ** (12 + i), 3.0 - i * 0.3, gap=g, final=i == 3))
+    recs[0]["skill_trigram"] = {"tracking": 3.7}  # eval files carry it; the trainer's records do not
+    (tracking,) = skill_baselines(recs)
+    assert tracking["trigram"] == 3.7
+    # d16 ends at 3.6 (+-0.04) against 3.7: below; d96 at 2.5: below; a loss of 3.69 would be level with it
+    assert [r["vs_trigram"] for r in tracking["runs"]] == ["below", "below"]
+    assert "the corpus trigram scores 3.70 nats/token on these tokens, below the baseline" in tracking["sentence"]
+    assert "below the trigram beyond noise: d16, d96" in tracking["sentence"]
+    recs[0]["skill_trigram"] = {"tracking": 4.5}  # a trigram above the baseline: the crossing stands
+    (tracking,) = skill_baselines(recs)
+    assert "4.50 nats/token on these tokens; below" in tracking["sentence"]
+    for r in recs:
+        r.pop("skill_trigram", None)
+    assert "trigram" not in skill_baselines(recs)[0]["sentence"]
+
+
 def test_new_flags_refuse_bad_input_in_one_line(tmp_path, capsys):
     from tinyscale.cli import main
 

@@ -86,6 +86,26 @@ def test_baseline_and_gap_match_hand_computation():
         assert row["loss_lo"] <= row["loss"] <= row["loss_hi"]
 
 
+def test_the_corpus_trigram_loss_per_skill_matches_hand_computation():
+    """The trigram's surprisal on the windows' targets, per skill, over the tokens with a baseline
+    where the skill has any; a window's first target (one token of context) is left out."""
+    from tinyscale.data.ngram import Trigram
+    from tinyscale.evaluate.loss import trigram_levels
+
+    tokens, skills, floor = arrays()
+    base = np.where(skills == 1, 2.0, np.nan).astype(np.float32)  # only skill 1 has a baseline
+    base[::2] = np.nan  # and only on some of its tokens
+    trigram = Trigram(np.random.default_rng(5).integers(0, V, 500), V)
+    data = loss_windows("val", tokens, skills, floor, seq_len=10, max_tokens=10_000, base=base)
+    out = trigram_levels(data, trigram)
+    surprisal = trigram.surprisal(tokens)  # the windows tile the split: the same contexts...
+    firsts = set(range(1, 101, 10))  # ...except each window's first target
+    for sid in range(4):
+        ts = [t for t in range(1, 101) if skills[t] == sid and t not in firsts
+              and (sid != 1 or not math.isnan(base[t]))]
+        assert out[SKILLS[sid]] == pytest.approx(np.mean([surprisal[t] for t in ts]), abs=1e-9)
+
+
 def test_rare_skills_get_enough_tokens_and_the_overall_loss_is_reweighted():
     rng = np.random.default_rng(4)
     n = 50_001

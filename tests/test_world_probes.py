@@ -135,8 +135,9 @@ def test_eval_writes_both_families_within_the_trained_context(world_run):
         assert s["n"] == 6 and 0 <= s["mc"]["acc"] <= 1
         assert s["chance"] == pytest.approx(sum(i["chance"] for i in s["items"]) / 6)
         assert all(i["chance"] == pytest.approx(1 / len(i["logps"])) and i["logp_norm"] <= 0 for i in s["items"])
-    # the corpus trigram's choice on every item, beside chance, for both families
+    # the corpus trigram's choice on every item, beside chance, for both families, and its loss per skill
     assert r["settings"]["trigram_tokens"] > 0
+    assert all(s["trigram"] > 0 for s in r["loss"]["val"]["skills"].values())
     for s in [*r["world_probes"].values(), r["probes"]["facts"]]:
         assert all(isinstance(i["trigram"], bool) for i in s["items"])
         assert s["trigram"] == pytest.approx(sum(i["trigram"] for i in s["items"]) / s["n"])

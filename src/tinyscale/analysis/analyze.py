@@ -555,8 +555,26 @@ def skill_baselines(records: list[dict], size_key: str = "non_embedding_params")
                          "baseline": last["skill_baseline"].get(skill), "gap": last["skill_gap"][skill],
                          "gap_se": last["skill_gap_se"].get(skill), "gap_hi": last["skill_gap_hi"].get(skill),
                          "tokens": last["skill_tokens"].get(skill), "below_from_flops": _crossing(curve, skill)})
-        out.append({"skill": skill, "runs": rows, "sentence": _baseline_sentence(skill, rows)})
+        entry = {"skill": skill, "trigram": _reference(records, skill, "skill_trigram"), "runs": rows}
+        for r in rows:  # the loss on the baseline's tokens against the corpus trigram's on them
+            r["vs_trigram"] = versus_level(None if r["baseline"] is None else r["baseline"] + r["gap"], r["gap_se"],
+                                           entry["trigram"])
+        entry["sentence"] = _baseline_sentence(skill, rows) + _trigram_words(entry["trigram"], rows)
+        out.append(entry)
     return out
+
+
+def _trigram_words(trigram: float | None, rows: list[dict]) -> str:
+    """The control beside a crossing: the training corpus's trigram on the same tokens. A baseline
+    above it is one local statistics already beat, so crossing it shows no more than they do."""
+    if trigram is None or not rows:
+        return ""
+    base = rows[-1]["baseline"]
+    weak = (", below the baseline: crossing the baseline alone shows no more than local statistics"
+            if base is not None and trigram < base else "")
+    below = [r["run"] for r in rows if r["vs_trigram"] == "below"]
+    return (f"; the corpus trigram scores {trigram:.2f} nats/token on these tokens{weak}; below the trigram "
+            f"beyond noise: {', '.join(below) if below else 'no model'}")
 
 
 def _baseline_sentence(skill: str, rows: list[dict]) -> str:

@@ -176,9 +176,11 @@ def _on_baseline_tokens(rec: dict, skill: str) -> float:
 
 
 def _reference_lines(ax: Any, recs: list[dict], skill: str) -> None:
-    """The skill's no-skill baseline and floor, per token of the skill (the same windows for every
-    run, so one value each; the median guards against a run evaluated on other settings)."""
-    for key, style, label in (("skill_baseline", "--", "no-skill baseline"), ("skill_floor", ":", "floor")):
+    """The skill's no-skill baseline, floor and corpus trigram's loss, per token of the skill (the
+    same windows for every run, so one value each; the median guards against a run evaluated on
+    other settings)."""
+    for key, style, label in (("skill_baseline", "--", "no-skill baseline"), ("skill_floor", ":", "floor"),
+                              ("skill_trigram", "-.", "corpus trigram")):
         values = [r[key][skill] for r in recs if skill in (r.get(key) or {})]
         if values:
             ax.axhline(float(np.median(values)), color="black", ls=style, lw=1, label=label)

@@ -298,7 +298,7 @@ def _skills_section(records: list[dict], analysis: dict, plot_dir: Path, size_ke
     baselines = analysis.get("baselines") or []
     rows = [[b["skill"], r["run"], _num(r["tokens"]), _num(r["loss"], 3), _num(r["floor"], 3),
              _num(r["baseline"], 3), f"{r['gap']:+.3f} ± {1.96 * (r['gap_se'] or 0):.3f}",
-             _num(r["below_from_flops"], 3)] for b in baselines for r in b["runs"]]
+             _num(r["below_from_flops"], 3), _num(b.get("trigram"), 3)] for b in baselines for r in b["runs"]]
     return _render("report/skills.html", png=_b64(plots.skill_losses(records, plot_dir / "skill_losses.png", size_key)),
                    sentences=[b["sentence"] for b in baselines], caveat=seed_note(analysis), rows=rows)
 

@@ -160,7 +160,7 @@ def _mean_record(recs: list[dict]) -> dict:
     if len(recs) == 1:
         return m
     m["loss"], m["loss_se"] = _mean([r.get("loss") for r in recs]), _se_of_mean([r.get("loss_se") for r in recs])
-    for field in ("skill_loss", "skill_gap", "skill_floor", "skill_baseline"):
+    for field in ("skill_loss", "skill_gap", "skill_floor", "skill_baseline", "skill_trigram"):
         m[field] = _mean_dict(recs, field)
     m["skill_tokens"] = _mean_dict(recs, "skill_tokens", how=sum)
     for field in ("skill_loss_se", "skill_gap_se"):

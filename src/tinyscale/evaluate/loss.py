@@ -197,6 +197,24 @@ def summarize_sums(sums: np.ndarray, shares: np.ndarray, n_boot: int = N_BOOT, s
     return out
 
 
+def trigram_levels(data: LossData, trigram) -> dict[str, float]:
+    """Per skill: the mean surprisal (nats) of the training corpus's trigram (data/ngram.py) on the
+    windows' targets: what local statistics alone achieve. Over the tokens whose baseline is known
+    where the skill has any (those its gap is measured on), else over all of its tokens; a window's
+    first target is left out (the trigram needs the two tokens before it)."""
+    seqs = torch.cat([data.x[:, :1], data.y], dim=1).numpy()
+    surprisal = np.stack([trigram.surprisal(row)[1:] for row in seqs])  # one per target, NaN at the first
+    skill, has_base = data.skill.numpy(), ~np.isnan(data.base.numpy())
+    out = {}
+    for sid in np.unique(skill):
+        mask = (skill == sid) & ~np.isnan(surprisal)
+        if (mask & has_base).any():
+            mask &= has_base
+        if mask.any():
+            out[SKILLS[sid] if sid < len(SKILLS) else f"skill{sid}"] = float(surprisal[mask].mean())
+    return out
+
+
 def summarize_losses(loss: torch.Tensor, data: LossData) -> dict:
     """Overall loss (post-stratified, with a 95% interval), perplexity and excess loss, and per
     skill label present: tokens, loss with its interval, floor and excess over the tokens whose floor

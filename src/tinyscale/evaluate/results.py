@@ -212,26 +212,28 @@ class _Prepared:
         self.cuts = pick_stories(split, shards.tokens(split), shards.eot_id, self.tokenizer, completions,
                                  seed) if completions else []
         self.vocabulary, self.reference = _corpus_words(shards, self.tokenizer) if self.cuts else (set(), {})
-        self.trigram_tokens, self.trigram = _trigram_levels(shards, self.codec, self.probe_len, self.suites, self.world)
+        self.trigram_tokens, self.trigram = _trigram_levels(shards, self)
 
 
-def _trigram_levels(shards, codec, max_len: int, suites: dict[str, list],
-                    world: dict[str, list]) -> tuple[int | None, dict[str, dict[str, dict[str, bool]]]]:
-    """The training corpus's trigram (data/ngram.py) and its choice on every probe: how much multiple
-    choice local statistics alone win (probes.trigram_choices). It does not depend on the weights, so it
-    is fitted once per evaluation (~1.5 s for 7M tokens here). Without a train split: none."""
+def _trigram_levels(shards, prep: _Prepared) -> tuple[int | None, dict[str, dict]]:
+    """The training corpus's trigram (data/ngram.py): what local statistics alone achieve, as its
+    choice on every probe (probes.trigram_choices) and its loss per skill on the loss windows
+    (loss.trigram_levels). It does not depend on the weights, so it is fitted once per evaluation
+    (~1.5 s for 7M tokens here). Without a train split: none."""
     from tinyscale.data.ngram import Trigram
+    from tinyscale.evaluate.loss import trigram_levels
     from tinyscale.evaluate.probes import trigram_choices
 
-    if "train" not in shards.splits or not (suites or world):
-        return None, {"probes": {}, "world_probes": {}}
+    if "train" not in shards.splits:
+        return None, {"probes": {}, "world_probes": {}, "loss": {}}
     t0 = time.perf_counter()
-    tokens = shards.tokens("train")
-    trigram = Trigram(tokens, shards.tokenizer().get_vocab_size())
-    levels = {"probes": {name: trigram_choices(ps, trigram, codec, max_len) for name, ps in suites.items()},
+    trigram = Trigram(shards.tokens("train"), shards.tokenizer().get_vocab_size())
+    codec, max_len = prep.codec, prep.probe_len
+    levels = {"probes": {name: trigram_choices(ps, trigram, codec, max_len) for name, ps in prep.suites.items()},
               "world_probes": {name: trigram_choices(ps, trigram, codec, max_len, cut_prompts=True)
-                               for name, ps in world.items()}}
-    progress.info("probes: the corpus's trigram (%d training tokens) scored in %.1f s", trigram.n,
+                               for name, ps in prep.world.items()},
+              "loss": {d.split: trigram_levels(d, trigram) for d in prep.loss}}
+    progress.info("the corpus's trigram (%d training tokens): fitted and scored in %.1f s", trigram.n,
                   time.perf_counter() - t0)
     return trigram.n, levels
 
@@ -245,6 +247,10 @@ def _evaluate_one(model, prep: _Prepared, device: torch.device, *, samples: int,
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     loss = {d.split: skill_losses(model, d, device, batch_size) for d in prep.loss}
+    for split, levels in prep.trigram["loss"].items():  # the corpus trigram's loss beside each skill's
+        for skill, level in levels.items():
+            if skill in loss[split]["skills"]:
+                loss[split]["skills"][skill]["trigram"] = level
     seconds["loss"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
