@@ -347,12 +347,8 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
         model.eval()
         t0 = time.perf_counter()
         result = {"format": FORMAT, "step": step, "tokens_seen": _tokens_seen(info, step), "run": str(run_dir),
-                  "data": str(shards.dir),
-                  "settings": {"max_tokens": max_tokens, "seq_len": prep.seq_len, "completions": len(prep.cuts),
-                               "samples": samples, "temperature": temperature, "seed": seed,
-                               "device": str(dev), "suites": list(prep.suites), "probe_context": prep.probe_len,
-                               "probes_left_out": prep.left_out, "trigram_tokens": prep.trigram_tokens,
-                               "world_probes": prep.world_settings}}
+                  "data": str(shards.dir), "settings": _settings(prep, dev, max_tokens=max_tokens, samples=samples,
+                                                                 temperature=temperature, seed=seed)}
         result.update(_evaluate_one(model, prep, dev, samples=samples, temperature=temperature, seed=seed,
                                     batch_size=batch_size))
         result["seconds"]["total"] = time.perf_counter() - t0
@@ -360,6 +356,15 @@ def evaluate_run(run_dir: str | Path, checkpoints: str | int | list[int] = "last
             write_json(eval_dir(run_dir) / f"{step}.json", _finite(result))
         results[step] = result
     return results
+
+
+def _settings(prep: _Prepared, dev: torch.device, *, max_tokens: int, samples: int, temperature: float,
+              seed: int) -> dict[str, Any]:
+    """How an evaluation was made, written into each of its results."""
+    return {"max_tokens": max_tokens, "seq_len": prep.seq_len, "completions": len(prep.cuts), "samples": samples,
+            "temperature": temperature, "seed": seed, "device": str(dev), "suites": list(prep.suites),
+            "probe_context": prep.probe_len, "probes_left_out": prep.left_out, "trigram_tokens": prep.trigram_tokens,
+            "world_probes": prep.world_settings}
 
 
 def _tokens_seen(info: dict, step: int) -> int | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -113,57 +114,87 @@ def _skill_rows(stories: list, keys: dict[tuple, dict], boot: int = 200,
     """Per skill: mean floor of its words with a known floor, and the same words' empirical
     surprisal (each draw's -logp replaced by -log of its key's frequency, Miller-Madow corrected),
     with a bootstrap over stories (the frequencies re-estimated in every resample)."""
+    g = _gather_spans(stories, keys)
+    res = _resample(g, keys, len(stories), boot, seed)
+    out = {}
+    for skill in sorted(set(g.per_story) | set(g.unknown)):
+        r = np.array(res.get(skill, [(np.nan, np.nan)]))
+        # The resamples' spread around the full sample's estimate (their own centre is biased: a
+        # resample repeats stories, which makes frequencies lumpier and the plug-in lower).
+        e_se = float(r[1:, 1].std()) if len(r) > 2 else 0.0
+        d_se = float((r[1:, 1] - r[1:, 0]).std()) if len(r) > 2 else 0.0
+        diff = float(r[0, 1] - r[0, 0])
+        out[skill] = {"spans": int(g.per_story[skill][:, 0].sum()) if skill in g.per_story else 0,
+                      "unknown": g.unknown[skill], "thin": g.thin[skill], "mean_floor": float(r[0, 0]),
+                      "entropy": float(r[0, 1]), "entropy_ci": (float(r[0, 1] - 1.96 * e_se), float(r[0, 1] + 1.96 * e_se)),
+                      "diff": diff, "diff_ci": (diff - 1.96 * d_se, diff + 1.96 * d_se)}
+    return out, g.unexplained
+
+
+@dataclass
+class _Spans:
+    """What `_gather_spans` reads off the stories' draws and spans."""
+
+    col: dict[tuple, int] = field(default_factory=dict)  # (key, outcome) -> column
+    vis_rows: list = field(default_factory=list)  # (story, column) of every visit to a sampled key
+    vis_cols: list = field(default_factory=list)
+    comp: dict = field(default_factory=lambda: defaultdict(lambda: ([], [])))  # skill -> (stories, columns)
+    per_story: dict[str, np.ndarray] = field(default_factory=dict)  # skill -> [stories, 3]: spans, floor, as-is
+    unknown: Counter = field(default_factory=Counter)
+    thin: Counter = field(default_factory=Counter)
+    unexplained: int = 0
+
+
+def _gather_spans(stories: list, keys: dict[tuple, dict]) -> _Spans:
+    """Per skill and story: spans, floor sums and the draws their empirical surprisal is made of."""
     # The plug-in frequency of a key seen rarely against its many outcomes (a second child's name,
     # given the first) is far too high: such words are left out of the per-skill comparison.
     sampled = {k for k, r in keys.items() if r["n"] >= max(30, 5 * r["outcomes"])}
-    col: dict[tuple, int] = {}
-    vis_rows, vis_cols = [], []
-    comp: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
-    per_story: dict[str, np.ndarray] = {}  # skill -> [stories, 3]: spans, floor sum, counted-as-is sum
-    unknown: Counter = Counter()
-    thin: Counter = Counter()
-    unexplained = 0
+    g = _Spans()
     for j, st in enumerate(stories):
         comps: dict[int, list] = defaultdict(list)
         for i, key, out, lp, visit in st.draws:
             comps[i].append((key, out, lp))
             if visit:
-                vis_rows.append(j)
-                vis_cols.append(col.setdefault((key, out), len(col)))
+                g.vis_rows.append(j)
+                g.vis_cols.append(g.col.setdefault((key, out), len(g.col)))
         for i, sp in enumerate(st.spans):
             skill, lp = sp[2], sp[3]
             if lp is None:
-                unknown[skill] += 1
+                g.unknown[skill] += 1
                 continue
             mine = comps.get(i, ())
             if any(key in keys and key not in sampled for key, _o, _l in mine):
-                thin[skill] += 1
+                g.thin[skill] += 1
                 continue
-            row = per_story.setdefault(skill, np.zeros((len(stories), 3)))[j]
+            row = g.per_story.setdefault(skill, np.zeros((len(stories), 3)))[j]
             row[0] += 1
             row[1] -= lp
             explained = 0.0
             for key, out, c_lp in mine:
                 explained += c_lp
                 if key in keys:
-                    comp[skill][0].append(j)
-                    comp[skill][1].append(col[(key, out)])
+                    g.comp[skill][0].append(j)
+                    g.comp[skill][1].append(g.col[(key, out)])
                 else:  # a phrasing charge: computed from the template, counted as is
                     row[2] -= c_lp
             if abs(explained - lp) > 2e-3:  # a floor its draws do not account for
-                unexplained += 1
+                g.unexplained += 1
                 row[2] -= lp - explained
-    n_st, n_col = len(stories), len(col)
-    ones = np.ones(len(vis_rows))
-    visits = sparse.csr_matrix((ones, (vis_rows, vis_cols)), shape=(n_st, n_col))
-    key_of = {}
-    for (key, _o), c in col.items():
-        key_of[c] = key
+    return g
+
+
+def _resample(g: _Spans, keys: dict[tuple, dict], n_st: int, boot: int, seed: int) -> dict[str, list]:
+    """Per skill, for the full sample and then each bootstrap resample of stories: (mean floor,
+    mean empirical surprisal), the frequencies re-estimated from the resample's visits."""
+    n_col = len(g.col)
+    visits = sparse.csr_matrix((np.ones(len(g.vis_rows)), (g.vis_rows, g.vis_cols)), shape=(n_st, n_col))
+    key_of = {c: key for (key, _o), c in g.col.items()}
     key_ids = {k: i for i, k in enumerate(keys)}
     to_key = sparse.csr_matrix((np.ones(n_col), (np.arange(n_col), [key_ids[key_of[c]] for c in range(n_col)])),
                                shape=(n_col, len(keys)))
     mm = np.array([keys[key_of[c]]["mm"] for c in range(n_col)])
-    mats = {s: sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(n_st, n_col)) for s, (r, c) in comp.items()}
+    mats = {s: sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(n_st, n_col)) for s, (r, c) in g.comp.items()}
     rng = np.random.default_rng(seed)
     weights = [np.ones(n_st)] + [rng.multinomial(n_st, np.full(n_st, 1.0 / n_st)).astype(np.float64)
                                  for _ in range(boot)]
@@ -174,23 +205,11 @@ def _skill_rows(stories: list, keys: dict[tuple, dict], boot: int = 200,
         with np.errstate(divide="ignore", invalid="ignore"):
             surprisal = -np.log(v / (to_key @ tot)) + mm
         surprisal = np.where(np.isfinite(surprisal), surprisal, 0.0)
-        for skill, ps in per_story.items():
+        for skill, ps in g.per_story.items():
             n_sp = w @ ps[:, 0]
             e = ((mats[skill].T @ w) @ surprisal if skill in mats else 0.0) + w @ ps[:, 2]
             res[skill].append((w @ ps[:, 1] / n_sp, e / n_sp))
-    out = {}
-    for skill in sorted(set(per_story) | set(unknown)):
-        r = np.array(res.get(skill, [(np.nan, np.nan)]))
-        # The resamples' spread around the full sample's estimate (their own centre is biased: a
-        # resample repeats stories, which makes frequencies lumpier and the plug-in lower).
-        e_se = float(r[1:, 1].std()) if len(r) > 2 else 0.0
-        d_se = float((r[1:, 1] - r[1:, 0]).std()) if len(r) > 2 else 0.0
-        diff = float(r[0, 1] - r[0, 0])
-        out[skill] = {"spans": int(per_story[skill][:, 0].sum()) if skill in per_story else 0,
-                      "unknown": unknown[skill], "thin": thin[skill], "mean_floor": float(r[0, 0]),
-                      "entropy": float(r[0, 1]), "entropy_ci": (float(r[0, 1] - 1.96 * e_se), float(r[0, 1] + 1.96 * e_se)),
-                      "diff": diff, "diff_ci": (diff - 1.96 * d_se, diff + 1.96 * d_se)}
-    return out, unexplained
+    return res
 
 
 def base_violations(stories: list) -> list[tuple]:

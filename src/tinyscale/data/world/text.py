@@ -679,18 +679,7 @@ class Page:
         if c not in para_chars:
             para_chars.append(c)
         if c.members:
-            members = c.members
-            last_i = len(members) - 1
-            n0 = len(self.spans)
-            for i, m in enumerate(members):
-                if i:
-                    self.add(", " if i < last_i else " and ")
-                self._name(m, mark)  # where: after the text just written
-            if chose:  # the names rather than "they": on the first name
-                self.charge(n0, LOG_NAME, None, 0)
-                if self.draws is not None:
-                    self.drew(_CHOICE_NAME, LOG_NAME)
-                    self.draws[-1] = (n0, *self.draws[-1][1:])
+            self._group_names(c, mark, chose)
         elif not c.named:  # "Mom": unlabeled
             if not c.mentioned:
                 self.first_pos.setdefault(id(c), self.pos)
@@ -699,39 +688,59 @@ class Page:
             if chose and self.draws is not None:  # the draw was made; no labeled word shows it
                 self.draws.append((-1, _CHOICE_NAME[0], "name", LOG_NAME, True))
         else:
-            pos = self.pos
-            if not c.mentioned:
-                # First mention: a draw from the name list (Zipf weights, `Builder.kid`); once
-                # "girl"/"boy" was written, among that pronoun's names only.
-                skill = "free"
-                logp = c.logp_kid if c.kid_shown and c.logp_kid is not None else c.logp
-                self.introduced += 1
-                self.first_pos.setdefault(id(c), pos)
-            elif mark:
-                skill, logp = mark, 0.0
-            else:
-                # Which of the cast the plot names here is its own choice, not a uniform draw
-                # among the k introduced (the hero is named far more often): unknown.
-                skill, logp = "tracking", None
-            base = LOG_HALF if skill == "reasoning" else c.logp  # `char_base`, inline
-            if chose:  # the name rather than its pronoun
-                logp = None if logp is None else round(logp + LOG_NAME, 4)
-                base = None if base is None else round(base + LOG_NAME, 4)
-            name = c.name
-            end = self.pos = pos + len(name)
-            self.spans.append([pos, end, skill, logp, base if skill != "free" else logp])
-            self.parts.append(name)
-            if self.draws is not None:
-                if skill == "free" and c.src is not None:
-                    key, out = c.src
-                    self.drew(((*key, c.pron if c.kid_shown else "-"), out), logp)
-                if chose:
-                    self.drew(_CHOICE_NAME, LOG_NAME)
+            self._labeled_name(c, mark, chose)
         c.mentioned = True
         if where:
             self.focus = c
         elif self.focus is not c:
             self.focus = None
+
+    def _group_names(self, c: Char, mark: str | None, chose: bool) -> None:
+        """A group ("Mia and Ben") written as its members' names."""
+        members = c.members
+        last_i = len(members) - 1
+        n0 = len(self.spans)
+        for i, m in enumerate(members):
+            if i:
+                self.add(", " if i < last_i else " and ")
+            self._name(m, mark)  # where: after the text just written
+        if chose:  # the names rather than "they": on the first name
+            self.charge(n0, LOG_NAME, None, 0)
+            if self.draws is not None:
+                self.drew(_CHOICE_NAME, LOG_NAME)
+                self.draws[-1] = (n0, *self.draws[-1][1:])
+
+    def _labeled_name(self, c: Char, mark: str | None, chose: bool) -> None:
+        """A named character's name as a labeled word: free at its first mention, else `mark`'s
+        skill (determined) or tracking (which of the cast is named here: unknown)."""
+        pos = self.pos
+        if not c.mentioned:
+            # First mention: a draw from the name list (Zipf weights, `Builder.kid`); once
+            # "girl"/"boy" was written, among that pronoun's names only.
+            skill = "free"
+            logp = c.logp_kid if c.kid_shown and c.logp_kid is not None else c.logp
+            self.introduced += 1
+            self.first_pos.setdefault(id(c), pos)
+        elif mark:
+            skill, logp = mark, 0.0
+        else:
+            # Which of the cast the plot names here is its own choice, not a uniform draw
+            # among the k introduced (the hero is named far more often): unknown.
+            skill, logp = "tracking", None
+        base = LOG_HALF if skill == "reasoning" else c.logp  # `char_base`, inline
+        if chose:  # the name rather than its pronoun
+            logp = None if logp is None else round(logp + LOG_NAME, 4)
+            base = None if base is None else round(base + LOG_NAME, 4)
+        name = c.name
+        end = self.pos = pos + len(name)
+        self.spans.append([pos, end, skill, logp, base if skill != "free" else logp])
+        self.parts.append(name)
+        if self.draws is not None:
+            if skill == "free" and c.src is not None:
+                key, out = c.src
+                self.drew(((*key, c.pron if c.kid_shown else "-"), out), logp)
+            if chose:
+                self.drew(_CHOICE_NAME, LOG_NAME)
 
     def _pronoun(self, c: Char, form: str, logp: float = 0.0) -> None:
         if self.focus is not c:
