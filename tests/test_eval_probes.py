@@ -171,9 +171,14 @@ def test_the_corpus_trigram_level_is_what_local_statistics_alone_choose():
     assert [i["trigram"] for i in out["items"]] == [choices[p.id] for p in PROBES]
     assert out["trigram"] == pytest.approx(sum(choices.values()) / len(PROBES))
     assert out["by_style"]["novel"]["trigram"] == pytest.approx((choices["p2"] + choices["p4"]) / 2)
+    # the model's accuracy on the items the trigram misses (the skill beyond local statistics)
+    missed = [i for i in out["items"] if not i["trigram"]]
+    assert out["mc_trigram_missed"]["n"] == len(missed) >= 1
+    assert out["mc_trigram_missed"]["acc"] == pytest.approx(sum(i["mc"] for i in missed) / len(missed))
     # without a corpus (no train split) the level is not known, and says so
     plain = summarize(PROBES, score_probes(Bigram(), PROBES, codec(), max_len=16))
     assert plain["trigram"] is None and all(i["trigram"] is None for i in plain["items"])
+    assert plain["mc_trigram_missed"]["acc"] is None and plain["mc_trigram_missed"]["n"] == 0
 
 
 def test_a_prompt_longer_than_the_context_is_refused_or_cut_only_when_asked():

@@ -380,8 +380,10 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory):
     root = tmp_path_factory.mktemp("busy")
-    # Wide and deep enough that a lone 500-token request (decoded by the C++ kernel) runs for a while.
-    run = make_run(root, "slow", context=512, d_model=128, n_layers=8)
+    # Wide and deep enough that a lone 500-token request (decoded by the C++ kernel) runs for a while:
+    # ~0.8 s on the 2-core AVX-512 Xeon. At d_model 128 it took 90 ms there, and a disconnect test
+    # failed once in a full run when the request finished before the closed socket was noticed.
+    run = make_run(root, "slow", context=512, d_model=256, n_layers=8)
     s = Server([run], root, "--max-batch", "1", "--max-queue", "1")
     yield s
     s.stop()

@@ -453,11 +453,14 @@ def probes_in_out(records: list[dict], size_key: str = "non_embedding_params") -
         fams = {"world": world, "suite": records}
         curves = {fam: {p[0]: p for p in size_curve(recs, name, "mc", size_key)} for fam, recs in fams.items()}
         same = {p[0]: p[1] for p in size_curve(world, name, "mc_same_length", size_key)}
+        missed = {fam: {p[0]: p[1] for p in size_curve(recs, name, "mc_trigram_missed", size_key)}
+                  for fam, recs in fams.items()}
         rows = []
         for size in sorted(set(curves["world"]) & set(curves["suite"])):
             w, s = curves["world"][size][1], curves["suite"][size][1]
             rows.append({"size": size, "world": w, "world_se": curves["world"][size][2], "suite": s,
-                         "suite_se": curves["suite"][size][2], "gap": w - s, "world_same_length": same.get(size)})
+                         "suite_se": curves["suite"][size][2], "gap": w - s, "world_same_length": same.get(size),
+                         **{f"{fam}_trigram_missed": missed[fam].get(size) for fam in fams}})
         classes = {fam: {axis: _classify(size_curve(recs, name, "mc", size_key) if axis == "size"
                                          else compute_curve(recs, name, "mc"), "mc", _level(recs, name, "mc"))
                          for axis in ("size", "compute")} for fam, recs in fams.items()}
@@ -479,10 +482,11 @@ def _in_out_sentence(e: dict) -> str:
     gaps = ", ".join(f"{r['gap']:+.2f}" for r in e["rows"])
     first, last = e["rows"][0], e["rows"][-1]
     def levels(fam: str) -> str:
-        versus = e.get("largest_vs_trigram", {}).get(fam)
+        versus, missed = e.get("largest_vs_trigram", {}).get(fam), last.get(f"{fam}_trigram_missed")
         return (f"chance {e['chance'][fam]:.2f}{_level_words(e['no_skill'][fam], e.get('trigram', {}).get(fam))}, "
                 f"{e['classes'][fam]['size']} over size"
-                + (f"; the largest model {versus} the trigram" if versus else ""))
+                + (f"; the largest model {versus} the trigram" if versus else "")
+                + (f", {missed:.2f} on the items it misses" if missed is not None else ""))
 
     return (f"{e['suite']}: in-distribution accuracy {first['world']:.2f} -> {last['world']:.2f} ({levels('world')}), "
             f"hand-written {first['suite']:.2f} -> {last['suite']:.2f} ({levels('suite')}); "

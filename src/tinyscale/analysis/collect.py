@@ -18,7 +18,8 @@ A record is one run at one checkpoint, a flat dict:
                           "prob", "prob_se", "chance", "no_skill" (an untrained model's mc),
                           "trigram" (the corpus trigram's mc, None when not measured), "n",
                           "p_choice", "logp", "cut",
-                          "mc_same_length" (+ _lo, _hi: over probes with equal-length options)}}
+                          "mc_same_length" (+ _lo, _hi: over probes with equal-length options),
+                          "mc_trigram_missed" (+ _lo, _hi: over the probes the corpus trigram misses)}}
     world_probes {suite: the same fields}     the story world's in-distribution sets (evaluate/results.py)
     final                                     True for the last checkpoint of the run
     loss_se                                   bootstrap standard error of `loss` (over windows), or None
@@ -83,7 +84,7 @@ def _probe_summary(s: dict[str, Any]) -> dict[str, Any]:
                            "trigram": _num(s.get("trigram")), "n": s.get("n")}
     if out["no_skill"] is None:  # results written before it was recorded: their items hold the token counts
         out["no_skill"] = _no_skill_of_items(s.get("items") or [])
-    for metric in ("mc", "exact", "mc_same_length"):
+    for metric in ("mc", "exact", "mc_same_length", "mc_trigram_missed"):
         r = s.get(metric) or {}
         out[metric], out[f"{metric}_lo"], out[f"{metric}_hi"] = _num(r.get("acc")), _num(r.get("lo")), _num(r.get("hi"))
     out["prob"] = _num(s.get("p_answer"))

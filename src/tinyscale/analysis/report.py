@@ -518,6 +518,7 @@ def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, 
         return _nodata("No in-distribution probe results: `tinyscale eval` scores the story world's own probe "
                        "sets when a run's data is the story world.")
     rows = [[e["suite"], _num(r["size"]), f"{r['world']:.2f}", _num(r.get("world_same_length"), 2),
+             f"{_num(r.get('world_trigram_missed'), 2)} / {_num(r.get('suite_trigram_missed'), 2)}",
              f"{r['suite']:.2f}", f"{r['gap']:+.2f}", f"{e['chance']['world']:.2f} / {e['chance']['suite']:.2f}",
              *(f"{_acc((e.get(k) or {}).get('world'))} / {_acc((e.get(k) or {}).get('suite'))}"
                for k in ("no_skill", "trigram"))]

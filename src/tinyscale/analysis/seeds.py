@@ -139,7 +139,7 @@ def _mean_probes(recs: list[dict], key: str = "probes") -> dict[str, dict]:
         # Each seed is scored on its own draw of the world's items, so the levels differ a little too.
         for level in ("chance", "no_skill", "trigram"):
             p[level] = _mean([q.get(level) for q in ps])
-        for metric in _PROBE_METRICS:
+        for metric in (*_PROBE_METRICS, "mc_same_length", "mc_trigram_missed"):  # the subsets' too
             p[metric] = _mean([q.get(metric) for q in ps])
             if metric in ("prob", "logprob"):  # continuous: a standard error, no interval
                 p[f"{metric}_se"] = _se_of_mean([q.get(f"{metric}_se") for q in ps])

@@ -32,7 +32,8 @@ facts 0.56 (untrained level 0.53, chance 0.28), repeat 0.14 (0.22, 0.33), repeat
 trigram (data/ngram.py, the loss baseline of a corpus without a world), which picks by the same summed
 log-probability but reads only the two tokens before each one. A model must beat it to show more than
 local statistics: on a 30,000-story world (vocabulary 2,048) it scores in-distribution facts 0.95,
-repeat_familiar 1.00, reasoning 0.60, tracking 0.61, grammar 0.63. `mc_same_length` is the multiple-choice accuracy over the probes whose options all have the
+repeat_familiar 1.00, reasoning 0.60, tracking 0.61, grammar 0.63. `mc_trigram_missed` is the
+multiple-choice accuracy over the items the trigram gets wrong. `mc_same_length` is the multiple-choice accuracy over the probes whose options all have the
 same number of tokens (a summed log-probability favours short options before anything is learned), and
 two continuous metrics sit beside the accuracies: `logp` (the answer's summed log-probability)
 and `logp_norm` (the same, normalised over the options: log of the answer's share of the options'
@@ -357,9 +358,13 @@ def _rate(k: int, n: int) -> dict:
     return {"acc": k / n if n else float("nan"), "k": k, "n": n, "lo": lo, "hi": hi}
 
 
+_NO_RATE = {"acc": None, "k": 0, "n": 0, "lo": None, "hi": None}  # a rate over no items
+
+
 def _summary(scores: Sequence[ProbeScore], chances: Sequence[float], trigram: dict[str, bool] | None) -> dict:
     n = len(scores)
     same = [s for s in scores if len(set(s.tokens)) == 1]
+    missed = [s for s in scores if trigram is not None and not trigram[s.id]]
     return {
         "n": n,
         "chance": sum(chances) / n,
@@ -374,8 +379,9 @@ def _summary(scores: Sequence[ProbeScore], chances: Sequence[float], trigram: di
         # Summed log-probabilities favour options of fewer tokens before anything is learned (a word
         # frequent in the corpus is often one token, a rare wrong option several): accuracy on the
         # probes whose options all have the same number of tokens is free of that bias.
-        "mc_same_length": _rate(sum(s.mc for s in same), len(same)) if same else
-        {"acc": None, "k": 0, "n": 0, "lo": None, "hi": None},
+        "mc_same_length": _rate(sum(s.mc for s in same), len(same)) if same else _NO_RATE,
+        # The items local statistics get wrong: accuracy there is the skill beyond them.
+        "mc_trigram_missed": _rate(sum(s.mc for s in missed), len(missed)) if missed else _NO_RATE,
     }
 
 
