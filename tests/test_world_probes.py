@@ -200,7 +200,8 @@ def test_the_largest_model_is_set_against_the_corpus_trigram(tmp_path):
     for path in (sweep / "runs").glob("*/eval/100.json"):
         result = json.loads(path.read_text())
         result["world_probes"]["facts"]["trigram"], result["probes"]["facts"]["trigram"] = 0.90, 0.20
-        result["world_probes"]["facts"]["mc_trigram_missed"] = {"acc": 0.5, "k": 5, "n": 10, "lo": 0.24, "hi": 0.76}
+        result["world_probes"]["facts"]["mc_trigram_missed"] = {"acc": 0.5, "k": 5, "n": 10, "lo": 0.24, "hi": 0.76,
+                                                                "no_skill": 0.1}
         path.write_text(json.dumps(result))
     (entry,) = analyze_sweep(sweep, n_boot=10)["probes_in_out"]
     assert entry["trigram"] == {"world": 0.90, "suite": 0.20}
@@ -208,7 +209,14 @@ def test_the_largest_model_is_set_against_the_corpus_trigram(tmp_path):
     assert entry["largest_vs_trigram"] == {"world": "level with", "suite": "above"}
     assert "trigram 0.90" in entry["sentence"] and "the largest model level with the trigram" in entry["sentence"]
     assert entry["rows"][-1]["world_trigram_missed"] == 0.5 and entry["rows"][-1]["suite_trigram_missed"] is None
-    assert "0.50 on the items it misses" in entry["sentence"]
+    assert "on the items the trigram misses 0.50 -> 0.50 (flat)" in entry["sentence"]
+    assert entry["beyond_trigram_classes"]["world"] == {"size": "flat", "compute": "flat"}
+    # that subset is classed from its own untrained level (0.1 here), not the whole set's
+    from tinyscale.analysis.analyze import _level
+    from tinyscale.analysis.collect import _probe_summary
+    rec = {"probes": {"facts": _probe_summary(json.loads(next((sweep / "runs").glob("*/eval/100.json")).read_text())
+                                              ["world_probes"]["facts"])}}
+    assert _level([rec], "facts", "mc_trigram_missed") == (0.1, "untrained level")
     assert versus_level(0.5, 0.01, 0.6) == "below" and versus_level(0.5, None, 0.4) == "above"
     assert versus_level(0.5, 0.01, None) is None
 

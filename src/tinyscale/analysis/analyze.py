@@ -190,13 +190,18 @@ def _metric(rec: dict, row: str, metric: str) -> tuple[float, float | None, floa
         return probe[metric], probe.get(f"{metric}_se"), None
     lo, hi = probe.get(f"{metric}_lo"), probe.get(f"{metric}_hi")
     se = (hi - lo) / (2 * 1.96) if lo is not None and hi is not None else None
-    if metric != "mc":
+    if metric not in _LEVELS:
         return probe[metric], se, 0.0
     # A summed log-probability favours the options of fewest tokens before anything is learned, so
     # an untrained model does not score chance: its level (evaluate/probes.py's no_skill) is the
     # reference where known (collect.py reads it from older results' items), else chance.
-    level = probe.get("no_skill")
+    level = probe.get(_LEVELS[metric])
     return probe[metric], se, probe.get("chance") if level is None else level
+
+
+# Multiple-choice accuracies and the field of their untrained level: over all items, and over the
+# items the corpus trigram misses (that subset's own level).
+_LEVELS = {"mc": "no_skill", "mc_trigram_missed": "mc_trigram_missed_no_skill"}
 
 
 def size_curve(records: list[dict], row: str, metric: str, size_key: str) -> list[tuple[float, float, float | None]]:
@@ -257,7 +262,7 @@ def _level(records: list[dict], row: str, metric: str) -> tuple[float | None, st
     level (an untrained model's expected accuracy) where known, else chance; 0 for exact match."""
     for r in records:
         if m := _metric(r, row, metric):
-            known = metric == "mc" and (r["probes"].get(row) or {}).get("no_skill") is not None
+            known = metric in _LEVELS and (r["probes"].get(row) or {}).get(_LEVELS[metric]) is not None
             return m[2], "untrained level" if known else "chance level"
     return None, "chance level"
 
@@ -464,7 +469,11 @@ def probes_in_out(records: list[dict], size_key: str = "non_embedding_params") -
         classes = {fam: {axis: _classify(size_curve(recs, name, "mc", size_key) if axis == "size"
                                          else compute_curve(recs, name, "mc"), "mc", _level(recs, name, "mc"))
                          for axis in ("size", "compute")} for fam, recs in fams.items()}
-        entry = {"suite": name, "skill": SUITE_SKILL.get(name),
+        beyond = {fam: {axis: _classify(size_curve(recs, name, "mc_trigram_missed", size_key) if axis == "size"
+                                        else compute_curve(recs, name, "mc_trigram_missed"), "mc",
+                                        _level(recs, name, "mc_trigram_missed"))["label"]
+                        for axis in ("size", "compute")} for fam, recs in fams.items()}
+        entry = {"suite": name, "skill": SUITE_SKILL.get(name), "beyond_trigram_classes": beyond,
                  "chance": {fam: _probe_field(recs, name, "chance") for fam, recs in fams.items()},
                  **{k: {fam: _probe_field(recs, name, k) for fam, recs in fams.items()} for k in ("no_skill", "trigram")},
                  "rows": rows, "classes": {fam: {axis: c["label"] for axis, c in v.items()} for fam, v in classes.items()}}
@@ -482,11 +491,13 @@ def _in_out_sentence(e: dict) -> str:
     gaps = ", ".join(f"{r['gap']:+.2f}" for r in e["rows"])
     first, last = e["rows"][0], e["rows"][-1]
     def levels(fam: str) -> str:
-        versus, missed = e.get("largest_vs_trigram", {}).get(fam), last.get(f"{fam}_trigram_missed")
+        versus, missed = e.get("largest_vs_trigram", {}).get(fam), [r.get(f"{fam}_trigram_missed") for r in e["rows"]]
+        beyond = (e.get("beyond_trigram_classes") or {}).get(fam, {}).get("size")
         return (f"chance {e['chance'][fam]:.2f}{_level_words(e['no_skill'][fam], e.get('trigram', {}).get(fam))}, "
                 f"{e['classes'][fam]['size']} over size"
                 + (f"; the largest model {versus} the trigram" if versus else "")
-                + (f", {missed:.2f} on the items it misses" if missed is not None else ""))
+                + (f"; on the items the trigram misses {missed[0]:.2f} -> {missed[-1]:.2f} ({beyond})"
+                   if None not in (missed[0], missed[-1]) else ""))
 
     return (f"{e['suite']}: in-distribution accuracy {first['world']:.2f} -> {last['world']:.2f} ({levels('world')}), "
             f"hand-written {first['suite']:.2f} -> {last['suite']:.2f} ({levels('suite')}); "

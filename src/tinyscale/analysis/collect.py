@@ -19,7 +19,8 @@ A record is one run at one checkpoint, a flat dict:
                           "trigram" (the corpus trigram's mc, None when not measured), "n",
                           "p_choice", "logp", "cut",
                           "mc_same_length" (+ _lo, _hi: over probes with equal-length options),
-                          "mc_trigram_missed" (+ _lo, _hi: over the probes the corpus trigram misses)}}
+                          "mc_trigram_missed" (+ _lo, _hi, _no_skill: over the probes the corpus
+                          trigram misses)}}
     world_probes {suite: the same fields}     the story world's in-distribution sets (evaluate/results.py)
     final                                     True for the last checkpoint of the run
     loss_se                                   bootstrap standard error of `loss` (over windows), or None
@@ -87,6 +88,7 @@ def _probe_summary(s: dict[str, Any]) -> dict[str, Any]:
     for metric in ("mc", "exact", "mc_same_length", "mc_trigram_missed"):
         r = s.get(metric) or {}
         out[metric], out[f"{metric}_lo"], out[f"{metric}_hi"] = _num(r.get("acc")), _num(r.get("lo")), _num(r.get("hi"))
+    out["mc_trigram_missed_no_skill"] = _num((s.get("mc_trigram_missed") or {}).get("no_skill"))
     out["prob"] = _num(s.get("p_answer"))
     # continuous metrics beside the accuracies: the answer's share among the options, its log-probability
     out["p_choice"], out["logp"], out["cut"] = _num(s.get("p_choice")), _num(s.get("logp_answer")), s.get("cut")

@@ -523,7 +523,9 @@ def _probes_in_out_section(records: list[dict], analysis: dict, plot_dir: Path, 
              *(f"{_acc((e.get(k) or {}).get('world'))} / {_acc((e.get(k) or {}).get('suite'))}"
                for k in ("no_skill", "trigram"))]
             for e in entries for r in e["rows"]]
-    classes = [[e["suite"], *(e["classes"][f][a] or "—" for f in ("world", "suite") for a in ("size", "compute"))]
+    classes = [[e["suite"], *(e["classes"][f][a] or "—" for f in ("world", "suite") for a in ("size", "compute")),
+                *(" / ".join((e.get("beyond_trigram_classes") or {}).get(f, {}).get(a) or "—" for f in ("world", "suite"))
+                  for a in ("size", "compute"))]
                for e in entries]
     return _render("report/probes_io.html", size_key=size_key, sentences=[e["sentence"] for e in entries],
                    png=_b64(plots.probes_in_out(records, plot_dir / "probes_in_out.png", size_key)),

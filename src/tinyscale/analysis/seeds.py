@@ -137,7 +137,7 @@ def _mean_probes(recs: list[dict], key: str = "probes") -> dict[str, dict]:
         ps = [r[key][suite] for r in recs]
         p = dict(ps[0])
         # Each seed is scored on its own draw of the world's items, so the levels differ a little too.
-        for level in ("chance", "no_skill", "trigram"):
+        for level in ("chance", "no_skill", "trigram", "mc_trigram_missed_no_skill"):
             p[level] = _mean([q.get(level) for q in ps])
         for metric in (*_PROBE_METRICS, "mc_same_length", "mc_trigram_missed"):  # the subsets' too
             p[metric] = _mean([q.get(metric) for q in ps])

@@ -361,6 +361,10 @@ def _rate(k: int, n: int) -> dict:
 _NO_RATE = {"acc": None, "k": 0, "n": 0, "lo": None, "hi": None}  # a rate over no items
 
 
+def _no_skill_of(scores: Sequence[ProbeScore]) -> float | None:
+    return None if any(s.no_skill is None for s in scores) else sum(s.no_skill for s in scores) / len(scores)
+
+
 def _summary(scores: Sequence[ProbeScore], chances: Sequence[float], trigram: dict[str, bool] | None) -> dict:
     n = len(scores)
     same = [s for s in scores if len(set(s.tokens)) == 1]
@@ -368,7 +372,7 @@ def _summary(scores: Sequence[ProbeScore], chances: Sequence[float], trigram: di
     return {
         "n": n,
         "chance": sum(chances) / n,
-        "no_skill": None if any(s.no_skill is None for s in scores) else sum(s.no_skill for s in scores) / n,
+        "no_skill": _no_skill_of(scores),
         "trigram": None if trigram is None else sum(trigram[s.id] for s in scores) / n,
         "mc": _rate(sum(s.mc for s in scores), n),
         "exact": _rate(sum(s.exact for s in scores), n),
@@ -381,7 +385,8 @@ def _summary(scores: Sequence[ProbeScore], chances: Sequence[float], trigram: di
         # probes whose options all have the same number of tokens is free of that bias.
         "mc_same_length": _rate(sum(s.mc for s in same), len(same)) if same else _NO_RATE,
         # The items local statistics get wrong: accuracy there is the skill beyond them.
-        "mc_trigram_missed": _rate(sum(s.mc for s in missed), len(missed)) if missed else _NO_RATE,
+        "mc_trigram_missed": {**_rate(sum(s.mc for s in missed), len(missed)), "no_skill": _no_skill_of(missed)}
+        if missed else _NO_RATE,
     }
 
 
