@@ -23,6 +23,23 @@ def rec(loss: float, floor: float, se: float | None = 0.01, **probes) -> dict:
             "probes": probes}
 
 
+def test_a_corpus_trigram_below_the_floor_is_flagged_once_per_skill():
+    """No predictor beats the generator's own surprisal on average: a trigram that does (a floor set
+    too high, or validation stories in the training split) is a violation, said once per skill."""
+    from tinyscale.analysis.checks import run_checks
+
+    def with_trigram(run: str, excess: float) -> dict:
+        return {"run": run, "step": 9, "skill_trigram_excess": {"fact": excess, "grammar": 0.8},
+                "skill_trigram_excess_se": {"fact": 0.01, "grammar": 0.01}, "probes": {}}
+
+    out = run_checks([with_trigram("a", -0.2), with_trigram("b", -0.2)], None)
+    (v,) = out["violations"]
+    assert v["check"] == "trigram_below_floor" and "skill fact" in v["where"] and v["excess"] == -0.2
+    assert "trigram_below_floor" in out["checked"]
+    assert run_checks([with_trigram("a", -0.02)], None)["violations"] == []  # within 3 standard errors
+    assert "trigram_below_floor" not in run_checks([{"run": "a", "probes": {}}], None)["checked"]
+
+
 def test_a_loss_below_its_floor_beyond_three_errors_is_flagged():
     (v,) = loss_floor_checks([rec(2.461, 2.616, se=0.022)])  # the demo's `free` words
     assert v["check"] == "loss_below_floor" and "run r step 10 skill free" in v["message"]

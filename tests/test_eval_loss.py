@@ -103,7 +103,12 @@ def test_the_corpus_trigram_loss_per_skill_matches_hand_computation():
     for sid in range(4):
         ts = [t for t in range(1, 101) if skills[t] == sid and t not in firsts
               and (sid != 1 or not math.isnan(base[t]))]
-        assert out[SKILLS[sid]] == pytest.approx(np.mean([surprisal[t] for t in ts]), abs=1e-9)
+        row = out[SKILLS[sid]]
+        assert row["trigram"] == pytest.approx(np.mean([surprisal[t] for t in ts]), abs=1e-9)
+        # its excess over the floor, on the tokens whose floor is known, with an error over windows
+        on_floor = [t for t in range(1, 101) if skills[t] == sid and t not in firsts and not math.isnan(floor[t])]
+        assert row["trigram_excess"] == pytest.approx(np.mean([surprisal[t] - floor[t] for t in on_floor]), abs=1e-6)
+        assert row["trigram_excess_se"] > 0
 
 
 def test_rare_skills_get_enough_tokens_and_the_overall_loss_is_reweighted():

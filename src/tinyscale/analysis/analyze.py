@@ -490,6 +490,7 @@ def _in_out_sentence(e: dict) -> str:
         return f"{e['suite']}: no model measured both ways"
     gaps = ", ".join(f"{r['gap']:+.2f}" for r in e["rows"])
     first, last = e["rows"][0], e["rows"][-1]
+
     def levels(fam: str) -> str:
         versus, missed = e.get("largest_vs_trigram", {}).get(fam), [r.get(f"{fam}_trigram_missed") for r in e["rows"]]
         beyond = (e.get("beyond_trigram_classes") or {}).get(fam, {}).get("size")

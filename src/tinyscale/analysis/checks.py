@@ -3,6 +3,9 @@
     loss_below_floor        a skill's loss below its floor (the generator's own surprisal, the best any
                             model can do on average) by more than 3 standard errors, at any evaluated
                             checkpoint of any run
+    trigram_below_floor     the training corpus's trigram (the eval's control for local statistics)
+                            below a skill's floor by more than 3 standard errors: a floor set too high,
+                            or validation stories that are also in the training split
     accuracy_below_chance   a multiple-choice accuracy below its exact chance level (1 / options), and
                             below what an untrained model scores where that is lower (it picks the
                             options of fewest tokens: evaluate/probes.py's no_skill), with a one-sided
@@ -55,6 +58,24 @@ def loss_floor_checks(records: list[dict]) -> list[dict[str, Any]]:
                 out.append(_violation("loss_below_floor", where, f"{where}: loss is below its floor by "
                                       f"{-excess:.3f} nats ({-excess / se:.1f} standard errors) on the tokens "
                                       f"whose floor is known", loss=loss, floor=floor, excess=excess, se=se))
+    return out
+
+
+def trigram_floor_checks(records: list[dict]) -> list[dict[str, Any]]:
+    """Each skill whose corpus trigram pays less than the floor beyond SE_LIMIT errors (the trigram is
+    the data's, the same in every eval record of it: said once per skill)."""
+    out, seen = [], set()
+    for r in records:
+        for skill, excess in (r.get("skill_trigram_excess") or {}).items():
+            se = (r.get("skill_trigram_excess_se") or {}).get(skill)
+            if skill in seen or se is None or excess >= -SE_LIMIT * se:
+                continue
+            seen.add(skill)
+            where = f"skill {skill} (the corpus trigram, eval of run {r['run']} step {r.get('step')})"
+            out.append(_violation("trigram_below_floor", where, f"{where}: the training corpus's trigram pays "
+                                  f"{-excess:.3f} nats less than the floor ({-excess / se:.1f} standard errors): a "
+                                  "floor set too high, or validation stories also in the training split",
+                                  excess=excess, se=se))
     return out
 
 
@@ -189,8 +210,10 @@ def _tokenizer(run_dir: Path):
 def run_checks(records: list[dict], fits: dict[str, Any] | None,
                run_dirs: list[Path] | None = None) -> dict[str, Any]:
     """Every check that the inputs allow; `checked` names those run, `not_checked` says why not."""
-    violations = loss_floor_checks(records) + chance_checks(records)
+    violations = loss_floor_checks(records) + trigram_floor_checks(records) + chance_checks(records)
     checked = ["loss_below_floor", "accuracy_below_chance"]
+    if any(r.get("skill_trigram_excess") for r in records):
+        checked.insert(1, "trigram_below_floor")
     not_checked: list[str] = []
     if fits:
         violations += fit_checks(fits, records)

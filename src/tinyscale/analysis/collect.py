@@ -12,6 +12,7 @@ A record is one run at one checkpoint, a flat dict:
     skill_loss_se {skill: se}                 bootstrap standard error of the loss (over windows)
     skill_floor, skill_baseline {skill: nats} the floor (true surprisal) and the no-skill baseline
     skill_trigram {skill: nats}               the corpus trigram's loss on the same tokens (eval files only)
+    skill_trigram_excess, _se                 the trigram's loss - floor on the floor's tokens, its error
     skill_gap, skill_gap_se, skill_gap_hi      loss - baseline over the tokens with a baseline, its
                                               standard error and the upper end of its 95% interval
     probes       {suite: {"mc", "mc_lo", "mc_hi", "exact", "exact_lo", "exact_hi",
@@ -124,7 +125,8 @@ def _se_of_mean(values: list[Any]) -> float | None:
 _SKILL_FIELDS = {"skill_loss": "loss", "skill_tokens": "tokens", "skill_loss_se": "loss_se",
                  "skill_floor": "floor", "skill_baseline": "baseline", "skill_gap": "gap", "skill_gap_se": "gap_se",
                  "skill_gap_hi": "gap_hi", "skill_excess": "excess", "skill_excess_se": "excess_se",
-                 "skill_floor_tokens": "floor_tokens", "skill_trigram": "trigram"}
+                 "skill_floor_tokens": "floor_tokens", "skill_trigram": "trigram",
+                 "skill_trigram_excess": "trigram_excess", "skill_trigram_excess_se": "trigram_excess_se"}
 
 
 def _from_summary(val: dict[str, Any]) -> dict[str, Any]:

@@ -197,21 +197,33 @@ def summarize_sums(sums: np.ndarray, shares: np.ndarray, n_boot: int = N_BOOT, s
     return out
 
 
-def trigram_levels(data: LossData, trigram) -> dict[str, float]:
-    """Per skill: the mean surprisal (nats) of the training corpus's trigram (data/ngram.py) on the
-    windows' targets: what local statistics alone achieve. Over the tokens whose baseline is known
-    where the skill has any (those its gap is measured on), else over all of its tokens; a window's
-    first target is left out (the trigram needs the two tokens before it)."""
+def trigram_levels(data: LossData, trigram, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per skill, what the training corpus's trigram (data/ngram.py) pays on the windows' targets:
+    `trigram`, its mean surprisal (nats) over the tokens whose baseline is known where the skill has
+    any (those its gap is measured on), else over all of them: what local statistics alone achieve;
+    and `trigram_excess` over the floor on the tokens whose floor is known, with its bootstrap error
+    over windows (`trigram_excess_se`): like any predictor's, it cannot be below zero on average
+    (checks.py). A window's first target is left out (the trigram needs the two tokens before it)."""
     seqs = torch.cat([data.x[:, :1], data.y], dim=1).numpy()
     surprisal = np.stack([trigram.surprisal(row)[1:] for row in seqs])  # one per target, NaN at the first
-    skill, has_base = data.skill.numpy(), ~np.isnan(data.base.numpy())
+    skill, base, floor = data.skill.numpy(), data.base.numpy(), data.floor.numpy()
+    rng = np.random.default_rng(seed)
     out = {}
     for sid in np.unique(skill):
         mask = (skill == sid) & ~np.isnan(surprisal)
-        if (mask & has_base).any():
-            mask &= has_base
-        if mask.any():
-            out[SKILLS[sid] if sid < len(SKILLS) else f"skill{sid}"] = float(surprisal[mask].mean())
+        on_base = mask & ~np.isnan(base)
+        if not mask.any():
+            continue
+        row = out[SKILLS[sid] if sid < len(SKILLS) else f"skill{sid}"] = {
+            "trigram": float(surprisal[on_base if on_base.any() else mask].mean())}
+        on_floor = mask & ~np.isnan(floor)
+        if on_floor.any():
+            diff = np.where(on_floor, surprisal - np.nan_to_num(floor), 0.0)
+            n_w, s_w = on_floor.sum(1), diff.sum(1)  # per window, so that windows resample whole
+            row["trigram_excess"] = float(s_w.sum() / n_w.sum())
+            boot = rng.integers(0, len(n_w), (n_boot, len(n_w)))
+            means = s_w[boot].sum(1) / np.maximum(n_w[boot].sum(1), 1)
+            row["trigram_excess_se"] = float(means.std(ddof=1)) if n_boot > 1 and len(n_w) > 1 else None
     return out
 
 

@@ -28,16 +28,18 @@ the same probability, so the option of fewest tokens has the highest summed log-
 between equally short options broken at random). It, not chance, is where an untrained model
 starts: measured on a random-initialised 1M model (story world, vocabulary 1,024), in-distribution
 facts 0.56 (untrained level 0.53, chance 0.28), repeat 0.14 (0.22, 0.33), repeat_familiar 0.76 (0.64,
-0.33). `trigram` is a stronger control: the multiple-choice accuracy of the training corpus's interpolated
-trigram (data/ngram.py, the loss baseline of a corpus without a world), which picks by the same summed
-log-probability but reads only the two tokens before each one. A model must beat it to show more than
-local statistics: on a 30,000-story world (vocabulary 2,048) it scores in-distribution facts 0.95,
-repeat_familiar 1.00, reasoning 0.60, tracking 0.61, grammar 0.63. `mc_trigram_missed` is the
-multiple-choice accuracy over the items the trigram gets wrong. `mc_same_length` is the multiple-choice accuracy over the probes whose options all have the
-same number of tokens (a summed log-probability favours short options before anything is learned), and
-two continuous metrics sit beside the accuracies: `logp` (the answer's summed log-probability)
-and `logp_norm` (the same, normalised over the options: log of the answer's share of the options'
-probability mass; its exp, `p_choice`, is 1 for a sure right choice and 1/options at indifference).
+0.33). `trigram` is a stronger control: the multiple-choice accuracy of the training corpus's
+interpolated trigram (data/ngram.py, the loss baseline of a corpus without a world), which picks by
+the same summed log-probability but reads only the two tokens before each one. A model must beat it
+to show more than local statistics: on a 30,000-story world (vocabulary 2,048) it scores
+in-distribution facts 0.95, repeat_familiar 1.00, reasoning 0.60, tracking 0.61, grammar 0.63.
+`mc_trigram_missed` is the multiple-choice accuracy over the items the trigram gets wrong (with
+that subset's own `no_skill`). `mc_same_length` is the multiple-choice accuracy over the probes
+whose options all have the same number of tokens (a summed log-probability favours short options
+before anything is learned), and two continuous metrics sit beside the accuracies: `logp` (the
+answer's summed log-probability) and `logp_norm` (the same, normalised over the options: log of the
+answer's share of the options' probability mass; its exp, `p_choice`, is 1 for a sure right choice
+and 1/options at indifference).
 
 Greedy exact match is read off the same teacher-forced pass: greedy decoding writes the answer's
 tokens exactly when each of them is the argmax given the prompt and the answer tokens before it, and

@@ -248,9 +248,9 @@ def _evaluate_one(model, prep: _Prepared, device: torch.device, *, samples: int,
     t0 = time.perf_counter()
     loss = {d.split: skill_losses(model, d, device, batch_size) for d in prep.loss}
     for split, levels in prep.trigram["loss"].items():  # the corpus trigram's loss beside each skill's
-        for skill, level in levels.items():
+        for skill, fields in levels.items():
             if skill in loss[split]["skills"]:
-                loss[split]["skills"][skill]["trigram"] = level
+                loss[split]["skills"][skill].update(fields)
     seconds["loss"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
