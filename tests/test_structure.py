@@ -406,6 +406,9 @@ def test_eval_scores_probes_with_the_header_as_input(shards, tmp_path):
     for it, w in zip(items[:2], want, strict=True):
         assert got[it["id"]] == pytest.approx(w, abs=1e-4)
     assert mine["mc"]["k"] == sum(all(w[0] > x for x in w[1:]) for w in want)
+    # The corpus trigram's choice beside each kept item, as for a decoder-only run
+    assert result["settings"]["trigram_tokens"] > 0 and all(isinstance(i["trigram"], bool) for i in mine["items"])
+    assert mine["trigram"] == pytest.approx(sum(i["trigram"] for i in mine["items"]) / 2)
     # Completions: stories sampled for validation headers, `samples` each.
     assert [len(s["completions"]) for s in result["completions"]] == [2, 2]
     assert all(s["prompt"].startswith("Words:") and s["prompt"].endswith("Story:") for s in result["completions"])

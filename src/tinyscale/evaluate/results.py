@@ -212,10 +212,12 @@ class _Prepared:
         self.cuts = pick_stories(split, shards.tokens(split), shards.eot_id, self.tokenizer, completions,
                                  seed) if completions else []
         self.vocabulary, self.reference = _corpus_words(shards, self.tokenizer) if self.cuts else (set(), {})
-        self.trigram_tokens, self.trigram = _trigram_levels(shards, self)
+        self.trigram_tokens, self.trigram = _trigram_levels(shards, self.codec, self.probe_len, self.suites,
+                                                            self.world, self.loss)
 
 
-def _trigram_levels(shards, prep: _Prepared) -> tuple[int | None, dict[str, dict]]:
+def _trigram_levels(shards, codec, max_len: int, suites: dict[str, list], world: dict[str, list],
+                    loss: list) -> tuple[int | None, dict[str, dict]]:
     """The training corpus's trigram (data/ngram.py): what local statistics alone achieve, as its
     choice on every probe (probes.trigram_choices) and its loss per skill on the loss windows
     (loss.trigram_levels). It does not depend on the weights, so it is fitted once per evaluation
@@ -228,11 +230,11 @@ def _trigram_levels(shards, prep: _Prepared) -> tuple[int | None, dict[str, dict
         return None, {"probes": {}, "world_probes": {}, "loss": {}}
     t0 = time.perf_counter()
     trigram = Trigram(shards.tokens("train"), shards.tokenizer().get_vocab_size())
-    codec, max_len = prep.codec, prep.probe_len
-    levels = {"probes": {name: trigram_choices(ps, trigram, codec, max_len) for name, ps in prep.suites.items()},
-              "world_probes": {name: trigram_choices(ps, trigram, codec, max_len, cut_prompts=True)
-                               for name, ps in prep.world.items()},
-              "loss": {d.split: trigram_levels(d, trigram) for d in prep.loss}}
+    # A prompt longer than max_len keeps its last tokens (the suites given here already fit, except
+    # under a structure, whose scorer leaves such items out: their choice is then never read).
+    levels = {fam: {name: trigram_choices(ps, trigram, codec, max_len, cut_prompts=True) for name, ps in sets.items()}
+              for fam, sets in (("probes", suites), ("world_probes", world))}
+    levels["loss"] = {d.split: trigram_levels(d, trigram) for d in loss}
     progress.info("the corpus's trigram (%d training tokens): fitted and scored in %.1f s", trigram.n,
                   time.perf_counter() - t0)
     return trigram.n, levels
@@ -539,7 +541,8 @@ def evaluate_structured_run(run_dir: Path, info: dict, checkpoints: Any, device:
                                "structure": info["model"]["structure"], "device": str(dev),
                                "suites": list(prep.sets["probes"]), "completions": len(prep.picks),
                                "samples": samples, "temperature": temperature, "seed": seed,
-                               "probes_left_out": prep.left_out, "world_probes": prep.world_settings}}
+                               "probes_left_out": prep.left_out, "trigram_tokens": prep.trigram_tokens,
+                               "world_probes": prep.world_settings}}
         result.update(prep.evaluate(model, dev, batch_size, samples=samples, temperature=temperature, seed=seed))
         result["seconds"]["total"] = time.perf_counter() - t0
         if write:
@@ -575,6 +578,10 @@ class _StructuredPrep:
         n_val = len(self.examples["val"][1]) if "val" in self.examples else 0
         self.picks = list(range(min(completions, n_val)))
         self.vocabulary, self.reference = _corpus_words(shards, self.tokenizer) if self.picks else (set(), {})
+        # The corpus trigram's probe choices over the whole prompt + option (the input/target split is
+        # the model's; local statistics read the same words). Its loss needs the decoder's windows: not here.
+        self.trigram_tokens, self.trigram = _trigram_levels(
+            shards, self.codec, self.S + self.T, suites, world[0], [])
 
     def evaluate(self, model, dev, batch_size: int, *, samples: int, temperature: float, seed: int) -> dict:
         from tinyscale.evaluate.completions import REPEAT_WINDOW, quality
@@ -599,7 +606,7 @@ class _StructuredPrep:
                 if left:
                     self.left_out[name if family == "probes" else f"{name} (world)"] = left
                 if kept:
-                    out[family][name] = summarize(kept, scores)
+                    out[family][name] = summarize(kept, scores, self.trigram[family].get(name))
             seconds[family] = time.perf_counter() - t0
         t0 = time.perf_counter()
         stories = complete_headers(model, *self.examples["val"], self.tokenizer, stories=len(self.picks),
