@@ -4,6 +4,7 @@ the scorer, and scored by `tinyscale eval` beside the hand-written suites."""
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,6 +145,25 @@ def test_eval_writes_both_families_within_the_trained_context(world_run):
     # story prompts are longer than 128 tokens: kept to their last tokens, and counted
     assert sum(s["cut"] for s in r["world_probes"].values()) > 0
     assert load_eval(world_run)[5]["world_probes"]["facts"]["n"] == 6
+
+
+def test_a_corrupt_training_split_is_one_error_and_left_as_it_was(world_run, tmp_path, capsys):
+    """The trigram reads the whole train split: an id outside the vocabulary is named, exit 2, one
+    line, and the shards are not touched."""
+    from tinyscale.cli import main
+
+    info = json.loads((world_run / "run.json").read_text())
+    shards = tmp_path / "shards"
+    shutil.copytree(info["config"]["data"], shards)
+    meta = json.loads((shards / "meta.json").read_text())
+    tokens = np.fromfile(shards / "train.bin", dtype=meta["dtype"])
+    tokens[3] = meta["vocab_size"] + 7
+    tokens.tofile(shards / "train.bin")
+    before = (shards / "train.bin").read_bytes()
+    assert main(["eval", str(world_run), "--data", str(shards), "--completions", "0"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "train.bin: token id" in err[0] and "outside the tokenizer's vocabulary" in err[0]
+    assert (shards / "train.bin").read_bytes() == before
 
 
 def test_no_world_probes_on_other_data_or_when_asked(world_run, tmp_path):

@@ -229,7 +229,11 @@ def _trigram_levels(shards, codec, max_len: int, suites: dict[str, list], world:
     if "train" not in shards.splits:
         return None, {"probes": {}, "world_probes": {}, "loss": {}}
     t0 = time.perf_counter()
-    trigram = Trigram(shards.tokens("train"), shards.tokenizer().get_vocab_size())
+    tokens, vocab = shards.tokens("train"), shards.tokenizer().get_vocab_size()
+    if len(tokens) and int(tokens.max()) >= vocab:  # the trigram's count keys assume ids < vocab
+        raise UserError(f"{shards.dir}/train.bin: token id {int(tokens.max())} is outside the tokenizer's "
+                        f"vocabulary of {vocab} (a corrupt shard)")
+    trigram = Trigram(tokens, vocab)
     # A prompt longer than max_len keeps its last tokens (the suites given here already fit, except
     # under a structure, whose scorer leaves such items out: their choice is then never read).
     levels = {fam: {name: trigram_choices(ps, trigram, codec, max_len, cut_prompts=True) for name, ps in sets.items()}
