@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from tinyscale.kernels import cpu_kernels
 from tinyscale.kernels.causal import HEAD_SIZES, SUPPORTED, _bthd, _rows
+from tinyscale.kernels.products import product, route_linears
 from tinyscale.model import RMSNorm, SwiGLU
 
 _NO_TABLE = torch.empty(0)
@@ -103,7 +104,7 @@ class _GatedUp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
-        h = x @ weight.t()
+        h = product(x, weight)
         ctx.save_for_backward(x, weight, h)
         return cpu_kernels().swiglu_forward(h)
 
@@ -111,7 +112,7 @@ class _GatedUp(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         x, weight, h = ctx.saved_tensors
         dh = cpu_kernels().swiglu_backward(dy.contiguous(), h)
-        return dh @ weight, cpu_kernels().transpose_matrix(x.t() @ dh)
+        return product(dh, weight.t()), cpu_kernels().transpose_matrix(product(x.t(), dh.t()))
 
 
 def _float_rows(*xs: Tensor) -> bool:
@@ -156,6 +157,7 @@ def use_fused_kernels(model: nn.Module, compiled: bool = False) -> bool:
     for block in model.blocks:
         if block.attn.head_dim in HEAD_SIZES:
             block.attn.packed_attention = packed_attention
+    route_linears(model)
     if not compiled:
         for m in model.modules():
             if isinstance(m, RMSNorm):

@@ -11,7 +11,7 @@ import functools
 import torch
 
 from tinyscale.config import TrainConfig
-from tinyscale.kernels import cpu_kernels
+from tinyscale.kernels import cpu_kernels, products
 
 
 def softmax_xent_grad(logits: torch.Tensor, targets: torch.Tensor, scale: float,
@@ -71,10 +71,16 @@ class HeadLoss(torch.autograd.Function):
             grad_h = torch.empty(h.shape, dtype=dtype, device=h.device)
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
             total = torch.zeros((), dtype=torch.float32, device=h.device)
+            routed = products.applies(hc, wc) and products.enabled()
             for i in range(0, n, chunk):
                 hi = hc[i:i + chunk]
-                loss, g = xent_grad(hi @ wc.t(), targets[i:i + chunk], 1.0 / n, dtype)
+                logits = products.product(hi, wc) if routed else hi @ wc.t()
+                loss, g = xent_grad(logits, targets[i:i + chunk], 1.0 / n, dtype)
                 total += loss
+                if routed:  # float32 on the CPU, in the library that runs each product faster here
+                    products.product_into(grad_h[i:i + chunk], g, wc.t())
+                    products.product_into(grad_w, g.t(), hi.t(), add=True)
+                    continue
                 torch.mm(g, wc, out=grad_h[i:i + chunk])  # in place: no copy of each chunk's product
                 if dtype == torch.float32:
                     grad_w.addmm_(g.t(), hi)

@@ -1,0 +1,230 @@
+"""Float32 matrix products on the CPU through the faster of the two libraries PyTorch carries for them.
+
+PyTorch hands float32 products on the CPU to MKL's sgemm, and MKL chooses its kernels by the
+processor's maker: on AMD processors it runs its AVX2 code even where the cores have AVX-512. On a
+2-core AMD EPYC Zen 5 it reached 214 GFLOP/s, where oneDNN, the other library inside PyTorch,
+reached 470-495 GFLOP/s on the forward and input-gradient products of a 288-wide model
+(docs/speed.md). PyTorch reaches oneDNN for float32 only through `mkldnn._linear_pointwise`
+(a @ b.T of dense tensors, strided views allowed), the operator Inductor itself uses.
+
+Which library is faster depends on the processor, the instruction set in effect and the shape (on
+that Zen 5 the output head's weight gradient ran faster in MKL; on Intel processors MKL runs
+AVX-512), so nothing is assumed: the first time a product's shape is seen, both are timed on it and
+oneDNN is kept only where it is `MARGIN` times faster. Both compute in float32 (oneDNN's default
+float32 mode is strict), so the choice changes rounding, not precision. The decisions are stored
+beside the built kernels, keyed by torch version, thread count and the instruction-set variables,
+so that every process on a machine computes a shape with the same library: a resumed run rounds
+exactly as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from tinyscale.fileio import write_json
+
+MARGIN = 1.15  # oneDNN must be this much faster: near parity the default library (MKL) stays
+DECISION_FILE = "tinyscale_products.json"
+# Variables that change which kernels either library runs (bench/peers' --avx2 sets all three).
+_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def enabled() -> bool:
+    """Whether to route products: oneDNN's operator is there and the kernels are on (with
+    TINYSCALE_KERNELS=off everything stays on PyTorch's default operators)."""
+    from tinyscale.kernels import cpu_kernels
+
+    return available() and cpu_kernels() is not None
+
+
+def _mkl(a: Tensor, b: Tensor) -> Tensor:
+    return torch.mm(a, b.t())
+
+
+def _onednn(a: Tensor, b: Tensor) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+
+
+LIBRARIES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"mkl": _mkl, "onednn": _onednn}
+
+
+def _key(a: Tensor, b: Tensor) -> str:
+    """The shape and memory layout of a product: a transposed view is another product to the libraries."""
+    return f"{tuple(a.shape)}{tuple(a.stride())}x{tuple(b.shape)}{tuple(b.stride())}"
+
+
+def _best_time(fn: Callable[[], object], rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure(a: Tensor, b: Tensor, rounds: int = 3) -> dict[str, float]:
+    """Seconds of a @ b.T in each library, the best of `rounds` after one untimed call each (which
+    also builds oneDNN's kernel for the shape)."""
+    with torch.no_grad():
+        for fn in LIBRARIES.values():
+            fn(a, b)
+        return {name: _best_time(lambda fn=fn: fn(a, b), rounds) for name, fn in LIBRARIES.items()}
+
+
+def choose(timings: dict[str, float]) -> str:
+    return "onednn" if timings["onednn"] * MARGIN < timings["mkl"] else "mkl"
+
+
+def context() -> str:
+    """What a stored decision depends on besides the shape."""
+    isa = " ".join(f"{v}={os.environ[v]}" for v in _ISA_VARIABLES if v in os.environ)
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads {isa}".strip()
+
+
+class Decisions:
+    """The library of each product shape seen, loaded from and written to `folder` (None: this
+    process only). The file holds one set of decisions per context (torch, threads, instruction set),
+    so that runs under `--avx2` and native runs on one machine keep their own."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.path = folder / DECISION_FILE if folder is not None else None
+        self.context = context()
+        mine = self._stored().get(self.context, {})
+        self.chosen: dict[str, str] = {k: v for k, v in mine.get("chosen", {}).items() if v in LIBRARIES}
+        self.timings: dict[str, dict[str, float]] = mine.get("timings", {})
+
+    def _stored(self) -> dict:
+        try:
+            stored = json.loads(self.path.read_text()) if self.path else {}
+            return stored if isinstance(stored, dict) and all(isinstance(v, dict) for v in stored.values()) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def library(self, a: Tensor, b: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        key = _key(a, b)
+        if key not in self.chosen:
+            self.timings[key] = measure(a, b)
+            self.chosen[key] = choose(self.timings[key])
+            self._store()
+        return LIBRARIES[self.chosen[key]]
+
+    def _store(self) -> None:
+        if self.path is None:
+            return
+        stored = self._stored()  # another process may have added its context since
+        stored[self.context] = {"chosen": self.chosen, "timings": self.timings}
+        try:  # best effort: a read-only cache only means measuring again in the next process
+            write_json(self.path, stored)
+        except OSError:
+            pass
+
+
+_decisions: Decisions | None = None
+
+
+def decisions() -> Decisions:
+    """This process's decisions, stored beside the built kernels when they are built."""
+    global _decisions
+    if _decisions is None or _decisions.context != context():
+        from tinyscale.kernels import cpu_kernels
+
+        kernels = cpu_kernels()
+        _decisions = Decisions(Path(kernels.__file__).parent if kernels is not None else None)
+    return _decisions
+
+
+def product(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b.T for float32 matrices on the CPU ([M, K] and [N, K], either may be a strided view), in
+    the library that measured faster for this shape here."""
+    return decisions().library(a, b)(a, b)
+
+
+def product_into(out: Tensor, a: Tensor, b: Tensor, add: bool = False) -> None:
+    """out = a @ b.T (add: out += a @ b.T), as `product` chooses; MKL writes (or adds) in place."""
+    if decisions().library(a, b) is _mkl:
+        if add:
+            out.addmm_(a, b.t())
+        else:
+            torch.mm(a, b.t(), out=out)
+    elif add:
+        out += _onednn(a, b)
+    else:
+        out.copy_(_onednn(a, b))
+
+
+if available():
+    # An operator of its own, so that torch.compile keeps the product (and its choice) opaque.
+    @torch.library.custom_op("tinyscale::product", mutates_args=(), device_types="cpu")
+    def product_op(a: Tensor, b: Tensor) -> Tensor:
+        return product(a, b)
+
+    @product_op.register_fake
+    def _(a: Tensor, b: Tensor) -> Tensor:
+        return a.new_empty((a.shape[0], b.shape[0]))
+else:
+    product_op = product
+
+
+class _Linear(torch.autograd.Function):
+    """nn.Linear's x @ weight.T + bias with all three products through `product_op`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        y = product_op(rows, weight)
+        if bias is not None:
+            y = y + bias
+        ctx.save_for_backward(rows, weight)
+        ctx.has_bias = bias is not None
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        rows, weight = ctx.saved_tensors
+        d = dy.reshape(-1, dy.shape[-1])
+        dx = product_op(d, weight.t()).view(*dy.shape[:-1], weight.shape[1])
+        return dx, product_op(d.t(), rows.t()), d.sum(0) if ctx.has_bias else None
+
+
+def applies(*xs: Tensor) -> bool:
+    """Whether these operands' products may go through `product`: float32 on the CPU, no autocast."""
+    return all(x.dtype == torch.float32 and x.device.type == "cpu" for x in xs) and not _cpu_autocast()
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device
+        return torch.is_autocast_cpu_enabled()
+
+
+class RoutedLinear(nn.Linear):
+    """An nn.Linear whose float32 CPU products go through `product`; same parameters and state dict.
+    `route_linears` turns a model's nn.Linear layers into these in place."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if applies(x, self.weight):
+            return _Linear.apply(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def route_linears(model: nn.Module) -> int:
+    """Turn every plain nn.Linear of `model` into a RoutedLinear (in place); the number turned."""
+    if not enabled():
+        return 0
+    layers = [m for m in model.modules() if type(m) is nn.Linear]
+    for m in layers:
+        m.__class__ = RoutedLinear  # no new state: only forward differs
+    return len(layers)
