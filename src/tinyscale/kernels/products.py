@@ -164,7 +164,7 @@ def product_into(out: Tensor, a: Tensor, b: Tensor, add: bool = False) -> None:
         out.copy_(_onednn(a, b))
 
 
-if available():
+if available() and hasattr(torch.library, "custom_op"):  # torch >= 2.4
     # An operator of its own, so that torch.compile keeps the product (and its choice) opaque.
     @torch.library.custom_op("tinyscale::product", mutates_args=(), device_types="cpu")
     def product_op(a: Tensor, b: Tensor) -> Tensor:
