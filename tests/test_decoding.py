@@ -219,18 +219,27 @@ def test_kernel_cache_decodes_batches_as_the_forward_pass_does(family, padded, c
 @pytest.mark.parametrize("family", ["llama", "neo"])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("compact", [False, True])
-def test_batch_decoder_steps_as_the_forward_pass_does(family, padded, compact):
+@pytest.mark.parametrize("library", ["mkl", "onednn"])
+def test_batch_decoder_steps_as_the_forward_pass_does(family, padded, compact, library, monkeypatch):
     """BatchDecoder (the work between products in the kernel) gives Transformer.forward's logits over
-    the same kind of cache, with and without left padding, and leaves the same cache behind."""
+    the same kind of cache, with and without left padding, and leaves the same cache behind, whichever
+    library the kernel's float32 products run in (kernels/products.py)."""
     from tinyscale.config import ModelConfig
     from tinyscale.decoding import BatchDecoder, new_cache
     from tinyscale.generate import _forward_step
+    from tinyscale.kernels import products
     from tinyscale.model import Transformer
 
     native_or_skip()
+    if library == "onednn" and not products.available():
+        pytest.skip("this torch has no oneDNN linear operator")
+    monkeypatch.setattr(products, "choose", lambda timings: library)
+    monkeypatch.setattr(products, "_decisions", products.Decisions(None))
     torch.manual_seed(2)
     model = Transformer(ModelConfig(family=family, vocab_size=97, d_model=48, n_layers=2, n_heads=3,
                                     max_seq_len=64)).eval()
+    # oneDNN's products take the layer's own weight (a transposed view), MKL's a transposed copy
+    assert products.decoding_weight(model.blocks[0].mlp.fc.weight).is_contiguous() == (library == "mkl")
     with torch.no_grad():  # biases and norm weights away from 0 and 1, so they are tested
         for p in model.parameters():
             if p.dim() == 1:

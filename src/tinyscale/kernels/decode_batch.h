@@ -10,7 +10,8 @@ class BatchStep {
  public:
   // tables: tok_emb, pos_emb (empty: rotary), cos, sin (empty: learned positions);
   // norms: per layer attn weight, bias, mlp weight, bias (empty bias: RMSNorm), then the final norm's;
-  // weights, biases: per layer qkv, proj, fc, down, then the head: float32 [in, out] (transposed), or
+  // weights, biases: per layer qkv, proj, fc, down, then the head: float32 [in, out] (a transposed copy
+  // for MKL, or the [out, in] weight's transposed view for oneDNN), or
   // quantized int8 [out, in] (per-channel).
   BatchStep(const std::vector<torch::Tensor>& tables, const std::vector<torch::Tensor>& norms,
             const std::vector<torch::Tensor>& weights, const std::vector<torch::Tensor>& biases, bool swiglu,

@@ -74,13 +74,13 @@ def _best_time(fn: Callable[[], object], rounds: int) -> float:
     return best
 
 
-def measure(a: Tensor, b: Tensor, rounds: int = 3) -> dict[str, float]:
-    """Seconds of a @ b.T in each library, the best of `rounds` after one untimed call each (which
-    also builds oneDNN's kernel for the shape)."""
+def measure(candidates: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, float]:
+    """Seconds of each way of computing a product ("mkl", "onednn"), the best of `rounds` after one
+    untimed call each (which also builds oneDNN's kernel for the shape)."""
     with torch.no_grad():
-        for fn in LIBRARIES.values():
-            fn(a, b)
-        return {name: _best_time(lambda fn=fn: fn(a, b), rounds) for name, fn in LIBRARIES.items()}
+        for fn in candidates.values():
+            fn()
+        return {name: _best_time(fn, rounds) for name, fn in candidates.items()}
 
 
 def choose(timings: dict[str, float]) -> str:
@@ -112,13 +112,17 @@ class Decisions:
         except (OSError, ValueError):
             return {}
 
-    def library(self, a: Tensor, b: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-        key = _key(a, b)
+    def pick(self, key: str, candidates: dict[str, Callable[[], object]]) -> str:
+        """"mkl" or "onednn" for the product `key`, measured on `candidates` the first time."""
         if key not in self.chosen:
-            self.timings[key] = measure(a, b)
+            self.timings[key] = measure(candidates)
             self.chosen[key] = choose(self.timings[key])
             self._store()
-        return LIBRARIES[self.chosen[key]]
+        return self.chosen[key]
+
+    def library(self, a: Tensor, b: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+        candidates = {name: lambda fn=fn: fn(a, b) for name, fn in LIBRARIES.items()}
+        return LIBRARIES[self.pick(_key(a, b), candidates)]
 
     def _store(self) -> None:
         if self.path is None:
@@ -162,6 +166,21 @@ def product_into(out: Tensor, a: Tensor, b: Tensor, add: bool = False) -> None:
         out += _onednn(a, b)
     else:
         out.copy_(_onednn(a, b))
+
+
+def decoding_weight(weight: Tensor, rows: int = 32) -> Tensor:
+    """A float32 [out, in] weight as the batched decoding kernel takes it, [in, out]: a transposed copy
+    for MKL's x @ w, or (where oneDNN measures faster at `rows` rows) the weight's own transposed view,
+    which the kernel hands to oneDNN (kernels/decode_batch.cpp), sparing the copy."""
+    w = weight.detach()
+    copy = w.t().contiguous()
+    if not enabled() or not w.is_contiguous():
+        return copy
+    x = torch.randn(rows, w.shape[1], generator=torch.Generator().manual_seed(0))  # not the caller's RNG
+    candidates = {"mkl": lambda: torch.mm(x, copy), "onednn": lambda: _onednn(x, w)}
+    if decisions().pick(f"decode {rows} x {tuple(w.shape)}", candidates) == "onednn":
+        return w.t()
+    return copy
 
 
 if available() and hasattr(torch.library, "custom_op"):  # torch >= 2.4
