@@ -64,7 +64,7 @@ def test_decisions_are_measured_once_and_kept_per_context(tmp_path, monkeypatch)
     assert again.library(a, b) is products.LIBRARIES[first.chosen[products._key(a, b)]]
     # Under another instruction set the stored decision is not used, and both are kept.
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
-    monkeypatch.setattr(products, "measure", lambda a, b: {"mkl": 2.0, "onednn": 1.0})
+    monkeypatch.setattr(products, "measure", lambda candidates: {"mkl": 2.0, "onednn": 1.0})
     products.Decisions(tmp_path).library(a, b)
     stored = json.loads((tmp_path / products.DECISION_FILE).read_text())
     assert len(stored) == 2 and any("ATEN_CPU_CAPABILITY=avx2" in k for k in stored)
