@@ -94,6 +94,8 @@ def test_routed_linears_compute_nn_linear_and_its_gradients(forced, monkeypatch,
     for net in (plain, routed):
         net(x).square().sum().backward()
     assert torch.allclose(routed(x), plain(x), atol=1e-5)
+    with torch.no_grad():  # serving's path: no autograd bookkeeping
+        assert torch.allclose(routed(x), plain(x), atol=1e-5)
     for p, q in zip(plain.parameters(), routed.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps PyTorch's own product
@@ -116,3 +118,11 @@ def test_the_head_loss_is_the_same_through_either_library(forced, monkeypatch):
     assert torch.allclose(results[0][0], want, atol=1e-5)
     for a, b in zip(*results, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_decision_covers_an_octave_of_row_counts_and_one_layout():
+    w = torch.randn(6, 8)
+    key = products._key
+    assert key(torch.randn(33, 8), w) == key(torch.randn(64, 8), w) != key(torch.randn(65, 8), w)
+    assert key(torch.randn(1, 8), w) != key(torch.randn(2, 8), w)
+    assert key(torch.randn(8, 4).t(), w) != key(torch.randn(4, 8), w)  # a transposed view is another product

@@ -60,9 +60,18 @@ def _onednn(a: Tensor, b: Tensor) -> Tensor:
 LIBRARIES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"mkl": _mkl, "onednn": _onednn}
 
 
+def _layout(t: Tensor) -> str:
+    """"rows" (row-major), "cols" (a transposed view) or the strides: another product to the libraries."""
+    if t.stride(1) == 1:
+        return "rows"
+    return "cols" if t.stride(0) == 1 else str(tuple(t.stride()))
+
+
 def _key(a: Tensor, b: Tensor) -> str:
-    """The shape and memory layout of a product: a transposed view is another product to the libraries."""
-    return f"{tuple(a.shape)}{tuple(a.stride())}x{tuple(b.shape)}{tuple(b.stride())}"
+    """A product's shape and memory layouts, a's rows rounded up to a power of two: a server's batches
+    and prompts give every row count, and one decision per octave is enough."""
+    rows = 1 << max(a.shape[0] - 1, 0).bit_length()
+    return f"{rows}x{a.shape[1]} {_layout(a)} . {tuple(b.shape)} {_layout(b)}"
 
 
 def _best_time(fn: Callable[[], object], rounds: int) -> float:
@@ -234,9 +243,12 @@ class RoutedLinear(nn.Linear):
     `route_linears` turns a model's nn.Linear layers into these in place."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if applies(x, self.weight):
+        if not applies(x, self.weight):
+            return F.linear(x, self.weight, self.bias)
+        if torch.is_grad_enabled():
             return _Linear.apply(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        y = product_op(x.reshape(-1, x.shape[-1]), self.weight)  # no autograd bookkeeping (serving)
+        return (y if self.bias is None else y.add_(self.bias)).view(*x.shape[:-1], self.weight.shape[0])
 
 
 def route_linears(model: nn.Module) -> int:

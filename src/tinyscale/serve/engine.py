@@ -40,6 +40,7 @@ from torch import Tensor
 
 from tinyscale.decoding import NativeDecoder, new_cache
 from tinyscale.generate import sample_next
+from tinyscale.kernels import products
 from tinyscale.model import Transformer
 from tinyscale.serve.penalties import Penalties, adjust
 
@@ -110,6 +111,7 @@ class Engine:
         self.model, self.max_batch, self.max_queue, self.dtype = model, max_batch, max_queue, dtype
         self.context = model.cfg.max_seq_len
         self.device = model.tok_emb.weight.device
+        products.route_linears(model)  # float32 products in the faster of MKL and oneDNN here
         # Memory is taken where rows are written (decoding.zeros_on_write), not for max_batch x context.
         self.cache = new_cache(model, max_batch, self.context, lazy=True)
         self.col = 0
