@@ -3,7 +3,7 @@ llama_cpp.server`, from llama-cpp-python) on the same model, under the same load
 
     python bench/peers/serve_side_by_side.py [--run RUN] [--clients 1,8,32,64] [--max-tokens 128]
         [--requests-each 2] [--rounds 2] [--threads N] [--llama-threads N] [--max-batch N]
-        [--llama-no-repack]
+        [--llama-no-repack] [--avx2]
 
 The model is a run folder (`--run`), or by default a random model of the `3M` preset's shape (width
 128 x 8 layers, vocabulary 4096, context 512; bench/serve_speed.py makes it): speed does not depend on
@@ -63,7 +63,7 @@ import requests
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
-from common import cpu_model, load_note, positive_int, positive_ints  # noqa: E402
+from common import child_env, cpu_model, load_note, positive_int, positive_ints  # noqa: E402
 from serve_speed import make_random_run  # noqa: E402
 
 # Starts llama.cpp's server with extra buffer types (weight repacking, AMX) off; see the docstring.
@@ -98,8 +98,8 @@ def llama_threads(n: int | None) -> list[str]:
     return [] if n is None else ["--n_threads", str(n), "--n_threads_batch", str(n)]
 
 
-def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+def start(cmd: list[str], port: int, log: Path, env: dict | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -246,6 +246,8 @@ def main() -> None:
     ap.add_argument("--max-batch", type=positive_ints, help="tinyscale's --max-batch, comma-separated for one tinyscale server each "
                     "(default: the largest --clients)")
     ap.add_argument("--llama-no-repack", action="store_true", help="llama.cpp without extra buffer types (AMX)")
+    ap.add_argument("--avx2", action="store_true", help="tinyscale's servers run AVX2 kernels on an AVX-512 machine "
+                    "(llama.cpp stays its own build: rebuild llama-cpp-python without AVX-512 to match)")
     args = ap.parse_args()
     batches = args.max_batch or [max(args.clients)]
     import llama_cpp
@@ -265,12 +267,15 @@ def main() -> None:
         ports = {name: base + i for i, name in enumerate(cmds)}
         extra = {n: {"ignore_eos": True, "stream_options": {"include_usage": True}} for n in cmds if n.startswith("tiny")}
         extra |= {n: {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0} for n in cmds if n.startswith("llama")}
-        print(f"CPU: {cpu_model()}; {load_note()}; llama-cpp-python {llama_cpp.__version__}"
+        print(f"CPU: {cpu_model()}; tinyscale's kernels: {'AVX2 (emulated)' if args.avx2 else 'native'}; "
+              f"{load_note()}; llama-cpp-python {llama_cpp.__version__}"
               f"{' (extra buffer types off)' if args.llama_no_repack else ''}; model {run.name} "
               f"({'random weights' if args.run is None else 'trained'}), context {context}; tinyscale {args.threads} threads, "
               f"llama.cpp {args.llama_threads or 'its default'} threads; "
               f"{args.max_tokens} new tokens x {args.requests_each} requests per client")
-        procs = {name: start(cmd, ports[name], tmp / f"{name.replace(' ', '-')}.log") for name, cmd in cmds.items()}
+        envs = {name: child_env(args.avx2) if name.startswith("tiny") else None for name in cmds}
+        procs = {name: start(cmd, ports[name], tmp / f"{name.replace(' ', '-')}.log", envs[name])
+                 for name, cmd in cmds.items()}
         levels: dict = {}
         mem: dict = {}
         try:

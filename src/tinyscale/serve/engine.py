@@ -40,7 +40,6 @@ from torch import Tensor
 
 from tinyscale.decoding import NativeDecoder, new_cache
 from tinyscale.generate import sample_next
-from tinyscale.kernels import products
 from tinyscale.model import Transformer
 from tinyscale.serve.penalties import Penalties, adjust
 
@@ -111,7 +110,9 @@ class Engine:
         self.model, self.max_batch, self.max_queue, self.dtype = model, max_batch, max_queue, dtype
         self.context = model.cfg.max_seq_len
         self.device = model.tok_emb.weight.device
-        products.route_linears(model)  # float32 products in the faster of MKL and oneDNN here
+        # The batched forward keeps PyTorch's default products (MKL): routed through the library
+        # choice (kernels/products.py) the 3M model's server peaked 80 MB higher and served 1 client at
+        # half the rate on a Zen 5, as oneDNN builds a kernel for every new row count (docs/speed.md).
         # Memory is taken where rows are written (decoding.zeros_on_write), not for max_batch x context.
         self.cache = new_cache(model, max_batch, self.context, lazy=True)
         self.col = 0
