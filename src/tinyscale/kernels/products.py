@@ -8,8 +8,8 @@ reached 470-495 GFLOP/s on the forward and input-gradient products of a 288-wide
 (a @ b.T of dense tensors, strided views allowed), the operator Inductor itself uses.
 
 Which library is faster depends on the processor, the instruction set in effect and the shape (on
-that Zen 5 the output head's weight gradient ran faster in MKL; on Intel processors MKL runs
-AVX-512), so nothing is assumed: the first time a product's shape is seen, both are timed on it and
+that Zen 5 four weight-gradient products of a 64-wide model ran faster in MKL; on Intel processors
+MKL runs AVX-512), so nothing is assumed: the first time a product's shape is seen, both are timed on it and
 oneDNN is kept only where it is `MARGIN` times faster. Both compute in float32 (oneDNN's default
 float32 mode is strict), so the choice changes rounding, not precision. The decisions are stored
 beside the built kernels, keyed by torch version, thread count and the instruction-set variables,
@@ -33,7 +33,7 @@ from tinyscale.fileio import write_json
 
 MARGIN = 1.05  # oneDNN must be this much faster: within timing noise the default library (MKL) stays
 DECISION_FILE = "tinyscale_products.json"
-# Variables that change which kernels either library runs (bench/peers' --avx2 sets all three).
+# Variables that change which kernels either library runs (bench/peers' --avx2 sets three of them).
 _ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
@@ -68,8 +68,9 @@ def _layout(t: Tensor) -> str:
 
 
 def _key(a: Tensor, b: Tensor) -> str:
-    """A product's shape and memory layouts, a's rows rounded up to a power of two: a server's batches
-    and prompts give every row count, and one decision per octave is enough."""
+    """A product's shape and memory layouts, a's rows rounded up to a power of two: evaluation batches,
+    the head's last chunk and shrinking decoding batches bring other row counts, and one decision per
+    octave is enough."""
     rows = 1 << max(a.shape[0] - 1, 0).bit_length()
     return f"{rows}x{a.shape[1]} {_layout(a)} . {tuple(b.shape)} {_layout(b)}"
 
@@ -93,6 +94,7 @@ def measure(candidates: dict[str, Callable[[], object]], rounds: int = 3) -> dic
 
 
 def choose(timings: dict[str, float]) -> str:
+    """The rule: oneDNN where it is MARGIN times faster, else MKL (PyTorch's default)."""
     return "onednn" if timings["onednn"] * MARGIN < timings["mkl"] else "mkl"
 
 
