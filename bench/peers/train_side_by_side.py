@@ -162,10 +162,10 @@ def main() -> None:
                     results.setdefault((name, peer), []).append((rate, peak))
                     print(f"  round {rnd + 1} config {name} {peer:<18} {rate:>9,.0f} tokens/s  "
                           f"peak {peak:,.0f} MB  ({load_note()})", flush=True)
-    report(results, args.configs.split(","), [r[0] for r in runs], ceiling)
+    report(results, args.configs.split(","), [r[0] for r in runs], ceiling, args.dtype)
 
 
-def report(results: dict, configs: list[str], names: list[str], ceiling: float) -> None:
+def report(results: dict, configs: list[str], names: list[str], ceiling: float, dtype: str = "fp32") -> None:
     print(f"\n{'config':<7}" + "".join(f"{n:>20}" for n in names) + f"{'best tinyscale / best peer':>28}")
     for c in configs:
         best = {n: max((r for r, _ in results.get((c, n), [])), default=float("nan")) for n in names}
@@ -177,6 +177,9 @@ def report(results: dict, configs: list[str], names: list[str], ceiling: float) 
         fpt = model_flops(CONFIGS[c])
         rates = {n: max((r for r, _ in results.get((c, n), [])), default=float("nan")) for n in names}
         print(f"{c:<7}" + "".join(f"{rates[n] * fpt / 1e9:>11,.1f} ({rates[n] * fpt / ceiling:>4.0%})" for n in names))
+        # In fp32 a model cannot outrun the machine's products (bf16 may: the ceiling is fp32's)
+        if dtype == "fp32" and any(rates[n] * fpt > ceiling for n in names):
+            print(f"  config {c}: a rate above the measured ceiling: the ceiling is understated (read tokens/s only)")
     print("(tokens/s: the best round's median iteration; peak resident MB, largest over rounds:)")
     for c in configs:
         peaks = {n: max((p for _, p in results.get((c, n), [])), default=float("nan")) for n in names}

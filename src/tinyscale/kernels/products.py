@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from tinyscale.fileio import write_json
+from tinyscale.kernels import choice
 
 MARGIN = 1.05  # oneDNN must be this much faster: within timing noise the default library (MKL) stays
 DECISION_FILE = "tinyscale_products.json"
@@ -75,22 +75,12 @@ def _key(a: Tensor, b: Tensor) -> str:
     return f"{rows}x{a.shape[1]} {_layout(a)} . {tuple(b.shape)} {_layout(b)}"
 
 
-def _best_time(fn: Callable[[], object], rounds: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def measure(candidates: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, float]:
-    """Seconds of each way of computing a product ("mkl", "onednn"), the best of `rounds` after one
-    untimed call each (which also builds oneDNN's kernel for the shape)."""
+    """Seconds of each way of computing a product ("mkl", "onednn"): choice._best_of's best of
+    `rounds`, alternating within a round, after one untimed call each (which also builds oneDNN's
+    kernel for the shape)."""
     with torch.no_grad():
-        for fn in candidates.values():
-            fn()
-        return {name: _best_time(fn, rounds) for name, fn in candidates.items()}
+        return dict(zip(candidates, choice._best_of(list(candidates.values()), rounds), strict=True))
 
 
 def choose(timings: dict[str, float]) -> str:
