@@ -136,37 +136,37 @@ def test_echo_with_logprobs_gives_the_model_own_prompt_logprobs(client, trained)
         assert 2 <= len(top) <= 3 and chosen == max(top.values())  # greedy: the chosen token is the best
 
 
-def test_16_concurrent_streams_match_16_sequential_and_take_no_longer(server):
+def test_16_concurrent_streams_match_16_sequential_and_share_decoding_steps(server):
     # Word salad of 1 to 12 story words: prompts of different lengths whose greedy continuations differ
     # and end at different steps, so rows join, move and leave the batch while others run.
     rng = random.Random(0)
     prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12))) for _ in range(16)]
     kw = dict(model="story", max_tokens=20, temperature=0, stream=True)  # + the longest prompt (42) fits 64
 
+    def steps() -> int:
+        return requests.get(server.base + "/health", headers=server.headers, timeout=60).json()["models"]["story"]["steps"]
+
     async def one(aclient, prompt):
         return "".join([c.choices[0].text async for c in await aclient.completions.create(prompt=prompt, **kw)])
 
     async def both():
         aclient = openai.AsyncOpenAI(base_url=server.base + "/v1", api_key=KEY, max_retries=0, timeout=120)
-        await one(aclient, "warm up")
-        t0 = time.perf_counter()
+        s0 = steps()
         sequential = [await one(aclient, p) for p in prompts]
-        t1 = time.perf_counter()
+        s1 = steps()
         concurrent = await asyncio.gather(*(one(aclient, p) for p in prompts))
-        t2 = time.perf_counter()
+        s2 = steps()
         await aclient.close()
-        return sequential, list(concurrent), t1 - t0, t2 - t1
+        return sequential, list(concurrent), s1 - s0, s2 - s1
 
-    sequential, concurrent, t_seq, t_conc = asyncio.run(both())
+    sequential, concurrent, seq_steps, conc_steps = asyncio.run(both())
     assert concurrent == sequential
     assert len(set(sequential)) >= 10  # different stories: rows mixed up would not go unnoticed
-    # A lone request decodes through the single-sequence kernel (engine.py), ~4x the batched forward
-    # pass per row, so on this tiny model 16 batched rows only about match 16 kernel runs one after
-    # the other: 0.20 s vs 0.19 s on a loaded Xeon, but 0.18 s vs 0.075 s on an idle Zen 5, where the
-    # kernel is faster still. What a user relies on is that concurrency costs no more than a small
-    # multiple of queueing: no per-row overhead that grows with the batch (a quadratic one, or a wait
-    # per row, would be 10x and more here).
-    assert t_conc < 3 * t_seq, (t_conc, t_seq)
+    # Counted in decoding steps, not seconds: a wall-clock bound failed on a busy CI machine (0.81 s
+    # against 0.06 s) with nothing wrong. One at a time every token costs a step; together the rows
+    # share them. The requests arrive over several steps (each is its own HTTP connection), so the
+    # bound is loose; a server that stepped rows one by one would take as many steps as sequentially.
+    assert conc_steps <= seq_steps / 2, (conc_steps, seq_steps)
 
 
 def test_stop_strings_n_choices_and_seeds(client):

@@ -68,6 +68,22 @@ def test_staggered_requests_equal_each_prompt_decoded_alone(model):
     assert engine.stats()["finished"] == len(prompts) and engine.stats()["running"] == 0
 
 
+def test_requests_waiting_together_share_every_decoding_step(model):
+    """16 prompts that arrive together decode in one batch: 19 forward passes for 20 tokens each
+    (the first comes from the prompt), not 16 x 19, and each output is what it would be alone."""
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 97, (int(L),), generator=g).tolist() for L in torch.randint(1, 13, (16,), generator=g)]
+    engine = Engine(model, max_batch=16, max_queue=16)
+    try:
+        with engine._cond:  # the engine thread waits on this lock: it sees all 16 at once
+            pending = [submit(engine, p, Sampling(max_tokens=20, temperature=0))[1] for p in prompts]
+        outs = [collect(ev)[0][0] for ev in pending]
+    finally:
+        engine.close()
+    assert engine.stats()["steps"] == 19
+    assert outs == [generate(model, [p], 20, temperature=0)[0] for p in prompts]
+
+
 def test_echo_only_stop_token_seeded_choices_and_queue_limit(model):
     engine = Engine(model, max_batch=2, max_queue=1)
     try:

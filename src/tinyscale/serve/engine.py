@@ -124,6 +124,7 @@ class Engine:
         self.waiting: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self.finished = self.cancelled = 0  # sequences so far, for /health
+        self.steps = 0  # decoding steps so far (one forward call or kernel call each, whatever the batch)
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="tinyscale-engine", daemon=True)
         self._thread.start()
@@ -139,7 +140,8 @@ class Engine:
 
     def stats(self) -> dict[str, int]:
         return {"running": len(self.rows), "waiting": len(self.waiting), "finished": self.finished,
-                "cancelled": self.cancelled, "max_batch": self.max_batch, "max_queue": self.max_queue}
+                "cancelled": self.cancelled, "steps": self.steps, "max_batch": self.max_batch,
+                "max_queue": self.max_queue}
 
     def close(self) -> None:
         with self._cond:
@@ -297,6 +299,7 @@ class Engine:
     def _step(self) -> None:
         """Feed every row its pending token (one forward call for the batch, or one kernel call for a
         lone row) and sample the next."""
+        self.steps += 1
         if len(self.rows) == 1 and self.native is not None:
             if not self.lone:
                 self._enter_lone()
