@@ -427,7 +427,7 @@ def test_a_client_that_disconnects_frees_its_row(busy):
 
 
 def test_a_non_streaming_client_that_disconnects_frees_its_row_within_a_step(busy):
-    """Point 2: rows decoded for ~7.5 s after the socket closed; now the next step drops them."""
+    """Point 2: rows decoded for ~7.5 s (all 500 tokens) after the socket closed; now the next step drops them."""
     import socket
 
     before = _stats(busy)["cancelled"]
@@ -438,13 +438,17 @@ def test_a_non_streaming_client_that_disconnects_frees_its_row_within_a_step(bus
     deadline = time.monotonic() + 20
     while _stats(busy)["running"] == 0 and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert _stats(busy)["running"] == 1
+    stats = _stats(busy)
+    assert stats["running"] == 1
     sock.close()
     closed = time.monotonic()
     while _stats(busy)["cancelled"] == before and time.monotonic() < closed + 20:
         time.sleep(0.005)
-    assert _stats(busy)["cancelled"] == before + 1 and _stats(busy)["running"] == 0
-    assert time.monotonic() - closed < 1.0
+    after = _stats(busy)
+    assert after["cancelled"] == before + 1 and after["running"] == 0
+    # Counted in decoding steps, not seconds, so that a busy machine does not fail it: the close
+    # reaches the server's event loop within a few steps (0-2 here), not at the end of the 499 steps.
+    assert after["steps"] - stats["steps"] <= 50, after["steps"] - stats["steps"]
 
 
 def test_sigterm_drains_running_requests_then_exits_0(busy):
