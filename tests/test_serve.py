@@ -45,6 +45,8 @@ def server(trained, tmp_path_factory):
     yield s
     s.stop()
     assert KEY not in s.logs()  # after every request of this module, including the refused ones
+    # Logs on stderr, uvicorn's access lines too (it writes them to stdout by default): nothing on stdout.
+    assert s.stdout.read_bytes() == b"" and '"POST /v1/completions HTTP/1.1" 200' in s.stderr.read_text()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 
@@ -37,6 +38,14 @@ def _api_key(env_var: str | None) -> str | None:
     if not key:
         raise UserError(f"--api-key-env: environment variable {env_var} is not set or empty")
     return key
+
+
+def _logging_to_stderr(uvicorn) -> dict:
+    """uvicorn's logging, with its access lines on stderr (it prints them on stdout) like every log
+    of tinyscale: a server has no product for stdout, and a wrapper piping it must not get logs."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    return config
 
 
 def serve(paths: list[str], *, names: list[str] | None = None, host: str = "127.0.0.1", port: int = 8000,
@@ -83,7 +92,8 @@ def serve(paths: list[str], *, names: list[str] | None = None, host: str = "127.
         progress.info(f"API key required (read from ${api_key_env})")
     app = create_app(backends, key, MAX_BODY_BYTES)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning" if quiet else "info",
-                            timeout_graceful_shutdown=DRAIN_TIMEOUT_S, server_header=False)
+                            timeout_graceful_shutdown=DRAIN_TIMEOUT_S, server_header=False,
+                            log_config=_logging_to_stderr(uvicorn))
     try:
         DrainingServer(config).run()
     finally:
