@@ -77,6 +77,17 @@ def test_an_unreadable_decisions_file_only_means_measuring_again(tmp_path):
     assert len(json.loads((tmp_path / products.DECISION_FILE).read_text())[d.context]["chosen"]) == 1
 
 
+def test_a_shape_onednn_refuses_is_computed_by_mkl(tmp_path, monkeypatch):
+    def refuse(a, b):
+        raise RuntimeError("mkldnn: unsupported shape")
+
+    monkeypatch.setitem(products.LIBRARIES, "onednn", refuse)
+    monkeypatch.setattr(products, "_decisions", products.Decisions(tmp_path))
+    a, b = torch.randn(8, 5), torch.randn(3, 5)
+    assert torch.allclose(products.product(a, b), a @ b.t())
+    assert products.decisions().chosen == {products._key(a, b): "mkl"}
+
+
 def _net(bias: bool) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(12, 20, bias=bias), nn.GELU(), nn.Linear(20, 6, bias=bias))

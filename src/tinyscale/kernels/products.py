@@ -78,8 +78,13 @@ def _key(a: Tensor, b: Tensor) -> str:
 def measure(candidates: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, float]:
     """Seconds of each way of computing a product ("mkl", "onednn"): choice._best_of's best of
     `rounds`, alternating within a round, after one untimed call each (which also builds oneDNN's
-    kernel for the shape)."""
+    kernel for the shape). oneDNN's operator is internal to PyTorch, so a build where it refuses a
+    shape (another platform, another version) gets it timed as never faster: MKL computes it."""
     with torch.no_grad():
+        try:
+            candidates["onednn"]()
+        except RuntimeError:
+            return {"mkl": 0.0, "onednn": float("inf")}
         return dict(zip(candidates, choice._best_of(list(candidates.values()), rounds), strict=True))
 
 
