@@ -70,6 +70,19 @@ def test_decisions_are_measured_once_and_kept_per_context(tmp_path, monkeypatch)
     assert len(stored) == 2 and any("ATEN_CPU_CAPABILITY=avx2" in k for k in stored)
 
 
+def test_processes_starting_together_take_the_first_decision_and_keep_each_others(tmp_path, monkeypatch):
+    a, b, c = torch.randn(16, 8), torch.randn(4, 8), torch.randn(5, 8)
+    first, second = products.Decisions(tmp_path), products.Decisions(tmp_path)  # both before any decision
+    monkeypatch.setattr(products, "measure", lambda candidates: {"mkl": 2.0, "onednn": 1.0})
+    first.library(a, b)
+    # The second would measure MKL faster, but takes the stored decision for the shape without measuring.
+    monkeypatch.setattr(products, "measure", lambda candidates: {"mkl": 1.0, "onednn": 2.0})
+    assert second.library(a, b) is products.LIBRARIES["onednn"]
+    second.library(a, c)  # a shape of its own: stored beside the first's
+    chosen = json.loads((tmp_path / products.DECISION_FILE).read_text())[second.context]["chosen"]
+    assert chosen == {products._key(a, b): "onednn", products._key(a, c): "mkl"}
+
+
 def test_an_unreadable_decisions_file_only_means_measuring_again(tmp_path):
     (tmp_path / products.DECISION_FILE).write_text("{not json")
     d = products.Decisions(tmp_path)

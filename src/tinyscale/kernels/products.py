@@ -19,6 +19,7 @@ exactly as the uninterrupted one would have.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -119,22 +120,51 @@ class Decisions:
             return {}
 
     def pick(self, key: str, candidates: dict[str, Callable[[], object]]) -> str:
-        """"mkl" or "onednn" for the product `key`, measured on `candidates` the first time."""
+        """"mkl" or "onednn" for the product `key`, measured on `candidates` the first time. Under a
+        lock on the file: processes starting together (a sweep's runs) take the first one's decision
+        for a shape instead of each measuring its own under the others' load, so that every process on
+        the machine, and any later resume, computes the shape in one library."""
         if key not in self.chosen:
-            self.timings[key] = measure(candidates)
-            self.chosen[key] = choose(self.timings[key])
-            self._store()
+            with self._lock():
+                theirs = self._stored().get(self.context, {})
+                if theirs.get("chosen", {}).get(key) in LIBRARIES:
+                    self.chosen[key] = theirs["chosen"][key]
+                    self.timings[key] = theirs.get("timings", {}).get(key, {})
+                else:
+                    self.timings[key] = measure(candidates)
+                    self.chosen[key] = choose(self.timings[key])
+                    self._store(theirs)
         return self.chosen[key]
 
     def library(self, a: Tensor, b: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         candidates = {name: lambda fn=fn: fn(a, b) for name, fn in LIBRARIES.items()}
         return LIBRARIES[self.pick(_key(a, b), candidates)]
 
-    def _store(self) -> None:
+    @contextlib.contextmanager
+    def _lock(self):
+        if self.path is None:
+            yield
+            return
+        from filelock import FileLock
+
+        lock = FileLock(str(self.path) + ".lock", timeout=600)
+        try:
+            lock.acquire()
+        except OSError:  # a read-only folder (or a lock held for 10 minutes): decide without it
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _store(self, theirs: dict) -> None:
+        """Write this process's decisions over the stored ones of its context (kept: other shapes)."""
         if self.path is None:
             return
-        stored = self._stored()  # another process may have added its context since
-        stored[self.context] = {"chosen": self.chosen, "timings": self.timings}
+        stored = self._stored()
+        stored[self.context] = {"chosen": {**theirs.get("chosen", {}), **self.chosen},
+                                "timings": {**theirs.get("timings", {}), **self.timings}}
         try:  # best effort: a read-only cache only means measuring again in the next process
             write_json(self.path, stored)
         except OSError:
