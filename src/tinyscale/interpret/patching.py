@@ -95,18 +95,6 @@ def align(pair: Pair, tokenizer: Any, eot: int, max_len: int) -> Aligned | str:
     return Aligned(pair.kind, clean, corrupt, cls, queries)
 
 
-def align_pairs(pairs: Sequence[Pair], tokenizer: Any, eot: int, max_len: int) -> tuple[list[Aligned], dict]:
-    """The usable pairs and, per reason, how many were dropped."""
-    kept, dropped = [], {}
-    for p in pairs:
-        got = align(p, tokenizer, eot, max_len)
-        if isinstance(got, str):
-            dropped[got] = dropped.get(got, 0) + 1
-        else:
-            kept.append(got)
-    return kept, dropped
-
-
 def components(model: Transformer) -> list[str]:
     out = ["embed"]
     for layer in range(model.cfg.n_layers):

@@ -74,7 +74,6 @@ GIFTS: Pool = (("ball", "balls"), ("book", "books"), ("kite", "kites"), ("teddy 
 NOT_A_TRIP = pieces.NOT_A_TRIP
 # Lexicon categories whose nouns can play these roles (then the recipe's noun plays it).
 TOY_CATS = ("toy", "treasure")
-PET_CATS = ()  # pets come from PETS: not every animal can live in a house
 
 
 def role(b: Builder, key: str, pool: Pool, cats: tuple[str, ...] = (), avoid: tuple[str, ...] = ()) -> Thing:

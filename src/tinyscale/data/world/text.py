@@ -142,11 +142,6 @@ def thing_base(t: Thing, mark: str) -> float | None:
     return t.label[1] if t.label is not None and t.label[0] == "free" else None
 
 
-def char_base(c: Char, skill: str) -> float | None:
-    """The no-skill baseline of a mention of a named character labeled `skill`."""
-    return LOG_HALF if skill == "reasoning" else c.logp
-
-
 class Char:
     """A character of one story: a name (labeled or fixed like "Mom") and pronoun forms.
 
@@ -727,7 +722,7 @@ class Page:
             # Which of the cast the plot names here is its own choice, not a uniform draw
             # among the k introduced (the hero is named far more often): unknown.
             skill, logp = "tracking", None
-        base = LOG_HALF if skill == "reasoning" else c.logp  # `char_base`, inline
+        base = LOG_HALF if skill == "reasoning" else c.logp  # the no-skill baseline of the mention
         if chose:  # the name rather than its pronoun
             logp = None if logp is None else round(logp + LOG_NAME, 4)
             base = None if base is None else round(base + LOG_NAME, 4)

@@ -44,20 +44,12 @@ class Vocab:
                             ("names", self.names), ("facts", self.facts)):
             if not items:
                 raise ValueError(f"lexicon: no {what}")
-        by_cat: dict[str, list] = defaultdict(list)
-        for n in self.nouns:
-            by_cat[n.category].append(n)
-        self.nouns_by_cat = {k: tuple(v) for k, v in by_cat.items()}
         self.fact_by_key = {f.key: f for f in self.facts}
         # Phrasings about the world, not about a person: what a bedtime book can say in any story.
         self.world_phrasings = tuple((f, k) for f in self.facts for k, ph in enumerate(f.phrasings)
                                      if "{" not in ph)
         if not self.world_phrasings:
             raise ValueError("lexicon: no fact phrasing without a person")
-        # -log(list size): the surprisal of a uniform draw among the whole list.
-        self.logp_verb = round(-math.log(len(self.verbs)), 4)
-        self.logp_noun = round(-math.log(len(self.nouns)), 4)
-        self.logp_adj = round(-math.log(len(self.adjectives)), 4)
         # The recipe's words are drawn uniformly, but the text before their first mention depends
         # on them (a verb without a complement gets its own lines; an adjective's frame says how
         # it is used; the noun's scene says its kind; "an" its first sound): their floors are
