@@ -9,12 +9,13 @@ reached 470-495 GFLOP/s on the forward and input-gradient products of a 288-wide
 
 Which library is faster depends on the processor, the instruction set in effect and the shape (on
 that Zen 5 four weight-gradient products of a 64-wide model ran faster in MKL; on Intel processors
-MKL runs AVX-512), so nothing is assumed: the first time a product's shape is seen, both are timed on it and
-oneDNN is kept only where it is `MARGIN` times faster. Both compute in float32 (oneDNN's default
-float32 mode is strict), so the choice changes rounding, not precision. The decisions are stored
-beside the built kernels, keyed by torch version, thread count and the instruction-set variables,
-so that every process on a machine computes a shape with the same library: a resumed run rounds
-exactly as the uninterrupted one would have.
+MKL runs AVX-512), and so does the orientation (a @ b.T or (b @ a.T).T: oneDNN repacks its second
+operand on every call), so nothing is assumed: the first time a product's shape is seen, the four
+ways are timed on it and one is kept only where it is `MARGIN` times faster than MKL's a @ b.T.
+All compute in float32 (oneDNN's default float32 mode is strict), so the choice changes rounding,
+not precision. The decisions are stored beside the built kernels, keyed by torch version, thread
+count and the instruction-set variables, so that every process on a machine computes a shape the
+same way: a resumed run rounds exactly as the uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tinyscale.kernels import choice
 
 MARGIN = 1.05  # oneDNN must be this much faster: within timing noise the default library (MKL) stays
 DECISION_FILE = "tinyscale_products.json"
+DECISIONS_VERSION = "v2"  # v2: the swapped orientations are candidates too, so v1's decisions are measured again
 # Variables that change which kernels either library runs (bench/peers' --avx2 sets three of them).
 _ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
@@ -58,7 +60,23 @@ def _onednn(a: Tensor, b: Tensor) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
 
 
+def _transpose(m: Tensor) -> Tensor:
+    from tinyscale.kernels import cpu_kernels
+
+    kernels = cpu_kernels()  # its transpose ran faster than PyTorch's strided copy (kernels/fused.py)
+    return kernels.transpose_matrix(m) if kernels is not None else m.t().contiguous()
+
+
+def _swapped(library: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """a @ b.T computed as (b @ a.T).T. oneDNN's operator repacks its second operand on every call, so
+    the orientation matters: on a Zen 5 the weight gradient of config B's attention projection
+    ([864, 288] over 4,096 tokens, both operands transposed views) took 5.1 ms swapped against 6.5,
+    that of its fused gate-and-up projection ([1536, 288]) 10.4 against 12.8 (docs/speed.md)."""
+    return lambda a, b: _transpose(LIBRARIES[library](b, a))
+
+
 LIBRARIES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"mkl": _mkl, "onednn": _onednn}
+LIBRARIES |= {f"{name}-swapped": _swapped(name) for name in list(LIBRARIES)}
 
 
 def _layout(t: Tensor) -> str:
@@ -77,27 +95,34 @@ def _key(a: Tensor, b: Tensor) -> str:
 
 
 def measure(candidates: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, float]:
-    """Seconds of each way of computing a product ("mkl", "onednn"): choice._best_of's best of
-    `rounds`, alternating within a round, after one untimed call each (which also builds oneDNN's
-    kernel for the shape). oneDNN's operator is internal to PyTorch, so a build where it refuses a
-    shape (another platform, another version) gets it timed as never faster: MKL computes it."""
+    """Seconds of each way of computing a product ("mkl", "onednn", each also "-swapped"):
+    choice._best_of's best of `rounds`, alternating within a round, after one untimed call each (which
+    also builds oneDNN's kernel for the shape). oneDNN's operator is internal to PyTorch, so a way
+    that raises on the shape (another platform, another version) is timed as never faster: MKL
+    computes it."""
     with torch.no_grad():
-        try:
-            candidates["onednn"]()
-        except RuntimeError:
-            return {"mkl": 0.0, "onednn": float("inf")}
-        return dict(zip(candidates, choice._best_of(list(candidates.values()), rounds), strict=True))
+        usable = {}
+        for name, fn in candidates.items():
+            try:
+                if name != "mkl":
+                    fn()
+                usable[name] = fn
+            except RuntimeError:
+                pass
+        seconds = dict(zip(usable, choice._best_of(list(usable.values()), rounds), strict=True))
+        return {name: seconds.get(name, float("inf")) for name in candidates}
 
 
 def choose(timings: dict[str, float]) -> str:
-    """The rule: oneDNN where it is MARGIN times faster, else MKL (PyTorch's default)."""
-    return "onednn" if timings["onednn"] * MARGIN < timings["mkl"] else "mkl"
+    """The rule: the fastest way where it is MARGIN times faster than MKL (PyTorch's default), else MKL."""
+    best = min(timings, key=timings.__getitem__)
+    return best if timings[best] * MARGIN < timings["mkl"] else "mkl"
 
 
 def context() -> str:
     """What a stored decision depends on besides the shape."""
     isa = " ".join(f"{v}={os.environ[v]}" for v in _ISA_VARIABLES if v in os.environ)
-    return f"torch {torch.__version__}, {torch.get_num_threads()} threads {isa}".strip()
+    return f"{DECISIONS_VERSION}, torch {torch.__version__}, {torch.get_num_threads()} threads {isa}".strip()
 
 
 class Decisions:
@@ -120,7 +145,7 @@ class Decisions:
             return {}
 
     def pick(self, key: str, candidates: dict[str, Callable[[], object]]) -> str:
-        """"mkl" or "onednn" for the product `key`, measured on `candidates` the first time. Under a
+        """The way ("mkl", "onednn", ...) to compute the product `key`, measured on `candidates` the first time. Under a
         lock on the file: processes starting together (a sweep's runs) take the first one's decision
         for a shape instead of each measuring its own under the others' load, so that every process on
         the machine, and any later resume, computes the shape in one library."""
@@ -193,15 +218,16 @@ def product(a: Tensor, b: Tensor) -> Tensor:
 
 def product_into(out: Tensor, a: Tensor, b: Tensor, add: bool = False) -> None:
     """out = a @ b.T (add: out += a @ b.T), as `product` chooses; MKL writes (or adds) in place."""
-    if decisions().library(a, b) is _mkl:
+    library = decisions().library(a, b)
+    if library is _mkl:
         if add:
             out.addmm_(a, b.t())
         else:
             torch.mm(a, b.t(), out=out)
     elif add:
-        out += _onednn(a, b)
+        out += library(a, b)
     else:
-        out.copy_(_onednn(a, b))
+        out.copy_(library(a, b))
 
 
 def decoding_weight(weight: Tensor, rows: int = 32) -> Tensor:
