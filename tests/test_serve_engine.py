@@ -187,6 +187,9 @@ def test_engine_cache_takes_memory_only_where_rows_are_written():
     before = _resident_mb()
     engine = Engine(m, max_batch=64, max_queue=4)
     try:
+        # What the server's start-up line tells a user: 4 KB a token (keys and values of 4 layers x 128
+        # floats), 128 MB at most.
+        assert engine.cache_bytes() == (2 * 4 * 128 * 4, full_mb * 2**20)
         assert _resident_mb() - before < full_mb / 8
         prompts = [[1, 2, 3], [4, 5]]
         pending = [submit(engine, p, Sampling(max_tokens=6, temperature=0))[1] for p in prompts]

@@ -87,7 +87,10 @@ def serve(paths: list[str], *, names: list[str] | None = None, host: str = "127.
         engine = Engine(served.model, max_batch, max_queue, dt)
         backends[served.name] = Backend(served, engine, TokenDecoder(served.tokenizer), eot_id_of(served.tokenizer),
                                         dtype_name)
-        progress.info(f"model '{served.name}': {served.source}, context {engine.context}, {dtype_name}, {dev}")
+        per_token, most = engine.cache_bytes()
+        progress.info(f"model '{served.name}': {served.source}, context {engine.context}, {dtype_name}, {dev}; "
+                      f"KV cache {per_token / 1024:,.1f} KB a token of each running sequence, at most "
+                      f"{most / 2**20:,.0f} MB (--max-batch {max_batch} x {engine.context})")
     if key is not None:
         progress.info(f"API key required (read from ${api_key_env})")
     app = create_app(backends, key, MAX_BODY_BYTES)

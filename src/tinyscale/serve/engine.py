@@ -143,6 +143,14 @@ class Engine:
                 "cancelled": self.cancelled, "steps": self.steps, "max_batch": self.max_batch,
                 "max_queue": self.max_queue}
 
+    def cache_bytes(self) -> tuple[int, int]:
+        """(bytes of keys and values a running sequence holds per token, the most the cache can hold:
+        max_batch x context tokens). The cache takes memory only where rows are written, so a server
+        holds about the first figure x the tokens of its running sequences (docs/serve.md)."""
+        k = self.cache.k  # [layers, rows, heads, positions, head_dim]
+        per_token = 2 * k.element_size() * k.shape[0] * k.shape[2] * k.shape[4]
+        return per_token, per_token * self.max_batch * self.context
+
     def close(self) -> None:
         with self._cond:
             self._closing = True
