@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from tinyscale.fileio import write_json
 from tinyscale.kernels import choice
 
-MARGIN = 1.05  # oneDNN must be this much faster: within timing noise the default library (MKL) stays
+MARGIN = 1.05  # another way must be this much faster than MKL's a @ b.T: within timing noise, PyTorch's default stays
 DECISION_FILE = "tinyscale_products.json"
 DECISIONS_VERSION = "v2"  # v2: the swapped orientations are candidates too, so v1's decisions are measured again
 # Variables that change which kernels either library runs (bench/peers' --avx2 sets three of them).
@@ -145,10 +145,10 @@ class Decisions:
             return {}
 
     def pick(self, key: str, candidates: dict[str, Callable[[], object]]) -> str:
-        """The way ("mkl", "onednn", ...) to compute the product `key`, measured on `candidates` the first time. Under a
-        lock on the file: processes starting together (a sweep's runs) take the first one's decision
-        for a shape instead of each measuring its own under the others' load, so that every process on
-        the machine, and any later resume, computes the shape in one library."""
+        """The way ("mkl", "onednn", ...) to compute the product `key`, measured on `candidates` the
+        first time. Under a lock on the file: processes starting together (a sweep's runs) take the
+        first one's decision for a shape instead of each measuring its own under the others' load, so
+        that every process on the machine, and any later resume, computes the shape the same way."""
         if key not in self.chosen:
             with self._lock():
                 theirs = self._stored().get(self.context, {})
